@@ -1,0 +1,17 @@
+"""Task sources: class datasets (Omniglot, image folders, arrays), sinusoids, and the episode sampler."""
+
+from fastadapt.data.classes import ClassDataset
+from fastadapt.data.omniglot import SPLITS, load_omniglot
+from fastadapt.data.originals import load_omniglot_originals
+from fastadapt.data.sampler import EpisodeSampler, check_episode_shape
+from fastadapt.data.sinusoid import SinusoidTasks
+
+__all__ = [
+    "SPLITS",
+    "ClassDataset",
+    "EpisodeSampler",
+    "SinusoidTasks",
+    "check_episode_shape",
+    "load_omniglot",
+    "load_omniglot_originals",
+]

@@ -1,0 +1,212 @@
+"""The full-resolution (105x105) Omniglot originals from the official archives.
+
+``images_background.zip`` and ``images_evaluation.zip`` are read from a local folder, or downloaded
+from their official location when asked (``download=True``). Before use:
+
+1. the archive is checked against a digest: a SHA-256 you pass, else the published MD5 (the only
+   digest published for these archives);
+2. every entry is checked to extract inside the target folder (no absolute paths, no ``..``,
+   no links);
+3. every extracted PNG is checked against the SHA-256 manifest bundled with the package (derived
+   from a verified copy of the originals), so a wrong or altered image never loads.
+
+A download goes to a temporary file first and is renamed into place only once verified; a failed
+check deletes it. Extraction goes to a temporary folder, renamed when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from fastadapt.data.classes import ClassDataset
+from fastadapt.errors import DataError
+
+OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}.zip"
+PUBLISHED_MD5 = {
+    "images_background": "68d2efa1b9178cc56df9314c21c6e718",
+    "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
+}
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download_file(url: str, target: Path, sha256: str | None = None, md5: str | None = None, progress: bool = True) -> Path:
+    """Download ``url`` to ``target`` atomically; verify ``sha256`` (or ``md5``) before keeping it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as resp:
+                    total = int(resp.headers.get("Content-Length") or 0) or None
+                    bar = _progress(total, f"download {target.name}") if progress else None
+                    for chunk in iter(lambda: resp.read(1 << 16), b""):
+                        out.write(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                    if bar is not None:
+                        bar.close()
+            except OSError as e:
+                raise DataError(f"download of {url} failed ({e}); check the network or pass a local path") from None
+        _verify_digest(tmp, sha256, md5, url)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _progress(total: int | None, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is a core dependency, but a download must not need it
+        return None
+    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+
+
+def _verify_digest(path: Path, sha256: str | None, md5: str | None, what: str) -> None:
+    if sha256 is not None:
+        got = file_digest(path, "sha256")
+        if got != sha256.lower():
+            raise DataError(f"SHA-256 of {what} is {got}, expected {sha256}; the file is corrupted or not the official archive, delete it and retry")
+    elif md5 is not None:
+        got = file_digest(path, "md5")
+        if got != md5.lower():
+            raise DataError(f"MD5 of {what} is {got}, expected {md5}; the file is corrupted or not the official archive, delete it and retry")
+
+
+def safe_extract(archive: Path, target: Path, check: Callable[[str, bytes], None] | None = None) -> list[str]:
+    """Extract ``archive`` into ``target`` (created; must not exist), refusing entries outside it.
+
+    ``check(name, data)`` is called on every file before anything is written and may raise.
+    Returns the extracted file names. On any error nothing is left at ``target``.
+    """
+    if target.exists():
+        raise DataError(f"{target} already exists; remove it to extract again")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    names = []
+    try:
+        try:
+            zf = zipfile.ZipFile(archive)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{archive} is not a readable zip archive ({e}); delete it and download again") from None
+        with zf:
+            for info in zf.infolist():
+                name = info.filename
+                pure = PurePosixPath(name)
+                mode = (info.external_attr >> 16) & 0o170000
+                drive = ":" in pure.parts[0] if pure.parts else False
+                if pure.is_absolute() or ".." in pure.parts or "\\" in name or drive:
+                    raise DataError(f"archive entry {name!r} would extract outside {target}; refusing the archive")
+                if mode == 0o120000:
+                    raise DataError(f"archive entry {name!r} is a symbolic link; refusing the archive")
+                dest = (tmp / name).resolve()
+                if not dest.is_relative_to(tmp.resolve()):
+                    raise DataError(f"archive entry {name!r} would extract outside {target}; refusing the archive")
+                if info.is_dir():
+                    continue
+                data = zf.read(info)
+                if check is not None:
+                    check(name, data)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(data)
+                names.append(name)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return names
+
+
+def _manifest_check(manifest: Mapping[str, str]) -> Callable[[str, bytes], None]:
+    def check(name: str, data: bytes) -> None:
+        if PurePosixPath(name).name.startswith(".") or "__MACOSX" in name:
+            return
+        if not name.lower().endswith(".png"):
+            return
+        want = manifest.get(name)
+        if want is None:
+            raise DataError(f"archive entry {name!r} is not an Omniglot original; refusing the archive")
+        got = hashlib.sha256(data).hexdigest()
+        if got != want:
+            raise DataError(f"SHA-256 of {name} is {got}, expected {want}; the archive is corrupted, delete it and download again")
+
+    return check
+
+
+def load_omniglot_originals(
+    root: str | Path,
+    background: bool = True,
+    download: bool = False,
+    url: str = OFFICIAL_URL,
+    sha256: str | None = None,
+    manifest: Mapping[str, str] | None = None,
+    size: int | None = None,
+) -> ClassDataset:
+    """The 105x105 originals of one split (``images_background`` or ``images_evaluation``).
+
+    Args:
+        root: folder holding (or receiving) ``<name>.zip`` and the extracted ``<name>/`` folder.
+        background: the background split (30 alphabets) if True, else evaluation (20 alphabets).
+        download: fetch the archive from ``url`` when it is not in ``root``.
+        url: the archive location; ``{name}`` is replaced by the archive's name.
+        sha256: expected SHA-256 of the archive; if None the published MD5 is checked.
+        manifest: expected SHA-256 of each PNG keyed by its path in the archive; default: bundled.
+        size: resize to ``size x size`` (Lanczos) if given.
+
+    Returns a :class:`ClassDataset` of uint8 ``[M, 1, H, W]`` images, ink = 255, one class per character.
+    """
+    from PIL import Image
+
+    name = "images_background" if background else "images_evaluation"
+    root = Path(root)
+    archive = root / f"{name}.zip"
+    folder = root / name
+    if manifest is None:
+        from fastadapt.data.omniglot import bundled_png_digests
+
+        manifest = bundled_png_digests()
+    if not folder.is_dir():
+        if not archive.is_file():
+            if not download:
+                raise DataError(f"{archive} not found; put the official archive there or pass download=True")
+            download_file(url.format(name=name), archive, sha256=sha256, md5=None if sha256 else PUBLISHED_MD5.get(name))
+        else:
+            _verify_digest(archive, sha256, None if sha256 else PUBLISHED_MD5.get(name), str(archive))
+        safe_extract(archive, folder, _manifest_check(manifest))
+    files = sorted(p for p in folder.rglob("*.png") if not p.name.startswith("."))
+    if not files:
+        raise DataError(f"{folder} holds no PNG images; delete it and extract the archive again")
+    groups: dict[str, list[Path]] = {}
+    for f in files:
+        groups.setdefault(f"{f.parent.parent.name}/{f.parent.name}", []).append(f)
+    images, counts = [], []
+    for key in sorted(groups):
+        for f in groups[key]:
+            with Image.open(f) as im:
+                im = im.convert("L")
+                arr = 255 - np.asarray(im, dtype=np.uint8)  # ink bright
+                if size is not None:
+                    arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.LANCZOS))
+            images.append(arr)
+        counts.append(len(groups[key]))
+    data = torch.from_numpy(np.stack(images)[:, None].copy())
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(counts).cumsum(0)])
+    return ClassDataset(data, offsets, tuple(sorted(groups)), f"omniglot-{name}")

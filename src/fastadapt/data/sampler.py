@@ -1,0 +1,144 @@
+"""Seeded N-way K-shot Q-query episodes from a :class:`ClassDataset`.
+
+Every task is identified by ``(seed, step, index)`` and drawn from its own generator, so a task is
+the same whatever batch size, process count or order it is drawn in: a run can resume mid-way, be
+split across ranks, or be compared with another algorithm on exactly the same episodes.
+"""
+
+from __future__ import annotations
+
+import random
+from array import array
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from fastadapt.data.classes import ClassDataset
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import DataError
+
+_MASK64 = (1 << 64) - 1
+EVAL_STEP = -1  # the step index reserved for fixed evaluation episodes
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from integers (splitmix64 finaliser over the sequence)."""
+    z = 0x9E3779B97F4A7C15
+    for v in values:
+        z = (z ^ (v & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & _MASK64
+        z ^= z >> 31
+    return z & ((1 << 63) - 1)
+
+
+def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: int) -> None:
+    """Raise :class:`DataError` unless ``dataset`` can supply ``ways``-way ``shots``+``queries`` tasks."""
+    for label, v in (("ways", ways), ("shots", shots), ("queries", queries)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise DataError(f"{label}={v!r} is invalid; it must be a positive integer")
+    if ways > dataset.num_classes:
+        raise DataError(f"ways={ways} exceeds the {dataset.num_classes} classes of {dataset.name}; use ways <= {dataset.num_classes}")
+    need = shots + queries
+    counts = dataset.counts
+    enough = int((counts >= need).sum())
+    if enough < ways:
+        raise DataError(
+            f"shots + queries = {need} exceeds the examples per class of {dataset.name} "
+            f"(only {enough} classes have >= {need}; smallest class has {int(counts.min())}); lower shots or queries"
+        )
+
+
+class EpisodeSampler:
+    """Draws :class:`TaskBatch` es of ``ways``-way ``shots``-shot ``queries``-query tasks.
+
+    Args:
+        dataset: the classes to draw from.
+        ways, shots, queries: N, K, Q.
+        seed: the seed of the whole task stream.
+
+    ``sample(T)`` returns the next T tasks of the stream (stateful: the step counter advances);
+    ``sample_tasks(step, start, T)`` returns tasks ``start..start+T-1`` of ``step`` (pure);
+    ``fixed(n)`` returns the same ``n`` evaluation tasks every time for a seed.
+
+    Classes with fewer than ``shots + queries`` examples are never drawn.
+    """
+
+    def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, seed: int = 0) -> None:
+        check_episode_shape(dataset, ways, shots, queries)
+        self.dataset, self.ways, self.shots, self.queries, self.seed = dataset, ways, shots, queries, int(seed)
+        need = shots + queries
+        self._eligible = torch.nonzero(dataset.counts >= need).flatten()
+        self._counts = dataset.counts[self._eligible]
+        self._starts = dataset.offsets[:-1][self._eligible]
+        self._eligible_list: list[int] = self._eligible.tolist()
+        self._counts_list: list[int] = self._counts.tolist()
+        self._starts_list: list[int] = self._starts.tolist()
+        self.step = 0
+
+    def _task_indices(self, step: int, index: int) -> tuple[list[int], list[int]]:
+        """Rows of ``dataset.data`` for one task (``N*(K+Q)``, class-major) and its ``N`` class ids.
+
+        ``random.Random`` with Floyd-style ``sample`` costs a few microseconds per task and is
+        reproducible across Python versions and platforms for the same integer seed.
+        """
+        rng = random.Random(_mix(self.seed, step, index))
+        pick = rng.sample(range(len(self._eligible_list)), self.ways)
+        need = self.shots + self.queries
+        rows: list[int] = []
+        key = rng.random
+        for p in pick:
+            start = self._starts_list[p]
+            order = sorted(range(self._counts_list[p]), key=lambda _: key())  # a uniform permutation
+            rows.extend([start + j for j in order[:need]])
+        return rows, [self._eligible_list[p] for p in pick]
+
+    def sample_tasks(self, step: int, start: int, num_tasks: int) -> TaskBatch:
+        """Tasks ``start .. start+num_tasks-1`` of ``step``: the same for the same seed, always."""
+        if num_tasks < 1:
+            raise DataError(f"num_tasks={num_tasks} is invalid; it must be a positive integer")
+        k, need = self.shots, self.shots + self.queries
+        support_rows: list[int] = []
+        query_rows: list[int] = []
+        classes: list[int] = []
+        for i in range(num_tasks):
+            r, c = self._task_indices(step, start + i)
+            for j in range(self.ways):
+                support_rows += r[j * need : j * need + k]
+                query_rows += r[j * need + k : (j + 1) * need]
+            classes += c
+        rows = torch.frombuffer(array("q", support_rows + query_rows), dtype=torch.int64)
+        return self._gather(rows, num_tasks, torch.frombuffer(array("q", classes), dtype=torch.int64).view(num_tasks, -1))
+
+    def sample(self, num_tasks: int) -> TaskBatch:
+        """The next ``num_tasks`` tasks of the stream (advances :attr:`step`)."""
+        batch = self.sample_tasks(self.step, 0, num_tasks)
+        self.step += 1
+        return batch
+
+    def fixed(self, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:
+        """``num_episodes`` fixed evaluation tasks in batches of ``batch_size`` (same for the same seed)."""
+        for start in range(0, num_episodes, batch_size):
+            yield self.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
+
+    def _gather(self, rows: Tensor, t: int, classes: Tensor) -> TaskBatch:
+        """One gather for the whole batch; ``rows`` holds all support rows, then all query rows."""
+        n, k, q = self.ways, self.shots, self.queries
+        x = self.dataset.data.index_select(0, rows)
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32).div_(255.0)
+        shape = x.shape[1:]
+        support_x = x[: t * n * k].view(t, n * k, *shape)
+        query_x = x[t * n * k :].view(t, n * q, *shape)
+        labels = torch.arange(n)
+        support_y = labels.repeat_interleave(k).repeat(t, 1)
+        query_y = labels.repeat_interleave(q).repeat(t, 1)
+        return TaskBatch(support_x, support_y, query_x, query_y, classes)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise DataError(f"sampler state has seed {state['seed']}, this sampler has {self.seed}; build it with the same seed")
+        self.step = int(state["step"])

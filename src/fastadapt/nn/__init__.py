@@ -1,0 +1,64 @@
+"""Backbones from the papers. Any ``nn.Module`` works with every algorithm; these are conveniences."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int, batch_norm: bool = True, track_running_stats: bool = False, pool: bool = True) -> nn.Sequential:
+    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats))
+    layers.append(nn.ReLU())
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
+
+
+class Conv4(nn.Module):
+    """The 4-block convolutional network of Vinyals et al. / MAML / ProtoNets.
+
+    4 x [3x3 conv with ``hidden`` filters, BatchNorm, ReLU, 2x2 max-pool], flattened, then a linear
+    head to ``out_features`` classes (``out_features=None``: no head, the network is an embedding,
+    as ProtoNets uses it). On 28x28 Omniglot the embedding has ``hidden`` features (1x1 spatial).
+
+    BatchNorm keeps no running statistics by default (``track_running_stats=False``): it always
+    normalises with the statistics of the batch it sees, i.e. per task when tasks are run
+    separately: the transductive setting of the MAML paper.
+    """
+
+    def __init__(self, in_channels: int = 1, out_features: int | None = 5, hidden: int = 64, image_size: int = 28,
+                 batch_norm: bool = True, track_running_stats: bool = False) -> None:
+        super().__init__()
+        chans = [in_channels, hidden, hidden, hidden, hidden]
+        self.features = nn.Sequential(*[conv_block(chans[i], chans[i + 1], batch_norm, track_running_stats) for i in range(4)])
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        self.embedding_dim = hidden * max(side, 1) ** 2
+        self.head = nn.Linear(self.embedding_dim, out_features) if out_features is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.features(x).flatten(1)
+        return self.head(z) if self.head is not None else z
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: ``in -> hidden[0] -> ... -> out`` (the MAML sinusoid net is ``MLP(1, 1, (40, 40))``)."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: tuple[int, ...] = (40, 40)) -> None:
+        super().__init__()
+        dims = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(dims[-1], out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.flatten(1) if x.ndim > 2 else x)
+
+
+__all__ = ["MLP", "Conv4", "conv_block"]

@@ -10,6 +10,7 @@ is an error). ``Cls.needs_head`` says whether the model must end in a ``ways``-w
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from fastadapt.errors import ConfigError
 

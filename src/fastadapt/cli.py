@@ -1,0 +1,168 @@
+"""The ``fastadapt`` command.
+
+    fastadapt train PRESET|FILE [key=value ...]   train (resumes when the run folder has a checkpoint)
+    fastadapt eval RUN_DIR [key=value ...]        test a trained run on its fixed test episodes
+    fastadapt list                                algorithms, presets, datasets
+    fastadapt plot RUN_DIR                        learning curves (PNG)
+    fastadapt report RUN_DIR...                   a Markdown table comparing runs
+    fastadapt sample [key=value ...]              sample episodes and save a picture of them
+
+Errors a user can fix print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from fastadapt.errors import FastAdaptError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fastadapt.train.config import load_config
+    from fastadapt.train.loop import train
+
+    cfg = load_config(args.config, args.overrides)
+    print(f"run folder: {cfg.out_dir}")
+    result = train(cfg, resume=not args.restart)
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; run the same command to resume")
+        return 130
+    for key, res in result.tests.items():
+        print(f"test {key}: {res.summary()}")
+    print(f"trained {result.steps} steps in {result.train_seconds / 60:.1f} min; results in {cfg.out_dir}")
+    return 0
+
+
+def _run_config(run_dir: str, overrides: list[str]):
+    """The config a run was trained with (its config.json), with ``key=value`` overrides applied."""
+    from fastadapt.train.config import config_from_dict, parse_override
+
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FastAdaptError(f"{run_dir} has no config.json; pass a run folder written by fastadapt train")
+    raw = json.loads(path.read_text())
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from fastadapt.train.build import build_algorithm
+    from fastadapt.train.checkpoint import load_checkpoint
+    from fastadapt.train.loop import test
+
+    cfg = _run_config(args.run_dir, args.overrides)
+    run = Path(args.run_dir)
+    ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
+    algo = build_algorithm(cfg).to(torch.device(cfg.run.device))
+    algo.load_state_dict(load_checkpoint(ckpt, cfg.run.device)["algorithm"])
+    cfg = replace(cfg, run=replace(cfg.run, out=str(run)))
+    for key, res in test(cfg, algo, device=cfg.run.device).items():
+        print(f"test {key}: {res.summary()}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from fastadapt.algorithms import REGISTRY, available
+    from fastadapt.data import SPLITS
+    from fastadapt.train.config import preset_names
+
+    have = set(available())
+    print("algorithms:")
+    for name in REGISTRY:
+        print(f"  {name}{'' if name in have else '  (not in this version)'}")
+    print("presets:")
+    for name in preset_names():
+        print(f"  {name}")
+    print("datasets:")
+    for split, parts in SPLITS.items():
+        print(f"  omniglot (bundled, 28x28) split={split}: {', '.join(parts)}")
+    print("  sinusoid (generated; MAML regression tasks)")
+    print("  folder:<path> (one subfolder per class; <path>/<part>/<class>/*.png)")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from fastadapt.report import plot_run
+
+    for path in plot_run(args.run_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from fastadapt.report import markdown_report
+
+    text = markdown_report(args.run_dirs)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from fastadapt.report import save_episode_grid
+    from fastadapt.train.build import task_sources
+    from fastadapt.train.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    batch = task_sources(cfg).train.sample_tasks(0, 0, args.tasks)
+    print(f"sampled {len(batch)} tasks: support_x {tuple(batch.support_x.shape)}, query_x {tuple(batch.query_x.shape)}, "
+          f"classes of task 0: {batch.classes[0].tolist() if batch.classes is not None else 'regression'}")
+    if args.out:
+        print(f"wrote {save_episode_grid(batch, args.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastadapt", description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a preset or TOML config; resumes from the run folder's checkpoint")
+    t.add_argument("config", help="preset name (see `fastadapt list`) or path to a .toml file")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.ways=20 optim.steps=100")
+    t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    t.set_defaults(fn=_cmd_train)
+    e = sub.add_parser("eval", help="evaluate a trained run on its fixed test episodes")
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*", help="e.g. data.test_shots=5 eval.test_episodes=600")
+    e.set_defaults(fn=_cmd_eval)
+    sub.add_parser("list", help="algorithms, presets and datasets").set_defaults(fn=_cmd_list)
+    pl = sub.add_parser("plot", help="learning curves of a run as PNG")
+    pl.add_argument("run_dir")
+    pl.set_defaults(fn=_cmd_plot)
+    r = sub.add_parser("report", help="Markdown table comparing runs")
+    r.add_argument("run_dirs", nargs="+")
+    r.add_argument("--out", help="write the table to this file")
+    r.set_defaults(fn=_cmd_report)
+    s = sub.add_parser("sample", help="sample episodes from a preset's data and save a picture")
+    s.add_argument("config", nargs="?", default="protonet-quick")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--tasks", type=int, default=4)
+    s.add_argument("--out", default="episodes.png", help="PNG path ('' to skip the picture)")
+    s.set_defaults(fn=_cmd_sample)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except FastAdaptError as e:
+        print(f"fastadapt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastadapt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Reports: learning-curve plots, Markdown tables comparing runs, pictures of episodes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import FastAdaptError
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise FastAdaptError("plotting needs matplotlib; install it with: pip install 'fastadapt[plot]'") from None
+    return plt
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FastAdaptError(f"{run_dir} has no metrics.jsonl; pass a run folder written by fastadapt train")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """``curves.png``: training loss, and training / validation score against step."""
+    plt = _pyplot()
+    rows = read_metrics(run_dir)
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    metric = "acc" if any("acc" in r for r in rows) else "mse"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
+    ax1.set(xlabel="step", ylabel="training loss (query)", title="loss")
+    ax1.set_yscale("log")
+    ax2.plot([r["step"] for r in train], [r.get(metric, np.nan) for r in train], lw=1, label="train (query)")
+    if val:
+        m = np.array([r[metric] for r in val])
+        ci = np.array([r.get("ci", 0.0) for r in val])
+        steps = [r["step"] for r in val]
+        ax2.plot(steps, m, marker="o", label="validation (fixed episodes)")
+        ax2.fill_between(steps, m - ci, m + ci, alpha=0.2)
+    ax2.set(xlabel="step", ylabel=metric, title=metric)
+    ax2.legend()
+    fig.suptitle(Path(run_dir).name)
+    fig.tight_layout()
+    out = Path(run_dir) / "curves.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return [out]
+
+
+def markdown_report(run_dirs: list[str] | list[Path]) -> str:
+    """A Markdown table: one row per run and test setting, with mean +- CI and what produced it."""
+    lines = [
+        "| run | algorithm | test setting | score (mean +- 95% CI) | episodes | steps | train min | batchnorm |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in run_dirs:
+        path = Path(run) / "results.json"
+        if not path.is_file():
+            raise FastAdaptError(f"{run} has no results.json; train it to the end (or run fastadapt eval) first")
+        res = json.loads(path.read_text())
+        for key, t in res["tests"].items():
+            s = t["settings"]
+            if t["metric"] == "acc":
+                score = f"{100 * t['mean']:.2f} +- {100 * t['ci']:.2f} %"
+            else:
+                score = f"MSE {t['mean']:.4f} +- {t['ci']:.4f}"
+            lines.append(f"| {Path(run).name} | {s.get('algorithm', '?')} | {key} ({s.get('queries', '?')} queries) | {score} | "
+                         f"{t['episodes']} | {res['steps']} | {res['train_seconds'] / 60:.1f} | {s.get('batchnorm', '?')} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_episode_grid(batch: TaskBatch, path: str | Path, max_tasks: int = 4) -> Path:
+    """A PNG of the first tasks: one row per task, support images then query images, grouped by label."""
+    from PIL import Image
+
+    if batch.support_x.ndim != 5:
+        raise FastAdaptError("episode pictures need image tasks [T, S, C, H, W]")
+    rows = []
+    for t in range(min(max_tasks, len(batch))):
+        imgs = [batch.support_x[t, i] for i in range(batch.support_x.shape[1])]
+        gap = np.ones_like(imgs[0][0].numpy()) * 0.5
+        q = [batch.query_x[t, i] for i in range(min(batch.query_x.shape[1], 2 * batch.ways))]
+        row = np.concatenate([im[0].numpy() for im in imgs] + [gap] + [im[0].numpy() for im in q], axis=1)
+        rows.append(row)
+    width = max(r.shape[1] for r in rows)
+    grid = np.concatenate([np.pad(r, ((1, 1), (0, width - r.shape[1])), constant_values=0.5) for r in rows], axis=0)
+    Image.fromarray((255 * (1 - grid.clip(0, 1))).astype(np.uint8)).save(path)
+    return Path(path)

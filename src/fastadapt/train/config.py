@@ -1,0 +1,328 @@
+"""One validated source of truth for a run's settings.
+
+A config is five frozen sections plus the algorithm's options. Presets are TOML files shipped in
+``fastadapt/presets``; ``fastadapt train PRESET key=value ...`` overrides keys with dotted names
+(``data.ways=20``, ``algorithm.inner_lr=0.1``). Unknown keys, wrong types and impossible values
+raise :class:`~fastadapt.errors.ConfigError` with a one-line message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastadapt.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "omniglot"  # "omniglot", "sinusoid", or "folder:<path>" (one subfolder per class)
+    split: str = "vinyals"  # Omniglot split: "vinyals" (with rotations) or "lake"
+    train_part: str = "train"  # part to meta-train on
+    val_part: str = "val"  # part for validation / best-checkpoint selection ("" to skip validation)
+    test_part: str = "test"  # part to test on
+    ways: int = 5  # N classes per training task
+    shots: int = 1  # K support examples per class
+    queries: int = 15  # Q query examples per class
+    meta_batch: int = 32  # tasks per outer step
+    test_ways: int = 0  # N at validation and test (0: same as ways)
+    test_shots: int = 0  # K at validation and test (0: same as shots)
+    test_queries: int = 0  # Q at validation and test (0: same as queries)
+    image_size: int = 28  # side of the square images fed to the model (resized if different)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "conv4"  # "conv4" or "mlp"
+    hidden: int = 64  # conv4: filters per layer
+    layers: tuple[int, ...] = (40, 40)  # mlp: hidden widths
+    batch_norm: bool = True  # conv4: BatchNorm after each conv (batch statistics, no running stats)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adam"  # "adam", "sgd" or "adamw"
+    lr: float = 1e-3  # outer learning rate
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
+    schedule: str = "constant"  # "constant", "step" (x gamma every step_size steps) or "cosine"
+    step_size: int = 2000  # "step" schedule period
+    gamma: float = 0.5  # "step" schedule factor
+    clip_grad: float = 0.0  # max global gradient norm (0: no clipping)
+    steps: int = 1000  # outer steps in total
+    max_minutes: float = 0.0  # stop (checkpointed) after this many minutes of training (0: no limit)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    val_every: int = 500  # validate every N steps (0: never)
+    val_episodes: int = 200  # fixed validation episodes
+    test_episodes: int = 1000  # fixed test episodes
+    batch: int = 50  # episodes per evaluation batch
+    seed: int = 1234  # seed of the fixed validation / test episodes
+    test_settings: tuple[tuple[int, int], ...] = ()  # extra (ways, shots) settings to test on; () = test_ways/test_shots only
+    level: float = 0.95  # confidence level of the reported interval
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"  # run name (default output folder runs/<name>)
+    out: str = ""  # output folder ("" = runs/<name>)
+    seed: int = 0  # seed of model init and training episodes
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    log_every: int = 10  # append train metrics to metrics.jsonl every N steps
+    checkpoint_every: int = 200  # write checkpoint.pt every N steps
+    progress: bool = True  # show a progress bar
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig, "run": RunConfig}
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    algorithm: str = "protonet"  # registry name
+    algorithm_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the algorithm's constructor
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.run.out or f"runs/{self.run.name}")
+
+    @property
+    def test_ways(self) -> int:
+        return self.data.test_ways or self.data.ways
+
+    @property
+    def test_shots(self) -> int:
+        return self.data.test_shots or self.data.shots
+
+    @property
+    def test_queries(self) -> int:
+        return self.data.test_queries or self.data.queries
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        out["algorithm"] = {"name": self.algorithm, **_plain(self.algorithm_options)}
+        return out
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(key, value, a)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}={value!r} has the wrong type; expected {tp}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} has the wrong type; expected a string")
+        return value
+    if tp is typing.Any:
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
+
+
+def _build_section(name: str, cls: type, values: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in values.items():
+        if k not in hints:
+            raise ConfigError(f"unknown key {name}.{k}; allowed keys of [{name}]: {', '.join(allowed)}")
+        kwargs[k] = _coerce(f"{name}.{k}", v, hints[k])
+    return cls(**kwargs)
+
+
+def algorithm_signature(name: str) -> dict[str, inspect.Parameter]:
+    """The options of algorithm ``name``: its constructor's keyword parameters after ``model``."""
+    from fastadapt.algorithms import algorithm_class
+
+    params = list(inspect.signature(algorithm_class(name).__init__).parameters.values())[2:]  # self, model
+    return {p.name: p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_algorithm_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    params = algorithm_signature(name)
+    out = {}
+    for k, v in options.items():
+        if k not in params:
+            raise ConfigError(f"unknown key algorithm.{k} for {name}; allowed: {', '.join(params) or '(none)'}")
+        default = params[k].default
+        if default is not inspect.Parameter.empty and default is not None and v is not None:
+            want = type(default)
+            if want is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            elif want in (tuple, list) and isinstance(v, (list, tuple)):
+                v = want(v)
+            elif not isinstance(v, want) or (want is int and isinstance(v, bool)):
+                raise ConfigError(f"algorithm.{k}={v!r} has the wrong type; expected {want.__name__} (default {default!r})")
+        out[k] = v
+    return out
+
+
+def _validate(cfg: Config) -> Config:
+    d, o, e, r = cfg.data, cfg.optim, cfg.eval, cfg.run
+    positive = {
+        "data.ways": d.ways, "data.shots": d.shots, "data.queries": d.queries, "data.meta_batch": d.meta_batch,
+        "data.image_size": d.image_size, "model.hidden": cfg.model.hidden, "optim.steps": o.steps,
+        "eval.batch": e.batch, "run.log_every": r.log_every, "run.checkpoint_every": r.checkpoint_every,
+    }
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{key}={v} is invalid; it must be >= 1")
+    non_negative = {
+        "data.test_ways": d.test_ways, "data.test_shots": d.test_shots, "data.test_queries": d.test_queries,
+        "optim.clip_grad": o.clip_grad, "optim.weight_decay": o.weight_decay, "eval.val_every": e.val_every,
+        "eval.val_episodes": e.val_episodes, "eval.test_episodes": e.test_episodes, "run.threads": r.threads,
+        "optim.max_minutes": o.max_minutes, "optim.momentum": o.momentum,
+    }
+    for key, v in non_negative.items():
+        if v < 0:
+            raise ConfigError(f"{key}={v} is invalid; it must be >= 0")
+    if not o.lr > 0:
+        raise ConfigError(f"optim.lr={o.lr} is invalid; it must be > 0")
+    if not 0 < e.level < 1:
+        raise ConfigError(f"eval.level={e.level} is invalid; it must be in (0, 1), e.g. 0.95")
+    choices = {
+        "optim.optimizer": (o.optimizer, ("adam", "sgd", "adamw")),
+        "optim.schedule": (o.schedule, ("constant", "step", "cosine")),
+        "model.name": (cfg.model.name, ("conv4", "mlp")),
+    }
+    for key, (v, allowed) in choices.items():
+        if v not in allowed:
+            raise ConfigError(f"{key}={v!r} is not allowed; choose one of {', '.join(allowed)}")
+    if not (d.dataset in ("omniglot", "sinusoid") or d.dataset.startswith("folder:")):
+        raise ConfigError(f"data.dataset={d.dataset!r} is not allowed; choose omniglot, sinusoid or folder:<path>")
+    for ways, shots in e.test_settings:
+        if ways < 1 or shots < 1:
+            raise ConfigError(f"eval.test_settings entry [{ways}, {shots}] is invalid; ways and shots must be >= 1")
+    if e.test_episodes and e.test_episodes < 2:
+        raise ConfigError(f"eval.test_episodes={e.test_episodes} is too few for a confidence interval; use >= 2 (or 0 to skip testing)")
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from nested dicts (as read from TOML)."""
+    raw = dict(raw)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.pop(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{name}] must be a table of keys, got {values!r}")
+        sections[name] = _build_section(name, cls, values)
+    algo = raw.pop("algorithm", {"name": "protonet"})
+    if not isinstance(algo, dict) or "name" not in algo:
+        raise ConfigError("[algorithm] needs a name, e.g. name = \"protonet\"")
+    if raw:
+        raise ConfigError(f"unknown section [{next(iter(raw))}]; allowed: {', '.join([*SECTIONS, 'algorithm'])}")
+    algo = dict(algo)
+    name = algo.pop("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"algorithm.name={name!r} has the wrong type; expected a string")
+    options = _check_algorithm_options(name, algo)
+    return _validate(Config(**sections, algorithm=name, algorithm_options=options))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"data.ways=20"`` -> (["data", "ways"], 20); the value is read as TOML, else taken as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value; write e.g. data.ways=20")
+    key, value = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) != 2 or not all(path):
+        raise ConfigError(f"override key {key!r} must be section.key, e.g. data.ways or algorithm.inner_lr")
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return path, parsed
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[: -len(".toml")] for p in resources.files("fastadapt.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(preset_or_path: str) -> dict[str, Any]:
+    """The raw dict of a shipped preset (by name) or a TOML file (by path)."""
+    path = Path(preset_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass a preset name ({', '.join(preset_names())}) or a TOML file")
+        text = path.read_text()
+    elif preset_or_path in preset_names():
+        text = (resources.files("fastadapt.presets") / f"{preset_or_path}.toml").read_text()
+    else:
+        raise ConfigError(f"unknown preset {preset_or_path!r}; choose one of {', '.join(preset_names())} or pass a .toml file")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{preset_or_path}: invalid TOML ({e})") from None
+
+
+def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a preset or file, apply ``key=value`` overrides, validate."""
+    raw = read_toml(preset_or_path)
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"[{section}] is not a table")
+        raw[section][key] = value
+    return config_from_dict(raw)

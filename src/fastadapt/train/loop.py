@@ -1,0 +1,200 @@
+"""One training loop for every algorithm.
+
+    for step: batch = tasks of step -> out = algo.meta_loss(batch) -> out.loss.backward()
+              -> clip -> optimizer.step() -> scheduler.step()
+    every val_every steps: accuracy on fixed validation episodes; the best model is kept (best.pt)
+    every checkpoint_every steps, on SIGINT/SIGTERM and at the end: checkpoint.pt (atomic)
+    at the end: the best model on the fixed test episodes -> results.json
+
+The tasks of a step are a pure function of (seed, step, task index), so a resumed run sees the
+same tasks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastadapt.errors import FastAdaptError
+from fastadapt.eval import EvalResult, batchnorm_setting, evaluate
+from fastadapt.train.build import build_algorithm, build_optimizer, task_sources
+from fastadapt.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fastadapt.train.config import Config, config_from_dict
+
+
+class TrainingDiverged(FastAdaptError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    best_val: float | None
+    tests: dict[str, EvalResult] = field(default_factory=dict)
+    interrupted: bool = False
+    train_seconds: float = 0.0
+
+
+class _StopFlag:
+    """Turns SIGINT / SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int) -> dict[str, Any]:
+    """What changes the number, to be written beside it."""
+    return {
+        "algorithm": cfg.algorithm, "algorithm_options": cfg.algorithm_options, "dataset": cfg.data.dataset,
+        "split": cfg.data.split, "part": cfg.data.test_part, "ways": ways, "shots": shots, "queries": queries,
+        "batchnorm": batchnorm_setting(algo), "eval_seed": cfg.eval.seed, "model": cfg.model.name,
+    }
+
+
+def train(cfg: Config, resume: bool = True, step_hook: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``cfg`` in ``cfg.out_dir``; resume from its ``checkpoint.pt`` when there is one."""
+    out = cfg.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, best_path, metrics_path = out / "checkpoint.pt", out / "best.pt", out / "metrics.jsonl"
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = torch.device(cfg.run.device)
+    torch.manual_seed(cfg.run.seed)
+
+    sources = task_sources(cfg)
+    algo = build_algorithm(cfg).to(device)
+    optimizer, scheduler = build_optimizer(cfg, algo.parameters())
+    start, best_val, train_seconds = 0, None, 0.0
+
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, device)
+        saved = config_from_dict(state["config"])
+        if saved.to_dict() | {"run": None, "optim": None} != cfg.to_dict() | {"run": None, "optim": None}:
+            raise FastAdaptError(f"{out} holds a run with another config; pass a new run.name/run.out or the same config to resume")
+        algo.load_state_dict(state["algorithm"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start, best_val, train_seconds = int(state["step"]), state["best_val"], float(state["train_seconds"])
+    else:
+        metrics_path.unlink(missing_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(ckpt_path, {
+            "algorithm": algo.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step, "config": cfg.to_dict(), "rng": rng_state(), "best_val": best_val, "train_seconds": train_seconds,
+        })
+
+    bar = None
+    if cfg.run.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.optim.steps, initial=start, desc=f"train {cfg.algorithm}", unit="step", dynamic_ncols=True)
+    step, interrupted = start, False
+    t_start = time.perf_counter() - train_seconds
+    window: list[dict[str, float]] = []
+    with _StopFlag() as stop:
+        try:
+            while step < cfg.optim.steps:
+                t0 = time.perf_counter()
+                algo.train()
+                batch = sources.train.sample_tasks(step, 0, cfg.data.meta_batch).to(device)
+                result = algo.meta_loss(batch)
+                if not math.isfinite(float(result.loss.detach())):
+                    raise TrainingDiverged(f"loss is {float(result.loss.detach())} at step {step}; lower optim.lr or set optim.clip_grad "
+                                           f"(the last good checkpoint in {ckpt_path} is kept)")
+                optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                if cfg.optim.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(algo.parameters(), cfg.optim.clip_grad)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                train_seconds = time.perf_counter() - t_start
+                window.append(result.metrics | {"tasks_per_s": cfg.data.meta_batch / (time.perf_counter() - t0)})
+                if step % cfg.run.log_every == 0 or step == cfg.optim.steps:
+                    avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
+                    _append_jsonl(metrics_path, {"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg})
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in avg.items() if k in ("loss", "acc", "mse", "tasks_per_s")})
+                    window = []
+                if bar is not None:
+                    bar.update(1)
+                if sources.val is not None and cfg.eval.val_every and (step % cfg.eval.val_every == 0 or step == cfg.optim.steps):
+                    res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device)
+                    score = res.mean if res.metric == "acc" else -res.mean
+                    _append_jsonl(metrics_path, {"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
+                    if best_val is None or score > best_val:
+                        best_val = score
+                        save_checkpoint(best_path, {"algorithm": algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean})
+                if step_hook is not None:
+                    step_hook(step)
+                if step % cfg.run.checkpoint_every == 0:
+                    checkpoint(step)
+                if stop.signal is not None or (cfg.optim.max_minutes and train_seconds > 60 * cfg.optim.max_minutes):
+                    interrupted = stop.signal is not None
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        checkpoint(step)
+    result_obj = TrainResult(out, step, best_val, interrupted=interrupted, train_seconds=train_seconds)
+    if interrupted:
+        return result_obj
+    if step >= cfg.optim.steps or cfg.optim.max_minutes:
+        result_obj.tests = test(cfg, algo, sources, device)
+        summary = {
+            "steps": step, "train_seconds": train_seconds, "best_val": best_val,
+            "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in result_obj.tests.items()},
+        }
+        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return result_obj
+
+
+def test(cfg: Config, algo: torch.nn.Module, sources=None, device: torch.device | str = "cpu") -> dict[str, EvalResult]:
+    """Evaluate the best checkpoint (else the current model) on every test setting; write eval files."""
+    out = cfg.out_dir
+    sources = sources or task_sources(cfg)
+    if (out / "best.pt").exists():
+        algo.load_state_dict(load_checkpoint(out / "best.pt", device)["algorithm"])
+    results = {}
+    for key, sampler in sources.tests.items():
+        settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries)
+        res = evaluate(algo, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
+                       progress=cfg.run.progress, desc=f"test {key}", settings=settings)
+        (out / f"eval_{key}.json").write_text(json.dumps(res.to_dict()) + "\n")
+        results[key] = res
+    return results

@@ -1,0 +1,232 @@
+"""Memory-augmented neural network (MANN), Santoro et al. 2016, "Meta-Learning with Memory-Augmented
+Neural Networks" (ICML), as a fastadapt algorithm.
+
+An episode is a *sequence*: at step t the network sees the input ``x_t`` together with the one-hot
+label of the *previous* step ``y_{t-1}`` (zeros at t = 0), and must output ``y_t``. A class's label
+is therefore first revealed one step after its first instance, and the network has to bind
+"this image" to "this label" in its memory to classify the next instance of the class. Labels are
+shuffled per episode so that no image-to-label mapping can be stored in the weights.
+
+Episodes from a :class:`~fastadapt.TaskBatch` (see :func:`episode_sequence`): the support and the
+query examples of each task are pooled (``N * (K + Q)`` examples, e.g. ways=5, shots=5, queries=5
+gives the paper's 5 classes x 10 instances = 50 steps), presented in a uniformly random order, and
+the task's labels ``0..N-1`` are relabelled by a random permutation. The loss is the cross-entropy
+at every step (the paper trains on all steps), averaged over steps and tasks.
+
+Accuracy by instance (the paper's table 1): :func:`instance_numbers` counts, for every step, the how
+many-th presentation of its class it is; :func:`instance_accuracy` averages correctness by that number.
+
+The contract (``fastadapt.algorithms.base``) is kept loosely: ``needs_head=False`` (``model`` is an
+encoder, default ``nn.Flatten``); ``adapt(support_x, support_y)`` runs the support set through the
+memory (in a fixed shuffled order) and returns a predictor that classifies each query from that memory
+state, the last support label being fed with the query; ``predict(batch)`` does that for every task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastadapt.algorithms.base import MetaOutput, Predictor
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import ConfigError
+from fastadapt.memory.mann import LRUMemoryCore, LSTMCore
+
+REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)  # the columns of the paper's table 1
+
+
+@dataclass(frozen=True)
+class LabelSequence:
+    """Episodes as sequences; ``T`` tasks of ``L`` steps, ``C`` classes.
+
+    x: ``[T, L, *x_shape]`` inputs in presentation order; labels: ``[T, L]`` (int64, after the per-episode
+    relabelling); prev_onehot: ``[T, L, C]`` one-hot of ``labels[:, t-1]`` (zeros at t = 0); instance:
+    ``[T, L]`` 1-based presentation number of ``labels[:, t]`` within its episode.
+    """
+
+    x: Tensor
+    labels: Tensor
+    prev_onehot: Tensor
+    instance: Tensor
+
+
+def instance_numbers(labels: Tensor, num_classes: int) -> Tensor:
+    """``[T, L]`` -> ``[T, L]``: at each step, how many times its label has appeared so far, this step included."""
+    onehot = F.one_hot(labels, num_classes)
+    return onehot.cumsum(dim=1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def previous_onehot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``[T, L]`` -> ``[T, L, C]``: the one-hot label of the previous step; zeros at the first step."""
+    onehot = F.one_hot(labels, num_classes).to(dtype)
+    return torch.cat([torch.zeros_like(onehot[:, :1]), onehot[:, :-1]], dim=1)
+
+
+def episode_sequence(batch: TaskBatch, generator: torch.Generator | None = None, shuffle_labels: bool = True) -> LabelSequence:
+    """Pool support and query of every task, shuffle the order, relabel the classes (see the module docstring).
+
+    ``generator`` drives both permutations (default: the global torch generator).
+    """
+    x = torch.cat([batch.support_x, batch.query_x], dim=1)
+    y = torch.cat([batch.support_y, batch.query_y], dim=1)
+    t, length = y.shape
+    n = batch.ways
+    order = torch.rand(t, length, generator=generator).argsort(dim=1)
+    if shuffle_labels:
+        relabel = torch.rand(t, n, generator=generator).argsort(dim=1)
+        y = relabel.gather(1, y)
+    y = y.gather(1, order)
+    x = x[torch.arange(t).unsqueeze(1), order]
+    dtype = x.dtype if x.is_floating_point() else torch.float32
+    return LabelSequence(x, y, previous_onehot(y, n, dtype), instance_numbers(y, n))
+
+
+def instance_accuracy(logits: Tensor, labels: Tensor, instance: Tensor, max_instance: int = 10) -> Tensor:
+    """Accuracy by presentation number, per episode: ``[T, max_instance]`` float64.
+
+    Entry ``[e, k-1]`` is the fraction of the k-th presentations (of any class) in episode ``e`` that
+    were classified correctly; NaN where episode ``e`` has no k-th presentation.
+    """
+    correct = (logits.argmax(-1) == labels).double()
+    out = torch.full((labels.shape[0], max_instance), float("nan"), dtype=torch.float64)
+    for k in range(1, max_instance + 1):
+        mask = (instance == k).double()
+        count = mask.sum(1)
+        acc = (correct * mask).sum(1) / count.clamp_min(1)
+        out[:, k - 1] = torch.where(count > 0, acc, torch.full_like(acc, float("nan")))
+    return out
+
+
+def _repeat_state(state: Any, repeats: int) -> Any:
+    """Repeat every tensor of a (nested, possibly named) tuple ``repeats`` times along dim 0, item by item."""
+    if isinstance(state, Tensor):
+        return state.repeat_interleave(repeats, dim=0)
+    items = [_repeat_state(s, repeats) for s in state]
+    return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
+
+
+class MANN(nn.Module):
+    """Memory-augmented network (``core="mann"``) or its LSTM baseline (``core="lstm"``) for few-shot sequences.
+
+    Args:
+        model: encoder applied to every image (``[*, *input_shape] -> [*, F]``); default ``nn.Flatten()``
+            (the paper feeds the flattened 20x20 image).
+        ways: C, the number of classes per episode (5 in the paper's one-hot experiments).
+        input_shape: shape of one input (default ``(1, 20, 20)``: Omniglot at the paper's 20x20).
+        core: ``"mann"`` (LSTM controller + LRUA memory) or ``"lstm"`` (the baseline).
+        memory_size, memory_width, read_heads, controller_size, gamma: see :class:`~fastadapt.memory.mann.LRUMemoryCore`
+            (paper: 128, 40, 4, 200, 0.95).
+        shuffle_labels: relabel the classes with a random permutation in every training episode (the paper does).
+    """
+
+    needs_head = False
+
+    def __init__(self, model: nn.Module | None = None, ways: int = 5, input_shape: tuple[int, ...] = (1, 20, 20), core: str = "mann",
+                 memory_size: int = 128, memory_width: int = 40, read_heads: int = 4, controller_size: int = 200, gamma: float = 0.95,
+                 shuffle_labels: bool = True) -> None:
+        super().__init__()
+        if not isinstance(ways, int) or isinstance(ways, bool) or ways < 2:
+            raise ConfigError(f"MANN ways={ways!r} is invalid; it must be an integer >= 2")
+        self.model = model if model is not None else nn.Flatten()
+        self.ways, self.input_shape, self.shuffle_labels = ways, tuple(input_shape), bool(shuffle_labels)
+        feature_dim = self._feature_dim()
+        if core == "mann":
+            self.core: nn.Module = LRUMemoryCore(feature_dim, ways, memory_size, memory_width, read_heads, controller_size, gamma)
+        elif core == "lstm":
+            self.core = LSTMCore(feature_dim, ways, controller_size)
+        else:
+            raise ConfigError(f"MANN core={core!r} is unknown; choose 'mann' or 'lstm'")
+
+    def _feature_dim(self) -> int:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                z = self.model(torch.zeros(2, *self.input_shape))
+        finally:
+            self.model.train(was_training)
+        if z.ndim != 2:
+            raise ConfigError(f"MANN encoder maps {self.input_shape} to shape {tuple(z.shape[1:])}; it must give flat feature vectors")
+        return int(z.shape[1])
+
+    def _check(self, x: Tensor, ways: int) -> None:
+        if tuple(x.shape[-len(self.input_shape):]) != self.input_shape:
+            raise ConfigError(f"MANN was built for inputs {self.input_shape}, got {tuple(x.shape[2:])}; resize the images or pass input_shape")
+        if ways != self.ways:
+            raise ConfigError(f"MANN was built for ways={self.ways}, the batch has {ways}-way tasks; sample {self.ways}-way tasks")
+
+    def _encode(self, x: Tensor) -> Tensor:
+        """``[T, L, *x_shape]`` -> ``[L, T, F]`` (time first, as the cores take it)."""
+        t, length = x.shape[:2]
+        return self.model(x.flatten(0, 1)).view(t, length, -1).transpose(0, 1)
+
+    def sequence_logits(self, seq: LabelSequence) -> Tensor:
+        """Logits ``[T, L, C]`` for a :class:`LabelSequence`."""
+        logits, _ = self.core(self._encode(seq.x), seq.prev_onehot.transpose(0, 1).to(seq.x.dtype))
+        return logits.transpose(0, 1)
+
+    def meta_loss(self, batch: TaskBatch, generator: torch.Generator | None = None) -> MetaOutput:
+        """Cross-entropy at every step of the pooled, shuffled episodes (mean over steps and tasks).
+
+        Metrics: ``loss``, ``acc`` (all steps) and ``inst1``, ``inst2``, ... (accuracy at the k-th
+        presentation, for the k of :data:`REPORTED_INSTANCES` that the episodes contain).
+        """
+        self._check(batch.support_x, batch.ways)
+        seq = episode_sequence(batch, generator, self.shuffle_labels)
+        logits = self.sequence_logits(seq)
+        loss = F.cross_entropy(logits.flatten(0, 1), seq.labels.flatten())
+        with torch.no_grad():
+            metrics = {"loss": float(loss.detach()), "acc": float((logits.argmax(-1) == seq.labels).double().mean())}
+            per_inst = instance_accuracy(logits, seq.labels, seq.instance, max(REPORTED_INSTANCES))
+            for k in REPORTED_INSTANCES:
+                col = per_inst[:, k - 1]
+                if not torch.isnan(col).all():
+                    metrics[f"inst{k}"] = float(col.nanmean())
+        return MetaOutput(loss, metrics)
+
+    def _support_state(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> tuple[Any, Tensor]:
+        """Run ``[T, S, ...]`` support sequences (shuffled, labels kept); returns the state and the last label one-hot ``[T, C]``."""
+        t, s = support_y.shape
+        if generator is None:  # the same fixed shuffle of positions for every task, whatever the batch
+            order = torch.rand(s, generator=torch.Generator().manual_seed(0)).argsort().expand(t, s)
+        else:
+            order = torch.rand(t, s, generator=generator).argsort(dim=1)
+        x = support_x[torch.arange(t).unsqueeze(1), order]
+        y = support_y.gather(1, order)
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        prev = previous_onehot(y, self.ways, dtype)
+        _, state = self.core(self._encode(x), prev.transpose(0, 1))
+        return state, F.one_hot(y[:, -1], self.ways).to(dtype)
+
+    def _query_logits(self, state: Any, last: Tensor, query_x: Tensor) -> Tensor:
+        """Each query of ``[T, Q, ...]`` classified from its task's memory state: ``[T, Q, C]``."""
+        t, q = query_x.shape[:2]
+        feats = self.model(query_x.flatten(0, 1))
+        logits, _ = self.core.step(feats, last.repeat_interleave(q, dim=0), _repeat_state(state, q))
+        return logits.view(t, q, -1)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None = None) -> Predictor:
+        """Write one task's support set into memory; the predictor maps ``query_x [Q, ...]`` to logits ``[Q, C]``.
+
+        The support set is presented in an order shuffled by ``generator`` (default: one fixed shuffle of
+        the positions, so ``adapt`` is deterministic and agrees with ``predict``); the module is not changed.
+        """
+        self._check(support_x.unsqueeze(0), self.ways)
+        if support_y.numel() and not 0 <= int(support_y.min()) <= int(support_y.max()) < self.ways:
+            raise ConfigError(f"MANN was built for ways={self.ways}; support labels must lie in 0..{self.ways - 1}")
+        state, last = self._support_state(support_x.unsqueeze(0), support_y.unsqueeze(0), generator)
+
+        def predictor(query_x: Tensor) -> Tensor:
+            return self._query_logits(state, last, query_x.unsqueeze(0))[0]
+
+        return predictor
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        """Query logits ``[T, N*Q, N]`` of every task, each from its own support memory."""
+        self._check(batch.support_x, batch.ways)
+        state, last = self._support_state(batch.support_x, batch.support_y, None)
+        return self._query_logits(state, last, batch.query_x)

@@ -75,6 +75,10 @@ def test_circular_shift_moves_focus_and_wraps_around():
                 if (i - j) % 6 == o % 6:
                     ref[i] += w[j] * s[k]
     torch.testing.assert_close(circular_shift(w, s, offs), ref)
+    # offsets that are not -k..k take the general path: only forward moves by 0 or 2
+    s2 = t([0.25, 0.75])
+    ref2 = torch.stack([0.25 * w[i] + 0.75 * w[(i - 2) % 6] for i in range(6)])
+    torch.testing.assert_close(circular_shift(w, s2, (0, 2)), ref2)
 
 
 def test_sharpening_raises_to_gamma_and_renormalises():

@@ -46,7 +46,7 @@ def cosine_similarity(key: Tensor, memory: Tensor, eps: float = 1e-8) -> Tensor:
     Returns:
         ``[..., N]``.
     """
-    dot = (memory * key.unsqueeze(-2)).sum(-1)
+    dot = (key.unsqueeze(-2) @ memory.transpose(-1, -2)).squeeze(-2)
     key_norm = (key * key).sum(-1, keepdim=True).add(eps).sqrt()
     mem_norm = (memory * memory).sum(-1).add(eps).sqrt()
     return dot / (key_norm * mem_norm)
@@ -81,6 +81,12 @@ def circular_shift(w: Tensor, shift: Tensor, offsets: Sequence[int]) -> Tensor:
         shift: ``[..., S]`` a distribution over the ``S = len(offsets)`` allowed offsets.
         offsets: the integer offsets, e.g. ``(-1, 0, 1)``.
     """
+    k = len(offsets) // 2
+    if tuple(offsets) == tuple(range(-k, k + 1)) and k < w.shape[-1]:
+        # contiguous offsets -k..k: windows of the circularly padded w; w(i - o) sits at window index k - o
+        padded = torch.cat([w[..., w.shape[-1] - k :], w, w[..., :k]], dim=-1)
+        windows = padded.unfold(-1, 2 * k + 1, 1)  # [..., N, 2k+1]
+        return (windows @ shift.flip(-1).unsqueeze(-1)).squeeze(-1)
     rolled = torch.stack([torch.roll(w, shifts=int(o), dims=-1) for o in offsets], dim=-1)  # [..., N, S]
     return (rolled * shift.unsqueeze(-2)).sum(-1)
 
@@ -88,10 +94,10 @@ def circular_shift(w: Tensor, shift: Tensor, offsets: Sequence[int]) -> Tensor:
 def sharpen(w: Tensor, gamma: Tensor, eps: float = 1e-12) -> Tensor:
     """Sharpening (eq. 9): ``w(i)^gamma / sum_j w(j)^gamma``; ``gamma`` is ``[...]``, ``w`` is ``[..., N]``.
 
-    ``eps`` is added to ``w`` so that the gradient with respect to gamma stays finite at ``w = 0``.
+    Computed as ``softmax_i(gamma * log(w(i) + eps))`` (the same value, without overflow); ``eps``
+    keeps the logarithm and the gradient with respect to gamma finite at ``w = 0``.
     """
-    p = (w + eps) ** gamma.unsqueeze(-1)
-    return p / p.sum(-1, keepdim=True)
+    return torch.softmax(gamma.unsqueeze(-1) * torch.log(w + eps), dim=-1)
 
 
 class HeadParams(NamedTuple):
@@ -165,7 +171,10 @@ def write_memory(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) ->
     Returns:
         the new memory ``[B, N, Mw]`` (the input is not modified).
     """
-    keep = (1 - weights.unsqueeze(-1) * erase.unsqueeze(-2)).prod(dim=1)  # [B, N, Mw]
+    if weights.shape[1] == 1:  # one write head (the common case): skip the product over heads
+        keep = 1 - weights.transpose(1, 2) @ erase  # [B, N, Mw]
+    else:
+        keep = (1 - weights.unsqueeze(-1) * erase.unsqueeze(-2)).prod(dim=1)
     return memory * keep + weights.transpose(1, 2) @ add
 
 

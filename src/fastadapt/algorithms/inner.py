@@ -1,0 +1,344 @@
+"""The inner loop shared by the gradient-based algorithms (MAML, first-order MAML, Meta-SGD, ANIL, Reptile).
+
+Fast weights are a plain ``dict`` name -> tensor; the model is called with them through
+``torch.func.functional_call``, so the user's ``nn.Module`` is never copied or changed. One task's
+inner loop (Finn et al. 2017, eq. 1, with per-step, per-parameter rates as in Meta-SGD and MAML++)
+
+    phi_0 = theta,    phi_{k+1} = phi_k - alpha_k * grad_phi L_support(phi_k),    k = 0 .. K-1
+
+is written for one task with ``torch.func.grad`` and mapped over the T tasks of a batch by
+:func:`map_tasks`:
+
+* second order: ``grad L_support(phi_k)`` stays a function of theta (the outer backward then
+  differentiates through it: the Hessian-vector products of MAML);
+* first order: the gradient is taken at a detached copy of ``phi_k`` and detached, so
+  ``d phi_K / d theta = I`` (first-order MAML, Finn et al. 2017 sec. 5.2).
+
+Execution paths (``execution=``) compute the same numbers; they differ only in speed and memory:
+
+* ``"vmap"``: all tasks in one ``torch.func.vmap`` call;
+* ``"chunks"``: ``vmap`` over ``chunk_size`` tasks at a time (bounds the peak of the forward pass);
+* ``"loop"``: a Python loop over tasks (native kernels, no vmap).
+
+Measured default (``python benchmarks/inner_execution.py``: Omniglot workload, Conv4 with 64
+filters, 5-way 1-shot, 5 queries per class, meta-batch 32, 1 second-order inner step, float32,
+forward + backward of the meta-loss, 1 thread of a 2-core CPU, median of 5 iterations)::
+
+    vmap     MEDIAN_VMAP
+    chunks   MEDIAN_CHUNKS   (chunk_size=8)
+    loop     MEDIAN_LOOP
+
+so :data:`DEFAULT_EXECUTION` is ``DEFAULT_CHOICE``.
+
+Normalisation layers under vmap
+-------------------------------
+In this torch version the second derivative of the fused ``batch_norm``, ``instance_norm`` and
+``layer_norm`` kernels under ``torch.func.vmap`` is wrong when the layer has an affine weight
+(relative errors of 1e-3 to 1e-1 in the meta-gradient); without the affine weight it is exact, and
+``group_norm`` and ``rms_norm`` are exact. The vmap paths therefore run the model inside
+:class:`SplitAffineNorms`, a ``TorchFunctionMode`` that calls these three functions without their
+weight and bias and applies ``* weight + bias`` as separate operations. ``tests/test_gradient_based.py`` checks every execution path against a
+per-task autograd loop on a BatchNorm network.
+
+BatchNorm is transductive: a BatchNorm layer in training mode, or with ``track_running_stats=False``,
+normalises each task's support pass and query pass with that pass's own batch statistics (tasks
+never see each other's examples), as in MAML. Running statistics are never updated by the inner
+loop: buffers are passed through ``functional_call`` unchanged (a copy, so the module's own buffers
+are never written). :func:`norm_mode` names the setting of a model for reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+from torch.overrides import TorchFunctionMode
+
+from fastadapt.algorithms.base import task_loss
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import ConfigError
+
+Params = dict[str, Tensor]
+Rate = float | Tensor  # a learning rate: a number, a scalar tensor, or a tensor shaped like its parameter
+Rates = Sequence[Mapping[str, Rate]]  # one mapping name -> rate per inner step
+
+EXECUTIONS = ("vmap", "chunks", "loop")
+DEFAULT_EXECUTION = "vmap"
+DEFAULT_CHUNK_SIZE = 8
+OPTIMIZERS = ("sgd", "adam")
+
+
+# --- option checks ---------------------------------------------------------------------------
+
+
+def check_execution(execution: str, chunk_size: int) -> None:
+    """Raise :class:`ConfigError` unless ``execution`` is one of :data:`EXECUTIONS` and ``chunk_size >= 1``."""
+    if execution not in EXECUTIONS:
+        raise ConfigError(f"execution={execution!r} is unknown; choose one of {', '.join(EXECUTIONS)}")
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
+        raise ConfigError(f"chunk_size={chunk_size!r} is invalid; it must be a positive integer")
+
+
+def check_steps(name: str, value: int, minimum: int = 0) -> int:
+    """``value`` if it is an integer >= ``minimum``, else :class:`ConfigError`."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}={value!r} is invalid; it must be an integer >= {minimum}")
+    return value
+
+
+def check_positive(name: str, value: float) -> float:
+    """``float(value)`` if it is a finite number > 0, else :class:`ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={value!r} is invalid; it must be a finite number > 0")
+    return float(value)
+
+
+# --- parameters and state --------------------------------------------------------------------
+
+
+def trainable_params(model: nn.Module, prefix: str = "") -> Params:
+    """The parameters of ``model`` that require grad, by name (the ones the inner loop adapts)."""
+    return {prefix + k: v for k, v in model.named_parameters() if v.requires_grad}
+
+
+def frozen_state(model: nn.Module) -> Params:
+    """Copies of the buffers (BatchNorm running statistics, ...): passed through ``functional_call``
+    unchanged; a copy so that nothing a forward pass writes can reach the module."""
+    return {k: v.clone() for k, v in model.named_buffers()}
+
+
+def param_key(name: str) -> str:
+    """A parameter name as an ``nn.ParameterDict`` key (dots are not allowed there)."""
+    return name.replace(".", "-")
+
+
+def rate_parameters(model: nn.Module, init: Callable[[Tensor], Tensor]) -> nn.ParameterDict:
+    """Learnt inner rates, one ``init(param)`` tensor per trainable parameter, keyed by :func:`param_key`."""
+    params = trainable_params(model)
+    keys = {param_key(n) for n in params}
+    if len(keys) != len(params):
+        raise ConfigError("parameter names collide once dots become dashes; rename the model's submodules to use learnt inner rates")
+    return nn.ParameterDict({param_key(n): nn.Parameter(init(p.detach())) for n, p in params.items()})
+
+
+def detached(params: Mapping[str, Tensor]) -> Params:
+    return {k: v.detach() for k, v in params.items()}
+
+
+def detached_rates(rates: Rates) -> list[dict[str, Rate]]:
+    """``rates`` with every tensor detached (evaluation: no graph to learnt rates)."""
+    return [{k: v.detach() if isinstance(v, Tensor) else v for k, v in r.items()} for r in rates]
+
+
+def constant_rates(names: Sequence[str], lr: Rate, steps: int) -> list[dict[str, Rate]]:
+    """The same rate ``lr`` for every parameter at every one of ``steps`` steps."""
+    return [dict.fromkeys(names, lr) for _ in range(steps)]
+
+
+def norm_mode(model: nn.Module) -> str:
+    """How the model's BatchNorm layers normalise inside the inner loop, for reports:
+    ``"transductive"`` (per-task batch statistics, running statistics unused), ``"running"``
+    (eval-mode layers using running statistics) or ``"none"`` (no BatchNorm)."""
+    modes = set()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            modes.add("transductive" if m.training or not m.track_running_stats else "running")
+    if not modes:
+        return "none"
+    return modes.pop() if len(modes) == 1 else "mixed"
+
+
+@dataclass(frozen=True)
+class AdaptedModel:
+    """What ``adapt`` returns: the model with fast weights, ``query_x [B, *x] -> outputs [B, ...]``.
+
+    ``params`` holds every adapted parameter (detached); the model's other parameters are its own.
+    With per-task BatchNorm, the query batch is normalised with its own statistics.
+    """
+
+    model: nn.Module
+    params: Params
+    buffers: Params
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return functional_call(self.model, (self.params, self.buffers), (x,))
+
+
+# --- update rules ----------------------------------------------------------------------------
+
+
+def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], rates: Mapping[str, Rate]) -> Params:
+    """``phi - alpha * g`` per parameter; ``alpha`` a number or a tensor broadcastable to ``phi``."""
+    return {k: v - rates[k] * grads[k] for k, v in params.items()}
+
+
+def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], rates: Mapping[str, Rate],
+                state: tuple[Params, Params], step: int, betas: tuple[float, float], eps: float) -> tuple[Params, tuple[Params, Params]]:
+    """One Adam step (Kingma & Ba 2015) with bias correction; ``step`` counts from 1.
+
+        m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,
+        phi - alpha * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    """
+    b1, b2 = betas
+    m, v = state
+    m = {k: b1 * m[k] + (1 - b1) * g for k, g in grads.items()}
+    v = {k: b2 * v[k] + (1 - b2) * g * g for k, g in grads.items()}
+    c1, c2 = 1 - b1**step, 1 - b2**step
+    new = {k: p - rates[k] * (m[k] / c1) / ((v[k] / c2).sqrt() + eps) for k, p in params.items()}
+    return new, (m, v)
+
+
+def inner_loop(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates, first_order: bool = False,
+               optimizer: str = "sgd", betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> list[Params]:
+    """The trajectory ``[phi_0, ..., phi_K]`` of ``K = len(rates)`` gradient steps on ``loss_of`` for one task.
+
+    ``loss_of(phi)`` is the support loss of fast weights ``phi`` (a scalar). ``rates[k][name]``
+    is the rate of parameter ``name`` at step ``k``. Second order (``first_order=False``):
+    gradients are functions of ``params`` (``create_graph``); first order: each gradient is taken at
+    a detached copy and detached, so the support passes build no graph to the meta-parameters
+    (learnt rates still get a gradient through ``alpha * g``). ``optimizer="adam"`` runs Adam with
+    a fresh state per task (Reptile's inner optimiser). Works under ``vmap``.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"inner optimizer={optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    grad_fn = torch.func.grad(loss_of)
+    trajectory = [params]
+    phi = params
+    state = ({k: torch.zeros_like(v) for k, v in params.items()}, {k: torch.zeros_like(v) for k, v in params.items()})
+    for k, step_rates in enumerate(rates):
+        if first_order:
+            grads = detached(grad_fn(detached(phi)))
+        else:
+            grads = grad_fn(phi)
+        if optimizer == "sgd":
+            phi = sgd_update(phi, grads, step_rates)
+        else:
+            phi, state = adam_update(phi, grads, step_rates, state, k + 1, betas, eps)
+        trajectory.append(phi)
+    return trajectory
+
+
+def adapt_and_evaluate(forward: Callable[[Params, Tensor], Tensor], params: Params, support_x: Tensor, support_y: Tensor,
+                       query_x: Tensor, query_y: Tensor, rates: Rates, first_order: bool, loss_steps: Sequence[int],
+                       loss: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """One task of MAML / Meta-SGD / ANIL: adapt on the support set, score on the query set.
+
+    ``forward(phi, x)`` is the model under fast weights ``phi``. Returns the query losses
+    ``L_query(phi_k)`` for ``k`` in ``loss_steps`` (``[len(loss_steps)]``; MAML++'s multi-step loss
+    uses several, MAML only ``K``) and the query outputs at ``phi_K`` (``[N*Q, N]`` or ``[Q, *y]``).
+    """
+    trajectory = inner_loop(lambda p: loss(forward(p, support_x), support_y), params, rates, first_order)
+    outputs = forward(trajectory[-1], query_x)
+    final = len(trajectory) - 1
+    losses = [loss(outputs if k == final else forward(trajectory[k], query_x), query_y) for k in loss_steps]
+    return torch.stack(losses), outputs
+
+
+def evaluate_tasks(forward: Callable[[Params, Tensor], Tensor], params: Params, batch: TaskBatch, rates: Rates, first_order: bool,
+                   loss_steps: Sequence[int], execution: str = DEFAULT_EXECUTION, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
+    """:func:`adapt_and_evaluate` for every task of ``batch``: query losses ``[T, len(loss_steps)]``
+    and final query outputs ``[T, N*Q, N]`` (``[T, Q, *y]``). Autograd is on inside, even under ``no_grad``."""
+
+    def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, ...]:
+        return adapt_and_evaluate(forward, params, sx, sy, qx, qy, rates, first_order, loss_steps, task_loss)
+
+    with torch.enable_grad():
+        losses, outputs = map_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), execution, chunk_size)
+    return losses, outputs
+
+
+def fine_tune(forward: Callable[[Params, Tensor], Tensor], params: Params, support_x: Tensor, support_y: Tensor, rates: Rates,
+              optimizer: str = "sgd", betas: tuple[float, float] = (0.0, 0.999)) -> Params:
+    """Detached fast weights after ``len(rates)`` steps on one task's support set (``adapt``); no graph is kept."""
+    with torch.enable_grad():
+        trajectory = inner_loop(lambda p: task_loss(forward(p, support_x), support_y), detached(params), detached_rates(rates),
+                                first_order=True, optimizer=optimizer, betas=betas)
+    return detached(trajectory[-1])
+
+
+# --- mapping over tasks ----------------------------------------------------------------------
+
+
+def map_tasks(fn: Callable[..., tuple[Tensor, ...]], tensors: Sequence[Tensor], execution: str = DEFAULT_EXECUTION,
+              chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, ...]:
+    """``fn`` applied to every task: ``tensors`` are ``[T, ...]``, ``fn`` takes one slice of each
+    (``[...]``) and returns a tuple of tensors; the results are stacked to ``[T, ...]``.
+
+    ``"vmap"`` / ``"chunks"`` run inside :class:`SplitAffineNorms` (exact higher derivatives of the
+    normalisation layers) with ``randomness="different"`` (dropout differs across tasks).
+    """
+    check_execution(execution, chunk_size)
+    if execution == "loop":
+        outs = [fn(*(t[i] for t in tensors)) for i in range(tensors[0].shape[0])]
+        return tuple(torch.stack(parts) for parts in zip(*outs))
+    mapped = vmap(fn, randomness="different", chunk_size=chunk_size if execution == "chunks" else None)
+    with SplitAffineNorms():
+        return mapped(*tensors)
+
+
+# --- normalisation layers with a separate affine step ---------------------------------------
+
+
+def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None, per_channel: bool = True) -> Tensor:
+    """``out * weight + bias``, with ``weight``/``bias`` ``[C]`` broadcast over dimension 1 when ``per_channel``."""
+    shape = [1, -1] + [1] * (out.ndim - 2) if per_channel else None
+    if weight is not None:
+        out = out * (weight.reshape(shape) if shape else weight)
+    if bias is not None:
+        out = out + (bias.reshape(shape) if shape else bias)
+    return out
+
+
+def split_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
+                     bias: Tensor | None = None, training: bool = False, momentum: float | None = 0.1, eps: float = 1e-5) -> Tensor:
+    """``F.batch_norm`` as the fused normalisation without affine, then ``* weight + bias``.
+
+    ``training``: batch statistics (biased variance over all but dimension 1); running statistics
+    are neither used nor updated. Otherwise the running statistics normalise.
+    """
+    if training:
+        out = F.batch_norm(input, None, None, None, None, True, 0.0, eps)
+    else:
+        out = F.batch_norm(input, running_mean, running_var, None, None, False, 0.0, eps)
+    return _affine(out, weight, bias)
+
+
+def split_instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None, weight: Tensor | None = None,
+                        bias: Tensor | None = None, use_input_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``F.instance_norm`` as the fused normalisation without affine, then ``* weight + bias``; running statistics are not updated."""
+    if use_input_stats:
+        out = F.instance_norm(input, None, None, None, None, True, 0.0, eps)
+    else:
+        out = F.instance_norm(input, running_mean, running_var, None, None, False, 0.0, eps)
+    return _affine(out, weight, bias)
+
+
+def split_layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None, bias: Tensor | None = None,
+                     eps: float = 1e-5) -> Tensor:
+    """``F.layer_norm`` as the fused normalisation without affine, then ``* weight + bias``."""
+    return _affine(F.layer_norm(input, normalized_shape, None, None, eps), weight, bias, per_channel=False)
+
+
+_SPLIT: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
+    F.batch_norm: split_batch_norm,
+    F.instance_norm: split_instance_norm,
+    F.layer_norm: split_layer_norm,
+}
+
+
+class SplitAffineNorms(TorchFunctionMode):
+    """Within this mode, ``F.batch_norm``, ``F.instance_norm`` and ``F.layer_norm`` (hence
+    ``nn.BatchNorm*``, ``nn.InstanceNorm*``, ``nn.LayerNorm``) run as the fused normalisation
+    without its affine parameters followed by a separate multiply and add.
+
+    Used around ``vmap``, where the fused kernels' second derivatives with respect to an affine
+    weight are wrong in this torch version (without the weight they are exact); every other function
+    runs unchanged, and nothing outside the ``with`` block is affected.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        return _SPLIT.get(func, func)(*args, **(kwargs or {}))

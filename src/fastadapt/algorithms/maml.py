@@ -1,0 +1,178 @@
+"""MAML (Finn, Abbeel & Levine 2017, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
+Networks"), first-order MAML (sec. 5.2), and the MAML++ options of Antoniou, Edwards & Storkey 2019
+("How to train your MAML"): learnt per-layer per-step inner rates (LSLR), the multi-step loss
+(MSL) and derivative-order annealing (DA).
+
+For each task i with support set S_i and query set Q_i, K inner steps from theta
+
+    phi_i^0 = theta,    phi_i^{k+1} = phi_i^k - alpha_k * grad L_{S_i}(phi_i^k)
+
+and the meta-loss is the mean query loss after adaptation
+
+    L(theta) = 1/T sum_i L_{Q_i}(phi_i^K)                          (MAML)
+    L(theta) = 1/T sum_i sum_k w_k(t) L_{Q_i}(phi_i^k)             (MAML++ multi-step loss)
+
+Second order: the outer gradient differentiates through the inner gradients (Hessian-vector
+products); first order drops them (d phi^K / d theta = I). Shapes: see :class:`~fastadapt.TaskBatch`;
+``predict`` returns ``[T, N*Q, N]`` (``[T, Q, *y]`` for regression).
+
+BatchNorm is transductive: each task's support pass and query pass are normalised with their own
+batch statistics (as in the MAML paper); see :mod:`fastadapt.algorithms.inner`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fastadapt.algorithms import inner
+from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import ConfigError
+
+MSL_MIN_WEIGHT = 0.03  # MAML++: a non-final step's weight never falls below MSL_MIN_WEIGHT / K during annealing
+
+
+def multi_step_loss_weights(steps: int, t: int, anneal_steps: int) -> Tensor:
+    """MAML++ per-step query-loss weights ``[steps]`` after ``t`` meta-updates (float64).
+
+    Start uniform (``1/K`` each); every non-final weight falls linearly by ``1/K`` over
+    ``anneal_steps`` updates, floored at ``MSL_MIN_WEIGHT / K``, and the final weight takes up what
+    they lose; from ``t >= anneal_steps`` on only the final step counts (``[0, ..., 0, 1]``), as in
+    Antoniou et al.'s code (their epochs are meta-updates here). The weights sum to 1.
+    """
+    w = torch.zeros(steps, dtype=torch.float64)
+    if steps == 0:
+        return w
+    if t >= anneal_steps:
+        w[-1] = 1.0
+        return w
+    decay = t / (steps * anneal_steps)
+    floor = MSL_MIN_WEIGHT / steps
+    w[:-1] = max(1.0 / steps - decay, floor)
+    w[-1] = 1.0 - float(w[:-1].sum())
+    return w
+
+
+class MAML(nn.Module):
+    """MAML over any ``nn.Module`` ending in a ``ways``-way head (or a regression output).
+
+    Args:
+        model: the network; all its parameters that require grad are adapted.
+        inner_lr: alpha, the inner SGD rate (the initial value when ``learn_inner_lr``).
+        inner_steps: K, inner steps in training (0: no adaptation).
+        inner_steps_eval: inner steps in ``adapt`` / ``predict`` (default: ``inner_steps``).
+        first_order: drop second derivatives (first-order MAML).
+        first_order_until: MAML++ derivative-order annealing: first order for the first
+            ``first_order_until`` meta-updates (counted in :attr:`meta_step`), second order after.
+        learn_inner_lr: MAML++ LSLR: one learnt rate per parameter tensor and step, initialised to
+            ``inner_lr`` (``self.inner_lrs[name][k]``); evaluation steps beyond ``inner_steps`` use
+            the last step's rate.
+        multi_step_loss: MAML++ MSL: the query loss after every inner step, weighted by
+            :func:`multi_step_loss_weights`, annealed to the final step over ``msl_anneal_steps``.
+        msl_anneal_steps: meta-updates over which the MSL weights anneal.
+        execution: ``"vmap"``, ``"chunks"`` or ``"loop"`` over tasks (same numbers; see
+            :mod:`fastadapt.algorithms.inner`).
+        chunk_size: tasks per ``vmap`` call with ``execution="chunks"``.
+
+    :attr:`meta_step` (a buffer, saved with the state) counts the ``meta_loss`` calls made in
+    training mode with grad enabled; DA and MSL schedules read it.
+    """
+
+    needs_head: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1, inner_steps_eval: int | None = None,
+                 first_order: bool = False, first_order_until: int = 0, learn_inner_lr: bool = False,
+                 multi_step_loss: bool = False, msl_anneal_steps: int = 5000,
+                 execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+        super().__init__()
+        self.model = model
+        self.inner_lr = inner.check_positive("inner_lr", inner_lr)
+        self.inner_steps = inner.check_steps("inner_steps", inner_steps)
+        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.first_order = bool(first_order)
+        self.first_order_until = inner.check_steps("first_order_until", first_order_until)
+        self.multi_step_loss = bool(multi_step_loss)
+        self.msl_anneal_steps = inner.check_steps("msl_anneal_steps", msl_anneal_steps, 1)
+        inner.check_execution(execution, chunk_size)
+        self.execution, self.chunk_size = execution, chunk_size
+        self.register_buffer("meta_step", torch.zeros((), dtype=torch.int64))
+        names = list(inner.trainable_params(model))
+        if not names:
+            raise ConfigError("MAML needs a model with trainable parameters; this one has none")
+        self.inner_lrs: nn.ParameterDict | None = None
+        if learn_inner_lr:
+            if self.inner_steps == 0:
+                raise ConfigError("learn_inner_lr=True needs inner_steps >= 1")
+            self.inner_lrs = inner.rate_parameters(model, lambda p: torch.full((self.inner_steps,), self.inner_lr, dtype=p.dtype, device=p.device))
+
+    # --- the schedule ----------------------------------------------------------------------
+
+    def is_first_order(self) -> bool:
+        """Whether the next meta-loss drops second derivatives (``first_order``, or DA still on)."""
+        return self.first_order or int(self.meta_step) < self.first_order_until
+
+    def loss_weights(self) -> Tensor:
+        """``[inner_steps]`` weights of the query losses after steps 1..K (one-hot on K without MSL)."""
+        if self.multi_step_loss:
+            return multi_step_loss_weights(self.inner_steps, int(self.meta_step), self.msl_anneal_steps)
+        w = torch.zeros(self.inner_steps, dtype=torch.float64)
+        if self.inner_steps:
+            w[-1] = 1.0
+        return w
+
+    def rates(self, steps: int) -> list[dict[str, inner.Rate]]:
+        """Per-step, per-parameter inner rates for ``steps`` steps."""
+        names = list(inner.trainable_params(self.model))
+        if self.inner_lrs is None:
+            return inner.constant_rates(names, self.inner_lr, steps)
+        last = self.inner_steps - 1
+        return [{n: self.inner_lrs[inner.param_key(n)][min(k, last)] for n in names} for k in range(steps)]
+
+    # --- the contract ----------------------------------------------------------------------
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        """Mean query loss over tasks after ``inner_steps`` steps (weighted over steps with MSL)."""
+        weights, first_order = self.loss_weights(), self.is_first_order()
+        if self.training and torch.is_grad_enabled():
+            self.meta_step += 1
+        loss_steps = [k + 1 for k in range(self.inner_steps) if weights[k] > 0] or [0]  # [0]: no inner step
+        weights = weights[[k - 1 for k in loss_steps]] if self.inner_steps else torch.ones(1, dtype=torch.float64)
+        losses, outputs = inner.evaluate_tasks(self._forward, inner.trainable_params(self.model), batch, self.rates(self.inner_steps),
+                                               first_order, loss_steps, self.execution, self.chunk_size)
+        loss = (losses * weights.to(losses.dtype)).sum(1).mean()
+        return MetaOutput(loss, batch_metrics(outputs, batch.query_y, losses[:, -1].mean()))  # the last loss step is always K
+
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> inner.AdaptedModel:
+        """The model with fast weights for one task (``support_x [N*K, *x]``) after ``inner_steps_eval`` steps; detached."""
+        fast = inner.fine_tune(self._forward, inner.trainable_params(self.model), support_x, support_y, self.rates(self.inner_steps_eval))
+        return inner.AdaptedModel(self.model, fast, inner.frozen_state(self.model))
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""
+        steps = self.inner_steps_eval
+        params = inner.detached(inner.trainable_params(self.model))
+        rates = inner.detached_rates(self.rates(steps))
+        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [steps], self.execution, self.chunk_size)[1].detach()
+
+    def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
+        """The model under fast weights ``params`` (buffers are copies: a forward pass never writes the module's)."""
+        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
+
+
+class FOMAML(MAML):
+    """First-order MAML (Finn et al. 2017, sec. 5.2): :class:`MAML` with ``first_order=True``; takes MAML's other options."""
+
+    def __init__(self, model: nn.Module, **options: Any) -> None:
+        if "first_order" in options:
+            raise ConfigError("FOMAML is first order by definition; drop first_order (or use MAML)")
+        super().__init__(model, first_order=True, **options)
+
+
+_maml_sig = inspect.signature(MAML.__init__)
+FOMAML.__init__.__signature__ = _maml_sig.replace(  # type: ignore[attr-defined]
+    parameters=[p for name, p in _maml_sig.parameters.items() if name != "first_order"])

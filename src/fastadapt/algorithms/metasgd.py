@@ -1,0 +1,92 @@
+"""Meta-SGD (Li, Zhou, Chen & Li 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning").
+
+Meta-SGD learns, together with the initialisation theta, a learning rate for every scalar
+parameter: alpha has the shape of theta, and the inner update is elementwise
+
+    phi_i = theta - alpha * grad L_{S_i}(theta)          (repeated ``inner_steps`` times, same alpha)
+
+The meta-loss is the mean query loss after adaptation, 1/T sum_i L_{Q_i}(phi_i), differentiated
+w.r.t. both theta and alpha (alpha gets ``-grad L_{S_i} * grad L_{Q_i}`` summed over tasks / T for one
+step). Shapes: see :class:`~fastadapt.TaskBatch`. BatchNorm is transductive (per-task statistics),
+as in MAML; see :mod:`fastadapt.algorithms.inner`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fastadapt.algorithms import inner
+from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import ConfigError
+
+
+class MetaSGD(nn.Module):
+    """Meta-SGD over any ``nn.Module`` ending in a ``ways``-way head (or a regression output).
+
+    Args:
+        model: the network; all its parameters that require grad are adapted.
+        init_lr: initial value of every learnt rate (``self.lrs[key]`` has its parameter's shape;
+            keys are parameter names with dots as dashes).
+        inner_steps: inner steps in training (the paper uses 1).
+        inner_steps_eval: inner steps in ``adapt`` / ``predict`` (default: ``inner_steps``).
+        first_order: drop second derivatives through the inner gradient (alpha still learns).
+        execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`).
+    """
+
+    needs_head: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, init_lr: float = 0.4, inner_steps: int = 1, inner_steps_eval: int | None = None,
+                 first_order: bool = False, execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+        super().__init__()
+        self.model = model
+        init = inner.check_positive("init_lr", init_lr)
+        self.inner_steps = inner.check_steps("inner_steps", inner_steps)
+        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.first_order = bool(first_order)
+        inner.check_execution(execution, chunk_size)
+        self.execution, self.chunk_size = execution, chunk_size
+        if not inner.trainable_params(model):
+            raise ConfigError("MetaSGD needs a model with trainable parameters; this one has none")
+        self.lrs = inner.rate_parameters(model, lambda p: torch.full_like(p, init))
+
+    def rates(self, steps: int) -> list[dict[str, inner.Rate]]:
+        """The learnt rates, the same at each of ``steps`` steps."""
+        alpha: dict[str, inner.Rate] = {n: self.lrs[inner.param_key(n)] for n in inner.trainable_params(self.model)}
+        return [alpha] * steps
+
+    def learning_rates(self) -> dict[str, dict[str, float]]:
+        """Per parameter tensor: ``mean``, ``std`` (population), ``min``, ``max`` of its learnt rates, for inspection and plots."""
+        out = {}
+        with torch.no_grad():
+            for name in inner.trainable_params(self.model):
+                a = self.lrs[inner.param_key(name)].double()
+                out[name] = {"mean": float(a.mean()), "std": float(a.std(unbiased=False)), "min": float(a.min()), "max": float(a.max())}
+        return out
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        """Mean query loss over tasks after ``inner_steps`` steps with the learnt rates."""
+        k = self.inner_steps
+        losses, outputs = inner.evaluate_tasks(self._forward, inner.trainable_params(self.model), batch, self.rates(k), self.first_order,
+                                               [k], self.execution, self.chunk_size)
+        loss = losses[:, 0].mean()
+        return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
+
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> inner.AdaptedModel:
+        """The model with fast weights for one task after ``inner_steps_eval`` steps; detached."""
+        fast = inner.fine_tune(self._forward, inner.trainable_params(self.model), support_x, support_y, self.rates(self.inner_steps_eval))
+        return inner.AdaptedModel(self.model, fast, inner.frozen_state(self.model))
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""
+        k = self.inner_steps_eval
+        params = inner.detached(inner.trainable_params(self.model))
+        rates = inner.detached_rates(self.rates(k))
+        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [k], self.execution, self.chunk_size)[1].detach()
+
+    def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))

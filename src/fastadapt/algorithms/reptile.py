@@ -1,0 +1,111 @@
+"""Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
+
+For each task i, K steps of SGD or Adam on its support set (the whole support set at every step)
+from theta give phi_i; the meta-update moves theta towards the mean adapted weights,
+
+    theta <- theta + epsilon * (1/T sum_i phi_i - theta).
+
+That update is the gradient step of the surrogate loss
+
+    L(theta) = 1/2 * sum_params ||theta - stopgrad(mean_i phi_i)||^2,    grad L = theta - mean_i phi_i,
+
+which ``meta_loss`` returns, so the engine's loop and any torch optimiser run Reptile (plain SGD
+with learning rate epsilon is the paper's update; the paper's Omniglot runs use Adam in the inner
+loop with beta1 = 0). ``out.metrics`` reports the query loss and accuracy of the adapted weights
+(``loss`` there is the query loss; the surrogate is ``surrogate``). BatchNorm is transductive
+(per-task statistics), as in MAML; see :mod:`fastadapt.algorithms.inner`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from fastadapt.algorithms import inner
+from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import ConfigError
+
+
+def reptile_surrogate(theta: inner.Params, target: inner.Params) -> Tensor:
+    """``1/2 sum_k ||theta_k - stopgrad(target_k)||^2``, whose gradient w.r.t. theta is ``theta - target``."""
+    return 0.5 * sum(((theta[k] - target[k].detach()) ** 2).sum() for k in theta)  # type: ignore[return-value]
+
+
+class Reptile(nn.Module):
+    """Reptile over any ``nn.Module`` ending in a ``ways``-way head (or a regression output).
+
+    Args:
+        model: the network; all its parameters that require grad are adapted.
+        inner_lr: rate of the inner optimiser.
+        inner_steps: K, inner steps on the support set in training (>= 1).
+        inner_steps_eval: inner steps in ``adapt`` / ``predict`` (default: ``inner_steps``).
+        inner_optimizer: ``"adam"`` (fresh state per task, as in the paper) or ``"sgd"``.
+        adam_beta1, adam_beta2: Adam's betas (the paper sets beta1 = 0).
+        execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`).
+
+    The outer learning rate of the engine's optimiser plays Reptile's epsilon.
+    """
+
+    needs_head: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, inner_lr: float = 1e-3, inner_steps: int = 5, inner_steps_eval: int | None = None,
+                 inner_optimizer: str = "adam", adam_beta1: float = 0.0, adam_beta2: float = 0.999,
+                 execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+        super().__init__()
+        self.model = model
+        self.inner_lr = inner.check_positive("inner_lr", inner_lr)
+        self.inner_steps = inner.check_steps("inner_steps", inner_steps, 1)
+        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        if inner_optimizer not in inner.OPTIMIZERS:
+            raise ConfigError(f"inner_optimizer={inner_optimizer!r} is unknown; choose one of {', '.join(inner.OPTIMIZERS)}")
+        self.inner_optimizer = inner_optimizer
+        for name, b in (("adam_beta1", adam_beta1), ("adam_beta2", adam_beta2)):
+            if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
+                raise ConfigError(f"{name}={b!r} is invalid; it must be in [0, 1)")
+        self.betas = (float(adam_beta1), float(adam_beta2))
+        inner.check_execution(execution, chunk_size)
+        self.execution, self.chunk_size = execution, chunk_size
+        if not inner.trainable_params(model):
+            raise ConfigError("Reptile needs a model with trainable parameters; this one has none")
+
+    def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
+
+    def _adapt_all(self, batch: TaskBatch, steps: int) -> tuple[inner.Params, Tensor]:
+        """Adapted weights of every task (``[T, *shape]`` per parameter) and their query outputs; no graph."""
+        theta = inner.detached(inner.trainable_params(self.model))
+        names = list(theta)
+        rates = inner.constant_rates(names, self.inner_lr, steps)
+
+        def task(sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, ...]:
+            phi = inner.inner_loop(lambda p: task_loss(self._forward(p, sx), sy), theta, rates, first_order=True,
+                                   optimizer=self.inner_optimizer, betas=self.betas)[-1]
+            return (*(phi[k].detach() for k in names), self._forward(phi, qx).detach())
+
+        with torch.enable_grad():
+            *finals, outputs = inner.map_tasks(task, (batch.support_x, batch.support_y, batch.query_x), self.execution, self.chunk_size)
+        return dict(zip(names, finals)), outputs
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the adapted weights on the query sets."""
+        finals, outputs = self._adapt_all(batch, self.inner_steps)
+        loss = reptile_surrogate(inner.trainable_params(self.model), {k: v.mean(0) for k, v in finals.items()})
+        query_loss = torch.stack([task_loss(o, y) for o, y in zip(outputs, batch.query_y)]).mean()
+        metrics = batch_metrics(outputs, batch.query_y, query_loss)
+        metrics["surrogate"] = float(loss.detach())
+        return MetaOutput(loss, metrics)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> inner.AdaptedModel:
+        """The model fine-tuned for ``inner_steps_eval`` steps on one task's support set; detached."""
+        theta = inner.trainable_params(self.model)
+        rates = inner.constant_rates(list(theta), self.inner_lr, self.inner_steps_eval)
+        fast = inner.fine_tune(self._forward, theta, support_x, support_y, rates, self.inner_optimizer, self.betas)
+        return inner.AdaptedModel(self.model, fast, inner.frozen_state(self.model))
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        """Query outputs of every task after ``inner_steps_eval`` fine-tuning steps, ``[T, N*Q, N]``; no graph."""
+        return self._adapt_all(batch, self.inner_steps_eval)[1]

@@ -1,0 +1,351 @@
+"""Matching Networks (Vinyals et al. 2016, "Matching Networks for One Shot Learning", NeurIPS).
+
+A query ``x_hat`` is classified by attention over the encoded support set ``S = {(x_i, y_i)}``:
+
+.. math::
+
+    \\hat y = \\sum_i a(\\hat x, x_i)\\, y_i, \\qquad
+    a(\\hat x, x_i) = \\operatorname{softmax}_i\\big(s \\cdot c(f(\\hat x, S), g(x_i, S))\\big)
+
+with ``y_i`` one-hot, ``c`` the cosine similarity (eq. 1-2 of the paper) and ``s`` a scale (1 in the
+paper). ``log(max(y_hat, eps))`` is the log-likelihood the cross-entropy is taken of.
+
+Full context embeddings (FCE, appendix A), on the embeddings ``g'(x_i)`` and ``f'(x_hat)`` of the
+encoder (the user's model):
+
+* support, A.2: ``g(x_i, S) = h_fw_i + h_bw_i + g'(x_i)``: a bidirectional LSTM read over the support
+  sequence (in the order given; the sampler's order is class-major), plus a skip connection.
+* query, A.1: ``f(x_hat, S) = attLSTM(f'(x_hat), g(S), K)``, ``K`` "processing" steps of
+
+  .. math::
+
+      \\hat h_k, c_k = \\operatorname{LSTM}(f'(\\hat x), [h_{k-1}, r_{k-1}], c_{k-1}), \\quad
+      h_k = \\hat h_k + f'(\\hat x), \\quad
+      r_k = \\sum_i \\operatorname{softmax}_i(h_k^\\top g(x_i))\\, g(x_i)
+
+  and ``f = h_K``. Here ``h_0 = f'(x_hat)`` (``hat h_0 = 0``, the skip connection alone), ``c_0 = 0``
+  and ``r_0`` is read with ``h_0``. An LSTM whose hidden state is ``[h, r]`` has gates linear in
+  ``[f', h, r]``, so it is an ``nn.LSTMCell`` with input ``[f', r]`` (size 2D) and hidden ``h`` (size D).
+
+Without FCE, ``f = f'`` and ``g = g'``: a cosine-attention classifier over the encoder's outputs.
+
+BatchNorm. The encoder's BatchNorm (``track_running_stats=False`` in :class:`fastadapt.nn.Conv4`)
+normalises with the statistics of whatever it is fed, so which images are encoded together is part
+of the method; it is the ``encode`` option of ``meta_loss``:
+
+* ``"meta_batch"`` (default, the usual choice for metric methods): one encoder forward over every
+  support and query image of every task of the meta-batch; statistics of the whole meta-batch.
+* ``"per_task"``: each task's support set, and each task's query set, is encoded on its own
+  (vectorized over tasks with ``torch.func.vmap``); the same statistics ``adapt`` and ``predict`` use.
+
+``adapt`` and ``predict`` always encode per task, support set and query set separately (``adapt``
+sees only the support set; its predictor only the queries), so an evaluation never depends on which
+tasks share a batch. A model in ``eval()`` mode with running statistics gives the same embeddings
+either way. ``adapt``/``predict`` run the encoder on copies of its buffers: they never update
+running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.episodes import TaskBatch
+from fastadapt.errors import ConfigError
+
+DISTANCES = ("cosine", "dot", "euclidean")
+ENCODE_MODES = ("meta_batch", "per_task")
+LOG_EPS = 1e-8  # floor of the attention probability before its log: log(max(y_hat, LOG_EPS))
+
+
+# ----------------------------------------------------------------------------------------------
+# The math, as free functions. Leading dimensions ``...`` (tasks) broadcast.
+# ----------------------------------------------------------------------------------------------
+
+
+def similarity(queries: Tensor, support: Tensor, distance: str = "cosine") -> Tensor:
+    """``c(q, s)`` for every query and support item: ``[..., Q, D] x [..., S, D] -> [..., Q, S]``.
+
+    ``cosine``: ``q.s / (|q| |s|)`` (the paper); ``dot``: ``q.s``; ``euclidean``: ``-|q - s|^2``.
+    """
+    if distance == "cosine":
+        return F.normalize(queries, dim=-1, eps=1e-12) @ F.normalize(support, dim=-1, eps=1e-12).transpose(-1, -2)
+    if distance == "dot":
+        return queries @ support.transpose(-1, -2)
+    if distance == "euclidean":
+        sq = (queries * queries).sum(-1, keepdim=True) + (support * support).sum(-1).unsqueeze(-2) - 2 * queries @ support.transpose(-1, -2)
+        return -sq.clamp_min(0)
+    raise ConfigError(f"distance={distance!r} is not supported; choose one of {', '.join(DISTANCES)}")
+
+
+def cosine_attention(queries: Tensor, support: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """The paper's attention kernel ``a(q, s_i) = softmax_i(scale * cos(q, s_i))``: ``[..., Q, D], [..., S, D] -> [..., Q, S]``.
+
+    Each row sums to 1 over the support items.
+    """
+    return torch.softmax(scale * similarity(queries, support, "cosine"), dim=-1)
+
+
+def attention_log_probs(weights: Tensor, support_onehot: Tensor, eps: float = LOG_EPS) -> Tensor:
+    """``log(max(sum_i a_i y_i, eps))``: ``weights [..., Q, S]``, ``support_onehot [..., S, N] -> [..., Q, N]``.
+
+    The attention-weighted sum of the one-hot support labels is a distribution over the N classes;
+    its log (floored at ``log(eps)``) is the log-likelihood of each class.
+    """
+    return torch.log((weights @ support_onehot).clamp_min(eps))
+
+
+def full_context_support(support: Tensor, lstm: nn.LSTM) -> Tensor:
+    """FCE of the support set (appendix A.2): ``g(x_i, S) = h_fw_i + h_bw_i + g'(x_i)``.
+
+    Args:
+        support: ``[T, S, D]`` encoder outputs ``g'(x_i)`` of T support sequences.
+        lstm: a bidirectional ``nn.LSTM(D, D, batch_first=True)`` (any number of layers).
+
+    Returns ``[T, S, D]``: the forward and backward hidden states of the last layer at item i,
+    plus the skip connection. Depends on the order of the support sequence.
+    """
+    out, _ = lstm(support)
+    d = support.shape[-1]
+    return out[..., :d] + out[..., d:] + support
+
+
+def attention_lstm_queries(queries: Tensor, support: Tensor, cell: nn.LSTMCell, steps: int) -> Tensor:
+    """FCE of the queries (appendix A.1): ``f(x_hat, S) = attLSTM(f'(x_hat), g(S), K)`` with ``K = steps``.
+
+    Args:
+        queries: ``[T, Q, D]`` encoder outputs ``f'(x_hat)``; all queries of all tasks run together.
+        support: ``[T, S, D]`` the (full-context) support embeddings ``g(x_i, S)`` of each task.
+        cell: ``nn.LSTMCell(2 * D, D)``: input ``[f'(x_hat), r_{k-1}]``, hidden ``h_{k-1}``, cell ``c_{k-1}``.
+        steps: K >= 1.
+
+    Starting from ``h_0 = f'(x_hat)``, ``c_0 = 0``, each step computes
+    ``hat h_k, c_k = cell([f', r_{k-1}], (h_{k-1}, c_{k-1}))``, ``h_k = hat h_k + f'`` and the read
+    ``r_k = sum_i softmax_i(h_k . g_i) g_i`` (dot-product attention over the task's own support).
+    Returns ``h_K`` as ``[T, Q, D]``.
+    """
+    t, q, d = queries.shape
+    f = queries.reshape(t * q, d)
+
+    def read(h: Tensor) -> Tensor:  # [T*Q, D] -> [T*Q, D]
+        a = torch.softmax(h.view(t, q, d) @ support.transpose(-1, -2), dim=-1)
+        return (a @ support).reshape(t * q, d)
+
+    h, c = f, torch.zeros_like(f)
+    r = read(h)
+    for _ in range(steps):
+        h_hat, c = cell(torch.cat([f, r], dim=-1), (h, c))
+        h = h_hat + f
+        r = read(h)
+    return h.view(t, q, d)
+
+
+# ----------------------------------------------------------------------------------------------
+# State and predictor of one task.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class MatchingState:
+    """The encoded support set of one task (or ``T`` tasks, with a leading dimension).
+
+    Attributes:
+        embeddings: ``[S, D]`` support embeddings ``g(x_i, S)`` (full context when FCE is on).
+        onehot: ``[S, N]`` one-hot support labels ``y_i`` in the embeddings' dtype.
+    """
+
+    embeddings: Tensor
+    onehot: Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class MatchingPredictor:
+    """``query_x [NQ, *x_shape] -> log-probabilities [NQ, N]`` for the task whose support set ``state`` holds."""
+
+    net: MatchingNet = field(repr=False)
+    state: MatchingState
+
+    def __call__(self, query_x: Tensor) -> Tensor:
+        z = self.net.encode(query_x.unsqueeze(0))
+        batched = MatchingState(self.state.embeddings.unsqueeze(0), self.state.onehot.unsqueeze(0))
+        return self.net.query_log_probs(batched, z)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The algorithm.
+# ----------------------------------------------------------------------------------------------
+
+
+class MatchingNet(nn.Module):
+    """Matching Networks with optional full context embeddings.
+
+    Args:
+        model: the encoder ``f' = g'``, an embedding network ``[B, *x_shape] -> [B, D]`` (outputs
+            are flattened to D features), e.g. ``Conv4(out_features=None)``.
+        fce: full context embeddings (bidirectional LSTM over the support set, attention LSTM for
+            the queries; appendix A). Off: plain attention over the encoder outputs (``lstm_layers``
+            and ``process_steps`` are then unused).
+        lstm_layers: layers of the support set's bidirectional LSTM (the attention LSTM is one cell,
+            as in A.1).
+        process_steps: K, the attention LSTM's processing steps. ``None`` (default): one step per
+            support example, ``K = |S| = N*K_shot``, read per batch; an int fixes K (cheaper for
+            large support sets: the attention LSTM's graph grows with K).
+        distance: ``cosine`` (the paper), ``dot`` or ``euclidean`` (negative squared distance): the
+            similarity ``c`` inside the final attention.
+        scale: ``s`` multiplying the similarities before the softmax (inverse temperature; 1 in the
+            paper). Must be > 0.
+        learn_scale: learn ``s`` (as ``log s``, initialised from ``scale``) with the other parameters.
+        encode: how ``meta_loss`` batches the encoder, i.e. which BatchNorm statistics it trains
+            with: ``meta_batch`` or ``per_task`` (see the module docstring).
+        embedding_dim: D, needed with ``fce`` to build the LSTMs at construction (so the optimizer
+            sees them). ``None``: ``model.embedding_dim``; an error if the model has no such attribute.
+
+    ``meta_loss`` returns the mean over tasks of the query cross-entropy ``-log y_hat[y]``;
+    ``adapt`` returns a :class:`MatchingPredictor`; ``predict`` gives log-probabilities ``[T, N*Q, N]``.
+    """
+
+    needs_head: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, fce: bool = True, lstm_layers: int = 1, process_steps: int | None = None,
+                 distance: str = "cosine", scale: float = 1.0, learn_scale: bool = False, encode: str = "meta_batch",
+                 embedding_dim: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model={type(model).__name__} is not an nn.Module; pass the encoder network")
+        if distance not in DISTANCES:
+            raise ConfigError(f"distance={distance!r} is not supported; choose one of {', '.join(DISTANCES)}")
+        if encode not in ENCODE_MODES:
+            raise ConfigError(f"encode={encode!r} is not supported; choose one of {', '.join(ENCODE_MODES)}")
+        if not _positive_int(lstm_layers):
+            raise ConfigError(f"lstm_layers={lstm_layers!r} is invalid; it must be a positive integer")
+        if process_steps is not None and not _positive_int(process_steps):
+            raise ConfigError(f"process_steps={process_steps!r} is invalid; it must be a positive integer or None (one step per support example)")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"scale={scale!r} is invalid; it must be a finite number > 0")
+        if embedding_dim is None:
+            embedding_dim = getattr(model, "embedding_dim", None)
+            if fce and embedding_dim is None:
+                raise ConfigError(f"MatchingNet(fce=True) needs embedding_dim: {type(model).__name__} has no embedding_dim attribute; pass embedding_dim=<features of model(x)>")
+        if embedding_dim is not None and not _positive_int(embedding_dim):
+            raise ConfigError(f"embedding_dim={embedding_dim!r} is invalid; it must be a positive integer")
+        self.model = model
+        self.fce, self.process_steps, self.distance, self.encode_mode = bool(fce), process_steps, distance, encode
+        self.embedding_dim = embedding_dim
+        self.fixed_scale: float | None = None if learn_scale else float(scale)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale))) if learn_scale else None
+        if self.fce:
+            d = int(embedding_dim)  # type: ignore[arg-type]
+            self.support_lstm = nn.LSTM(d, d, num_layers=lstm_layers, batch_first=True, bidirectional=True)
+            self.query_cell = nn.LSTMCell(2 * d, d)
+
+    @property
+    def scale(self) -> Tensor | float:
+        """The similarity scale ``s``: the learnt ``exp(log_scale)``, or the fixed float."""
+        return self.log_scale.exp() if self.log_scale is not None else self.fixed_scale  # type: ignore[return-value]
+
+    # -- encoder -----------------------------------------------------------------------------
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Per-task encoding ``[T, M, *x_shape] -> [T, M, D]``: each ``x[t]`` is one encoder batch.
+
+        Vectorized over tasks with ``vmap``; runs on per-task copies of the model's buffers, so the
+        module (BatchNorm running statistics included) is never changed.
+        """
+        t = x.shape[0]
+        params = dict(self.model.named_parameters())
+        buffers = {k: b.unsqueeze(0).expand(t, *b.shape).clone() for k, b in self.model.named_buffers()}
+
+        def one(bufs: dict[str, Tensor], xt: Tensor) -> Tensor:
+            return functional_call(self.model, (params, bufs), (xt,)).flatten(1)
+
+        return self._checked(vmap(one, randomness="different")(buffers, x))  # dropout: independent masks per task
+
+    def _encode_together(self, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+        """One encoder forward over all support and query images of all tasks: ``[T, S, D], [T, Q, D]``."""
+        t, s, q = support_x.shape[0], support_x.shape[1], query_x.shape[1]
+        z = self.model(torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])).flatten(1)
+        z = self._checked(z)
+        return z[: t * s].view(t, s, -1), z[t * s :].view(t, q, -1)
+
+    def _checked(self, z: Tensor) -> Tensor:
+        if self.embedding_dim is not None and z.shape[-1] != self.embedding_dim:
+            raise ConfigError(f"the model outputs {z.shape[-1]} features but embedding_dim={self.embedding_dim}; pass embedding_dim={z.shape[-1]}")
+        return z
+
+    # -- the classifier on embeddings --------------------------------------------------------
+
+    def support_state(self, support: Tensor, support_y: Tensor, ways: int) -> MatchingState:
+        """Encoded support sets ``[T, S, D]`` (``g'``) and labels ``[T, S]`` -> batched :class:`MatchingState` (``g``)."""
+        g = full_context_support(support, self.support_lstm) if self.fce else support
+        return MatchingState(g, F.one_hot(support_y.long(), ways).to(g.dtype))
+
+    def attention(self, state: MatchingState, queries: Tensor) -> Tensor:
+        """``a(x_hat, x_i)``: query embeddings ``[T, Q, D]`` (``f'``) -> attention weights ``[T, Q, S]``, rows summing to 1."""
+        g = state.embeddings
+        if self.fce:
+            steps = self.process_steps if self.process_steps is not None else g.shape[-2]
+            queries = attention_lstm_queries(queries, g, self.query_cell, steps)
+        return torch.softmax(self.scale * similarity(queries, g, self.distance), dim=-1)
+
+    def query_log_probs(self, state: MatchingState, queries: Tensor) -> Tensor:
+        """Query embeddings ``[T, Q, D]`` (``f'``) -> log-probabilities ``[T, Q, N]``."""
+        return attention_log_probs(self.attention(state, queries), state.onehot)
+
+    # -- the contract --------------------------------------------------------------------------
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        """Mean over tasks of the query cross-entropy; metrics ``loss`` and ``acc``."""
+        _check_labels(batch.support_y)
+        ways = int(batch.support_y.max()) + 1
+        if self.encode_mode == "meta_batch":
+            zs, zq = self._encode_together(batch.support_x, batch.query_x)
+        else:
+            zs, zq = self.encode(batch.support_x), self.encode(batch.query_x)
+        logp = self.query_log_probs(self.support_state(zs, batch.support_y, ways), zq)
+        loss = F.nll_loss(logp.flatten(0, 1), batch.query_y.flatten())  # equal query counts: mean over tasks of task means
+        return MetaOutput(loss, batch_metrics(logp, batch.query_y, loss))
+
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> MatchingPredictor:
+        """One task: ``support_x [N*K, *x_shape]``, ``support_y [N*K]`` -> predictor ``query_x -> [NQ, N]`` log-probabilities.
+
+        The state is the encoded support set; the module is not changed. Differentiable (the state
+        keeps its graph); wrap in ``torch.no_grad()`` to evaluate.
+        """
+        _check_labels(support_y)
+        state = self.support_state(self.encode(support_x.unsqueeze(0)), support_y.unsqueeze(0), int(support_y.max()) + 1)
+        return MatchingPredictor(self, MatchingState(state.embeddings[0], state.onehot[0]))
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        """Log-probabilities ``[T, N*Q, N]`` of every task's queries; equal to ``adapt(support)(query)`` task by task."""
+        _check_labels(batch.support_y)
+        with torch.no_grad():
+            state = self.support_state(self.encode(batch.support_x), batch.support_y, int(batch.support_y.max()) + 1)
+            return self.query_log_probs(state, self.encode(batch.query_x))
+
+
+def _positive_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _check_labels(y: Tensor) -> None:
+    if y.is_floating_point():
+        raise ConfigError(f"MatchingNet classifies; support labels are {y.dtype} (a regression task); use integer class labels 0..N-1")
+
+
+__all__ = [
+    "MatchingNet",
+    "MatchingPredictor",
+    "MatchingState",
+    "attention_log_probs",
+    "attention_lstm_queries",
+    "cosine_attention",
+    "full_context_support",
+    "similarity",
+]

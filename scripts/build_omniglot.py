@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import zipfile
 from pathlib import Path
 

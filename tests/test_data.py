@@ -166,7 +166,7 @@ def test_ragged_classes_skip_small_ones_and_never_index_past_a_class():
     y = torch.tensor([0] * 3 + [1] * 10 + [2] * 6)
     d = ClassDataset.from_arrays(x, y)
     s = EpisodeSampler(d, 2, 2, 3, seed=0)  # needs 5 per class: class 0 is never eligible
-    for step in range(20):
+    for _step in range(20):
         b = s.sample(4)
         assert 0 not in b.classes.tolist()
         for t in range(4):

@@ -419,6 +419,17 @@ def test_meta_loss_metrics_and_regression_shapes():
     assert 0.0 <= out.metrics["acc"] <= 1.0
 
 
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_dropout_models_run_on_every_path_with_independent_masks_per_task(execution):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 1)).double()
+    one = sinusoids(1)
+    same = TaskBatch(*(v.expand(4, *v.shape[1:]) for v in (one.support_x, one.support_y, one.query_x, one.query_y)))
+    outputs = MAML(model, inner_lr=0.01, execution=execution, chunk_size=2).predict(same)
+    assert torch.isfinite(outputs).all()
+    assert not torch.equal(outputs[0], outputs[1])  # four copies of one task, four dropout masks
+
+
 def test_zero_inner_steps_is_the_plain_query_loss():
     model, batch = mlp(), sinusoids(3)
     loss = MAML(model, inner_steps=0).meta_loss(batch).loss

@@ -83,7 +83,7 @@ class Reptile(nn.Module):
 
         def task(sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, ...]:
             phi = inner.inner_loop(lambda p: task_loss(self._forward(p, sx), sy), theta, rates, first_order=True,
-                                   optimizer=self.inner_optimizer, betas=self.betas)[-1]
+                                   optimizer=self.inner_optimizer, betas=self.betas)[steps]
             return (*(phi[k].detach() for k in names), self._forward(phi, qx).detach())
 
         with torch.enable_grad():

@@ -45,9 +45,14 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=12.0, help="training budget per model")
     p.add_argument("--out", type=Path, default=Path("results/sinusoid"))
     p.add_argument("--episodes", type=int, default=600)
+    p.add_argument("--plot-only", action="store_true", help="redraw the figures from finished runs and results.json")
     args = p.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.plot_only:
+        cfgs = {label: (load_config(preset, [f"run.out={args.out / 'runs' / preset}"]), 0, 0.0) for label, preset in PRESETS.items()}
+        plot(cfgs, args.out)
+        return
     cfgs = {}
     for label, preset in PRESETS.items():
         cfg = load_config(preset, [f"run.out={args.out / 'runs' / preset}", f"optim.max_minutes={args.minutes}", "run.progress=false"])
@@ -90,8 +95,9 @@ def plot(cfgs, out: Path) -> None:
         cfg = cfgs[label][0]
         for row, shots in enumerate(SHOTS):
             tasks = SinusoidTasks(shots, 1, seed=cfg.eval.seed + 7)
-            task = tasks.sample_tasks(0, 0, 1).task(0)
-            amp, phase = tasks.task_params(0, 0, 1)[0].tolist()
+            index = next(i for i in range(100) if float(tasks.task_params(0, i, 1)[0, 0]) > 3.0)  # a clearly visible task
+            task = tasks.sample_tasks(0, index, 1).task(0)
+            amp, phase = tasks.task_params(0, index, 1)[0].tolist()
             ax = axes[row, col]
             ax.plot(grid, amp * torch.sin(grid - phase), "r", lw=2, label="ground truth")
             for k, style in ((0, ":"), (1, "--"), (10, "-")):

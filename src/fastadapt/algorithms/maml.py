@@ -136,7 +136,10 @@ class MAML(nn.Module):
     # --- the contract ----------------------------------------------------------------------
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        """Mean query loss over tasks after ``inner_steps`` steps (weighted over steps with MSL)."""
+        """Mean query loss over tasks after ``inner_steps`` steps (weighted over steps with MSL).
+
+        ``metrics["loss"]`` and ``acc`` / ``mse`` are those of the final step's fast weights.
+        """
         weights, first_order = self.loss_weights(), self.is_first_order()
         if self.training and torch.is_grad_enabled():
             self.meta_step += 1

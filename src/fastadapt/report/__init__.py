@@ -54,7 +54,61 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     out = Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return [out]
+    return [out, *plot_learnt_learning(run_dir)]
+
+
+def _trained_algorithm(run_dir: str | Path):
+    from fastadapt.train.build import build_algorithm
+    from fastadapt.train.checkpoint import load_checkpoint
+    from fastadapt.train.config import config_from_dict
+
+    run = Path(run_dir)
+    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+    ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
+    algo = build_algorithm(cfg)
+    algo.load_state_dict(load_checkpoint(ckpt)["algorithm"])
+    return cfg, algo.eval()
+
+
+def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
+    """What a run learnt about learning: Meta-SGD's per-layer inner rates (``inner_lrs.png``), the
+    LSTM meta-learner's input and forget gates across inner steps (``gates.png``)."""
+    run = Path(run_dir)
+    if not (run / "config.json").is_file():
+        return []
+    cfg, algo = _trained_algorithm(run)
+    outs: list[Path] = []
+    plt = _pyplot()
+    if hasattr(algo, "learning_rates"):
+        rates = algo.learning_rates()
+        names = list(rates)
+        fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names)), 4))
+        ax.bar(range(len(names)), [rates[n]["mean"] for n in names], yerr=[rates[n]["std"] for n in names], capsize=2)
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set(ylabel="learnt inner rate (mean +- std over coordinates)", title=f"{cfg.algorithm}: learnt inner learning rates per tensor")
+        fig.tight_layout()
+        outs.append(run / "inner_lrs.png")
+        fig.savefig(outs[-1], dpi=110)
+        plt.close(fig)
+    if hasattr(algo, "gate_trace"):
+        from fastadapt.train.build import task_sources
+
+        sampler = next(iter(task_sources(cfg).tests.values()))
+        batch = next(iter(sampler.fixed(20, 20)))
+        trace = algo.gate_trace(batch.support_x, batch.support_y)
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        steps = range(1, trace.input_gate.shape[0] + 1)
+        for j, name in enumerate(trace.names):
+            a1.plot(steps, trace.input_gate[:, j], marker="o", label=name)
+            a2.plot(steps, trace.forget_gate[:, j], marker="o", label=name)
+        a1.set(xlabel="inner step", ylabel="mean input gate i_t (a learnt step size)", title="input gate")
+        a2.set(xlabel="inner step", ylabel="mean forget gate f_t (1 - weight decay)", title="forget gate")
+        a2.legend(fontsize=6)
+        fig.tight_layout()
+        outs.append(run / "gates.png")
+        fig.savefig(outs[-1], dpi=110)
+        plt.close(fig)
+    return outs
 
 
 def markdown_report(run_dirs: list[str] | list[Path]) -> str:

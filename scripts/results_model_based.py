@@ -9,7 +9,7 @@ writes ``results.json``, ``results.md`` (a Markdown snippet) and PNG figures und
 
 Checkpoints go to ``--ckpt`` (default ``runs/<name of --out>``), written atomically every
 ``--ckpt-every`` seconds; rerunning the same command resumes where a killed run stopped (a finished
-phase is not retrained). The LSTM meta-learner (Ravi & Larochelle) is trained on Omniglot through
+phase is not retrained; a larger ``--minutes`` continues both models from their checkpoints). The LSTM meta-learner (Ravi & Larochelle) is trained on Omniglot through
 the common training engine (``fastadapt train``), not here.
 """
 
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,13 +57,14 @@ def train_phase(name: str, model: nn.Module, loss_fn: Callable[[int], tuple[Tens
     Returns ``{"steps", "train_seconds", "history": [[step, seconds, loss, {metrics}], ...]}``.
     """
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    step, spent, history, done = 0, 0.0, [], False
+    step, spent, history = 0, 0.0, []
     if ckpt.is_file():
         state = load_checkpoint(ckpt)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step, spent, history, done = int(state["step"]), float(state["seconds"]), json.loads(state["history"]), bool(state["done"])
-        log(f"{name}: resumed at step {step} ({spent:.0f} s spent, done={done})")
+        step, spent, history = int(state["step"]), float(state["seconds"]), json.loads(state["history"])
+        log(f"{name}: resumed at step {step} ({spent:.0f} of {budget_s:.0f} s spent)")
+    done = spent >= budget_s  # a larger budget continues a finished phase from its checkpoint
 
     def save(finished: bool) -> None:
         save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": spent,
@@ -171,10 +173,14 @@ def ntm_copy(args: argparse.Namespace) -> None:
 
     length = trace_batch.length
     ww, rw = rec.write_weights[:, 0, 0].T.numpy(), rec.read_weights[:, 0, 0].T.numpy()  # [N, T]
-    used = (ww.max(1) > 0.05) | (rw.max(1) > 0.05)
-    rows = used.nonzero()[0]
-    lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (0, 32)
-    lo, hi = max(lo - 2, 0), min(hi + 2, ww.shape[0])
+    # the heads start at slot 0 and may move either way round the circular memory: show slots as
+    # offsets from slot 0 in -N/2..N/2-1 and crop to the rows the heads visited
+    n_slots = ww.shape[0]
+    half = n_slots // 2
+    ww, rw = np.roll(ww, half, axis=0), np.roll(rw, half, axis=0)  # row r is slot r - half (mod N)
+    rows = ((ww.max(1) > 0.05) | (rw.max(1) > 0.05)).nonzero()[0]
+    lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (half - 2, half + 30)
+    lo, hi = max(lo - 2, 0), min(hi + 2, n_slots)
     fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex="col")
     axes[0, 0].imshow(trace_batch.inputs[:, 0].T.numpy(), aspect="auto", cmap="gray_r")
     axes[0, 0].set_title("inputs (8 bits + delimiter)")
@@ -182,13 +188,11 @@ def ntm_copy(args: argparse.Namespace) -> None:
     axes[0, 1].imshow(outputs, aspect="auto", cmap="gray_r", vmin=0, vmax=1)
     axes[0, 1].axvline(length + 0.5, color="red", lw=0.8)
     axes[0, 1].set_title("outputs (sigmoid); copy starts after the red line")
-    axes[1, 0].imshow(ww[lo:hi], aspect="auto", cmap="gray_r", extent=(-0.5, ww.shape[1] - 0.5, hi - 0.5, lo - 0.5))
-    axes[1, 0].set_title("write weightings")
-    axes[1, 1].imshow(rw[lo:hi], aspect="auto", cmap="gray_r", extent=(-0.5, rw.shape[1] - 0.5, hi - 0.5, lo - 0.5))
-    axes[1, 1].set_title("read weightings")
-    for a in axes[1]:
-        a.set_xlabel("time step")
-        a.set_ylabel("memory slot")
+    for ax, w, title in ((axes[1, 0], ww, "write weightings"), (axes[1, 1], rw, "read weightings")):
+        ax.imshow(w[lo:hi], aspect="auto", cmap="gray_r", extent=(-0.5, w.shape[1] - 0.5, hi - half - 0.5, lo - half - 0.5))
+        ax.set_title(title)
+        ax.set_xlabel("time step")
+        ax.set_ylabel(f"memory slot (offset from slot 0, mod {n_slots})")
     fig.suptitle("NTM on a length-20 copy sequence (cf. Graves et al. 2014, fig. 6)")
     fig.tight_layout()
     fig.savefig(out / "ntm_weightings.png", dpi=120)

@@ -1,0 +1,67 @@
+"""Reports a user reads: learning curves, comparison tables, episode pictures, learnt rates."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastadapt.cli import main as cli_main
+from fastadapt.train.config import load_config
+from fastadapt.train.loop import train
+
+TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "model.hidden=8", "optim.steps=4",
+        "eval.val_every=2", "eval.val_episodes=4", "eval.test_episodes=4", "eval.batch=4", "run.log_every=1",
+        "run.progress=false", "run.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for preset in ("protonet-quick", "metasgd-omniglot-5w1s"):
+        cfg = load_config(preset, [*TINY, f"run.out={root / preset}"])
+        train(cfg)
+        out[preset] = cfg.out_dir
+    return out
+
+
+def test_plot_writes_learning_curves_and_learnt_rates(runs, capsys):
+    assert cli_main(["plot", str(runs["protonet-quick"])]) == 0
+    assert (runs["protonet-quick"] / "curves.png").stat().st_size > 5000
+    assert cli_main(["plot", str(runs["metasgd-omniglot-5w1s"])]) == 0
+    assert (runs["metasgd-omniglot-5w1s"] / "inner_lrs.png").stat().st_size > 5000
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_report_compares_runs_in_a_markdown_table(runs, tmp_path, capsys):
+    out = tmp_path / "report.md"
+    assert cli_main(["report", *map(str, runs.values()), "--out", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("| run | algorithm | test setting |")
+    rows = lines[2:]
+    assert len(rows) == 2
+    assert "protonet" in rows[0] and "5w1s (15 queries)" in rows[0] and " +- " in rows[0] and "%" in rows[0]
+    assert "metasgd" in rows[1] and "transductive" in rows[1]
+
+
+def test_report_and_plot_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["report", str(tmp_path)]) == 2
+    assert "has no results.json" in capsys.readouterr().err
+    assert cli_main(["plot", str(tmp_path)]) == 2
+    assert "has no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_sample_saves_a_picture_of_episodes(tmp_path, capsys):
+    out = tmp_path / "ep.png"
+    assert cli_main(["sample", "protonet-quick", "data.ways=5", "--tasks", "2", "--out", str(out)]) == 0
+    from PIL import Image
+
+    with Image.open(out) as im:
+        assert im.size[0] >= 28 * 5 and im.size[1] >= 2 * 28
+    assert "support_x (2, 5, 1, 28, 28)" in capsys.readouterr().out
+
+
+def test_list_names_algorithms_presets_and_datasets(capsys):
+    assert cli_main(["list"]) == 0
+    text = capsys.readouterr().out
+    for word in ("maml", "reptile", "matching", "meta_lstm", "mann", "protonet-quick", "maml-sinusoid", "vinyals", "folder:<path>"):
+        assert word in text

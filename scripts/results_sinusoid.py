@@ -57,6 +57,8 @@ def main() -> None:
     for label, preset in PRESETS.items():
         cfg = load_config(preset, [f"run.out={args.out / 'runs' / preset}", f"optim.max_minutes={args.minutes}", "run.progress=false"])
         res = train(cfg)
+        if res.interrupted:
+            raise SystemExit(f"{label}: interrupted at step {res.steps}; run the same command again to resume")
         print(f"{label}: trained {res.steps} steps in {res.train_seconds / 60:.1f} min", flush=True)
         cfgs[label] = (cfg, res.steps, res.train_seconds)
 

@@ -441,7 +441,7 @@ def test_zero_inner_steps_is_the_plain_query_loss():
 
 @pytest.mark.parametrize(("build", "message"), [
     (lambda m: MAML(m, inner_steps=-1), "inner_steps=-1 is invalid; it must be an integer >= 0"),
-    (lambda m: MAML(m, execution="threads"), "execution='threads' is unknown; choose one of vmap, chunks, loop"),
+    (lambda m: MAML(m, execution="threads"), "execution='threads' is unknown; choose one of auto, vmap, chunks, loop"),
     (lambda m: MAML(m, chunk_size=0), "chunk_size=0 is invalid"),
     (lambda m: MAML(m, inner_lr=0.0), "inner_lr=0.0 is invalid; it must be a finite number > 0"),
     (lambda m: MAML(m, inner_steps=0, learn_inner_lr=True), "learn_inner_lr=True needs inner_steps >= 1"),
@@ -472,3 +472,11 @@ def test_norm_mode_names_the_batchnorm_setting():
     assert inner.norm_mode(conv4()) == "transductive"
     assert inner.norm_mode(conv4(track_running_stats=True).eval()) == "running"
     assert inner.norm_mode(mlp()) == "none"
+
+
+def test_auto_execution_follows_the_measured_choice():
+    images = torch.zeros(2, 3, 1, 8, 8)
+    vectors = torch.zeros(2, 3, 1)
+    assert inner.resolve_execution("auto", images) == "loop"
+    assert inner.resolve_execution("auto", vectors) == "vmap"
+    assert inner.resolve_execution("chunks", images) == "chunks"

@@ -2,8 +2,8 @@
 
 from fastadapt.algorithms.anil import ANIL
 from fastadapt.algorithms.base import MetaOutput
-from fastadapt.algorithms.mann import MANN
 from fastadapt.algorithms.maml import FOMAML, MAML
+from fastadapt.algorithms.mann import MANN
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.meta_lstm import MetaLSTM
 from fastadapt.algorithms.metasgd import MetaSGD

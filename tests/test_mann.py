@@ -86,6 +86,20 @@ def test_core_step_matches_the_equations_written_out():
     torch.testing.assert_close(read_memory(new.memory, new.read_weights), new.reads)
 
 
+def test_key_strength_sharpens_the_content_read():
+    memory = t([[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])
+    keys = t([[[1.0, 0.0]]])
+    cos = [1.0, 0.0, 1 / math.sqrt(2)]
+    for beta in (1.0, 3.0):
+        e = [math.exp(beta * c) for c in cos]
+        torch.testing.assert_close(content_read_weights(memory, keys, t([[beta]])), t([[[v / sum(e) for v in e]]]))
+    torch.testing.assert_close(content_read_weights(memory, keys), content_read_weights(memory, keys, t([[1.0]])))
+    core = LRUMemoryCore(3, 2, memory_size=4, memory_width=2, read_heads=1, controller_size=4, key_strength=True).double()
+    logits, _ = core(torch.randn(5, 2, 3, dtype=D), torch.zeros(5, 2, 2, dtype=D))
+    logits.sum().backward()
+    assert core.beta.weight.grad is not None and core.beta.weight.grad.abs().sum() > 0
+
+
 def _class_coded_batch(tasks: int, ways: int, shots: int, queries: int) -> TaskBatch:
     """Images whose every pixel is the dataset class id, so the class of each step can be read off the input."""
     classes = torch.stack([torch.randperm(100)[:ways] + 1 for _ in range(tasks)])  # [T, N] ids 1..100

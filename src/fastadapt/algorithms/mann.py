@@ -121,13 +121,15 @@ class MANN(nn.Module):
         memory_size, memory_width, read_heads, controller_size, gamma: see :class:`~fastadapt.memory.mann.LRUMemoryCore`
             (paper: 128, 40, 4, 200, 0.95).
         shuffle_labels: relabel the classes with a random permutation in every training episode (the paper does).
+        key_strength: sharpen the content reads with a learnt key strength (not in the paper; see
+            :class:`~fastadapt.memory.mann.LRUMemoryCore`).
     """
 
     needs_head = False
 
     def __init__(self, model: nn.Module | None = None, ways: int = 5, input_shape: tuple[int, ...] = (1, 20, 20), core: str = "mann",
                  memory_size: int = 128, memory_width: int = 40, read_heads: int = 4, controller_size: int = 200, gamma: float = 0.95,
-                 shuffle_labels: bool = True) -> None:
+                 shuffle_labels: bool = True, key_strength: bool = False) -> None:
         super().__init__()
         if not isinstance(ways, int) or isinstance(ways, bool) or ways < 2:
             raise ConfigError(f"MANN ways={ways!r} is invalid; it must be an integer >= 2")
@@ -135,7 +137,7 @@ class MANN(nn.Module):
         self.ways, self.input_shape, self.shuffle_labels = ways, tuple(input_shape), bool(shuffle_labels)
         feature_dim = self._feature_dim()
         if core == "mann":
-            self.core: nn.Module = LRUMemoryCore(feature_dim, ways, memory_size, memory_width, read_heads, controller_size, gamma)
+            self.core: nn.Module = LRUMemoryCore(feature_dim, ways, memory_size, memory_width, read_heads, controller_size, gamma, key_strength)
         elif core == "lstm":
             self.core = LSTMCore(feature_dim, ways, controller_size)
         else:

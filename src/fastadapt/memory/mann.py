@@ -9,7 +9,8 @@ memory ``M`` of ``N`` slots of width ``Mw``, usage weights ``w^u``, last read we
   (ties are broken by slot index, lowest first, so exactly ``n`` slots are least used);
 * write weights: ``w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}``  (eq. 6);
 * write: the single least used slot is zeroed first, then ``M_t(i) = M_{t-1}(i) + sum_r w^w_{t,r}(i) k_{t,r}``;
-* read: ``w^r_t(i) = softmax_i(K(k_t, M_t(i)))`` (cosine similarity, eq. 2-3), ``r_t = sum_i w^r_t(i) M_t(i)``;
+* read: ``w^r_t(i) = softmax_i(K(k_t, M_t(i)))`` (cosine similarity, eq. 2-3), ``r_t = sum_i w^r_t(i) M_t(i)``
+  (optionally sharpened by a key strength, ``key_strength=True``: not in the paper);
 * usage: ``w^u_t = gamma w^u_{t-1} + sum_r w^r_{t,r} + sum_r w^w_{t,r}``  (eq. 5; gamma = 0.95 in the paper).
 
 The controller sees ``[x_t, y_{t-1}, r_{t-1}]`` (the input, the previous step's one-hot label, the
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.errors import ConfigError
@@ -64,9 +66,13 @@ def lru_write(memory: Tensor, usage_prev: Tensor, write_weights: Tensor, keys: T
     return memory * keep.unsqueeze(-1) + write_weights.transpose(1, 2) @ keys
 
 
-def content_read_weights(memory: Tensor, keys: Tensor) -> Tensor:
-    """``softmax_i(K(k_r, M(i)))`` for every head: memory ``[B, N, Mw]``, keys ``[B, R, Mw]`` -> ``[B, R, N]``."""
-    return torch.softmax(cosine_similarity(keys, memory.unsqueeze(1)), dim=-1)
+def content_read_weights(memory: Tensor, keys: Tensor, beta: Tensor | None = None) -> Tensor:
+    """``softmax_i(beta_r K(k_r, M(i)))`` for every head: memory ``[B, N, Mw]``, keys ``[B, R, Mw]`` -> ``[B, R, N]``.
+
+    ``beta [B, R]`` is an optional key strength (the NTM's; the MANN paper has none, i.e. beta = 1).
+    """
+    sim = cosine_similarity(keys, memory.unsqueeze(1))
+    return torch.softmax(sim if beta is None else beta.unsqueeze(-1) * sim, dim=-1)
 
 
 class LRUState(NamedTuple):
@@ -92,10 +98,14 @@ class LRUMemoryCore(nn.Module):
         read_heads: R (4 in the paper).
         controller_size: LSTM hidden size (200 in the paper).
         gamma: usage decay (0.95 in the paper).
+        key_strength: also emit a key strength ``beta = 1 + softplus(.)`` per read head that sharpens the
+            content read, as the NTM does. The paper reads with ``softmax(cosine)`` (False, the
+            default): cosine similarities lie in [-1, 1], so over 128 slots the read can put at most
+            ``e^2 / (e^2 + 127)`` ~ 5.5% of its weight on the best-matching slot.
     """
 
     def __init__(self, input_size: int, num_classes: int, memory_size: int = 128, memory_width: int = 40, read_heads: int = 4,
-                 controller_size: int = 200, gamma: float = 0.95) -> None:
+                 controller_size: int = 200, gamma: float = 0.95, key_strength: bool = False) -> None:
         super().__init__()
         for name, v in (("input_size", input_size), ("num_classes", num_classes), ("memory_size", memory_size),
                         ("memory_width", memory_width), ("read_heads", read_heads), ("controller_size", controller_size)):
@@ -110,6 +120,7 @@ class LRUMemoryCore(nn.Module):
         self.controller = nn.LSTMCell(input_size + num_classes + read_heads * memory_width, controller_size)
         self.keys = nn.Linear(controller_size, read_heads * memory_width)
         self.alpha = nn.Linear(controller_size, read_heads)
+        self.beta = nn.Linear(controller_size, read_heads) if key_strength else None
         self.out = nn.Linear(controller_size + read_heads * memory_width, num_classes)
 
     def initial_state(self, batch_size: int, like: Tensor) -> LRUState:
@@ -125,7 +136,8 @@ class LRUMemoryCore(nn.Module):
         keys = torch.tanh(self.keys(h)).view(b, self.read_heads, self.memory_width)
         ww = lru_write_weights(state.read_weights, least_used(state.usage, self.read_heads), self.alpha(h))
         memory = lru_write(state.memory, state.usage, ww, keys)
-        rw = content_read_weights(memory, keys)
+        beta = None if self.beta is None else 1 + F.softplus(self.beta(h))
+        rw = content_read_weights(memory, keys, beta)
         reads = read_memory(memory, rw)
         usage = usage_update(state.usage, rw, ww, self.gamma)
         logits = self.out(torch.cat([h, reads.flatten(1)], dim=-1))

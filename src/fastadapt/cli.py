@@ -22,18 +22,23 @@ from fastadapt.errors import FastAdaptError
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from fastadapt.train import distributed
     from fastadapt.train.config import load_config
     from fastadapt.train.loop import train
 
     cfg = load_config(args.config, args.overrides)
-    print(f"run folder: {cfg.out_dir}")
+    main = distributed.is_main()  # under torchrun only rank 0 prints
+    if main:
+        print(f"run folder: {cfg.out_dir}" + (f" ({distributed.env_world_size()} processes)" if distributed.env_world_size() > 1 else ""))
     result = train(cfg, resume=not args.restart)
     if result.interrupted:
-        print(f"interrupted at step {result.steps}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; run the same command to resume")
+        if main:
+            print(f"interrupted at step {result.steps}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; run the same command to resume")
         return 130
-    for key, res in result.tests.items():
-        print(f"test {key}: {res.summary()}")
-    print(f"trained {result.steps} steps in {result.train_seconds / 60:.1f} min; results in {cfg.out_dir}")
+    if main:
+        for key, res in result.tests.items():
+            print(f"test {key}: {res.summary()}")
+        print(f"trained {result.steps} steps in {result.train_seconds / 60:.1f} min; results in {cfg.out_dir}")
     return 0
 
 
@@ -52,8 +57,7 @@ def _run_config(run_dir: str, overrides: list[str]):
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
+    from fastadapt.train import distributed
     from fastadapt.train.build import build_algorithm
     from fastadapt.train.checkpoint import load_checkpoint
     from fastadapt.train.loop import test
@@ -61,11 +65,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = _run_config(args.run_dir, args.overrides)
     run = Path(args.run_dir)
     ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
-    algo = build_algorithm(cfg).to(torch.device(cfg.run.device))
-    algo.load_state_dict(load_checkpoint(ckpt, cfg.run.device)["algorithm"])
+    device = distributed.local_device(cfg.run.device)
+    algo = build_algorithm(cfg).to(device)
+    algo.load_state_dict(load_checkpoint(ckpt, "cpu")["algorithm"])
     cfg = replace(cfg, run=replace(cfg.run, out=str(run)))
-    for key, res in test(cfg, algo, device=cfg.run.device).items():
-        print(f"test {key}: {res.summary()}")
+    with distributed.process_group(device, cfg.run.dist_timeout_s):  # under torchrun: episodes split across ranks
+        results = test(cfg, algo, device=device)
+    if distributed.is_main():
+        for key, res in results.items():
+            print(f"test {key}: {res.summary()}")
     return 0
 
 

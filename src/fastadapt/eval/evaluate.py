@@ -3,6 +3,7 @@ that change the number written beside it."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ class EvalResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
+        if "diverged_episodes" in self.settings:
+            return f"{self.metric} diverged (non-finite) on {self.settings['diverged_episodes']} of {self.episodes} episodes"
         if self.metric == "acc":
             return f"{100 * self.mean:.2f} +- {100 * self.ci:.2f} % ({self.episodes} episodes, {int(100 * self.level)}% CI)"
         return f"{self.metric} {self.mean:.4f} +- {self.ci:.4f} ({self.episodes} episodes, {int(100 * self.level)}% CI)"
@@ -45,11 +48,22 @@ def batchnorm_setting(model: nn.Module) -> str:
 
 
 def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.device | str = "cpu", progress: bool = False,
-             desc: str = "eval", settings: dict[str, Any] | None = None) -> EvalResult:
-    """Score ``algo`` on every :class:`TaskBatch` of ``episodes`` (an iterable, e.g. ``sampler.fixed(n)``)."""
+             desc: str = "eval", settings: dict[str, Any] | None = None, distributed: bool = False) -> EvalResult:
+    """Score ``algo`` on every :class:`TaskBatch` of ``episodes`` (an iterable, e.g. ``sampler.fixed(n)``).
+
+    ``distributed=True`` (every rank of the process group must call it): rank ``r`` of ``W`` scores
+    batches ``r, r + W, ...`` of ``episodes`` and the scores of all ranks are gathered in episode
+    order, so the result equals one process's. Whole batches are split, never the episodes of one
+    batch, because an encoder's BatchNorm may normalise over the batch.
+    """
+    from fastadapt.train import distributed as dist_
+
+    shard = distributed and dist_.is_distributed()
+    me, world = dist_.rank(), dist_.world_size()
     was_training = algo.training
     algo.eval()
     scores: list[float] = []
+    scored: list[tuple[int, str, list[float]]] = []  # (batch index, metric, scores) of this rank's batches
     metric = "acc"
     bar = None
     if progress:
@@ -57,12 +71,15 @@ def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.devic
 
         bar = tqdm(desc=desc, unit="ep", leave=False)
     try:
-        for batch in episodes:
+        for i, batch in enumerate(episodes):
+            if shard and i % world != me:
+                continue
             batch = batch.to(device)
             out = algo.predict(batch)
             metric = "acc" if not batch.query_y.is_floating_point() else "mse"
             s = per_task_scores(out, batch.query_y)
             scores += s.tolist()
+            scored.append((i, metric, s.tolist()))
             if bar is not None:
                 bar.update(len(s))
                 bar.set_postfix({metric: f"{sum(scores) / len(scores):.4f}"})
@@ -70,5 +87,14 @@ def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.devic
         if bar is not None:
             bar.close()
         algo.train(was_training)
+    if shard:
+        gathered = sorted(dist_.gather_scores(scored), key=lambda item: item[0])
+        scores = [x for _, _, part in gathered for x in part]
+        metric = gathered[0][1] if gathered else metric
+    settings = dict(settings or {})
+    diverged = sum(1 for s in scores if not math.isfinite(s))
+    if diverged:  # e.g. inner steps beyond what learnt rates were trained for: report it, don't crash
+        settings["diverged_episodes"] = diverged
+        return EvalResult(metric, float("inf") if metric == "mse" else float("nan"), float("nan"), level, len(scores), scores, settings)
     mean, ci = mean_ci(scores, level)
-    return EvalResult(metric, mean, ci, level, len(scores), scores, dict(settings or {}))
+    return EvalResult(metric, mean, ci, level, len(scores), scores, settings)

@@ -86,6 +86,7 @@ class RunConfig:
     log_every: int = 10  # append train metrics to metrics.jsonl every N steps
     checkpoint_every: int = 200  # write checkpoint.pt every N steps
     progress: bool = True  # show a progress bar
+    dist_timeout_s: float = 60.0  # under torchrun: seconds a collective (or the start-up rendezvous) waits for the other ranks before failing
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig, "run": RunConfig}
@@ -238,6 +239,8 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={v} is invalid; it must be >= 0")
     if not o.lr > 0:
         raise ConfigError(f"optim.lr={o.lr} is invalid; it must be > 0")
+    if not r.dist_timeout_s > 0:
+        raise ConfigError(f"run.dist_timeout_s={r.dist_timeout_s} is invalid; it must be > 0 (seconds)")
     if not 0 < e.level < 1:
         raise ConfigError(f"eval.level={e.level} is invalid; it must be in (0, 1), e.g. 0.95")
     choices = {

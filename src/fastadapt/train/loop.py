@@ -8,6 +8,10 @@
 
 The tasks of a step are a pure function of (seed, step, task index), so a resumed run sees the
 same tasks as an uninterrupted one.
+
+Under ``torchrun`` the same loop runs on every rank: each takes its block of the meta-batch's tasks,
+gradients are summed over ranks with the weights that make them equal one process's, evaluation
+episodes are split and gathered, and rank 0 alone writes files (see :mod:`fastadapt.train.distributed`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import torch
 
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval import EvalResult, batchnorm_setting, evaluate
+from fastadapt.train import distributed
 from fastadapt.train.build import build_algorithm, build_optimizer, task_sources
 from fastadapt.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fastadapt.train.config import Config, config_from_dict
@@ -84,42 +89,79 @@ def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, que
 
 
 def train(cfg: Config, resume: bool = True, step_hook: Callable[[int], None] | None = None) -> TrainResult:
-    """Train ``cfg`` in ``cfg.out_dir``; resume from its ``checkpoint.pt`` when there is one."""
+    """Train ``cfg`` in ``cfg.out_dir``; resume from its ``checkpoint.pt`` when there is one.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group for the run and leaves it after.
+    """
+    device = distributed.local_device(cfg.run.device)
+    hint = f"the last checkpoint in {cfg.out_dir} is kept: rerun the same command to resume"
+    with distributed.process_group(device, cfg.run.dist_timeout_s, hint):
+        return _train(cfg, resume, step_hook, device)
+
+
+def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
+    """The checkpoint to resume from (read on CPU by rank 0, sent to every rank), or None to start afresh."""
+    state, error = None, None
+    if distributed.is_main() and ckpt_path.exists():
+        try:
+            state = load_checkpoint(ckpt_path, "cpu")
+            saved = config_from_dict(state["config"])
+            if saved.to_dict() | {"run": None, "optim": None} != cfg.to_dict() | {"run": None, "optim": None}:
+                raise FastAdaptError(f"{cfg.out_dir} holds a run with another config; pass a new run.name/run.out or the same config to resume")
+        except FastAdaptError as e:
+            state, error = None, e
+    state, error = distributed.broadcast_object((state, error))
+    if error is not None:
+        raise error
+    return state
+
+
+def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, device: torch.device) -> TrainResult:
     out = cfg.out_dir
-    out.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path, metrics_path = out / "checkpoint.pt", out / "best.pt", out / "metrics.jsonl"
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    device = torch.device(cfg.run.device)
     torch.manual_seed(cfg.run.seed)
+    world = distributed.world_size()
+    if cfg.data.meta_batch < world:
+        raise FastAdaptError(f"data.meta_batch={cfg.data.meta_batch} is smaller than the {world} processes; use data.meta_batch >= {world} "
+                             f"or fewer processes")
+    task_start, task_count = distributed.shard(cfg.data.meta_batch)
+    weight = distributed.task_weight(task_count, cfg.data.meta_batch)
+    sync_bn = distributed.spans_meta_batch(cfg.algorithm, cfg.algorithm_options)
 
     sources = task_sources(cfg)
     algo = build_algorithm(cfg).to(device)
+    distributed.broadcast_parameters(algo)
     optimizer, scheduler = build_optimizer(cfg, algo.parameters())
     start, best_val, train_seconds = 0, None, 0.0
 
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, device)
-        saved = config_from_dict(state["config"])
-        if saved.to_dict() | {"run": None, "optim": None} != cfg.to_dict() | {"run": None, "optim": None}:
-            raise FastAdaptError(f"{out} holds a run with another config; pass a new run.name/run.out or the same config to resume")
+    state = _load_resume_state(cfg, ckpt_path) if resume else None
+    if state is not None:
         algo.load_state_dict(state["algorithm"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, best_val, train_seconds = int(state["step"]), state["best_val"], float(state["train_seconds"])
-    else:
+    elif main:
         metrics_path.unlink(missing_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if main:
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     def checkpoint(step: int) -> None:
+        if not main:
+            return
         save_checkpoint(ckpt_path, {
             "algorithm": algo.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "step": step, "config": cfg.to_dict(), "rng": rng_state(), "best_val": best_val, "train_seconds": train_seconds,
+            "world_size": world,
         })
 
     bar = None
-    if cfg.run.progress:
+    if cfg.run.progress and main:
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.optim.steps, initial=start, desc=f"train {cfg.algorithm}", unit="step", dynamic_ncols=True)
@@ -131,21 +173,25 @@ def train(cfg: Config, resume: bool = True, step_hook: Callable[[int], None] | N
             while step < cfg.optim.steps:
                 t0 = time.perf_counter()
                 algo.train()
-                batch = sources.train.sample_tasks(step, 0, cfg.data.meta_batch).to(device)
-                result = algo.meta_loss(batch)
-                if not math.isfinite(float(result.loss.detach())):
-                    raise TrainingDiverged(f"loss is {float(result.loss.detach())} at step {step}; lower optim.lr or set optim.clip_grad "
+                batch = sources.train.sample_tasks(step, task_start, task_count).to(device)
+                with distributed.global_batchnorm(enabled=sync_bn):
+                    result = algo.meta_loss(batch)
+                metrics = distributed.reduce_metrics({**result.metrics, "_objective": float(result.loss.detach())}, weight)
+                objective = metrics.pop("_objective")
+                if not math.isfinite(objective):
+                    raise TrainingDiverged(f"loss is {objective} at step {step}; lower optim.lr or set optim.clip_grad "
                                            f"(the last good checkpoint in {ckpt_path} is kept)")
                 optimizer.zero_grad(set_to_none=True)
-                result.loss.backward()
+                (result.loss if world == 1 else result.loss * weight).backward()
+                distributed.all_reduce_gradients(algo.parameters())
                 if cfg.optim.clip_grad:
                     torch.nn.utils.clip_grad_norm_(algo.parameters(), cfg.optim.clip_grad)
                 optimizer.step()
                 scheduler.step()
                 step += 1
                 train_seconds = time.perf_counter() - t_start
-                window.append(result.metrics | {"tasks_per_s": cfg.data.meta_batch / (time.perf_counter() - t0)})
-                if step % cfg.run.log_every == 0 or step == cfg.optim.steps:
+                window.append(metrics | {"tasks_per_s": cfg.data.meta_batch / (time.perf_counter() - t0)})
+                if main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
                     avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
                     _append_jsonl(metrics_path, {"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg})
                     if bar is not None:
@@ -154,18 +200,20 @@ def train(cfg: Config, resume: bool = True, step_hook: Callable[[int], None] | N
                 if bar is not None:
                     bar.update(1)
                 if sources.val is not None and cfg.eval.val_every and (step % cfg.eval.val_every == 0 or step == cfg.optim.steps):
-                    res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device)
+                    res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device, distributed=True)
                     score = res.mean if res.metric == "acc" else -res.mean
-                    _append_jsonl(metrics_path, {"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
+                    if main:
+                        _append_jsonl(metrics_path, {"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
                     if best_val is None or score > best_val:
                         best_val = score
-                        save_checkpoint(best_path, {"algorithm": algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean})
+                        if main:
+                            save_checkpoint(best_path, {"algorithm": algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean})
                 if step_hook is not None:
                     step_hook(step)
                 if step % cfg.run.checkpoint_every == 0:
                     checkpoint(step)
-                if stop.signal is not None or (cfg.optim.max_minutes and train_seconds > 60 * cfg.optim.max_minutes):
-                    interrupted = stop.signal is not None
+                if distributed.any_rank(stop.signal is not None or bool(cfg.optim.max_minutes and train_seconds > 60 * cfg.optim.max_minutes)):
+                    interrupted = distributed.any_rank(stop.signal is not None)
                     break
         finally:
             if bar is not None:
@@ -180,21 +228,30 @@ def train(cfg: Config, resume: bool = True, step_hook: Callable[[int], None] | N
             "steps": step, "train_seconds": train_seconds, "best_val": best_val,
             "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in result_obj.tests.items()},
         }
-        (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if main:
+            (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result_obj
 
 
 def test(cfg: Config, algo: torch.nn.Module, sources=None, device: torch.device | str = "cpu") -> dict[str, EvalResult]:
-    """Evaluate the best checkpoint (else the current model) on every test setting; write eval files."""
+    """Evaluate the best checkpoint (else the current model) on every test setting; write eval files.
+
+    Under a process group every rank calls it: rank 0 reads best.pt and sends it, the episodes are
+    split across ranks, and rank 0 writes the files.
+    """
     out = cfg.out_dir
+    main = distributed.is_main()
     sources = sources or task_sources(cfg)
-    if (out / "best.pt").exists():
-        algo.load_state_dict(load_checkpoint(out / "best.pt", device)["algorithm"])
+    best = load_checkpoint(out / "best.pt", "cpu")["algorithm"] if main and (out / "best.pt").exists() else None
+    best = distributed.broadcast_object(best)
+    if best is not None:
+        algo.load_state_dict(best)
     results = {}
     for key, sampler in sources.tests.items():
         settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries)
         res = evaluate(algo, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
-                       progress=cfg.run.progress, desc=f"test {key}", settings=settings)
-        (out / f"eval_{key}.json").write_text(json.dumps(res.to_dict()) + "\n")
+                       progress=cfg.run.progress and main, desc=f"test {key}", settings=settings, distributed=True)
+        if main:
+            (out / f"eval_{key}.json").write_text(json.dumps(res.to_dict()) + "\n")
         results[key] = res
     return results

@@ -98,3 +98,12 @@ def test_training_steps_lower_the_loss():
         out.loss.backward()
         opt.step()
     assert algo.meta_loss(fixed).metrics["loss"] < 0.7 * first
+
+
+def test_predict_scores_each_task_on_its_own():
+    torch.manual_seed(0)
+    algo = ProtoNet(Conv4(out_features=None, hidden=8)).double()  # with BatchNorm: statistics per task
+    b = _batch().to(dtype=torch.float64)
+    both = algo.predict(b)
+    for i in range(len(b)):
+        torch.testing.assert_close(both[i], algo.predict(b.select(slice(i, i + 1)))[0], rtol=1e-12, atol=1e-12)

@@ -8,9 +8,12 @@ and a query is classified by a softmax over negative squared Euclidean distances
 
     logits[q, n] = -||f(x_q) - c_n||^2            (or scale * cos(f(x_q), c_n) with distance="cosine")
 
-The encoder runs once over every support and query image of every task in the batch. Conv4's
-BatchNorm (no running statistics) then normalises with the statistics of the whole meta-batch,
-as the reference implementation does with its one batch per episode.
+In training (``meta_loss``) the encoder runs once over every support and query image of every task
+in the batch; Conv4's BatchNorm (no running statistics) then normalises with the statistics of the
+whole meta-batch (with one task per batch, as in the paper's presets, that is one episode, as the
+reference implementation does). In evaluation (``predict``) each task is encoded on its own, so a
+task's score never depends on which other tasks share its evaluation batch, and memory stays that
+of one episode.
 """
 
 from __future__ import annotations
@@ -94,8 +97,9 @@ class ProtoNet(nn.Module):
         return MetaOutput(loss, batch_metrics(logits, batch.query_y, loss))
 
     def predict(self, batch: TaskBatch) -> Tensor:
+        """``[T, N*Q, N]`` logits, one task at a time (see the module docstring)."""
         with torch.no_grad():
-            return self._logits(batch)
+            return torch.cat([self._logits(batch.select(slice(i, i + 1))) for i in range(batch.num_tasks)])
 
     def adapt(self, support_x: Tensor, support_y: Tensor):
         """Prototypes of one task; returns ``query_x [Q, *x] -> logits [Q, N]``."""

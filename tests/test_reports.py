@@ -65,3 +65,14 @@ def test_list_names_algorithms_presets_and_datasets(capsys):
     text = capsys.readouterr().out
     for word in ("maml", "reptile", "matching", "meta_lstm", "mann", "protonet-quick", "maml-sinusoid", "vinyals", "folder:<path>"):
         assert word in text
+
+
+def test_eval_command_rewrites_results_and_eval_files(runs, capsys):
+    run = runs["protonet-quick"]
+    (run / "results.json").unlink()
+    assert cli_main(["eval", str(run), "eval.test_episodes=6"]) == 0
+    assert "test 5w1s:" in capsys.readouterr().out
+    import json
+
+    res = json.loads((run / "results.json").read_text())
+    assert res["steps"] == 4 and res["tests"]["5w1s"]["episodes"] == 6

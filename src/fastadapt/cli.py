@@ -60,7 +60,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from fastadapt.train import distributed
     from fastadapt.train.build import build_algorithm
     from fastadapt.train.checkpoint import load_checkpoint
-    from fastadapt.train.loop import test
+    from fastadapt.train.loop import test, write_results
 
     cfg = _run_config(args.run_dir, args.overrides)
     run = Path(args.run_dir)
@@ -74,6 +74,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if distributed.is_main():
         for key, res in results.items():
             print(f"test {key}: {res.summary()}")
+        last = load_checkpoint(run / "checkpoint.pt", "cpu") if (run / "checkpoint.pt").exists() else {}
+        write_results(run, int(last.get("step", 0)), float(last.get("train_seconds", 0.0)), last.get("best_val"), results)
     return 0
 
 

@@ -224,13 +224,20 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
         return result_obj
     if step >= cfg.optim.steps or cfg.optim.max_minutes:
         result_obj.tests = test(cfg, algo, sources, device)
-        summary = {
-            "steps": step, "train_seconds": train_seconds, "best_val": best_val,
-            "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in result_obj.tests.items()},
-        }
         if main:
-            (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_results(out, step, train_seconds, best_val, result_obj.tests)
     return result_obj
+
+
+def write_results(out: Path, steps: int, train_seconds: float, best_val: float | None, tests: dict[str, EvalResult]) -> Path:
+    """``results.json``: training length and every test's mean, CI and settings (scores are in eval_*.json)."""
+    summary = {
+        "steps": steps, "train_seconds": train_seconds, "best_val": best_val,
+        "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in tests.items()},
+    }
+    path = out / "results.json"
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path
 
 
 def test(cfg: Config, algo: torch.nn.Module, sources=None, device: torch.device | str = "cpu") -> dict[str, EvalResult]:

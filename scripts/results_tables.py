@@ -1,0 +1,53 @@
+"""The Omniglot tables of docs/RESULTS.md, from committed run folders (no training, no GPU).
+
+    python scripts/results_tables.py results/runs/*
+
+For every run with an ``eval_<setting>.json`` it prints mean +- 95% CI, the meta-steps and minutes
+trained, and, for runs tested on the same fixed episodes as the first run of that setting, the
+paired difference (per-episode accuracy difference, mean +- 95% CI), which is far tighter than
+comparing two unpaired intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fastadapt.eval import mean_ci
+
+
+def main(paths: list[str]) -> None:
+    rows = []
+    for p in map(Path, paths):
+        metrics = p / "metrics.jsonl"
+        if not metrics.is_file():
+            continue
+        last = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()][-1]
+        steps, seconds = last["step"], last["time"]  # the last logged step, unless results.json says more
+        if (p / "results.json").is_file():
+            res = json.loads((p / "results.json").read_text())
+            steps, seconds = res["steps"] or steps, res["train_seconds"] or seconds
+        for ev in sorted(p.glob("eval_*.json")):
+            d = json.loads(ev.read_text())
+            rows.append((ev.stem[5:], p.name, d, steps, seconds / 60))
+    print("| setting | run | algorithm | test accuracy (1000 fixed episodes) | meta-steps | train min | paired diff. vs first row |")
+    print("|---|---|---|---|---|---|---|")
+    first: dict[str, np.ndarray] = {}
+    for setting, name, d, steps, minutes in sorted(rows, key=lambda r: (r[0], r[1] != "protonet-omniglot-1shot")):
+        scores = np.array(d["scores"])
+        ref = first.setdefault(setting, scores)
+        if ref is scores:
+            diff = "-"
+        elif len(ref) != len(scores):
+            diff = "n/a"
+        else:
+            m, h = mean_ci(scores - ref)
+            diff = f"{100 * m:+.2f} +- {100 * h:.2f}"
+        print(f"| {setting} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} % | {steps} | {minutes:.1f} | {diff} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -129,9 +129,17 @@ def main() -> None:  # noqa: C901
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every child (default 1: the machine is shared)")
     parser.add_argument("--no-sweeps", action="store_true")
     parser.add_argument("--sweeps-only", action="store_true")
+    parser.add_argument("--deadline-min", type=float, default=0,
+                        help="start no new measurement of the main grid after this many minutes (0: none); the table says what was run")
+    parser.add_argument("--rotate", type=int, default=0, help="offset of the contender order (a second run started beside a first)")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
+                        help="pool the timings of several runs' results.json (gradients and FLOPs from the first) and render the table")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a child is abandoned")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, Path(args.out))
+        return
     reps = args.reps or (1 if args.quick else 3)
     iters = args.iters or 1
     fastadapt = (args.fastadapt or ("fastadapt,fastadapt+mallopt" if args.quick else ",".join(FASTADAPT))).split(",")
@@ -176,6 +184,7 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
     skipped: dict[str, dict[str, str]] = {w: {} for w in workloads}
     mask, masked_names = reptile_mask()
     with tempfile.TemporaryDirectory() as tmp:
+        deadline = time.perf_counter() + args.deadline_min * 60 if args.deadline_min else float("inf")
         for rep in range(reps):
             for w in workloads:
                 runnable = [c for c in contenders if not supports(parse_contender(c).library, WORKLOADS[w])]
@@ -183,8 +192,11 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
                     why = supports(parse_contender(c).library, WORKLOADS[w])
                     if why:
                         skipped[w][c] = why
-                shift = rep % max(len(runnable), 1)
+                shift = (rep + args.rotate) % max(len(runnable), 1)
                 for c in runnable[shift:] + runnable[:shift]:  # rotate the order every repetition
+                    if time.perf_counter() > deadline:
+                        result.setdefault("stopped_at_deadline", f"repetition {rep + 1}, workload {w}")
+                        break
                     extra = ["--grad-out", f"{tmp}/{w}-{c}.pt"] if rep == 0 else []
                     r = run_child(["--workload", w, "--contender", c, "--iters", str(iters), *extra, *common], args.timeout)
                     if rep == 0 and WORKLOADS[w].algo == "reptile":  # the float64 gradient check (see reptile_mask)
@@ -193,7 +205,7 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
                     records[w].setdefault(c, []).append(r)
                     cpu = f"{median(r['cpu']):.2f} s cpu, {median(r['wall']):.2f} s wall, {r['maxrss_mb']:.0f} MB" if "cpu" in r else r.get("error")
                     print(f"[rep {rep + 1}/{reps}] {w:10s} {c:28s} {cpu}", flush=True)
-        for w in workloads:
+        for w in (w for w in workloads if records[w]):
             ref_path = Path(tmp) / f"{w}-fastadapt.pt"
             ref = torch.load(ref_path) if ref_path.exists() else None
             entry: dict = {"description": WORKLOADS[w].description, "contenders": {}, "skipped": skipped[w]}
@@ -215,6 +227,7 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
             if "flops" in flops:
                 entry["flops"] = flops["flops"] * WORKLOADS[w].meta_batch / min(WORKLOADS[w].meta_batch, 2)  # linear in tasks
             result["workloads"][w] = entry
+            result["raw"] = records
 
 
 SWEEP_T = (1, 8, 32, 128)
@@ -244,6 +257,28 @@ def _sweeps(args: argparse.Namespace, result: dict, common: list[str]) -> None:
     result["sweeps"] = {"contenders": contenders, "rows": rows, "inner_steps_meta_batch": SWEEP_STEPS_T}
 
 
+def merge(paths: list[str], out_dir: Path) -> None:
+    """Pool the raw timings of several runs into one table (gradient checks and FLOPs come from the first run)."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    result = runs[0]
+    result["command"] = " + ".join(r["command"] for r in runs) + f" (merged: python benchmarks/compare.py --merge {' '.join(paths)})"
+    result["reps"] = sum(r["reps"] for r in runs)
+    result["matmul"] = [m for r in runs for m in r["matmul"]]
+    result["elapsed_s"] = max(r.get("elapsed_s", 0) for r in runs)
+    result["machine"]["load_after"] = runs[-1]["machine"].get("load_after")
+    for w, entry in result["workloads"].items():
+        for c in entry["contenders"]:
+            recs = [rec for r in runs for rec in r.get("raw", {}).get(w, {}).get(c, [])]
+            if recs:
+                keep = {k: entry["contenders"][c][k] for k in ("grad", "same_inputs_as_fastadapt") if k in entry["contenders"][c]}
+                entry["contenders"][c] = {**summarise(recs), **keep}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1))
+    table = render(result)
+    (out_dir / "table.md").write_text(table)
+    print(table)
+
+
 # --- report -------------------------------------------------------------------------------------------------------------
 
 
@@ -254,7 +289,9 @@ def ceiling(result: dict) -> float:
 
 
 def render(result: dict) -> str:
-    lines = [f"Command: `{result['command']}`  ", f"torch {result['torch']}, Python {result['python']}, {result['threads']} thread(s) per process, "
+    lines = [f"Command: `{result['command']}`  ",
+             *([f"Stopped at the deadline: no measurement started after {result['stopped_at_deadline']}; the last column "
+                "counts the repetitions each median covers.  "] if result.get("stopped_at_deadline") else []), f"torch {result['torch']}, Python {result['python']}, {result['threads']} thread(s) per process, "
              f"{result['machine']['cpus']} ({result['machine']['logical_cpus']} logical CPUs), load average before/after "
              f"{result['machine']['load_before']} / {result['machine'].get('load_after')}; {result['reps']} repetition(s) x {result['iters']} "
              f"timed iteration(s) per contender; wall time of the run {result.get('elapsed_s', 0) / 60:.1f} min. No GPU.", ""]
@@ -271,15 +308,15 @@ def render(result: dict) -> str:
             lines.append(f"Model FLOPs per meta-update (FlopCounterMode on the plain loop): {flops / 1e9:.1f} GFLOP.")
             lines.append("")
         lines.append("| contender | it/s (CPU) | it/s (wall) | peak RSS MB | faults/it | % matmul peak | grad rel. err | agree | "
-                     "fastadapt / it | fastadapt+best / it |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                     "fastadapt / it | fastadapt+best / it | reps |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
         cs = entry["contenders"]
         fa = cs.get("fastadapt", {}).get("it_s_cpu")
         best_name = max((c for c in cs if c.startswith("fastadapt") and "it_s_cpu" in cs[c]), key=lambda c: cs[c]["it_s_cpu"], default=None)
         best = cs[best_name]["it_s_cpu"] if best_name else None
         for c, s in cs.items():
             if "it_s_cpu" not in s:
-                lines.append(f"| {c} | {s.get('error')} | | | | | | | | |")
+                lines.append(f"| {c} | {s.get('error')} | | | | | | | | | |")
                 continue
             pct = f"{100 * flops * s['it_s_cpu'] / 1e9 / peak:.0f}%" if flops and peak == peak else "-"
             g = s.get("grad", {})
@@ -289,9 +326,9 @@ def render(result: dict) -> str:
             r1 = f"{fa / s['it_s_cpu']:.2f}x" if fa else "-"
             r2 = f"{best / s['it_s_cpu']:.2f}x" if best else "-"
             lines.append(f"| {c} | {s['it_s_cpu']:.3f} | {s['it_s_wall']:.3f} | {s['maxrss_mb']:.0f} | {s['minflt_per_iter']:.0f} | {pct} | "
-                         f"{err} | {agree} | {r1} | {r2} |")
+                         f"{err} | {agree} | {r1} | {r2} | {s['repetitions']} |")
         for c, why in entry.get("skipped", {}).items():
-            lines.append(f"| {c} | skipped: {why} | | | | | | | | |")
+            lines.append(f"| {c} | skipped: {why} | | | | | | | | | |")
         if best_name:
             lines.append("")
             lines.append(f"fastadapt+best = {best_name}.")

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastadapt.algorithms import allocator  # noqa: F401  (keeps freed memory for reuse; see allocator.py)
+
 Predictor = Callable[[Tensor], Tensor]
 
 

@@ -1,7 +1,7 @@
 """fastadapt against the libraries users would pick instead: learn2learn, higher, TorchOpt, plain PyTorch.
 
-    python benchmarks/compare.py            # full run (~10 min on an idle 2-core machine)
-    python benchmarks/compare.py --quick    # ~2-3 min: one repetition, smaller sweeps
+    python benchmarks/compare.py            # full run: 2 repetitions, all workloads, sweeps (~20 min on a quiet 2-core machine)
+    python benchmarks/compare.py --quick    # ~2 min idle: (a), (b), (d), one repetition, meta-batch 8, no sweeps
 
 Workloads (``benchmarks/contenders.py``): (a) MAML second order, (b) first order, (c) Reptile,
 (d) ProtoNets, (e) (a) and (d) end to end on episodes sampled from the bundled Omniglot.
@@ -35,7 +35,7 @@ from contenders import WORKLOADS, parse_contender, supports  # noqa: E402
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "child.py"
 BASELINES = ("learn2learn", "higher", "torchopt")  # the libraries of the 2x targets
-FASTADAPT = ("fastadapt", "fastadapt+mallopt", "fastadapt+mallopt+accum8")
+FASTADAPT = ("fastadapt", "fastadapt+mallopt+accum4")  # as shipped, and with proposals A + B
 OTHERS = ("learn2learn", "higher", "torchopt", "plain")
 RTOL = 1e-4  # gradient agreement: |g - g_fastadapt| <= RTOL * |g_fastadapt| + RTOL * max|g_fastadapt|, elementwise
 
@@ -120,14 +120,18 @@ def summarise(records: list[dict]) -> dict:
 
 def main() -> None:  # noqa: C901
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one repetition, one timed iteration, small sweeps (~2-3 min idle)")
-    parser.add_argument("--reps", type=int, default=None, help="repetitions of every measurement (default 3; quick 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="~2 min idle: workloads a,b,d, one repetition, meta-batch 8, two fastadapt variants, no sweeps (--sweeps: small ones)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions of every measurement (default 2; quick 1)")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations per process after one warm-up (default 1)")
-    parser.add_argument("--workloads", default="a,b,c,d,e-maml,e-protonet")
+    parser.add_argument("--workloads", default=None, help="comma-separated (default: all; quick: a,b,d)")
     parser.add_argument("--fastadapt", default=None, help=f"fastadapt variants, comma-separated (default: {','.join(FASTADAPT)})")
     parser.add_argument("--others", default=",".join(OTHERS))
+    parser.add_argument("--meta-batch", type=int, default=None,
+                        help="tasks per update for the gradient-based workloads instead of 32 (quick: 8; per-task loops scale linearly)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in every child (default 1: the machine is shared)")
     parser.add_argument("--no-sweeps", action="store_true")
+    parser.add_argument("--sweeps", action="store_true", help="run the (small) sweeps in quick mode too")
     parser.add_argument("--sweeps-only", action="store_true")
     parser.add_argument("--deadline-min", type=float, default=0,
                         help="start no new measurement of the main grid after this many minutes (0: none); the table says what was run")
@@ -140,11 +144,15 @@ def main() -> None:  # noqa: C901
     if args.merge:
         merge(args.merge, Path(args.out))
         return
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 2)
     iters = args.iters or 1
-    fastadapt = (args.fastadapt or ("fastadapt,fastadapt+mallopt" if args.quick else ",".join(FASTADAPT))).split(",")
+    if args.quick and args.meta_batch is None:
+        args.meta_batch = 8
+    fastadapt = (args.fastadapt or ",".join(FASTADAPT)).split(",")
     others = [c for c in args.others.split(",") if c]
-    workloads = [w for w in args.workloads.split(",") if w]
+    workloads = [w for w in (args.workloads or ("a,b,d" if args.quick else ",".join(WORKLOADS))).split(",") if w]
+    if args.quick and not args.sweeps:
+        args.no_sweeps = True
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -158,7 +166,7 @@ def main() -> None:  # noqa: C901
     result: dict = {"command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]), "reps": reps, "iters": iters,
                     "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
                     "machine": {"cpus": _cpu_model(), "logical_cpus": _nproc(), "load_before": _load()}, "skipped": {},
-                    "workloads": {}, "matmul": [], "sweeps": {}}
+                    "workloads": {}, "matmul": [], "sweeps": {}, "meta_batch_override": args.meta_batch}
     result["skipped"].update({lib: why for lib, why in status.items() if why})
 
     result["matmul"].append(run_child(["--matmul", "2048", *common], args.timeout))
@@ -183,6 +191,9 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
     records: dict[str, dict[str, list[dict]]] = {w: {} for w in workloads}
     skipped: dict[str, dict[str, str]] = {w: {} for w in workloads}
     mask, masked_names = reptile_mask()
+
+    def tasks(w: str) -> int:
+        return args.meta_batch if args.meta_batch and WORKLOADS[w].algo != "protonet" else WORKLOADS[w].meta_batch
     with tempfile.TemporaryDirectory() as tmp:
         deadline = time.perf_counter() + args.deadline_min * 60 if args.deadline_min else float("inf")
         for rep in range(reps):
@@ -198,17 +209,21 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
                         result.setdefault("stopped_at_deadline", f"repetition {rep + 1}, workload {w}")
                         break
                     extra = ["--grad-out", f"{tmp}/{w}-{c}.pt"] if rep == 0 else []
-                    r = run_child(["--workload", w, "--contender", c, "--iters", str(iters), *extra, *common], args.timeout)
+                    mb = ["--meta-batch", str(tasks(w))]
+                    r = run_child(["--workload", w, "--contender", c, "--iters", str(iters), *mb, *extra, *common], args.timeout)
                     if rep == 0 and WORKLOADS[w].algo == "reptile":  # the float64 gradient check (see reptile_mask)
-                        run_child(["--workload", w, "--contender", c, "--iters", "0", "--float64", "--grad-out", f"{tmp}/{w}-{c}-f64.pt", *common],
-                                  args.timeout)
+                        run_child(["--workload", w, "--contender", c, "--iters", "0", "--float64", "--grad-out", f"{tmp}/{w}-{c}-f64.pt",
+                                   *mb, *common], args.timeout)
                     records[w].setdefault(c, []).append(r)
                     cpu = f"{median(r['cpu']):.2f} s cpu, {median(r['wall']):.2f} s wall, {r['maxrss_mb']:.0f} MB" if "cpu" in r else r.get("error")
                     print(f"[rep {rep + 1}/{reps}] {w:10s} {c:28s} {cpu}", flush=True)
         for w in (w for w in workloads if records[w]):
             ref_path = Path(tmp) / f"{w}-fastadapt.pt"
             ref = torch.load(ref_path) if ref_path.exists() else None
-            entry: dict = {"description": WORKLOADS[w].description, "contenders": {}, "skipped": skipped[w]}
+            desc = WORKLOADS[w].description
+            if tasks(w) != WORKLOADS[w].meta_batch:
+                desc += f" (run with meta-batch {tasks(w)})"
+            entry: dict = {"description": desc, "contenders": {}, "skipped": skipped[w]}
             for c, recs in records[w].items():
                 s = summarise(recs)
                 sums = {json.dumps(r.get("checksums")) for r in recs if "checksums" in r}
@@ -222,25 +237,27 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
                     s.setdefault("grad", {})["checked"] = compare_grads(torch.load(ref64), torch.load(f64), mask)["checked"]
                     s["grad"]["excluded"] = masked_names
                 entry["contenders"][c] = s
-            flops = run_child(["--workload", w, "--contender", "plain", "--flops", "--meta-batch", str(min(WORKLOADS[w].meta_batch, 2)),
-                               *common], args.timeout)
+            counted = min(tasks(w), 2)
+            flops = run_child(["--workload", w, "--contender", "plain", "--flops", "--meta-batch", str(counted), *common], args.timeout)
             if "flops" in flops:
-                entry["flops"] = flops["flops"] * WORKLOADS[w].meta_batch / min(WORKLOADS[w].meta_batch, 2)  # linear in tasks
+                entry["flops"] = flops["flops"] * tasks(w) / counted  # linear in tasks
             result["workloads"][w] = entry
             result["raw"] = records
 
 
 SWEEP_T = (1, 8, 32, 128)
-SWEEP_T_QUICK = (1, 8, 32)
+SWEEP_T_QUICK = (1, 4, 16)
 SWEEP_STEPS = (1, 5, 10)
-SWEEP_STEPS_QUICK = (1, 5)
+SWEEP_STEPS_QUICK = (1, 3)
 SWEEP_STEPS_T = 8  # meta-batch of the inner-steps sweep (kept small for time)
+SWEEP_STEPS_T_QUICK = 4
 
 
 def _sweeps(args: argparse.Namespace, result: dict, common: list[str]) -> None:
-    contenders = ["fastadapt", "learn2learn"] if args.quick else ["fastadapt", "fastadapt+mallopt+accum8", "learn2learn"]
+    contenders = ["fastadapt", "learn2learn"] if args.quick else ["fastadapt", "fastadapt+mallopt+accum4", "learn2learn"]
     points = [("meta_batch", t, 1, algo) for t in (SWEEP_T_QUICK if args.quick else SWEEP_T) for algo in ("maml", "fomaml")]
-    points += [("inner_steps", SWEEP_STEPS_T, k, algo) for k in (SWEEP_STEPS_QUICK if args.quick else SWEEP_STEPS) for algo in ("maml", "fomaml")]
+    steps_t = SWEEP_STEPS_T_QUICK if args.quick else SWEEP_STEPS_T
+    points += [("inner_steps", steps_t, k, algo) for k in (SWEEP_STEPS_QUICK if args.quick else SWEEP_STEPS) for algo in ("maml", "fomaml")]
     rows = []
     for axis, t, k, algo in points:
         for c in contenders:
@@ -254,7 +271,7 @@ def _sweeps(args: argparse.Namespace, result: dict, common: list[str]) -> None:
             print(f"[sweep] {axis} T={t} K={k} {algo:6s} {c:22s} " + (f"{row['sec_cpu']:.2f} s cpu {row['maxrss_mb']:.0f} MB" if "sec_cpu" in row
                                                                       else str(row["error"])), flush=True)
             rows.append(row)
-    result["sweeps"] = {"contenders": contenders, "rows": rows, "inner_steps_meta_batch": SWEEP_STEPS_T}
+    result["sweeps"] = {"contenders": contenders, "rows": rows, "inner_steps_meta_batch": steps_t}
 
 
 def merge(paths: list[str], out_dir: Path) -> None:

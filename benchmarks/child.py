@@ -24,6 +24,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+
+def _contender_library(argv: list[str]) -> str:
+    """The library named by ``--contender`` (read before any import of fastadapt)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--contender="):
+            return arg.split("=", 1)[1].split("+")[0]
+        if arg == "--contender" and i + 1 < len(argv):
+            return argv[i + 1].split("+")[0]
+    return "fastadapt"
+
+
+# Importing fastadapt (the shared model and batch code does) sets glibc's allocator to keep freed
+# memory. Other contenders must run under the allocator settings they get by default, so switch
+# that off for them before the first import; their "+mallopt" variants set it explicitly.
+if _contender_library(sys.argv[1:]) != "fastadapt":
+    os.environ["FASTADAPT_KEEP_FREED_MEMORY"] = "0"
+
 import torch  # noqa: E402
 from contenders import WORKLOADS, flat_grad, keep_freed_memory, make_model, parse_contender, supports, synthetic_batch  # noqa: E402
 

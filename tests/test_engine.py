@@ -94,6 +94,26 @@ def test_train_writes_metrics_checkpoints_and_results(tmp_path):
     assert res["tests"]["5w1s"]["episodes"] == 6
 
 
+def test_mann_trains_through_the_common_engine_with_instance_metrics(tmp_path):
+    cfg = load_config("mann-omniglot", [
+        "data.meta_batch=2", "data.train_part='test'", "optim.steps=2", "eval.test_episodes=4", "eval.batch=2",
+        "algorithm.memory_size=16", "algorithm.controller_size=16", "run.progress=false", "run.threads=1", f"run.out={tmp_path / 'mann'}",
+    ])
+    result = train(cfg)
+    assert result.steps == 2
+    rows = [json.loads(x) for x in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"inst1", "inst2", "inst10"} <= set(rows[-1])
+    ev = json.loads((cfg.out_dir / "eval_5w5s.json").read_text())
+    assert len(ev["scores"]) == 4 and ev["settings"]["queries"] == 5
+
+
+def test_flatten_model_needs_an_algorithm_without_a_head_and_with_weights(tmp_path):
+    with pytest.raises(ConfigError, match="model.name=flatten has no output layer; maml needs a model with a head"):
+        train(load_config("maml-omniglot-5w1s", ["model.name=flatten", f"run.out={tmp_path / 'a'}"]))
+    with pytest.raises(ConfigError, match="protonet with model.name=flatten has no trainable parameters"):
+        train(tiny(tmp_path, "model.name=flatten", name="b"))
+
+
 def test_resume_after_interrupt_is_bit_identical_to_a_straight_run(tmp_path):
     straight = tiny(tmp_path, name="straight")
     train(straight)

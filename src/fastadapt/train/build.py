@@ -70,7 +70,11 @@ def build_model(cfg: Config, out_features: int | None) -> nn.Module:
     if m.name == "mlp":
         in_features = 1 if cfg.data.dataset == "sinusoid" else cfg.data.image_size**2
         return MLP(in_features, out_features or m.layers[-1], tuple(m.layers))
-    raise ConfigError(f"model.name={m.name!r} is not allowed; choose conv4 or mlp")
+    if m.name == "flatten":
+        if out_features is not None:
+            raise ConfigError(f"model.name=flatten has no output layer; {cfg.algorithm} needs a model with a head (use conv4 or mlp)")
+        return nn.Flatten()
+    raise ConfigError(f"model.name={m.name!r} is not allowed; choose conv4, mlp or flatten")
 
 
 def build_algorithm(cfg: Config) -> nn.Module:
@@ -93,6 +97,8 @@ def build_algorithm(cfg: Config) -> nn.Module:
 def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     o = cfg.optim
     params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{cfg.algorithm} with model.name={cfg.model.name} has no trainable parameters; choose a model with weights (conv4 or mlp)")
     if o.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
     elif o.optimizer == "adamw":

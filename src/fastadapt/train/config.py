@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "conv4"  # "conv4" or "mlp"
+    name: str = "conv4"  # "conv4", "mlp", or "flatten" (the raw pixels as a vector: MANN's input)
     hidden: int = 64  # conv4: filters per layer
     layers: tuple[int, ...] = (40, 40)  # mlp: hidden widths
     batch_norm: bool = True  # conv4: BatchNorm after each conv (batch statistics, no running stats)
@@ -246,7 +246,7 @@ def _validate(cfg: Config) -> Config:
     choices = {
         "optim.optimizer": (o.optimizer, ("adam", "sgd", "adamw")),
         "optim.schedule": (o.schedule, ("constant", "step", "cosine")),
-        "model.name": (cfg.model.name, ("conv4", "mlp")),
+        "model.name": (cfg.model.name, ("conv4", "mlp", "flatten")),
     }
     for key, (v, allowed) in choices.items():
         if v not in allowed:

@@ -2,6 +2,7 @@
 
     python scripts/results_model_based.py ntm-copy --minutes 25 --out results/ntm_copy
     python scripts/results_model_based.py mann --minutes 25 --out results/mann
+    python scripts/results_model_based.py mann-runs results/runs/mann-omniglot results/runs/mann-lstm-omniglot --out results/mann_engine
 
 Each sub-command trains the memory network and an LSTM baseline with the same wall-clock budget
 (``--share`` of ``--minutes`` each, one after the other, one CPU thread), then evaluates both and
@@ -9,8 +10,10 @@ writes ``results.json``, ``results.md`` (a Markdown snippet) and PNG figures und
 
 Checkpoints go to ``--ckpt`` (default ``runs/<name of --out>``), written atomically every
 ``--ckpt-every`` seconds; rerunning the same command resumes where a killed run stopped (a finished
-phase is not retrained; a larger ``--minutes`` continues both models from their checkpoints). The LSTM meta-learner (Ravi & Larochelle) is trained on Omniglot through
-the common training engine (``fastadapt train``), not here.
+phase is not retrained; a larger ``--minutes`` continues both models from their checkpoints).
+``mann-runs`` scores MANN / LSTM runs trained by the common engine (presets ``mann-omniglot`` and
+``mann-lstm-omniglot``) and writes the same table and figures. The LSTM meta-learner (Ravi &
+Larochelle) is trained on Omniglot through the engine (``fastadapt train``), not here.
 """
 
 from __future__ import annotations
@@ -274,13 +277,31 @@ def mann(args: argparse.Namespace) -> None:
     log("mann: evaluating on held-out characters")
     test_sampler = EpisodeSampler(test, 5, shots, queries, seed=args.seed + 1)
     accs = {name: evaluate_mann(algo, test_sampler, args.eval_episodes, args.seed) for name, algo in models.items()}
+    curves = {name: [(h[0] * args.batch, h[3]) for h in phases[name]["history"]] for name in models}
+    result = {"data": "Omniglot 20x20 (bundled 28x28, bilinear antialiased resize); train: vinyals trainval (1200 characters x 4 rotations), "
+                      "test: vinyals test (423 characters, no rotations)",
+              "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
+              "minutes": args.minutes, "share_per_model": args.share, "seed": args.seed, "batch": args.batch, "lr": args.lr,
+              "optimizer": "Adam, grad-norm clip 10", "eval_episodes": args.eval_episodes,
+              "models": {"MANN": "LSTM controller 200, memory 128 x 40, 4 read heads, LRUA, gamma 0.95", "LSTM": "LSTM 200 units"},
+              "phases": phases}
+    rows = {name: (f"{args.minutes * args.share:.1f} min CPU", phases[name]["episodes"]) for name in models}
+    report_mann(out, accs, curves, rows, result)
+    log("mann: done")
 
+
+def report_mann(out: Path, accs: dict[str, dict[str, list[float]]], curves: dict[str, list[tuple[int, dict[str, float]]]],
+                rows: dict[str, tuple[str, int]], result: dict) -> None:
+    """Figures, ``results.json`` and the Markdown table of a MANN-vs-LSTM comparison.
+
+    accs: model -> instance -> [mean %, ci %]; curves: model -> [(episodes, {"inst1": ...}), ...] training
+    accuracy by instance; rows: model -> (budget text, training episodes); result: the settings to record.
+    """
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, name in zip(axes, models):
-        hist = phases[name]["history"]
-        for key in ("inst1", "inst2", "inst10"):
-            ax.plot([h[0] * args.batch for h in hist], [h[3][key] * 100 for h in hist], label=f"{key[4:]}{'st' if key == 'inst1' else 'nd' if key == 'inst2' else 'th'} instance")
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+    for ax, (name, curve) in zip(axes[0], curves.items()):
+        for key, label in (("inst1", "1st"), ("inst2", "2nd"), ("inst10", "10th")):
+            ax.plot([c[0] for c in curve], [c[1][key] * 100 for c in curve], label=f"{label} instance")
         ax.set_title(f"{name}: training accuracy by instance")
         ax.set_xlabel("episodes")
         ax.set_ylabel("% correct")
@@ -291,7 +312,7 @@ def mann(args: argparse.Namespace) -> None:
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ks = list(range(1, 11))
-    for name in models:
+    for name in accs:
         ax.errorbar(ks, [accs[name][str(k)][0] for k in ks], yerr=[accs[name][str(k)][1] for k in ks], marker="o", ms=3, capsize=2, label=f"{name} (ours)")
     ax.plot(list(MANN_PAPER), list(MANN_PAPER.values()), "k--", marker="x", label="MANN (paper, 100k episodes)")
     ax.set_xlabel("instance")
@@ -302,26 +323,58 @@ def mann(args: argparse.Namespace) -> None:
     fig.savefig(out / "mann_instance_accuracy.png", dpi=120)
     plt.close(fig)
 
-    result = {"data": "Omniglot 20x20 (bundled 28x28, bilinear antialiased resize); train: vinyals trainval (1200 characters x 4 rotations), "
-                      "test: vinyals test (423 characters, no rotations)",
-              "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
-              "minutes": args.minutes, "share_per_model": args.share, "seed": args.seed, "batch": args.batch, "lr": args.lr,
-              "optimizer": "Adam, grad-norm clip 10", "eval_episodes": args.eval_episodes,
-              "models": {"MANN": "LSTM controller 200, memory 128 x 40, 4 read heads, LRUA, gamma 0.95", "LSTM": "LSTM 200 units"},
-              "phases": phases, "instance_accuracy_percent_mean_ci95": accs, "paper": {"MANN": MANN_PAPER, "LSTM": LSTM_PAPER},
+    result = {**result, "instance_accuracy_percent_mean_ci95": accs, "paper": {"MANN": MANN_PAPER, "LSTM": LSTM_PAPER},
               "threads": torch.get_num_threads()}
     write_json(out / "results.json", result)
     cols = REPORTED_INSTANCES
     md = ["| model | episodes | " + " | ".join(f"{k}{'st' if k == 1 else 'nd' if k == 2 else 'rd' if k == 3 else 'th'}" for k in cols) + " |",
           "|---|---|" + "---|" * len(cols)]
-    for name in models:
-        md.append(f"| {name} (ours, {args.minutes * args.share:.1f} min CPU) | {phases[name]['episodes']:,} | "
-                  + " | ".join(f"{accs[name][str(k)][0]:.1f} ± {accs[name][str(k)][1]:.1f}" for k in cols) + " |")
+    for name in accs:
+        budget, episodes = rows[name]
+        md.append(f"| {name} (ours, {budget}) | {episodes:,} | " + " | ".join(f"{accs[name][str(k)][0]:.1f} ± {accs[name][str(k)][1]:.1f}" for k in cols) + " |")
     md.append("| MANN (paper) | 100,000 | " + " | ".join(f"{MANN_PAPER[k]}" for k in cols) + " |")
     md.append("| LSTM (paper) | 100,000 | " + " | ".join(f"{LSTM_PAPER[k]}" for k in cols) + " |")
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
-    log("mann: done")
+
+
+def mann_runs(args: argparse.Namespace) -> None:
+    """The instance table of MANN / LSTM runs trained by the engine (``fastadapt train mann-omniglot``, ``mann-lstm-omniglot``).
+
+    Each run is scored from its last checkpoint on ``--eval-episodes`` fixed episodes of its test part
+    (the engine's test episodes: ``eval.seed + 1``), 5 classes x 10 instances as in training.
+    """
+    from fastadapt.train.build import build_algorithm, class_dataset
+    from fastadapt.train.config import config_from_dict
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    accs, curves, rows, runs = {}, {}, {}, {}
+    for run in map(Path, args.runs):
+        cfg = config_from_dict(json.loads((run / "config.json").read_text()))
+        algo = build_algorithm(cfg)
+        state = load_checkpoint(run / "checkpoint.pt")
+        algo.load_state_dict(state["algorithm"])
+        name = "MANN" if cfg.algorithm_options.get("core", "mann") == "mann" else "LSTM"
+        d = cfg.data
+        log(f"mann-runs: {run} ({name}, step {int(state['step'])}): evaluating")
+        sampler = EpisodeSampler(class_dataset(cfg, d.test_part), d.ways, d.shots, d.queries, seed=cfg.eval.seed + 1)
+        accs[name] = evaluate_mann(algo, sampler, args.eval_episodes, cfg.eval.seed)
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        train_rows = [r for r in lines if r.get("split") == "train" and "inst10" in r]
+        window = max(1, len(train_rows) // 100)  # average the per-step metrics over windows: 100 points per curve
+        curves[name] = [(train_rows[i + window - 1]["step"] * d.meta_batch,
+                         {k: sum(r[k] for r in train_rows[i:i + window]) / window for k in ("inst1", "inst2", "inst10")})
+                        for i in range(0, len(train_rows) - window + 1, window)]
+        episodes = int(state["step"]) * d.meta_batch
+        rows[name] = (f"{float(state.get('train_seconds', 0.0)) / 60:.1f} min", episodes)
+        runs[name] = {"run": str(run), "steps": int(state["step"]), "episodes": episodes, "train_seconds": float(state.get("train_seconds", 0.0)),
+                      "config": json.loads((run / "config.json").read_text())}
+    result = {"data": "the runs' own data settings (see runs.*.config); test: their test part, fixed episodes eval.seed + 1",
+              "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
+              "eval_episodes": args.eval_episodes, "runs": runs}
+    report_mann(out, accs, curves, rows, result)
+    log("mann-runs: done")
 
 
 def main() -> None:
@@ -342,7 +395,15 @@ def main() -> None:
             p.add_argument("--eval-sequences", type=int, default=evals, help="test sequences per length")
         else:
             p.add_argument("--eval-episodes", type=int, default=evals, help="held-out test episodes")
+    p = sub.add_parser("mann-runs", help="instance table of engine runs (fastadapt train mann-omniglot / mann-lstm-omniglot)")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md and PNGs")
+    p.add_argument("--eval-episodes", type=int, default=1000, help="held-out test episodes")
     args = parser.parse_args()
+    if args.command == "mann-runs":
+        torch.set_num_threads(1)
+        mann_runs(args)
+        return
     if not 0 < args.share <= 0.5:
         parser.error(f"--share {args.share} must be in (0, 0.5]: two models train one after the other")
     torch.set_num_threads(1)

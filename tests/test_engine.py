@@ -107,6 +107,14 @@ def test_mann_trains_through_the_common_engine_with_instance_metrics(tmp_path):
     assert len(ev["scores"]) == 4 and ev["settings"]["queries"] == 5
 
 
+def test_zero_test_episodes_trains_without_testing(tmp_path):
+    cfg = tiny(tmp_path, "eval.test_episodes=0")
+    result = train(cfg)
+    assert result.steps == 6 and result.tests == {}
+    assert json.loads((cfg.out_dir / "results.json").read_text())["tests"] == {}
+    assert not list(cfg.out_dir.glob("eval_*.json"))
+
+
 def test_flatten_model_needs_an_algorithm_without_a_head_and_with_weights(tmp_path):
     with pytest.raises(ConfigError, match="model.name=flatten has no output layer; maml needs a model with a head"):
         train(load_config("maml-omniglot-5w1s", ["model.name=flatten", f"run.out={tmp_path / 'a'}"]))

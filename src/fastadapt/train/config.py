@@ -69,7 +69,7 @@ class OptimConfig:
 class EvalConfig:
     val_every: int = 500  # validate every N steps (0: never)
     val_episodes: int = 200  # fixed validation episodes
-    test_episodes: int = 1000  # fixed test episodes
+    test_episodes: int = 1000  # fixed test episodes (0: train without testing)
     batch: int = 50  # episodes per evaluation batch
     seed: int = 1234  # seed of the fixed validation / test episodes
     test_settings: tuple[tuple[int, int], ...] = ()  # extra (ways, shots) settings to test on; () = test_ways/test_shots only

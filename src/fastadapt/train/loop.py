@@ -246,6 +246,8 @@ def test(cfg: Config, algo: torch.nn.Module, sources=None, device: torch.device 
     Under a process group every rank calls it: rank 0 reads best.pt and sends it, the episodes are
     split across ranks, and rank 0 writes the files.
     """
+    if not cfg.eval.test_episodes:  # eval.test_episodes = 0: no testing
+        return {}
     out = cfg.out_dir
     main = distributed.is_main()
     sources = sources or task_sources(cfg)
@@ -253,7 +255,7 @@ def test(cfg: Config, algo: torch.nn.Module, sources=None, device: torch.device 
     best = distributed.broadcast_object(best)
     if best is not None:
         algo.load_state_dict(best)
-    results = {}
+    results: dict[str, EvalResult] = {}
     for key, sampler in sources.tests.items():
         settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries)
         res = evaluate(algo, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,

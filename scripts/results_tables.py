@@ -3,8 +3,8 @@
     python scripts/results_tables.py results/runs/*
 
 For every run with an ``eval_<setting>.json`` it prints mean +- 95% CI, the meta-steps and minutes
-trained, and, for runs tested on the same fixed episodes as the first run of that setting, the
-paired difference (per-episode accuracy difference, mean +- 95% CI), which is far tighter than
+trained, and, for runs tested on the same fixed episodes as the first run of that setting (same
+data, ways, shots, queries, evaluation seed and number of episodes; ProtoNets first), the paired difference (per-episode accuracy difference, mean +- 95% CI), which is far tighter than
 comparing two unpaired intervals.
 """
 
@@ -35,19 +35,22 @@ def main(paths: list[str]) -> None:
             rows.append((ev.stem[5:], p.name, d, steps, seconds / 60))
     print("| setting | run | algorithm | test accuracy (1000 fixed episodes) | meta-steps | train min | paired diff. vs first row |")
     print("|---|---|---|---|---|---|---|")
-    first: dict[str, np.ndarray] = {}
-    for setting, name, d, steps, minutes in sorted(rows, key=lambda r: (r[0], r[1] != "protonet-omniglot-1shot")):
+    first: dict[tuple, np.ndarray] = {}
+
+    def episodes(d: dict) -> tuple:  # runs scored on the same fixed episodes share this key
+        s = d["settings"]
+        return tuple(s.get(k) for k in ("dataset", "split", "part", "ways", "shots", "queries", "eval_seed")) + (len(d["scores"]),)
+
+    for setting, name, d, steps, minutes in sorted(rows, key=lambda r: (r[0], r[2]["settings"]["queries"] != 15, r[2]["settings"]["algorithm"] != "protonet", r[1])):
         scores = np.array(d["scores"])
-        ref = first.setdefault(setting, scores)
+        ref = first.setdefault(episodes(d), scores)
         if ref is scores:
             diff = "-"
-        elif len(ref) != len(scores):
-            diff = "n/a"
         else:
             m, h = mean_ci(scores - ref)
             diff = f"{100 * m:+.2f} +- {100 * h:.2f}"
-        print(f"| {setting} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} % | {steps} | {minutes:.1f} | {diff} |")
-
+        label = setting if d["settings"]["queries"] == 15 else f"{setting} ({d['settings']['queries']} queries)"
+        print(f"| {label} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} % | {steps} | {minutes:.1f} | {diff} |")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

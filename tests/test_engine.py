@@ -107,6 +107,15 @@ def test_mann_trains_through_the_common_engine_with_instance_metrics(tmp_path):
     assert len(ev["scores"]) == 4 and ev["settings"]["queries"] == 5
 
 
+def test_a_run_stopped_by_its_time_budget_validates_its_last_weights(tmp_path):
+    cfg = tiny(tmp_path, "optim.max_minutes=1e-9", "eval.val_every=5")  # the budget is spent after the first step
+    result = train(cfg)
+    assert result.steps == 1 and not result.interrupted
+    rows = [json.loads(x) for x in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [1]
+    assert torch.load(cfg.out_dir / "best.pt", weights_only=True)["step"] == 1
+
+
 def test_zero_test_episodes_trains_without_testing(tmp_path):
     cfg = tiny(tmp_path, "eval.test_episodes=0")
     result = train(cfg)

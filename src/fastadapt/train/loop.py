@@ -167,6 +167,20 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
         bar = tqdm(total=cfg.optim.steps, initial=start, desc=f"train {cfg.algorithm}", unit="step", dynamic_ncols=True)
     step, interrupted = start, False
     t_start = time.perf_counter() - train_seconds
+    validating = sources.val is not None and bool(cfg.eval.val_every)
+
+    def validate(step: int, best_val: float | None) -> float | None:
+        """Score the fixed validation episodes, log them, keep ``best.pt``; returns the new best score."""
+        res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device, distributed=True)
+        score = res.mean if res.metric == "acc" else -res.mean
+        if main:
+            _append_jsonl(metrics_path, {"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
+        if best_val is None or score > best_val:
+            best_val = score
+            if main:
+                save_checkpoint(best_path, {"algorithm": algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean})
+        return best_val
+
     window: list[dict[str, float]] = []
     with _StopFlag() as stop:
         try:
@@ -199,21 +213,16 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
                     window = []
                 if bar is not None:
                     bar.update(1)
-                if sources.val is not None and cfg.eval.val_every and (step % cfg.eval.val_every == 0 or step == cfg.optim.steps):
-                    res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device, distributed=True)
-                    score = res.mean if res.metric == "acc" else -res.mean
-                    if main:
-                        _append_jsonl(metrics_path, {"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
-                    if best_val is None or score > best_val:
-                        best_val = score
-                        if main:
-                            save_checkpoint(best_path, {"algorithm": algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean})
+                if validating and (step % cfg.eval.val_every == 0 or step == cfg.optim.steps):
+                    best_val = validate(step, best_val)
                 if step_hook is not None:
                     step_hook(step)
                 if step % cfg.run.checkpoint_every == 0:
                     checkpoint(step)
                 if distributed.any_rank(stop.signal is not None or bool(cfg.optim.max_minutes and train_seconds > 60 * cfg.optim.max_minutes)):
                     interrupted = distributed.any_rank(stop.signal is not None)
+                    if not interrupted and validating and step % cfg.eval.val_every:  # budget spent: validate the last weights too
+                        best_val = validate(step, best_val)
                     break
         finally:
             if bar is not None:

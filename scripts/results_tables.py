@@ -41,7 +41,7 @@ def main(paths: list[str]) -> None:
         s = d["settings"]
         return tuple(s.get(k) for k in ("dataset", "split", "part", "ways", "shots", "queries", "eval_seed")) + (len(d["scores"]),)
 
-    for setting, name, d, steps, minutes in sorted(rows, key=lambda r: (r[0], r[2]["settings"]["queries"] != 15, r[2]["settings"]["algorithm"] != "protonet", r[1])):
+    for setting, name, d, steps, minutes in sorted(rows, key=lambda r: (r[2]["settings"]["ways"], r[2]["settings"]["shots"], r[2]["settings"]["queries"] != 15, r[2]["settings"]["algorithm"] != "protonet", r[1])):
         scores = np.array(d["scores"])
         ref = first.setdefault(episodes(d), scores)
         if ref is scores:

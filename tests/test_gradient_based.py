@@ -321,7 +321,7 @@ def test_reptile_gradient_is_theta_minus_mean_adapted_theta(optimizer, execution
     # BatchNorm) would move by rounding noise, so the Adam case runs without BatchNorm.
     model = norm_net("batch") if optimizer == "sgd" else conv4(batch_norm=False)
     batch, lr, steps = images(3), 0.05, 3
-    algo = Reptile(model, inner_lr=lr, inner_steps=steps, inner_optimizer=optimizer, execution=execution, chunk_size=2)
+    algo = Reptile(model, inner_lr=lr, inner_steps=steps, inner_optimizer=optimizer, inner_state="fresh", execution=execution, chunk_size=2)
     out = algo.meta_loss(batch)
     out.loss.backward()
     # independently: torch.optim on a copy of the model per task, full support set each step
@@ -338,6 +338,62 @@ def test_reptile_gradient_is_theta_minus_mean_adapted_theta(optimizer, execution
     assert_grads_close([p.grad for p in model.parameters()], want, rtol=1e-9)
     assert out.metrics["surrogate"] == pytest.approx(0.5 * sum(float(w.square().sum()) for w in want), rel=1e-9)
     assert max(float(w.abs().max()) for w in want) > 1e-3  # the inner loop moved
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+def test_reptile_persistent_adam_state_matches_one_torch_adam_carried_across_tasks(execution):
+    # The authors' code resets only the weights before each task: one Adam, whose moments and step
+    # count carry from task to task and meta-step to meta-step; evaluation starts from them and
+    # keeps nothing. Reference: one torch.optim.Adam over a copy of the model, reset to theta per task.
+    model, lr, steps, eval_steps = conv4(batch_norm=False), 0.05, 2, 3
+    algo = Reptile(model, inner_lr=lr, inner_steps=steps, inner_steps_eval=eval_steps, execution=execution, chunk_size=2)
+    assert algo.persistent and int(algo.adam_step) == 0
+    outer = torch.optim.SGD(algo.parameters(), lr=0.5)
+    copy_ = copy.deepcopy(model)
+    inner_opt = torch.optim.Adam(copy_.parameters(), lr=lr, betas=(0.0, 0.999))
+    for meta_step in range(2):
+        batch = images(3 + meta_step, tasks=3)
+        theta = [p.detach().clone() for p in model.parameters()]
+        finals = []
+        for t in range(batch.num_tasks):
+            with torch.no_grad():
+                for c, p in zip(copy_.parameters(), theta):
+                    c.copy_(p)
+            for _ in range(steps):
+                inner_opt.zero_grad()
+                task_loss(copy_(batch.support_x[t]), batch.support_y[t]).backward()
+                inner_opt.step()
+            finals.append([p.detach().clone() for p in copy_.parameters()])
+        outer.zero_grad()
+        algo.meta_loss(batch).loss.backward()
+        want = [p - torch.stack(ps).mean(0) for p, ps in zip(theta, zip(*finals))]
+        assert_grads_close([p.grad for p in model.parameters()], want, rtol=1e-9)
+        outer.step()
+    assert int(algo.adam_step) == 2 * 3 * steps  # 2 meta-steps of 3 tasks
+    # evaluation starts every task from the carried state and keeps nothing
+    batch = images(9)
+    before = {k: v.clone() for k, v in algo.state_dict().items()}
+    outputs = algo.predict(batch)
+    for t in range(batch.num_tasks):
+        with torch.no_grad():
+            for c, p in zip(copy_.parameters(), model.parameters()):
+                c.copy_(p)
+        opt = copy.deepcopy(inner_opt)
+        opt.param_groups[0]["params"] = list(copy_.parameters())
+        opt.state = {c: copy.deepcopy(inner_opt.state[o]) for c, o in zip(copy_.parameters(), inner_opt.param_groups[0]["params"])}
+        for _ in range(eval_steps):
+            opt.zero_grad()
+            task_loss(copy_(batch.support_x[t]), batch.support_y[t]).backward()
+            opt.step()
+        torch.testing.assert_close(outputs[t], copy_(batch.query_x[t]).detach(), rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]), outputs[t], rtol=1e-10, atol=1e-10)
+    assert all(torch.equal(v, algo.state_dict()[k]) for k, v in before.items())
+
+
+def test_reptile_inner_state_is_validated():
+    with pytest.raises(ConfigError, match="inner_state='sometimes' is unknown; choose one of persistent, fresh"):
+        Reptile(mlp(), inner_state="sometimes")
+    assert not Reptile(mlp(), inner_optimizer="sgd").persistent and not any(k.startswith("adam") for k in Reptile(mlp(), inner_optimizer="sgd").state_dict())
 
 
 @pytest.mark.parametrize("execution", EXECUTIONS)

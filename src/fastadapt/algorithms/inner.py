@@ -220,7 +220,7 @@ def inner_loop(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates
     gradients are functions of ``params`` (``create_graph``); first order: each gradient is taken at
     a detached copy and detached, so the support passes build no graph to the meta-parameters
     (learnt rates still get a gradient through ``alpha * g``). ``optimizer="adam"`` runs Adam with
-    a fresh state per task (Reptile's inner optimiser). Only the kept steps are held (a long
+    a fresh state per task (:func:`adam_steps` starts from a given state). Only the kept steps are held (a long
     evaluation loop over many tasks stores one set of fast weights). Works under ``vmap``.
     """
     if optimizer not in OPTIMIZERS:
@@ -243,6 +243,23 @@ def inner_loop(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates
             kept[k + 1] = phi
     kept[len(rates)] = phi
     return kept
+
+
+def adam_steps(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates, state: tuple[Params, Params], step: int,
+               betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> tuple[Params, tuple[Params, Params]]:
+    """First-order Adam steps on ``loss_of`` from a given optimiser state; returns the final weights and state.
+
+    ``state`` is Adam's ``(m, v)`` and ``step`` the number of steps it has already taken, so the steps
+    here are numbered ``step + 1 .. step + K`` in the bias correction. This is Reptile's inner loop
+    with the optimiser state carried from task to task (see :class:`~fastadapt.algorithms.reptile.Reptile`).
+    Nothing here builds a graph to ``params``. Works under ``vmap``.
+    """
+    grad_fn = torch.func.grad(loss_of)
+    phi = params
+    for k, step_rates in enumerate(rates):
+        grads = detached(grad_fn(detached(phi)))
+        phi, state = adam_update(phi, grads, step_rates, state, step + k + 1, betas, eps)
+    return detached(phi), (detached(state[0]), detached(state[1]))
 
 
 def adapt_and_evaluate(forward: Callable[[Params, Tensor], Tensor], params: Params, support_x: Tensor, support_y: Tensor,

@@ -116,6 +116,21 @@ def test_a_run_stopped_by_its_time_budget_validates_its_last_weights(tmp_path):
     assert torch.load(cfg.out_dir / "best.pt", weights_only=True)["step"] == 1
 
 
+def test_a_validation_that_spends_the_budget_is_not_repeated(tmp_path, monkeypatch):
+    import fastadapt.train.loop as loop
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(2.5)
+        return real_evaluate(*args, **kwargs)
+
+    real_evaluate = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", slow_evaluate)
+    cfg = tiny(tmp_path, "optim.max_minutes=0.03", "eval.val_every=2", "eval.test_episodes=0")  # 1.8 s: spent by the validation at step 2
+    assert train(cfg).steps == 2
+    rows = [json.loads(x) for x in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [2]
+
+
 def test_zero_test_episodes_trains_without_testing(tmp_path):
     cfg = tiny(tmp_path, "eval.test_episodes=0")
     result = train(cfg)

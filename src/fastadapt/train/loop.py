@@ -219,6 +219,7 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
                     step_hook(step)
                 if step % cfg.run.checkpoint_every == 0:
                     checkpoint(step)
+                train_seconds = time.perf_counter() - t_start  # the validation and checkpoint above count in the budget
                 if distributed.any_rank(stop.signal is not None or bool(cfg.optim.max_minutes and train_seconds > 60 * cfg.optim.max_minutes)):
                     interrupted = distributed.any_rank(stop.signal is not None)
                     if not interrupted and validating and step % cfg.eval.val_every:  # budget spent: validate the last weights too

@@ -28,6 +28,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     run = Path(args.run)
+    if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
+        raise SystemExit(f"{run}: needs config.json and checkpoint.pt (a run folder written by fastadapt train)")
     cfg = config_from_dict(json.loads((run / "config.json").read_text()))
     sources = task_sources(cfg)
     if sources.val is None:

@@ -351,6 +351,9 @@ def mann_runs(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     accs, curves, rows, runs = {}, {}, {}, {}
     for run in map(Path, args.runs):
+        missing = [f for f in ("config.json", "checkpoint.pt", "metrics.jsonl") if not (run / f).is_file()]
+        if missing:
+            raise SystemExit(f"mann-runs: {run} has no {', '.join(missing)}; pass run folders written by fastadapt train")
         cfg = config_from_dict(json.loads((run / "config.json").read_text()))
         algo = build_algorithm(cfg)
         state = load_checkpoint(run / "checkpoint.pt")

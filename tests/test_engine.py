@@ -116,6 +116,19 @@ def test_a_run_stopped_by_its_time_budget_validates_its_last_weights(tmp_path):
     assert torch.load(cfg.out_dir / "best.pt", weights_only=True)["step"] == 1
 
 
+def test_a_resumed_run_whose_budget_is_spent_only_tests(tmp_path):
+    cfg = tiny(tmp_path, "optim.max_minutes=1e-9", "eval.val_every=5")
+    assert train(cfg).steps == 1
+    before, _ = params(cfg)
+    again = train(cfg)  # the same command again resumes: the budget is spent, so it tests and trains no further step
+    assert again.steps == 1 and set(again.tests) == {"5w1s"}
+    after, step = params(cfg)
+    assert step == 1 and all(torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(x) for x in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["split"] == "train"] == [1]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [1]
+
+
 def test_a_validation_that_spends_the_budget_is_not_repeated(tmp_path, monkeypatch):
     import fastadapt.train.loop as loop
 

@@ -167,6 +167,10 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
         bar = tqdm(total=cfg.optim.steps, initial=start, desc=f"train {cfg.algorithm}", unit="step", dynamic_ncols=True)
     step, interrupted = start, False
     t_start = time.perf_counter() - train_seconds
+
+    def budget_spent() -> bool:
+        return bool(cfg.optim.max_minutes and train_seconds > 60 * cfg.optim.max_minutes)
+
     validating = sources.val is not None and bool(cfg.eval.val_every)
 
     def validate(step: int, best_val: float | None) -> float | None:
@@ -184,7 +188,7 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
     window: list[dict[str, float]] = []
     with _StopFlag() as stop:
         try:
-            while step < cfg.optim.steps:
+            while step < cfg.optim.steps and not budget_spent():  # a resumed run whose budget is spent goes straight to testing
                 t0 = time.perf_counter()
                 algo.train()
                 batch = sources.train.sample_tasks(step, task_start, task_count).to(device)
@@ -220,7 +224,7 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
                 if step % cfg.run.checkpoint_every == 0:
                     checkpoint(step)
                 train_seconds = time.perf_counter() - t_start  # the validation and checkpoint above count in the budget
-                if distributed.any_rank(stop.signal is not None or bool(cfg.optim.max_minutes and train_seconds > 60 * cfg.optim.max_minutes)):
+                if distributed.any_rank(stop.signal is not None or budget_spent()):
                     interrupted = distributed.any_rank(stop.signal is not None)
                     if not interrupted and validating and step % cfg.eval.val_every:  # budget spent: validate the last weights too
                         best_val = validate(step, best_val)

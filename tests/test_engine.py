@@ -299,3 +299,22 @@ def test_sigterm_saves_and_exits_cleanly_and_kill_9_resumes(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "test 5w1s:" in out
+
+
+@pytest.mark.parametrize(("schedule", "factors"), [
+    ("linear", [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]),  # Reptile's annealed meta step: to 0 at optim.steps
+    ("cosine", [1.0, 0.853553, 0.5, 0.146447, 0.0, 0.0]),
+    ("constant", [1.0] * 6),
+])
+def test_learning_rate_schedules_over_optim_steps(tmp_path, schedule, factors):
+    from fastadapt.train.build import build_optimizer
+
+    cfg = tiny(tmp_path, f"optim.schedule='{schedule}'", "optim.steps=4", "optim.lr=0.2")
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt, sched = build_optimizer(cfg, [w])
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"] / 0.2)
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx(factors, abs=1e-6)

@@ -390,6 +390,62 @@ def test_reptile_persistent_adam_state_matches_one_torch_adam_carried_across_tas
     assert all(torch.equal(v, algo.state_dict()[k]) for k, v in before.items())
 
 
+def test_minibatch_indices_read_successive_shuffles_of_the_support_set():
+    g = torch.Generator().manual_seed(0)
+    idx = inner.minibatch_indices(5, 3, 7, g)
+    assert idx.shape == (7, 3)
+    flat = idx.flatten().tolist()
+    for start in range(0, 20, 5):  # every full round is a permutation, and batches span rounds
+        assert sorted(flat[start:start + 5]) == list(range(5))
+    assert inner.minibatch_indices(2, 5, 1, g).flatten().bincount().tolist() in ([3, 2], [2, 3])  # a batch larger than the set
+
+
+@pytest.mark.parametrize("execution", EXECUTIONS)
+@pytest.mark.parametrize("state", ["persistent", "fresh"])
+def test_reptile_inner_minibatches_match_torch_adam_on_the_same_batches(execution, state):
+    # Training on mini-batches (the authors' --inner-batch): step k of task t uses the support
+    # examples idx[t, k], drawn task by task from torch's RNG. Reference: torch.optim.Adam on a copy.
+    model, lr, steps, size = conv4(batch_norm=False), 0.05, 3, 4
+    algo = Reptile(model, inner_lr=lr, inner_steps=steps, inner_state=state, inner_batch=size, execution=execution, chunk_size=2)
+    batch = images(5)
+    torch.manual_seed(11)
+    out = algo.meta_loss(batch)
+    out.loss.backward()
+    torch.manual_seed(11)
+    idx = [inner.minibatch_indices(WAYS * SHOTS, size, steps) for _ in range(batch.num_tasks)]
+    theta = [p.detach().clone() for p in model.parameters()]
+    copy_ = copy.deepcopy(model)
+    opt = torch.optim.Adam(copy_.parameters(), lr=lr, betas=(0.0, 0.999))
+    finals = []
+    for t in range(batch.num_tasks):
+        with torch.no_grad():
+            for c, p in zip(copy_.parameters(), theta):
+                c.copy_(p)
+        if state == "fresh":
+            opt = torch.optim.Adam(copy_.parameters(), lr=lr, betas=(0.0, 0.999))
+        for k in range(steps):
+            opt.zero_grad()
+            task_loss(copy_(batch.support_x[t][idx[t][k]]), batch.support_y[t][idx[t][k]]).backward()
+            opt.step()
+        finals.append([p.detach().clone() for p in copy_.parameters()])
+    want = [p - torch.stack(ps).mean(0) for p, ps in zip(theta, zip(*finals))]
+    assert_grads_close([p.grad for p in model.parameters()], want, rtol=1e-9)
+    whole = Reptile(copy.deepcopy(model), inner_lr=lr, inner_steps=steps, inner_state=state, execution=execution, chunk_size=2)
+    whole.model.zero_grad()
+    whole.meta_loss(batch).loss.backward()
+    assert max(float((p.grad - w).abs().max()) for p, w in zip(whole.model.parameters(), want)) > 1e-4  # the batches mattered
+
+
+def test_reptile_inner_batch_is_validated_and_evaluation_uses_the_whole_support_set():
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ConfigError, match="inner_batch=.* is invalid; it must be an integer >= 1"):
+            Reptile(mlp(), inner_batch=bad)
+    batch = images(6)
+    a = Reptile(conv4(batch_norm=False), inner_lr=0.05, inner_steps=2, inner_batch=1)
+    b = Reptile(conv4(batch_norm=False), inner_lr=0.05, inner_steps=2)
+    torch.testing.assert_close(a.predict(batch), b.predict(batch), rtol=0, atol=0)
+
+
 def test_reptile_inner_state_is_validated():
     with pytest.raises(ConfigError, match="inner_state='sometimes' is unknown; choose one of persistent, fresh"):
         Reptile(mlp(), inner_state="sometimes")

@@ -210,12 +210,25 @@ def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], rates
     return new, (m, v)
 
 
-def inner_loop(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates, first_order: bool = False,
+def minibatch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator | None = None) -> Tensor:
+    """Support indices of every inner step, ``[steps, batch_size]``, for mini-batch inner loops.
+
+    The ``n`` support examples are shuffled and read in order, ``batch_size`` at a time, and
+    reshuffled whenever they run out (a mini-batch may span two shuffles), as the Reptile authors'
+    code does; ``batch_size`` may exceed ``n``. Draws from ``generator`` (default: torch's global RNG).
+    """
+    rounds = -(-steps * batch_size // n)
+    order = torch.cat([torch.randperm(n, generator=generator) for _ in range(rounds)])
+    return order[: steps * batch_size].view(steps, batch_size)
+
+
+def inner_loop(loss_of: Callable[..., Tensor], params: Params, rates: Rates, first_order: bool = False,
                optimizer: str = "sgd", betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8,
-               keep: Collection[int] = ()) -> dict[int, Params]:
+               keep: Collection[int] = (), per_step: bool = False) -> dict[int, Params]:
     """``{k: phi_k}`` for ``k`` in ``keep`` and the final ``K = len(rates)``, after gradient steps on ``loss_of`` for one task.
 
-    ``loss_of(phi)`` is the support loss of fast weights ``phi`` (a scalar). ``rates[k][name]``
+    ``loss_of(phi)`` is the support loss of fast weights ``phi`` (a scalar); with ``per_step``,
+    ``loss_of(phi, k)`` is the loss of inner step ``k`` (mini-batches). ``rates[k][name]``
     is the rate of parameter ``name`` at step ``k``. Second order (``first_order=False``):
     gradients are functions of ``params`` (``create_graph``); first order: each gradient is taken at
     a detached copy and detached, so the support passes build no graph to the meta-parameters
@@ -231,10 +244,11 @@ def inner_loop(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates
     zeros = {k: torch.zeros_like(v) for k, v in params.items()} if optimizer == "adam" else {}
     state = (zeros, zeros)  # Adam's first and second moments
     for k, step_rates in enumerate(rates):
+        at = (k,) if per_step else ()
         if first_order:
-            grads = detached(grad_fn(detached(phi)))
+            grads = detached(grad_fn(detached(phi), *at))
         else:
-            grads = grad_fn(phi)
+            grads = grad_fn(phi, *at)
         if optimizer == "sgd":
             phi = sgd_update(phi, grads, step_rates)
         else:
@@ -245,19 +259,19 @@ def inner_loop(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates
     return kept
 
 
-def adam_steps(loss_of: Callable[[Params], Tensor], params: Params, rates: Rates, state: tuple[Params, Params], step: int,
-               betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> tuple[Params, tuple[Params, Params]]:
+def adam_steps(loss_of: Callable[..., Tensor], params: Params, rates: Rates, state: tuple[Params, Params], step: int,
+               betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8, per_step: bool = False) -> tuple[Params, tuple[Params, Params]]:
     """First-order Adam steps on ``loss_of`` from a given optimiser state; returns the final weights and state.
 
     ``state`` is Adam's ``(m, v)`` and ``step`` the number of steps it has already taken, so the steps
     here are numbered ``step + 1 .. step + K`` in the bias correction. This is Reptile's inner loop
     with the optimiser state carried from task to task (see :class:`~fastadapt.algorithms.reptile.Reptile`).
-    Nothing here builds a graph to ``params``. Works under ``vmap``.
+    ``per_step`` as in :func:`inner_loop`. Nothing here builds a graph to ``params``. Works under ``vmap``.
     """
     grad_fn = torch.func.grad(loss_of)
     phi = params
     for k, step_rates in enumerate(rates):
-        grads = detached(grad_fn(detached(phi)))
+        grads = detached(grad_fn(detached(phi), *((k,) if per_step else ())))
         phi, state = adam_update(phi, grads, step_rates, state, step + k + 1, betas, eps)
     return detached(phi), (detached(state[0]), detached(state[1]))
 

@@ -1,7 +1,8 @@
 """Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
 
-For each task i, K steps of SGD or Adam on its support set (the whole support set at every step)
-from theta give phi_i; the meta-update moves theta towards the mean adapted weights,
+For each task i, K steps of SGD or Adam on its support set from theta give phi_i (the whole support
+set at every step, or, in training, mini-batches of ``inner_batch`` examples); the meta-update moves
+theta towards the mean adapted weights,
 
     theta <- theta + epsilon * (1/T sum_i phi_i - theta).
 
@@ -27,7 +28,15 @@ meta-steps made the initialization worse than a random one; with the persistent 
 scored 11 points higher on the same test episodes. Under torch.distributed each process carries its
 own state over its own tasks. ``out.metrics`` reports the query loss and accuracy of the adapted weights
 (``loss`` there is the query loss; the surrogate is ``surrogate``). BatchNorm is transductive
-(per-task statistics), as in MAML; see :mod:`fastadapt.algorithms.inner`.
+(per-task statistics, per mini-batch in training), as in MAML; see :mod:`fastadapt.algorithms.inner`.
+
+Mini-batches. The paper's analysis (sec. 5) credits Reptile's generalisation to the inner steps
+seeing *different* mini-batches of a task: the meta-gradient then rewards an initialization whose
+gradients on different batches of the same task agree. With the whole support set at every step
+that term only rewards fitting the support set faster. So the authors train on more examples per
+class than they test with (``--train-shots``, here ``data.shots`` > ``data.test_shots``) and take
+inner steps on mini-batches (``--inner-batch``, here ``inner_batch``) drawn by
+:func:`~fastadapt.algorithms.inner.minibatch_indices`. Evaluation always uses the whole support set.
 """
 
 from __future__ import annotations
@@ -63,6 +72,9 @@ class Reptile(nn.Module):
         adam_beta1, adam_beta2: Adam's betas (the paper sets beta1 = 0).
         inner_state: ``"persistent"`` (Adam's state carried across tasks, as the authors' code) or
             ``"fresh"`` (zero moments for every task); see the module docstring. Unused with SGD.
+        inner_batch: in training, each inner step uses this many support examples, read from
+            successive shuffles of the support set (may exceed its size); ``None``: the whole
+            support set at every step. Evaluation always uses the whole support set.
         execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`).
 
     The outer learning rate of the engine's optimiser plays Reptile's epsilon.
@@ -72,7 +84,7 @@ class Reptile(nn.Module):
 
     def __init__(self, model: nn.Module, inner_lr: float = 1e-3, inner_steps: int = 5, inner_steps_eval: int | None = None,
                  inner_optimizer: str = "adam", adam_beta1: float = 0.0, adam_beta2: float = 0.999, inner_state: str = "persistent",
-                 execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+                 inner_batch: int | None = None, execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
@@ -93,6 +105,9 @@ class Reptile(nn.Module):
         if inner_state not in INNER_STATES:
             raise ConfigError(f"inner_state={inner_state!r} is unknown; choose one of {', '.join(INNER_STATES)}")
         self.inner_state = inner_state
+        if inner_batch is not None and (isinstance(inner_batch, bool) or not isinstance(inner_batch, int) or inner_batch < 1):
+            raise ConfigError(f"inner_batch={inner_batch!r} is invalid; it must be an integer >= 1 (or unset: the whole support set)")
+        self.inner_batch = inner_batch
         self.persistent = inner_optimizer == "adam" and inner_state == "persistent"
         if self.persistent:  # Adam's moments per adapted tensor (buffer names cannot hold dots) and its step count
             self._names = list(theta)
@@ -116,40 +131,55 @@ class Reptile(nn.Module):
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
         return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
 
-    def _adapt_all(self, batch: TaskBatch, steps: int) -> tuple[inner.Params, Tensor]:
+    def _minibatches(self, batch: TaskBatch) -> Tensor | None:
+        """Training mini-batch indices ``[T, K, inner_batch]`` (task by task from torch's RNG), or None."""
+        if self.inner_batch is None:
+            return None
+        n = batch.support_y.shape[1]
+        return torch.stack([inner.minibatch_indices(n, self.inner_batch, self.inner_steps) for _ in range(batch.num_tasks)]).to(batch.support_y.device)
+
+    def _support_loss(self, sx: Tensor, sy: Tensor, idx: Tensor | None):
+        """The support loss of one task: ``loss(p)`` on the whole set, or ``loss(p, k)`` on mini-batch ``k``."""
+        if idx is None:
+            return lambda p: task_loss(self._forward(p, sx), sy)
+        return lambda p, k: task_loss(self._forward(p, sx[idx[k]]), sy[idx[k]])
+
+    def _adapt_all(self, batch: TaskBatch, steps: int, idx: Tensor | None = None) -> tuple[inner.Params, Tensor]:
         """Adapted weights of every task (``[T, *shape]`` per parameter) and their query outputs; no graph.
 
         With the persistent Adam state every task starts from it and it is not changed (evaluation).
+        ``idx``: mini-batch indices from :meth:`_minibatches` (training), else the whole support set.
         """
         theta = inner.detached(inner.trainable_params(self.model))
         names = list(theta)
         rates = inner.constant_rates(names, self.inner_lr, steps)
         start = self._adam_state() if self.persistent else None
 
-        def task(sx: Tensor, sy: Tensor, qx: Tensor) -> tuple[Tensor, ...]:
-            def loss(p: inner.Params) -> Tensor:
-                return task_loss(self._forward(p, sx), sy)
-
+        def task(sx: Tensor, sy: Tensor, qx: Tensor, *ix: Tensor) -> tuple[Tensor, ...]:
+            loss, per_step = self._support_loss(sx, sy, ix[0] if ix else None), bool(ix)
             if start is not None:
-                phi = inner.adam_steps(loss, theta, rates, start[0], start[1], self.betas)[0]
+                phi = inner.adam_steps(loss, theta, rates, start[0], start[1], self.betas, per_step=per_step)[0]
             else:
-                phi = inner.inner_loop(loss, theta, rates, first_order=True, optimizer=self.inner_optimizer, betas=self.betas)[steps]
+                phi = inner.inner_loop(loss, theta, rates, first_order=True, optimizer=self.inner_optimizer, betas=self.betas,
+                                       per_step=per_step)[steps]
             return (*(phi[k].detach() for k in names), self._forward(phi, qx).detach())
 
+        tensors = (batch.support_x, batch.support_y, batch.query_x) + (() if idx is None else (idx,))
         with torch.enable_grad():
-            *finals, outputs = inner.map_tasks(task, (batch.support_x, batch.support_y, batch.query_x), self.execution, self.chunk_size)
+            *finals, outputs = inner.map_tasks(task, tensors, self.execution, self.chunk_size)
         return dict(zip(names, finals)), outputs
 
-    def _adapt_sequential(self, batch: TaskBatch) -> tuple[inner.Params, Tensor]:
+    def _adapt_sequential(self, batch: TaskBatch, idx: Tensor | None = None) -> tuple[inner.Params, Tensor]:
         """Training with the persistent Adam state: the tasks adapt one after the other, each from the
-        state the previous one left; the final state is stored. Same returns as :meth:`_adapt_all`."""
+        state the previous one left; the final state is stored. Same arguments and returns as :meth:`_adapt_all`."""
         theta = inner.detached(inner.trainable_params(self.model))
         rates = inner.constant_rates(list(theta), self.inner_lr, self.inner_steps)
         state, step = self._adam_state()
         finals, outputs = [], []
         with torch.enable_grad():
-            for sx, sy, qx in zip(batch.support_x, batch.support_y, batch.query_x):
-                phi, state = inner.adam_steps(lambda p, sx=sx, sy=sy: task_loss(self._forward(p, sx), sy), theta, rates, state, step, self.betas)
+            for t, (sx, sy, qx) in enumerate(zip(batch.support_x, batch.support_y, batch.query_x)):
+                loss = self._support_loss(sx, sy, None if idx is None else idx[t])
+                phi, state = inner.adam_steps(loss, theta, rates, state, step, self.betas, per_step=idx is not None)
                 step += self.inner_steps
                 finals.append(phi)
                 outputs.append(self._forward(phi, qx).detach())
@@ -158,7 +188,8 @@ class Reptile(nn.Module):
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the adapted weights on the query sets."""
-        finals, outputs = self._adapt_sequential(batch) if self.persistent else self._adapt_all(batch, self.inner_steps)
+        idx = self._minibatches(batch)
+        finals, outputs = self._adapt_sequential(batch, idx) if self.persistent else self._adapt_all(batch, self.inner_steps, idx)
         loss = reptile_surrogate(inner.trainable_params(self.model), {k: v.mean(0) for k, v in finals.items()})
         query_loss = torch.stack([task_loss(o, y) for o, y in zip(outputs, batch.query_y)]).mean()
         metrics = batch_metrics(outputs, batch.query_y, query_loss)

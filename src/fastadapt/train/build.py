@@ -109,6 +109,8 @@ def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.o
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(opt, o.step_size, o.gamma)
     elif o.schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, o.steps) / o.steps)))
+    elif o.schedule == "linear":  # Reptile's meta step size: linearly to 0 at optim.steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - min(s, o.steps) / o.steps)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     return opt, sched

@@ -57,7 +57,7 @@ class OptimConfig:
     lr: float = 1e-3  # outer learning rate
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
-    schedule: str = "constant"  # "constant", "step" (x gamma every step_size steps) or "cosine"
+    schedule: str = "constant"  # "constant", "step" (x gamma every step_size steps), "cosine" or "linear" (to 0), both over optim.steps
     step_size: int = 2000  # "step" schedule period
     gamma: float = 0.5  # "step" schedule factor
     clip_grad: float = 0.0  # max global gradient norm (0: no clipping)
@@ -245,7 +245,7 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"eval.level={e.level} is invalid; it must be in (0, 1), e.g. 0.95")
     choices = {
         "optim.optimizer": (o.optimizer, ("adam", "sgd", "adamw")),
-        "optim.schedule": (o.schedule, ("constant", "step", "cosine")),
+        "optim.schedule": (o.schedule, ("constant", "step", "cosine", "linear")),
         "model.name": (cfg.model.name, ("conv4", "mlp", "flatten")),
     }
     for key, (v, allowed) in choices.items():

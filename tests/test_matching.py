@@ -247,6 +247,21 @@ def test_per_task_encoding_draws_independent_dropout_masks():
     assert not torch.equal(z[0], z[1])
 
 
+def test_per_task_encoding_is_the_same_in_a_loop_and_under_vmap_and_changes_no_buffer():
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, D)).double()
+    algo = make(encoder, fce=False)  # a BatchNorm that tracks running statistics (Conv4's does not)
+    algo.model.train()
+    x = conv_batch(tasks=3, ways=3, shots=2, queries=2).support_x
+    before = {k: b.clone() for k, b in algo.model.named_buffers()}
+    looped, mapped = algo.encode(x, "loop"), algo.encode(x, "vmap")
+    assert torch.equal(algo.encode(x), looped)  # "auto" loops for images on the CPU
+    assert all(torch.equal(b, before[k]) for k, b in algo.model.named_buffers())  # running statistics untouched
+    torch.testing.assert_close(looped, mapped, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(looped[1], algo.model(x[1]).flatten(1), rtol=1e-10, atol=1e-12)  # batch statistics of task 1 alone
+    assert not all(torch.equal(b, before[k]) for k, b in algo.model.named_buffers())  # (a direct call does move them)
+
+
 def test_per_task_meta_loss_is_the_mean_of_adapted_task_losses():
     algo = make(Conv4(out_features=None, hidden=8, image_size=16), fce=True, encode="per_task")
     batch = conv_batch(tasks=3, ways=3, shots=1, queries=2)

@@ -4,8 +4,10 @@
 
 For every run with an ``eval_<setting>.json`` it prints mean +- 95% CI, the meta-steps and minutes
 trained, and, for runs tested on the same fixed episodes as the first run of that setting (same
-data, ways, shots, queries, evaluation seed and number of episodes; ProtoNets first), the paired difference (per-episode accuracy difference, mean +- 95% CI), which is far tighter than
-comparing two unpaired intervals.
+data, ways, shots, queries and evaluation seed; ProtoNets first), the paired difference (per-episode
+accuracy difference, mean +- 95% CI), which is far tighter than comparing two unpaired intervals.
+Fixed episode i depends only on the seed and i (``EpisodeSampler.fixed``), so a run tested on fewer
+episodes is paired on that common prefix, and the row says so.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ def main(paths: list[str]) -> None:
         for ev in sorted(p.glob("eval_*.json")):
             d = json.loads(ev.read_text())
             rows.append((ev.stem[5:], p.name, d, steps, seconds / 60))
-    print("| setting | run | algorithm | test accuracy (1000 fixed episodes) | meta-steps | train min | paired diff. vs first row |")
+    print("| setting | run | algorithm | test accuracy (fixed episodes: 1000 unless said) | meta-steps | train min | paired diff. vs first row |")
     print("|---|---|---|---|---|---|---|")
     first: dict[tuple, np.ndarray] = {}
 
     def episodes(d: dict) -> tuple:  # runs scored on the same fixed episodes share this key
         s = d["settings"]
-        return tuple(s.get(k) for k in ("dataset", "split", "part", "ways", "shots", "queries", "eval_seed")) + (len(d["scores"]),)
+        return tuple(s.get(k) for k in ("dataset", "split", "part", "ways", "shots", "queries", "eval_seed"))
 
     for setting, name, d, steps, minutes in sorted(rows, key=lambda r: (r[2]["settings"]["ways"], r[2]["settings"]["shots"], r[2]["settings"]["queries"] != 15, r[2]["settings"]["algorithm"] != "protonet", r[1])):
         scores = np.array(d["scores"])
@@ -47,10 +49,12 @@ def main(paths: list[str]) -> None:
         if ref is scores:
             diff = "-"
         else:
-            m, h = mean_ci(scores - ref)
-            diff = f"{100 * m:+.2f} +- {100 * h:.2f}"
+            n = min(len(ref), len(scores))  # the common prefix of the fixed episodes
+            m, h = mean_ci(scores[:n] - ref[:n])
+            diff = f"{100 * m:+.2f} +- {100 * h:.2f}" + ("" if n == len(ref) == len(scores) else f" (first {n} episodes)")
         label = setting if d["settings"]["queries"] == 15 else f"{setting} ({d['settings']['queries']} queries)"
-        print(f"| {label} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} % | {steps} | {minutes:.1f} | {diff} |")
+        count = "" if len(scores) == 1000 else f" ({len(scores)} episodes)"
+        print(f"| {label} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} %{count} | {steps} | {minutes:.1f} | {diff} |")
 
 if __name__ == "__main__":
     main(sys.argv[1:])

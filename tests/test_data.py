@@ -113,6 +113,8 @@ def test_fixed_evaluation_episodes_repeat_exactly():
     again = TaskBatch.cat(list(s.fixed(250, batch_size=64)))
     assert len(first) == 250
     assert torch.equal(first.classes, again.classes) and torch.equal(first.support_x, again.support_x)
+    fewer = TaskBatch.cat(list(s.fixed(90, batch_size=50)))  # a shorter set is a prefix (results tables pair on it)
+    assert torch.equal(fewer.classes, first.classes[:90]) and torch.equal(fewer.query_x, first.query_x[:90])
 
 
 def test_sampler_resume_from_state_dict():

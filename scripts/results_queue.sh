@@ -6,26 +6,26 @@
 #   nohup bash scripts/results_queue.sh > /dev/null 2>&1 &
 #   nohup bash scripts/results_queue.sh > /dev/null 2>&1 &
 # Job lines: RUN_NAME PRESET MINUTES [overrides]; the run goes to results/runs/RUN_NAME, its log to
-# results/logs/RUN_NAME.log, start/end times to results/logs/queue.log. The list below is what ran
-# in session 2, in that order, with those budgets (two workers on the 2-core machine).
+# results/logs/RUN_NAME.log, start/end times to results/logs/queue.log. A job whose run folder holds a
+# checkpoint resumes it: with a larger budget it trains on, with its budget spent it only tests.
+# The list below is what ran in session 3, in that order (two workers on the 2-core machine); the
+# session-2 list is in the git history of this file (commit 0fbe687).
 set -u
 cd "$(dirname "$0")/.."
 mkdir -p results/logs
 jobs_file=results/logs/queue.jobs
 [ -s "$jobs_file" ] || cat > "$jobs_file" <<'JOBS'
-protonet-omniglot-5w1s protonet-omniglot-5w1s 30 eval.test_settings=[[5,1],[20,1]]
-protonet-omniglot-5w5s protonet-omniglot-5w5s 30 eval.test_settings=[[5,5],[20,5]]
-metasgd-omniglot-5w1s metasgd-omniglot-5w1s 15 data.meta_batch=8
-reptile-omniglot-5w1s-fresh reptile-omniglot-5w1s 15 algorithm.inner_state='fresh'
-maml-omniglot-5w5s maml-omniglot-5w5s 15 data.meta_batch=8
-meta-lstm-omniglot-5w5s meta-lstm-omniglot-5w5s 15
-mann-omniglot mann-omniglot 20
-reptile-omniglot-5w1s reptile-omniglot-5w1s 10
-mann-lstm-omniglot mann-lstm-omniglot 20
-matching-fce-omniglot-5w5s matching-fce-omniglot-5w5s 10
-matching-omniglot-5w5s matching-omniglot-5w5s 10
-matching-fce-omniglot-20w1s matching-fce-omniglot-20w1s 8
+mann-omniglot mann-omniglot 80
 matching-omniglot-20w1s matching-omniglot-20w1s 8
+fomaml-omniglot-5w5s maml-omniglot-5w5s 15 algorithm.name='fomaml' data.meta_batch=8
+reptile-omniglot-5w1s-minibatch reptile-omniglot-5w1s 25 optim.steps=400 eval.val_every=100
+reptile-omniglot-5w5s reptile-omniglot-5w5s 20 optim.steps=600 eval.val_every=0 eval.test_episodes=500
+matching-fce-omniglot-20w5s matching-fce-omniglot-20w5s 10 algorithm.process_steps=10
+anil-omniglot-5w5s maml-omniglot-5w5s 15 algorithm.name='anil' data.meta_batch=8
+metasgd-omniglot-5w5s metasgd-omniglot-5w1s 15 data.shots=5 data.meta_batch=8
+matching-omniglot-20w5s matching-omniglot-20w5s 10
+protonet-omniglot-5w5s-10min protonet-omniglot-5w5s 10 eval.test_settings=[[5,5],[20,5]]
+protonet-omniglot-5w1s-8min protonet-omniglot-5w1s 8 eval.test_settings=[[5,1],[20,1]]
 JOBS
 next_job() {  # pop the first line of the job list under a lock
   exec 9>"$jobs_file.lock"; flock 9

@@ -36,6 +36,8 @@ def main() -> None:
         raise SystemExit(f"{run}: the run has no validation part (data.val_part) to score on")
     torch.manual_seed(cfg.run.seed)  # the engine seeds torch the same way before building the model
     models = {"random init": build_algorithm(cfg), "trained": build_algorithm(cfg)}
+    if not hasattr(models["trained"], "inner_steps_eval"):
+        raise SystemExit(f"{run}: {cfg.algorithm} has no inner steps to vary; this script compares gradient-based runs")
     state = load_checkpoint(run / "checkpoint.pt")
     models["trained"].load_state_dict(state["algorithm"])
     print(f"{run} (step {int(state['step'])}), {args.episodes} validation episodes, accuracy % mean +- 95% CI")

@@ -260,8 +260,9 @@ class MatchingNet(nn.Module):
         included) is never changed; dropout draws independent masks per task. ``execution``:
         ``"vmap"`` over tasks, ``"loop"`` over tasks, or ``"auto"``, which loops for images on the CPU
         (:func:`fastadapt.algorithms.inner.resolve_execution`): there a Conv4 encoding 10 tasks of
-        300 images took 8.1 s under vmap against 5.4 s in a loop (median of 3, one thread, this
-        2-core machine; 20 images per task: 0.38 vs 0.41 s).
+        300 images took 4.99 s of CPU under vmap against 3.35 s in a loop, 1.49x (20 images per
+        task: 0.26 vs 0.23 s; `python benchmarks/matching_encode.py`, median of 5, one thread, the
+        2-core development machine at load ~0.5).
         """
         t = x.shape[0]
         params = dict(self.model.named_parameters())

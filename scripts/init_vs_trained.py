@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
+from fastadapt.build import build_algorithm, task_sources
+from fastadapt.checkpoint import load_checkpoint
+from fastadapt.config import config_from_dict
 from fastadapt.eval import evaluate
-from fastadapt.train.build import build_algorithm, task_sources
-from fastadapt.train.checkpoint import load_checkpoint
-from fastadapt.train.config import config_from_dict
 
 
 def main() -> None:

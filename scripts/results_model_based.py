@@ -31,10 +31,10 @@ from torch import Tensor, nn
 
 from fastadapt import ClassDataset, EpisodeSampler, load_omniglot
 from fastadapt.algorithms.mann import MANN, REPORTED_INSTANCES, episode_sequence, instance_accuracy
+from fastadapt.checkpoint import load_checkpoint, save_checkpoint
 from fastadapt.eval.stats import mean_ci
 from fastadapt.memory import NTM, copy_bits_wrong, lstm_sequence_baseline
 from fastadapt.tasks import CopyTask, copy_batch
-from fastadapt.train.checkpoint import load_checkpoint, save_checkpoint
 
 MANN_PAPER = {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}  # Santoro et al. 2016, table 1, MANN (LRUA), 5 classes
 LSTM_PAPER = {1: 24.4, 2: 49.5, 3: 55.3, 4: 61.0, 5: 63.6, 10: 62.5}  # the same table, LSTM baseline
@@ -344,8 +344,8 @@ def mann_runs(args: argparse.Namespace) -> None:
     Each run is scored from its last checkpoint on ``--eval-episodes`` fixed episodes of its test part
     (the engine's test episodes: ``eval.seed + 1``), 5 classes x 10 instances as in training.
     """
-    from fastadapt.train.build import build_algorithm, class_dataset
-    from fastadapt.train.config import config_from_dict
+    from fastadapt.build import build_algorithm, class_dataset
+    from fastadapt.config import config_from_dict
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

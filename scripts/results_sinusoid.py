@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
+from fastadapt.build import build_algorithm
+from fastadapt.checkpoint import load_checkpoint
+from fastadapt.config import load_config
 from fastadapt.data import SinusoidTasks
+from fastadapt.engine.loop import train
 from fastadapt.eval import evaluate
-from fastadapt.train.build import build_algorithm
-from fastadapt.train.checkpoint import load_checkpoint
-from fastadapt.train.config import load_config
-from fastadapt.train.loop import train
 
 PRESETS = {"MAML": "maml-sinusoid", "Meta-SGD": "metasgd-sinusoid", "pretrained": "pretrain-sinusoid"}
 PAPER_5SHOT = {"MAML": (0.67, 0.38, 0.35)}  # Finn et al. 2017, Fig. 3 / text: MSE after 1, 5, 10 steps (5-shot)

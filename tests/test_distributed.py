@@ -28,14 +28,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastadapt import distributed
+from fastadapt.algorithms.maml import MAML
+from fastadapt.algorithms.matching import MatchingNet
+from fastadapt.algorithms.protonet import ProtoNet
+from fastadapt.build import build_algorithm, task_sources
+from fastadapt.checkpoint import load_checkpoint
+from fastadapt.config import load_config
 from fastadapt.data.sampler import EpisodeSampler
+from fastadapt.engine.loop import train
 from fastadapt.errors import ConfigError
 from fastadapt.eval import evaluate
-from fastadapt.train import distributed
-from fastadapt.train.build import build_algorithm, task_sources
-from fastadapt.train.checkpoint import load_checkpoint
-from fastadapt.train.config import load_config
-from fastadapt.train.loop import train
 
 TINY = [
     "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=4", "data.test_queries=3", "model.hidden=8",
@@ -225,9 +228,13 @@ def test_dist_timeout_must_be_positive():
 
 
 def test_which_algorithms_share_batchnorm_statistics_across_ranks():
-    assert distributed.spans_meta_batch("protonet", {})
-    assert distributed.spans_meta_batch("matching", {}) and not distributed.spans_meta_batch("matching", {"encode": "per_task"})
-    assert not distributed.spans_meta_batch("maml", {})
+    from fastadapt.contract import encodes_meta_batch
+    from fastadapt.nn import Conv4
+
+    assert encodes_meta_batch(ProtoNet(Conv4(out_features=None)))
+    assert encodes_meta_batch(MatchingNet(Conv4(out_features=None)))
+    assert not encodes_meta_batch(MatchingNet(Conv4(out_features=None), encode="per_task"))
+    assert not encodes_meta_batch(MAML(Conv4()))
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -14,11 +14,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from fastadapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastadapt.cli import main as cli_main
+from fastadapt.config import config_from_dict, load_config, preset_names, read_toml
+from fastadapt.engine.loop import TrainingDiverged, train
 from fastadapt.errors import ConfigError
-from fastadapt.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fastadapt.train.config import config_from_dict, load_config, preset_names, read_toml
-from fastadapt.train.loop import TrainingDiverged, train
 
 TINY = [
     "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",
@@ -74,7 +74,7 @@ def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("fastadapt: error: data.ways=-3 is invalid") and err.count("\n") == 1 and "Traceback" not in err
     assert cli_main(["eval", str(tmp_path)]) == 2
-    assert "has no config.json" in capsys.readouterr().err
+    assert "is not a run folder (no config.json)" in capsys.readouterr().err
 
 
 def test_train_writes_metrics_checkpoints_and_results(tmp_path):
@@ -130,7 +130,7 @@ def test_a_resumed_run_whose_budget_is_spent_only_tests(tmp_path):
 
 
 def test_a_validation_that_spends_the_budget_is_not_repeated(tmp_path, monkeypatch):
-    import fastadapt.train.loop as loop
+    import fastadapt.engine.loop as loop
 
     def slow_evaluate(*args, **kwargs):
         time.sleep(2.5)
@@ -153,9 +153,9 @@ def test_zero_test_episodes_trains_without_testing(tmp_path):
 
 
 def test_flatten_model_needs_an_algorithm_without_a_head_and_with_weights(tmp_path):
-    with pytest.raises(ConfigError, match="model.name=flatten has no output layer; maml needs a model with a head"):
+    with pytest.raises(ConfigError, match="model.name=flatten has no output layer; the algorithm needs a model with a 5-output head"):
         train(load_config("maml-omniglot-5w1s", ["model.name=flatten", f"run.out={tmp_path / 'a'}"]))
-    with pytest.raises(ConfigError, match="protonet with model.name=flatten has no trainable parameters"):
+    with pytest.raises(ConfigError, match="protonet with model flatten has no trainable parameters"):
         train(tiny(tmp_path, "model.name=flatten", name="b"))
 
 
@@ -307,7 +307,7 @@ def test_sigterm_saves_and_exits_cleanly_and_kill_9_resumes(tmp_path):
     ("constant", [1.0] * 6),
 ])
 def test_learning_rate_schedules_over_optim_steps(tmp_path, schedule, factors):
-    from fastadapt.train.build import build_optimizer
+    from fastadapt.build import build_optimizer
 
     cfg = tiny(tmp_path, f"optim.schedule='{schedule}'", "optim.steps=4", "optim.lr=0.2")
     w = torch.nn.Parameter(torch.zeros(1))

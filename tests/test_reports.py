@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fastadapt.cli import main as cli_main
-from fastadapt.train.config import load_config
-from fastadapt.train.loop import train
+from fastadapt.config import load_config
+from fastadapt.engine.loop import train
 
 TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "model.hidden=8", "optim.steps=4",
         "eval.val_every=2", "eval.val_episodes=4", "eval.test_episodes=4", "eval.batch=4", "run.log_every=1",
@@ -67,12 +67,17 @@ def test_list_names_algorithms_presets_and_datasets(capsys):
         assert word in text
 
 
-def test_eval_command_rewrites_results_and_eval_files(runs, capsys):
-    run = runs["protonet-quick"]
-    (run / "results.json").unlink()
-    assert cli_main(["eval", str(run), "eval.test_episodes=6"]) == 0
-    assert "test 5w1s:" in capsys.readouterr().out
+def test_eval_command_writes_a_file_per_setting_and_leaves_the_training_records_alone(runs, capsys):
     import json
 
-    res = json.loads((run / "results.json").read_text())
-    assert res["steps"] == 4 and res["tests"]["5w1s"]["episodes"] == 6
+    run = runs["protonet-quick"]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert cli_main(["eval", str(run), "eval.test_episodes=6"]) == 0
+    assert "test 5w1s:" in capsys.readouterr().out
+    assert cli_main(["eval", str(run), "eval.test_episodes=4", "data.test_shots=2"]) == 0
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before  # results.json, eval_*.json, checkpoints: untouched
+    first = json.loads((run / "evals" / "5w1s__eval.test_episodes=6.json").read_text())
+    second = json.loads((run / "evals" / "5w2s__data.test_shots=2__eval.test_episodes=4.json").read_text())
+    assert first["episodes"] == 6 and first["settings"]["shots"] == 1 and first["overrides"] == ["eval.test_episodes=6"]
+    assert second["episodes"] == 4 and second["settings"]["shots"] == 2 and first["weights"] in ("best.pt", "checkpoint.pt")

@@ -1,35 +1,45 @@
 """The ``fastadapt`` command.
 
     fastadapt train PRESET|FILE [key=value ...]   train (resumes when the run folder has a checkpoint)
-    fastadapt eval RUN_DIR [key=value ...]        test a trained run on its fixed test episodes
-    fastadapt list                                algorithms, presets, datasets
+    fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
+    fastadapt list                                algorithms, models, task sources, presets
     fastadapt plot RUN_DIR                        learning curves (PNG)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
 
-Errors a user can fix print one line and exit with status 2.
+Errors a user can fix print one line and exit with status 2. The command (not the library) applies
+the process settings of :mod:`fastadapt.process` when ``run.keep_freed_memory`` is true.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from fastadapt.errors import FastAdaptError
 
 
+def _apply_process_settings(cfg) -> str:
+    """What the command line (not the library) sets for the whole process; returned in words."""
+    from fastadapt.process import keep_freed_memory
+
+    if cfg.run.keep_freed_memory and keep_freed_memory():
+        return "glibc keeps freed memory for reuse (run.keep_freed_memory=false to leave the allocator alone)"
+    return ""
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastadapt.train import distributed
-    from fastadapt.train.config import load_config
-    from fastadapt.train.loop import train
+    from fastadapt import distributed
+    from fastadapt.config import load_config
+    from fastadapt.engine.loop import train
 
     cfg = load_config(args.config, args.overrides)
     main = distributed.is_main()  # under torchrun only rank 0 prints
+    note = _apply_process_settings(cfg)
     if main:
-        print(f"run folder: {cfg.out_dir}" + (f" ({distributed.env_world_size()} processes)" if distributed.env_world_size() > 1 else ""))
+        print(f"run folder: {cfg.out_dir}" + (f" ({distributed.env_world_size()} processes)" if distributed.env_world_size() > 1 else "")
+              + (f"; {note}" if note else ""))
     result = train(cfg, resume=not args.restart)
     if result.interrupted:
         if main:
@@ -42,60 +52,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_config(run_dir: str, overrides: list[str]):
-    """The config a run was trained with (its config.json), with ``key=value`` overrides applied."""
-    from fastadapt.train.config import config_from_dict, parse_override
-
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise FastAdaptError(f"{run_dir} has no config.json; pass a run folder written by fastadapt train")
-    raw = json.loads(path.read_text())
-    for text in overrides:
-        (section, key), value = parse_override(text)
-        raw.setdefault(section, {})[key] = value
-    return config_from_dict(raw)
-
-
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from fastadapt.train import distributed
-    from fastadapt.train.build import build_algorithm
-    from fastadapt.train.checkpoint import load_checkpoint
-    from fastadapt.train.loop import test, write_results
+    from fastadapt import distributed
+    from fastadapt.eval.tests import evaluate_run
+    from fastadapt.run_folder import RunFolder
 
-    cfg = _run_config(args.run_dir, args.overrides)
-    run = Path(args.run_dir)
-    ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
-    device = distributed.local_device(cfg.run.device)
-    algo = build_algorithm(cfg).to(device)
-    algo.load_state_dict(load_checkpoint(ckpt, "cpu")["algorithm"])
-    cfg = replace(cfg, run=replace(cfg.run, out=str(run)))
-    with distributed.process_group(device, cfg.run.dist_timeout_s):  # under torchrun: episodes split across ranks
-        results = test(cfg, algo, device=device)
+    cfg = RunFolder(args.run_dir).read_config(args.overrides)
+    _apply_process_settings(cfg)
+    results = evaluate_run(args.run_dir, args.overrides, progress=cfg.run.progress)
     if distributed.is_main():
-        for key, res in results.items():
-            print(f"test {key}: {res.summary()}")
-        last = load_checkpoint(run / "checkpoint.pt", "cpu") if (run / "checkpoint.pt").exists() else {}
-        write_results(run, int(last.get("step", 0)), float(last.get("train_seconds", 0.0)), last.get("best_val"), results)
+        for key, (res, file) in results.items():
+            print(f"test {key}: {res.summary()} -> {file}")
     return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from fastadapt.algorithms import REGISTRY, available
+    from fastadapt.config import preset_names
     from fastadapt.data import SPLITS
-    from fastadapt.train.config import preset_names
+    from fastadapt.registry import ALGORITHMS, MODELS, TASK_SOURCES
 
-    have = set(available())
-    print("algorithms:")
-    for name in REGISTRY:
-        print(f"  {name}{'' if name in have else '  (not in this version)'}")
+    for title, registry in (("algorithms", ALGORITHMS), ("models", MODELS), ("task sources (data.dataset)", TASK_SOURCES)):
+        have = set(registry.available())
+        print(f"{title}:")
+        for name in registry.names():
+            entry = registry.entry(name)
+            flag = "" if name in have else "  (not in this version)"
+            print(f"  {name:<10} {entry.description}{flag}")
+    print("omniglot parts:")
+    for split, parts in SPLITS.items():
+        print(f"  split={split}: {', '.join(parts)}")
     print("presets:")
     for name in preset_names():
         print(f"  {name}")
-    print("datasets:")
-    for split, parts in SPLITS.items():
-        print(f"  omniglot (bundled, 28x28) split={split}: {', '.join(parts)}")
-    print("  sinusoid (generated; MAML regression tasks)")
-    print("  folder:<path> (one subfolder per class; <path>/<part>/<class>/*.png)")
     return 0
 
 
@@ -120,9 +108,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from fastadapt.build import task_sources
+    from fastadapt.config import load_config
     from fastadapt.report import save_episode_grid
-    from fastadapt.train.build import task_sources
-    from fastadapt.train.config import load_config
 
     cfg = load_config(args.config, args.overrides)
     batch = task_sources(cfg).train.sample_tasks(0, 0, args.tasks)
@@ -141,11 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.ways=20 optim.steps=100")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     t.set_defaults(fn=_cmd_train)
-    e = sub.add_parser("eval", help="evaluate a trained run on its fixed test episodes")
+    e = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes; writes RUN_DIR/evals/<setting>.json")
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="e.g. data.test_shots=5 eval.test_episodes=600")
     e.set_defaults(fn=_cmd_eval)
-    sub.add_parser("list", help="algorithms, presets and datasets").set_defaults(fn=_cmd_list)
+    sub.add_parser("list", help="algorithms, models, task sources and presets").set_defaults(fn=_cmd_list)
     pl = sub.add_parser("plot", help="learning curves of a run as PNG")
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_cmd_plot)

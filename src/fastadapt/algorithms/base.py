@@ -1,4 +1,4 @@
-"""The contract every algorithm keeps (see DESIGN.md).
+"""Free functions every algorithm shares; the contract itself is :mod:`fastadapt.contract`.
 
 An algorithm is an ``nn.Module`` that holds the user's model and its own meta-parameters (learnt
 inner rates, an LSTM meta-learner, ...); ``algo.parameters()`` is what the outer optimizer trains.
@@ -17,24 +17,13 @@ Algorithms share code by calling the free functions here and in their modules, n
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastadapt.algorithms import allocator  # noqa: F401  (keeps freed memory for reuse; see allocator.py)
+from fastadapt.contract import MetaOutput, Predictor
 
-Predictor = Callable[[Tensor], Tensor]
-
-
-@dataclass(frozen=True)
-class MetaOutput:
-    """``loss``: differentiable scalar; ``metrics``: plain floats for logging."""
-
-    loss: Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+__all__ = ["MetaOutput", "Predictor", "batch_metrics", "is_classification", "per_task_scores", "task_loss"]
 
 
 def is_classification(y: Tensor) -> bool:

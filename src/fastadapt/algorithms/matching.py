@@ -247,6 +247,11 @@ class MatchingNet(nn.Module):
             self.query_cell = nn.LSTMCell(2 * d, d)
 
     @property
+    def encodes_meta_batch(self) -> bool:
+        """``encode="meta_batch"``: meta_loss runs the encoder once over the whole meta-batch."""
+        return self.encode_mode == "meta_batch"
+
+    @property
     def scale(self) -> Tensor | float:
         """The similarity scale ``s``: the learnt ``exp(log_scale)``, or the fixed float."""
         return self.log_scale.exp() if self.log_scale is not None else self.fixed_scale  # type: ignore[return-value]

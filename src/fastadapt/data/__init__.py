@@ -1,6 +1,6 @@
 """Task sources: class datasets (Omniglot, image folders, arrays), sinusoids, and the episode sampler."""
 
-from fastadapt.data.classes import ClassDataset
+from fastadapt.data.classes import ClassDataset, conform_images
 from fastadapt.data.omniglot import SPLITS, load_omniglot
 from fastadapt.data.originals import load_omniglot_originals
 from fastadapt.data.sampler import EpisodeSampler, check_episode_shape
@@ -12,6 +12,7 @@ __all__ = [
     "EpisodeSampler",
     "SinusoidTasks",
     "check_episode_shape",
+    "conform_images",
     "load_omniglot",
     "load_omniglot_originals",
 ]

@@ -98,13 +98,16 @@ class ClassDataset:
         return ClassDataset(xt[order].contiguous(), offsets, names, name)
 
     @staticmethod
-    def from_folder(root: str | Path, size: tuple[int, int] | None = None, grayscale: bool = True, name: str | None = None) -> ClassDataset:
+    def from_folder(root: str | Path, size: tuple[int, int] | None = None, channels: int | None = None, name: str | None = None) -> ClassDataset:
         """Load ``root/<class>/<image>`` (one subfolder per class) into memory as uint8 ``[M, C, H, W]``.
 
         Args:
             root: the folder; every subfolder is a class, sorted by name.
             size: ``(height, width)`` to resize every image to (Lanczos); required when sizes differ.
-            grayscale: load as one channel ("L"); otherwise as RGB.
+            channels: 1 (grey, "L") or 3 (RGB). ``None``: 1 if every image is greyscale, else 3. The
+                one rule for mixed modes: every image is converted with Pillow's ``convert`` to that
+                mode (colour to grey by ITU-R 601-2 luma, grey to RGB by copying the channel, a
+                palette by its colours, transparency dropped).
         """
         from PIL import Image
 
@@ -114,13 +117,19 @@ class ClassDataset:
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
         if not class_dirs:
             raise DataError(f"image folder {root} has no class subfolders; put each class's images in its own subfolder")
-        images: list[np.ndarray] = []
-        counts: list[int] = []
-        mode = "L" if grayscale else "RGB"
+        if channels not in (None, 1, 3):
+            raise DataError(f"channels={channels!r} is invalid; use 1 (grey), 3 (RGB) or None (from the images)")
+        files_of: list[list[Path]] = []
         for d in class_dirs:
             files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
                 raise DataError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)}); remove it or add images")
+            files_of.append(files)
+        if channels is None:
+            channels = 1 if all(_image_mode(f) in GREY_MODES for files in files_of for f in files) else 3
+        mode = "L" if channels == 1 else "RGB"
+        images: list[np.ndarray] = []
+        for files in files_of:
             for f in files:
                 try:
                     with Image.open(f) as im:
@@ -133,8 +142,55 @@ class ClassDataset:
                 if images and arr.shape != images[0].shape:
                     raise DataError(f"image {f} is {arr.shape[:2]}, others are {images[0].shape[:2]}; pass size=(H, W) to resize all")
                 images.append(arr)
-            counts.append(len(files))
         stack = np.stack(images)
-        stack = stack[:, None] if grayscale else stack.transpose(0, 3, 1, 2)
+        stack = stack[:, None] if channels == 1 else stack.transpose(0, 3, 1, 2)
+        counts = [len(files) for files in files_of]
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(counts).cumsum(0)])
         return ClassDataset(torch.from_numpy(np.ascontiguousarray(stack)), offsets, tuple(d.name for d in class_dirs), name or root.name)
+
+
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _image_mode(path: Path) -> str:
+    """Pillow's mode of an image file, read from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode
+    except OSError as e:
+        raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
+
+
+LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+
+
+def conform_images(data: ClassDataset, image_size: int | None = None, channels: int = 0) -> ClassDataset:
+    """``data`` with images ``[M, C, H, W]`` resized to ``image_size`` square (bilinear, antialiased) and
+    converted to ``channels`` (0: as stored; 1: luma of RGB; 3: grey copied to RGB); dtype kept.
+
+    Other data (vectors, sequences) is returned unchanged; ``channels`` on such data is an error.
+    """
+    x = data.data
+    if x.ndim != 4:
+        if channels:
+            raise DataError(f"{data.name}: data.channels={channels} applies to images [M, C, H, W]; this data has shape {list(x.shape)}")
+        return data
+    changed = False
+    c = x.shape[1]
+    if channels and c != channels:
+        if (c, channels) == (3, 1):
+            w = torch.tensor(LUMA, dtype=torch.float32).view(1, 3, 1, 1)
+            x = (x.float() * w).sum(1, keepdim=True)
+            x = x.round().clamp(0, 255).to(torch.uint8) if data.data.dtype == torch.uint8 else x.to(data.data.dtype)
+        elif (c, channels) == (1, 3):
+            x = x.expand(-1, 3, -1, -1).contiguous()
+        else:
+            raise DataError(f"{data.name}: images have {c} channels; data.channels={channels} converts only between 1 (grey) and 3 (RGB)")
+        changed = True
+    if image_size and (x.shape[-1] != image_size or x.shape[-2] != image_size):
+        y = torch.nn.functional.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        x = y.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype)
+        changed = True
+    return ClassDataset(x, data.offsets, data.names, data.name) if changed else data

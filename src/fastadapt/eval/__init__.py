@@ -1,4 +1,4 @@
-"""Evaluation: confidence intervals and fixed-episode evaluation."""
+"""Evaluation: fixed seeded episodes, per-episode scores, mean and confidence interval; testing runs."""
 
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.eval.stats import mean_ci, t_quantile

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastadapt import distributed as dist_
 from fastadapt.algorithms.base import per_task_scores
 from fastadapt.eval.stats import mean_ci
 
@@ -56,8 +57,6 @@ def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.devic
     order, so the result equals one process's. Whole batches are split, never the episodes of one
     batch, because an encoder's BatchNorm may normalise over the batch.
     """
-    from fastadapt.train import distributed as dist_
-
     shard = distributed and dist_.is_distributed()
     me, world = dist_.rank(), dist_.world_size()
     was_training = algo.training

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastadapt.errors import ConfigError
+
 
 def conv_block(in_channels: int, out_channels: int, batch_norm: bool = True, track_running_stats: bool = False, pool: bool = True) -> nn.Sequential:
     """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool."""
@@ -61,4 +63,26 @@ class MLP(nn.Module):
         return self.net(x.flatten(1) if x.ndim > 2 else x)
 
 
-__all__ = ["MLP", "Conv4", "conv_block"]
+def conv4(in_channels: int, out_features: int | None, image_size: int, hidden: int = 64, batch_norm: bool = True) -> Conv4:
+    """Registered as ``model.name = "conv4"``: :class:`Conv4` for the task source's images."""
+    return Conv4(in_channels, out_features, hidden, image_size, batch_norm=batch_norm)
+
+
+def mlp(input_shape: tuple[int, ...], out_features: int | None, layers: tuple[int, ...] = (40, 40)) -> MLP:
+    """Registered as ``model.name = "mlp"``: :class:`MLP` over the flattened input (no head: the last width)."""
+    in_features = 1
+    for s in input_shape:
+        in_features *= int(s)
+    if not layers:
+        raise ValueError("model.layers is empty; give at least one hidden width, e.g. [40, 40]")
+    return MLP(in_features, out_features or layers[-1], tuple(layers))
+
+
+def flatten(out_features: int | None) -> nn.Flatten:
+    """Registered as ``model.name = "flatten"``: the raw input as a vector (MANN's input); it has no head."""
+    if out_features is not None:
+        raise ConfigError(f"model.name=flatten has no output layer; the algorithm needs a model with a {out_features}-output head (use conv4 or mlp)")
+    return nn.Flatten()
+
+
+__all__ = ["MLP", "Conv4", "conv4", "conv_block", "flatten", "mlp"]

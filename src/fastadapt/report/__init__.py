@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from fastadapt.contract import GateTracing, LearntRates
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import FastAdaptError
+from fastadapt.run_folder import RunFolder, load_run
 
 
 def _pyplot():
@@ -23,10 +24,7 @@ def _pyplot():
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FastAdaptError(f"{run_dir} has no metrics.jsonl; pass a run folder written by fastadapt train")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return RunFolder(run_dir).read_metrics()
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -57,29 +55,22 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     return [out, *plot_learnt_learning(run_dir)]
 
 
-def _trained_algorithm(run_dir: str | Path):
-    from fastadapt.train.build import build_algorithm
-    from fastadapt.train.checkpoint import load_checkpoint
-    from fastadapt.train.config import config_from_dict
-
-    run = Path(run_dir)
-    cfg = config_from_dict(json.loads((run / "config.json").read_text()))
-    ckpt = run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
-    algo = build_algorithm(cfg)
-    algo.load_state_dict(load_checkpoint(ckpt)["algorithm"])
-    return cfg, algo.eval()
-
-
 def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
     """What a run learnt about learning: Meta-SGD's per-layer inner rates (``inner_lrs.png``), the
     LSTM meta-learner's input and forget gates across inner steps (``gates.png``)."""
     run = Path(run_dir)
-    if not (run / "config.json").is_file():
+    folder = RunFolder(run)
+    if not folder.config_file.is_file() or not (folder.best_file.is_file() or folder.checkpoint_file.is_file()):
         return []
-    cfg, algo = _trained_algorithm(run)
+    from fastadapt.registry import algorithm_class
+
+    if not issubclass(algorithm_class(folder.read_config().algorithm), (LearntRates, GateTracing)):
+        return []
+    loaded = load_run(run)
+    cfg, algo = loaded.config, loaded.algorithm
     outs: list[Path] = []
     plt = _pyplot()
-    if hasattr(algo, "learning_rates"):
+    if isinstance(algo, LearntRates):
         rates = algo.learning_rates()
         names = list(rates)
         fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names)), 4))
@@ -90,8 +81,8 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
         outs.append(run / "inner_lrs.png")
         fig.savefig(outs[-1], dpi=110)
         plt.close(fig)
-    if hasattr(algo, "gate_trace"):
-        from fastadapt.train.build import task_sources
+    if isinstance(algo, GateTracing):
+        from fastadapt.build import task_sources
 
         sampler = next(iter(task_sources(cfg).tests.values()))
         batch = next(iter(sampler.fixed(20, 20)))
@@ -118,10 +109,7 @@ def markdown_report(run_dirs: list[str] | list[Path]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for run in run_dirs:
-        path = Path(run) / "results.json"
-        if not path.is_file():
-            raise FastAdaptError(f"{run} has no results.json; train it to the end (or run fastadapt eval) first")
-        res = json.loads(path.read_text())
+        res = RunFolder(run).read_results()
         for key, t in res["tests"].items():
             s = t["settings"]
             if t["metric"] == "acc":

@@ -11,7 +11,9 @@ same tasks as an uninterrupted one.
 
 Under ``torchrun`` the same loop runs on every rank: each takes its block of the meta-batch's tasks,
 gradients are summed over ranks with the weights that make them equal one process's, evaluation
-episodes are split and gathered, and rank 0 alone writes files (see :mod:`fastadapt.train.distributed`).
+episodes are split and gathered, and rank 0 alone writes files (see :mod:`fastadapt.distributed`).
+
+The run folder's files are named and written by :mod:`fastadapt.run_folder`.
 """
 
 from __future__ import annotations
@@ -21,18 +23,23 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from fastadapt import contract, distributed
+from fastadapt.build import TaskSources, build_algorithm, build_optimizer, probe_batch, task_sources
+from fastadapt.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fastadapt.config import Config, config_from_dict, load_config
 from fastadapt.errors import FastAdaptError
-from fastadapt.eval import EvalResult, batchnorm_setting, evaluate
-from fastadapt.train import distributed
-from fastadapt.train.build import build_algorithm, build_optimizer, task_sources
-from fastadapt.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fastadapt.train.config import Config, config_from_dict
+from fastadapt.eval import EvalResult, evaluate
+from fastadapt.eval.tests import run_tests
+from fastadapt.registry import describe_object
+from fastadapt.run_folder import RunFolder, load_weights, provenance
 
 
 class TrainingDiverged(FastAdaptError):
@@ -74,29 +81,44 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+@contextmanager
+def _threads(n: int):
+    """``torch.set_num_threads(n)`` for the duration (0: leave torch's setting), restored after."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
-def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int) -> dict[str, Any]:
-    """What changes the number, to be written beside it."""
-    return {
-        "algorithm": cfg.algorithm, "algorithm_options": cfg.algorithm_options, "dataset": cfg.data.dataset,
-        "split": cfg.data.split, "part": cfg.data.test_part, "ways": ways, "shots": shots, "queries": queries,
-        "batchnorm": batchnorm_setting(algo), "eval_seed": cfg.eval.seed, "model": cfg.model.name,
-    }
+def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, model: nn.Module | None = None, tasks: Any = None,
+          resume: bool = True, step_hook: Callable[[int], None] | None = None) -> TrainResult:
+    """Train in ``config.out_dir``; resume from its ``checkpoint.pt`` when there is one.
 
+    Args:
+        config: a :class:`Config`, or a preset name / TOML path (then ``overrides`` apply).
+        model: the user's ``nn.Module`` instead of the config's ``[model]`` (it is trained in place).
+        tasks: the user's task sources instead of ``data.dataset``: one source (training only), or
+            ``{"train": ..., "val": ..., "test": ...}``; a :class:`~fastadapt.data.ClassDataset` is
+            drawn from with the config's ways, shots and queries (see :func:`fastadapt.build.user_task_sources`).
+        resume: continue from the folder's checkpoint (False: start over).
+        step_hook: called with the step number after every step.
 
-def train(cfg: Config, resume: bool = True, step_hook: Callable[[int], None] | None = None) -> TrainResult:
-    """Train ``cfg`` in ``cfg.out_dir``; resume from its ``checkpoint.pt`` when there is one.
-
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group for the run and leaves it after.
+    Returns the steps trained, the best validation score and every test setting's result; writes
+    checkpoints, metrics, results (:mod:`fastadapt.run_folder`). Under ``torchrun`` (``WORLD_SIZE``
+    > 1) this joins the process group for the run and leaves it after.
     """
+    cfg = load_config(str(config), overrides) if isinstance(config, (str, Path)) else config
+    if overrides and not isinstance(config, (str, Path)):
+        raise FastAdaptError("overrides apply to a preset name or TOML path; pass a Config with its values set instead")
     device = distributed.local_device(cfg.run.device)
     hint = f"the last checkpoint in {cfg.out_dir} is kept: rerun the same command to resume"
-    with distributed.process_group(device, cfg.run.dist_timeout_s, hint):
-        return _train(cfg, resume, step_hook, device)
+    with distributed.process_group(device, cfg.run.dist_timeout_s, hint), _threads(cfg.run.threads):
+        return _train(cfg, resume, step_hook, device, model, tasks)
 
 
 def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
@@ -116,14 +138,11 @@ def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
     return state
 
 
-def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, device: torch.device) -> TrainResult:
-    out = cfg.out_dir
+def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, device: torch.device, model: nn.Module | None,
+           tasks: Any) -> TrainResult:
+    folder = RunFolder(cfg.out_dir)
+    out = folder.path
     main = distributed.is_main()
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, best_path, metrics_path = out / "checkpoint.pt", out / "best.pt", out / "metrics.jsonl"
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     world = distributed.world_size()
     if cfg.data.meta_batch < world:
@@ -131,25 +150,32 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
                              f"or fewer processes")
     task_start, task_count = distributed.shard(cfg.data.meta_batch)
     weight = distributed.task_weight(task_count, cfg.data.meta_batch)
-    sync_bn = distributed.spans_meta_batch(cfg.algorithm, cfg.algorithm_options)
 
-    sources = task_sources(cfg)
-    algo = build_algorithm(cfg).to(device)
+    sources = task_sources(cfg, tasks)
+    probe = probe_batch(sources, cfg)
+    algo = build_algorithm(cfg, probe, model=model).to(device)
+    sync_bn = contract.encodes_meta_batch(algo)
     distributed.broadcast_parameters(algo)
     optimizer, scheduler = build_optimizer(cfg, algo.parameters())
     start, best_val, train_seconds = 0, None, 0.0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    ckpt_path, best_path = folder.checkpoint_file, folder.best_file
 
     state = _load_resume_state(cfg, ckpt_path) if resume else None
     if state is not None:
-        algo.load_state_dict(state["algorithm"])
+        load_weights(algo, state, ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start, best_val, train_seconds = int(state["step"]), state["best_val"], float(state["train_seconds"])
     elif main:
-        metrics_path.unlink(missing_ok=True)
+        folder.clear_metrics()
     if main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        given = {"model_given": describe_object(type(model))} if model is not None else {}
+        if tasks is not None:
+            given["tasks_given"] = describe_object(type(tasks))
+        folder.write_config(cfg, provenance(probe, **given))
 
     def checkpoint(step: int) -> None:
         if not main:
@@ -178,7 +204,7 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
         res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device, distributed=True)
         score = res.mean if res.metric == "acc" else -res.mean
         if main:
-            _append_jsonl(metrics_path, {"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
+            folder.append_metrics({"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
         if best_val is None or score > best_val:
             best_val = score
             if main:
@@ -211,7 +237,7 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
                 window.append(metrics | {"tasks_per_s": cfg.data.meta_batch / (time.perf_counter() - t0)})
                 if main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
                     avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
-                    _append_jsonl(metrics_path, {"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg})
+                    folder.append_metrics({"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg})
                     if bar is not None:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in avg.items() if k in ("loss", "acc", "mse", "tasks_per_s")})
                     window = []
@@ -239,42 +265,37 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
     if step >= cfg.optim.steps or cfg.optim.max_minutes:
         result_obj.tests = test(cfg, algo, sources, device)
         if main:
-            write_results(out, step, train_seconds, best_val, result_obj.tests)
+            write_results(folder, step, train_seconds, best_val, result_obj.tests)
     return result_obj
 
 
-def write_results(out: Path, steps: int, train_seconds: float, best_val: float | None, tests: dict[str, EvalResult]) -> Path:
-    """``results.json``: training length and every test's mean, CI and settings (scores are in eval_*.json)."""
-    summary = {
+def write_results(folder: RunFolder, steps: int, train_seconds: float, best_val: float | None, tests: dict[str, EvalResult]) -> Path:
+    """The training's test files (``eval_<setting>.json``, per-episode scores) and ``results.json``
+    (training length and every test's mean, CI and settings)."""
+    for key, res in tests.items():
+        folder.test_file(key).write_text(json_line(res.to_dict()))
+    return folder.write_results({
         "steps": steps, "train_seconds": train_seconds, "best_val": best_val,
         "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in tests.items()},
-    }
-    path = out / "results.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    return path
+    })
 
 
-def test(cfg: Config, algo: torch.nn.Module, sources=None, device: torch.device | str = "cpu") -> dict[str, EvalResult]:
-    """Evaluate the best checkpoint (else the current model) on every test setting; write eval files.
+def json_line(obj: Any) -> str:
+    return json.dumps(obj) + "\n"
+
+
+def test(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu") -> dict[str, EvalResult]:
+    """Evaluate the best checkpoint (else the current model) on every test setting.
 
     Under a process group every rank calls it: rank 0 reads best.pt and sends it, the episodes are
-    split across ranks, and rank 0 writes the files.
+    split across ranks.
     """
-    if not cfg.eval.test_episodes:  # eval.test_episodes = 0: no testing
+    if not cfg.eval.test_episodes:
         return {}
-    out = cfg.out_dir
+    folder = RunFolder(cfg.out_dir)
     main = distributed.is_main()
-    sources = sources or task_sources(cfg)
-    best = load_checkpoint(out / "best.pt", "cpu")["algorithm"] if main and (out / "best.pt").exists() else None
+    best = load_checkpoint(folder.best_file, "cpu") if main and folder.best_file.exists() else None
     best = distributed.broadcast_object(best)
     if best is not None:
-        algo.load_state_dict(best)
-    results: dict[str, EvalResult] = {}
-    for key, sampler in sources.tests.items():
-        settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries)
-        res = evaluate(algo, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
-                       progress=cfg.run.progress and main, desc=f"test {key}", settings=settings, distributed=True)
-        if main:
-            (out / f"eval_{key}.json").write_text(json.dumps(res.to_dict()) + "\n")
-        results[key] = res
-    return results
+        load_weights(algo, best, folder.best_file)
+    return run_tests(cfg, algo, sources, device, progress=cfg.run.progress and main)

@@ -12,8 +12,9 @@ back-propagates its loss scaled by :func:`task_weight` and :func:`all_reduce_gra
 result equals one process with the same global batch up to float rounding, also when ``T`` is not
 divisible by ``W``.
 
-BatchNorm across the meta-batch. Metric-based algorithms (ProtoNets, Matching Networks with
-``encode="meta_batch"``) run the encoder once over every image of the meta-batch, and Conv4's
+BatchNorm across the meta-batch. Algorithms that say ``encodes_meta_batch`` (ProtoNets, Matching
+Networks with ``encode="meta_batch"``; :mod:`fastadapt.contract`) run the encoder once over every
+image of the meta-batch, and Conv4's
 BatchNorm (no running statistics) normalises with the statistics of that whole batch. Sharding
 would change those statistics; :func:`global_batchnorm` computes them over the images of every
 rank instead (an all-gather of per-channel moments forward, an all-reduce of two per-channel sums
@@ -50,12 +51,6 @@ from torch.overrides import TorchFunctionMode
 from fastadapt.errors import FastAdaptError
 
 DEFAULT_TIMEOUT_S = 60.0  # default of run.dist_timeout_s
-# Algorithms whose meta_loss runs the encoder once over the whole meta-batch (BatchNorm statistics
-# span tasks): name -> predicate on the algorithm's options.
-WHOLE_BATCH_ENCODERS = {
-    "protonet": lambda options: True,
-    "matching": lambda options: options.get("encode", "meta_batch") == "meta_batch",
-}
 
 
 class PeerLost(FastAdaptError):
@@ -272,12 +267,6 @@ def broadcast_parameters(module: nn.Module, src: int = 0) -> None:
         for t in module.state_dict().values():
             if isinstance(t, Tensor):
                 dist.broadcast(t, src=src)
-
-
-def spans_meta_batch(algorithm: str, options: dict[str, Any]) -> bool:
-    """Whether ``algorithm``'s meta_loss normalises BatchNorm over the whole meta-batch (see the module doc)."""
-    rule = WHOLE_BATCH_ENCODERS.get(algorithm)
-    return bool(rule and rule(options))
 
 
 def _combine_moments(mean: Tensor, var: Tensor, n: int) -> tuple[Tensor, Tensor, float]:

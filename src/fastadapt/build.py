@@ -1,0 +1,264 @@
+"""From a :class:`~fastadapt.config.Config` to objects: task sources, the model, the algorithm, the optimizer.
+
+Every name is looked up in :mod:`fastadapt.registry` (or imported, for a ``target``); nothing here
+knows a dataset, model or algorithm by name. The model's input shape comes from the data (the first
+training task), never from a dataset's name, and what the parts return is checked against
+:mod:`fastadapt.contract` before training starts, so a mismatch is one line naming the expected and
+the found.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastadapt import contract
+from fastadapt.config import Config, dataset_argument, dataset_name
+from fastadapt.data import ClassDataset, EpisodeSampler, conform_images
+from fastadapt.errors import ConfigError, FastAdaptError
+from fastadapt.registry import MODELS, TASK_SOURCES, algorithm_class, describe_object, import_target
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What a registered task-source builder is asked for.
+
+    A builder returns a :class:`~fastadapt.data.ClassDataset` (the engine resizes it to
+    ``image_size``, converts its channels and draws ``ways``-way episodes with ``seed``) or any
+    object that keeps :class:`~fastadapt.contract.TaskSource`.
+    """
+
+    part: str  # "train", "val", "test" or the config's own part names (data.train_part, ...)
+    ways: int  # N of the tasks asked for
+    shots: int  # K
+    queries: int  # Q
+    seed: int  # the seed of this stream of tasks (run.seed for training, eval.seed for evaluation)
+    argument: str = ""  # what follows the name in data.dataset ("folder:<path>" -> "<path>")
+    split: str = "vinyals"  # data.split
+    image_size: int = 28  # data.image_size
+    channels: int = 0  # data.channels (0: as stored)
+    options: dict[str, Any] = field(default_factory=dict)  # data.options
+
+
+@dataclass
+class TaskSources:
+    """The training stream, the validation episodes and the test episodes of a run."""
+
+    train: Any  # a TaskSource
+    val: Any | None = None
+    tests: dict[str, Any] = field(default_factory=dict)  # "5w1s" -> TaskSource
+
+
+def _source_builder(cfg: Config) -> tuple[Any, str]:
+    d = cfg.data
+    if d.target:
+        return import_target(d.target, "data.target"), d.target
+    return TASK_SOURCES.get(dataset_name(d.dataset)), d.dataset
+
+
+def as_task_source(obj: Any, name: str, ways: int, shots: int, queries: int, seed: int, image_size: int | None = None,
+                   channels: int = 0) -> Any:
+    """``obj`` as a task source: a ClassDataset becomes an :class:`EpisodeSampler` (conformed images)."""
+    if isinstance(obj, ClassDataset):
+        return EpisodeSampler(conform_images(obj, image_size, channels), ways, shots, queries, seed=seed)
+    contract.check_task_source(obj, name)
+    return obj
+
+
+def task_sources(cfg: Config, tasks: Any = None) -> TaskSources:
+    """The training stream, the validation and test episode sources (fixed by ``eval.seed``).
+
+    ``tasks``: the user's own sources instead of ``data.dataset`` (see :func:`user_task_sources`).
+    """
+    if tasks is not None:
+        return user_task_sources(cfg, tasks)
+    d, e = cfg.data, cfg.eval
+    build, name = _source_builder(cfg)
+    made: dict[str, ClassDataset] = {}  # a part that gave a ClassDataset is loaded once
+
+    def source(part: str, ways: int, shots: int, queries: int, seed: int) -> Any:
+        if part in made:
+            obj: Any = made[part]
+        else:
+            request = SourceRequest(part, ways, shots, queries, seed, dataset_argument(d.dataset), d.split, d.image_size, d.channels,
+                                    dict(d.options))
+            try:
+                obj = build(request)
+            except FastAdaptError:
+                raise
+            except TypeError as e:
+                raise ConfigError(f"task source {name}: calling {describe_object(build)}(request) failed: {e}") from None
+            if isinstance(obj, ClassDataset):
+                made[part] = obj
+        return as_task_source(obj, name, ways, shots, queries, seed, d.image_size, d.channels)
+
+    train = source(d.train_part, d.ways, d.shots, d.queries, cfg.run.seed)
+    val = None
+    if d.val_part and e.val_every:
+        val = source(d.val_part, cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed)
+    regression = getattr(train, "ways", 1) == 1 and not isinstance(train, EpisodeSampler)
+    settings = e.test_settings or ((cfg.test_ways, cfg.test_shots),)
+    tests = {}
+    for w, s in settings:
+        src = source(d.test_part, w, s, cfg.test_queries, e.seed + 1)
+        tests[f"{s}shot" if regression and getattr(src, "ways", 1) == 1 else f"{w}w{s}s"] = src
+    return TaskSources(train, val, tests)
+
+
+def user_task_sources(cfg: Config, tasks: Any) -> TaskSources:
+    """The user's sources: a :class:`TaskSources`, one source (training only), or a mapping with keys
+    ``train`` and optionally ``val`` and ``test`` (a source, or a mapping of setting name -> source).
+    A :class:`ClassDataset` in place of a source is drawn from with the config's ways, shots and queries."""
+    if isinstance(tasks, TaskSources):
+        return tasks
+    d, e = cfg.data, cfg.eval
+    if not isinstance(tasks, Mapping):
+        tasks = {"train": tasks}
+    unknown = set(tasks) - {"train", "val", "test"}
+    if unknown or "train" not in tasks:
+        raise ConfigError(f"tasks: expected keys train (required), val and test; found {', '.join(map(str, tasks)) or 'none'}")
+    train = as_task_source(tasks["train"], "tasks['train']", d.ways, d.shots, d.queries, cfg.run.seed, d.image_size, d.channels)
+    val = None
+    if tasks.get("val") is not None:
+        val = as_task_source(tasks["val"], "tasks['val']", cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed, d.image_size, d.channels)
+    tests: dict[str, Any] = {}
+    test = tasks.get("test")
+    if test is not None:
+        items = test.items() if isinstance(test, Mapping) else [(f"{cfg.test_ways}w{cfg.test_shots}s", test)]
+        for key, src in items:
+            tests[str(key)] = as_task_source(src, f"tasks['test'][{key!r}]", cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed + 1,
+                                             d.image_size, d.channels)
+    return TaskSources(train, val, tests)
+
+
+def probe_batch(sources: TaskSources, cfg: Config) -> Any:
+    """One training task, checked against the task-source contract (shapes and labels)."""
+    name = cfg.data.target or cfg.data.dataset
+    train = sources.train
+    batch = train.sample_tasks(0, 0, 1)
+    contract.check_task_batch(batch, name, getattr(train, "ways", 1), train.shots, train.queries)
+    return batch
+
+
+def call_with_named(factory: Any, what: str, available: dict[str, Any], options: dict[str, Any], options_key: str) -> Any:
+    """``factory(**kwargs)``: the ``available`` values whose names it takes, plus every one of ``options``."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in options if k not in named and not open_ended]
+    if unknown:
+        raise ConfigError(f"{options_key}.{unknown[0]}: {what} takes no argument {unknown[0]!r}; it takes {', '.join(named) or 'none'}")
+    kwargs = {k: v for k, v in available.items() if k in named and k not in options}
+    kwargs.update(options)
+    try:
+        return factory(**kwargs)
+    except FastAdaptError:
+        raise
+    except TypeError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+def build_model(cfg: Config, input_shape: tuple[int, ...], out_features: int | None) -> nn.Module:
+    """The model a config names, for inputs of ``input_shape`` (one example) and ``out_features`` outputs (None: an embedding)."""
+    m = cfg.model
+    factory = import_target(m.target, "model.target") if m.target else MODELS.get(m.name)
+    what = f"model {m.target or m.name}"
+    available = {
+        "input_shape": tuple(input_shape), "in_channels": int(input_shape[0]) if input_shape else 1,
+        "image_size": int(input_shape[-1]) if len(input_shape) >= 2 else cfg.data.image_size,
+        "out_features": out_features, "hidden": m.hidden, "layers": tuple(m.layers), "batch_norm": m.batch_norm,
+    }
+    model = call_with_named(factory, what, available, dict(m.options), "model.options")
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{what} returned {type(model).__name__}; expected an nn.Module")
+    return model
+
+
+def head_width(cfg: Config, cls: type, batch: Any) -> int | None:
+    """Outputs per example the algorithm needs of its model: the classes of a head, the regression
+    target's width, or None (an embedding)."""
+    if batch.query_y.is_floating_point():
+        return int(batch.query_y.shape[-1]) if batch.query_y.ndim > 2 else 1
+    if not contract.needs_head(cls):
+        return None
+    ways = batch.ways
+    bad = [w for w in (cfg.test_ways, *(w for w, _ in cfg.eval.test_settings)) if w != ways]
+    if bad:
+        raise ConfigError(f"{cfg.algorithm} has a {ways}-way head; test ways must equal data.ways={ways} (got {bad[0]})")
+    return ways
+
+
+def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = None) -> nn.Module:
+    """The algorithm a config names, around ``model`` (else the config's model), checked on ``batch``
+    (a training :class:`~fastadapt.episodes.TaskBatch`: its shapes fix the model's input and output;
+    None: one task of the config's training source)."""
+    if batch is None:
+        batch = probe_batch(task_sources(cfg), cfg)
+    cls = algorithm_class(cfg.algorithm)
+    width = head_width(cfg, cls, batch)
+    name = cfg.model.target or cfg.model.name
+    if model is None:
+        model = build_model(cfg, tuple(batch.support_x.shape[2:]), width)
+    else:
+        name = describe_object(type(model))
+    check_model(model, name, cfg.algorithm, width, batch)
+    try:
+        algo = cls(model, **cfg.algorithm_options)
+    except FastAdaptError:
+        raise
+    except TypeError as e:
+        raise ConfigError(f"algorithm {cfg.algorithm}: {e}") from None
+    contract.check_algorithm(algo, cfg.algorithm)
+    return algo
+
+
+def check_model(model: nn.Module, name: str, algorithm: str, width: int | None, batch: Any) -> None:
+    """Run ``model`` once (eval mode, no graph) on one task's support set and check its output's shape."""
+    if not any(True for _ in model.parameters()) and not any(True for _ in model.buffers()) and width is not None:
+        raise ConfigError(f"model {name} has no weights; {algorithm} needs a model with a {width}-output head (use conv4 or mlp)")
+    x = batch.support_x[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except FastAdaptError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"model {name} cannot take inputs of shape {list(x.shape)} from the task source ({reason}); "
+                          f"check data.image_size / data.channels or the model's input size") from None
+    finally:
+        model.train(was_training)
+    contract.check_model_output(out, name, algorithm, width, x.shape[0])
+
+
+def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    o = cfg.optim
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError(f"{cfg.algorithm} with model {cfg.model.target or cfg.model.name} has no trainable parameters; choose a model with weights (conv4 or mlp)")
+    if o.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+    elif o.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    if o.schedule == "step":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(opt, o.step_size, o.gamma)
+    elif o.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, o.steps) / o.steps)))
+    elif o.schedule == "linear":  # Reptile's meta step size: linearly to 0 at optim.steps
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - min(s, o.steps) / o.steps)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return opt, sched

@@ -1,0 +1,61 @@
+"""Testing a run: its fixed test episodes for every setting, and ``fastadapt eval`` on a run folder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fastadapt import distributed
+from fastadapt.build import TaskSources, task_sources
+from fastadapt.config import Config
+from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
+from fastadapt.run_folder import load_run, write_json
+
+
+def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int) -> dict[str, Any]:
+    """What changes the number, to be written beside it."""
+    return {
+        "algorithm": cfg.algorithm, "algorithm_options": cfg.algorithm_options, "dataset": cfg.data.target or cfg.data.dataset,
+        "split": cfg.data.split, "part": cfg.data.test_part, "ways": ways, "shots": shots, "queries": queries,
+        "batchnorm": batchnorm_setting(algo), "eval_seed": cfg.eval.seed, "model": cfg.model.target or cfg.model.name,
+    }
+
+
+def run_tests(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu",
+              progress: bool = False) -> dict[str, EvalResult]:
+    """Score ``algo`` as it is on ``cfg.eval.test_episodes`` fixed episodes of every test setting.
+
+    Under a process group every rank calls it and the episodes are split across ranks.
+    """
+    if not cfg.eval.test_episodes:  # eval.test_episodes = 0: no testing
+        return {}
+    results: dict[str, EvalResult] = {}
+    for key, sampler in sources.tests.items():
+        settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries)
+        results[key] = evaluate(algo, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
+                                progress=progress, desc=f"test {key}", settings=settings, distributed=True)
+    return results
+
+
+def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progress: bool = False) -> dict[str, tuple[EvalResult, str]]:
+    """``fastadapt eval``: test the run's trained weights with ``overrides`` applied to its config.
+
+    Writes ``evals/<setting>.json`` (the result, the overrides and the weights used) for every test
+    setting and returns ``{key: (result, file)}``; never touches the training's own records.
+    Under ``torchrun`` the episodes are split across ranks and rank 0 writes.
+    """
+    run = load_run(path, overrides, device="cpu")
+    cfg = run.config
+    device = distributed.local_device(cfg.run.device)
+    algo = run.algorithm.to(device)
+    sources = task_sources(cfg)
+    out: dict[str, tuple[EvalResult, str]] = {}
+    with distributed.process_group(device, cfg.run.dist_timeout_s):
+        results = run_tests(cfg, algo, sources, device, progress=progress and distributed.is_main())
+    for key, res in results.items():
+        file = run.folder.eval_file(key, overrides)
+        if distributed.is_main():
+            write_json(file, {**res.to_dict(), "overrides": list(overrides), "weights": run.weights, "weights_step": run.step})
+        out[key] = (res, str(file))
+    return out

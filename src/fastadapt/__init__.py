@@ -24,8 +24,7 @@ from fastadapt.eval import EvalResult, evaluate, mean_ci
 from fastadapt.process import keep_freed_memory
 from fastadapt.registry import register_algorithm, register_model, register_task_source
 from fastadapt.run_folder import Run, RunFolder, load_run
-
-__version__ = "0.1.0"
+from fastadapt.version import __version__ as __version__
 
 __all__ = [
     "ANIL",

@@ -128,6 +128,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+        if self.model.target:  # a target replaces the registered name
+            del out["model"]["name"]
+        if self.data.target:
+            del out["data"]["dataset"]
         out["algorithm"] = {"target" if is_target(self.algorithm) else "name": self.algorithm, **_plain(self.algorithm_options)}
         return out
 
@@ -303,9 +307,10 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     run_raw = raw.get("run", {})
     if isinstance(run_raw, dict) and "imports" in run_raw:
         import_modules(_coerce("run.imports", run_raw["imports"], tuple[str, ...]))
-    model_raw = raw.get("model", {})
-    if isinstance(model_raw, dict) and model_raw.get("target") and "name" in model_raw:
-        raise ConfigError("model.name and model.target are both set; give one (a registered name, or an import path)")
+    for section, key in (("model", "name"), ("data", "dataset")):
+        table = raw.get(section, {})
+        if isinstance(table, dict) and table.get("target") and key in table:
+            raise ConfigError(f"{section}.{key} and {section}.target are both set; give one (a registered name, or an import path)")
     sections = {}
     for name, cls in SECTIONS.items():
         values = raw.pop(name, {})
@@ -367,13 +372,25 @@ def read_toml(preset_or_path: str) -> dict[str, Any]:
         raise ConfigError(f"{preset_or_path}: invalid TOML ({e})") from None
 
 
-def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a preset or file, apply ``key=value`` overrides, validate."""
-    raw = read_toml(preset_or_path)
+# An override of one of these keys replaces the other: model.target=... on a preset that names conv4.
+_EXCLUSIVE = {("model", "name"): "target", ("model", "target"): "name", ("data", "dataset"): "target", ("data", "target"): "dataset",
+              ("algorithm", "name"): "target", ("algorithm", "target"): "name"}
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``raw`` with ``section.key=value`` overrides applied (in place; returned)."""
     for text in overrides:
         (section, key), value = parse_override(text)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"[{section}] is not a table")
+        other = _EXCLUSIVE.get((section, key))
+        if other is not None:
+            raw[section].pop(other, None)
         raw[section][key] = value
-    return config_from_dict(raw)
+    return raw
+
+
+def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a preset or file, apply ``key=value`` overrides, validate."""
+    return config_from_dict(apply_overrides(read_toml(preset_or_path), overrides))

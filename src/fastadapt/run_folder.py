@@ -35,9 +35,10 @@ import torch
 from torch import nn
 
 from fastadapt.checkpoint import CheckpointError, load_checkpoint
-from fastadapt.config import Config, config_from_dict, parse_override
+from fastadapt.config import Config, apply_overrides, config_from_dict
 from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError, FastAdaptError
+from fastadapt.errors import FastAdaptError
+from fastadapt.version import __version__
 
 CONFIG, CHECKPOINT, BEST, METRICS, RESULTS, EVALS = "config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "results.json", "evals"
 
@@ -92,14 +93,7 @@ class RunFolder:
 
     def read_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """The config the run was trained with, with ``section.key=value`` overrides applied."""
-        raw = self.raw_config()
-        for text in overrides:
-            (section, key), value = parse_override(text)
-            table = raw.setdefault(section, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"[{section}] in {self.config_file} is not a table")
-            table[key] = value
-        return config_from_dict(raw)
+        return config_from_dict(apply_overrides(self.raw_config(), overrides))
 
     def write_config(self, cfg: Config, provenance: dict[str, Any]) -> None:
         write_json(self.config_file, {**cfg.to_dict(), "provenance": provenance})
@@ -176,8 +170,6 @@ def git_commit(start: Path | None = None) -> str | None:
 
 def provenance(batch: TaskBatch | None = None, **extra: Any) -> dict[str, Any]:
     """Versions, the git commit and (from one training task) the shapes the model was built for."""
-    from fastadapt import __version__
-
     out: dict[str, Any] = {"fastadapt": __version__, "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit()}
     if batch is not None:
         out["task_shapes"] = {k: list(getattr(batch, k).shape[1:]) for k in ("support_x", "support_y", "query_x", "query_y")}

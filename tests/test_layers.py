@@ -1,0 +1,91 @@
+"""Layers run one way: no module of fastadapt imports a module of a higher layer (docs/ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import fastadapt
+
+PACKAGE = Path(fastadapt.__file__).parent
+
+# module (first component below fastadapt) -> layer; a module may import its own layer and below.
+LAYERS = {
+    # 0: values, settings and helpers that know no component
+    "errors": 0, "version": 0, "episodes": 0, "registry": 0, "contract": 0, "config": 0, "distributed": 0, "process": 0,
+    "checkpoint": 0, "presets": 0,
+    # 1: components, registered by name
+    "data": 1, "nn": 1, "memory": 1, "tasks": 1, "algorithms": 1,
+    # 2: from a config to components
+    "build": 2,
+    # 3: the run folder and load_run
+    "run_folder": 3,
+    # 4: evaluation
+    "eval": 4,
+    # 5: the training loop
+    "engine": 5,
+    # 6: reports
+    "report": 6,
+    # 7: entry points and the public surface
+    "cli": 7, "__main__": 7, "__init__": 7,
+}
+
+
+def component(module: str) -> str:
+    """``fastadapt.eval.tests`` -> ``eval``; ``fastadapt`` -> ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def imports_of(path: Path, package: Path = PACKAGE) -> list[tuple[int, str]]:
+    """Every fastadapt module imported anywhere in ``path`` (also inside functions), with its line."""
+    here = "fastadapt." + ".".join(path.relative_to(package).with_suffix("").parts)
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "fastadapt"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = here.split(".")[: -node.level]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module or ""
+            if name.split(".")[0] != "fastadapt":
+                continue
+            if name == "fastadapt":  # from fastadapt import x: x may be a subpackage
+                out += [(node.lineno, f"fastadapt.{a.name}") if a.name in LAYERS else (node.lineno, "fastadapt") for a in node.names]
+            else:
+                out.append((node.lineno, name))
+    return out
+
+
+def modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py"))
+
+
+def test_every_module_has_a_layer():
+    missing = {component("fastadapt." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)) for p in modules()} - set(LAYERS)
+    assert not missing, f"give these modules a layer: {missing}"
+
+
+def test_no_module_imports_a_higher_layer():
+    upward = []
+    for path in modules():
+        me = component("fastadapt." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts))
+        for line, name in imports_of(path):
+            other = component(name)
+            if LAYERS[other] > LAYERS[me]:
+                upward.append(f"{path.relative_to(PACKAGE)}:{line} ({me}, layer {LAYERS[me]}) imports {name} (layer {LAYERS[other]})")
+    assert not upward, "\n".join(upward)
+
+
+def test_eval_never_imports_the_engine():
+    for path in (PACKAGE / "eval").rglob("*.py"):
+        assert not [n for _, n in imports_of(path) if component(n) == "engine"], path
+
+
+def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
+    fake = tmp_path / "fastadapt"
+    (fake / "eval").mkdir(parents=True)
+    (fake / "eval" / "bad.py").write_text("def f():\n    from fastadapt.engine import loop\n\nfrom ..report import x\nfrom fastadapt import cli\n")
+    assert sorted(imports_of(fake / "eval" / "bad.py", fake)) == [(2, "fastadapt.engine"), (4, "fastadapt.report"), (5, "fastadapt.cli")]

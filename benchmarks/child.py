@@ -35,14 +35,16 @@ def _contender_library(argv: list[str]) -> str:
     return "fastadapt"
 
 
-# Importing fastadapt (the shared model and batch code does) sets glibc's allocator to keep freed
-# memory. Other contenders must run under the allocator settings they get by default, so switch
-# that off for them before the first import; their "+mallopt" variants set it explicitly.
-if _contender_library(sys.argv[1:]) != "fastadapt":
-    os.environ["FASTADAPT_KEEP_FREED_MEMORY"] = "0"
-
 import torch  # noqa: E402
 from contenders import WORKLOADS, flat_grad, keep_freed_memory, make_model, parse_contender, supports, synthetic_batch  # noqa: E402
+
+# fastadapt as users run it: the `fastadapt` command keeps freed memory for reuse (run.keep_freed_memory,
+# fastadapt/process.py); importing the library does not. Other contenders run under the allocator
+# settings they get by default; their "+mallopt" variants set it explicitly.
+if _contender_library(sys.argv[1:]) == "fastadapt":
+    from fastadapt.process import keep_freed_memory as _cli_setting
+
+    _cli_setting()
 
 
 def rss_mb() -> float:

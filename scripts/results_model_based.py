@@ -1,19 +1,22 @@
 """Results for the model-based family: the NTM copy task and the MANN on Omniglot, each against an LSTM.
 
     python scripts/results_model_based.py ntm-copy --minutes 25 --out results/ntm_copy
-    python scripts/results_model_based.py mann --minutes 25 --out results/mann
     python scripts/results_model_based.py mann-runs results/runs/mann-omniglot results/runs/mann-lstm-omniglot --out results/mann_engine
+    python scripts/results_model_based.py mann-report results/mann results/mann_50min results/mann_engine
 
-Each sub-command trains the memory network and an LSTM baseline with the same wall-clock budget
-(``--share`` of ``--minutes`` each, one after the other, one CPU thread), then evaluates both and
-writes ``results.json``, ``results.md`` (a Markdown snippet) and PNG figures under ``--out``.
+``ntm-copy`` trains the NTM and an LSTM baseline with the same wall-clock budget (``--share`` of
+``--minutes`` each, one after the other, one CPU thread), then evaluates both and writes
+``results.json``, ``results.md`` (a Markdown snippet) and PNG figures under ``--out``. Checkpoints go
+to ``--ckpt`` (default ``runs/<name of --out>``), written atomically every ``--ckpt-every`` seconds;
+rerunning the same command resumes where a killed run stopped (a finished phase is not retrained; a
+larger ``--minutes`` continues both models from their checkpoints).
 
-Checkpoints go to ``--ckpt`` (default ``runs/<name of --out>``), written atomically every
-``--ckpt-every`` seconds; rerunning the same command resumes where a killed run stopped (a finished
-phase is not retrained; a larger ``--minutes`` continues both models from their checkpoints).
-``mann-runs`` scores MANN / LSTM runs trained by the common engine (presets ``mann-omniglot`` and
-``mann-lstm-omniglot``) and writes the same table and figures. The LSTM meta-learner (Ravi &
-Larochelle) is trained on Omniglot through the engine (``fastadapt train``), not here.
+The MANN and its LSTM baseline train through the engine (``fastadapt train mann-omniglot``,
+``mann-lstm-omniglot``); ``mann-runs`` scores such runs by instance and writes the same files.
+``mann-report`` rewrites ``results.md`` and the figures of MANN results folders from their
+``results.json`` without evaluating (also the session-1 folders ``results/mann*``, written by a
+``mann`` sub-command that trained both models here and has since been removed). The LSTM
+meta-learner (Ravi & Larochelle) is trained on Omniglot through the engine too, not here.
 """
 
 from __future__ import annotations
@@ -29,11 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastadapt import ClassDataset, EpisodeSampler, load_omniglot
+import fastadapt
+from fastadapt import EpisodeSampler, FastAdaptError
 from fastadapt.algorithms.mann import MANN, REPORTED_INSTANCES, episode_sequence, instance_accuracy
+from fastadapt.build import task_sources
 from fastadapt.checkpoint import load_checkpoint, save_checkpoint
-from fastadapt.eval.stats import mean_ci
+from fastadapt.eval import mean_ci
 from fastadapt.memory import NTM, copy_bits_wrong, lstm_sequence_baseline
+from fastadapt.run_folder import RunFolder
 from fastadapt.tasks import CopyTask, copy_batch
 
 MANN_PAPER = {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}  # Santoro et al. 2016, table 1, MANN (LRUA), 5 classes
@@ -53,6 +59,7 @@ def pyplot():
     return plt
 
 
+# The NTM copy task keeps its own loop for now: another issue moves it into the engine.
 def train_phase(name: str, model: nn.Module, loss_fn: Callable[[int], tuple[Tensor, dict[str, float]]], budget_s: float, ckpt: Path,
                 lr: float, clip: float, ckpt_every: float, log_every: float) -> dict:
     """Adam on ``loss_fn(step)`` until ``budget_s`` seconds of training have been spent (resumable).
@@ -221,17 +228,26 @@ def ntm_copy(args: argparse.Namespace) -> None:
     log("ntm-copy: done")
 
 
+NTM_TABLE_LENGTHS = (1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80)
+
+
+def ntm_copy_table(results: list[dict]) -> list[str]:
+    """Markdown table of bits wrong per sequence by length, one column per model of each ``ntm-copy`` ``results.json``
+    ("NTM, 25 min"), then the updates and training sequences of each column."""
+    cols = [(f"{name}, {res['minutes']:g} min", res, name) for res in results for name in res["bits_wrong_per_sequence"]]
+    batches = {res["batch"] for res in results}
+    md = ["| length | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for n in NTM_TABLE_LENGTHS:  # trained on lengths 1-20
+        md.append(f"| {n}{' (unseen)' if n > 20 else ''} | " + " | ".join(f"{res['bits_wrong_per_sequence'][name][str(n)]:.2f}" for _, res, name in cols) + " |")
+    md.append(f"| updates (batch {'/'.join(map(str, sorted(batches)))}) | " + " | ".join(f"{res['phases'][name]['steps']:,}" for _, res, name in cols) + " |")
+    md.append("| training sequences | " + " | ".join(f"{res['phases'][name]['sequences']:,}" for _, res, name in cols) + " |")
+    return md
+
+
 # --------------------------------------------------------------------------------------------------
-# MANN on Omniglot
+# MANN on Omniglot: runs trained by the engine (fastadapt train mann-omniglot / mann-lstm-omniglot)
 
-
-def resize_dataset(ds: ClassDataset, size: int) -> ClassDataset:
-    """The same classes with every image resized to ``size x size`` (bilinear with antialiasing), kept as uint8."""
-    chunks = []
-    for start in range(0, len(ds.data), 4096):
-        x = ds.data[start : start + 4096].float().div(255)
-        chunks.append(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).mul(255).round().clamp(0, 255).to(torch.uint8))
-    return ClassDataset(torch.cat(chunks), ds.offsets, ds.names, f"{ds.name}@{size}")
+INSTANCE_NAMES = {1: "1st", 2: "2nd", 3: "3rd"}
 
 
 def evaluate_mann(algo: MANN, sampler: EpisodeSampler, episodes: int, seed: int) -> dict[str, list[float]]:
@@ -250,53 +266,51 @@ def evaluate_mann(algo: MANN, sampler: EpisodeSampler, episodes: int, seed: int)
     return out
 
 
-def mann(args: argparse.Namespace) -> None:
-    out, ckpt_dir = Path(args.out), Path(args.ckpt or Path("runs") / Path(args.out).name)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    log("mann: loading Omniglot and resizing to 20x20")
-    train = resize_dataset(load_omniglot("vinyals", "trainval"), 20)
-    test = resize_dataset(load_omniglot("vinyals", "test", rotations=False), 20)
-    log(f"mann: train {train}, test {test}")
-    shots, queries = 5, 5  # 10 instances of each of 5 classes: 50-step episodes
-    sampler = EpisodeSampler(train, 5, shots, queries, seed=args.seed)
-    torch.manual_seed(args.seed)
-    models = {"MANN": MANN(None, ways=5, core="mann"), "LSTM": MANN(None, ways=5, core="lstm")}
-    budget = args.minutes * 60 * args.share
-    phases = {}
-    for name, algo in models.items():
-        def loss_fn(step: int, algo: MANN = algo) -> tuple[Tensor, dict[str, float]]:
-            batch = sampler.sample_tasks(step, 0, args.batch)
-            res = algo.meta_loss(batch, torch.Generator().manual_seed(args.seed * 1_000_003 + step))
-            return res.loss, {k: v for k, v in res.metrics.items() if k in ("acc", "inst1", "inst2", "inst10")}
-
-        phases[name] = train_phase(f"mann/{name}", algo, loss_fn, budget, ckpt_dir / f"{name}.pt", args.lr, 10.0, args.ckpt_every, args.log_every)
-        phases[name]["parameters"] = sum(p.numel() for p in algo.parameters())
-        phases[name]["episodes"] = phases[name]["steps"] * args.batch
-
-    log("mann: evaluating on held-out characters")
-    test_sampler = EpisodeSampler(test, 5, shots, queries, seed=args.seed + 1)
-    accs = {name: evaluate_mann(algo, test_sampler, args.eval_episodes, args.seed) for name, algo in models.items()}
-    curves = {name: [(h[0] * args.batch, h[3]) for h in phases[name]["history"]] for name in models}
-    result = {"data": "Omniglot 20x20 (bundled 28x28, bilinear antialiased resize); train: vinyals trainval (1200 characters x 4 rotations), "
-                      "test: vinyals test (423 characters, no rotations)",
-              "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
-              "minutes": args.minutes, "share_per_model": args.share, "seed": args.seed, "batch": args.batch, "lr": args.lr,
-              "optimizer": "Adam, grad-norm clip 10", "eval_episodes": args.eval_episodes,
-              "models": {"MANN": "LSTM controller 200, memory 128 x 40, 4 read heads, LRUA, gamma 0.95", "LSTM": "LSTM 200 units"},
-              "phases": phases}
-    rows = {name: (f"{args.minutes * args.share:.1f} min CPU", phases[name]["episodes"]) for name in models}
-    report_mann(out, accs, curves, rows, result)
-    log("mann: done")
+def mann_table(rows: list[tuple[str, str, int, dict[str, list[float]]]]) -> list[str]:
+    """Markdown table of accuracy by instance: ``rows`` of (model, training, episodes, {"k": [mean %, ci %]}), then the paper's rows."""
+    cols = REPORTED_INSTANCES
+    md = ["| model | training | episodes | " + " | ".join(INSTANCE_NAMES.get(k, f"{k}th") for k in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
+    for model, training, episodes, accs in rows:
+        md.append(f"| {model} | {training} | {episodes:,} | " + " | ".join(f"{accs[str(k)][0]:.1f} ± {accs[str(k)][1]:.1f}" for k in cols) + " |")
+    for model, paper in (("**MANN (paper)**", MANN_PAPER), ("LSTM (paper)", LSTM_PAPER)):
+        md.append(f"| {model} | | 100,000 | " + " | ".join(f"{paper[k]}" for k in cols) + " |")
+    return md
 
 
-def report_mann(out: Path, accs: dict[str, dict[str, list[float]]], curves: dict[str, list[tuple[int, dict[str, float]]]],
-                rows: dict[str, tuple[str, int]], result: dict) -> None:
-    """Figures, ``results.json`` and the Markdown table of a MANN-vs-LSTM comparison.
+def mann_rows(result: dict) -> list[tuple[str, str, int, dict[str, list[float]]]]:
+    """The rows of :func:`mann_table` from a ``results.json`` of ``mann-runs`` (``runs``) or of the
+    session-1 ``mann`` command, which trained both models in one script (``phases``; removed since)."""
+    accs = result["instance_accuracy_percent_mean_ci95"]
+    if "runs" in result:
+        return [(f"{name} (ours)", engine_training(run), run["episodes"], accs[name]) for name, run in result["runs"].items()]
+    return [(f"{name} (ours)", f"{result['minutes']:g}-min run ({phase['train_seconds'] / 60:.1f} min each)", phase["episodes"], accs[name])
+            for name, phase in result["phases"].items()]
 
-    accs: model -> instance -> [mean %, ci %]; curves: model -> [(episodes, {"inst1": ...}), ...] training
-    accuracy by instance; rows: model -> (budget text, training episodes); result: the settings to record.
-    """
+
+def engine_training(run: dict) -> str:
+    """How long an engine run of ``mann-runs``' record trained, in words ("80 min, one core")."""
+    threads = run["config"]["run"]["threads"]
+    return f"{run['train_seconds'] / 60:.0f} min" + (", one core" if threads == 1 else f", {threads} threads" if threads else "")
+
+
+def mann_curves(result: dict) -> dict[str, list[tuple[int, dict[str, float]]]]:
+    """Training accuracy by instance against episodes, ``model -> [(episodes, {"inst1", "inst2", "inst10"}), ...]``:
+    from the runs' metrics.jsonl (``mann-runs``) or the recorded history (session 1)."""
+    if "runs" in result:
+        return {name: engine_curve(RunFolder(run["run"]).read_metrics(), run["config"]["data"]["meta_batch"]) for name, run in result["runs"].items()}
+    return {name: [(h[0] * result["batch"], h[3]) for h in phase["history"]] for name, phase in result["phases"].items()}
+
+
+def engine_curve(metrics: list[dict], meta_batch: int) -> list[tuple[int, dict[str, float]]]:
+    """The training rows of a run's metrics averaged over windows (100 points per curve), against episodes."""
+    rows = [r for r in metrics if r.get("split") == "train" and "inst10" in r]
+    window = max(1, len(rows) // 100)
+    return [(rows[i + window - 1]["step"] * meta_batch, {k: sum(r[k] for r in rows[i:i + window]) / window for k in ("inst1", "inst2", "inst10")})
+            for i in range(0, len(rows) - window + 1, window)]
+
+
+def plot_mann(out: Path, accs: dict[str, dict[str, list[float]]], curves: dict[str, list[tuple[int, dict[str, float]]]]) -> None:
+    """``mann_training_curves.png`` (training accuracy by instance) and ``mann_instance_accuracy.png`` (test, against the paper)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     for ax, (name, curve) in zip(axes[0], curves.items()):
@@ -323,17 +337,11 @@ def report_mann(out: Path, accs: dict[str, dict[str, list[float]]], curves: dict
     fig.savefig(out / "mann_instance_accuracy.png", dpi=120)
     plt.close(fig)
 
-    result = {**result, "instance_accuracy_percent_mean_ci95": accs, "paper": {"MANN": MANN_PAPER, "LSTM": LSTM_PAPER},
-              "threads": torch.get_num_threads()}
-    write_json(out / "results.json", result)
-    cols = REPORTED_INSTANCES
-    md = ["| model | episodes | " + " | ".join(f"{k}{'st' if k == 1 else 'nd' if k == 2 else 'rd' if k == 3 else 'th'}" for k in cols) + " |",
-          "|---|---|" + "---|" * len(cols)]
-    for name in accs:
-        budget, episodes = rows[name]
-        md.append(f"| {name} (ours, {budget}) | {episodes:,} | " + " | ".join(f"{accs[name][str(k)][0]:.1f} ± {accs[name][str(k)][1]:.1f}" for k in cols) + " |")
-    md.append("| MANN (paper) | 100,000 | " + " | ".join(f"{MANN_PAPER[k]}" for k in cols) + " |")
-    md.append("| LSTM (paper) | 100,000 | " + " | ".join(f"{LSTM_PAPER[k]}" for k in cols) + " |")
+
+def write_mann_report(out: Path, result: dict) -> None:
+    """``results.md`` and the figures of a MANN-vs-LSTM ``results.json`` (no evaluation)."""
+    plot_mann(out, result["instance_accuracy_percent_mean_ci95"], mann_curves(result))
+    md = mann_table(mann_rows(result))
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
 
@@ -341,79 +349,69 @@ def report_mann(out: Path, accs: dict[str, dict[str, list[float]]], curves: dict
 def mann_runs(args: argparse.Namespace) -> None:
     """The instance table of MANN / LSTM runs trained by the engine (``fastadapt train mann-omniglot``, ``mann-lstm-omniglot``).
 
-    Each run is scored from its last checkpoint on ``--eval-episodes`` fixed episodes of its test part
-    (the engine's test episodes: ``eval.seed + 1``), 5 classes x 10 instances as in training.
+    Each run is scored on ``--eval-episodes`` fixed episodes of its test part (the engine's test
+    episodes: ``eval.seed + 1``), 5 classes x 10 instances as in training.
     """
-    from fastadapt.build import build_algorithm, class_dataset
-    from fastadapt.config import config_from_dict
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    accs, curves, rows, runs = {}, {}, {}, {}
-    for run in map(Path, args.runs):
-        missing = [f for f in ("config.json", "checkpoint.pt", "metrics.jsonl") if not (run / f).is_file()]
-        if missing:
-            raise SystemExit(f"mann-runs: {run} has no {', '.join(missing)}; pass run folders written by fastadapt train")
-        cfg = config_from_dict(json.loads((run / "config.json").read_text()))
-        algo = build_algorithm(cfg)
-        state = load_checkpoint(run / "checkpoint.pt")
-        algo.load_state_dict(state["algorithm"])
+    accs, runs = {}, {}
+    for path in args.runs:
+        # The last checkpoint is scored on purpose: these presets do not validate (eval.val_every = 0),
+        # so the runs have no best.pt and load_run takes checkpoint.pt, the weights at the end of the budget.
+        run = fastadapt.load_run(path)
+        cfg = run.config
         name = "MANN" if cfg.algorithm_options.get("core", "mann") == "mann" else "LSTM"
-        d = cfg.data
-        log(f"mann-runs: {run} ({name}, step {int(state['step'])}): evaluating")
-        sampler = EpisodeSampler(class_dataset(cfg, d.test_part), d.ways, d.shots, d.queries, seed=cfg.eval.seed + 1)
-        accs[name] = evaluate_mann(algo, sampler, args.eval_episodes, cfg.eval.seed)
-        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        train_rows = [r for r in lines if r.get("split") == "train" and "inst10" in r]
-        window = max(1, len(train_rows) // 100)  # average the per-step metrics over windows: 100 points per curve
-        curves[name] = [(train_rows[i + window - 1]["step"] * d.meta_batch,
-                         {k: sum(r[k] for r in train_rows[i:i + window]) / window for k in ("inst1", "inst2", "inst10")})
-                        for i in range(0, len(train_rows) - window + 1, window)]
-        episodes = int(state["step"]) * d.meta_batch
-        rows[name] = (f"{float(state.get('train_seconds', 0.0)) / 60:.1f} min", episodes)
-        runs[name] = {"run": str(run), "steps": int(state["step"]), "episodes": episodes, "train_seconds": float(state.get("train_seconds", 0.0)),
-                      "config": json.loads((run / "config.json").read_text())}
+        log(f"mann-runs: {path} ({name}, {run.weights}, step {run.step}): evaluating")
+        sampler = task_sources(cfg).tests[f"{cfg.test_ways}w{cfg.test_shots}s"]
+        accs[name] = evaluate_mann(run.algorithm, sampler, args.eval_episodes, cfg.eval.seed)
+        runs[name] = {"run": str(path), "steps": run.step, "episodes": run.step * cfg.data.meta_batch,
+                      "train_seconds": float(run.folder.read_results()["train_seconds"]), "config": json.loads(run.folder.config_file.read_text())}
     result = {"data": "the runs' own data settings (see runs.*.config); test: their test part, fixed episodes eval.seed + 1",
               "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
-              "eval_episodes": args.eval_episodes, "runs": runs}
-    report_mann(out, accs, curves, rows, result)
+              "eval_episodes": args.eval_episodes, "runs": runs, "instance_accuracy_percent_mean_ci95": accs,
+              "paper": {"MANN": MANN_PAPER, "LSTM": LSTM_PAPER}, "threads": torch.get_num_threads()}
+    write_json(out / "results.json", result)
+    write_mann_report(out, result)
     log("mann-runs: done")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, batch, lr, evals in (("ntm-copy", 16, 1e-3, 64), ("mann", 16, 1e-3, 1000)):
-        p = sub.add_parser(name)
-        p.add_argument("--minutes", type=float, default=25.0, help="total wall-clock budget")
-        p.add_argument("--share", type=float, default=0.45, help="fraction of the budget each model trains for")
-        p.add_argument("--out", required=True, help="folder for results.json, results.md and PNGs")
-        p.add_argument("--ckpt", default=None, help="checkpoint folder (default runs/<name of --out>)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--batch", type=int, default=batch, help="sequences / episodes per update")
-        p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
-        p.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between checkpoints")
-        p.add_argument("--log-every", type=float, default=20.0, help="seconds between progress lines")
-        if name == "ntm-copy":
-            p.add_argument("--eval-sequences", type=int, default=evals, help="test sequences per length")
-        else:
-            p.add_argument("--eval-episodes", type=int, default=evals, help="held-out test episodes")
+    p = sub.add_parser("ntm-copy", help="train the NTM and an LSTM on the copy task, evaluate, write the table and figures")
+    p.add_argument("--minutes", type=float, default=25.0, help="total wall-clock budget")
+    p.add_argument("--share", type=float, default=0.45, help="fraction of the budget each model trains for")
+    p.add_argument("--out", required=True, help="folder for results.json, results.md and PNGs")
+    p.add_argument("--ckpt", default=None, help="checkpoint folder (default runs/<name of --out>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=16, help="sequences per update")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between checkpoints")
+    p.add_argument("--log-every", type=float, default=20.0, help="seconds between progress lines")
+    p.add_argument("--eval-sequences", type=int, default=64, help="test sequences per length")
     p = sub.add_parser("mann-runs", help="instance table of engine runs (fastadapt train mann-omniglot / mann-lstm-omniglot)")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and PNGs")
     p.add_argument("--eval-episodes", type=int, default=1000, help="held-out test episodes")
+    p = sub.add_parser("mann-report", help="rewrite results.md and the figures of MANN results folders from their results.json (no evaluation)")
+    p.add_argument("folders", nargs="+", help="folders holding a results.json of mann-runs (or of the former mann command)")
     args = parser.parse_args()
-    if args.command == "mann-runs":
-        torch.set_num_threads(1)
-        mann_runs(args)
-        return
-    if not 0 < args.share <= 0.5:
-        parser.error(f"--share {args.share} must be in (0, 0.5]: two models train one after the other")
     torch.set_num_threads(1)
-    log(f"{args.command}: {vars(args)}")
-    t0 = time.perf_counter()
-    {"ntm-copy": ntm_copy, "mann": mann}[args.command](args)
-    log(f"{args.command}: wall time {time.perf_counter() - t0:.0f} s")
+    if args.command in ("mann-runs", "mann-report"):
+        try:
+            if args.command == "mann-runs":
+                mann_runs(args)
+            for folder in map(Path, getattr(args, "folders", [])):
+                write_mann_report(folder, json.loads((folder / "results.json").read_text()))
+        except (FastAdaptError, OSError) as e:
+            raise SystemExit(f"{args.command}: {e}") from None
+    else:
+        if not 0 < args.share <= 0.5:
+            parser.error(f"--share {args.share} must be in (0, 0.5]: two models train one after the other")
+        log(f"{args.command}: {vars(args)}")
+        t0 = time.perf_counter()
+        ntm_copy(args)
+        log(f"{args.command}: wall time {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

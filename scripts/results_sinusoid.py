@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from fastadapt.build import build_algorithm
-from fastadapt.checkpoint import load_checkpoint
+import fastadapt
+from fastadapt.build import task_sources
 from fastadapt.config import load_config
 from fastadapt.data import SinusoidTasks
-from fastadapt.engine.loop import train
 from fastadapt.eval import evaluate
 
 PRESETS = {"MAML": "maml-sinusoid", "Meta-SGD": "metasgd-sinusoid", "pretrained": "pretrain-sinusoid"}
@@ -33,11 +31,8 @@ SHOTS = (5, 10)
 
 
 def load_trained(cfg, steps: int):
-    cfg = replace(cfg, algorithm_options={**cfg.algorithm_options, "inner_steps_eval": steps})
-    algo = build_algorithm(cfg)
-    ckpt = cfg.out_dir / "best.pt" if (cfg.out_dir / "best.pt").exists() else cfg.out_dir / "checkpoint.pt"
-    algo.load_state_dict(load_checkpoint(ckpt)["algorithm"])
-    return algo.eval()
+    """The run's trained algorithm (best, else last weights), adapting with ``steps`` inner steps."""
+    return fastadapt.load_run(cfg.out_dir, [f"algorithm.inner_steps_eval={steps}"]).algorithm
 
 
 def main() -> None:
@@ -56,7 +51,7 @@ def main() -> None:
     cfgs = {}
     for label, preset in PRESETS.items():
         cfg = load_config(preset, [f"run.out={args.out / 'runs' / preset}", f"optim.max_minutes={args.minutes}", "run.progress=false"])
-        res = train(cfg)
+        res = fastadapt.train(cfg)
         if res.interrupted:
             raise SystemExit(f"{label}: interrupted at step {res.steps}; run the same command again to resume")
         print(f"{label}: trained {res.steps} steps in {res.train_seconds / 60:.1f} min", flush=True)
@@ -65,14 +60,22 @@ def main() -> None:
     table: dict[str, dict] = {}
     for label, (cfg, steps_trained, seconds) in cfgs.items():
         table[label] = {"preset": PRESETS[label], "meta_steps": steps_trained, "train_minutes": seconds / 60, "mse": {}}
+        tests = task_sources(cfg).tests  # the engine's test tasks: eval.seed + 1, 100 query points (data.test_queries)
         for shots in SHOTS:
-            tasks = SinusoidTasks(shots, 100, seed=cfg.eval.seed + 1)
+            tasks = tests[f"{shots}shot"]
             for k in STEPS:  # Meta-SGD's learnt rates are meant for its 1 trained step; more may diverge (reported)
                 r = evaluate(load_trained(cfg, k), tasks.fixed(args.episodes, 100))
                 table[label]["mse"][f"{shots}shot_{k}steps"] = [r.mean, r.ci]
                 print(f"{label} {shots}-shot after {k} steps: MSE {r.mean:.3f} +- {r.ci:.3f}", flush=True)
     (args.out / "results.json").write_text(json.dumps(table, indent=2) + "\n")
+    lines = markdown_table(table)
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(cfgs, args.out)
 
+
+def markdown_table(table: dict) -> list[str]:
+    """The Markdown table of ``results.json`` (model -> meta-steps, minutes and MSE after each step count), one row per model and K."""
     lines = ["| model | meta-steps (train min) | K | MSE 0 steps | 1 step | 5 steps | 10 steps | paper (1/5/10) |", "|---|---|---|---|---|---|---|---|"]
     for label, row in table.items():
         for shots in SHOTS:
@@ -80,9 +83,7 @@ def main() -> None:
                      if math.isfinite(row["mse"][f"{shots}shot_{k}steps"][0]) else "diverged" for k in STEPS]
             paper = " / ".join(f"{v:.2f}" for v in PAPER_5SHOT[label]) if label in PAPER_5SHOT and shots == 5 else "-"
             lines.append(f"| {label} | {row['meta_steps']} ({row['train_minutes']:.1f}) | {shots} | {' | '.join(cells)} | {paper} |")
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    plot(cfgs, args.out)
+    return lines
 
 
 def plot(cfgs, out: Path) -> None:

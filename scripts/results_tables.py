@@ -12,8 +12,8 @@ episodes is paired on that common prefix, and the row says so.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,14 @@ import numpy as np
 from fastadapt.eval import mean_ci
 
 
-def main(paths: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders (those without metrics.jsonl are skipped)")
+    print("\n".join(omniglot_table(parser.parse_args(argv).runs)))
+
+
+def omniglot_table(paths: list[str]) -> list[str]:
+    """The Markdown lines of the table, from the run folders in ``paths`` (folders without metrics.jsonl are skipped)."""
     rows = []
     for p in map(Path, paths):
         metrics = p / "metrics.jsonl"
@@ -35,8 +42,8 @@ def main(paths: list[str]) -> None:
         for ev in sorted(p.glob("eval_*.json")):
             d = json.loads(ev.read_text())
             rows.append((ev.stem[5:], p.name, d, steps, seconds / 60))
-    print("| setting | run | algorithm | test accuracy (fixed episodes: 1000 unless said) | meta-steps | train min | paired diff. vs first row |")
-    print("|---|---|---|---|---|---|---|")
+    lines = ["| setting | run | algorithm | test accuracy (fixed episodes: 1000 unless said) | meta-steps | train min | paired diff. vs first row |",
+             "|---|---|---|---|---|---|---|"]
     first: dict[tuple, np.ndarray] = {}
 
     def episodes(d: dict) -> tuple:  # runs scored on the same fixed episodes share this key
@@ -54,7 +61,9 @@ def main(paths: list[str]) -> None:
             diff = f"{100 * m:+.2f} +- {100 * h:.2f}" + ("" if n == len(ref) == len(scores) else f" (first {n} episodes)")
         label = setting if d["settings"]["queries"] == 15 else f"{setting} ({d['settings']['queries']} queries)"
         count = "" if len(scores) == 1000 else f" ({len(scores)} episodes)"
-        print(f"| {label} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} %{count} | {steps} | {minutes:.1f} | {diff} |")
+        lines.append(f"| {label} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} %{count} | {steps} | {minutes:.1f} | {diff} |")
+    return lines
+
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

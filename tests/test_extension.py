@@ -168,6 +168,7 @@ def test_a_users_module_and_task_sources_train_from_python(plugin, tmp_path):
     assert not torch.equal(net.net[1].weight, initial)  # the user's module itself was trained
     with pytest.raises(fastadapt.FastAdaptError, match="trained with a model given in Python"):
         fastadapt.load_run(tmp_path / "py")
+    assert cli_main(["eval", str(tmp_path / "py")]) == 2  # the CLI has neither the module nor the tasks
     run = fastadapt.load_run(tmp_path / "py", model=toyplug.TinyNet((8,), None, width=10))
     assert torch.equal(run.algorithm.model.net[1].weight, net.net[1].weight)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from fastadapt import contract
 from fastadapt.config import Config, dataset_argument, dataset_name
-from fastadapt.data import ClassDataset, EpisodeSampler, conform_images
+from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, conform_images
 from fastadapt.errors import ConfigError, FastAdaptError
 from fastadapt.registry import MODELS, TASK_SOURCES, algorithm_class, describe_object, import_target
 
@@ -63,10 +63,13 @@ def _source_builder(cfg: Config) -> tuple[Any, str]:
 
 
 def as_task_source(obj: Any, name: str, ways: int, shots: int, queries: int, seed: int, image_size: int | None = None,
-                   channels: int = 0) -> Any:
-    """``obj`` as a task source: a ClassDataset becomes an :class:`EpisodeSampler` (conformed images)."""
+                   channels: int = 0, scope: str = "dataset") -> Any:
+    """``obj`` as a task source: a ClassDataset becomes an :class:`EpisodeSampler` (conformed images;
+    a class with fewer than ``shots + queries`` examples is an error naming it; ``scope`` as
+    ``data.episode_scope``)."""
     if isinstance(obj, ClassDataset):
-        return EpisodeSampler(conform_images(obj, image_size, channels), ways, shots, queries, seed=seed)
+        data = conform_images(obj, image_size, channels)
+        return EpisodeSampler(data, ways, shots, queries, seed=seed, strict=True, groups=class_groups(data, scope))
     contract.check_task_source(obj, name)
     return obj
 
@@ -96,7 +99,7 @@ def task_sources(cfg: Config, tasks: Any = None) -> TaskSources:
                 raise ConfigError(f"task source {name}: calling {describe_object(build)}(request) failed: {e}") from None
             if isinstance(obj, ClassDataset):
                 made[part] = obj
-        return as_task_source(obj, name, ways, shots, queries, seed, d.image_size, d.channels)
+        return as_task_source(obj, name, ways, shots, queries, seed, d.image_size, d.channels, d.episode_scope)
 
     train = source(d.train_part, d.ways, d.shots, d.queries, cfg.run.seed)
     val = None
@@ -197,12 +200,23 @@ def head_width(cfg: Config, cls: type, batch: Any) -> int | None:
     return ways
 
 
-def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = None) -> nn.Module:
+def train_classes(sources: TaskSources) -> int | None:
+    """Classes the training source draws from (its dataset's), None when it does not say."""
+    data = getattr(sources.train, "dataset", None)
+    return int(data.num_classes) if isinstance(data, ClassDataset) else None
+
+
+def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = None, num_classes: int | None = None) -> nn.Module:
     """The algorithm a config names, around ``model`` (else the config's model), checked on ``batch``
     (a training :class:`~fastadapt.episodes.TaskBatch`: its shapes fix the model's input and output;
-    None: one task of the config's training source)."""
+    None: one task of the config's training source).
+
+    An algorithm whose constructor takes ``num_classes`` (a classifier over every training class,
+    e.g. Baseline) gets the training source's class count unless the config sets it.
+    """
     if batch is None:
-        batch = probe_batch(task_sources(cfg), cfg)
+        sources = task_sources(cfg)
+        batch, num_classes = probe_batch(sources, cfg), train_classes(sources)
     cls = algorithm_class(cfg.algorithm)
     width = head_width(cfg, cls, batch)
     name = cfg.model.target or cfg.model.name
@@ -211,8 +225,13 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
     else:
         name = describe_object(type(model))
     check_model(model, name, cfg.algorithm, width, batch)
+    options = dict(cfg.algorithm_options)
+    if "num_classes" in inspect.signature(cls).parameters and "num_classes" not in options:
+        if num_classes is None:
+            raise ConfigError(f"algorithm {cfg.algorithm} needs num_classes (the training classes); set algorithm.num_classes")
+        options["num_classes"] = num_classes
     try:
-        algo = cls(model, **cfg.algorithm_options)
+        algo = cls(model, **options)
     except FastAdaptError:
         raise
     except TypeError as e:

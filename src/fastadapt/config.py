@@ -44,6 +44,7 @@ class DataConfig:
     test_shots: int = 0  # K at validation and test (0: same as shots)
     test_queries: int = 0  # Q at validation and test (0: same as queries)
     image_size: int = 28  # side of the square images fed to the model (resized if different)
+    episode_scope: str = "dataset"  # where a task's classes come from: "dataset" (any), "alphabet" (one Omniglot alphabet per task: Lake's within-alphabet tasks)
     channels: int = 0  # image channels fed to the model: 0 = as the data has them, 1 = grey (RGB by ITU-R 601 luma), 3 = RGB (grey replicated)
 
 
@@ -276,6 +277,8 @@ def _validate(cfg: Config) -> Config:
     elif dataset_name(d.dataset) not in TASK_SOURCES:
         raise ConfigError(f"data.dataset={d.dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())} "
                           f"(e.g. folder:<path>) or name a builder with data.target = \"package.module:function\"")
+    if d.episode_scope not in ("dataset", "alphabet"):
+        raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset or alphabet")
     if d.channels not in (0, 1, 3):
         raise ConfigError(f"data.channels={d.channels} is not allowed; choose 0 (as the data has them), 1 (grey) or 3 (RGB)")
     for ways, shots in e.test_settings:

@@ -156,6 +156,8 @@ TASK_SOURCES = Registry("task source", {
     "omniglot": ("fastadapt.data.sources:omniglot", "Omniglot, bundled 28x28 (data.split = vinyals | lake)"),
     "sinusoid": ("fastadapt.data.sources:sinusoid", "sinusoid regression tasks of the MAML paper (generated)"),
     "folder": ("fastadapt.data.sources:folder", "folder:<path>: <path>/<part>/<class>/<image> (your own images)"),
+    "idx": ("fastadapt.data.sources:idx", "idx:<dir>: MNIST-family IDX files (train-/t10k-images-idx3-ubyte[.gz] and labels)"),
+    "fashion-mnist": ("fastadapt.data.sources:fashion_mnist", "Fashion-MNIST from Debian's dataset-fashion-mnist (10 classes: 5-way tasks)"),
 })
 MODELS = Registry("model", {
     "conv4": ("fastadapt.nn:conv4", "4 conv blocks (Vinyals et al.), optional linear head"),
@@ -172,6 +174,8 @@ ALGORITHMS = Registry("algorithm", {
     "matching": ("fastadapt.algorithms.matching:MatchingNet", "Matching Networks with full context embeddings (Vinyals et al. 2016)"),
     "meta_lstm": ("fastadapt.algorithms.meta_lstm:MetaLSTM", "LSTM meta-learner (Ravi & Larochelle 2017)"),
     "mann": ("fastadapt.algorithms.mann:MANN", "memory-augmented network (Santoro et al. 2016)"),
+    "baseline": ("fastadapt.algorithms.baseline:Baseline", "Baseline / Baseline++: a classifier on all training classes, a new head per task (Chen et al. 2019)"),
+    "linear_probe": ("fastadapt.algorithms.linear_probe:LinearProbe", "linear probe on frozen features: logistic regression per task (Tian et al. 2020, RFS)"),
 })
 
 

@@ -213,7 +213,7 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, m
     ``model``: the run's ``nn.Module``, needed again when the run was trained with a model given in
     Python (``fastadapt.train(cfg, model=...)``); its weights are replaced by the run's.
     """
-    from fastadapt.build import build_algorithm, probe_batch, task_sources
+    from fastadapt.build import build_algorithm, probe_batch, task_sources, train_classes
 
     folder = RunFolder(path)
     cfg = folder.read_config(overrides)
@@ -222,8 +222,12 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, m
     if given and model is None:
         raise FastAdaptError(f"{folder.path} was trained with a model given in Python ({given}); pass it again: load_run(path, model=...)")
     shapes = prov.get("task_shapes")
-    batch = batch_from_shapes(shapes) if shapes else probe_batch(task_sources(cfg), cfg)
-    algo = build_algorithm(cfg, batch, model=model)
+    if shapes:
+        batch, classes = batch_from_shapes(shapes), prov.get("train_classes")
+    else:  # runs written before provenance: look at the data
+        sources = task_sources(cfg)
+        batch, classes = probe_batch(sources, cfg), train_classes(sources)
+    algo = build_algorithm(cfg, batch, model=model, num_classes=classes)
     weights = folder.weights_file()
     payload = load_checkpoint(weights, "cpu")
     load_weights(algo, payload, weights)

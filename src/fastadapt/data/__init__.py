@@ -3,7 +3,7 @@
 from fastadapt.data.classes import ClassDataset, conform_images
 from fastadapt.data.omniglot import SPLITS, load_omniglot
 from fastadapt.data.originals import load_omniglot_originals
-from fastadapt.data.sampler import EpisodeSampler, check_episode_shape
+from fastadapt.data.sampler import EpisodeSampler, check_episode_shape, class_groups
 from fastadapt.data.sinusoid import SinusoidTasks
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "EpisodeSampler",
     "SinusoidTasks",
     "check_episode_shape",
+    "class_groups",
     "conform_images",
     "load_omniglot",
     "load_omniglot_originals",

@@ -11,6 +11,11 @@ from the 105x105 originals: ink = 1, Lanczos-antialiased resize, as in the MAML 
   0/90/180/270 degrees is a class of its own: 4800 training classes, 1692 test classes.
 * ``lake`` (Lake et al. 2015): ``background`` = the 30 background alphabets (964 characters),
   ``evaluation`` = the 20 evaluation alphabets (659 characters); no rotations by default.
+  ``background_train`` / ``background_val`` = the first 25 / last 5 background alphabets (803 / 161
+  characters, from N_Ko on), to validate without touching the evaluation alphabets.
+
+Class names are ``<Alphabet>/<characterNN>`` (``/rot90`` etc. appended for rotations), so the
+alphabet of a class is the part of its name before the first ``/`` (``data.episode_scope = "alphabet"``).
 
 The full-resolution originals load from the official archives with :func:`load_omniglot_originals`.
 """
@@ -30,7 +35,7 @@ from fastadapt.errors import DataError
 SPLITS: dict[str, dict[str, tuple[int, int]]] = {
     # split -> part -> inclusive range of original character ids
     "vinyals": {"train": (1, 1028), "val": (1029, 1200), "trainval": (1, 1200), "test": (1201, 1623)},
-    "lake": {"background": (1, 964), "evaluation": (965, 1623)},
+    "lake": {"background": (1, 964), "background_train": (1, 803), "background_val": (804, 964), "evaluation": (965, 1623)},
 }
 _DEFAULT_ROTATIONS = {"vinyals": True, "lake": False}
 BUNDLED_FILE = "omniglot28.npz"

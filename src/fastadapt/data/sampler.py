@@ -32,8 +32,12 @@ def _mix(*values: int) -> int:
     return z & ((1 << 63) - 1)
 
 
-def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: int) -> None:
-    """Raise :class:`DataError` unless ``dataset`` can supply ``ways``-way ``shots``+``queries`` tasks."""
+def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: int, strict: bool = False) -> None:
+    """Raise :class:`DataError` unless ``dataset`` can supply ``ways``-way ``shots``+``queries`` tasks.
+
+    ``strict``: also when any class holds fewer than ``shots + queries`` examples (named, with its count),
+    instead of leaving it out of every task.
+    """
     for label, v in (("ways", ways), ("shots", shots), ("queries", queries)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise DataError(f"{label}={v!r} is invalid; it must be a positive integer")
@@ -42,11 +46,22 @@ def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: i
     need = shots + queries
     counts = dataset.counts
     enough = int((counts >= need).sum())
-    if enough < ways:
+    if enough < ways or (strict and enough < dataset.num_classes):
+        small = int(torch.argmin(counts))
         raise DataError(
-            f"shots + queries = {need} exceeds the examples per class of {dataset.name} "
-            f"(only {enough} classes have >= {need}; smallest class has {int(counts.min())}); lower shots or queries"
+            f"class {dataset.names[small]!r} of {dataset.name} has {int(counts[small])} examples, fewer than shots + queries = {need} "
+            f"({enough} of {dataset.num_classes} classes have enough); lower shots or queries, or add examples"
         )
+
+
+def class_groups(dataset: ClassDataset, scope: str) -> list[str] | None:
+    """The group of every class for ``scope``: ``"dataset"`` -> None (one group), ``"alphabet"`` -> the
+    part of each class name before the first ``/`` (Omniglot's alphabet)."""
+    if scope == "dataset":
+        return None
+    if scope == "alphabet":
+        return [n.split("/", 1)[0] for n in dataset.names]
+    raise DataError(f"episode scope {scope!r} is not supported; choose dataset or alphabet")
 
 
 class EpisodeSampler:
@@ -61,11 +76,15 @@ class EpisodeSampler:
     ``sample_tasks(step, start, T)`` returns tasks ``start..start+T-1`` of ``step`` (pure);
     ``fixed(n)`` returns the same ``n`` evaluation tasks every time for a seed.
 
-    Classes with fewer than ``shots + queries`` examples are never drawn.
+    Classes with fewer than ``shots + queries`` examples are never drawn (``strict=True``: an error
+    naming the class). ``groups`` (one label per class, e.g. :func:`class_groups` for Omniglot's
+    alphabets): every task draws its ``ways`` classes from one group, chosen uniformly among the groups
+    with at least ``ways`` classes.
     """
 
-    def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, seed: int = 0) -> None:
-        check_episode_shape(dataset, ways, shots, queries)
+    def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, seed: int = 0, strict: bool = False,
+                 groups: list[str] | None = None) -> None:
+        check_episode_shape(dataset, ways, shots, queries, strict)
         self.dataset, self.ways, self.shots, self.queries, self.seed = dataset, ways, shots, queries, int(seed)
         need = shots + queries
         self._eligible = torch.nonzero(dataset.counts >= need).flatten()
@@ -74,6 +93,17 @@ class EpisodeSampler:
         self._eligible_list: list[int] = self._eligible.tolist()
         self._counts_list: list[int] = self._counts.tolist()
         self._starts_list: list[int] = self._starts.tolist()
+        self._groups: list[list[int]] | None = None  # positions in the eligible list, per usable group
+        if groups is not None:
+            if len(groups) != dataset.num_classes:
+                raise DataError(f"{len(groups)} group labels for the {dataset.num_classes} classes of {dataset.name}; give one per class")
+            members: dict[str, list[int]] = {}
+            for pos, c in enumerate(self._eligible_list):
+                members.setdefault(groups[c], []).append(pos)
+            self._groups = [m for m in members.values() if len(m) >= ways]
+            if not self._groups:
+                raise DataError(f"no group of {dataset.name} has {ways} classes with >= {need} examples (largest: "
+                                f"{max(map(len, members.values()), default=0)}); lower ways or widen the episode scope")
         self.step = 0
 
     def _task_indices(self, step: int, index: int) -> tuple[list[int], list[int]]:
@@ -83,7 +113,10 @@ class EpisodeSampler:
         reproducible across Python versions and platforms for the same integer seed.
         """
         rng = random.Random(_mix(self.seed, step, index))
-        pick = rng.sample(range(len(self._eligible_list)), self.ways)
+        if self._groups is None:
+            pick = rng.sample(range(len(self._eligible_list)), self.ways)
+        else:
+            pick = rng.sample(self._groups[rng.randrange(len(self._groups))], self.ways)
         need = self.shots + self.queries
         rows: list[int] = []
         key = rng.random

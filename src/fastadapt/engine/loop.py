@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from fastadapt import contract, distributed
-from fastadapt.build import TaskSources, build_algorithm, build_optimizer, probe_batch, task_sources
+from fastadapt.build import TaskSources, build_algorithm, build_optimizer, probe_batch, task_sources, train_classes
 from fastadapt.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fastadapt.config import Config, config_from_dict, load_config
 from fastadapt.errors import FastAdaptError
@@ -153,7 +153,8 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
 
     sources = task_sources(cfg, tasks)
     probe = probe_batch(sources, cfg)
-    algo = build_algorithm(cfg, probe, model=model).to(device)
+    classes = train_classes(sources)
+    algo = build_algorithm(cfg, probe, model=model, num_classes=classes).to(device)
     sync_bn = contract.encodes_meta_batch(algo)
     distributed.broadcast_parameters(algo)
     optimizer, scheduler = build_optimizer(cfg, algo.parameters())
@@ -172,7 +173,9 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
     elif main:
         folder.clear_metrics()
     if main:
-        given = {"model_given": describe_object(type(model))} if model is not None else {}
+        given: dict[str, Any] = {"train_classes": classes}
+        if model is not None:
+            given["model_given"] = describe_object(type(model))
         if tasks is not None:
             given["tasks_given"] = describe_object(type(tasks))
         folder.write_config(cfg, provenance(probe, **given))

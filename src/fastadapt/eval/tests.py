@@ -9,6 +9,7 @@ import torch
 from fastadapt import distributed
 from fastadapt.build import TaskSources, task_sources
 from fastadapt.config import Config
+from fastadapt.errors import FastAdaptError
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.run_folder import load_run, write_json
 
@@ -46,6 +47,9 @@ def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progres
     Under ``torchrun`` the episodes are split across ranks and rank 0 writes.
     """
     run = load_run(path, overrides, device="cpu")
+    if run.provenance.get("tasks_given"):
+        raise FastAdaptError(f"{path} was trained on task sources given in Python ({run.provenance['tasks_given']}); "
+                             f"evaluate it from Python: fastadapt.evaluate(fastadapt.load_run(path).algorithm, source.fixed(n))")
     cfg = run.config
     device = distributed.local_device(cfg.run.device)
     algo = run.algorithm.to(device)

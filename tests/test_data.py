@@ -131,7 +131,7 @@ def test_sampler_resume_from_state_dict():
     ("ways", "shots", "queries", "match"),
     [
         (5000, 1, 1, "ways=5000 exceeds the 4112 classes"),
-        (5, 15, 6, "shots \\+ queries = 21 exceeds the examples per class"),
+        (5, 15, 6, "has 20 examples, fewer than shots \\+ queries = 21"),
         (0, 1, 1, "ways=0 is invalid"),
         (5, -1, 1, "shots=-1 is invalid"),
         (5, 1, 0, "queries=0 is invalid"),

@@ -16,7 +16,16 @@ from fastadapt.algorithms.reptile import Reptile
 from fastadapt.build import SourceRequest, TaskSources
 from fastadapt.config import Config, config_from_dict, load_config
 from fastadapt.contract import Algorithm, MetaOutput, TaskSource
-from fastadapt.data import ClassDataset, EpisodeSampler, SinusoidTasks, load_omniglot, load_omniglot_originals
+from fastadapt.data import (
+    ClassDataset,
+    EpisodeSampler,
+    SinusoidTasks,
+    load_fashion_mnist,
+    load_idx,
+    load_omniglot,
+    load_omniglot_originals,
+    read_idx,
+)
 from fastadapt.engine import TrainResult, train
 from fastadapt.episodes import Episode, TaskBatch
 from fastadapt.errors import ConfigError, DataError, FastAdaptError
@@ -58,10 +67,13 @@ __all__ = [
     "evaluate",
     "keep_freed_memory",
     "load_config",
+    "load_fashion_mnist",
+    "load_idx",
     "load_omniglot",
     "load_omniglot_originals",
     "load_run",
     "mean_ci",
+    "read_idx",
     "register_algorithm",
     "register_model",
     "register_task_source",

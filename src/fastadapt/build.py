@@ -44,6 +44,7 @@ class SourceRequest:
     image_size: int = 28  # data.image_size
     channels: int = 0  # data.channels (0: as stored)
     options: dict[str, Any] = field(default_factory=dict)  # data.options
+    role: str = "train"  # what the tasks are for: "train", "val" or "test"
 
 
 @dataclass
@@ -53,6 +54,20 @@ class TaskSources:
     train: Any  # a TaskSource
     val: Any | None = None
     tests: dict[str, Any] = field(default_factory=dict)  # "5w1s" -> TaskSource
+    conversions: dict[str, str] = field(default_factory=dict)  # test key -> how its data was converted to the model's input
+
+
+def describe_conversion(before: ClassDataset, after: ClassDataset) -> str:
+    """In words, how ``before`` became ``after`` (channels, size), or "none"."""
+    if before is after or before.data.shape[1:] == after.data.shape[1:]:
+        return "none"
+    b, a = before.data.shape[1:], after.data.shape[1:]
+    words = []
+    if len(b) == 3 and b[0] != a[0]:
+        words.append("RGB to grey (ITU-R 601 luma)" if b[0] == 3 else "grey to RGB (channel copied)")
+    if b[-2:] != a[-2:]:
+        words.append(f"{b[-2]}x{b[-1]} to {a[-2]}x{a[-1]} (bilinear, antialiased)")
+    return f"{before.name}: " + ", ".join(words)
 
 
 def _source_builder(cfg: Config) -> tuple[Any, str]:
@@ -74,23 +89,26 @@ def as_task_source(obj: Any, name: str, ways: int, shots: int, queries: int, see
     return obj
 
 
-def task_sources(cfg: Config, tasks: Any = None) -> TaskSources:
+def task_sources(cfg: Config, tasks: Any = None, tests_only: bool = False, input_shape: tuple[int, ...] | None = None) -> TaskSources:
     """The training stream, the validation and test episode sources (fixed by ``eval.seed``).
 
     ``tasks``: the user's own sources instead of ``data.dataset`` (see :func:`user_task_sources`).
+    ``tests_only``: build the test sources alone (``train`` is then None); ``input_shape``: the
+    model's input (one example), to which another domain's images are converted (default: the
+    training source's first task).
     """
     if tasks is not None:
         return user_task_sources(cfg, tasks)
     d, e = cfg.data, cfg.eval
-    build, name = _source_builder(cfg)
-    made: dict[str, ClassDataset] = {}  # a part that gave a ClassDataset is loaded once
+    made: dict[tuple[str, str], ClassDataset] = {}  # a (source, part) that gave a ClassDataset is loaded once
 
-    def source(part: str, ways: int, shots: int, queries: int, seed: int) -> Any:
-        if part in made:
-            obj: Any = made[part]
+    def source(dataset: str, role: str, part: str, ways: int, shots: int, queries: int, seed: int, channels: int) -> tuple[Any, str]:
+        if (dataset, part) in made:
+            obj: Any = made[dataset, part]
         else:
-            request = SourceRequest(part, ways, shots, queries, seed, dataset_argument(d.dataset), d.split, d.image_size, d.channels,
-                                    dict(d.options))
+            build, name = _source_builder(cfg) if dataset == d.dataset else (TASK_SOURCES.get(dataset_name(dataset)), dataset)
+            request = SourceRequest(part, ways, shots, queries, seed, dataset_argument(dataset), d.split, d.image_size, channels,
+                                    dict(d.options), role)
             try:
                 obj = build(request)
             except FastAdaptError:
@@ -98,20 +116,30 @@ def task_sources(cfg: Config, tasks: Any = None) -> TaskSources:
             except TypeError as e:
                 raise ConfigError(f"task source {name}: calling {describe_object(build)}(request) failed: {e}") from None
             if isinstance(obj, ClassDataset):
-                made[part] = obj
-        return as_task_source(obj, name, ways, shots, queries, seed, d.image_size, d.channels, d.episode_scope)
+                made[dataset, part] = obj
+        src = as_task_source(obj, d.target or dataset, ways, shots, queries, seed, d.image_size, channels, d.episode_scope)
+        conversion = describe_conversion(obj, src.dataset) if isinstance(obj, ClassDataset) else "none"
+        return src, conversion
 
-    train = source(d.train_part, d.ways, d.shots, d.queries, cfg.run.seed)
-    val = None
-    if d.val_part and e.val_every:
-        val = source(d.val_part, cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed)
-    regression = getattr(train, "ways", 1) == 1 and not isinstance(train, EpisodeSampler)
+    train, val = None, None
+    if not tests_only:
+        train, _ = source(d.dataset, "train", d.train_part, d.ways, d.shots, d.queries, cfg.run.seed, d.channels)
+        if d.val_part and e.val_every:
+            val, _ = source(d.dataset, "val", d.val_part, cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed, d.channels)
+    test_dataset, test_channels = d.dataset, d.channels
+    if d.test_dataset and d.test_dataset != d.dataset:  # another domain: convert its images to the training input
+        test_dataset = d.test_dataset
+        if input_shape is None:
+            first = train if train is not None else source(d.dataset, "train", d.train_part, d.ways, d.shots, d.queries, cfg.run.seed, d.channels)[0]
+            input_shape = tuple(first.sample_tasks(0, 0, 1).support_x.shape[2:])
+        test_channels = d.channels or (int(input_shape[0]) if len(input_shape) == 3 else 0)
     settings = e.test_settings or ((cfg.test_ways, cfg.test_shots),)
-    tests = {}
+    tests, conversions = {}, {}
     for w, s in settings:
-        src = source(d.test_part, w, s, cfg.test_queries, e.seed + 1)
-        tests[f"{s}shot" if regression and getattr(src, "ways", 1) == 1 else f"{w}w{s}s"] = src
-    return TaskSources(train, val, tests)
+        src, conversion = source(test_dataset, "test", d.test_part, w, s, cfg.test_queries, e.seed + 1, test_channels)
+        key = f"{s}shot" if getattr(src, "ways", 1) == 1 and not isinstance(src, EpisodeSampler) else f"{w}w{s}s"  # regression: no ways
+        tests[key], conversions[key] = src, conversion
+    return TaskSources(train, val, tests, conversions)
 
 
 def user_task_sources(cfg: Config, tasks: Any) -> TaskSources:

@@ -36,6 +36,7 @@ class DataConfig:
     train_part: str = "train"  # part to meta-train on
     val_part: str = "val"  # part for validation / best-checkpoint selection ("" to skip validation)
     test_part: str = "test"  # part to test on
+    test_dataset: str = ""  # test on another task source (registered name[:argument], e.g. fashion-mnist or folder:<path>); "" = data.dataset. Its images are converted to the training input (data.image_size, the training channels)
     ways: int = 5  # N classes per training task
     shots: int = 1  # K support examples per class
     queries: int = 15  # Q query examples per class
@@ -81,6 +82,9 @@ class EvalConfig:
     seed: int = 1234  # seed of the fixed validation / test episodes
     test_settings: tuple[tuple[int, int], ...] = ()  # extra (ways, shots) settings to test on; () = test_ways/test_shots only
     level: float = 0.95  # confidence level of the reported interval
+    finetune: str = "none"  # test-time fine-tuning of embedding-based algorithms on each support set: "none", "head" (a prototype-initialised linear head on frozen features), "encoder" (that head and the encoder)
+    finetune_steps: int = 50  # fine-tuning steps per task (SGD, momentum 0.9, full support set)
+    finetune_lr: float = 0.01  # fine-tuning learning rate
 
 
 @dataclass(frozen=True)
@@ -277,6 +281,12 @@ def _validate(cfg: Config) -> Config:
     elif dataset_name(d.dataset) not in TASK_SOURCES:
         raise ConfigError(f"data.dataset={d.dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())} "
                           f"(e.g. folder:<path>) or name a builder with data.target = \"package.module:function\"")
+    if d.test_dataset and dataset_name(d.test_dataset) not in TASK_SOURCES:
+        raise ConfigError(f"data.test_dataset={d.test_dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())}")
+    if e.finetune not in ("none", "head", "encoder"):
+        raise ConfigError(f"eval.finetune={e.finetune!r} is not allowed; choose none, head or encoder")
+    if e.finetune_steps < 0 or not (e.finetune_lr > 0 and e.finetune_lr < float("inf")):
+        raise ConfigError(f"eval.finetune_steps={e.finetune_steps} / eval.finetune_lr={e.finetune_lr} are invalid; steps >= 0, lr > 0")
     if d.episode_scope not in ("dataset", "alphabet"):
         raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset or alphabet")
     if d.channels not in (0, 1, 3):

@@ -1,6 +1,7 @@
-"""Task sources: class datasets (Omniglot, image folders, arrays), sinusoids, and the episode sampler."""
+"""Task sources: class datasets (Omniglot, Fashion-MNIST, IDX files, image folders, arrays, any map-style dataset), sinusoids, and the episode sampler."""
 
 from fastadapt.data.classes import ClassDataset, conform_images
+from fastadapt.data.idx import load_fashion_mnist, load_idx, read_idx
 from fastadapt.data.omniglot import SPLITS, load_omniglot
 from fastadapt.data.originals import load_omniglot_originals
 from fastadapt.data.sampler import EpisodeSampler, check_episode_shape, class_groups
@@ -14,6 +15,9 @@ __all__ = [
     "check_episode_shape",
     "class_groups",
     "conform_images",
+    "load_fashion_mnist",
+    "load_idx",
     "load_omniglot",
     "load_omniglot_originals",
+    "read_idx",
 ]

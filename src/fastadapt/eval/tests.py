@@ -11,16 +11,34 @@ from fastadapt.build import TaskSources, task_sources
 from fastadapt.config import Config
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
+from fastadapt.eval.finetune import FineTuned
 from fastadapt.run_folder import load_run, write_json
 
 
-def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int) -> dict[str, Any]:
+def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int, conversion: str = "none") -> dict[str, Any]:
     """What changes the number, to be written beside it."""
-    return {
+    e = cfg.eval
+    settings = {
         "algorithm": cfg.algorithm, "algorithm_options": cfg.algorithm_options, "dataset": cfg.data.target or cfg.data.dataset,
         "split": cfg.data.split, "part": cfg.data.test_part, "ways": ways, "shots": shots, "queries": queries,
-        "batchnorm": batchnorm_setting(algo), "eval_seed": cfg.eval.seed, "model": cfg.model.target or cfg.model.name,
+        "batchnorm": batchnorm_setting(algo), "eval_seed": e.seed, "model": cfg.model.target or cfg.model.name,
     }
+    if cfg.data.test_dataset and cfg.data.test_dataset != cfg.data.dataset:
+        settings["test_dataset"] = cfg.data.test_dataset
+    if cfg.data.episode_scope != "dataset":
+        settings["episode_scope"] = cfg.data.episode_scope
+    if conversion != "none":
+        settings["conversion"] = conversion
+    if e.finetune != "none":
+        settings["finetune"] = {"mode": e.finetune, "steps": e.finetune_steps, "lr": e.finetune_lr, "optimizer": "SGD, momentum 0.9"}
+    return settings
+
+
+def evaluated(cfg: Config, algo: torch.nn.Module) -> torch.nn.Module:
+    """``algo``, wrapped for test-time fine-tuning when ``eval.finetune`` asks for it."""
+    if cfg.eval.finetune == "none":
+        return algo
+    return FineTuned(algo, cfg.eval.finetune, cfg.eval.finetune_steps, cfg.eval.finetune_lr)
 
 
 def run_tests(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu",
@@ -32,9 +50,10 @@ def run_tests(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: 
     if not cfg.eval.test_episodes:  # eval.test_episodes = 0: no testing
         return {}
     results: dict[str, EvalResult] = {}
+    model = evaluated(cfg, algo)
     for key, sampler in sources.tests.items():
-        settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries)
-        results[key] = evaluate(algo, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
+        settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries, sources.conversions.get(key, "none"))
+        results[key] = evaluate(model, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
                                 progress=progress, desc=f"test {key}", settings=settings, distributed=True)
     return results
 
@@ -53,7 +72,8 @@ def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progres
     cfg = run.config
     device = distributed.local_device(cfg.run.device)
     algo = run.algorithm.to(device)
-    sources = task_sources(cfg)
+    shapes = run.provenance.get("task_shapes") or {}
+    sources = task_sources(cfg, tests_only=True, input_shape=tuple(shapes["support_x"][1:]) if shapes else None)
     out: dict[str, tuple[EvalResult, str]] = {}
     with distributed.process_group(device, cfg.run.dist_timeout_s):
         results = run_tests(cfg, algo, sources, device, progress=progress and distributed.is_main())

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fastadapt
-from fastadapt.build import build_algorithm, probe_batch, task_sources
+from fastadapt.build import build_algorithm, probe_batch, task_sources, train_classes
 from fastadapt.cli import main as cli_main
 from fastadapt.config import config_from_dict, load_config, preset_names
 from fastadapt.errors import ConfigError
@@ -305,7 +305,7 @@ def test_every_registered_algorithm_trains_one_step_adapts_and_predicts(name):
     cfg = load_config(preset, overrides)
     torch.manual_seed(0)
     sources = task_sources(cfg)
-    algo = build_algorithm(cfg, probe_batch(sources, cfg))
+    algo = build_algorithm(cfg, probe_batch(sources, cfg), num_classes=train_classes(sources))
     opt = torch.optim.SGD([p for p in algo.parameters() if p.requires_grad], lr=1e-3)
     before = {k: v.detach().clone() for k, v in algo.named_parameters()}
     out = algo.meta_loss(sources.train.sample_tasks(0, 0, 2))
@@ -329,7 +329,7 @@ def test_every_preset_builds_its_task_sources_model_and_algorithm(preset):
     cfg = load_config(preset, ["data.meta_batch=1"])
     sources = task_sources(cfg)
     batch = probe_batch(sources, cfg)
-    algo = build_algorithm(cfg, batch)
+    algo = build_algorithm(cfg, batch, num_classes=train_classes(sources))
     assert sources.tests and all(hasattr(s, "fixed") for s in sources.tests.values())
     assert (sources.val is not None) == bool(cfg.data.val_part and cfg.eval.val_every)
     assert sum(p.numel() for p in algo.parameters()) > 0

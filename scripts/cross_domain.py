@@ -1,7 +1,7 @@
 """The cross-domain study of docs/CROSS_DOMAIN.md: train each row once, evaluate every cell, make the table.
 
     python scripts/cross_domain.py train [--minutes 10] [--workers 2] [--only NAME ...]
-    python scripts/cross_domain.py eval [--episodes 600] [--finetune-episodes 300] [--only NAME ...]
+    python scripts/cross_domain.py eval [--episodes 600] [--finetune-episodes 100] [--only NAME ...]
     python scripts/cross_domain.py table            # the Markdown table from results/runs/xd-*/evals
 
 Every row is trained on Omniglot's 25 background-train alphabets (Lake's split; rotations as extra
@@ -54,6 +54,9 @@ COLUMNS = {
 }
 FINETUNE = ["eval.finetune=encoder", "eval.finetune_steps=20", "eval.finetune_lr=0.01"]
 COMMON_EVAL = ["data.test_queries=15", "eval.seed=2024", "run.threads=1", "run.progress=false", "eval.batch=25"]
+# Lake et al. 2015's protocol: 20-way within-alphabet 1-shot trials with one test drawing per class
+LAKE_EVAL = ["data.test_ways=20", "data.test_shots=1", "data.episode_scope=alphabet", "data.test_queries=1", "eval.seed=2015",
+             "run.threads=1", "run.progress=false", "eval.batch=50", "eval.test_episodes=1000"]
 
 
 def rows(only: list[str] | None) -> list[tuple]:
@@ -113,11 +116,14 @@ def evaluate(args: argparse.Namespace) -> None:
             episodes = args.finetune_episodes if ft else args.episodes
             argv = ["fastadapt", "eval", str(run), *overrides, *COMMON_EVAL, f"eval.test_episodes={episodes}"]
             jobs.append((f"{name}-{key}{'-ft' if ft else ''}", argv))
+        if name == LAKE[1]:
+            jobs.insert(0, (f"{name}-lake-target", ["fastadapt", "eval", str(run), *LAKE_EVAL]))
     run_queue(jobs, args.workers)
 
 
 def table(args: argparse.Namespace) -> None:
     print(markdown_table(RUNS))
+    print(lake_table(RUNS))
 
 
 def cell_file(run: Path, key: str, ft: bool, episodes: int) -> Path | None:
@@ -130,7 +136,7 @@ def cell_file(run: Path, key: str, ft: bool, episodes: int) -> Path | None:
     return path if path.is_file() else None
 
 
-def markdown_table(root: Path, episodes: int = 600, finetune_episodes: int = 300) -> str:
+def markdown_table(root: Path, episodes: int = 600, finetune_episodes: int = 100) -> str:
     """Rows x columns: mean +- 95 % CI (%), and with fine-tuning below it where it applies."""
     head = "| row (trained once on Omniglot background) | " + " | ".join(t for t, _ in COLUMNS.values()) + " |"
     lines = [head, "|---" * (len(COLUMNS) + 1) + "|"]
@@ -151,6 +157,22 @@ def markdown_table(root: Path, episodes: int = 600, finetune_episodes: int = 300
     return "\n".join(lines) + "\n"
 
 
+def lake_table(root: Path) -> str:
+    """Lake's one-shot challenge: the within-alphabet run on 1000 trials, against the paper's people and BPL."""
+    from fastadapt.run_folder import RunFolder
+
+    lines = ["| model | error on 1000 within-alphabet 20-way 1-shot trials (95 % CI) | training |", "|---|---|---|"]
+    run = root / LAKE[1]
+    path = RunFolder(run).eval_file("20w1s", LAKE_EVAL)
+    if path.is_file():
+        d = json.loads(path.read_text())
+        res = json.loads((run / "results.json").read_text())
+        lines.append(f"| {LAKE[0]} | {100 * (1 - d['mean']):.2f} ± {100 * d['ci']:.2f} % | {res['steps']} steps, "
+                     f"{res['train_seconds'] / 60:.0f} min of one core |")
+    lines += ["| people (Lake et al. 2015) | 4.5 % | |", "| Bayesian Program Learning (Lake et al. 2015) | 3.3 % | |"]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,7 +184,7 @@ def main() -> None:
     t.set_defaults(fn=train)
     e = sub.add_parser("eval")
     e.add_argument("--episodes", type=int, default=600)
-    e.add_argument("--finetune-episodes", type=int, default=300)
+    e.add_argument("--finetune-episodes", type=int, default=100)
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--only", nargs="*")
     e.set_defaults(fn=evaluate)

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import cross_domain as cross_domain_study
 import results_model_based
 import results_sinusoid
 import results_tables
@@ -51,7 +52,17 @@ def mann_engine() -> list[str]:
     return results_model_based.mann_table(results_model_based.mann_rows(read_json(RESULTS / "mann_engine" / "results.json")))
 
 
+def cross_domain() -> list[str]:
+    return cross_domain_study.markdown_table(RESULTS / "runs").splitlines()
+
+
+def lake() -> list[str]:
+    return cross_domain_study.lake_table(RESULTS / "runs").splitlines()
+
+
 TABLES: dict[str, Callable[[], list[str]]] = {
+    "cross-domain": cross_domain,  # results/runs/xd-*/evals/*.json (scripts/cross_domain.py)
+    "lake": lake,  # results/runs/xd-protonet-lake/evals/*.json (scripts/cross_domain.py)
     "sinusoid": sinusoid,  # results/sinusoid/results.json (scripts/results_sinusoid.py)
     "omniglot": omniglot,  # results/runs/*/eval_*.json, results.json, metrics.jsonl (scripts/results_tables.py)
     "ntm-copy": ntm_copy,  # results/ntm_copy*/results.json (scripts/results_model_based.py)

@@ -11,9 +11,10 @@ which, before any step, ranks classes exactly as ProtoNets' negative squared dis
 (``-||f(x) - c||^2 = 2 c.f(x) - ||c||^2 - ||f(x)||^2``; the last term is the same for every class).
 ``mode = "head"`` trains ``W, b`` on the support set's cross-entropy with the features frozen;
 ``mode = "encoder"`` trains the encoder's weights too. ``steps`` of SGD (momentum 0.9) on the whole
-support set, from the run's weights for every task: the algorithm is never changed. The support and
-query images go through the encoder together, as ProtoNets' evaluation does (BatchNorm with batch
-statistics sees both); only the support labels are used.
+support set, from the run's weights for every task: the algorithm is never changed. The support set
+and the query set go through the encoder as separate batches (BatchNorm with batch statistics sees
+one set at a time, as MAML's evaluation here does): fine-tuning steps cost a pass over the support
+images only, and no query image shapes the fitted head.
 """
 
 from __future__ import annotations
@@ -41,18 +42,17 @@ def finetune_logits(model: nn.Module, support_x: Tensor, support_y: Tensor, quer
     """Query logits ``[Q, N]`` after ``steps`` of fine-tuning ``mode`` on one task (see the module docstring)."""
     if mode not in MODES:
         raise ConfigError(f"fine-tuning mode {mode!r} is not supported; choose one of {', '.join(MODES)}")
-    ways, m = int(support_y.max()) + 1, support_x.shape[0]
+    ways = int(support_y.max()) + 1
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
-    x = torch.cat([support_x, query_x])
 
-    def embed() -> Tensor:
+    def embed(x: Tensor) -> Tensor:
         return functional_call(model, (params, buffers), (x,))
 
     with torch.enable_grad():
         with torch.no_grad():
-            z = embed()
-        w, b = prototype_head(z[:m], support_y, ways)
+            zs = embed(support_x)
+        w, b = prototype_head(zs, support_y, ways)
         w, b = w.requires_grad_(), b.requires_grad_()
         trainable = [w, b]
         if mode == "encoder":
@@ -61,14 +61,13 @@ def finetune_logits(model: nn.Module, support_x: Tensor, support_y: Tensor, quer
             trainable += list(params.values())
         opt = torch.optim.SGD(trainable, lr=lr, momentum=0.9)
         for _ in range(steps):
-            zs = embed()[:m] if mode == "encoder" else z[:m]
-            loss = F.cross_entropy(zs @ w.T + b, support_y)
+            z = embed(support_x) if mode == "encoder" else zs
+            loss = F.cross_entropy(z @ w.T + b, support_y)
             opt.zero_grad()
             loss.backward()
             opt.step()
         with torch.no_grad():
-            zq = (embed() if mode == "encoder" else z)[m:]
-            return zq @ w.T + b
+            return embed(query_x) @ w.T + b
 
 
 class FineTuned(nn.Module):

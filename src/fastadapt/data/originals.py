@@ -6,9 +6,13 @@ from their official location when asked (``download=True``). Before use:
 1. the archive is checked against a digest: a SHA-256 you pass, else the published MD5 (the only
    digest published for these archives);
 2. every entry is checked to extract inside the target folder (no absolute paths, no ``..``,
-   no links);
-3. every extracted PNG is checked against the SHA-256 manifest bundled with the package (derived
-   from a verified copy of the originals), so a wrong or altered image never loads.
+   no links) and to be no larger than :data:`MAX_IMAGE_BYTES` (a 105x105 PNG is a few hundred
+   bytes), with all entries together no larger than :data:`MAX_ARCHIVE_BYTES`, before anything is
+   extracted;
+3. every PNG is checked against the SHA-256 manifest bundled with the package (derived from a
+   verified copy of the originals) while extracting and again every time it is loaded: the bytes
+   hashed are the bytes decoded, so a wrong, altered, added or missing image never loads (hashing
+   costs about 1.5 us an image against 55 us to decode it, so no cache of verified files is kept).
 
 A download goes to a temporary file first and is renamed into place only once verified; a failed
 check deletes it. Extraction goes to a temporary folder, renamed when complete.
@@ -17,6 +21,7 @@ check deletes it. Extraction goes to a temporary folder, renamed when complete.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -32,6 +37,8 @@ from fastadapt.data.classes import ClassDataset
 from fastadapt.errors import DataError
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}.zip"
+MAX_IMAGE_BYTES = 1 << 20  # the largest image (archive entry or extracted file) accepted; the originals are < 2 KiB
+MAX_ARCHIVE_BYTES = 256 << 20  # the most an archive may extract to in all; the originals' archives extract to < 40 MiB
 PUBLISHED_MD5 = {
     "images_background": "68d2efa1b9178cc56df9314c21c6e718",
     "images_evaluation": "6b91aef0f799c5bb55b94e3f2daec811",
@@ -91,11 +98,15 @@ def _verify_digest(path: Path, sha256: str | None, md5: str | None, what: str) -
             raise DataError(f"MD5 of {what} is {got}, expected {md5}; the file is corrupted or not the official archive, delete it and retry")
 
 
-def safe_extract(archive: Path, target: Path, check: Callable[[str, bytes], None] | None = None) -> list[str]:
+def safe_extract(archive: Path, target: Path, check: Callable[[str, bytes], None] | None = None,
+                 max_entry_bytes: int | None = None, max_total_bytes: int | None = None) -> list[str]:
     """Extract ``archive`` into ``target`` (created; must not exist), refusing entries outside it.
 
     ``check(name, data)`` is called on every file before anything is written and may raise.
-    Returns the extracted file names. On any error nothing is left at ``target``.
+    ``max_entry_bytes`` / ``max_total_bytes``: refuse the archive, before extracting anything, when
+    an entry or all entries together would extract to more (entries that claim a smaller size than
+    they hold are refused when read). Returns the extracted file names. On any error nothing is left
+    at ``target``.
     """
     if target.exists():
         raise DataError(f"{target} already exists; remove it to extract again")
@@ -108,7 +119,9 @@ def safe_extract(archive: Path, target: Path, check: Callable[[str, bytes], None
         except (zipfile.BadZipFile, OSError) as e:
             raise DataError(f"{archive} is not a readable zip archive ({e}); delete it and download again") from None
         with zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            _check_sizes(archive, infos, max_entry_bytes, max_total_bytes)
+            for info in infos:
                 name = info.filename
                 pure = PurePosixPath(name)
                 mode = (info.external_attr >> 16) & 0o170000
@@ -122,7 +135,7 @@ def safe_extract(archive: Path, target: Path, check: Callable[[str, bytes], None
                     raise DataError(f"archive entry {name!r} would extract outside {target}; refusing the archive")
                 if info.is_dir():
                     continue
-                data = zf.read(info)
+                data = _read_entry(archive, zf, info, max_entry_bytes)
                 if check is not None:
                     check(name, data)
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +146,30 @@ def safe_extract(archive: Path, target: Path, check: Callable[[str, bytes], None
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return names
+
+
+def _check_sizes(archive: Path, infos: list[zipfile.ZipInfo], max_entry: int | None, max_total: int | None) -> None:
+    """Refuse ``archive`` by the sizes its entries declare, before anything is extracted."""
+    total = 0
+    for info in infos:
+        if max_entry is not None and info.file_size > max_entry:
+            raise DataError(f"archive entry {info.filename!r} of {archive} would extract to {info.file_size} bytes, more than the "
+                            f"{max_entry} allowed for one image; refusing the archive, use the official one")
+        total += info.file_size
+    if max_total is not None and total > max_total:
+        raise DataError(f"{archive} would extract to {total} bytes, more than the {max_total} allowed; refusing the archive, use the official one")
+
+
+def _read_entry(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int | None) -> bytes:
+    """The entry's bytes, reading at most ``max_bytes`` + 1 of them whatever its header claims."""
+    try:
+        with zf.open(info) as f:
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # a bad CRC, a lying size, a broken stream
+        raise DataError(f"archive entry {info.filename!r} of {archive} cannot be read ({e}); delete the archive and download again") from None
+    if max_bytes is not None and len(data) > max_bytes:
+        raise DataError(f"archive entry {info.filename!r} of {archive} holds more than {max_bytes} bytes; refusing the archive, use the official one")
+    return data
 
 
 def _manifest_check(manifest: Mapping[str, str]) -> Callable[[str, bytes], None]:
@@ -149,6 +186,22 @@ def _manifest_check(manifest: Mapping[str, str]) -> Callable[[str, bytes], None]
             raise DataError(f"SHA-256 of {name} is {got}, expected {want}; the archive is corrupted, delete it and download again")
 
     return check
+
+
+def _verified_image(path: Path, key: str, manifest: Mapping[str, str], folder: Path) -> bytes:
+    """The bytes of the extracted image ``path`` (``key`` in the manifest), refused unless their SHA-256 is the manifest's."""
+    want = manifest.get(key)
+    again = f"delete {folder} to extract the archive again"
+    if want is None:
+        raise DataError(f"{path} is not an Omniglot original (not in the manifest); {again}")
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise DataError(f"{path} is {size} bytes, more than the {MAX_IMAGE_BYTES} allowed for one image; {again}")
+    data = path.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise DataError(f"SHA-256 of {path} is {got}, expected {want}; the image was altered, {again}")
+    return data
 
 
 def load_omniglot_originals(
@@ -190,17 +243,22 @@ def load_omniglot_originals(
             download_file(url.format(name=name), archive, sha256=sha256, md5=None if sha256 else PUBLISHED_MD5.get(name))
         else:
             _verify_digest(archive, sha256, None if sha256 else PUBLISHED_MD5.get(name), str(archive))
-        safe_extract(archive, folder, _manifest_check(manifest))
+        safe_extract(archive, folder, _manifest_check(manifest), MAX_IMAGE_BYTES, MAX_ARCHIVE_BYTES)
     files = sorted(p for p in folder.rglob("*.png") if not p.name.startswith("."))
     if not files:
         raise DataError(f"{folder} holds no PNG images; delete it and extract the archive again")
+    expected = {k for k in manifest if k.startswith(f"{name}/")}
+    missing = expected - {f.relative_to(folder).as_posix() for f in files}  # the archive's paths start with <name>/ too
+    if missing:
+        raise DataError(f"{folder} lacks {len(missing)} of its {len(expected)} images (e.g. {min(missing)}); "
+                        f"delete the folder to extract the archive again")
     groups: dict[str, list[Path]] = {}
     for f in files:
         groups.setdefault(f"{f.parent.parent.name}/{f.parent.name}", []).append(f)
     images, counts = [], []
     for key in sorted(groups):
         for f in groups[key]:
-            with Image.open(f) as im:
+            with Image.open(io.BytesIO(_verified_image(f, f.relative_to(folder).as_posix(), manifest, folder))) as im:
                 im = im.convert("L")
                 arr = 255 - np.asarray(im, dtype=np.uint8)  # ink bright
                 if size is not None:

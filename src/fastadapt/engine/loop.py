@@ -13,18 +13,31 @@ Under ``torchrun`` the same loop runs on every rank: each takes its block of the
 gradients are summed over ranks with the weights that make them equal one process's, evaluation
 episodes are split and gathered, and rank 0 alone writes files (see :mod:`fastadapt.distributed`).
 
-The run folder's files are named and written by :mod:`fastadapt.run_folder`.
+The run folder's files are named and written by :mod:`fastadapt.run_folder`. A training holds the
+folder's lock (rank 0 only under ``torchrun``) from before it reads the checkpoint until it has written
+its results, also when it fails or is stopped by a signal; a second training of the same folder refuses.
+
+Resuming with a changed ``[optim]`` (every other section but ``[run]`` must be equal):
+
+* applied: ``lr``, ``weight_decay``, ``momentum``, ``clip_grad``, ``steps``, ``max_minutes``,
+  ``schedule``, ``step_size``, ``gamma``. After the optimizer and scheduler states are loaded, the
+  param groups get the new ``weight_decay`` / ``momentum`` (momentum: SGD only, as always), the
+  scheduler the new base rate, step size and factor, and the current rate is recomputed from the new
+  schedule at the checkpoint's step (so the next step already uses it; the steps before keep the old
+  one). The change is recorded in ``metrics.jsonl`` as
+  ``{"step": s, "split": "event", "event": "config changed", "changes": {"optim.lr": [old, new], ...}}``.
+* refused: ``optimizer`` (Adam's moments and SGD's momentum buffers do not translate): one line
+  saying to keep it or start a new run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +47,7 @@ from torch import nn
 from fastadapt import contract, distributed
 from fastadapt.build import TaskSources, build_algorithm, build_optimizer, probe_batch, task_sources, train_classes
 from fastadapt.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fastadapt.config import Config, config_from_dict, load_config
+from fastadapt.config import Config, OptimConfig, config_from_dict, load_config
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval import EvalResult, evaluate
 from fastadapt.eval.tests import run_tests
@@ -43,7 +56,10 @@ from fastadapt.run_folder import RunFolder, load_weights, provenance
 
 
 class TrainingDiverged(FastAdaptError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the message says which checkpoint of the run, if any, is kept."""
+
+
+REFUSED_ON_RESUME = ("optimizer",)  # [optim] keys a resumed run cannot change (see the module docstring)
 
 
 @dataclass
@@ -109,8 +125,10 @@ def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, 
         step_hook: called with the step number after every step.
 
     Returns the steps trained, the best validation score and every test setting's result; writes
-    checkpoints, metrics, results (:mod:`fastadapt.run_folder`). Under ``torchrun`` (``WORLD_SIZE``
-    > 1) this joins the process group for the run and leaves it after.
+    checkpoints, metrics, results (:mod:`fastadapt.run_folder`), holding the folder's lock: another
+    live training of the same folder is a :class:`~fastadapt.run_folder.RunFolderLocked` error.
+    Resuming applies a changed ``[optim]`` except ``optim.optimizer`` (module docstring). Under
+    ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group for the run and leaves it after.
     """
     cfg = load_config(str(config), overrides) if isinstance(config, (str, Path)) else config
     if overrides and not isinstance(config, (str, Path)):
@@ -122,7 +140,11 @@ def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, 
 
 
 def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
-    """The checkpoint to resume from (read on CPU by rank 0, sent to every rank), or None to start afresh."""
+    """The checkpoint to resume from (read on CPU by rank 0, sent to every rank), or None to start afresh.
+
+    Refuses a checkpoint of another config (every section but ``[run]`` and ``[optim]``) and a changed
+    ``optim.optimizer``; the other ``[optim]`` changes are applied by :func:`_apply_optim_changes`.
+    """
     state, error = None, None
     if distributed.is_main() and ckpt_path.exists():
         try:
@@ -130,6 +152,12 @@ def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
             saved = config_from_dict(state["config"])
             if saved.to_dict() | {"run": None, "optim": None} != cfg.to_dict() | {"run": None, "optim": None}:
                 raise FastAdaptError(f"{cfg.out_dir} holds a run with another config; pass a new run.name/run.out or the same config to resume")
+            for key in REFUSED_ON_RESUME:
+                was, now = getattr(saved.optim, key), getattr(cfg.optim, key)
+                if was != now:
+                    raise FastAdaptError(f"optim.{key} changed from {was!r} to {now!r} since the checkpoint in {cfg.out_dir}, and the "
+                                         f"optimizer's state cannot carry over; keep optim.{key}={was!r} to resume, or start a new run "
+                                         f"(another run.out, or --restart)")
         except FastAdaptError as e:
             state, error = None, e
     state, error = distributed.broadcast_object((state, error))
@@ -138,9 +166,77 @@ def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
     return state
 
 
+def _optim_changes(old: OptimConfig, new: OptimConfig) -> dict[str, list[Any]]:
+    """``{"optim.<key>": [old, new]}`` for every ``[optim]`` key that differs."""
+    return {f"optim.{f.name}": [getattr(old, f.name), getattr(new, f.name)] for f in fields(OptimConfig)
+            if getattr(old, f.name) != getattr(new, f.name)}
+
+
+def _apply_optim_changes(cfg: Config, state: dict[str, Any], optimizer: torch.optim.Optimizer,
+                         scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, list[Any]]:
+    """Load the optimizer and scheduler states of ``state``, then apply ``cfg.optim`` where it changed; returns the changes.
+
+    ``load_state_dict`` brings back the saved hyperparameters of every param group and the scheduler's
+    base rates (and a step schedule's step size and factor): left alone, a changed ``optim.lr`` would
+    be silently ignored.
+    """
+    old = config_from_dict(state["config"]).optim
+    new = cfg.optim
+    changes = _optim_changes(old, new)
+    optimizer.load_state_dict(state["optimizer"])
+    if old.schedule == new.schedule:
+        scheduler.load_state_dict(state["scheduler"])
+    else:  # another scheduler class: only the step count carries over
+        scheduler.last_epoch = int(state["scheduler"]["last_epoch"])
+    for group in optimizer.param_groups:
+        if "optim.weight_decay" in changes:
+            group["weight_decay"] = new.weight_decay
+        if "optim.momentum" in changes and "momentum" in group:
+            group["momentum"] = new.momentum
+    rate_keys = {"optim.lr", "optim.schedule", "optim.step_size", "optim.gamma"}
+    if new.schedule in ("cosine", "linear"):
+        rate_keys.add("optim.steps")  # these schedules run over optim.steps
+    if rate_keys & set(changes):
+        _set_rates(cfg, optimizer, scheduler)
+    return changes
+
+
+def _set_rates(cfg: Config, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Every param group's rate as ``cfg``'s schedule gives it at the scheduler's step (closed form)."""
+    s = scheduler.last_epoch
+    scheduler.base_lrs = [cfg.optim.lr for _ in optimizer.param_groups]
+    if isinstance(scheduler, torch.optim.lr_scheduler.StepLR):
+        scheduler.step_size, scheduler.gamma = cfg.optim.step_size, cfg.optim.gamma
+        factors = [cfg.optim.gamma ** (s // cfg.optim.step_size) for _ in optimizer.param_groups]
+    elif isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        factors = [f(s) for f in scheduler.lr_lambdas]
+    else:  # build_optimizer makes only these two
+        raise TypeError(f"cannot change the rate of a {type(scheduler).__name__} on resume")
+    for group, factor in zip(optimizer.param_groups, factors):
+        group["initial_lr"] = cfg.optim.lr
+        group["lr"] = cfg.optim.lr * factor
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports until the next step
+
+
 def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, device: torch.device, model: nn.Module | None,
            tasks: Any) -> TrainResult:
+    """Hold the run folder's lock (rank 0) for the whole training; the other ranks wait for rank 0 to have it."""
     folder = RunFolder(cfg.out_dir)
+    with ExitStack() as held:
+        error = None
+        if distributed.is_main():
+            try:
+                held.enter_context(folder.lock())
+            except FastAdaptError as e:
+                error = e
+        error = distributed.broadcast_object(error)
+        if error is not None:
+            raise error
+        return _train_locked(cfg, folder, resume, step_hook, device, model, tasks)
+
+
+def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Callable[[int], None] | None, device: torch.device,
+                  model: nn.Module | None, tasks: Any) -> TrainResult:
     out = folder.path
     main = distributed.is_main()
     torch.manual_seed(cfg.run.seed)
@@ -159,17 +255,20 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
     distributed.broadcast_parameters(algo)
     optimizer, scheduler = build_optimizer(cfg, algo.parameters())
     start, best_val, train_seconds = 0, None, 0.0
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path = folder.checkpoint_file, folder.best_file
 
     state = _load_resume_state(cfg, ckpt_path) if resume else None
+    saved_at: int | None = None  # the step of this run's last checkpoint on disk
     if state is not None:
         load_weights(algo, state, ckpt_path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        changes = _apply_optim_changes(cfg, state, optimizer, scheduler)
         set_rng_state(state["rng"])
         start, best_val, train_seconds = int(state["step"]), state["best_val"], float(state["train_seconds"])
+        saved_at = start
+        if main:
+            folder.truncate_metrics(start)  # rows logged after the checkpoint are logged again below
+            if changes:
+                folder.append_metrics({"step": start, "split": "event", "event": "config changed", "changes": changes})
     elif main:
         folder.clear_metrics()
     if main:
@@ -181,13 +280,22 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
         folder.write_config(cfg, provenance(probe, **given))
 
     def checkpoint(step: int) -> None:
-        if not main:
-            return
-        save_checkpoint(ckpt_path, {
-            "algorithm": algo.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "step": step, "config": cfg.to_dict(), "rng": rng_state(), "best_val": best_val, "train_seconds": train_seconds,
-            "world_size": world,
-        })
+        nonlocal saved_at
+        if main:
+            save_checkpoint(ckpt_path, {
+                "algorithm": algo.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "step": step, "config": cfg.to_dict(), "rng": rng_state(), "best_val": best_val, "train_seconds": train_seconds,
+                "world_size": world,
+            })
+        saved_at = step
+
+    def diverged(objective: float, step: int) -> TrainingDiverged:
+        if saved_at is not None:
+            kept = f"the last good checkpoint, step {saved_at}, is kept in {ckpt_path}: rerun with the fix to resume from it"
+        else:
+            kept = (f"no checkpoint of this run was saved yet (the first comes at step {cfg.run.checkpoint_every}); "
+                    f"check the data and the model too")
+        return TrainingDiverged(f"loss is {objective} at step {step}; lower optim.lr or set optim.clip_grad ({kept})")
 
     bar = None
     if cfg.run.progress and main:
@@ -226,8 +334,7 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
                 metrics = distributed.reduce_metrics({**result.metrics, "_objective": float(result.loss.detach())}, weight)
                 objective = metrics.pop("_objective")
                 if not math.isfinite(objective):
-                    raise TrainingDiverged(f"loss is {objective} at step {step}; lower optim.lr or set optim.clip_grad "
-                                           f"(the last good checkpoint in {ckpt_path} is kept)")
+                    raise diverged(objective, step)
                 optimizer.zero_grad(set_to_none=True)
                 (result.loss if world == 1 else result.loss * weight).backward()
                 distributed.all_reduce_gradients(algo.parameters())
@@ -274,17 +381,12 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
 
 def write_results(folder: RunFolder, steps: int, train_seconds: float, best_val: float | None, tests: dict[str, EvalResult]) -> Path:
     """The training's test files (``eval_<setting>.json``, per-episode scores) and ``results.json``
-    (training length and every test's mean, CI and settings)."""
-    for key, res in tests.items():
-        folder.test_file(key).write_text(json_line(res.to_dict()))
-    return folder.write_results({
+    (training length and every test's mean, CI and settings), written once every setting is scored:
+    all of them or none (:meth:`RunFolder.write_test_records`)."""
+    return folder.write_test_records({key: res.to_dict() for key, res in tests.items()}, {
         "steps": steps, "train_seconds": train_seconds, "best_val": best_val,
         "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in tests.items()},
     })
-
-
-def json_line(obj: Any) -> str:
-    return json.dumps(obj) + "\n"
 
 
 def test(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu") -> dict[str, EvalResult]:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 
 from fastadapt import distributed
 from fastadapt.build import TaskSources, task_sources
+from fastadapt.checkpoint import atomic_write_many
 from fastadapt.config import Config
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.eval.finetune import FineTuned
-from fastadapt.run_folder import load_run, write_json
+from fastadapt.run_folder import RunFolder, load_run
 
 
 def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int, conversion: str = "none") -> dict[str, Any]:
@@ -62,9 +64,18 @@ def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progres
     """``fastadapt eval``: test the run's trained weights with ``overrides`` applied to its config.
 
     Writes ``evals/<setting>.json`` (the result, the overrides and the weights used) for every test
-    setting and returns ``{key: (result, file)}``; never touches the training's own records.
-    Under ``torchrun`` the episodes are split across ranks and rank 0 writes.
+    setting and returns ``{key: (result, file)}``; never touches the training's own records. Nothing
+    is written until every setting is scored; then every file is written, all or none (a failure
+    while writing leaves every previous file as it was). Under ``torchrun`` the episodes are split
+    across ranks and rank 0 writes.
+
+    No lock is taken (:mod:`fastadapt.run_folder`): the weights are only read (a training replaces
+    them atomically), and each file is written atomically, so two evaluations of the same setting
+    both write a complete file of the same fixed episodes.
     """
+    cfg = RunFolder(path).read_config(overrides)
+    if not cfg.eval.test_episodes:
+        raise FastAdaptError("eval.test_episodes=0: nothing to evaluate; pass eval.test_episodes=N with N >= 1 (or leave the run's own)")
     run = load_run(path, overrides, device="cpu")
     if run.provenance.get("tasks_given"):
         raise FastAdaptError(f"{path} was trained on task sources given in Python ({run.provenance['tasks_given']}); "
@@ -74,12 +85,12 @@ def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progres
     algo = run.algorithm.to(device)
     shapes = run.provenance.get("task_shapes") or {}
     sources = task_sources(cfg, tests_only=True, input_shape=tuple(shapes["support_x"][1:]) if shapes else None)
-    out: dict[str, tuple[EvalResult, str]] = {}
     with distributed.process_group(device, cfg.run.dist_timeout_s):
         results = run_tests(cfg, algo, sources, device, progress=progress and distributed.is_main())
-    for key, res in results.items():
-        file = run.folder.eval_file(key, overrides)
-        if distributed.is_main():
-            write_json(file, {**res.to_dict(), "overrides": list(overrides), "weights": run.weights, "weights_step": run.step})
-        out[key] = (res, str(file))
+    out = {key: (res, str(run.folder.eval_file(key, overrides))) for key, res in results.items()}
+    if distributed.is_main():
+        files = {run.folder.eval_file(key, overrides): {**res.to_dict(), "overrides": list(overrides), "weights": run.weights,
+                                                        "weights_step": run.step} for key, res in results.items()}
+        atomic_write_many({file: (json.dumps(record, indent=2) + "\n").encode() for file, record in files.items()},
+                          elsewhere="evaluate a copy of the run folder on another disk")
     return out

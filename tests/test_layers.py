@@ -17,11 +17,11 @@ LAYERS = {
     # 1: components, registered by name
     "data": 1, "nn": 1, "memory": 1, "tasks": 1, "algorithms": 1,
     # 2: from a config to components
-    "build": 2,
+    "build": 2, "cost": 2,
     # 3: the run folder and load_run
     "run_folder": 3,
     # 4: evaluation
-    "eval": 4,
+    "eval": 4, "online": 4,
     # 5: the training loop
     "engine": 5,
     # 6: reports

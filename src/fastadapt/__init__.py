@@ -30,6 +30,7 @@ from fastadapt.engine import TrainResult, train
 from fastadapt.episodes import Episode, TaskBatch
 from fastadapt.errors import ConfigError, DataError, FastAdaptError
 from fastadapt.eval import EvalResult, evaluate, mean_ci
+from fastadapt.online import online
 from fastadapt.process import keep_freed_memory
 from fastadapt.registry import register_algorithm, register_model, register_task_source
 from fastadapt.run_folder import Run, RunFolder, load_run
@@ -73,6 +74,7 @@ __all__ = [
     "load_omniglot_originals",
     "load_run",
     "mean_ci",
+    "online",
     "read_idx",
     "register_algorithm",
     "register_model",

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastadapt import contract
+from fastadapt import contract, cost
 from fastadapt.config import Config, dataset_argument, dataset_name
 from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, conform_images
 from fastadapt.errors import ConfigError, FastAdaptError
@@ -81,8 +81,9 @@ def as_task_source(obj: Any, name: str, ways: int, shots: int, queries: int, see
                    channels: int = 0, scope: str = "dataset") -> Any:
     """``obj`` as a task source: a ClassDataset becomes an :class:`EpisodeSampler` (conformed images;
     a class with fewer than ``shots + queries`` examples is an error naming it; ``scope`` as
-    ``data.episode_scope``)."""
+    ``data.episode_scope``; a conversion that cannot fit in memory is refused before it starts)."""
     if isinstance(obj, ClassDataset):
+        cost.check_conversion(obj, image_size, channels, obj.name)
         data = conform_images(obj, image_size, channels)
         return EpisodeSampler(data, ways, shots, queries, seed=seed, strict=True, groups=class_groups(data, scope))
     contract.check_task_source(obj, name)
@@ -234,10 +235,15 @@ def train_classes(sources: TaskSources) -> int | None:
     return int(data.num_classes) if isinstance(data, ClassDataset) else None
 
 
-def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = None, num_classes: int | None = None) -> nn.Module:
+def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = None, num_classes: int | None = None,
+                    check_memory: bool = True) -> nn.Module:
     """The algorithm a config names, around ``model`` (else the config's model), checked on ``batch``
     (a training :class:`~fastadapt.episodes.TaskBatch`: its shapes fix the model's input and output;
     None: one task of the config's training source).
+
+    ``check_memory``: refuse, before its weights are allocated, a model whose parameters cannot fit
+    (built once on the meta device first), and a configuration whose training step or evaluation
+    batch cannot fit (:func:`fastadapt.cost.check_cost`); False for a run that is only evaluated.
 
     An algorithm whose constructor takes ``num_classes`` (a classifier over every training class,
     e.g. Baseline) gets the training source's class count unless the config sets it.
@@ -249,9 +255,14 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
     width = head_width(cfg, cls, batch)
     name = cfg.model.target or cfg.model.name
     if model is None:
-        model = build_model(cfg, tuple(batch.support_x.shape[2:]), width)
+        shape = tuple(batch.support_x.shape[2:])
+        if check_memory:
+            cost.check_parameters(lambda: build_model(cfg, shape, width), f"model {name}", cfg.run.device)
+        model = build_model(cfg, shape, width)
     else:
         name = describe_object(type(model))
+    if check_memory:  # before check_model, which runs the model on a whole support set
+        cost.check_cost(cfg, batch, model)
     check_model(model, name, cfg.algorithm, width, batch)
     options = dict(cfg.algorithm_options)
     if "num_classes" in inspect.signature(cls).parameters and "num_classes" not in options:
@@ -264,6 +275,11 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
         raise
     except TypeError as e:
         raise ConfigError(f"algorithm {cfg.algorithm}: {e}") from None
+    except (RuntimeError, ValueError, IndexError, OverflowError) as e:  # a shape or size from the options that torch refuses
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        given = ", ".join(f"{k}={v!r}" for k, v in cfg.algorithm_options.items())[:200] or "the defaults"
+        raise ConfigError(f"algorithm {cfg.algorithm} cannot be built with {given} ({type(e).__name__}: {reason}); "
+                          f"check the [algorithm] options") from None
     contract.check_algorithm(algo, cfg.algorithm)
     return algo
 
@@ -283,7 +299,7 @@ def check_model(model: nn.Module, name: str, algorithm: str, width: int | None, 
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model {name} cannot take inputs of shape {list(x.shape)} from the task source ({reason}); "
-                          f"check data.image_size / data.channels or the model's input size") from None
+                          f"check data.image_size / data.channels, or choose a model for this data (model.name / model.target)") from None
     finally:
         model.train(was_training)
     contract.check_model_output(out, name, algorithm, width, x.shape[0])

@@ -1,23 +1,32 @@
 """The ``fastadapt`` command.
 
-    fastadapt train PRESET|FILE [key=value ...]   train (resumes when the run folder has a checkpoint)
+    fastadapt train PRESET|FILE [key=value ...]   train (resumes when the run folder has a checkpoint; --dry-run: check only)
     fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
     fastadapt list                                algorithms, models, task sources, presets
     fastadapt plot RUN_DIR                        learning curves (PNG)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
 
-Errors a user can fix print one line and exit with status 2. The command (not the library) applies
-the process settings of :mod:`fastadapt.process` when ``run.keep_freed_memory`` is true.
+Every failure a user or the machine can cause prints one line, ``fastadapt: error: <cause>; <fix>``,
+and exits with status 2: a bad config or input (:class:`~fastadapt.errors.FastAdaptError`), a file
+system error (no space, read-only, permission), running out of memory. An interrupt exits with 130.
+``FASTADAPT_DEBUG=1`` raises instead, with the traceback; any other exception is a bug and keeps its
+traceback. The command (not the library) applies the process settings of :mod:`fastadapt.process`
+when ``run.keep_freed_memory`` is true.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
+import typing
 from pathlib import Path
 
-from fastadapt.errors import FastAdaptError
+from fastadapt.errors import ConfigError, FastAdaptError
+
+MEMORY_FIX = "lower data.meta_batch, data.ways, data.image_size or eval.batch (fastadapt train ... --dry-run shows the estimate)"
 
 
 def _apply_process_settings(cfg) -> str:
@@ -29,12 +38,41 @@ def _apply_process_settings(cfg) -> str:
     return ""
 
 
+def _check_out_dir(out: Path) -> None:
+    """A one-line error when the run folder, or a folder above it, is an existing file."""
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise ConfigError(f"run.out: {p} is an existing file, not a folder; choose another run.out (or run.name)")
+
+
+def _dry_run(cfg) -> int:
+    """Build what training builds (data, model, algorithm; every check, the memory estimate too) and write nothing."""
+    from torch import nn
+
+    from fastadapt.build import build_algorithm, probe_batch, task_sources, train_classes
+    from fastadapt.cost import estimate_cost
+
+    sources = task_sources(cfg)
+    probe = probe_batch(sources, cfg)
+    algo = build_algorithm(cfg, probe, num_classes=train_classes(sources))
+    model = getattr(algo, "model", None)
+    found = estimate_cost(cfg, probe, model) if isinstance(model, nn.Module) else None
+    estimate = f"; {found.summary()}" if found is not None else ""
+    print(f"dry run: {cfg.algorithm} on {cfg.data.target or cfg.data.dataset} builds{estimate}; nothing written to {cfg.out_dir}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from fastadapt import distributed
-    from fastadapt.config import load_config
-    from fastadapt.engine.loop import train
+    from fastadapt.config import check_device, load_config
 
     cfg = load_config(args.config, args.overrides)
+    check_device(cfg.run.device)
+    _check_out_dir(cfg.out_dir)
+    if args.dry_run:
+        return _dry_run(cfg)
+    from fastadapt.engine.loop import train
+
     main = distributed.is_main()  # under torchrun only rank 0 prints
     note = _apply_process_settings(cfg)
     if main:
@@ -54,10 +92,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from fastadapt import distributed
+    from fastadapt.config import check_device
     from fastadapt.eval.tests import evaluate_run
     from fastadapt.run_folder import RunFolder
 
     cfg = RunFolder(args.run_dir).read_config(args.overrides)
+    check_device(cfg.run.device)
     _apply_process_settings(cfg)
     results = evaluate_run(args.run_dir, args.overrides, progress=cfg.run.progress)
     if distributed.is_main():
@@ -112,6 +152,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from fastadapt.config import load_config
     from fastadapt.report import save_episode_grid
 
+    if not 1 <= args.tasks <= 1000:
+        raise ConfigError(f"--tasks={args.tasks} is invalid; sample 1 to 1000 tasks")
     cfg = load_config(args.config, args.overrides)
     batch = task_sources(cfg).train.sample_tasks(0, 0, args.tasks)
     print(f"sampled {len(batch)} tasks: support_x {tuple(batch.support_x.shape)}, query_x {tuple(batch.query_x.shape)}, "
@@ -121,13 +163,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (a :class:`ConfigError`: exit 2) instead of the usage text and an error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastadapt", description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.")
+    p = _Parser(prog="fastadapt", description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a preset or TOML config; resumes from the run folder's checkpoint")
     t.add_argument("config", help="preset name (see `fastadapt list`) or path to a .toml file")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.ways=20 optim.steps=100")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    t.add_argument("--dry-run", action="store_true", help="check the config, build the data, model and algorithm, estimate the "
+                   "memory; train nothing, write nothing")
     t.set_defaults(fn=_cmd_train)
     e = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes; writes RUN_DIR/evals/<setting>.json")
     e.add_argument("run_dir")
@@ -150,16 +201,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _os_error(e: OSError) -> str:
+    """An OS error in one line: the path, the cause, the fix."""
+    path = e.filename if e.filename is not None else "a file"
+    if e.filename2 is not None:
+        path = f"{path} -> {e.filename2}"
+    cause = os.strerror(e.errno).lower() if e.errno else (e.strerror or type(e).__name__).lower()
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing {path} ({cause}); free space there or choose another run.out"
+    if e.errno == errno.EROFS:
+        return f"{path} is on a read-only file system; choose another run.out (a writable folder)"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {path}; check its permissions (and its folder's) or choose another run.out"
+    if e.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return f"{path}: {cause}; a file is where a folder should be (or the other way round): choose another run.out"
+    if e.errno == errno.ENAMETOOLONG:
+        return f"{path}: {cause}; choose a shorter run.out"
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return f"{cause} while opening {path}; raise the limit (ulimit -n) or lower eval.batch"
+    return f"{path}: {cause}; check the path, the disk and run.out"
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """The reason in a few words when ``e`` is running out of memory (Python's, torch's CPU or CUDA allocator), else None."""
+    if isinstance(e, MemoryError):
+        return str(e) or "Python could not allocate"
+    if not isinstance(e, RuntimeError):
+        return None
+    text = " ".join(str(e).split())
+    if type(e).__name__ != "OutOfMemoryError" and not any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory")):
+        return None
+    if "] " in text and text.startswith("["):  # "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: ..."
+        text = text.split("] ", 1)[1]
+    return text.split(". ")[0][:160] if text else type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    debug = os.environ.get("FASTADAPT_DEBUG", "") not in ("", "0")
     try:
+        args = build_parser().parse_args(argv)
         return int(args.fn(args) or 0)
-    except FastAdaptError as e:
-        print(f"fastadapt: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("fastadapt: interrupted", file=sys.stderr)
         return 130
+    except FastAdaptError as e:
+        if debug:
+            raise
+        print(f"fastadapt: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if debug:
+            raise
+        print(f"fastadapt: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as e:
+        reason = _out_of_memory(e)
+        if debug or reason is None:
+            raise
+        print(f"fastadapt: error: out of memory ({reason}); {MEMORY_FIX}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import sys
 import types
 import typing
@@ -102,6 +103,73 @@ class RunConfig:
     keep_freed_memory: bool = True  # the fastadapt command only: glibc keeps freed memory for reuse (ProtoNets 1.47x faster, <= 1.28x peak memory; fastadapt/process.py)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: ``lo <= v <= hi`` (``<`` on an open end); a float must also be finite."""
+
+    lo: float
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+    why: str = ""  # the reason for a bound that is not obvious
+
+    def contains(self, v: float) -> bool:
+        """Whether ``v`` is in range; False for NaN and infinities (every comparison with NaN is False)."""
+        if not math.isfinite(v):
+            return False
+        return (self.lo < v if self.lo_open else self.lo <= v) and (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self, v: float) -> str:
+        """The bound ``v`` breaks, in words: ``>= 1``, ``< 1``, ``a finite number in (0, 10]``."""
+        low = f"> {self.lo:g}" if self.lo_open else f">= {_num(self.lo)}"
+        high = f"< {self.hi:g}" if self.hi_open else f"<= {_num(self.hi)}"
+        if not math.isfinite(v):
+            whole = low if self.hi == math.inf else f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+            text = f"a finite number {whole}"
+        else:
+            text = low if v <= self.lo else high
+        return text + (f" ({self.why})" if self.why else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 2**64 else f"{x:g}"
+
+
+INT_MAX = 2**31 - 1  # counts and sizes: a tensor dimension or a loop bound (the memory check refuses what does not fit)
+SEED_MAX = 2**63 - 2  # torch.manual_seed takes 64-bit seeds; the test episodes use eval.seed + 1
+_LR = "a rate above 10 makes every step diverge; meta-learning uses 1e-4 to 1, Reptile's outer step 1.0"
+
+# Every numeric key of every section, with its range (checked by _validate; NaN and infinities are refused everywhere).
+RANGES: dict[str, Range] = {
+    "data.ways": Range(1, INT_MAX), "data.shots": Range(1, INT_MAX), "data.queries": Range(1, INT_MAX),
+    "data.meta_batch": Range(1, INT_MAX),
+    "data.test_ways": Range(0, INT_MAX), "data.test_shots": Range(0, INT_MAX), "data.test_queries": Range(0, INT_MAX),
+    "data.image_size": Range(1, 65536, why="a side in pixels"),
+    "data.channels": Range(0, 3, why="0: as stored, 1: grey, 3: RGB"),
+    "model.hidden": Range(1, 65536, why="filters per layer"),
+    "optim.lr": Range(0, 10, lo_open=True, why=_LR),
+    "optim.weight_decay": Range(0, 1, why="an L2 coefficient; above 1 the decay outweighs every gradient"),
+    "optim.momentum": Range(0, 1, hi_open=True, why="SGD momentum; at 1 or more it never forgets a gradient and diverges"),
+    "optim.step_size": Range(1, INT_MAX, why="steps between two decays of the step schedule"),
+    "optim.gamma": Range(0, 1, lo_open=True, why="the step schedule's decay factor"),
+    "optim.clip_grad": Range(0, why="0: no clipping"),
+    "optim.steps": Range(1, INT_MAX),
+    "optim.max_minutes": Range(0, why="0: no limit"),
+    "eval.val_every": Range(0, INT_MAX), "eval.val_episodes": Range(0, INT_MAX), "eval.test_episodes": Range(0, INT_MAX),
+    "eval.batch": Range(1, INT_MAX),
+    "eval.seed": Range(0, SEED_MAX, why="a 64-bit seed"),
+    "eval.level": Range(0, 1, lo_open=True, hi_open=True, why="a confidence level, e.g. 0.95"),
+    "eval.finetune_steps": Range(0, INT_MAX),
+    "eval.finetune_lr": Range(0, 10, lo_open=True, why=_LR),
+    "run.seed": Range(0, SEED_MAX, why="a 64-bit seed"),
+    "run.threads": Range(0, 1024, why="0: torch's default; more threads than a machine's cores only slows it down"),
+    "run.log_every": Range(1, INT_MAX), "run.checkpoint_every": Range(1, INT_MAX),
+    "run.dist_timeout_s": Range(0, 86400, lo_open=True, why="seconds; a collective that waits a day is hung"),
+}
+LAYER_WIDTH = Range(1, 2**20, why="units of one mlp layer")  # each entry of model.layers
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # run.device: a type, optionally :index
+
+
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig, "run": RunConfig}
 
 
@@ -153,6 +221,12 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a message stays one readable line)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _coerce(key: str, value: Any, tp: Any) -> Any:
     """Check ``value`` against the annotation ``tp``; ints are accepted for floats, lists for tuples."""
     origin = typing.get_origin(tp)
@@ -168,35 +242,42 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
                 return _coerce(key, value, a)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}={value!r} has the wrong type; expected {tp}")
+        raise ConfigError(f"{key}={_short(value)} has the wrong type; expected {tp}")
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}={value!r} has the wrong type; expected a list")
+            raise ConfigError(f"{key}={_short(value)} has the wrong type; expected a list")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: {_short(value)} has {len(value)} value(s); expected {len(args)}")
         return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}={value!r} has the wrong type; expected a number")
-        return float(value)
+            raise ConfigError(f"{key}={_short(value)} has the wrong type; expected a number")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{key}={_short(value)} is too large for a number; write it as a float, e.g. 1e3") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}={value!r} has the wrong type; expected an integer")
+            raise ConfigError(f"{key}={_short(value)} has the wrong type; expected an integer")
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{key}={value!r} has the wrong type; expected true or false")
+            raise ConfigError(f"{key}={_short(value)} has the wrong type; expected true or false")
         return value
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}={value!r} has the wrong type; expected a string")
+            raise ConfigError(f"{key}={_short(value)} has the wrong type; expected a string")
+        if "\x00" in value:
+            raise ConfigError(f"{key}={_short(value)} holds a NUL character; no name or path can")
         return value
     if tp is typing.Any:
         return value
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}={value!r} has the wrong type; expected a table, e.g. {{ width = 64 }}")
+            raise ConfigError(f"{key}={_short(value)} has the wrong type; expected a table, e.g. {{ width = 64 }}")
         return dict(value)
     raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")
 
@@ -232,36 +313,37 @@ def _check_algorithm_options(name: str, options: dict[str, Any]) -> dict[str, An
             elif want in (tuple, list) and isinstance(v, (list, tuple)):
                 v = want(v)
             elif not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                raise ConfigError(f"algorithm.{k}={v!r} has the wrong type; expected {want.__name__} (default {default!r})")
+                raise ConfigError(f"algorithm.{k}={_short(v)} has the wrong type; expected {want.__name__} (default {default!r})")
+        if not _all_finite(v):
+            raise ConfigError(f"algorithm.{k}={_short(v)} is invalid; a number must be finite (no nan or inf)")
         out[k] = v
     return out
 
 
+def _all_finite(v: Any) -> bool:
+    """False if ``v`` is, or holds in a list or table, a float NaN or infinity."""
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, (list, tuple)):
+        return all(_all_finite(x) for x in v)
+    if isinstance(v, dict):
+        return all(_all_finite(x) for x in v.values())
+    return True
+
+
 def _validate(cfg: Config) -> Config:
     d, o, e, r = cfg.data, cfg.optim, cfg.eval, cfg.run
-    positive = {
-        "data.ways": d.ways, "data.shots": d.shots, "data.queries": d.queries, "data.meta_batch": d.meta_batch,
-        "data.image_size": d.image_size, "model.hidden": cfg.model.hidden, "optim.steps": o.steps,
-        "eval.batch": e.batch, "run.log_every": r.log_every, "run.checkpoint_every": r.checkpoint_every,
-    }
-    for key, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{key}={v} is invalid; it must be >= 1")
-    non_negative = {
-        "data.test_ways": d.test_ways, "data.test_shots": d.test_shots, "data.test_queries": d.test_queries,
-        "optim.clip_grad": o.clip_grad, "optim.weight_decay": o.weight_decay, "eval.val_every": e.val_every,
-        "eval.val_episodes": e.val_episodes, "eval.test_episodes": e.test_episodes, "run.threads": r.threads,
-        "optim.max_minutes": o.max_minutes, "optim.momentum": o.momentum,
-    }
-    for key, v in non_negative.items():
-        if v < 0:
-            raise ConfigError(f"{key}={v} is invalid; it must be >= 0")
-    if not o.lr > 0:
-        raise ConfigError(f"optim.lr={o.lr} is invalid; it must be > 0")
-    if not r.dist_timeout_s > 0:
-        raise ConfigError(f"run.dist_timeout_s={r.dist_timeout_s} is invalid; it must be > 0 (seconds)")
-    if not 0 < e.level < 1:
-        raise ConfigError(f"eval.level={e.level} is invalid; it must be in (0, 1), e.g. 0.95")
+    for key, rng in RANGES.items():
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if not rng.contains(v):
+            raise ConfigError(f"{key}={_short(v)} is invalid; it must be {rng.describe(v)}")
+    if not cfg.model.layers:
+        raise ConfigError("model.layers=[] is invalid; give at least one hidden width, e.g. [40, 40]")
+    for width in cfg.model.layers:
+        if not LAYER_WIDTH.contains(width):
+            raise ConfigError(f"model.layers={_short(list(cfg.model.layers))} is invalid; each width must be {LAYER_WIDTH.describe(width)}")
+    _check_device_name(r.device)
     choices = {
         "optim.optimizer": (o.optimizer, ("adam", "sgd", "adamw")),
         "optim.schedule": (o.schedule, ("constant", "step", "cosine", "linear")),
@@ -285,18 +367,50 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"data.test_dataset={d.test_dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())}")
     if e.finetune not in ("none", "head", "encoder"):
         raise ConfigError(f"eval.finetune={e.finetune!r} is not allowed; choose none, head or encoder")
-    if e.finetune_steps < 0 or not (e.finetune_lr > 0 and e.finetune_lr < float("inf")):
-        raise ConfigError(f"eval.finetune_steps={e.finetune_steps} / eval.finetune_lr={e.finetune_lr} are invalid; steps >= 0, lr > 0")
     if d.episode_scope not in ("dataset", "alphabet"):
         raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset or alphabet")
     if d.channels not in (0, 1, 3):
         raise ConfigError(f"data.channels={d.channels} is not allowed; choose 0 (as the data has them), 1 (grey) or 3 (RGB)")
     for ways, shots in e.test_settings:
-        if ways < 1 or shots < 1:
-            raise ConfigError(f"eval.test_settings entry [{ways}, {shots}] is invalid; ways and shots must be >= 1")
+        if not (RANGES["data.ways"].contains(ways) and RANGES["data.shots"].contains(shots)):
+            raise ConfigError(f"eval.test_settings entry [{ways}, {shots}] is invalid; ways and shots must be in [1, {INT_MAX}]")
     if e.test_episodes and e.test_episodes < 2:
         raise ConfigError(f"eval.test_episodes={e.test_episodes} is too few for a confidence interval; use >= 2 (or 0 to skip testing)")
     return cfg
+
+
+def _check_device_name(device: str) -> None:
+    """A one-line error unless ``device`` is ``type`` or ``type:index`` for a type fastadapt can train on.
+
+    Only the spelling is checked here (a config is replayed on other machines); :func:`check_device`
+    checks that this machine has it.
+    """
+    kind, _, index = device.partition(":")
+    if kind not in DEVICE_TYPES or (index and not (index.isascii() and index.isdigit() and len(index) <= 4)):
+        raise ConfigError(f"run.device={_short(device)} is not a device; write {', '.join(DEVICE_TYPES)}, or a type with an index: cuda:1")
+
+
+def check_device(device: str) -> None:
+    """A one-line error unless this machine has ``device`` (``run.device``): CUDA built and visible, the index present, MPS available."""
+    import torch
+
+    _check_device_name(device)
+    kind, _, index = device.partition(":")
+    fix = "use run.device=cpu (or another machine)"
+    if kind == "cuda":
+        if not torch.backends.cuda.is_built():
+            raise ConfigError(f"run.device={device!r}: this torch ({torch.__version__}) is built without CUDA; {fix}")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"run.device={device!r}: no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver); {fix}")
+        if index and int(index) >= count:
+            raise ConfigError(f"run.device={device!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}; choose one of them")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"run.device={device!r}: MPS (Apple GPUs) is not available here; {fix}")
+    elif kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ConfigError(f"run.device={device!r}: no Intel XPU is available here; {fix}")
+    elif kind in ("mps", "xpu") and index and int(index) != 0:
+        raise ConfigError(f"run.device={device!r}: only {kind}:0 is supported; write run.device={kind}")
 
 
 def dataset_name(dataset: str) -> str:
@@ -370,13 +484,27 @@ def preset_names() -> list[str]:
 
 def read_toml(preset_or_path: str) -> dict[str, Any]:
     """The raw dict of a shipped preset (by name) or a TOML file (by path)."""
+    if "\x00" in preset_or_path:
+        raise ConfigError(f"config {_short(preset_or_path)} holds a NUL character; pass a preset name or a TOML file")
     path = Path(preset_or_path)
-    if path.suffix == ".toml" or path.exists():
+    try:
+        is_file = path.suffix == ".toml" or path.exists()
+    except OSError as e:  # a name too long for the file system, ...
+        raise ConfigError(f"config {_short(preset_or_path)}: {e.strerror or e}; pass a preset name or a TOML file") from None
+    if is_file:
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass a preset name ({', '.join(preset_names())}) or a TOML file")
-        text = path.read_text()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); check its permissions") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                              f"save it as UTF-8, as TOML requires") from None
     elif preset_or_path in preset_names():
-        text = (resources.files("fastadapt.presets") / f"{preset_or_path}.toml").read_text()
+        text = (resources.files("fastadapt.presets") / f"{preset_or_path}.toml").read_text(encoding="utf-8")
     else:
         raise ConfigError(f"unknown preset {preset_or_path!r}; choose one of {', '.join(preset_names())} or pass a .toml file")
     try:

@@ -158,6 +158,9 @@ TASK_SOURCES = Registry("task source", {
     "folder": ("fastadapt.data.sources:folder", "folder:<path>: <path>/<part>/<class>/<image> (your own images)"),
     "idx": ("fastadapt.data.sources:idx", "idx:<dir>: MNIST-family IDX files (train-/t10k-images-idx3-ubyte[.gz] and labels)"),
     "fashion-mnist": ("fastadapt.data.sources:fashion_mnist", "Fashion-MNIST from Debian's dataset-fashion-mnist (10 classes: 5-way tasks)"),
+    "sinusoid-stream": ("fastadapt.data.streams:sinusoid_stream", "drifting, switching sinusoid streams; episodes are windows (support: points before a step, query: after)"),
+    "omniglot-stream": ("fastadapt.data.streams:omniglot_stream", "Omniglot streams: characters appear and retire at change points, images rotate gradually"),
+    "stream-folder": ("fastadapt.data.streams:folder_stream", "stream-folder:<path>: <path>/<phase>/<class>/<image> (your data split into phases)"),
 })
 MODELS = Registry("model", {
     "conv4": ("fastadapt.nn:conv4", "4 conv blocks (Vinyals et al.), optional linear head"),
@@ -175,6 +178,7 @@ ALGORITHMS = Registry("algorithm", {
     "meta_lstm": ("fastadapt.algorithms.meta_lstm:MetaLSTM", "LSTM meta-learner (Ravi & Larochelle 2017)"),
     "mann": ("fastadapt.algorithms.mann:MANN", "memory-augmented network (Santoro et al. 2016)"),
     "baseline": ("fastadapt.algorithms.baseline:Baseline", "Baseline / Baseline++: a classifier on all training classes, a new head per task (Chen et al. 2019)"),
+    "grbal": ("fastadapt.algorithms.grbal:GrBAL", "GrBAL: meta-learnt adaptation on a recent window of a stream (Nagabandi et al. 2019)"),
     "linear_probe": ("fastadapt.algorithms.linear_probe:LinearProbe", "linear probe on frozen features: logistic regression per task (Tian et al. 2020, RFS)"),
 })
 

@@ -476,7 +476,7 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, m
     else:  # runs written before provenance: look at the data
         sources = task_sources(cfg)
         batch, classes = probe_batch(sources, cfg), train_classes(sources)
-    algo = build_algorithm(cfg, batch, model=model, num_classes=classes)
+    algo = build_algorithm(cfg, batch, model=model, num_classes=classes, check_memory=False)  # its training fitted
     weights = folder.weights_file()
     payload = load_checkpoint(weights, "cpu")
     load_weights(algo, payload, weights)

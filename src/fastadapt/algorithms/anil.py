@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.algorithms.maml import FastWeightsPredictor
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import ConfigError
 
@@ -124,18 +125,26 @@ class ANIL(nn.Module):
         loss = losses.mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> inner.AdaptedModel:
-        """The model with an adapted head for one task (``params``: all trainable parameters; the body's are theta); detached."""
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
+        """The model with an adapted head for one task (``params``: all trainable parameters; the body's are theta); detached.
+
+        ``update(x, y)`` keeps adapting the head alone on a sliding window (:class:`FastWeightsPredictor`).
+        """
+        theta = inner.detached(inner.trainable_params(self.model))
+        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
+        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
+        """``steps`` head steps from ``start``'s head on ``(x, y)``; the body stays at ``start``'s (theta); detached."""
         model, head = self.model, self.model.get_submodule(self.head)
-        theta = inner.detached(inner.trainable_params(model))
         with torch.no_grad():
-            z = head_input(model, self.head, (theta, inner.frozen_state(model)), support_x)
+            z = head_input(model, self.head, (start, inner.frozen_state(model)), x)
         head_state = inner.frozen_state(head)
-        w = self._head_params(keep_graph=False)
-        fast = inner.fine_tune(lambda p, x: functional_call(head, (p, head_state), (x,)), w, z, support_y,
-                               inner.constant_rates(list(w), self.inner_lr, self.inner_steps_eval))
-        params = {**theta, **{f"{self.head}.{k}": v for k, v in fast.items()}}
-        return inner.AdaptedModel(model, params, inner.frozen_state(model))
+        prefix = f"{self.head}."
+        w = {k[len(prefix):]: v.detach() for k, v in start.items() if k.startswith(prefix)}
+        fast = inner.fine_tune(lambda p, xs: functional_call(head, (p, head_state), (xs,)), w, z, y,
+                               inner.constant_rates(list(w), self.inner_lr, steps))
+        return {**inner.detached(start), **{prefix + k: v for k, v in fast.items()}}
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps on the head, ``[T, N*Q, N]``; no graph."""

@@ -23,6 +23,8 @@ batch statistics (as in the MAML paper); see :mod:`fastadapt.algorithms.inner`.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -31,8 +33,9 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.data.streams import check_update
 from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, DataError
 
 MSL_MIN_WEIGHT = 0.03  # MAML++: a non-final step's weight never falls below MSL_MIN_WEIGHT / K during annealing
 
@@ -56,6 +59,94 @@ def multi_step_loss_weights(steps: int, t: int, anneal_steps: int) -> Tensor:
     w[:-1] = max(1.0 / steps - decay, floor)
     w[-1] = 1.0 - float(w[:-1].sum())
     return w
+
+
+UPDATE_POLICIES = ("window", "continue")
+DEFAULT_WINDOW = 10  # examples a predictor keeps for update() unless adapt saw more or configure() says otherwise
+
+AdaptFrom = Callable[[inner.Params, Tensor, Tensor, int], inner.Params]  # (start weights, x, y, steps) -> detached fast weights
+
+
+@dataclass(eq=False)
+class FastWeightsPredictor:
+    """What the gradient-based algorithms' ``adapt`` returns (MAML, FOMAML, Meta-SGD, ANIL, Reptile,
+    GrBAL): the model under fast weights, ``query_x [B, *x] -> outputs [B, ...]``, that keeps adapting
+    as labels arrive with :meth:`update`.
+
+    ``update(x, y)`` appends the labelled batch to a sliding window of the last ``window`` examples and
+    runs the algorithm's own inner loop (``adapt_from``: the same steps, rates and optimiser as
+    ``adapt``) for ``steps`` steps on that window, from
+
+    * ``policy="window"`` (default): the meta-learnt weights ``init``: re-adaptation on a recent window
+      (Nagabandi et al. 2019). After :meth:`reset` (an empty window) ``update(x, y)`` equals
+      ``algo.adapt(x, y)``.
+    * ``policy="continue"``: the current weights: online fine-tuning, what a pretrained model does.
+
+    Bounded memory: the window (at most ``window`` examples) and two sets of weights, whatever the
+    number of updates; bounded work: one inner loop of ``steps`` steps on at most ``window`` examples.
+    The predictor holds no graph. Test-then-train: predict ``x`` before ``update(x, y)``. Labels must
+    fit the model's head (a fixed-width head cannot add classes: one-line :class:`DataError`); a
+    rejected update leaves the state as it was. The algorithm module is only read.
+    """
+
+    model: nn.Module
+    params: inner.Params  # current fast weights, every adapted parameter (detached)
+    buffers: inner.Params
+    init: inner.Params  # the meta-learnt weights the window policy restarts from (detached)
+    adapt_from: AdaptFrom
+    window_x: Tensor  # the last `window` inputs [W, *x_shape]
+    window_y: Tensor
+    steps: int  # inner steps per update
+    window: int = DEFAULT_WINDOW
+    policy: str = "window"
+    classes: int | None = None  # the head's width (classification), read on the first update
+
+    @staticmethod
+    def start(model: nn.Module, fast: inner.Params, init: inner.Params, adapt_from: AdaptFrom, support_x: Tensor, support_y: Tensor,
+              steps: int, window: int = 0) -> FastWeightsPredictor:
+        """A predictor adapted on ``support_x, support_y`` (already run: ``fast``) that keeps them as its window
+        (``window`` examples: at least as many as the support set, :data:`DEFAULT_WINDOW` by default)."""
+        size = window or max(DEFAULT_WINDOW, support_y.shape[0])
+        return FastWeightsPredictor(model, fast, inner.frozen_state(model), inner.detached(init), adapt_from,
+                                    support_x.detach()[-size:].clone(), support_y.detach()[-size:].clone(), steps, size)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return functional_call(self.model, (self.params, self.buffers), (x,))
+
+    def configure(self, window: int | None = None, policy: str | None = None, steps: int | None = None) -> FastWeightsPredictor:
+        """Set the update policy (see the class docstring); returns the predictor."""
+        if window is not None:
+            self.window = inner.check_steps("window", window, 1)
+            self.window_x, self.window_y = self.window_x[-self.window:].clone(), self.window_y[-self.window:].clone()
+        if policy is not None:
+            if policy not in UPDATE_POLICIES:
+                raise ConfigError(f"policy={policy!r} is unknown; choose one of {', '.join(UPDATE_POLICIES)}")
+            self.policy = policy
+        if steps is not None:
+            self.steps = inner.check_steps("steps", steps)
+        return self
+
+    def reset(self) -> None:
+        """Back to the meta-learnt weights with an empty window."""
+        self.params = dict(self.init)
+        self.window_x, self.window_y = self.window_x[:0].clone(), self.window_y[:0].clone()
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Learn from the labelled batch ``x [B, *x_shape]``, ``y [B]`` (or ``[B, *y_shape]``); returns nothing."""
+        check_update(x, y, self.window_x, self.window_y)
+        x, y = x.detach().to(self.window_x.dtype), y.detach()
+        if not y.is_floating_point():
+            if self.classes is None:
+                with torch.no_grad():
+                    self.classes = int(self(x[:1]).shape[-1])
+            if y.numel() and int(y.max()) >= self.classes:
+                raise DataError(f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
+                                f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)")
+        wx = torch.cat([self.window_x, x])[-self.window:].clone()
+        wy = torch.cat([self.window_y, y])[-self.window:].clone()
+        start = self.init if self.policy == "window" else self.params
+        params = self.adapt_from(start, wx, wy, self.steps)
+        self.params, self.window_x, self.window_y = params, wx, wy
 
 
 class MAML(nn.Module):
@@ -150,10 +241,19 @@ class MAML(nn.Module):
         loss = (losses * weights.to(losses.dtype)).sum(1).mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, losses[:, -1].mean()))  # the last loss step is always K
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> inner.AdaptedModel:
-        """The model with fast weights for one task (``support_x [N*K, *x]``) after ``inner_steps_eval`` steps; detached."""
-        fast = inner.fine_tune(self._forward, inner.trainable_params(self.model), support_x, support_y, self.rates(self.inner_steps_eval))
-        return inner.AdaptedModel(self.model, fast, inner.frozen_state(self.model))
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
+        """The model with fast weights for one task (``support_x [N*K, *x]``) after ``inner_steps_eval`` steps; detached.
+
+        ``update(x, y)`` on the result keeps adapting (:class:`FastWeightsPredictor`: MAML's inner loop on a
+        sliding window, from the meta-learnt weights by default).
+        """
+        theta = inner.trainable_params(self.model)
+        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
+        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
+        """MAML's inner loop from ``start`` on ``(x, y)`` for ``steps`` steps; detached."""
+        return inner.fine_tune(self._forward, start, x, y, self.rates(steps))
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""

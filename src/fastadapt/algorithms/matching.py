@@ -58,8 +58,9 @@ from torch.func import functional_call, vmap
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.data.streams import check_update
 from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, DataError
 
 DISTANCES = ("cosine", "dot", "euclidean")
 ENCODE_MODES = ("meta_batch", "per_task")
@@ -166,17 +167,68 @@ class MatchingState:
     onehot: Tensor
 
 
-@dataclass(frozen=True, eq=False)
+DEFAULT_WINDOW = 50  # support examples a predictor keeps for update() unless adapt saw more or configure() says otherwise
+
+
+@dataclass(eq=False)
 class MatchingPredictor:
-    """``query_x [NQ, *x_shape] -> log-probabilities [NQ, N]`` for the task whose support set ``state`` holds."""
+    """``query_x [NQ, *x_shape] -> log-probabilities [NQ, N]`` for the task whose support set ``state`` holds.
+
+    ``update(x, y)`` keeps adapting: the support set becomes a sliding window of the last ``window``
+    labelled examples (``window_x``, ``window_y``), encoded again as one set (with full context
+    embeddings, the LSTM reads the whole window), so an update on an empty window (after
+    :meth:`reset`) equals ``net.adapt(x, y)``. A label beyond the known ones is a new class (the
+    one-hot width grows); a class with no example left in the window gets the floor probability.
+    Bounded memory: ``window`` examples; bounded work: one encoder pass over at most ``window``
+    examples per update; no graph is kept. A rejected update leaves the state as it was.
+    """
 
     net: MatchingNet = field(repr=False)
-    state: MatchingState
+    state: MatchingState | None
+    window_x: Tensor | None = None  # the support examples kept for update() (set by adapt)
+    window_y: Tensor | None = None
+    window: int = DEFAULT_WINDOW
 
     def __call__(self, query_x: Tensor) -> Tensor:
+        if self.state is None:
+            raise DataError("this Matching Networks predictor has no labelled example yet (after reset()); update it first")
         z = self.net.encode(query_x.unsqueeze(0))
         batched = MatchingState(self.state.embeddings.unsqueeze(0), self.state.onehot.unsqueeze(0))
         return self.net.query_log_probs(batched, z)[0]
+
+    def configure(self, window: int | None = None) -> MatchingPredictor:
+        """``window``: support examples kept (>= 1)."""
+        if window is not None:
+            if not _positive_int(window):
+                raise ConfigError(f"window={window!r} is invalid; it must be a positive integer")
+            self.window = window
+            self._set_window(self._window()[0][-window:], self._window()[1][-window:])
+        return self
+
+    def _window(self) -> tuple[Tensor, Tensor]:
+        if self.window_x is None or self.window_y is None:
+            raise DataError("this predictor keeps no window; build it with MatchingNet.adapt")
+        return self.window_x, self.window_y
+
+    def _set_window(self, x: Tensor, y: Tensor) -> None:
+        if len(y):
+            with torch.no_grad():
+                state = self.net.support_state(self.net.encode(x.unsqueeze(0)), y.unsqueeze(0), int(y.max()) + 1)
+            self.state = MatchingState(state.embeddings[0], state.onehot[0])
+        else:
+            self.state = None
+        self.window_x, self.window_y = x.clone(), y.clone()
+
+    def reset(self) -> None:
+        """Forget the support set."""
+        wx, wy = self._window()
+        self._set_window(wx[:0], wy[:0])
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Add the labelled batch ``x [B, *x]``, ``y [B]`` to the window and encode it again; returns nothing."""
+        wx, wy = self._window()
+        check_update(x, y, wx, wy)
+        self._set_window(torch.cat([wx, x.detach().to(wx.dtype)])[-self.window:], torch.cat([wy, y])[-self.window:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +388,9 @@ class MatchingNet(nn.Module):
         """
         _check_labels(support_y)
         state = self.support_state(self.encode(support_x.unsqueeze(0)), support_y.unsqueeze(0), int(support_y.max()) + 1)
-        return MatchingPredictor(self, MatchingState(state.embeddings[0], state.onehot[0]))
+        window = max(DEFAULT_WINDOW, len(support_y))
+        return MatchingPredictor(self, MatchingState(state.embeddings[0], state.onehot[0]), support_x.detach()[-window:].clone(),
+                                 support_y.detach()[-window:].clone(), window)
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Log-probabilities ``[T, N*Q, N]`` of every task's queries; equal to ``adapt(support)(query)`` task by task."""

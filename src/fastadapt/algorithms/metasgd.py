@@ -21,6 +21,7 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.algorithms.maml import FastWeightsPredictor
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import ConfigError
 
@@ -76,10 +77,18 @@ class MetaSGD(nn.Module):
         loss = losses[:, 0].mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> inner.AdaptedModel:
-        """The model with fast weights for one task after ``inner_steps_eval`` steps; detached."""
-        fast = inner.fine_tune(self._forward, inner.trainable_params(self.model), support_x, support_y, self.rates(self.inner_steps_eval))
-        return inner.AdaptedModel(self.model, fast, inner.frozen_state(self.model))
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
+        """The model with fast weights for one task after ``inner_steps_eval`` steps; detached.
+
+        ``update(x, y)`` keeps adapting: the learnt-rate steps on a sliding window (:class:`FastWeightsPredictor`).
+        """
+        theta = inner.trainable_params(self.model)
+        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
+        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
+        """``steps`` steps with the learnt rates from ``start`` on ``(x, y)``; detached."""
+        return inner.fine_tune(self._forward, start, x, y, self.rates(steps))
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""

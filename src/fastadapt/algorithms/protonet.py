@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.data.streams import check_update
 from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, DataError
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -59,6 +60,77 @@ class PrototypeState:
     prototypes: Tensor
     distance: str
     scale: float
+
+
+@dataclass(eq=False)
+class PrototypePredictor:
+    """What :meth:`ProtoNet.adapt` returns: ``query_x [Q, *x] -> logits [Q, N]`` against running prototypes.
+
+    The state is, per label, the float64 sum of the embeddings seen and their count; the prototypes are
+    ``sums / counts`` (:attr:`state`). ``update(x, y)`` embeds the batch once (no graph) and adds it, so
+    the prototypes are always the means of every example seen (``decay = 1``, the default); with
+    ``decay < 1`` (:meth:`configure`) earlier examples are down-weighted by ``decay`` per update
+    (exponential forgetting, for drift). Bounded memory: ``[labels, D]`` sums and ``[labels]`` counts,
+    whatever the number of updates; bounded work: one encoder pass over the batch.
+
+    A label beyond the known ones is a new class: its prototype is added (labels never seen score
+    ``-inf``, so they are never predicted). The embeddings of a batch come from one encoder pass, so
+    with batch-statistics BatchNorm they depend on the batch they arrived in. A rejected update
+    (:func:`~fastadapt.data.streams.check_update`) leaves the state as it was. The algorithm module is only read.
+    """
+
+    model: nn.Module
+    distance: str
+    scale: float
+    sums: Tensor  # [labels, D] float64
+    counts: Tensor  # [labels] float64
+    input_shape: tuple[int, ...]
+    dtype: torch.dtype  # the embeddings' dtype (prototypes and logits)
+    decay: float = 1.0
+
+    @property
+    def state(self) -> PrototypeState:
+        """The prototypes ``[labels, D]`` (labels never seen: zero rows, masked in the logits)."""
+        return PrototypeState((self.sums / self.counts.clamp_min(1e-300).unsqueeze(1)).to(self.dtype), self.distance, self.scale)
+
+    def __call__(self, query_x: Tensor) -> Tensor:
+        if not bool((self.counts > 0).any()):
+            raise DataError("this ProtoNet predictor has seen no labelled example yet (after reset()); update it first")
+        with torch.no_grad():
+            logits = prototype_logits(self.model(query_x).unsqueeze(0), self.state.prototypes.unsqueeze(0), self.distance, self.scale)[0]
+        return logits.masked_fill(self.counts == 0, float("-inf")) if bool((self.counts == 0).any()) else logits
+
+    def configure(self, decay: float | None = None) -> PrototypePredictor:
+        """``decay`` in (0, 1]: the weight of what was seen before, per update (1: exact running means)."""
+        if decay is not None:
+            if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
+                raise ConfigError(f"decay={decay!r} is invalid; it must be in (0, 1] (1: the mean of all examples seen)")
+            self.decay = float(decay)
+        return self
+
+    def reset(self) -> None:
+        """Forget every prototype."""
+        self.sums, self.counts = self.sums[:0].clone(), self.counts[:0].clone()
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Add the labelled batch ``x [B, *x]``, ``y [B]`` to the running prototypes; returns nothing."""
+        check_update(x, y, torch.empty(0, *self.input_shape), torch.empty(0, dtype=torch.long))
+        with torch.no_grad():
+            z = self.model(x)
+        self.sums, self.counts = accumulate(self.sums, self.counts, z, y, self.decay)
+
+
+def accumulate(sums: Tensor, counts: Tensor, z: Tensor, y: Tensor, decay: float = 1.0) -> tuple[Tensor, Tensor]:
+    """New float64 ``sums [L, D]`` and ``counts [L]`` after adding embeddings ``z [B, D]`` with labels ``y [B]``
+    (``L`` grows to ``max(y) + 1`` for new labels; what was there is first multiplied by ``decay``)."""
+    labels = max(sums.shape[0], int(y.max()) + 1 if y.numel() else 0)
+    new_sums = torch.zeros(labels, z.shape[1], dtype=torch.float64, device=z.device)
+    new_counts = torch.zeros(labels, dtype=torch.float64, device=z.device)
+    new_sums[: sums.shape[0]] = sums * decay
+    new_counts[: counts.shape[0]] = counts * decay
+    new_sums.index_add_(0, y.to(z.device), z.detach().double())
+    new_counts.index_add_(0, y.to(z.device), torch.ones(len(y), dtype=torch.float64, device=z.device))
+    return new_sums, new_counts
 
 
 class ProtoNet(nn.Module):
@@ -102,16 +174,11 @@ class ProtoNet(nn.Module):
         with torch.no_grad():
             return torch.cat([self._logits(batch.select(slice(i, i + 1))) for i in range(batch.num_tasks)])
 
-    def adapt(self, support_x: Tensor, support_y: Tensor):
-        """Prototypes of one task; returns ``query_x [Q, *x] -> logits [Q, N]``."""
-        ways = int(support_y.max()) + 1
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> PrototypePredictor:
+        """Prototypes of one task; returns ``query_x [Q, *x] -> logits [Q, N]`` (a :class:`PrototypePredictor`,
+        whose ``update(x, y)`` keeps the running means of every example seen)."""
         with torch.no_grad():
-            protos = prototypes(self.model(support_x).unsqueeze(0), support_y.unsqueeze(0), ways)[0]
-        state = PrototypeState(protos, self.distance, self.scale)
-
-        def predictor(query_x: Tensor) -> Tensor:
-            with torch.no_grad():
-                return prototype_logits(self.model(query_x).unsqueeze(0), state.prototypes.unsqueeze(0), state.distance, state.scale)[0]
-
-        predictor.state = state  # type: ignore[attr-defined]
-        return predictor
+            z = self.model(support_x)
+        empty = torch.zeros(0, z.shape[1], dtype=torch.float64, device=z.device), torch.zeros(0, dtype=torch.float64, device=z.device)
+        sums, counts = accumulate(*empty, z, support_y)
+        return PrototypePredictor(self.model, self.distance, self.scale, sums, counts, tuple(support_x.shape[1:]), z.dtype)

@@ -49,6 +49,7 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.algorithms.maml import FastWeightsPredictor
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import ConfigError
 
@@ -196,17 +197,23 @@ class Reptile(nn.Module):
         metrics["surrogate"] = float(loss.detach())
         return MetaOutput(loss, metrics)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> inner.AdaptedModel:
-        """The model fine-tuned for ``inner_steps_eval`` steps on one task's support set; detached."""
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
+        """The model fine-tuned for ``inner_steps_eval`` steps on one task's support set; detached.
+
+        ``update(x, y)`` keeps adapting: the same fine-tuning on a sliding window (:class:`FastWeightsPredictor`).
+        """
         theta = inner.trainable_params(self.model)
-        rates = inner.constant_rates(list(theta), self.inner_lr, self.inner_steps_eval)
+        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
+        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
+        """``steps`` steps of the inner optimiser from ``start`` on ``(x, y)`` (the persistent Adam state, unchanged, when kept); detached."""
+        rates = inner.constant_rates(list(start), self.inner_lr, steps)
         if self.persistent:
             state, step = self._adam_state()
             with torch.enable_grad():
-                fast = inner.adam_steps(lambda p: task_loss(self._forward(p, support_x), support_y), inner.detached(theta), rates, state, step, self.betas)[0]
-            return inner.AdaptedModel(self.model, fast, inner.frozen_state(self.model))
-        fast = inner.fine_tune(self._forward, theta, support_x, support_y, rates, self.inner_optimizer, self.betas)
-        return inner.AdaptedModel(self.model, fast, inner.frozen_state(self.model))
+                return inner.adam_steps(lambda p: task_loss(self._forward(p, x), y), inner.detached(start), rates, state, step, self.betas)[0]
+        return inner.fine_tune(self._forward, start, x, y, rates, self.inner_optimizer, self.betas)
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` fine-tuning steps, ``[T, N*Q, N]``; no graph."""

@@ -47,7 +47,7 @@ from torch import nn
 from fastadapt import contract, distributed
 from fastadapt.build import TaskSources, build_algorithm, build_optimizer, probe_batch, task_sources, train_classes
 from fastadapt.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from fastadapt.config import Config, OptimConfig, config_from_dict, load_config
+from fastadapt.config import Config, OptimConfig, check_device, config_from_dict, load_config
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval import EvalResult, evaluate
 from fastadapt.eval.tests import run_tests
@@ -133,6 +133,7 @@ def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, 
     cfg = load_config(str(config), overrides) if isinstance(config, (str, Path)) else config
     if overrides and not isinstance(config, (str, Path)):
         raise FastAdaptError("overrides apply to a preset name or TOML path; pass a Config with its values set instead")
+    check_device(cfg.run.device)
     device = distributed.local_device(cfg.run.device)
     hint = f"the last checkpoint in {cfg.out_dir} is kept: rerun the same command to resume"
     with distributed.process_group(device, cfg.run.dist_timeout_s, hint), _threads(cfg.run.threads):

@@ -10,7 +10,7 @@ import torch
 from fastadapt import distributed
 from fastadapt.build import TaskSources, task_sources
 from fastadapt.checkpoint import atomic_write_many
-from fastadapt.config import Config
+from fastadapt.config import Config, check_device
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.eval.finetune import FineTuned
@@ -81,6 +81,7 @@ def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progres
         raise FastAdaptError(f"{path} was trained on task sources given in Python ({run.provenance['tasks_given']}); "
                              f"evaluate it from Python: fastadapt.evaluate(fastadapt.load_run(path).algorithm, source.fixed(n))")
     cfg = run.config
+    check_device(cfg.run.device)
     device = distributed.local_device(cfg.run.device)
     algo = run.algorithm.to(device)
     shapes = run.provenance.get("task_shapes") or {}

@@ -63,8 +63,20 @@ class MLP(nn.Module):
         return self.net(x.flatten(1) if x.ndim > 2 else x)
 
 
-def conv4(in_channels: int, out_features: int | None, image_size: int, hidden: int = 64, batch_norm: bool = True) -> Conv4:
-    """Registered as ``model.name = "conv4"``: :class:`Conv4` for the task source's images."""
+def conv4(in_channels: int, out_features: int | None, image_size: int, hidden: int = 64, batch_norm: bool = True,
+          input_shape: tuple[int, ...] | None = None) -> Conv4:
+    """Registered as ``model.name = "conv4"``: :class:`Conv4` for the task source's images.
+
+    One-line errors for inputs it cannot take: not images ``[C, H, W]``, or a side below 16 (four
+    2x2 poolings need at least 16 pixels).
+    """
+    if input_shape is not None and len(input_shape) != 3:
+        raise ConfigError(f"model.name=conv4 takes images [channels, height, width]; this data gives examples of shape {list(input_shape)}: "
+                          f"choose model.name=mlp for vectors")
+    if image_size < 16:
+        raise ConfigError(f"model.name=conv4 halves the image side four times; data.image_size={image_size} is too small, use >= 16")
+    if in_channels < 1 or hidden < 1 or (out_features is not None and out_features < 1):
+        raise ConfigError(f"model.name=conv4 needs in_channels, model.hidden and outputs >= 1; got {in_channels}, {hidden}, {out_features}")
     return Conv4(in_channels, out_features, hidden, image_size, batch_norm=batch_norm)
 
 
@@ -73,8 +85,10 @@ def mlp(input_shape: tuple[int, ...], out_features: int | None, layers: tuple[in
     in_features = 1
     for s in input_shape:
         in_features *= int(s)
-    if not layers:
-        raise ValueError("model.layers is empty; give at least one hidden width, e.g. [40, 40]")
+    if not layers or any(int(w) < 1 for w in layers):
+        raise ConfigError(f"model.layers={list(layers)} is invalid; give one or more hidden widths >= 1, e.g. [40, 40]")
+    if in_features < 1 or (out_features is not None and out_features < 1):
+        raise ConfigError(f"model.name=mlp needs inputs and outputs >= 1; got examples of shape {list(input_shape)} and {out_features} outputs")
     return MLP(in_features, out_features or layers[-1], tuple(layers))
 
 

@@ -41,7 +41,7 @@ import fastadapt
 from fastadapt.build import SourceRequest, build_algorithm
 from fastadapt.config import load_config
 from fastadapt.data import streams
-from fastadapt.online import (
+from fastadapt.streaming import (
     LossJump,
     OnlineRun,
     examples_to_fraction,

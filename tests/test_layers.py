@@ -21,7 +21,7 @@ LAYERS = {
     # 3: the run folder and load_run
     "run_folder": 3,
     # 4: evaluation
-    "eval": 4, "online": 4,
+    "eval": 4, "streaming": 4,
     # 5: the training loop
     "engine": 5,
     # 6: reports

@@ -24,7 +24,7 @@ from fastadapt.algorithms.protonet import ProtoNet, prototypes
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.data.streams import ClassStream, SinusoidStream, StreamTasks
 from fastadapt.nn import MLP, Conv4
-from fastadapt.online import (
+from fastadapt.streaming import (
     LossJump,
     OnlineRun,
     aligned,

@@ -30,3 +30,20 @@ def test_every_registered_algorithm_class_declares_the_contract():
         cls = algorithm_class(name)
         assert isinstance(getattr(cls, "needs_head", None), bool), name
         assert all(callable(getattr(cls, m, None)) for m in ("meta_loss", "adapt", "predict")), name
+
+
+def test_the_command_starts_without_importing_torch_so_an_early_interrupt_is_handled():
+    import subprocess
+    import sys
+
+    code = "import sys, fastadapt, fastadapt.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr  # torch is imported inside main(), where Ctrl-C gives one line and exit 130
+
+
+def test_public_functions_are_not_shadowed_by_modules():
+    import fastadapt.engine.loop  # noqa: F401
+    import fastadapt.streaming  # noqa: F401
+
+    assert callable(fastadapt.online) and fastadapt.online.__module__ == "fastadapt.streaming"
+    assert callable(fastadapt.train) and sorted(dir(fastadapt)) == dir(fastadapt) and "MAML" in dir(fastadapt)

@@ -5,36 +5,83 @@ Importing fastadapt changes no process-wide state; :func:`keep_freed_memory` is 
 setting the ``fastadapt`` command applies, for library users who want it.
 """
 
-from fastadapt.algorithms.anil import ANIL
-from fastadapt.algorithms.maml import FOMAML, MAML
-from fastadapt.algorithms.mann import MANN
-from fastadapt.algorithms.matching import MatchingNet
-from fastadapt.algorithms.meta_lstm import MetaLSTM
-from fastadapt.algorithms.metasgd import MetaSGD
-from fastadapt.algorithms.protonet import ProtoNet
-from fastadapt.algorithms.reptile import Reptile
-from fastadapt.build import SourceRequest, TaskSources
-from fastadapt.config import Config, config_from_dict, load_config
-from fastadapt.contract import Algorithm, MetaOutput, TaskSource
-from fastadapt.data import (
-    ClassDataset,
-    EpisodeSampler,
-    SinusoidTasks,
-    load_fashion_mnist,
-    load_idx,
-    load_omniglot,
-    load_omniglot_originals,
-    read_idx,
-)
-from fastadapt.engine import TrainResult, train
-from fastadapt.episodes import Episode, TaskBatch
-from fastadapt.errors import ConfigError, DataError, FastAdaptError
-from fastadapt.eval import EvalResult, evaluate, mean_ci
-from fastadapt.online import online
-from fastadapt.process import keep_freed_memory
-from fastadapt.registry import register_algorithm, register_model, register_task_source
-from fastadapt.run_folder import Run, RunFolder, load_run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from fastadapt.version import __version__ as __version__
+
+# The public names and the module each comes from. They are imported on first use (PEP 562), so
+# that `import fastadapt` (and the `fastadapt` command's start, which Ctrl-C may interrupt) costs
+# nothing until something is used; `from fastadapt import X` and `fastadapt.X` work as usual.
+_WHERE = {
+    "ANIL": "fastadapt.algorithms.anil", "FOMAML": "fastadapt.algorithms.maml", "MAML": "fastadapt.algorithms.maml",
+    "MANN": "fastadapt.algorithms.mann", "MatchingNet": "fastadapt.algorithms.matching", "MetaLSTM": "fastadapt.algorithms.meta_lstm",
+    "MetaSGD": "fastadapt.algorithms.metasgd", "ProtoNet": "fastadapt.algorithms.protonet", "Reptile": "fastadapt.algorithms.reptile",
+    "SourceRequest": "fastadapt.build", "TaskSources": "fastadapt.build",
+    "Config": "fastadapt.config", "config_from_dict": "fastadapt.config", "load_config": "fastadapt.config",
+    "Algorithm": "fastadapt.contract", "MetaOutput": "fastadapt.contract", "TaskSource": "fastadapt.contract",
+    "ClassDataset": "fastadapt.data", "EpisodeSampler": "fastadapt.data", "SinusoidTasks": "fastadapt.data",
+    "load_fashion_mnist": "fastadapt.data", "load_idx": "fastadapt.data", "load_omniglot": "fastadapt.data",
+    "load_omniglot_originals": "fastadapt.data", "read_idx": "fastadapt.data",
+    "TrainResult": "fastadapt.engine", "train": "fastadapt.engine",
+    "Episode": "fastadapt.episodes", "TaskBatch": "fastadapt.episodes",
+    "ConfigError": "fastadapt.errors", "DataError": "fastadapt.errors", "FastAdaptError": "fastadapt.errors",
+    "EvalResult": "fastadapt.eval", "evaluate": "fastadapt.eval", "mean_ci": "fastadapt.eval",
+    "online": "fastadapt.streaming", "keep_freed_memory": "fastadapt.process",
+    "register_algorithm": "fastadapt.registry", "register_model": "fastadapt.registry", "register_task_source": "fastadapt.registry",
+    "Run": "fastadapt.run_folder", "RunFolder": "fastadapt.run_folder", "load_run": "fastadapt.run_folder",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+        globals()[name] = value  # the next access is a plain attribute
+        return value
+    try:  # a subpackage used as an attribute: fastadapt.nn.Conv4 after `import fastadapt`
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from fastadapt.algorithms.anil import ANIL
+    from fastadapt.algorithms.maml import FOMAML, MAML
+    from fastadapt.algorithms.mann import MANN
+    from fastadapt.algorithms.matching import MatchingNet
+    from fastadapt.algorithms.meta_lstm import MetaLSTM
+    from fastadapt.algorithms.metasgd import MetaSGD
+    from fastadapt.algorithms.protonet import ProtoNet
+    from fastadapt.algorithms.reptile import Reptile
+    from fastadapt.build import SourceRequest, TaskSources
+    from fastadapt.config import Config, config_from_dict, load_config
+    from fastadapt.contract import Algorithm, MetaOutput, TaskSource
+    from fastadapt.data import (
+        ClassDataset,
+        EpisodeSampler,
+        SinusoidTasks,
+        load_fashion_mnist,
+        load_idx,
+        load_omniglot,
+        load_omniglot_originals,
+        read_idx,
+    )
+    from fastadapt.engine import TrainResult, train
+    from fastadapt.episodes import Episode, TaskBatch
+    from fastadapt.errors import ConfigError, DataError, FastAdaptError
+    from fastadapt.eval import EvalResult, evaluate, mean_ci
+    from fastadapt.process import keep_freed_memory
+    from fastadapt.registry import register_algorithm, register_model, register_task_source
+    from fastadapt.run_folder import Run, RunFolder, load_run
+    from fastadapt.streaming import online
 
 __all__ = [
     "ANIL",

@@ -21,13 +21,13 @@ LAYERS = {
     # 3: the run folder and load_run
     "run_folder": 3,
     # 4: evaluation
-    "eval": 4, "streaming": 4,
+    "eval": 4, "streaming": 4, "explanations": 4,
     # 5: the training loop
     "engine": 5,
     # 6: reports
     "report": 6,
     # 7: entry points and the public surface
-    "cli": 7, "__main__": 7, "__init__": 7,
+    "cli": 7, "__main__": 7, "__init__": 7, "apps": 7,
 }
 
 

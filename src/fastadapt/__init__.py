@@ -29,7 +29,7 @@ _WHERE = {
     "Episode": "fastadapt.episodes", "TaskBatch": "fastadapt.episodes",
     "ConfigError": "fastadapt.errors", "DataError": "fastadapt.errors", "FastAdaptError": "fastadapt.errors",
     "EvalResult": "fastadapt.eval", "evaluate": "fastadapt.eval", "mean_ci": "fastadapt.eval",
-    "online": "fastadapt.streaming", "keep_freed_memory": "fastadapt.process",
+    "online": "fastadapt.streaming", "explain": "fastadapt.explanations", "keep_freed_memory": "fastadapt.process",
     "register_algorithm": "fastadapt.registry", "register_model": "fastadapt.registry", "register_task_source": "fastadapt.registry",
     "Run": "fastadapt.run_folder", "RunFolder": "fastadapt.run_folder", "load_run": "fastadapt.run_folder",
 }
@@ -78,6 +78,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from fastadapt.episodes import Episode, TaskBatch
     from fastadapt.errors import ConfigError, DataError, FastAdaptError
     from fastadapt.eval import EvalResult, evaluate, mean_ci
+    from fastadapt.explanations import explain
     from fastadapt.process import keep_freed_memory
     from fastadapt.registry import register_algorithm, register_model, register_task_source
     from fastadapt.run_folder import Run, RunFolder, load_run
@@ -113,6 +114,7 @@ __all__ = [
     "TrainResult",
     "config_from_dict",
     "evaluate",
+    "explain",
     "keep_freed_memory",
     "load_config",
     "load_fashion_mnist",

@@ -6,6 +6,8 @@
     fastadapt plot RUN_DIR                        learning curves (PNG)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
+    fastadapt explain RUN_DIR [--episode N | --support DIR --query FILE]   why a run predicts what it does (PNG + JSON)
+    fastadapt serve RUN_DIR [--port P]            a local web app: teach the run new classes with a person in the loop
 
 Every failure a user or the machine can cause prints one line, ``fastadapt: error: <cause>; <fix>``,
 and exits with status 2: a bad config or input (:class:`~fastadapt.errors.FastAdaptError`), a file
@@ -163,6 +165,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from fastadapt.apps.explain import explain_command
+
+    png, js = explain_command(args.run_dir, args.overrides, args.episode, args.support, args.query, args.queries, args.attribution,
+                              args.out, args.invert)
+    print(f"wrote {png}\nwrote {js}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from fastadapt.apps.serve import serve_command
+
+    return serve_command(args.run_dir, args.host, args.port, args.dir, args.pool, args.invert, args.allow_remote)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (a :class:`ConfigError`: exit 2) instead of the usage text and an error."""
 
@@ -198,6 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", type=int, default=4)
     s.add_argument("--out", default="episodes.png", help="PNG path ('' to skip the picture)")
     s.set_defaults(fn=_cmd_sample)
+    x = sub.add_parser("explain", help="explain a run's predictions on one task: distances, attention, layer changes, gates, "
+                       "memory or input attributions (PNG + JSON)")
+    x.add_argument("run_dir")
+    x.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config, e.g. data.test_shots=5")
+    x.add_argument("--episode", type=int, help="explain test episode N of the run (default 0)")
+    x.add_argument("--support", help="your own support set: a folder with one subfolder of PNG/JPEG images per class")
+    x.add_argument("--query", help="with --support: a query image (or a folder of them)")
+    x.add_argument("--queries", type=int, default=5, help="queries of the episode to explain (one per class first)")
+    x.add_argument("--attribution", default="auto", choices=["auto", "integrated_gradients", "gradient", "none"])
+    x.add_argument("--invert", default="auto", choices=["auto", "never", "always"], help="make your images bright ink on dark "
+                   "(auto: invert mostly light images)")
+    x.add_argument("--out", help="path stem of the files (default: <run>-episode<N> in this folder): STEM.png and STEM.json")
+    x.set_defaults(fn=_cmd_explain)
+    sv = sub.add_parser("serve", help="a local web app to teach the run new classes by drawing, with uncertainty sampling")
+    sv.add_argument("run_dir")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8765)
+    sv.add_argument("--dir", help="the app's folder: its SQLite state (default RUN_DIR/app)")
+    sv.add_argument("--pool", default="omniglot", help="unlabelled examples to propose: 'omniglot' (test characters) or a folder "
+                    "<pool>/<class>/<image>")
+    sv.add_argument("--invert", default="auto", choices=["auto", "never", "always"], help="uploads: make them bright ink on dark")
+    sv.add_argument("--allow-remote", action="store_true", help="allow a --host other than 127.0.0.1/localhost (no authentication!)")
+    sv.set_defaults(fn=_cmd_serve)
     return p
 
 

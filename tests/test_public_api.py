@@ -5,9 +5,9 @@ from fastadapt.registry import ALGORITHMS, algorithm_class
 
 PUBLIC = {
     "ANIL", "FOMAML", "MAML", "MANN", "Algorithm", "ClassDataset", "Config", "ConfigError", "DataError", "Episode",
-    "EpisodeSampler", "EvalResult", "FastAdaptError", "MatchingNet", "MetaLSTM", "MetaOutput", "MetaSGD", "ProtoNet",
+    "EpisodeDataset", "EpisodeSampler", "EvalResult", "FastAdaptError", "MatchingNet", "MetaLSTM", "MetaOutput", "MetaSGD", "ProtoNet",
     "Reptile", "Run", "RunFolder", "SinusoidTasks", "SourceRequest", "TaskBatch", "TaskSource", "TaskSources",
-    "TrainResult", "config_from_dict", "evaluate", "keep_freed_memory", "load_config", "load_omniglot",
+    "TrainResult", "collate_tasks", "config_from_dict", "evaluate", "keep_freed_memory", "load_config", "load_omniglot",
     "load_omniglot_originals", "load_run", "load_fashion_mnist", "load_idx", "read_idx", "online", "explain", "mean_ci", "register_algorithm", "register_model", "register_task_source",
     "train",
 }

@@ -22,11 +22,11 @@ _WHERE = {
     "SourceRequest": "fastadapt.build", "TaskSources": "fastadapt.build",
     "Config": "fastadapt.config", "config_from_dict": "fastadapt.config", "load_config": "fastadapt.config",
     "Algorithm": "fastadapt.contract", "MetaOutput": "fastadapt.contract", "TaskSource": "fastadapt.contract",
-    "ClassDataset": "fastadapt.data", "EpisodeSampler": "fastadapt.data", "SinusoidTasks": "fastadapt.data",
+    "ClassDataset": "fastadapt.data", "EpisodeDataset": "fastadapt.data", "EpisodeSampler": "fastadapt.data", "SinusoidTasks": "fastadapt.data",
     "load_fashion_mnist": "fastadapt.data", "load_idx": "fastadapt.data", "load_omniglot": "fastadapt.data",
     "load_omniglot_originals": "fastadapt.data", "read_idx": "fastadapt.data",
     "TrainResult": "fastadapt.engine", "train": "fastadapt.engine",
-    "Episode": "fastadapt.episodes", "TaskBatch": "fastadapt.episodes",
+    "Episode": "fastadapt.episodes", "TaskBatch": "fastadapt.episodes", "collate_tasks": "fastadapt.episodes",
     "ConfigError": "fastadapt.errors", "DataError": "fastadapt.errors", "FastAdaptError": "fastadapt.errors",
     "EvalResult": "fastadapt.eval", "evaluate": "fastadapt.eval", "mean_ci": "fastadapt.eval",
     "online": "fastadapt.streaming", "explain": "fastadapt.explanations", "keep_freed_memory": "fastadapt.process",
@@ -66,6 +66,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from fastadapt.contract import Algorithm, MetaOutput, TaskSource
     from fastadapt.data import (
         ClassDataset,
+        EpisodeDataset,
         EpisodeSampler,
         SinusoidTasks,
         load_fashion_mnist,
@@ -75,7 +76,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         read_idx,
     )
     from fastadapt.engine import TrainResult, train
-    from fastadapt.episodes import Episode, TaskBatch
+    from fastadapt.episodes import Episode, TaskBatch, collate_tasks
     from fastadapt.errors import ConfigError, DataError, FastAdaptError
     from fastadapt.eval import EvalResult, evaluate, mean_ci
     from fastadapt.explanations import explain
@@ -95,6 +96,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "Episode",
+    "EpisodeDataset",
     "EpisodeSampler",
     "EvalResult",
     "FastAdaptError",
@@ -112,6 +114,7 @@ __all__ = [
     "TaskSource",
     "TaskSources",
     "TrainResult",
+    "collate_tasks",
     "config_from_dict",
     "evaluate",
     "explain",

@@ -1,6 +1,7 @@
 """The ``fastadapt`` command.
 
     fastadapt train PRESET|FILE [key=value ...]   train (resumes when the run folder has a checkpoint; --dry-run: check only)
+    fastadapt config PRESET|FILE [key=value ...]  the resolved config as TOML: every key, its value, its comment
     fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
     fastadapt list                                algorithms, models, task sources, presets
     fastadapt plot RUN_DIR                        learning curves (PNG)
@@ -8,6 +9,11 @@
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
     fastadapt explain RUN_DIR [--episode N | --support DIR --query FILE]   why a run predicts what it does (PNG + JSON)
     fastadapt serve RUN_DIR [--port P]            a local web app: teach the run new classes with a person in the loop
+    fastadapt --version                           fastadapt, torch and Python versions
+    python -m fastadapt ...                       the same command
+
+Exit status: 0 done; 2 a usage, config, data or file error (one line on stderr); 130 interrupted (Ctrl-C; a
+training saves its checkpoint first). Anything else is a bug, with its traceback.
 
 Every failure a user or the machine can cause prints one line, ``fastadapt: error: <cause>; <fix>``,
 and exits with status 2: a bad config or input (:class:`~fastadapt.errors.FastAdaptError`), a file
@@ -89,6 +95,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for key, res in result.tests.items():
             print(f"test {key}: {res.summary()}")
         print(f"trained {result.steps} steps in {result.train_seconds / 60:.1f} min; results in {cfg.out_dir}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from fastadapt.config import load_config, to_toml
+
+    cfg = load_config(args.config, args.overrides)
+    command = " ".join(["fastadapt config", args.config, *args.overrides])
+    print(to_toml(cfg, f"{command}\nSave it (fastadapt config ... > my.toml), edit it, then: fastadapt train my.toml"), end="")
     return 0
 
 
@@ -188,16 +203,48 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
 
 
+class _Version(argparse.Action):
+    """``--version``: fastadapt's, torch's and Python's versions (torch is imported only here, not at start-up)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help="print the fastadapt, torch and "
+                 "Python versions and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        import platform
+
+        import torch
+
+        from fastadapt.version import __version__
+
+        print(f"fastadapt {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
+        parser.exit(0)
+
+
+TRAIN_EPILOG = """\
+A config has the sections [data], [model], [algorithm], [optim], [eval] and [run]; override any key as
+section.key=value (data.ways=20 algorithm.inner_lr=0.1 run.device=cpu). To see every key of a preset, its
+value and what it means, as a TOML file to save and edit: fastadapt config PRESET > my.toml
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fastadapt", description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.")
+    p = _Parser(prog="fastadapt", description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.",
+                epilog="exit status: 0 done, 2 usage/config/data/file error, 130 interrupted")
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a preset or TOML config; resumes from the run folder's checkpoint")
+    t = sub.add_parser("train", help="train a preset or TOML config; resumes from the run folder's checkpoint", epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", help="preset name (see `fastadapt list`) or path to a .toml file")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.ways=20 optim.steps=100")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     t.add_argument("--dry-run", action="store_true", help="check the config, build the data, model and algorithm, estimate the "
                    "memory; train nothing, write nothing")
     t.set_defaults(fn=_cmd_train)
+    c = sub.add_parser("config", help="print a preset's or file's resolved config as TOML: every key, its value and its comment")
+    c.add_argument("config", help="preset name (see `fastadapt list`) or path to a .toml file")
+    c.add_argument("overrides", nargs="*", help="section.key=value, applied before printing")
+    c.set_defaults(fn=_cmd_config)
     e = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes; writes RUN_DIR/evals/<setting>.json")
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="e.g. data.test_shots=5 eval.test_episodes=600")

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import io
 import math
+import re
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,7 +97,8 @@ class RunConfig:
     name: str = "run"  # run name (default output folder runs/<name>)
     out: str = ""  # output folder ("" = runs/<name>)
     seed: int = 0  # seed of model init and training episodes
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"  # "auto" (CUDA, else MPS, else CPU), "cpu", "cuda", "cuda:1", "mps", ...
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) for the run (CUDA: reproducible, slower; an op without a deterministic version is an error)
     threads: int = 0  # torch CPU threads (0: torch's default)
     log_every: int = 10  # append train metrics to metrics.jsonl every N steps
     checkpoint_every: int = 200  # write checkpoint.pt every N steps
@@ -385,18 +390,37 @@ def _check_device_name(device: str) -> None:
     Only the spelling is checked here (a config is replayed on other machines); :func:`check_device`
     checks that this machine has it.
     """
+    if device == "auto":
+        return
     kind, _, index = device.partition(":")
     if kind not in DEVICE_TYPES or (index and not (index.isascii() and index.isdigit() and len(index) <= 4)):
-        raise ConfigError(f"run.device={_short(device)} is not a device; write {', '.join(DEVICE_TYPES)}, or a type with an index: cuda:1")
+        raise ConfigError(f"run.device={_short(device)} is not a device; write auto, {', '.join(DEVICE_TYPES)}, or a type with an index: cuda:1")
+
+
+def resolve_device(device: str) -> str:
+    """``run.device`` on this machine: ``"auto"`` becomes ``"cuda"`` when a CUDA device is visible, else ``"mps"`` when
+    Apple's GPU is available, else ``"cpu"``; any other name is returned as it is. The one place "auto" is decided
+    (:func:`check_device` and :func:`fastadapt.distributed.local_device` call it)."""
+    if device != "auto":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def check_device(device: str) -> None:
-    """A one-line error unless this machine has ``device`` (``run.device``): CUDA built and visible, the index present, MPS available."""
+    """A one-line error unless this machine has ``device`` (``run.device``): CUDA built and visible, the index present, MPS available.
+    ``"auto"`` always passes (it resolves to what is there)."""
     import torch
 
     _check_device_name(device)
+    device = resolve_device(device)
     kind, _, index = device.partition(":")
-    fix = "use run.device=cpu (or another machine)"
+    fix = "use run.device=auto (or cpu), or another machine"
     if kind == "cuda":
         if not torch.backends.cuda.is_built():
             raise ConfigError(f"run.device={device!r}: this torch ({torch.__version__}) is built without CUDA; {fix}")
@@ -535,3 +559,84 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
 def load_config(preset_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a preset or file, apply ``key=value`` overrides, validate."""
     return config_from_dict(apply_overrides(read_toml(preset_or_path), overrides))
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The trailing ``# ...`` comment of every field of the dataclass ``cls``, read from its source ({} without one)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):  # no source (a frozen application): no comments
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    lines: dict[int, list[tokenize.TokenInfo]] = {}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in (tokenize.INDENT, tokenize.DEDENT, tokenize.NEWLINE, tokenize.NL):
+            lines.setdefault(tok.start[0], []).append(tok)
+    out = {}
+    for toks in lines.values():
+        if (len(toks) > 2 and toks[0].type == tokenize.NAME and toks[0].string in names and toks[1].string == ":"
+                and toks[-1].type == tokenize.COMMENT):
+            out[toks[0].string] = toks[-1].string.lstrip("#").strip()
+    return out
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_string(text: str) -> str:
+    escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return '"' + "".join(escapes.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in text) + '"'
+
+
+def _toml_value(v: Any) -> str | None:
+    """``v`` as a TOML value; None when TOML cannot write it (``None``, an object)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return _toml_string(v)
+    if isinstance(v, (list, tuple)):
+        items = [_toml_value(x) for x in v]
+        return None if None in items else "[" + ", ".join(items) + "]"  # type: ignore[arg-type]
+    if isinstance(v, dict):
+        pairs = [(k if _BARE_KEY.fullmatch(str(k)) else _toml_string(str(k)), _toml_value(x)) for k, x in v.items()]
+        return None if any(x is None for _, x in pairs) else ("{ " + ", ".join(f"{k} = {x}" for k, x in pairs) + " }" if pairs else "{}")
+    return None
+
+
+def _toml_line(key: str, value: Any, comment: str) -> str:
+    text = _toml_value(value)
+    if text is None:  # kept visible, as a comment: TOML has no None
+        return f"# {key} = {value!r}  (not expressible in TOML)" + (f"  # {comment}" if comment else "")
+    return f"{key} = {text}" + (f"  # {comment}" if comment else "")
+
+
+def to_toml(cfg: Config, title: str = "") -> str:
+    """``cfg`` as a TOML file to save, edit and load again: every key of every section with its value and its comment.
+
+    ``[algorithm]`` holds the options the config sets; the algorithm's other constructor options follow as
+    comments with their defaults. ``load_config`` of the text gives ``cfg`` back (``to_dict()`` equal).
+    """
+    data = cfg.to_dict()
+    lines = [f"# {line}" for line in title.splitlines()]
+    for name, cls in SECTIONS.items():
+        comments = field_comments(cls)
+        lines += ["", f"[{name}]", *(_toml_line(k, v, comments.get(k, "")) for k, v in data[name].items())]
+    algo = dict(data["algorithm"])
+    key = "target" if "target" in algo else "name"
+    lines += ["", "[algorithm]", _toml_line(key, algo.pop(key), field_comments(Config).get("algorithm", ""))]
+    lines += [_toml_line(k, v, f"an option of {cfg.algorithm}") for k, v in algo.items()]
+    try:
+        params = algorithm_signature(cfg.algorithm)
+    except ConfigError:
+        params = {}
+    rest = [p for p in params.values() if p.name not in algo]
+    if rest:
+        lines.append(f"# other options of {cfg.algorithm}, at their defaults (uncomment to change):")
+    for p in rest:
+        text = None if p.default is inspect.Parameter.empty else _toml_value(p.default)
+        lines.append(f"# {p.name} = {text}" if text is not None else f"# {p.name}: default {p.default!r}")
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastadapt.config import Config, algorithm_signature
+from fastadapt.config import Config, algorithm_signature, resolve_device
 from fastadapt.errors import ConfigError, FastAdaptError
 
 LOWER_STEP = "data.meta_batch, data.ways, data.shots / data.queries or data.image_size"
@@ -88,7 +88,8 @@ class CostEstimate:
 
 
 def available_memory(device: str = "cpu") -> int | None:
-    """Bytes free for a run on ``device``: a CUDA device's free memory, else ``MemAvailable`` (None when unknown)."""
+    """Bytes free for a run on ``device`` ("auto" resolved): a CUDA device's free memory, else ``MemAvailable`` (None when unknown)."""
+    device = resolve_device(device)
     if device.startswith("cuda") and torch.cuda.is_available():
         try:
             free, _ = torch.cuda.mem_get_info(torch.device(device))

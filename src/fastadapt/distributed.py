@@ -88,7 +88,11 @@ def is_main() -> bool:
 
 
 def local_device(device: str) -> torch.device:
-    """``device`` for this rank: a bare ``"cuda"`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    """``device`` for this rank: ``"auto"`` is resolved (:func:`fastadapt.config.resolve_device`), then a bare ``"cuda"``
+    becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    from fastadapt.config import resolve_device
+
+    device = resolve_device(device)
     if device == "cuda" and env_world_size() > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(device)

@@ -15,6 +15,10 @@ query_x       ``[T, N*Q, *x_shape]``  query inputs
 query_y       ``[T, N*Q]`` (int64)    labels 0..N-1 (regression: float targets)
 classes       ``[T, N]`` (int64)      dataset class id of each label, or ``None`` (regression)
 ============  =====================  ==========================================
+
+With a ``torch.utils.data.DataLoader``, :func:`collate_tasks` is the ``collate_fn`` that joins batches
+(torch's default collation does not know a :class:`TaskBatch`); see
+:class:`fastadapt.data.sampler.EpisodeDataset` for training tasks as an ``IterableDataset``.
 """
 
 from __future__ import annotations
@@ -117,3 +121,15 @@ class TaskBatch:
             torch.cat([b.query_x for b in batches]), torch.cat([b.query_y for b in batches]),
             None if cls is None else torch.cat([b.classes for b in batches]),  # type: ignore[misc]
         )
+
+
+def collate_tasks(batches: list[TaskBatch]) -> TaskBatch:
+    """The ``collate_fn`` of a ``DataLoader`` whose items are :class:`TaskBatch` es: one batch of all their tasks, in order.
+
+    ``[T_1, ...] + [T_2, ...] + ... -> [T_1 + T_2 + ..., ...]`` for every field (:meth:`TaskBatch.cat`); the batches must
+    agree on N, K, Q and the input shape. ``DataLoader(dataset, batch_size=B, collate_fn=collate_tasks)``.
+    """
+    if not all(isinstance(b, TaskBatch) for b in batches):
+        kinds = sorted({type(b).__name__ for b in batches})
+        raise TypeError(f"collate_tasks joins TaskBatch items, got {', '.join(kinds)}")
+    return TaskBatch.cat(list(batches))

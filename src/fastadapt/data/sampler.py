@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
 
 from fastadapt.data.classes import ClassDataset
 from fastadapt.episodes import TaskBatch
@@ -175,3 +176,31 @@ class EpisodeSampler:
         if int(state["seed"]) != self.seed:
             raise DataError(f"sampler state has seed {state['seed']}, this sampler has {self.seed}; build it with the same seed")
         self.step = int(state["step"])
+
+
+class EpisodeDataset(IterableDataset):
+    """Training tasks as a ``torch.utils.data.IterableDataset``: one item per step, the :class:`TaskBatch` of that step's
+    ``tasks_per_step`` tasks (``[tasks_per_step, N*K, ...]``), for steps ``start_step .. start_step + steps - 1``.
+
+    ``sampler`` is an :class:`EpisodeSampler` or any task source with ``sample_tasks(step, start, count)``. Item ``s`` is
+    ``sampler.sample_tasks(start_step + s, 0, tasks_per_step)``: a pure function of (seed, step, index), so DataLoader
+    workers (each takes every ``num_workers``-th step) give the same items in the same order as no workers:
+    ``DataLoader(EpisodeDataset(sampler, 1000, 32), batch_size=None, num_workers=2)``. To join steps, pass
+    ``collate_fn=fastadapt.episodes.collate_tasks`` with ``batch_size=B`` (with workers, a worker joins its own steps).
+    """
+
+    def __init__(self, sampler: EpisodeSampler, steps: int, tasks_per_step: int, start_step: int = 0) -> None:
+        for label, v in (("steps", steps), ("tasks_per_step", tasks_per_step)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise DataError(f"{label}={v!r} is invalid; it must be a positive integer")
+        super().__init__()
+        self.sampler, self.steps, self.tasks_per_step, self.start_step = sampler, steps, tasks_per_step, int(start_step)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Iterator[TaskBatch]:
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for s in range(worker, self.steps, workers):
+            yield self.sampler.sample_tasks(self.start_step + s, 0, self.tasks_per_step)

@@ -33,6 +33,7 @@ Resuming with a changed ``[optim]`` (every other section but ``[run]`` must be e
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -111,6 +112,27 @@ def _threads(n: int):
         torch.set_num_threads(old)
 
 
+@contextmanager
+def _deterministic(on: bool):
+    """``torch.use_deterministic_algorithms(True)`` for the duration when ``on`` (``run.deterministic``), restored after.
+
+    cuBLAS is deterministic only with ``CUBLAS_WORKSPACE_CONFIG`` set: ``:4096:8`` for the run unless the environment sets it.
+    """
+    if not on:
+        yield
+        return
+    old, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    had_workspace = "CUBLAS_WORKSPACE_CONFIG" in os.environ
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=warn_only)
+        if not had_workspace:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+
+
 def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, model: nn.Module | None = None, tasks: Any = None,
           resume: bool = True, step_hook: Callable[[int], None] | None = None) -> TrainResult:
     """Train in ``config.out_dir``; resume from its ``checkpoint.pt`` when there is one.
@@ -136,7 +158,7 @@ def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, 
     check_device(cfg.run.device)
     device = distributed.local_device(cfg.run.device)
     hint = f"the last checkpoint in {cfg.out_dir} is kept: rerun the same command to resume"
-    with distributed.process_group(device, cfg.run.dist_timeout_s, hint), _threads(cfg.run.threads):
+    with distributed.process_group(device, cfg.run.dist_timeout_s, hint), _threads(cfg.run.threads), _deterministic(cfg.run.deterministic):
         return _train(cfg, resume, step_hook, device, model, tasks)
 
 

@@ -65,6 +65,13 @@ def class_groups(dataset: ClassDataset, scope: str) -> list[str] | None:
     raise DataError(f"episode scope {scope!r} is not supported; choose dataset or alphabet")
 
 
+def fixed_episodes(source, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:
+    """Tasks ``0 .. num_episodes-1`` of the evaluation step of ``source`` (any task source), in batches of
+    ``batch_size``: the same episodes for the same seed, whatever the batch size."""
+    for start in range(0, num_episodes, batch_size):
+        yield source.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
+
+
 class EpisodeSampler:
     """Draws :class:`TaskBatch` es of ``ways``-way ``shots``-shot ``queries``-query tasks.
 
@@ -152,8 +159,7 @@ class EpisodeSampler:
 
     def fixed(self, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:
         """``num_episodes`` fixed evaluation tasks in batches of ``batch_size`` (same for the same seed)."""
-        for start in range(0, num_episodes, batch_size):
-            yield self.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
+        return fixed_episodes(self, num_episodes, batch_size)
 
     def _gather(self, rows: Tensor, t: int, classes: Tensor) -> TaskBatch:
         """One gather for the whole batch; ``rows`` holds all support rows, then all query rows."""

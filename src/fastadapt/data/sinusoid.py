@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from fastadapt.data.sampler import EVAL_STEP, _mix
+from fastadapt.data.sampler import _mix, fixed_episodes
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import DataError
 
@@ -68,8 +68,7 @@ class SinusoidTasks:
         return batch
 
     def fixed(self, num_episodes: int, batch_size: int = 100):
-        for start in range(0, num_episodes, batch_size):
-            yield self.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
+        return fixed_episodes(self, num_episodes, batch_size)
 
     def state_dict(self) -> dict[str, int]:
         return {"step": self.step, "seed": self.seed}

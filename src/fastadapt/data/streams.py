@@ -45,7 +45,7 @@ from torch import Tensor
 
 from fastadapt.data.classes import ClassDataset, conform_images
 from fastadapt.data.omniglot import SPLITS, load_omniglot
-from fastadapt.data.sampler import EVAL_STEP, _mix
+from fastadapt.data.sampler import _mix, fixed_episodes
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import DataError
 
@@ -576,8 +576,7 @@ class StreamTasks:
 
     def fixed(self, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:
         """``num_episodes`` fixed evaluation episodes (the same every time for a seed)."""
-        for start in range(0, num_episodes, batch_size):
-            yield self.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
+        return fixed_episodes(self, num_episodes, batch_size)
 
 
 # --- registered builders ------------------------------------------------------------------------

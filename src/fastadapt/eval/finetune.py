@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fastadapt.algorithms.protonet import prototypes
 from fastadapt.contract import needs_head
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import ConfigError
@@ -33,8 +34,7 @@ MODES = ("head", "encoder")
 
 def prototype_head(features: Tensor, labels: Tensor, ways: int) -> tuple[Tensor, Tensor]:
     """``W = 2 c``, ``b = -||c||^2`` from the class means ``c`` of ``features [M, D]``."""
-    onehot = F.one_hot(labels, ways).to(features.dtype)
-    c = onehot.T @ features / onehot.sum(0).unsqueeze(1)
+    c = prototypes(features.unsqueeze(0), labels.unsqueeze(0), ways)[0]
     return 2 * c, -(c * c).sum(1)
 
 

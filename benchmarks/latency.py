@@ -12,11 +12,14 @@ model at full size (Conv4 with 64 filters, 32 for the meta-LSTM) and its evaluat
 MAML, which takes 5 inner steps (the target's setting). Weights are the preset's initialisation:
 latency does not depend on training (Baseline's and the linear probe's per-task fitting run a fixed
 number of steps). ``torch.set_num_threads(1)``; ``--warmup`` calls first; then ``--calls`` timed calls,
-each timed on its own (p50/p95/p99 in ms).
+each timed on its own (p50/p95/p99 in ms). By default glibc keeps freed memory for reuse, as the
+``fastadapt`` command and the app do (``--allocator default`` leaves glibc alone: every call then faults
+its activations back page by page, which costs ProtoNets about 2 ms of its 5).
 
 Modes, where they apply: ``eager``; ``inference`` (``torch.inference_mode`` around the call for the
 learners whose adaptation takes no gradient, around the prediction only for the others);
-``torchscript`` (ProtoNet: its encoder traced once, outside the timing); ``compile`` (ProtoNet:
+``channels_last`` (the model's weights and the call's inputs in NHWC, oneDNN's preferred layout; the
+inputs' conversion is timed); ``torchscript`` (ProtoNet: its encoder traced once, outside the timing); ``compile`` (ProtoNet:
 ``torch.compile`` of its encoder, compiled during warm-up; slow to compile, so not in the defaults).
 
 Ceiling: the best of 5 timings of a 1024x1024 fp32 matmul on one thread gives the machine's fp32
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
+import os
 import platform
 import statistics
 import sys
@@ -41,6 +46,7 @@ from pathlib import Path
 
 import torch
 
+import fastadapt
 from fastadapt.build import build_algorithm
 from fastadapt.config import load_config
 from fastadapt.episodes import TaskBatch
@@ -85,6 +91,8 @@ def variant(algo: torch.nn.Module, name: str, mode: str, example: torch.Tensor) 
     """The algorithm for a mode (None where the mode does not apply)."""
     if mode in ("eager", "inference"):
         return algo
+    if mode == "channels_last":  # NHWC weights and inputs: oneDNN's preferred layout for these small convolutions
+        return copy.deepcopy(algo).to(memory_format=torch.channels_last)
     if name != "protonet":
         return None
     from fastadapt.algorithms.protonet import ProtoNet
@@ -99,6 +107,8 @@ def variant(algo: torch.nn.Module, name: str, mode: str, example: torch.Tensor) 
 
 
 def one_call(algo: torch.nn.Module, name: str, mode: str, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+    if mode == "channels_last" and sx.dim() == 4:  # the conversion is part of the call
+        sx, qx = sx.contiguous(memory_format=torch.channels_last), qx.contiguous(memory_format=torch.channels_last)
     whole = mode == "inference" and name in GRADIENT_FREE_ADAPT
     with torch.inference_mode() if whole else contextlib.nullcontext():
         predictor = algo.adapt(sx, sy)
@@ -164,7 +174,7 @@ def measure(names: list[str], modes: list[str], calls: int, warmup: int, shots_l
                            "ceiling_pct": 100 * flops / (p50 / 1e3) / ceiling, "target_p95_ms": target,
                            "meets_target": None if target is None else p95 <= target}
                     rows.append(row)
-                    print(f"{name:13s} 5w{shots}s q={queries:<3d} {mode:11s} p50 {p50:8.2f}  p95 {p95:8.2f}  p99 {p99:8.2f} ms  "
+                    print(f"{name:13s} 5w{shots}s q={queries:<3d} {mode:13s} p50 {p50:8.2f}  p95 {p95:8.2f}  p99 {p99:8.2f} ms  "
                           f"{flops / 1e9:7.3f} GFLOP  {row['ceiling_pct']:5.1f}% of ceiling"
                           + ("" if target is None else f"  target p95 <= {target:g} ms: {'met' if row['meets_target'] else 'MISSED'}"), flush=True)
     return rows
@@ -243,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return load_main(lp.parse_args(argv[1:]))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--algorithms", default=",".join(PRESETS))
-    p.add_argument("--modes", default="eager,inference,torchscript")
+    p.add_argument("--modes", default="eager,inference,channels_last,torchscript")
     p.add_argument("--calls", type=int, default=1000)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--shots", default="1,5")
@@ -251,19 +261,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="20 calls after 3 warm-ups: a smoke, not a result")
     p.add_argument("--out", help="write the rows as JSON")
     p.add_argument("--markdown", help="write the table as Markdown")
+    p.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                   help="keep: glibc keeps freed memory for reuse, as the fastadapt command and app do (fastadapt.keep_freed_memory); "
+                        "default: glibc's defaults")
     a = p.parse_args(argv)
     if a.quick:
         a.calls, a.warmup = 20, 3
     torch.set_num_threads(1)
+    kept = a.allocator == "keep" and fastadapt.keep_freed_memory()
     names = [n for n in a.algorithms.split(",") if n]
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         raise SystemExit(f"unknown algorithm(s) {unknown}; choose from {', '.join(PRESETS)}")
     rows = measure(names, a.modes.split(","), a.calls, a.warmup, [int(s) for s in a.shots.split(",")], [int(q) for q in a.queries.split(",")])
     command = "python benchmarks/latency.py " + " ".join(argv)
-    note = f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread"
+    load = os.getloadavg()
+    note = (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, "
+            f"allocator: {'glibc keeps freed memory' if kept else 'glibc defaults'}, load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     if a.out:
-        Path(a.out).write_text(json.dumps({"command": command, "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+        Path(a.out).write_text(json.dumps({"command": command, "torch": torch.__version__, "note": note, "rows": rows}, indent=1) + "\n")
     if a.markdown:
         Path(a.markdown).write_text(markdown(rows, command.strip(), note))
     missed = [r for r in rows if r["meets_target"] is False]

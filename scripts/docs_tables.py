@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cross_domain as cross_domain_study
+import results_change
 import results_model_based
 import results_sinusoid
 import results_tables
@@ -60,6 +61,14 @@ def lake() -> list[str]:
     return cross_domain_study.lake_table(RESULTS / "runs").splitlines()
 
 
+def change_sinusoid() -> list[str]:
+    return results_change.sinusoid_table(read_json(RESULTS / "change" / "results.json"))
+
+
+def change_omniglot() -> list[str]:
+    return results_change.omniglot_table(read_json(RESULTS / "change" / "results.json"))
+
+
 TABLES: dict[str, Callable[[], list[str]]] = {
     "cross-domain": cross_domain,  # results/runs/xd-*/evals/*.json (scripts/cross_domain.py)
     "lake": lake,  # results/runs/xd-protonet-lake/evals/*.json (scripts/cross_domain.py)
@@ -68,6 +77,8 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "ntm-copy": ntm_copy,  # results/ntm_copy*/results.json (scripts/results_model_based.py)
     "mann-session1": mann_session1,  # results/mann/results.json, results/mann_50min/results.json
     "mann-engine": mann_engine,  # results/mann_engine/results.json (results_model_based.py mann-runs)
+    "change-sinusoid": change_sinusoid,  # results/change/results.json (scripts/results_change.py)
+    "change-omniglot": change_omniglot,  # results/change/results.json (scripts/results_change.py)
 }
 
 OPEN = re.compile(r"^<!-- table: (\S+) -->$")

@@ -1,15 +1,17 @@
 """Results for the model-based family: the NTM copy task and the MANN on Omniglot, each against an LSTM.
 
-    python scripts/results_model_based.py ntm-copy --minutes 25 --out results/ntm_copy
+    python scripts/results_model_based.py ntm --minutes 20 --out results/ntm --runs runs/ntm
     python scripts/results_model_based.py mann-runs results/runs/mann-omniglot results/runs/mann-lstm-omniglot --out results/mann_engine
     python scripts/results_model_based.py mann-report results/mann results/mann_50min results/mann_engine
 
-``ntm-copy`` trains the NTM and an LSTM baseline with the same wall-clock budget (``--share`` of
-``--minutes`` each, one after the other, one CPU thread), then evaluates both and writes
-``results.json``, ``results.md`` (a Markdown snippet) and PNG figures under ``--out``. Checkpoints go
-to ``--ckpt`` (default ``runs/<name of --out>``), written atomically every ``--ckpt-every`` seconds;
-rerunning the same command resumes where a killed run stopped (a finished phase is not retrained; a
-larger ``--minutes`` continues both models from their checkpoints).
+``ntm`` trains four models on the copy task through the engine, one after the other, one thread
+each (``fastadapt train`` with presets ``ntm-copy``, ``ntm-copy-transformer``, ``lstm-copy``,
+``transformer-copy``, ``optim.max_minutes = --minutes``; rerunning resumes from their checkpoints),
+scores each at the test lengths (bits wrong per sequence on the engine's fixed test sequences of
+that length) and writes ``results.json``, ``results.md`` and ``ntm_weightings.png`` (read / write
+weightings of both NTM controllers) under ``--out``; ``--smoke`` checks the whole path in < 1 minute.
+The former ``ntm-copy`` command (its own training loop, session 1) is gone; its folders
+``results/ntm_copy*`` stay readable by :func:`ntm_copy_table`.
 
 The MANN and its LSTM baseline train through the engine (``fastadapt train mann-omniglot``,
 ``mann-lstm-omniglot``); ``mann-runs`` scores such runs by instance and writes the same files.
@@ -24,23 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 import fastadapt
 from fastadapt import EpisodeSampler, FastAdaptError
-from fastadapt.algorithms.mann import MANN, REPORTED_INSTANCES, episode_sequence, instance_accuracy
+from fastadapt.algorithms.mann import MANN, REPORTED_INSTANCES, instance_accuracy
+from fastadapt.algorithms.ntm import bits_wrong
 from fastadapt.build import task_sources
-from fastadapt.checkpoint import load_checkpoint, save_checkpoint
 from fastadapt.eval import mean_ci
-from fastadapt.memory import NTM, copy_bits_wrong, lstm_sequence_baseline
 from fastadapt.run_folder import RunFolder
-from fastadapt.tasks import CopyTask, copy_batch
 
 MANN_PAPER = {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}  # Santoro et al. 2016, table 1, MANN (LRUA), 5 classes
 LSTM_PAPER = {1: 24.4, 2: 49.5, 3: 55.3, 4: 61.0, 5: 63.6, 10: 62.5}  # the same table, LSTM baseline
@@ -59,56 +56,6 @@ def pyplot():
     return plt
 
 
-# The NTM copy task keeps its own loop for now: another issue moves it into the engine.
-def train_phase(name: str, model: nn.Module, loss_fn: Callable[[int], tuple[Tensor, dict[str, float]]], budget_s: float, ckpt: Path,
-                lr: float, clip: float, ckpt_every: float, log_every: float) -> dict:
-    """Adam on ``loss_fn(step)`` until ``budget_s`` seconds of training have been spent (resumable).
-
-    Returns ``{"steps", "train_seconds", "history": [[step, seconds, loss, {metrics}], ...]}``.
-    """
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    step, spent, history = 0, 0.0, []
-    if ckpt.is_file():
-        state = load_checkpoint(ckpt)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, spent, history = int(state["step"]), float(state["seconds"]), json.loads(state["history"])
-        log(f"{name}: resumed at step {step} ({spent:.0f} of {budget_s:.0f} s spent)")
-    done = spent >= budget_s  # a larger budget continues a finished phase from its checkpoint
-
-    def save(finished: bool) -> None:
-        save_checkpoint(ckpt, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "seconds": spent,
-                               "history": json.dumps(history), "done": finished})
-
-    if not done:
-        model.train()
-        start = time.perf_counter() - spent
-        last_ckpt = last_log = time.perf_counter()
-        window: list[tuple[float, dict[str, float]]] = []
-        while time.perf_counter() - start < budget_s:
-            loss, metrics = loss_fn(step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            step += 1
-            window.append((float(loss.detach()), metrics))
-            now = time.perf_counter()
-            spent = now - start
-            if now - last_log >= log_every:
-                avg = {k: sum(m[k] for _, m in window) / len(window) for k in window[-1][1]}
-                avg_loss = sum(v for v, _ in window) / len(window)
-                history.append([step, round(spent, 1), avg_loss, avg])
-                log(f"{name}: step {step}  {spent:.0f}/{budget_s:.0f} s  loss {avg_loss:.4f}  " + "  ".join(f"{k} {v:.3f}" for k, v in avg.items()))
-                window, last_log = [], now
-            if now - last_ckpt >= ckpt_every:
-                save(False)
-                last_ckpt = now
-        save(True)
-        log(f"{name}: finished {step} steps in {spent:.0f} s")
-    return {"steps": step, "train_seconds": round(spent, 1), "history": history}
-
-
 def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1))
@@ -119,114 +66,112 @@ def write_json(path: Path, obj: dict) -> None:
 # NTM copy
 
 
-class _LSTMCopy(nn.Module):
-    """Adapter so that the LSTM baseline returns ``(outputs,)`` like the NTM's ``NTMOutput``."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, inputs: Tensor) -> tuple[Tensor]:
-        return (self.inner(inputs),)
+NTM_MODELS = {  # column -> preset (the four train through `fastadapt train` on the same copy episodes)
+    "NTM (LSTM)": "ntm-copy",
+    "NTM (transformer)": "ntm-copy-transformer",
+    "LSTM": "lstm-copy",
+    "transformer": "transformer-copy",
+}
+NTM_TEST_LENGTHS = (20, 40, 80, 120)  # trained on 1-20
 
 
-def ntm_copy(args: argparse.Namespace) -> None:
-    out, ckpt_dir = Path(args.out), Path(args.ckpt or Path("runs") / Path(args.out).name)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    task = CopyTask(bits=8, min_length=1, max_length=20, seed=args.seed)
-    torch.manual_seed(args.seed)
-    models = {
-        "NTM": NTM(task.input_size, task.output_size, memory_size=128, memory_width=20, controller="lstm", controller_size=100),
-        "LSTM": _LSTMCopy(lstm_sequence_baseline(task.input_size, task.output_size, hidden_size=256, layers=3)),
-    }
-    budget = args.minutes * 60 * args.share
-    phases = {}
-    for name, model in models.items():
-        def loss_fn(step: int, model: nn.Module = model) -> tuple[Tensor, dict[str, float]]:
-            b = task.batch(step, args.batch)
-            logits = b.output_steps(model(b.inputs)[0])
-            loss = F.binary_cross_entropy_with_logits(logits, b.targets)
-            return loss, {"bits_wrong": float(copy_bits_wrong(logits.detach(), b.targets).mean()), "length": float(b.length)}
+def test_length_override(path: Path, length: int) -> str:
+    """The override ``data.options={..., test_length=length}`` of a copy run (the run's other options kept)."""
+    options = {**RunFolder(path).read_config().data.options, "test_length": length}
+    return "data.options={" + ", ".join(f"{k}={json.dumps(v)}" for k, v in options.items()) + "}"
 
-        phases[name] = train_phase(f"ntm-copy/{name}", model, loss_fn, budget, ckpt_dir / f"{name}.pt", args.lr, 10.0, args.ckpt_every, args.log_every)
-        phases[name]["parameters"] = sum(p.numel() for p in model.parameters())
-        phases[name]["sequences"] = phases[name]["steps"] * args.batch
 
-    log("ntm-copy: evaluating")
-    lengths = [*range(1, 21), 30, 40, 50, 60, 70, 80]
-    errors: dict[str, dict[int, float]] = {n: {} for n in models}
-    g = torch.Generator().manual_seed(10_000 + args.seed)
-    tests = {n: copy_batch(n, args.eval_sequences, generator=g) for n in lengths}
-    with torch.no_grad():
-        for name, model in models.items():
-            model.eval()
-            for n, b in tests.items():
-                errors[name][n] = float(copy_bits_wrong(b.output_steps(model(b.inputs)[0]), b.targets).mean())
-    trace_batch = copy_batch(20, 1, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        rec = models["NTM"](trace_batch.inputs, record=True)
+def copy_bits_by_length(path: Path, lengths: tuple[int, ...], episodes: int, batch: int) -> dict[str, list[float]]:
+    """Bits wrong per sequence (mean, 95% CI over sequences) of a copy run at each test length: ``{"L": [mean, ci]}``.
 
+    The engine's fixed test episodes of the run's source with ``data.options.test_length = L``.
+    """
+    out = {}
+    for n in lengths:
+        run = fastadapt.load_run(path, [test_length_override(path, n)])
+        source = next(iter(task_sources(run.config, tests_only=True).tests.values()))
+        wrong = []
+        with torch.no_grad():
+            for b in source.fixed(episodes, batch):
+                logits = run.algorithm.answer(run.algorithm.remember(b.support_x[:, 0]), b.query_x[:, 0])
+                wrong += bits_wrong(logits, b.query_y[:, 0]).tolist()
+        m, h = mean_ci(wrong)
+        out[str(n)] = [m, h]
+    return out
+
+
+def plot_weightings(out: Path, runs: dict[str, Path], length: int) -> None:
+    """``ntm_weightings.png``: inputs, outputs and the write / read weightings on one length-``length`` copy
+    sequence, one row per NTM run (cf. Graves et al. 2014, fig. 6)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    for name in models:
-        ax.plot(lengths, [errors[name][n] for n in lengths], marker="o", ms=3, label=name)
-    ax.axvline(20.5, color="grey", ls="--", lw=1)
-    ax.text(21, ax.get_ylim()[1] * 0.9, "unseen lengths", color="grey", fontsize=8)
-    ax.set_xlabel("sequence length")
-    ax.set_ylabel("bits wrong per sequence")
-    ax.set_title("Copy task: error vs length (trained on 1-20)")
-    ax.legend()
+    fig, axes = plt.subplots(len(runs), 3, figsize=(13, 3.2 * len(runs)), squeeze=False)
+    for row, (name, path) in zip(axes, runs.items()):
+        run = fastadapt.load_run(path, [test_length_override(path, length)])
+        b = next(iter(next(iter(task_sources(run.config, tests_only=True).tests.values())).fixed(1, 1)))
+        x = torch.cat([b.support_x[:, 0], b.query_x[:, 0]], dim=1)
+        with torch.no_grad():
+            rec = run.algorithm.model.run(x, record=True)
+        ww, rw = rec.write_weights[0, :, 0].T.numpy(), rec.read_weights[0, :, 0].T.numpy()  # [N, steps]
+        n_slots, half = ww.shape[0], ww.shape[0] // 2
+        ww, rw = np.roll(ww, half, axis=0), np.roll(rw, half, axis=0)  # row r: slot r - half (mod N); the heads start at slot 0
+        rows = ((ww.max(1) > 0.05) | (rw.max(1) > 0.05)).nonzero()[0]
+        lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (half - 2, half + 30)
+        lo, hi = max(lo - 2, 0), min(hi + 2, n_slots)
+        outputs = torch.sigmoid(rec.outputs[0]).T.numpy()
+        row[0].imshow(outputs, aspect="auto", cmap="gray_r", vmin=0, vmax=1)
+        row[0].axvline(length + 0.5, color="red", lw=0.8)
+        row[0].set_title(f"{name}: outputs (copy after the red line)")
+        for ax, w, title in ((row[1], ww, "write weightings"), (row[2], rw, "read weightings")):
+            ax.imshow(w[lo:hi], aspect="auto", cmap="gray_r", extent=(-0.5, w.shape[1] - 0.5, hi - half - 0.5, lo - half - 0.5))
+            ax.set_title(f"{name}: {title}")
+            ax.set_xlabel("time step")
+            ax.set_ylabel(f"slot (offset from 0, mod {n_slots})")
     fig.tight_layout()
-    fig.savefig(out / "copy_error_vs_length.png", dpi=120)
+    fig.savefig(out / "ntm_weightings.png", dpi=110)
     plt.close(fig)
 
-    length = trace_batch.length
-    ww, rw = rec.write_weights[:, 0, 0].T.numpy(), rec.read_weights[:, 0, 0].T.numpy()  # [N, T]
-    # the heads start at slot 0 and may move either way round the circular memory: show slots as
-    # offsets from slot 0 in -N/2..N/2-1 and crop to the rows the heads visited
-    n_slots = ww.shape[0]
-    half = n_slots // 2
-    ww, rw = np.roll(ww, half, axis=0), np.roll(rw, half, axis=0)  # row r is slot r - half (mod N)
-    rows = ((ww.max(1) > 0.05) | (rw.max(1) > 0.05)).nonzero()[0]
-    lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (half - 2, half + 30)
-    lo, hi = max(lo - 2, 0), min(hi + 2, n_slots)
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6), sharex="col")
-    axes[0, 0].imshow(trace_batch.inputs[:, 0].T.numpy(), aspect="auto", cmap="gray_r")
-    axes[0, 0].set_title("inputs (8 bits + delimiter)")
-    outputs = torch.sigmoid(rec.outputs[:, 0]).T.numpy()
-    axes[0, 1].imshow(outputs, aspect="auto", cmap="gray_r", vmin=0, vmax=1)
-    axes[0, 1].axvline(length + 0.5, color="red", lw=0.8)
-    axes[0, 1].set_title("outputs (sigmoid); copy starts after the red line")
-    for ax, w, title in ((axes[1, 0], ww, "write weightings"), (axes[1, 1], rw, "read weightings")):
-        ax.imshow(w[lo:hi], aspect="auto", cmap="gray_r", extent=(-0.5, w.shape[1] - 0.5, hi - half - 0.5, lo - half - 0.5))
-        ax.set_title(title)
-        ax.set_xlabel("time step")
-        ax.set_ylabel(f"memory slot (offset from slot 0, mod {n_slots})")
-    fig.suptitle("NTM on a length-20 copy sequence (cf. Graves et al. 2014, fig. 6)")
-    fig.tight_layout()
-    fig.savefig(out / "ntm_weightings.png", dpi=120)
-    plt.close(fig)
 
-    result = {"task": "copy, 8-bit vectors, train lengths 1-20", "minutes": args.minutes, "share_per_model": args.share, "seed": args.seed,
-              "batch": args.batch, "lr": args.lr, "optimizer": "Adam, grad-norm clip 10", "eval_sequences_per_length": args.eval_sequences,
-              "models": {"NTM": "LSTM controller 100, memory 128 x 20, 1 read + 1 write head, shifts -1..1",
-                         "LSTM": "3-layer LSTM, 256 units per layer (the paper's baseline)"},
-              "phases": phases, "bits_wrong_per_sequence": {n: {str(k): v for k, v in e.items()} for n, e in errors.items()},
-              "threads": torch.get_num_threads()}
+def ntm_engine_table(result: dict) -> list[str]:
+    """Markdown: bits wrong per sequence by length, one column per model, then parameters, updates and minutes."""
+    names = list(result["models"])
+    md = ["| length | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for n in result["lengths"]:
+        cells = [f"{result['models'][m]['bits_wrong'][str(n)][0]:.2f} ± {result['models'][m]['bits_wrong'][str(n)][1]:.2f}" for m in names]
+        md.append(f"| {n}{' (unseen)' if n > 20 else ''} (of {8 * n} bits) | " + " | ".join(cells) + " |")
+    for key, label, fmt in (("parameters", "parameters", "{:,}"), ("steps", "updates (16 sequences)", "{:,}"),
+                            ("train_minutes", "training minutes", "{:.1f}")):
+        md.append(f"| {label} | " + " | ".join(fmt.format(result["models"][m][key]) for m in names) + " |")
+    return md
+
+
+def ntm_engine(args: argparse.Namespace) -> None:
+    """Train the four copy models through the engine (resumable), score them at each test length, table and figure."""
+    out, runs_dir = Path(args.out), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = tuple(args.lengths)
+    models, paths = {}, {}
+    for name, preset in NTM_MODELS.items():
+        path = runs_dir / preset
+        overrides = [f"optim.max_minutes={args.minutes}", f"run.out={path}", "run.threads=1", "run.progress=false"]
+        if args.smoke:
+            overrides += ["optim.steps=2", "eval.test_episodes=4", "eval.batch=4", "run.checkpoint_every=2"]
+        log(f"ntm: training {preset} ({' '.join(overrides)})")
+        res = fastadapt.train(preset, overrides)
+        log(f"ntm: {preset}: {res.steps} steps in {res.train_seconds / 60:.1f} min; scoring lengths {lengths}")
+        run = fastadapt.load_run(path)
+        models[name] = {"preset": preset, "run": str(path), "steps": res.steps, "train_minutes": res.train_seconds / 60,
+                        "parameters": sum(p.numel() for p in run.algorithm.parameters()),
+                        "bits_wrong": copy_bits_by_length(path, lengths, args.eval_sequences, min(args.eval_sequences, 64))}
+        paths[name] = path
+    result = {"task": "copy, 8-bit vectors, trained on lengths 1-20 (fastadapt train <preset>)", "minutes_per_model": args.minutes,
+              "eval_sequences_per_length": args.eval_sequences, "lengths": list(lengths), "models": models, "smoke": args.smoke,
+              "bits_wrong": "mean ± 95% CI over the fixed test sequences (eval.seed + 1) of each length"}
     write_json(out / "results.json", result)
-    md = ["| length | " + " | ".join(f"{n} bits wrong / seq" for n in models) + " |", "|---|" + "---|" * len(models)]
-    for n in [1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80]:
-        md.append(f"| {n}{' (unseen)' if n > 20 else ''} | " + " | ".join(f"{errors[m][n]:.2f}" for m in models) + " |")
-    md.append("")
-    md.append(f"| model | parameters | training steps (batch {args.batch}) | sequences | training time (s) |")
-    md.append("|---|---|---|---|---|")
-    for name, p in phases.items():
-        md.append(f"| {name} | {p['parameters']:,} | {p['steps']} | {p['sequences']:,} | {p['train_seconds']:.0f} |")
+    plot_weightings(out, {n: p for n, p in paths.items() if n.startswith("NTM")}, min(20, max(lengths)))
+    md = ntm_engine_table(result)
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
-    log("ntm-copy: done")
-
+    log("ntm: done")
 
 NTM_TABLE_LENGTHS = (1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80)
 
@@ -256,7 +201,7 @@ def evaluate_mann(algo: MANN, sampler: EpisodeSampler, episodes: int, seed: int)
     algo.eval()
     with torch.no_grad():
         for i, batch in enumerate(sampler.fixed(episodes, batch_size=100)):
-            seq = episode_sequence(batch, torch.Generator().manual_seed(seed * 1000 + i))
+            seq = algo.make_sequence(batch, torch.Generator().manual_seed(seed * 1000 + i))  # episode_sequence, the run's label encoding
             per_episode.append(instance_accuracy(algo.sequence_logits(seq), seq.labels, seq.instance, max(REPORTED_INSTANCES)))
     acc = torch.cat(per_episode)
     out = {}
@@ -361,6 +306,8 @@ def mann_runs(args: argparse.Namespace) -> None:
         run = fastadapt.load_run(path)
         cfg = run.config
         name = "MANN" if cfg.algorithm_options.get("core", "mann") == "mann" else "LSTM"
+        if cfg.algorithm_options.get("controller", "lstm") != "lstm":
+            name += f" ({cfg.algorithm_options['controller']} controller)"
         log(f"mann-runs: {path} ({name}, {run.weights}, step {run.step}): evaluating")
         sampler = task_sources(cfg).tests[f"{cfg.test_ways}w{cfg.test_shots}s"]
         accs[name] = evaluate_mann(run.algorithm, sampler, args.eval_episodes, cfg.eval.seed)
@@ -378,17 +325,14 @@ def mann_runs(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("ntm-copy", help="train the NTM and an LSTM on the copy task, evaluate, write the table and figures")
-    p.add_argument("--minutes", type=float, default=25.0, help="total wall-clock budget")
-    p.add_argument("--share", type=float, default=0.45, help="fraction of the budget each model trains for")
-    p.add_argument("--out", required=True, help="folder for results.json, results.md and PNGs")
-    p.add_argument("--ckpt", default=None, help="checkpoint folder (default runs/<name of --out>)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=16, help="sequences per update")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--ckpt-every", type=float, default=60.0, help="seconds between checkpoints")
-    p.add_argument("--log-every", type=float, default=20.0, help="seconds between progress lines")
-    p.add_argument("--eval-sequences", type=int, default=64, help="test sequences per length")
+    p = sub.add_parser("ntm", help="train the NTM (LSTM / transformer controller) and plain LSTM / transformer on copy through the engine; "
+                       "bits wrong by length, weighting figure")
+    p.add_argument("--minutes", type=float, default=20.0, help="training minutes per model (optim.max_minutes; rerun to resume)")
+    p.add_argument("--out", default="results/ntm", help="folder for results.json, results.md and ntm_weightings.png")
+    p.add_argument("--runs", default="runs/ntm", help="folder of the four run folders (one per preset)")
+    p.add_argument("--lengths", type=int, nargs="+", default=list(NTM_TEST_LENGTHS), help="test lengths")
+    p.add_argument("--eval-sequences", type=int, default=256, help="fixed test sequences per length")
+    p.add_argument("--smoke", action="store_true", help="2 training steps per model, 8 sequences at lengths 20 and 40 (< 1 minute)")
     p = sub.add_parser("mann-runs", help="instance table of engine runs (fastadapt train mann-omniglot / mann-lstm-omniglot)")
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and PNGs")
@@ -406,11 +350,14 @@ def main() -> None:
         except (FastAdaptError, OSError) as e:
             raise SystemExit(f"{args.command}: {e}") from None
     else:
-        if not 0 < args.share <= 0.5:
-            parser.error(f"--share {args.share} must be in (0, 0.5]: two models train one after the other")
+        if args.smoke:
+            args.lengths, args.eval_sequences = [20, 40], 8
         log(f"{args.command}: {vars(args)}")
         t0 = time.perf_counter()
-        ntm_copy(args)
+        try:
+            ntm_engine(args)
+        except (FastAdaptError, OSError) as e:
+            raise SystemExit(f"{args.command}: {e}") from None
         log(f"{args.command}: wall time {time.perf_counter() - t0:.0f} s")
 
 

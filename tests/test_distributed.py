@@ -50,6 +50,7 @@ CASES = {
     "protonet": ["algorithm.name=protonet"],
     "protonet-uneven": ["algorithm.name=protonet", "data.meta_batch=5", "eval.val_every=5"],  # 3 + 2 tasks; validation and best.pt
     "maml": ["algorithm.name=maml", "algorithm.inner_lr=0.4", "eval.val_every=5"],  # second order; BatchNorm per task
+    "maml-chunked": ["algorithm.name=maml", "algorithm.inner_lr=0.4", "optim.task_chunk=1"],  # a backward per task, weighted T_c/T * T_r/T
 }
 EVAL_EPISODES, EVAL_BATCH = 7, 2  # 4 batches, the last of 1 episode: rank 0 scores batches 0 and 2, rank 1 batches 1 and 3
 WORKER_TIMEOUT_S = 150  # generous: the ranks take ~40 s on a loaded 2-core machine

@@ -234,20 +234,24 @@ def test_fastadapt_explain_works_for_every_registered_algorithm(name, image_fold
     assert PRESET_OF[name] is not None, f"algorithm {name} has no shipped preset"
     run = tiny_run(name, image_folder, tmp_path / "run")
     stem = tmp_path / "why"
+    if name == "maml-rl":  # tasks are environments: no example to explain, one line and exit 2
+        assert cli.main(["explain", str(run), "--episode", "1", "--queries", "2", "--attribution", "gradient", "--out", str(stem)]) == 2
+        assert "reinforcement-learning run" in capsys.readouterr().err and not stem.with_suffix(".json").exists()
+        return
     assert cli.main(["explain", str(run), "--episode", "1", "--queries", "2", "--attribution", "gradient", "--out", str(stem)]) == 0
     assert "wrote" in capsys.readouterr().out
     record = json.loads(stem.with_suffix(".json").read_text())
     with Image.open(stem.with_suffix(".png")) as png:
         assert png.size[0] > 100 and png.size[1] > 100
     expected_kind = {"protonet": "prototypes", "matching": "attention", "meta_lstm": "gates", "mann": "memory", "baseline": "attribution",
-                     "linear_probe": "attribution"}.get(name, "adaptation")
+                     "linear_probe": "attribution", "ntm": "attribution"}.get(name, "adaptation")
     assert record["kind"] == expected_kind and len(record["queries"]) >= 1
     for q in record["queries"]:
         if "probabilities" in q:  # classification: the explanation's prediction is the predictor's argmax
             assert q["predicted"] == int(np.argmax(q["outputs"]))
         if expected_kind == "prototypes":
             assert q["predicted"] == int(np.argmin(q["distances"]))
-        if name not in ("protonet", "matching", "mann"):
+        if name not in ("protonet", "matching", "mann", "ntm"):  # ntm predicts bits (thresholds): no input gradient
             assert q["attribution"]["method"] == "gradient" and np.isfinite(q["attribution"]["sum"])
 
 

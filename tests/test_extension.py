@@ -317,6 +317,12 @@ def test_every_registered_algorithm_trains_one_step_adapts_and_predicts(name):
     test = next(iter(sources.tests.values()))
     batch = test.sample_tasks(0, 0, 2)
     algo.eval()
+    if isinstance(batch, fastadapt.EnvTasks):  # reinforcement learning: a task is an environment; predict gives each task's return
+        policy = algo.adapt(batch.select(slice(0, 1)))
+        assert policy(torch.zeros(3, *batch.observation_shape)).shape == (3, batch.action_size)
+        pred = algo.predict(batch)
+        assert pred.shape == (2,) and torch.isfinite(pred).all()
+        return
     task = batch.task(0)
     logits = algo.adapt(task.support_x, task.support_y)(task.query_x)
     assert logits.shape[0] == task.query_x.shape[0] and torch.isfinite(logits).all()

@@ -13,13 +13,13 @@ PACKAGE = Path(fastadapt.__file__).parent
 LAYERS = {
     # 0: values, settings and helpers that know no component
     "errors": 0, "version": 0, "episodes": 0, "registry": 0, "contract": 0, "config": 0, "distributed": 0, "process": 0,
-    "checkpoint": 0, "presets": 0,
+    "checkpoint": 0, "presets": 0, "precision": 0, "weights": 0,
     # 1: components, registered by name
-    "data": 1, "nn": 1, "memory": 1, "tasks": 1, "algorithms": 1,
+    "data": 1, "nn": 1, "memory": 1, "tasks": 1, "algorithms": 1, "rl": 1,
     # 2: from a config to components
     "build": 2, "cost": 2,
     # 3: the run folder and load_run
-    "run_folder": 3,
+    "run_folder": 3, "loggers": 3,
     # 4: evaluation
     "eval": 4, "streaming": 4, "explanations": 4,
     # 5: the training loop
@@ -27,7 +27,7 @@ LAYERS = {
     # 6: reports
     "report": 6,
     # 7: entry points and the public surface
-    "cli": 7, "__main__": 7, "__init__": 7, "apps": 7,
+    "cli": 7, "__main__": 7, "__init__": 7, "apps": 7, "tuning": 7,
 }
 
 

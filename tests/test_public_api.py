@@ -4,12 +4,12 @@ import fastadapt
 from fastadapt.registry import ALGORITHMS, algorithm_class
 
 PUBLIC = {
-    "ANIL", "FOMAML", "MAML", "MANN", "Algorithm", "ClassDataset", "Config", "ConfigError", "DataError", "Episode",
-    "EpisodeDataset", "EpisodeSampler", "EvalResult", "FastAdaptError", "MatchingNet", "MetaLSTM", "MetaOutput", "MetaSGD", "ProtoNet",
+    "ALFA", "ANIL", "FOMAML", "MAML", "MAMLRL", "EnvTasks", "MANN", "Algorithm", "ClassDataset", "Config", "ConfigError", "DataError", "Episode",
+    "EpisodeDataset", "EpisodeSampler", "EvalResult", "FastAdaptError", "MatchingNet", "MetaLSTM", "MetaOutput", "MetaSGD", "NTMLearner", "ProtoNet",
     "Reptile", "Run", "RunFolder", "SinusoidTasks", "SourceRequest", "TaskBatch", "TaskSource", "TaskSources",
     "TrainResult", "collate_tasks", "config_from_dict", "evaluate", "keep_freed_memory", "load_config", "load_omniglot",
     "load_omniglot_originals", "load_run", "load_fashion_mnist", "load_idx", "read_idx", "online", "explain", "mean_ci", "register_algorithm", "register_model", "register_task_source",
-    "train",
+    "train", "tune", "export_run", "load_pretrained", "load_safetensors", "save_safetensors",
 }
 
 

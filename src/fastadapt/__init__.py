@@ -16,9 +16,12 @@ from fastadapt.version import __version__ as __version__
 # that `import fastadapt` (and the `fastadapt` command's start, which Ctrl-C may interrupt) costs
 # nothing until something is used; `from fastadapt import X` and `fastadapt.X` work as usual.
 _WHERE = {
+    "ALFA": "fastadapt.algorithms.alfa", "tune": "fastadapt.tuning",
     "ANIL": "fastadapt.algorithms.anil", "FOMAML": "fastadapt.algorithms.maml", "MAML": "fastadapt.algorithms.maml",
     "MANN": "fastadapt.algorithms.mann", "MatchingNet": "fastadapt.algorithms.matching", "MetaLSTM": "fastadapt.algorithms.meta_lstm",
+    "NTMLearner": "fastadapt.algorithms.ntm",
     "MetaSGD": "fastadapt.algorithms.metasgd", "ProtoNet": "fastadapt.algorithms.protonet", "Reptile": "fastadapt.algorithms.reptile",
+    "MAMLRL": "fastadapt.algorithms.maml_rl", "EnvTasks": "fastadapt.episodes",
     "SourceRequest": "fastadapt.build", "TaskSources": "fastadapt.build",
     "Config": "fastadapt.config", "config_from_dict": "fastadapt.config", "load_config": "fastadapt.config",
     "Algorithm": "fastadapt.contract", "MetaOutput": "fastadapt.contract", "TaskSource": "fastadapt.contract",
@@ -32,6 +35,8 @@ _WHERE = {
     "online": "fastadapt.streaming", "explain": "fastadapt.explanations", "keep_freed_memory": "fastadapt.process",
     "register_algorithm": "fastadapt.registry", "register_model": "fastadapt.registry", "register_task_source": "fastadapt.registry",
     "Run": "fastadapt.run_folder", "RunFolder": "fastadapt.run_folder", "load_run": "fastadapt.run_folder",
+    "load_pretrained": "fastadapt.weights", "load_safetensors": "fastadapt.weights", "save_safetensors": "fastadapt.weights",
+    "export_run": "fastadapt.apps.export_weights",
 }
 
 
@@ -53,14 +58,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from fastadapt.algorithms.alfa import ALFA
     from fastadapt.algorithms.anil import ANIL
     from fastadapt.algorithms.maml import FOMAML, MAML
+    from fastadapt.algorithms.maml_rl import MAMLRL
     from fastadapt.algorithms.mann import MANN
     from fastadapt.algorithms.matching import MatchingNet
     from fastadapt.algorithms.meta_lstm import MetaLSTM
     from fastadapt.algorithms.metasgd import MetaSGD
+    from fastadapt.algorithms.ntm import NTMLearner
     from fastadapt.algorithms.protonet import ProtoNet
     from fastadapt.algorithms.reptile import Reptile
+    from fastadapt.apps.export_weights import export_run
     from fastadapt.build import SourceRequest, TaskSources
     from fastadapt.config import Config, config_from_dict, load_config
     from fastadapt.contract import Algorithm, MetaOutput, TaskSource
@@ -76,7 +85,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         read_idx,
     )
     from fastadapt.engine import TrainResult, train
-    from fastadapt.episodes import Episode, TaskBatch, collate_tasks
+    from fastadapt.episodes import EnvTasks, Episode, TaskBatch, collate_tasks
     from fastadapt.errors import ConfigError, DataError, FastAdaptError
     from fastadapt.eval import EvalResult, evaluate, mean_ci
     from fastadapt.explanations import explain
@@ -84,17 +93,22 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from fastadapt.registry import register_algorithm, register_model, register_task_source
     from fastadapt.run_folder import Run, RunFolder, load_run
     from fastadapt.streaming import online
+    from fastadapt.tuning import tune
+    from fastadapt.weights import load_pretrained, load_safetensors, save_safetensors
 
 __all__ = [
+    "ALFA",
     "ANIL",
     "FOMAML",
     "MAML",
+    "MAMLRL",
     "MANN",
     "Algorithm",
     "ClassDataset",
     "Config",
     "ConfigError",
     "DataError",
+    "EnvTasks",
     "Episode",
     "EpisodeDataset",
     "EpisodeSampler",
@@ -104,6 +118,7 @@ __all__ = [
     "MetaLSTM",
     "MetaOutput",
     "MetaSGD",
+    "NTMLearner",
     "ProtoNet",
     "Reptile",
     "Run",
@@ -118,18 +133,23 @@ __all__ = [
     "config_from_dict",
     "evaluate",
     "explain",
+    "export_run",
     "keep_freed_memory",
     "load_config",
     "load_fashion_mnist",
     "load_idx",
     "load_omniglot",
     "load_omniglot_originals",
+    "load_pretrained",
     "load_run",
+    "load_safetensors",
     "mean_ci",
     "online",
     "read_idx",
     "register_algorithm",
     "register_model",
     "register_task_source",
+    "save_safetensors",
     "train",
+    "tune",
 ]

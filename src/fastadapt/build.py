@@ -21,8 +21,11 @@ from torch import nn
 from fastadapt import contract, cost
 from fastadapt.config import Config, dataset_argument, dataset_name
 from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, conform_images
+from fastadapt.data.augment import augmented
+from fastadapt.episodes import EnvTasks
 from fastadapt.errors import ConfigError, FastAdaptError
 from fastadapt.registry import MODELS, TASK_SOURCES, algorithm_class, describe_object, import_target
+from fastadapt.weights import load_pretrained
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ def task_sources(cfg: Config, tasks: Any = None, tests_only: bool = False, input
         src, conversion = source(test_dataset, "test", d.test_part, w, s, cfg.test_queries, e.seed + 1, test_channels)
         key = f"{s}shot" if getattr(src, "ways", 1) == 1 and not isinstance(src, EpisodeSampler) else f"{w}w{s}s"  # regression: no ways
         tests[key], conversions[key] = src, conversion
+    if train is not None:
+        train = augmented(train, d.augment, cfg.run.seed)  # data.augment: training tasks only
     return TaskSources(train, val, tests, conversions)
 
 
@@ -166,7 +171,7 @@ def user_task_sources(cfg: Config, tasks: Any) -> TaskSources:
         for key, src in items:
             tests[str(key)] = as_task_source(src, f"tasks['test'][{key!r}]", cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed + 1,
                                              d.image_size, d.channels)
-    return TaskSources(train, val, tests)
+    return TaskSources(augmented(train, d.augment, cfg.run.seed), val, tests)
 
 
 def probe_batch(sources: TaskSources, cfg: Config) -> Any:
@@ -217,7 +222,9 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], out_features: int | N
 
 def head_width(cfg: Config, cls: type, batch: Any) -> int | None:
     """Outputs per example the algorithm needs of its model: the classes of a head, the regression
-    target's width, or None (an embedding)."""
+    target's width, the action size (reinforcement learning), or None (an embedding)."""
+    if isinstance(batch, EnvTasks):
+        return batch.action_size
     if batch.query_y.is_floating_point():
         return int(batch.query_y.shape[-1]) if batch.query_y.ndim > 2 else 1
     if not contract.needs_head(cls):
@@ -236,7 +243,7 @@ def train_classes(sources: TaskSources) -> int | None:
 
 
 def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = None, num_classes: int | None = None,
-                    check_memory: bool = True) -> nn.Module:
+                    check_memory: bool = True, pretrained: bool = True) -> nn.Module:
     """The algorithm a config names, around ``model`` (else the config's model), checked on ``batch``
     (a training :class:`~fastadapt.episodes.TaskBatch`: its shapes fix the model's input and output;
     None: one task of the config's training source).
@@ -244,6 +251,8 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
     ``check_memory``: refuse, before its weights are allocated, a model whose parameters cannot fit
     (built once on the meta device first), and a configuration whose training step or evaluation
     batch cannot fit (:func:`fastadapt.cost.check_cost`); False for a run that is only evaluated.
+
+    ``pretrained``: load ``model.weights`` into the config's model (False when trained weights replace them: ``load_run``).
 
     An algorithm whose constructor takes ``num_classes`` (a classifier over every training class,
     e.g. Baseline) gets the training source's class count unless the config sets it.
@@ -255,13 +264,15 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
     width = head_width(cfg, cls, batch)
     name = cfg.model.target or cfg.model.name
     if model is None:
-        shape = tuple(batch.support_x.shape[2:])
+        shape = contract.model_input_shape(batch)
         if check_memory:
             cost.check_parameters(lambda: build_model(cfg, shape, width), f"model {name}", cfg.run.device)
         model = build_model(cfg, shape, width)
+        if cfg.model.weights and pretrained:
+            load_pretrained(model, cfg.model.weights)
     else:
         name = describe_object(type(model))
-    if check_memory:  # before check_model, which runs the model on a whole support set
+    if check_memory and not isinstance(batch, EnvTasks):  # before check_model, which runs the model on a whole support set
         cost.check_cost(cfg, batch, model)
     check_model(model, name, cfg.algorithm, width, batch)
     options = dict(cfg.algorithm_options)
@@ -288,7 +299,7 @@ def check_model(model: nn.Module, name: str, algorithm: str, width: int | None, 
     """Run ``model`` once (eval mode, no graph) on one task's support set and check its output's shape."""
     if not any(True for _ in model.parameters()) and not any(True for _ in model.buffers()) and width is not None:
         raise ConfigError(f"model {name} has no weights; {algorithm} needs a model with a {width}-output head (use conv4 or mlp)")
-    x = batch.support_x[0]
+    x = torch.zeros(2, *batch.observation_shape) if isinstance(batch, EnvTasks) else batch.support_x[0]
     was_training = model.training
     model.eval()
     try:
@@ -314,6 +325,8 @@ def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.o
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
     elif o.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+    elif o.optimizer == "rmsprop":
+        opt = torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if o.schedule == "step":

@@ -4,9 +4,11 @@
     fastadapt config PRESET|FILE [key=value ...]  the resolved config as TOML: every key, its value, its comment
     fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
     fastadapt list                                algorithms, models, task sources, presets
-    fastadapt plot RUN_DIR                        learning curves (PNG)
+    fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective, importance)
+    fastadapt tune PRESET|FILE [key=value ...]    hyperparameter search with Optuna (resumes from TUNEDIR/study.db)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
+    fastadapt export RUN_DIR [--format safetensors|torch] [--out DIR]   the trained weights + config.json (load_run reads it)
     fastadapt explain RUN_DIR [--episode N | --support DIR --query FILE]   why a run predicts what it does (PNG + JSON)
     fastadapt serve RUN_DIR [--port P]            a local web app: teach the run new classes with a person in the loop
     fastadapt --version                           fastadapt, torch and Python versions
@@ -146,8 +148,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from fastadapt.report import plot_run
+    from fastadapt.tuning import is_tune_folder, plot_study
 
-    for path in plot_run(args.run_dir):
+    for path in (plot_study if is_tune_folder(args.run_dir) else plot_run)(args.run_dir):
         print(f"wrote {path}")
     return 0
 
@@ -179,6 +182,26 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         print(f"wrote {save_episode_grid(batch, args.out)}")
     return 0
 
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fastadapt.apps.export_weights import export_run
+
+    for path in export_run(args.run_dir, args.out, args.format):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from fastadapt.tuning import tune
+
+    res = tune(args.config, args.overrides, args.dir, args.space, args.trials, args.minutes)
+    score = "none finished" if res.best_value is None else (
+        f"{res.metric} {res.best_value if res.metric == 'acc' else -res.best_value:.6g} with {res.best_params}")
+    print(f"study {res.folder}: {res.finished} finished, {res.pruned} pruned, {res.failed} failed; best: {score}")
+    if res.best_file is not None:
+        print(f"wrote {res.best_file} (fastadapt train {res.best_file}); fastadapt plot {res.folder} draws the study")
+    return 0
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
@@ -225,6 +248,9 @@ TRAIN_EPILOG = """\
 A config has the sections [data], [model], [algorithm], [optim], [eval] and [run]; override any key as
 section.key=value (data.ways=20 algorithm.inner_lr=0.1 run.device=cpu). To see every key of a preset, its
 value and what it means, as a TOML file to save and edit: fastadapt config PRESET > my.toml
+
+exit status: 0 done, 2 usage/config/data/file error, 130 interrupted (Ctrl-C saves the checkpoint first;
+the same command resumes)
 """
 
 
@@ -253,6 +279,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="learning curves of a run as PNG")
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_cmd_plot)
+    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (TPE, pruning on the validation curve); resumable")
+    tu.add_argument("config", help="preset name or .toml file; its [tune] section (if any) holds ranges and the budget")
+    tu.add_argument("overrides", nargs="*", help="section.key=value applied to every trial, e.g. optim.steps=2000")
+    tu.add_argument("--space", action="append", default=[], help="a range, e.g. \"optim.lr={ low = 1e-4, high = 1e-2, log = true }\" "
+                    "or \"algorithm.inner_steps=[1, 3, 5]\" (repeatable; wins over [tune])")
+    tu.add_argument("--trials", type=int, help="trials in all, finished ones included (default: [tune] trials, else 20)")
+    tu.add_argument("--minutes", type=float, help="stop starting trials after this many minutes (default: [tune] minutes, else none)")
+    tu.add_argument("--dir", help="the tune folder (default runs/tune-<run.name>): study.db, tune.json, trials/, best.toml")
+    tu.set_defaults(fn=_cmd_tune)
     r = sub.add_parser("report", help="Markdown table comparing runs")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--out", help="write the table to this file")
@@ -263,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", type=int, default=4)
     s.add_argument("--out", default="episodes.png", help="PNG path ('' to skip the picture)")
     s.set_defaults(fn=_cmd_sample)
+    ex = sub.add_parser("export", help="write a run's trained weights (safetensors or torch) and its config.json to a folder "
+                        "that fastadapt.load_run reads")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", default="safetensors", choices=["safetensors", "torch"])
+    ex.add_argument("--out", help="the export folder (default RUN_DIR/export)")
+    ex.set_defaults(fn=_cmd_export)
     x = sub.add_parser("explain", help="explain a run's predictions on one task: distances, attention, layer changes, gates, "
                        "memory or input attributions (PNG + JSON)")
     x.add_argument("run_dir")

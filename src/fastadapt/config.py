@@ -52,6 +52,7 @@ class DataConfig:
     image_size: int = 28  # side of the square images fed to the model (resized if different)
     episode_scope: str = "dataset"  # where a task's classes come from: "dataset" (any), "alphabet" (one Omniglot alphabet per task: Lake's within-alphabet tasks)
     channels: int = 0  # image channels fed to the model: 0 = as the data has them, 1 = grey (RGB by ITU-R 601 luma), 3 = RGB (grey replicated)
+    augment: tuple[str, ...] = ()  # training tasks only, seeded per task: "flip" (per image), "crop" (per image: zero-pad 1/8 of the side, random crop), "shift" (per image, up to 1/8 of the side), "jitter" (per image: brightness, contrast, saturation, +-40%), "rotate90" (per class: a new class, as Omniglot's rotations)
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,12 @@ class ModelConfig:
     layers: tuple[int, ...] = (40, 40)  # mlp: hidden widths
     batch_norm: bool = True  # conv4: BatchNorm after each conv (batch statistics, no running stats)
     options: dict[str, Any] = field(default_factory=dict)  # further keyword arguments of the model's factory
+    weights: str = ""  # pretrained weights loaded into the model before training: a .safetensors or torch .pt file (strict about names and shapes; the head may be missing)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "adam"  # "adam", "sgd" or "adamw"
+    optimizer: str = "adam"  # "adam", "sgd", "adamw" or "rmsprop" (torch's RMSprop, smoothing 0.99, with optim.momentum; MANN's paper: rmsprop at 1e-4)
     lr: float = 1e-3  # outer learning rate
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
@@ -76,6 +78,7 @@ class OptimConfig:
     clip_grad: float = 0.0  # max global gradient norm (0: no clipping)
     steps: int = 1000  # outer steps in total
     max_minutes: float = 0.0  # stop (checkpointed) after this many minutes of training (0: no limit)
+    task_chunk: int = 0  # tasks per meta_loss call and backward pass, gradients accumulated over the step (0: the whole meta-batch at once); less memory, the same gradient
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,9 @@ class EvalConfig:
     finetune: str = "none"  # test-time fine-tuning of embedding-based algorithms on each support set: "none", "head" (a prototype-initialised linear head on frozen features), "encoder" (that head and the encoder)
     finetune_steps: int = 50  # fine-tuning steps per task (SGD, momentum 0.9, full support set)
     finetune_lr: float = 0.01  # fine-tuning learning rate
+    select: str = "fixed"  # gradient-based algorithms: "fixed" (the run's inner rate and steps) or "support_cv" (chosen per task from a grid by validation on its support set alone; fastadapt/eval/select.py)
+    select_lr_scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # support_cv: multipliers of the run's inner rates to try
+    select_steps: tuple[int, ...] = (1, 3, 5, 10)  # support_cv: inner step counts to try (the run's own is always tried too)
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,9 @@ class RunConfig:
     progress: bool = True  # show a progress bar
     dist_timeout_s: float = 60.0  # under torchrun: seconds a collective (or the start-up rendezvous) waits for the other ranks before failing
     imports: tuple[str, ...] = ()  # Python modules imported before the config is checked (they may register task sources, models, algorithms)
+    loggers: tuple[str, ...] = ("jsonl",)  # where training metrics go, live: "jsonl" (metrics.jsonl, always written), "csv" (metrics.csv), "tensorboard" (extra [tensorboard]), "wandb" (offline, extra [wandb])
+    precision: str = "fp32"  # "fp32", or "bf16": autocast around meta_loss and evaluation (parameters, gradients and optimizer state stay float32)
+    compile: bool = False  # torch.compile the per-task function of MAML/FOMAML/Meta-SGD on the loop path (fastadapt/algorithms/compiled.py; cold start logged as a "compile" row)
     keep_freed_memory: bool = True  # the fastadapt command only: glibc keeps freed memory for reuse (ProtoNets 1.47x faster, <= 1.28x peak memory; fastadapt/process.py)
 
 
@@ -160,6 +169,7 @@ RANGES: dict[str, Range] = {
     "optim.clip_grad": Range(0, why="0: no clipping"),
     "optim.steps": Range(1, INT_MAX),
     "optim.max_minutes": Range(0, why="0: no limit"),
+    "optim.task_chunk": Range(0, INT_MAX, why="0: the whole meta-batch at once"),
     "eval.val_every": Range(0, INT_MAX), "eval.val_episodes": Range(0, INT_MAX), "eval.test_episodes": Range(0, INT_MAX),
     "eval.batch": Range(1, INT_MAX),
     "eval.seed": Range(0, SEED_MAX, why="a 64-bit seed"),
@@ -173,6 +183,8 @@ RANGES: dict[str, Range] = {
 }
 LAYER_WIDTH = Range(1, 2**20, why="units of one mlp layer")  # each entry of model.layers
 DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")  # run.device: a type, optionally :index
+AUGMENTATIONS = ("flip", "rotate90", "crop", "shift", "jitter")  # data.augment (fastadapt/data/augment.py)
+LOGGERS = ("jsonl", "csv", "tensorboard", "wandb")  # run.loggers (fastadapt/loggers.py)
 
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig, "run": RunConfig}
@@ -350,8 +362,9 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError(f"model.layers={_short(list(cfg.model.layers))} is invalid; each width must be {LAYER_WIDTH.describe(width)}")
     _check_device_name(r.device)
     choices = {
-        "optim.optimizer": (o.optimizer, ("adam", "sgd", "adamw")),
+        "optim.optimizer": (o.optimizer, ("adam", "sgd", "adamw", "rmsprop")),
         "optim.schedule": (o.schedule, ("constant", "step", "cosine", "linear")),
+        "run.precision": (r.precision, ("fp32", "bf16")),
     }
     for key, (v, allowed) in choices.items():
         if v not in allowed:
@@ -372,10 +385,23 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError(f"data.test_dataset={d.test_dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())}")
     if e.finetune not in ("none", "head", "encoder"):
         raise ConfigError(f"eval.finetune={e.finetune!r} is not allowed; choose none, head or encoder")
+    if e.select not in ("fixed", "support_cv"):
+        raise ConfigError(f"eval.select={e.select!r} is not allowed; choose fixed or support_cv")
+    if not e.select_lr_scales or not all(math.isfinite(s) and s > 0 for s in e.select_lr_scales):
+        raise ConfigError(f"eval.select_lr_scales={_short(list(e.select_lr_scales))} is invalid; give one or more finite numbers > 0, e.g. [0.5, 1, 2]")
+    if not e.select_steps or not all(0 <= k <= 10000 for k in e.select_steps):
+        raise ConfigError(f"eval.select_steps={_short(list(e.select_steps))} is invalid; give one or more integers in [0, 10000], e.g. [1, 3, 5, 10]")
+    if e.select != "fixed" and e.finetune != "none":
+        raise ConfigError("eval.select and eval.finetune are both set; fine-tuning is for embedding-based algorithms, selection for gradient-based ones")
     if d.episode_scope not in ("dataset", "alphabet"):
         raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset or alphabet")
     if d.channels not in (0, 1, 3):
         raise ConfigError(f"data.channels={d.channels} is not allowed; choose 0 (as the data has them), 1 (grey) or 3 (RGB)")
+    for key, values, allowed in (("data.augment", d.augment, AUGMENTATIONS), ("run.loggers", r.loggers, LOGGERS)):
+        bad = [v for v in values if v not in allowed]
+        if bad or len(set(values)) != len(values):
+            what = f"{bad[0]!r} is not one of" if bad else "lists a name twice; choose from"
+            raise ConfigError(f"{key}={_short(list(values))}: {what} {', '.join(allowed)}")
     for ways, shots in e.test_settings:
         if not (RANGES["data.ways"].contains(ways) and RANGES["data.shots"].contains(shots)):
             raise ConfigError(f"eval.test_settings entry [{ways}, {shots}] is invalid; ways and shots must be in [1, {INT_MAX}]")

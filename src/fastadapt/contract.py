@@ -16,10 +16,16 @@ Algorithm (``cls(model, **options)``, an ``nn.Module``)
     layer (gradient-based methods) rather than be an embedding (metric-based ones).
     Attribute ``encodes_meta_batch`` (default False): ``meta_loss`` runs the model once over every
     image of the meta-batch, so BatchNorm statistics span tasks (kept equal under ``torchrun``).
+    One optimizer update may call ``meta_loss`` several times, once per chunk of the step's tasks
+    (``optim.task_chunk``, :mod:`fastadapt.engine.accumulate`); the calls after the first run inside
+    :func:`update_part` and :func:`continues_update` is then True: an algorithm that counts its
+    meta-updates (MAML++'s schedules) reads its schedule as the first call did and does not count again.
 
 Task source
     ``ways``, ``shots``, ``queries`` (ints; ``ways = 1`` for regression),
-    ``sample_tasks(step, start, count) -> TaskBatch``: a pure function of its arguments,
+    ``sample_tasks(step, start, count) -> TaskBatch``: a pure function of its arguments (or
+    ``-> EnvTasks``: reinforcement-learning tasks given by parameters, whose trajectories the
+    algorithm samples; ``shots`` / ``queries`` are then trajectories per task before / after adaptation),
     ``fixed(num_episodes, batch_size) -> Iterator[TaskBatch]``: the same evaluation episodes every time.
     A registered task-source builder may instead return a
     :class:`~fastadapt.data.ClassDataset`; the engine then draws episodes from it with an
@@ -29,12 +35,14 @@ Task source
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-from fastadapt.episodes import TaskBatch
+from fastadapt.episodes import EnvTasks, TaskBatch
 from fastadapt.errors import ConfigError
 
 Predictor = Callable[[Tensor], Tensor]
@@ -101,6 +109,24 @@ def encodes_meta_batch(algo: nn.Module) -> bool:
     return bool(getattr(algo, "encodes_meta_batch", False))
 
 
+_UPDATE_PART: ContextVar[int] = ContextVar("fastadapt_update_part", default=0)
+
+
+@contextmanager
+def update_part(index: int) -> Iterator[None]:
+    """The ``meta_loss`` calls inside are part ``index`` (0: the first) of one optimizer update."""
+    token = _UPDATE_PART.set(index)
+    try:
+        yield
+    finally:
+        _UPDATE_PART.reset(token)
+
+
+def continues_update() -> bool:
+    """Whether the current ``meta_loss`` call continues an update an earlier call began (chunked accumulation)."""
+    return _UPDATE_PART.get() > 0
+
+
 def check_algorithm(algo: Any, name: str) -> None:
     """One-line error unless ``algo`` keeps the algorithm contract."""
     if not isinstance(algo, nn.Module):
@@ -120,8 +146,11 @@ def check_task_source(source: Any, name: str) -> None:
 
 def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int) -> None:
     """One-line error unless ``batch`` is a :class:`TaskBatch` of ``ways``-way ``shots``-shot ``queries``-query tasks."""
+    if isinstance(batch, EnvTasks):  # reinforcement learning: tasks are environments, given by parameters
+        check_env_tasks(batch, name)
+        return
     if not isinstance(batch, TaskBatch):
-        raise ConfigError(f"task source {name}: sample_tasks must return a TaskBatch, found {type(batch).__name__}")
+        raise ConfigError(f"task source {name}: sample_tasks must return a TaskBatch (or EnvTasks), found {type(batch).__name__}")
     t = batch.num_tasks
     classification = not batch.support_y.is_floating_point()
     n = ways if classification else 1
@@ -137,6 +166,21 @@ def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int)
             if y.ndim != 2 or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= ways)):
                 raise ConfigError(f"task source {name}: {key} must hold labels 0..{ways - 1} of shape [tasks, examples], "
                                   f"found shape {list(y.shape)} with values {int(y.min()) if y.numel() else '-'}..{int(y.max()) if y.numel() else '-'}")
+
+
+def check_env_tasks(batch: EnvTasks, name: str) -> None:
+    """One-line error unless ``batch`` holds at least one task with finite parameters, a family and model shapes."""
+    if batch.num_tasks < 1 or not bool(batch.params.isfinite().all()):
+        raise ConfigError(f"task source {name}: EnvTasks needs >= 1 task with finite parameters; found {batch.num_tasks} tasks, "
+                          f"params {batch.params.tolist()[:3]}")
+    if batch.family is None or not batch.observation_shape or batch.action_size < 1:
+        raise ConfigError(f"task source {name}: EnvTasks needs a family, an observation shape and an action size >= 1; found "
+                          f"{type(batch.family).__name__}, {list(batch.observation_shape)}, {batch.action_size}")
+
+
+def model_input_shape(batch: Any) -> tuple[int, ...]:
+    """One example's shape, the model's input: an observation (:class:`EnvTasks`) or a support input (:class:`TaskBatch`)."""
+    return tuple(batch.observation_shape) if isinstance(batch, EnvTasks) else tuple(batch.support_x.shape[2:])
 
 
 def check_model_output(output: Any, name: str, algorithm: str, expected_width: int | None, examples: int) -> None:

@@ -133,3 +133,57 @@ def collate_tasks(batches: list[TaskBatch]) -> TaskBatch:
         kinds = sorted({type(b).__name__ for b in batches})
         raise TypeError(f"collate_tasks joins TaskBatch items, got {', '.join(kinds)}")
     return TaskBatch.cat(list(batches))
+
+
+@dataclass(frozen=True)
+class EnvTasks:
+    """T reinforcement-learning tasks, given by their parameters rather than by examples.
+
+    A task is an environment to act in: its data (trajectories) is sampled by the algorithm with the
+    policy it is adapting, so what travels from a task source to an algorithm is the recipe.
+
+    =================  ==================  ==============================================================
+    field              shape               meaning
+    =================  ==================  ==============================================================
+    params             ``[T, P]`` float64  each task's parameters (a goal; a mass and a length), in the
+                                           order of ``family.param_names``
+    seeds              ``[T]`` int64       each task's seed (environment resets and action noise)
+    observation_shape  tuple               one observation: the policy's input
+    action_size        int                 one action's width: the policy's output
+    family             object or None      the :class:`fastadapt.rl.EnvFamily` that makes each task's
+                                           environment; None for a batch that only describes shapes
+                                           (a run rebuilt from its folder)
+    shots              int                 trajectories per task for each adaptation step (K)
+    queries            int                 trajectories per task that score the adapted policy
+    =================  ==================  ==============================================================
+
+    Environments run on the CPU, so ``to`` leaves the batch where it is; the policy's device is the
+    algorithm's.
+    """
+
+    params: Tensor
+    seeds: Tensor
+    observation_shape: tuple[int, ...]
+    action_size: int
+    family: object | None = None
+    shots: int = 1
+    queries: int = 1
+
+    def __post_init__(self) -> None:
+        if self.params.ndim != 2 or self.seeds.shape != (self.params.shape[0],):
+            raise ValueError(f"EnvTasks: params must be [T, P] and seeds [T]; found {list(self.params.shape)} and {list(self.seeds.shape)}")
+
+    def __len__(self) -> int:
+        return self.params.shape[0]
+
+    @property
+    def num_tasks(self) -> int:
+        return self.params.shape[0]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> EnvTasks:
+        """The batch itself: environments and their parameters stay on the CPU."""
+        return self
+
+    def select(self, index: slice | Tensor) -> EnvTasks:
+        """The tasks picked by ``index`` as a new batch."""
+        return replace(self, params=self.params[index], seeds=self.seeds[index])

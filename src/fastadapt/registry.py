@@ -161,11 +161,20 @@ TASK_SOURCES = Registry("task source", {
     "sinusoid-stream": ("fastadapt.data.streams:sinusoid_stream", "drifting, switching sinusoid streams; episodes are windows (support: points before a step, query: after)"),
     "omniglot-stream": ("fastadapt.data.streams:omniglot_stream", "Omniglot streams: characters appear and retire at change points, images rotate gradually"),
     "stream-folder": ("fastadapt.data.streams:folder_stream", "stream-folder:<path>: <path>/<phase>/<class>/<image> (your data split into phases)"),
+    "nav2d": ("fastadapt.rl.envs:nav2d", "2D navigation to a goal in [-0.5, 0.5]^2 (MAML sec. 5.3; Gymnasium, fastadapt[rl])"),
+    "pendulum-dynamics": ("fastadapt.rl.envs:pendulum_dynamics", "Pendulum-v1 whose mass and length change per task (Gymnasium, fastadapt[rl])"),
+    "copy": ("fastadapt.tasks.sources:copy_source", "the NTM copy task (Graves et al. 2014, 4.1): data.options bits, min_length, max_length, test_length"),
+    "recall": ("fastadapt.tasks.sources:recall_source", "associative recall (Graves et al. 2014, 4.3): data.options bits, item_length, min_items, max_items, test_items"),
 })
 MODELS = Registry("model", {
     "conv4": ("fastadapt.nn:conv4", "4 conv blocks (Vinyals et al.), optional linear head"),
+    "resnet12": ("fastadapt.nn.resnet:resnet12", "ResNet-12 (TADAM, MetaOptNet): 4 residual blocks, 64-160-320-640; options channels, width, drop_prob"),
     "mlp": ("fastadapt.nn:mlp", "fully connected ReLU network over the flattened input"),
     "flatten": ("fastadapt.nn:flatten", "the raw input as a vector (MANN's input); no weights"),
+    "ntm": ("fastadapt.memory.sequence:ntm", "Neural Turing Machine over a sequence (LSTM or transformer controller); for copy / recall tasks"),
+    "lstm-seq": ("fastadapt.memory.sequence:lstm_seq", "plain LSTM over a sequence (the NTM's baseline)"),
+    "transformer-seq": ("fastadapt.memory.sequence:transformer_seq", "plain causal transformer over a sequence (the NTM's baseline)"),
+    "gaussian-mlp": ("fastadapt.rl.policy:gaussian_mlp", "Gaussian MLP policy: mean from a ReLU MLP, state-independent log_std (reinforcement learning)"),
 })
 ALGORITHMS = Registry("algorithm", {
     "protonet": ("fastadapt.algorithms.protonet:ProtoNet", "Prototypical Networks (Snell et al. 2017)"),
@@ -177,9 +186,12 @@ ALGORITHMS = Registry("algorithm", {
     "matching": ("fastadapt.algorithms.matching:MatchingNet", "Matching Networks with full context embeddings (Vinyals et al. 2016)"),
     "meta_lstm": ("fastadapt.algorithms.meta_lstm:MetaLSTM", "LSTM meta-learner (Ravi & Larochelle 2017)"),
     "mann": ("fastadapt.algorithms.mann:MANN", "memory-augmented network (Santoro et al. 2016)"),
+    "ntm": ("fastadapt.algorithms.ntm:NTMLearner", "sequence tasks (copy, recall) through a memory network: NTM or its baselines (Graves et al. 2014)"),
     "baseline": ("fastadapt.algorithms.baseline:Baseline", "Baseline / Baseline++: a classifier on all training classes, a new head per task (Chen et al. 2019)"),
     "grbal": ("fastadapt.algorithms.grbal:GrBAL", "GrBAL: meta-learnt adaptation on a recent window of a stream (Nagabandi et al. 2019)"),
+    "alfa": ("fastadapt.algorithms.alfa:ALFA", "ALFA: meta-learnt per-step, per-layer inner rates and weight decay (Baik et al. 2020)"),
     "linear_probe": ("fastadapt.algorithms.linear_probe:LinearProbe", "linear probe on frozen features: logistic regression per task (Tian et al. 2020, RFS)"),
+    "maml-rl": ("fastadapt.algorithms.maml_rl:MAMLRL", "MAML for policies, clipped outer surrogate (ProMP), first-order and Reptile options (Finn et al. 2017; Rothfuss et al. 2019)"),
 })
 
 

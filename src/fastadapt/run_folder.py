@@ -59,12 +59,14 @@ from torch import nn
 
 from fastadapt.checkpoint import TEMP_PATTERN, CheckpointError, atomic_write, atomic_write_many, load_checkpoint, stale_temps, write_error
 from fastadapt.config import Config, apply_overrides, config_from_dict
-from fastadapt.episodes import TaskBatch
+from fastadapt.episodes import EnvTasks, TaskBatch
 from fastadapt.errors import FastAdaptError
 from fastadapt.version import __version__
+from fastadapt.weights import exported_payload
 
 CONFIG, CHECKPOINT, BEST, METRICS, RESULTS, EVALS = "config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "results.json", "evals"
 LOCK = ".lock"
+EXPORTED = "weights.safetensors"  # the weights of an exported run (fastadapt/apps/export_weights.py); load_run reads them too
 UNREADABLE_LOCK_STALE_S = 30.0  # a lock file that is not JSON (its writer was killed between creating and filling it) is stale after this
 
 
@@ -136,6 +138,8 @@ class RunFolder:
             return self.best_file
         if self.checkpoint_file.is_file():
             return self.checkpoint_file
+        if (self.path / EXPORTED).is_file():  # a folder written by `fastadapt export RUN --format safetensors`
+            return self.path / EXPORTED
         raise CheckpointError(f"{self.path} holds no {BEST} or {CHECKPOINT}; train the run first (fastadapt train ... run.out={self.path})")
 
     # -- records --------------------------------------------------------------------------
@@ -420,7 +424,9 @@ def git_commit(start: Path | None = None) -> str | None:
 def provenance(batch: TaskBatch | None = None, **extra: Any) -> dict[str, Any]:
     """Versions, the git commit and (from one training task) the shapes the model was built for."""
     out: dict[str, Any] = {"fastadapt": __version__, "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit()}
-    if batch is not None:
+    if isinstance(batch, EnvTasks):  # reinforcement learning: the policy's input and output
+        out["task_shapes"] = {"observation": list(batch.observation_shape), "action_size": batch.action_size, "labels": "environment"}
+    elif batch is not None:
         out["task_shapes"] = {k: list(getattr(batch, k).shape[1:]) for k in ("support_x", "support_y", "query_x", "query_y")}
         out["task_shapes"]["ways"] = batch.ways
         out["task_shapes"]["labels"] = "classes" if not batch.support_y.is_floating_point() else "float"
@@ -428,8 +434,11 @@ def provenance(batch: TaskBatch | None = None, **extra: Any) -> dict[str, Any]:
     return out
 
 
-def batch_from_shapes(shapes: dict[str, Any]) -> TaskBatch:
+def batch_from_shapes(shapes: dict[str, Any]) -> TaskBatch | EnvTasks:
     """A one-task zero batch of recorded shapes (labels 0..N-1): enough to rebuild a model."""
+    if shapes.get("labels") == "environment":  # shapes only: no family, so it cannot be rolled out
+        return EnvTasks(torch.zeros(1, 0, dtype=torch.float64), torch.zeros(1, dtype=torch.int64), tuple(shapes["observation"]),
+                        int(shapes["action_size"]))
     ways = int(shapes["ways"])
     classes = shapes.get("labels") == "classes"
 
@@ -476,9 +485,9 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, m
     else:  # runs written before provenance: look at the data
         sources = task_sources(cfg)
         batch, classes = probe_batch(sources, cfg), train_classes(sources)
-    algo = build_algorithm(cfg, batch, model=model, num_classes=classes, check_memory=False)  # its training fitted
+    algo = build_algorithm(cfg, batch, model=model, num_classes=classes, check_memory=False, pretrained=False)  # its training fitted
     weights = folder.weights_file()
-    payload = load_checkpoint(weights, "cpu")
+    payload = exported_payload(weights) if weights.name == EXPORTED else load_checkpoint(weights, "cpu")
     load_weights(algo, payload, weights)
     algo.to(device).eval()
     step = payload.get("step")

@@ -20,13 +20,14 @@ model); the head's output must be the model's output.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fastadapt.algorithms import inner
+from fastadapt.algorithms import inner, shared_first
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
 from fastadapt.algorithms.maml import FastWeightsPredictor
 from fastadapt.episodes import TaskBatch
@@ -70,7 +71,8 @@ class ANIL(nn.Module):
         first_order: drop second derivatives through the inner gradient.
         head: name of the head submodule (its parameters are the ones with this prefix); Conv4's is
             ``"head"``, ``MLP``'s last layer is ``"net.<2 * len(hidden)>"``.
-        execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`).
+        execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`); ``"shared_first"``
+            runs the body once over all tasks' examples (BatchNorm per task), then the head per task.
     """
 
     needs_head: ClassVar[bool] = True
@@ -114,10 +116,24 @@ class ANIL(nn.Module):
             zs, zq = head_input(model, self.head, state, sx), head_input(model, self.head, state, qx)
             return inner.adapt_and_evaluate(head_forward, w, zs, sy, zq, qy, rates, first_order, [steps], task_loss)
 
+        def head_task(zs: Tensor, sy: Tensor, zq: Tensor, qy: Tensor) -> tuple[Tensor, ...]:
+            return inner.adapt_and_evaluate(head_forward, w, zs, sy, zq, qy, rates, first_order, [steps], task_loss)
+
         with torch.enable_grad():
-            losses, outputs = inner.map_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y),
-                                              self.execution, self.chunk_size)
+            if self.execution == "shared_first":  # the body at theta_b for every task at once, BatchNorm per task
+                zs, zq = (self._shared_body(body, x) for x in (batch.support_x, batch.query_x))
+                losses, outputs = inner.map_tasks(head_task, (zs, batch.support_y, zq, batch.query_y), "loop")
+            else:
+                losses, outputs = inner.map_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y),
+                                                  self.execution, self.chunk_size)
         return losses[:, 0], outputs
+
+    def _shared_body(self, body: inner.Params, x: Tensor) -> Tensor:
+        """The head's input for every task of ``x [T, B, *x]`` in one body pass, ``[T, B, *z]`` (:mod:`~fastadapt.algorithms.shared_first`)."""
+        tasks, per = x.shape[:2]
+        with shared_first.TaskGroups(tasks, ()):
+            z = head_input(self.model, self.head, (body, inner.frozen_state(self.model)), x.reshape(tasks * per, *x.shape[2:]))
+        return z.reshape(tasks, per, *z.shape[1:])
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """Mean query loss over tasks after ``inner_steps`` steps on the head."""
@@ -125,16 +141,19 @@ class ANIL(nn.Module):
         loss = losses.mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
-        """The model with an adapted head for one task (``params``: all trainable parameters; the body's are theta); detached.
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+        """The model with an adapted head for one task (``params``: all trainable parameters; the body's are theta) after
+        ``steps`` (default ``inner_steps_eval``) head steps at ``inner_lr * lr_scale``; detached.
 
         ``update(x, y)`` keeps adapting the head alone on a sliding window (:class:`FastWeightsPredictor`).
         """
+        steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
+        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
         theta = inner.detached(inner.trainable_params(self.model))
-        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
-        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+        fast = adapt_from(theta, support_x, support_y, steps)
+        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
 
-    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
         """``steps`` head steps from ``start``'s head on ``(x, y)``; the body stays at ``start``'s (theta); detached."""
         model, head = self.model, self.model.get_submodule(self.head)
         with torch.no_grad():
@@ -143,7 +162,7 @@ class ANIL(nn.Module):
         prefix = f"{self.head}."
         w = {k[len(prefix):]: v.detach() for k, v in start.items() if k.startswith(prefix)}
         fast = inner.fine_tune(lambda p, xs: functional_call(head, (p, head_state), (xs,)), w, z, y,
-                               inner.constant_rates(list(w), self.inner_lr, steps))
+                               inner.scaled_rates(inner.constant_rates(list(w), self.inner_lr, steps), lr_scale))
         return {**inner.detached(start), **{prefix + k: v for k, v in fast.items()}}
 
     def predict(self, batch: TaskBatch) -> Tensor:

@@ -18,7 +18,11 @@ Execution paths (``execution=``) compute the same numbers; they differ only in s
 
 * ``"vmap"``: all tasks in one ``torch.func.vmap`` call;
 * ``"chunks"``: ``vmap`` over ``chunk_size`` tasks at a time (bounds the peak of the forward pass);
-* ``"loop"``: a Python loop over tasks (native kernels, no vmap).
+* ``"loop"``: a Python loop over tasks (native kernels, no vmap);
+* ``"shared_first"``: the first inner step of all tasks as one computation over all support
+  examples (they all start from theta; :mod:`fastadapt.algorithms.shared_first`), then ``"loop"``.
+  Used by :func:`evaluate_tasks` (MAML, FOMAML, Meta-SGD) with at least one inner step; elsewhere
+  (and with 0 steps) it is ``"loop"``. Opt-in.
 
 Measured default (``python benchmarks/inner_execution.py --iters 3``: the Omniglot workload, Conv4
 with 64 filters on 28x28, 5-way 1-shot, 5 queries per class, meta-batch 32, 1 second-order inner
@@ -68,6 +72,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
+from fastadapt.algorithms import compiled, shared_first
 from fastadapt.algorithms.base import task_loss
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import ConfigError
@@ -76,7 +81,7 @@ Params = dict[str, Tensor]
 Rate = float | Tensor  # a learning rate: a number, a scalar tensor, or a tensor shaped like its parameter
 Rates = Sequence[Mapping[str, Rate]]  # one mapping name -> rate per inner step
 
-EXECUTIONS = ("auto", "vmap", "chunks", "loop")
+EXECUTIONS = ("auto", "vmap", "chunks", "loop", "shared_first")
 DEFAULT_EXECUTION = "auto"  # measured per workload: see the module docstring and resolve_execution
 DEFAULT_CHUNK_SIZE = 8
 OPTIMIZERS = ("sgd", "adam")
@@ -150,6 +155,13 @@ def detached(params: Mapping[str, Tensor]) -> Params:
 def detached_rates(rates: Rates) -> list[dict[str, Rate]]:
     """``rates`` with every tensor detached (evaluation: no graph to learnt rates)."""
     return [{k: v.detach() if isinstance(v, Tensor) else v for k, v in r.items()} for r in rates]
+
+
+def scaled_rates(rates: Rates, scale: float) -> Rates:
+    """``rates`` with every rate times ``scale`` (``rates`` itself when ``scale == 1``); test-time selection uses it."""
+    if scale == 1.0:
+        return rates
+    return [{k: v * scale for k, v in r.items()} for r in rates]
 
 
 def constant_rates(names: Sequence[str], lr: Rate, steps: int) -> list[dict[str, Rate]]:
@@ -297,9 +309,16 @@ def evaluate_tasks(forward: Callable[[Params, Tensor], Tensor], params: Params, 
     """:func:`adapt_and_evaluate` for every task of ``batch``: query losses ``[T, len(loss_steps)]``
     and final query outputs ``[T, N*Q, N]`` (``[T, Q, *y]``). Autograd is on inside, even under ``no_grad``."""
 
-    def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, ...]:
-        return adapt_and_evaluate(forward, params, sx, sy, qx, qy, rates, first_order, loss_steps, task_loss)
+    # run.compile: the per-task function compiled (fastadapt.algorithms.compiled), on the loop path only
+    run = compiled.maybe_compiled(adapt_and_evaluate) if resolve_execution(execution, batch.support_x) == "loop" else adapt_and_evaluate
 
+    def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, ...]:
+        return run(forward, params, sx, sy, qx, qy, rates, first_order, loss_steps, task_loss)
+
+    if execution == "shared_first" and rates and 0 not in loss_steps:
+        with torch.enable_grad():
+            return shared_first.evaluate_tasks(forward, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y, rates,
+                                               first_order, loss_steps, task_loss, inner_loop)
     with torch.enable_grad():
         losses, outputs = map_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), execution, chunk_size)
     return losses, outputs
@@ -327,7 +346,7 @@ def map_tasks(fn: Callable[..., tuple[Tensor, ...]], tensors: Sequence[Tensor], 
     """
     check_execution(execution, chunk_size)
     execution = resolve_execution(execution, tensors[0])
-    if execution == "loop":
+    if execution in ("loop", "shared_first"):  # shared_first shares work only in evaluate_tasks; a plain loop elsewhere
         outs = [fn(*(t[i] for t in tensors)) for i in range(tensors[0].shape[0])]
         return tuple(torch.stack(parts) for parts in zip(*outs))
     mapped = vmap(fn, randomness="different", chunk_size=chunk_size if execution == "chunks" else None)

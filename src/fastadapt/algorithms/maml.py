@@ -22,6 +22,7 @@ batch statistics (as in the MAML paper); see :mod:`fastadapt.algorithms.inner`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from fastadapt import contract
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.data.streams import check_update
@@ -166,12 +168,14 @@ class MAML(nn.Module):
         multi_step_loss: MAML++ MSL: the query loss after every inner step, weighted by
             :func:`multi_step_loss_weights`, annealed to the final step over ``msl_anneal_steps``.
         msl_anneal_steps: meta-updates over which the MSL weights anneal.
-        execution: ``"vmap"``, ``"chunks"`` or ``"loop"`` over tasks (same numbers; see
-            :mod:`fastadapt.algorithms.inner`).
+        execution: ``"vmap"``, ``"chunks"``, ``"loop"`` or ``"shared_first"`` (the first inner step of all tasks
+            as one computation) over tasks (same numbers; see :mod:`fastadapt.algorithms.inner`).
         chunk_size: tasks per ``vmap`` call with ``execution="chunks"``.
 
-    :attr:`meta_step` (a buffer, saved with the state) counts the ``meta_loss`` calls made in
-    training mode with grad enabled; DA and MSL schedules read it.
+    :attr:`meta_step` (a buffer, saved with the state) counts the meta-updates: the ``meta_loss``
+    calls made in training mode with grad enabled, except those that continue an update an earlier
+    call began (the loop's chunked accumulation, :func:`fastadapt.contract.continues_update`), which
+    read the schedule at the first call's step. DA and MSL schedules read it.
     """
 
     needs_head: ClassVar[bool] = True
@@ -203,14 +207,23 @@ class MAML(nn.Module):
 
     # --- the schedule ----------------------------------------------------------------------
 
+    def schedule_step(self) -> int:
+        """The meta-update the schedules read: :attr:`meta_step`, or the one before when this call continues
+        an update already counted (:func:`fastadapt.contract.continues_update`)."""
+        step = int(self.meta_step)
+        return max(step - 1, 0) if self._counting() and contract.continues_update() else step
+
+    def _counting(self) -> bool:
+        return self.training and torch.is_grad_enabled()
+
     def is_first_order(self) -> bool:
         """Whether the next meta-loss drops second derivatives (``first_order``, or DA still on)."""
-        return self.first_order or int(self.meta_step) < self.first_order_until
+        return self.first_order or self.schedule_step() < self.first_order_until
 
     def loss_weights(self) -> Tensor:
         """``[inner_steps]`` weights of the query losses after steps 1..K (one-hot on K without MSL)."""
         if self.multi_step_loss:
-            return multi_step_loss_weights(self.inner_steps, int(self.meta_step), self.msl_anneal_steps)
+            return multi_step_loss_weights(self.inner_steps, self.schedule_step(), self.msl_anneal_steps)
         w = torch.zeros(self.inner_steps, dtype=torch.float64)
         if self.inner_steps:
             w[-1] = 1.0
@@ -232,7 +245,7 @@ class MAML(nn.Module):
         ``metrics["loss"]`` and ``acc`` / ``mse`` are those of the final step's fast weights.
         """
         weights, first_order = self.loss_weights(), self.is_first_order()
-        if self.training and torch.is_grad_enabled():
+        if self._counting() and not contract.continues_update():
             self.meta_step += 1
         loss_steps = [k + 1 for k in range(self.inner_steps) if weights[k] > 0] or [0]  # [0]: no inner step
         weights = weights[[k - 1 for k in loss_steps]] if self.inner_steps else torch.ones(1, dtype=torch.float64)
@@ -241,19 +254,22 @@ class MAML(nn.Module):
         loss = (losses * weights.to(losses.dtype)).sum(1).mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, losses[:, -1].mean()))  # the last loss step is always K
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
-        """The model with fast weights for one task (``support_x [N*K, *x]``) after ``inner_steps_eval`` steps; detached.
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+        """The model with fast weights for one task (``support_x [N*K, *x]``) after ``steps`` (default ``inner_steps_eval``)
+        steps, every inner rate times ``lr_scale``; detached.
 
         ``update(x, y)`` on the result keeps adapting (:class:`FastWeightsPredictor`: MAML's inner loop on a
         sliding window, from the meta-learnt weights by default).
         """
+        steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
+        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
         theta = inner.trainable_params(self.model)
-        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
-        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+        fast = adapt_from(theta, support_x, support_y, steps)
+        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
 
-    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
-        """MAML's inner loop from ``start`` on ``(x, y)`` for ``steps`` steps; detached."""
-        return inner.fine_tune(self._forward, start, x, y, self.rates(steps))
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
+        """MAML's inner loop from ``start`` on ``(x, y)`` for ``steps`` steps (rates times ``lr_scale``); detached."""
+        return inner.fine_tune(self._forward, start, x, y, inner.scaled_rates(self.rates(steps), lr_scale))
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""

@@ -16,6 +16,17 @@ at every step (the paper trains on all steps), averaged over steps and tasks.
 Accuracy by instance (the paper's table 1): :func:`instance_numbers` counts, for every step, the how
 many-th presentation of its class it is; :func:`instance_accuracy` averages correctness by that number.
 
+Options for the paper's recipe (issue 19), each defaulting to the behaviour before it:
+``controller = "transformer"`` (the NTM's causal transformer as the controller); ``translate = k``
+(training episodes only: every class of an episode is shifted by its own random offset of up to
+``k`` pixels in each direction, zeros filling in, drawn per episode; :func:`translate_classes`);
+``key_strength`` (a learnt read sharpening, not in the paper); ``label_encoding = "string"`` (the
+paper's labels for many classes: each class of an episode gets a distinct random string of 5
+characters from a 5-letter alphabet, fed back as 5 concatenated one-hots (25 values) and predicted
+by 5 softmaxes; the loss is the negative log-likelihood of the whole string, and a step counts as
+correct when its class's string is the most likely of the episode's N strings; :class:`StringLabels`).
+The paper's optimizer is ``optim.optimizer = "rmsprop"``, ``optim.lr = 1e-4``.
+
 The contract (``fastadapt.algorithms.base``) is kept loosely: ``needs_head=False`` (``model`` is an
 encoder, default ``nn.Flatten``); ``adapt(support_x, support_y)`` runs the support set through the
 memory (in a fixed shuffled order) and returns a predictor that classifies each query from that memory
@@ -37,6 +48,8 @@ from fastadapt.errors import ConfigError
 from fastadapt.memory.mann import LRUMemoryCore, LSTMCore
 
 REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)  # the columns of the paper's table 1
+LABEL_ENCODINGS = ("onehot", "string")
+STRING_LENGTH, STRING_ALPHABET = 5, 5  # the paper's string labels: 5 characters, each one of 5 letters (3125 strings)
 
 
 @dataclass(frozen=True)
@@ -44,14 +57,63 @@ class LabelSequence:
     """Episodes as sequences; ``T`` tasks of ``L`` steps, ``C`` classes.
 
     x: ``[T, L, *x_shape]`` inputs in presentation order; labels: ``[T, L]`` (int64, after the per-episode
-    relabelling); prev_onehot: ``[T, L, C]`` one-hot of ``labels[:, t-1]`` (zeros at t = 0); instance:
-    ``[T, L]`` 1-based presentation number of ``labels[:, t]`` within its episode.
+    relabelling); prev_onehot: ``[T, L, C]`` the encoding of ``labels[:, t-1]`` (one-hot, or with string
+    labels 5 concatenated one-hots: ``C = 25``; zeros at t = 0); instance: ``[T, L]`` 1-based presentation
+    number of ``labels[:, t]`` within its episode; codes: ``[T, N, 5]`` each class's string (string labels only).
     """
 
     x: Tensor
     labels: Tensor
     prev_onehot: Tensor
     instance: Tensor
+    codes: Tensor | None = None
+
+
+class StringLabels:
+    """The paper's string labels: ``N`` distinct strings of :data:`STRING_LENGTH` characters from
+    :data:`STRING_ALPHABET` letters per episode, one-hot per character.
+
+    ``codes(T, N, generator)`` draws ``[T, N, 5]`` (distinct within each episode); ``encode(labels, codes)``
+    gives ``[T, L, 25]``; ``log_likelihood(outputs [..., 25], codes)`` gives each class's string
+    log-likelihood ``sum_j log softmax(outputs_j)[code_j]`` as ``[T, L, N]``.
+    """
+
+    width = STRING_LENGTH * STRING_ALPHABET
+
+    @staticmethod
+    def codes(tasks: int, classes: int, generator: torch.Generator | None = None) -> Tensor:
+        ids = torch.rand(tasks, STRING_ALPHABET**STRING_LENGTH, generator=generator).argsort(dim=1)[:, :classes]  # distinct strings
+        digits = [(ids // STRING_ALPHABET**j) % STRING_ALPHABET for j in range(STRING_LENGTH)]
+        return torch.stack(digits, dim=-1)
+
+    @staticmethod
+    def encode(labels: Tensor, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        chars = codes.gather(1, labels.unsqueeze(-1).expand(*labels.shape, STRING_LENGTH))  # [T, L, 5]
+        return F.one_hot(chars, STRING_ALPHABET).to(dtype).flatten(-2)
+
+    @staticmethod
+    def log_likelihood(outputs: Tensor, codes: Tensor) -> Tensor:
+        logp = F.log_softmax(outputs.unflatten(-1, (STRING_LENGTH, STRING_ALPHABET)), dim=-1)  # [T, L, 5, 5]
+        idx = codes.unsqueeze(1).expand(-1, logp.shape[1], -1, -1)  # [T, L, N, 5]
+        return logp.unsqueeze(2).expand(-1, -1, codes.shape[1], -1, -1).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+
+
+def translate_classes(x: Tensor, labels: Tensor, shifts: Tensor) -> Tensor:
+    """Shift every image of class ``c`` of task ``t`` by ``shifts[t, c] = (dy, dx)`` pixels, zeros filling in.
+
+    ``x [T, M, C, H, W]``, ``labels [T, M]`` (0..N-1), ``shifts [T, N, 2]`` (int) -> ``[T, M, C, H, W]``;
+    ``dy > 0`` moves the image down, ``dx > 0`` to the right.
+    """
+    pad = int(shifts.abs().max()) if shifts.numel() else 0
+    if pad == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    per_image = shifts.gather(1, labels.unsqueeze(-1).expand(*labels.shape, 2))  # [T, M, 2]
+    rows = (torch.arange(h) + pad).view(1, 1, h) - per_image[..., :1]  # [T, M, H]: source row of each output row
+    cols = (torch.arange(w) + pad).view(1, 1, w) - per_image[..., 1:]
+    out = padded.gather(-2, rows[:, :, None, :, None].expand(*x.shape[:3], h, padded.shape[-1]))
+    return out.gather(-1, cols[:, :, None, None, :].expand(*x.shape[:3], h, w))
 
 
 def instance_numbers(labels: Tensor, num_classes: int) -> Tensor:
@@ -117,29 +179,46 @@ class MANN(nn.Module):
             (the paper feeds the flattened 20x20 image).
         ways: C, the number of classes per episode (5 in the paper's one-hot experiments).
         input_shape: shape of one input (default ``(1, 20, 20)``: Omniglot at the paper's 20x20).
-        core: ``"mann"`` (LSTM controller + LRUA memory) or ``"lstm"`` (the baseline).
+        core: ``"mann"`` (controller + LRUA memory) or ``"lstm"`` (the baseline).
         memory_size, memory_width, read_heads, controller_size, gamma: see :class:`~fastadapt.memory.mann.LRUMemoryCore`
             (paper: 128, 40, 4, 200, 0.95).
         shuffle_labels: relabel the classes with a random permutation in every training episode (the paper does).
         key_strength: sharpen the content reads with a learnt key strength (not in the paper; see
             :class:`~fastadapt.memory.mann.LRUMemoryCore`).
+        controller: the MANN's controller, ``"lstm"`` (the paper) or ``"transformer"`` (``core="mann"`` only).
+        transformer_layers, transformer_heads: the transformer controller's depth and heads (width: ``controller_size``).
+        translate: training episodes only: shift each class of an episode by its own random offset of up
+            to this many pixels (per axis), drawn per episode (0: off).
+        label_encoding: ``"onehot"`` or ``"string"`` (the paper's 5-character strings; see the module docstring).
     """
 
     needs_head = False
 
     def __init__(self, model: nn.Module | None = None, ways: int = 5, input_shape: tuple[int, ...] = (1, 20, 20), core: str = "mann",
                  memory_size: int = 128, memory_width: int = 40, read_heads: int = 4, controller_size: int = 200, gamma: float = 0.95,
-                 shuffle_labels: bool = True, key_strength: bool = False) -> None:
+                 shuffle_labels: bool = True, key_strength: bool = False, controller: str = "lstm", transformer_layers: int = 2,
+                 transformer_heads: int = 4, translate: int = 0, label_encoding: str = "onehot") -> None:
         super().__init__()
         if not isinstance(ways, int) or isinstance(ways, bool) or ways < 2:
             raise ConfigError(f"MANN ways={ways!r} is invalid; it must be an integer >= 2")
+        if not isinstance(translate, int) or isinstance(translate, bool) or not 0 <= translate <= max(tuple(input_shape)[-2:], default=0):
+            raise ConfigError(f"MANN translate={translate!r} is invalid; it must be an integer in [0, the image side] (pixels)")
+        if label_encoding not in LABEL_ENCODINGS:
+            raise ConfigError(f"MANN label_encoding={label_encoding!r} is unknown; choose one of {', '.join(LABEL_ENCODINGS)}")
+        if label_encoding == "string" and ways > STRING_ALPHABET**STRING_LENGTH:
+            raise ConfigError(f"MANN ways={ways} exceeds the {STRING_ALPHABET**STRING_LENGTH} string labels")
         self.model = model if model is not None else nn.Flatten()
         self.ways, self.input_shape, self.shuffle_labels = ways, tuple(input_shape), bool(shuffle_labels)
+        self.translate, self.label_encoding = translate, label_encoding
         feature_dim = self._feature_dim()
+        width = StringLabels.width if label_encoding == "string" else ways
         if core == "mann":
-            self.core: nn.Module = LRUMemoryCore(feature_dim, ways, memory_size, memory_width, read_heads, controller_size, gamma, key_strength)
+            self.core: nn.Module = LRUMemoryCore(feature_dim, width, memory_size, memory_width, read_heads, controller_size, gamma, key_strength,
+                                                 controller, transformer_layers, transformer_heads)
         elif core == "lstm":
-            self.core = LSTMCore(feature_dim, ways, controller_size)
+            if controller != "lstm":
+                raise ConfigError(f"MANN controller={controller!r} applies to core='mann'; the baseline core='lstm' is an LSTM")
+            self.core = LSTMCore(feature_dim, width, controller_size)
         else:
             raise ConfigError(f"MANN core={core!r} is unknown; choose 'mann' or 'lstm'")
 
@@ -166,21 +245,60 @@ class MANN(nn.Module):
         t, length = x.shape[:2]
         return self.model(x.flatten(0, 1)).view(t, length, -1).transpose(0, 1)
 
+    def _fixed_codes(self, tasks: int) -> Tensor | None:
+        """String labels at adaptation / prediction: the same N strings for every task (drawn once from seed 0)."""
+        if self.label_encoding != "string":
+            return None
+        return StringLabels.codes(1, self.ways, torch.Generator().manual_seed(0)).expand(tasks, -1, -1)
+
+    def _labels_in(self, labels: Tensor, codes: Tensor | None, dtype: torch.dtype) -> Tensor:
+        """What the network is fed for ``labels [T, L]``: one-hot ``[T, L, C]`` or the strings' one-hots ``[T, L, 25]``."""
+        return F.one_hot(labels, self.ways).to(dtype) if codes is None else StringLabels.encode(labels, codes, dtype)
+
+    def _class_scores(self, outputs: Tensor, codes: Tensor | None) -> Tensor:
+        """Network outputs ``[T, L, width]`` -> scores of the episode's classes ``[T, L, C]`` (strings: log-likelihoods)."""
+        return outputs if codes is None else StringLabels.log_likelihood(outputs, codes)
+
+    def make_sequence(self, batch: TaskBatch, generator: torch.Generator | None = None, train: bool = False) -> LabelSequence:
+        """The episodes of ``batch`` as sequences (:func:`episode_sequence`), with this network's label encoding;
+        ``train``: also the training-only augmentation (``translate``) and fresh strings per episode."""
+        if train and self.translate:
+            t, n = batch.num_tasks, batch.ways
+            shifts = torch.randint(-self.translate, self.translate + 1, (t, n, 2), generator=generator)
+            batch = TaskBatch(translate_classes(batch.support_x, batch.support_y, shifts), batch.support_y,
+                              translate_classes(batch.query_x, batch.query_y, shifts), batch.query_y, batch.classes)
+        seq = episode_sequence(batch, generator, self.shuffle_labels)
+        if self.label_encoding == "onehot":
+            return seq
+        codes = StringLabels.codes(batch.num_tasks, batch.ways, generator) if train else self._fixed_codes(batch.num_tasks)
+        enc = self._labels_in(seq.labels, codes, seq.prev_onehot.dtype)
+        prev = torch.cat([torch.zeros_like(enc[:, :1]), enc[:, :-1]], dim=1)
+        return LabelSequence(seq.x, seq.labels, prev, seq.instance, codes)
+
+    def sequence_outputs(self, seq: LabelSequence) -> Tensor:
+        """The network's outputs ``[T, L, width]`` for a :class:`LabelSequence`."""
+        outputs, _ = self.core(self._encode(seq.x), seq.prev_onehot.transpose(0, 1).to(seq.x.dtype))
+        return outputs.transpose(0, 1)
+
     def sequence_logits(self, seq: LabelSequence) -> Tensor:
-        """Logits ``[T, L, C]`` for a :class:`LabelSequence`."""
-        logits, _ = self.core(self._encode(seq.x), seq.prev_onehot.transpose(0, 1).to(seq.x.dtype))
-        return logits.transpose(0, 1)
+        """Scores of the episode's classes ``[T, L, C]`` for a :class:`LabelSequence` (one-hot: the logits)."""
+        return self._class_scores(self.sequence_outputs(seq), seq.codes)
 
     def meta_loss(self, batch: TaskBatch, generator: torch.Generator | None = None) -> MetaOutput:
-        """Cross-entropy at every step of the pooled, shuffled episodes (mean over steps and tasks).
+        """Cross-entropy at every step of the pooled, shuffled episodes (mean over steps and tasks; string labels:
+        the negative log-likelihood of the class's string).
 
         Metrics: ``loss``, ``acc`` (all steps) and ``inst1``, ``inst2``, ... (accuracy at the k-th
         presentation, for the k of :data:`REPORTED_INSTANCES` that the episodes contain).
         """
         self._check(batch.support_x, batch.ways)
-        seq = episode_sequence(batch, generator, self.shuffle_labels)
-        logits = self.sequence_logits(seq)
-        loss = F.cross_entropy(logits.flatten(0, 1), seq.labels.flatten())
+        seq = self.make_sequence(batch, generator, train=True)
+        outputs = self.sequence_outputs(seq)
+        logits = self._class_scores(outputs, seq.codes)
+        if seq.codes is None:
+            loss = F.cross_entropy(logits.flatten(0, 1), seq.labels.flatten())
+        else:
+            loss = -logits.gather(-1, seq.labels.unsqueeze(-1)).mean()
         with torch.no_grad():
             metrics = {"loss": float(loss.detach()), "acc": float((logits.argmax(-1) == seq.labels).double().mean())}
             per_inst = instance_accuracy(logits, seq.labels, seq.instance, max(REPORTED_INSTANCES))
@@ -190,8 +308,9 @@ class MANN(nn.Module):
                     metrics[f"inst{k}"] = float(col.nanmean())
         return MetaOutput(loss, metrics)
 
-    def _support_state(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> tuple[Any, Tensor]:
-        """Run ``[T, S, ...]`` support sequences (shuffled, labels kept); returns the state and the last label one-hot ``[T, C]``."""
+    def _support_state(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> tuple[Any, Tensor, Tensor | None]:
+        """Run ``[T, S, ...]`` support sequences (shuffled, labels kept); returns the state, the last label's encoding ``[T, width]``
+        and the strings (or None)."""
         t, s = support_y.shape
         if generator is None:  # the same fixed shuffle of positions for every task, whatever the batch
             order = torch.rand(s, generator=torch.Generator().manual_seed(0)).argsort().expand(t, s)
@@ -200,16 +319,18 @@ class MANN(nn.Module):
         x = support_x[torch.arange(t).unsqueeze(1), order]
         y = support_y.gather(1, order)
         dtype = x.dtype if x.is_floating_point() else torch.float32
-        prev = previous_onehot(y, self.ways, dtype)
+        codes = self._fixed_codes(t)
+        enc = self._labels_in(y, codes, dtype)
+        prev = torch.cat([torch.zeros_like(enc[:, :1]), enc[:, :-1]], dim=1)
         _, state = self.core(self._encode(x), prev.transpose(0, 1))
-        return state, F.one_hot(y[:, -1], self.ways).to(dtype)
+        return state, enc[:, -1], codes
 
-    def _query_logits(self, state: Any, last: Tensor, query_x: Tensor) -> Tensor:
+    def _query_logits(self, state: Any, last: Tensor, query_x: Tensor, codes: Tensor | None) -> Tensor:
         """Each query of ``[T, Q, ...]`` classified from its task's memory state: ``[T, Q, C]``."""
         t, q = query_x.shape[:2]
         feats = self.model(query_x.flatten(0, 1))
-        logits, _ = self.core.step(feats, last.repeat_interleave(q, dim=0), _repeat_state(state, q))
-        return logits.view(t, q, -1)
+        outputs, _ = self.core.step(feats, last.repeat_interleave(q, dim=0), _repeat_state(state, q))
+        return self._class_scores(outputs.view(t, q, -1), codes)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None = None) -> Predictor:
         """Write one task's support set into memory; the predictor maps ``query_x [Q, ...]`` to logits ``[Q, C]``.
@@ -220,15 +341,15 @@ class MANN(nn.Module):
         self._check(support_x.unsqueeze(0), self.ways)
         if support_y.numel() and not 0 <= int(support_y.min()) <= int(support_y.max()) < self.ways:
             raise ConfigError(f"MANN was built for ways={self.ways}; support labels must lie in 0..{self.ways - 1}")
-        state, last = self._support_state(support_x.unsqueeze(0), support_y.unsqueeze(0), generator)
+        state, last, codes = self._support_state(support_x.unsqueeze(0), support_y.unsqueeze(0), generator)
 
         def predictor(query_x: Tensor) -> Tensor:
-            return self._query_logits(state, last, query_x.unsqueeze(0))[0]
+            return self._query_logits(state, last, query_x.unsqueeze(0), codes)[0]
 
         return predictor
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query logits ``[T, N*Q, N]`` of every task, each from its own support memory."""
         self._check(batch.support_x, batch.ways)
-        state, last = self._support_state(batch.support_x, batch.support_y, None)
-        return self._query_logits(state, last, batch.query_x)
+        state, last, codes = self._support_state(batch.support_x, batch.support_y, None)
+        return self._query_logits(state, last, batch.query_x, codes)

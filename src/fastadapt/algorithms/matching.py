@@ -64,6 +64,7 @@ from fastadapt.errors import ConfigError, DataError
 
 DISTANCES = ("cosine", "dot", "euclidean")
 ENCODE_MODES = ("meta_batch", "per_task")
+FCE_INITS = ("pytorch", "orthogonal")
 LOG_EPS = 1e-8  # floor of the attention probability before its log: log(max(y_hat, LOG_EPS))
 
 
@@ -259,6 +260,11 @@ class MatchingNet(nn.Module):
             with: ``meta_batch`` or ``per_task`` (see the module docstring).
         embedding_dim: D, needed with ``fce`` to build the LSTMs at construction (so the optimizer
             sees them). ``None``: ``model.embedding_dim``; an error if the model has no such attribute.
+        normalize: L2-normalise the encoder's outputs ``f'``, ``g'`` before the FCE and the attention
+            (False, the paper: the FCE LSTMs see the raw embeddings; the final cosine normalises anyway).
+        fce_init: initialisation of the FCE LSTMs: ``"pytorch"`` (torch's default, uniform in
+            ``+-1/sqrt(D)``) or ``"orthogonal"`` (orthogonal recurrent weights, Xavier-uniform input
+            weights, zero biases but the forget gates' at 1).
 
     ``meta_loss`` returns the mean over tasks of the query cross-entropy ``-log y_hat[y]``;
     ``adapt`` returns a :class:`MatchingPredictor`; ``predict`` gives log-probabilities ``[T, N*Q, N]``.
@@ -268,7 +274,7 @@ class MatchingNet(nn.Module):
 
     def __init__(self, model: nn.Module, fce: bool = True, lstm_layers: int = 1, process_steps: int | None = None,
                  distance: str = "cosine", scale: float = 1.0, learn_scale: bool = False, encode: str = "meta_batch",
-                 embedding_dim: int | None = None) -> None:
+                 embedding_dim: int | None = None, normalize: bool = False, fce_init: str = "pytorch") -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model={type(model).__name__} is not an nn.Module; pass the encoder network")
@@ -282,6 +288,8 @@ class MatchingNet(nn.Module):
             raise ConfigError(f"process_steps={process_steps!r} is invalid; it must be a positive integer or None (one step per support example)")
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"scale={scale!r} is invalid; it must be a finite number > 0")
+        if fce_init not in FCE_INITS:
+            raise ConfigError(f"fce_init={fce_init!r} is not supported; choose one of {', '.join(FCE_INITS)}")
         if embedding_dim is None:
             embedding_dim = getattr(model, "embedding_dim", None)
             if fce and embedding_dim is None:
@@ -290,13 +298,16 @@ class MatchingNet(nn.Module):
             raise ConfigError(f"embedding_dim={embedding_dim!r} is invalid; it must be a positive integer")
         self.model = model
         self.fce, self.process_steps, self.distance, self.encode_mode = bool(fce), process_steps, distance, encode
-        self.embedding_dim = embedding_dim
+        self.embedding_dim, self.normalize = embedding_dim, bool(normalize)
         self.fixed_scale: float | None = None if learn_scale else float(scale)
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale))) if learn_scale else None
         if self.fce:
             d = int(embedding_dim)  # type: ignore[arg-type]
             self.support_lstm = nn.LSTM(d, d, num_layers=lstm_layers, batch_first=True, bidirectional=True)
             self.query_cell = nn.LSTMCell(2 * d, d)
+            if fce_init == "orthogonal":
+                _orthogonal_lstm_init(self.support_lstm)
+                _orthogonal_lstm_init(self.query_cell)
 
     @property
     def encodes_meta_batch(self) -> bool:
@@ -351,12 +362,16 @@ class MatchingNet(nn.Module):
 
     def support_state(self, support: Tensor, support_y: Tensor, ways: int) -> MatchingState:
         """Encoded support sets ``[T, S, D]`` (``g'``) and labels ``[T, S]`` -> batched :class:`MatchingState` (``g``)."""
+        if self.normalize:
+            support = F.normalize(support, dim=-1, eps=1e-12)
         g = full_context_support(support, self.support_lstm) if self.fce else support
         return MatchingState(g, F.one_hot(support_y.long(), ways).to(g.dtype))
 
     def attention(self, state: MatchingState, queries: Tensor) -> Tensor:
         """``a(x_hat, x_i)``: query embeddings ``[T, Q, D]`` (``f'``) -> attention weights ``[T, Q, S]``, rows summing to 1."""
         g = state.embeddings
+        if self.normalize:
+            queries = F.normalize(queries, dim=-1, eps=1e-12)
         if self.fce:
             steps = self.process_steps if self.process_steps is not None else g.shape[-2]
             queries = attention_lstm_queries(queries, g, self.query_cell, steps)
@@ -398,6 +413,22 @@ class MatchingNet(nn.Module):
         with torch.no_grad():
             state = self.support_state(self.encode(batch.support_x), batch.support_y, int(batch.support_y.max()) + 1)
             return self.query_log_probs(state, self.encode(batch.query_x))
+
+
+def _orthogonal_lstm_init(lstm: nn.Module) -> None:
+    """Orthogonal recurrent weights (per gate), Xavier-uniform input weights, zero biases, forget-gate biases 1."""
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            if name.startswith("weight_hh"):
+                for gate in p.chunk(4, dim=0):
+                    nn.init.orthogonal_(gate)
+            elif name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(p)
+            elif name.startswith("bias"):
+                p.zero_()
+                if name.startswith("bias_ih"):
+                    h = p.shape[0] // 4
+                    p[h:2 * h] = 1.0  # torch's gate order: input, forget, cell, output
 
 
 def _positive_int(v: object) -> bool:

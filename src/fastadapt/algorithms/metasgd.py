@@ -13,6 +13,7 @@ as in MAML; see :mod:`fastadapt.algorithms.inner`.
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
@@ -77,18 +78,21 @@ class MetaSGD(nn.Module):
         loss = losses[:, 0].mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
-        """The model with fast weights for one task after ``inner_steps_eval`` steps; detached.
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+        """The model with fast weights for one task after ``steps`` (default ``inner_steps_eval``) steps, the learnt rates
+        times ``lr_scale``; detached.
 
         ``update(x, y)`` keeps adapting: the learnt-rate steps on a sliding window (:class:`FastWeightsPredictor`).
         """
+        steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
+        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
         theta = inner.trainable_params(self.model)
-        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
-        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+        fast = adapt_from(theta, support_x, support_y, steps)
+        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
 
-    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
-        """``steps`` steps with the learnt rates from ``start`` on ``(x, y)``; detached."""
-        return inner.fine_tune(self._forward, start, x, y, self.rates(steps))
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
+        """``steps`` steps with the learnt rates (times ``lr_scale``) from ``start`` on ``(x, y)``; detached."""
+        return inner.fine_tune(self._forward, start, x, y, inner.scaled_rates(self.rates(steps), lr_scale))
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""

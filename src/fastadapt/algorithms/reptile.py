@@ -26,8 +26,12 @@ docs/RESULTS.md): with fresh moments every inner step moves every weight by abou
 whatever its gradient (the first bias-corrected Adam step is ``inner_lr * sign(g)``), and 1000
 meta-steps made the initialization worse than a random one; with the persistent state a shorter run
 scored 11 points higher on the same test episodes. Under torch.distributed each process carries its
-own state over its own tasks. ``out.metrics`` reports the query loss and accuracy of the adapted weights
-(``loss`` there is the query loss; the surrogate is ``surrogate``). BatchNorm is transductive
+own state over its own tasks. ``out.metrics`` reports the support loss and accuracy (or MSE) of the
+last inner step, on the examples that step used, from the forward pass it runs anyway: no forward pass
+runs only for logging (in 5-way 1-shot training with 5 queries per class and 5 inner steps, the dropped
+query pass encoded 25 images against the support passes' 5 images x 5 steps, forward and backward); the
+query score of the adapted weights is what validation measures. The surrogate is
+``surrogate``. BatchNorm is transductive
 (per-task statistics, per mini-batch in training), as in MAML; see :mod:`fastadapt.algorithms.inner`.
 
 Mini-batches. The paper's analysis (sec. 5) credits Reptile's generalisation to the inner steps
@@ -41,6 +45,7 @@ inner steps on mini-batches (``--inner-batch``, here ``inner_batch``) drawn by
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import torch
@@ -145,6 +150,42 @@ class Reptile(nn.Module):
             return lambda p: task_loss(self._forward(p, sx), sy)
         return lambda p, k: task_loss(self._forward(p, sx[idx[k]]), sy[idx[k]])
 
+    def _scored_support_loss(self, sx: Tensor, sy: Tensor, idx: Tensor | None):
+        """:meth:`_support_loss` returning ``(loss, (loss, outputs, targets))`` for ``torch.func.grad(..., has_aux=True)``."""
+
+        def scored(p: inner.Params, x: Tensor, y: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+            out = self._forward(p, x)
+            loss = task_loss(out, y)
+            return loss, (loss.detach(), out.detach(), y)
+
+        if idx is None:
+            return lambda p: scored(p, sx, sy)
+        return lambda p, k: scored(p, sx[idx[k]], sy[idx[k]])
+
+    def _train_steps(self, loss_of, theta: inner.Params, rates: inner.Rates, state: tuple[inner.Params, inner.Params] | None,
+                     step: int, per_step: bool) -> tuple[inner.Params, tuple[inner.Params, inner.Params] | None, tuple[Tensor, Tensor, Tensor]]:
+        """The inner optimiser's steps in training, from ``theta`` (Adam from ``state`` after ``step`` steps; SGD: ``state`` None).
+
+        The same operations as :func:`~fastadapt.algorithms.inner.adam_steps` and the first-order
+        :func:`~fastadapt.algorithms.inner.inner_loop` (bit for bit); ``loss_of`` is
+        :meth:`_scored_support_loss`'s, and the last step's ``(loss, outputs, targets)`` is returned
+        for the metrics. Returns the detached final weights, the Adam state and those scores.
+        """
+        grad_fn = torch.func.grad(loss_of, has_aux=True)
+        phi = theta
+        scores = None
+        for k, step_rates in enumerate(rates):
+            grads, scores = grad_fn(inner.detached(phi), *((k,) if per_step else ()))
+            grads = inner.detached(grads)
+            if state is None:
+                phi = inner.sgd_update(phi, grads, step_rates)
+            else:
+                phi, state = inner.adam_update(phi, grads, step_rates, state, step + k + 1, self.betas, 1e-8)
+        assert scores is not None  # inner_steps >= 1
+        if state is not None:
+            state = (inner.detached(state[0]), inner.detached(state[1]))
+        return inner.detached(phi), state, scores
+
     def _adapt_all(self, batch: TaskBatch, steps: int, idx: Tensor | None = None) -> tuple[inner.Params, Tensor]:
         """Adapted weights of every task (``[T, *shape]`` per parameter) and their query outputs; no graph.
 
@@ -170,45 +211,67 @@ class Reptile(nn.Module):
             *finals, outputs = inner.map_tasks(task, tensors, self.execution, self.chunk_size)
         return dict(zip(names, finals)), outputs
 
-    def _adapt_sequential(self, batch: TaskBatch, idx: Tensor | None = None) -> tuple[inner.Params, Tensor]:
+    def _train_all(self, batch: TaskBatch, idx: Tensor | None = None) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
+        """Training without the persistent Adam state (tasks independent, any ``execution``): adapted weights of every
+        task (``[T, *shape]`` per parameter, no graph) and the last inner step's support ``(losses [T], outputs, targets)``."""
+        theta = inner.detached(inner.trainable_params(self.model))
+        names = list(theta)
+        rates = inner.constant_rates(names, self.inner_lr, self.inner_steps)
+
+        def task(sx: Tensor, sy: Tensor, *ix: Tensor) -> tuple[Tensor, ...]:
+            zeros = {k: torch.zeros_like(v) for k, v in theta.items()}
+            state = (zeros, zeros) if self.inner_optimizer == "adam" else None  # fresh moments, as inner.inner_loop
+            phi, _, scores = self._train_steps(self._scored_support_loss(sx, sy, ix[0] if ix else None), theta, rates, state, 0, bool(ix))
+            return (*(phi[k] for k in names), *scores)
+
+        tensors = (batch.support_x, batch.support_y) + (() if idx is None else (idx,))
+        with torch.enable_grad():
+            *finals, losses, outputs, targets = inner.map_tasks(task, tensors, self.execution, self.chunk_size)
+        return dict(zip(names, finals)), (losses, outputs, targets)
+
+    def _adapt_sequential(self, batch: TaskBatch, idx: Tensor | None = None) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
         """Training with the persistent Adam state: the tasks adapt one after the other, each from the
-        state the previous one left; the final state is stored. Same arguments and returns as :meth:`_adapt_all`."""
+        state the previous one left; the final state is stored. Same arguments and returns as :meth:`_train_all`."""
         theta = inner.detached(inner.trainable_params(self.model))
         rates = inner.constant_rates(list(theta), self.inner_lr, self.inner_steps)
         state, step = self._adam_state()
-        finals, outputs = [], []
+        finals, scores = [], []
         with torch.enable_grad():
-            for t, (sx, sy, qx) in enumerate(zip(batch.support_x, batch.support_y, batch.query_x)):
-                loss = self._support_loss(sx, sy, None if idx is None else idx[t])
-                phi, state = inner.adam_steps(loss, theta, rates, state, step, self.betas, per_step=idx is not None)
+            for t, (sx, sy) in enumerate(zip(batch.support_x, batch.support_y)):
+                loss = self._scored_support_loss(sx, sy, None if idx is None else idx[t])
+                phi, state, last = self._train_steps(loss, theta, rates, state, step, per_step=idx is not None)
                 step += self.inner_steps
                 finals.append(phi)
-                outputs.append(self._forward(phi, qx).detach())
-        self._store_adam_state(state, step)
-        return {k: torch.stack([f[k] for f in finals]) for k in theta}, torch.stack(outputs)
+                scores.append(last)
+        self._store_adam_state(state, step)  # type: ignore[arg-type]
+        return {k: torch.stack([f[k] for f in finals]) for k in theta}, tuple(torch.stack(parts) for parts in zip(*scores))  # type: ignore[return-value]
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the adapted weights on the query sets."""
+        """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the last inner step on the support
+        examples it used (no forward pass only for logging; see the module docstring)."""
         idx = self._minibatches(batch)
-        finals, outputs = self._adapt_sequential(batch, idx) if self.persistent else self._adapt_all(batch, self.inner_steps, idx)
+        finals, (losses, outputs, targets) = self._adapt_sequential(batch, idx) if self.persistent else self._train_all(batch, idx)
         loss = reptile_surrogate(inner.trainable_params(self.model), {k: v.mean(0) for k, v in finals.items()})
-        query_loss = torch.stack([task_loss(o, y) for o, y in zip(outputs, batch.query_y)]).mean()
-        metrics = batch_metrics(outputs, batch.query_y, query_loss)
+        metrics = batch_metrics(outputs, targets, losses.mean())
         metrics["surrogate"] = float(loss.detach())
         return MetaOutput(loss, metrics)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
-        """The model fine-tuned for ``inner_steps_eval`` steps on one task's support set; detached.
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+        """The model fine-tuned for ``steps`` (default ``inner_steps_eval``) steps at ``inner_lr * lr_scale`` on one task's
+        support set; detached.
 
         ``update(x, y)`` keeps adapting: the same fine-tuning on a sliding window (:class:`FastWeightsPredictor`).
         """
+        steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
+        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
         theta = inner.trainable_params(self.model)
-        fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
-        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval)
+        fast = adapt_from(theta, support_x, support_y, steps)
+        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
 
-    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
-        """``steps`` steps of the inner optimiser from ``start`` on ``(x, y)`` (the persistent Adam state, unchanged, when kept); detached."""
-        rates = inner.constant_rates(list(start), self.inner_lr, steps)
+    def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
+        """``steps`` steps of the inner optimiser from ``start`` on ``(x, y)`` (the persistent Adam state, unchanged, when kept),
+        at ``inner_lr * lr_scale``; detached."""
+        rates = inner.constant_rates(list(start), self.inner_lr * lr_scale, steps)
         if self.persistent:
             state, step = self._adam_state()
             with torch.enable_grad():

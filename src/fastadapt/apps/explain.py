@@ -40,6 +40,9 @@ def input_shape(run: Any) -> tuple[int, ...]:
     shapes = run.provenance.get("task_shapes") or {}
     if not shapes:
         raise FastAdaptError(f"{run.folder.path} records no input shape (a run from before provenance); retrain it")
+    if shapes.get("labels") == "environment":
+        raise FastAdaptError(f"{run.folder.path} is a reinforcement-learning run (its tasks are environments, not labelled examples): "
+                             f"nothing to explain per example; score it with fastadapt eval or scripts/results_rl.py")
     return tuple(shapes["support_x"][1:])
 
 
@@ -214,7 +217,9 @@ def _evidence(ax: Any, expl: Explanation, named: NamedTask, i: int) -> None:
     pred = expl.predicted[i]
     if expl.probabilities is None:
         ax.axis("off")
-        ax.text(0, 0.5, f"output {expl.outputs[i].flatten().tolist()}", fontsize=8)
+        values = expl.outputs[i].flatten().tolist()  # a sequence task answers many values: show the first few
+        shown = ", ".join(f"{v:.4g}" for v in values[:8]) + (f", ... ({len(values)} values)" if len(values) > 8 else "")
+        ax.text(0, 0.5, f"output [{shown}]", fontsize=8)
         return
     c = int(pred)
     label = names[c] if c < len(names) else str(c)

@@ -312,6 +312,9 @@ def serve_command(run_dir: str, host: str = "127.0.0.1", port: int = 8765, folde
     run = load_run(run_dir)
     if not run.provenance.get("task_shapes"):
         raise FastAdaptError(f"{run_dir} records no input shape (a run from before provenance); retrain it")
+    if run.provenance["task_shapes"].get("labels") == "environment":
+        raise FastAdaptError(f"{run_dir} is a reinforcement-learning run (its tasks are environments): fastadapt serve teaches image "
+                             f"classes; adapt its policy from Python (fastadapt.load_run(path).algorithm.adapt(tasks))")
     shape = tuple(run.provenance["task_shapes"]["support_x"][1:])
     ways = int(run.provenance["task_shapes"].get("ways") or 5)
     app = create_app(run, folder or Path(run_dir) / "app", load_pool(pool, shape, ways=min(max(ways, 2), 5), invert=invert), invert)

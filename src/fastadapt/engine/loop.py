@@ -2,6 +2,8 @@
 
     for step: batch = tasks of step -> out = algo.meta_loss(batch) -> out.loss.backward()
               -> clip -> optimizer.step() -> scheduler.step()
+    (``optim.task_chunk``: meta_loss and backward chunk by chunk, :mod:`fastadapt.engine.accumulate`;
+    ``run.precision``: autocast around meta_loss and evaluation, :mod:`fastadapt.precision`)
     every val_every steps: accuracy on fixed validation episodes; the best model is kept (best.pt)
     every checkpoint_every steps, on SIGINT/SIGTERM and at the end: checkpoint.pt (atomic)
     at the end: the best model on the fixed test episodes -> results.json
@@ -46,12 +48,16 @@ import torch
 from torch import nn
 
 from fastadapt import contract, distributed
+from fastadapt.algorithms import compiled
 from fastadapt.build import TaskSources, build_algorithm, build_optimizer, probe_batch, task_sources, train_classes
 from fastadapt.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fastadapt.config import Config, OptimConfig, check_device, config_from_dict, load_config
+from fastadapt.engine.accumulate import check_task_chunk, meta_gradient
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval import EvalResult, evaluate
 from fastadapt.eval.tests import run_tests
+from fastadapt.loggers import Loggers
+from fastadapt.precision import autocast
 from fastadapt.registry import describe_object
 from fastadapt.run_folder import RunFolder, load_weights, provenance
 
@@ -275,6 +281,19 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
     classes = train_classes(sources)
     algo = build_algorithm(cfg, probe, model=model, num_classes=classes).to(device)
     sync_bn = contract.encodes_meta_batch(algo)
+    check_task_chunk(algo, cfg.optim.task_chunk, task_count)
+
+    compile_session = compiled.CompileSession() if cfg.run.compile else None
+
+    def step_context() -> ExitStack:
+        """Around each ``meta_loss`` call: BatchNorm over the global meta-batch (``encodes_meta_batch``), ``run.precision``, ``run.compile``."""
+        stack = ExitStack()
+        stack.enter_context(distributed.global_batchnorm(enabled=sync_bn))
+        stack.enter_context(autocast(cfg.run.precision, device))
+        if compile_session is not None:
+            stack.enter_context(compiled.compiling(compile_session))
+        return stack
+
     distributed.broadcast_parameters(algo)
     optimizer, scheduler = build_optimizer(cfg, algo.parameters())
     start, best_val, train_seconds = 0, None, 0.0
@@ -301,6 +320,11 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
         if tasks is not None:
             given["tasks_given"] = describe_object(type(tasks))
         folder.write_config(cfg, provenance(probe, **given))
+    loggers = Loggers(cfg.run.loggers if main else (), out, start, cfg.to_dict(), cfg.run.name)  # run.loggers, beside metrics.jsonl
+
+    def record(row: dict[str, Any]) -> None:
+        folder.append_metrics(row)
+        loggers.log(row)
 
     def checkpoint(step: int) -> None:
         nonlocal saved_at
@@ -335,10 +359,11 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
 
     def validate(step: int, best_val: float | None) -> float | None:
         """Score the fixed validation episodes, log them, keep ``best.pt``; returns the new best score."""
-        res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device, distributed=True)
-        score = res.mean if res.metric == "acc" else -res.mean
+        res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device, distributed=True,
+                       precision=cfg.run.precision)
+        score = res.mean if res.metric in ("acc", "return") else -res.mean  # higher is better, lower for mse
         if main:
-            folder.append_metrics({"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
+            record({"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
         if best_val is None or score > best_val:
             best_val = score
             if main:
@@ -352,27 +377,28 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
                 t0 = time.perf_counter()
                 algo.train()
                 batch = sources.train.sample_tasks(step, task_start, task_count).to(device)
-                with distributed.global_batchnorm(enabled=sync_bn):
-                    result = algo.meta_loss(batch)
-                metrics = distributed.reduce_metrics({**result.metrics, "_objective": float(result.loss.detach())}, weight)
+                optimizer.zero_grad(set_to_none=True)
+                local, local_metrics = meta_gradient(algo, batch, cfg.optim.task_chunk, None if world == 1 else weight, step_context)
+                metrics = distributed.reduce_metrics({**local_metrics, "_objective": local}, weight)
                 objective = metrics.pop("_objective")
                 if not math.isfinite(objective):
                     raise diverged(objective, step)
-                optimizer.zero_grad(set_to_none=True)
-                (result.loss if world == 1 else result.loss * weight).backward()
                 distributed.all_reduce_gradients(algo.parameters())
                 if cfg.optim.clip_grad:
                     torch.nn.utils.clip_grad_norm_(algo.parameters(), cfg.optim.clip_grad)
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                compile_row = compile_session.step_done(time.perf_counter() - t0) if compile_session is not None else None
+                if main and compile_row is not None:
+                    record({"step": step, "split": "compile", **compile_row})
                 train_seconds = time.perf_counter() - t_start
                 window.append(metrics | {"tasks_per_s": cfg.data.meta_batch / (time.perf_counter() - t0)})
                 if main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
                     avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
-                    folder.append_metrics({"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg})
+                    record({"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg})
                     if bar is not None:
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in avg.items() if k in ("loss", "acc", "mse", "tasks_per_s")})
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in avg.items() if k in ("loss", "acc", "mse", "return", "tasks_per_s")})
                     window = []
                 if bar is not None:
                     bar.update(1)
@@ -391,6 +417,7 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
         finally:
             if bar is not None:
                 bar.close()
+            loggers.close()
         checkpoint(step)
     result_obj = TrainResult(out, step, best_val, interrupted=interrupted, train_seconds=train_seconds)
     if interrupted:

@@ -12,12 +12,14 @@ from torch import nn
 
 from fastadapt import distributed as dist_
 from fastadapt.algorithms.base import per_task_scores
+from fastadapt.episodes import EnvTasks
 from fastadapt.eval.stats import mean_ci
+from fastadapt.precision import autocast
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """``scores``: accuracy (classification) or MSE (regression) of each episode, in episode order."""
+    """``scores``: accuracy (classification), MSE (regression) or return (reinforcement learning) of each episode, in episode order."""
 
     metric: str
     mean: float
@@ -49,13 +51,14 @@ def batchnorm_setting(model: nn.Module) -> str:
 
 
 def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.device | str = "cpu", progress: bool = False,
-             desc: str = "eval", settings: dict[str, Any] | None = None, distributed: bool = False) -> EvalResult:
+             desc: str = "eval", settings: dict[str, Any] | None = None, distributed: bool = False, precision: str = "fp32") -> EvalResult:
     """Score ``algo`` on every :class:`TaskBatch` of ``episodes`` (an iterable, e.g. ``sampler.fixed(n)``).
 
     ``distributed=True`` (every rank of the process group must call it): rank ``r`` of ``W`` scores
     batches ``r, r + W, ...`` of ``episodes`` and the scores of all ranks are gathered in episode
     order, so the result equals one process's. Whole batches are split, never the episodes of one
-    batch, because an encoder's BatchNorm may normalise over the batch.
+    batch, because an encoder's BatchNorm may normalise over the batch. ``precision``: ``"bf16"``
+    runs ``predict`` under bf16 autocast (:mod:`fastadapt.precision`).
     """
     shard = distributed and dist_.is_distributed()
     me, world = dist_.rank(), dist_.world_size()
@@ -74,9 +77,13 @@ def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.devic
             if shard and i % world != me:
                 continue
             batch = batch.to(device)
-            out = algo.predict(batch)
-            metric = "acc" if not batch.query_y.is_floating_point() else "mse"
-            s = per_task_scores(out, batch.query_y)
+            with autocast(precision, batch.params.device if isinstance(batch, EnvTasks) else batch.query_x.device):
+                out = algo.predict(batch)
+            if isinstance(batch, EnvTasks):  # reinforcement learning: predict gives each task's mean return after adaptation
+                metric, s = "return", out.detach().double().reshape(-1)
+            else:
+                metric = "acc" if not batch.query_y.is_floating_point() else "mse"
+                s = per_task_scores(out, batch.query_y)
             scores += s.tolist()
             scored.append((i, metric, s.tolist()))
             if bar is not None:

@@ -14,6 +14,7 @@ from fastadapt.config import Config, check_device
 from fastadapt.errors import FastAdaptError
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.eval.finetune import FineTuned
+from fastadapt.eval.select import SupportSelected
 from fastadapt.run_folder import RunFolder, load_run
 
 
@@ -29,15 +30,22 @@ def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, que
         settings["test_dataset"] = cfg.data.test_dataset
     if cfg.data.episode_scope != "dataset":
         settings["episode_scope"] = cfg.data.episode_scope
+    if cfg.run.precision != "fp32":
+        settings["precision"] = cfg.run.precision
     if conversion != "none":
         settings["conversion"] = conversion
     if e.finetune != "none":
         settings["finetune"] = {"mode": e.finetune, "steps": e.finetune_steps, "lr": e.finetune_lr, "optimizer": "SGD, momentum 0.9"}
+    if e.select != "fixed":
+        settings["select"] = SupportSelected(algo, e.select_lr_scales, e.select_steps).settings()
     return settings
 
 
 def evaluated(cfg: Config, algo: torch.nn.Module) -> torch.nn.Module:
-    """``algo``, wrapped for test-time fine-tuning when ``eval.finetune`` asks for it."""
+    """``algo``, wrapped for test-time fine-tuning when ``eval.finetune`` asks for it, or for support-set selection
+    when ``eval.select`` does."""
+    if cfg.eval.select == "support_cv":
+        return SupportSelected(algo, cfg.eval.select_lr_scales, cfg.eval.select_steps)
     if cfg.eval.finetune == "none":
         return algo
     return FineTuned(algo, cfg.eval.finetune, cfg.eval.finetune_steps, cfg.eval.finetune_lr)
@@ -56,7 +64,7 @@ def run_tests(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: 
     for key, sampler in sources.tests.items():
         settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries, sources.conversions.get(key, "none"))
         results[key] = evaluate(model, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
-                                progress=progress, desc=f"test {key}", settings=settings, distributed=True)
+                                progress=progress, desc=f"test {key}", settings=settings, distributed=True, precision=cfg.run.precision)
     return results
 
 
@@ -85,7 +93,7 @@ def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progres
     device = distributed.local_device(cfg.run.device)
     algo = run.algorithm.to(device)
     shapes = run.provenance.get("task_shapes") or {}
-    sources = task_sources(cfg, tests_only=True, input_shape=tuple(shapes["support_x"][1:]) if shapes else None)
+    sources = task_sources(cfg, tests_only=True, input_shape=tuple(shapes["support_x"][1:]) if shapes.get("support_x") else None)
     with distributed.process_group(device, cfg.run.dist_timeout_s):
         results = run_tests(cfg, algo, sources, device, progress=progress and distributed.is_main())
     out = {key: (res, str(run.folder.eval_file(key, overrides))) for key, res in results.items()}

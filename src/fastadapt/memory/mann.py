@@ -22,14 +22,14 @@ Shapes: ``B`` batch, ``N`` slots, ``Mw`` width, ``R`` read heads, ``C`` classes,
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.errors import ConfigError
-from fastadapt.memory.ntm import cosine_similarity, read_memory
+from fastadapt.memory.ntm import TransformerController, head_similarities, read_memory
 
 
 def least_used(usage: Tensor, n: int) -> Tensor:
@@ -71,18 +71,19 @@ def content_read_weights(memory: Tensor, keys: Tensor, beta: Tensor | None = Non
 
     ``beta [B, R]`` is an optional key strength (the NTM's; the MANN paper has none, i.e. beta = 1).
     """
-    sim = cosine_similarity(keys, memory.unsqueeze(1))
+    sim = head_similarities(keys, memory)
     return torch.softmax(sim if beta is None else beta.unsqueeze(-1) * sim, dim=-1)
 
 
 class LRUState(NamedTuple):
-    """memory ``[B, N, Mw]``; read_weights ``[B, R, N]``; usage ``[B, N]``; reads ``[B, R, Mw]``; controller ``(h, c)``."""
+    """memory ``[B, N, Mw]``; read_weights ``[B, R, N]``; usage ``[B, N]``; reads ``[B, R, Mw]``; controller: ``(h, c)``
+    (LSTM) or each transformer block's inputs so far ``[B, t, D]`` (transformer)."""
 
     memory: Tensor
     read_weights: Tensor
     usage: Tensor
     reads: Tensor
-    controller: tuple[Tensor, Tensor]
+    controller: Any
 
 
 class LRUMemoryCore(nn.Module):
@@ -102,10 +103,15 @@ class LRUMemoryCore(nn.Module):
             content read, as the NTM does. The paper reads with ``softmax(cosine)`` (False, the
             default): cosine similarities lie in [-1, 1], so over 128 slots the read can put at most
             ``e^2 / (e^2 + 127)`` ~ 5.5% of its weight on the best-matching slot.
+        controller: ``"lstm"`` (the paper) or ``"transformer"``: the NTM's causal transformer
+            (:class:`~fastadapt.memory.ntm.TransformerController`, width ``controller_size``) over the
+            controller inputs so far; everything else is unchanged.
+        transformer_layers, transformer_heads: depth and attention heads of the transformer controller.
     """
 
     def __init__(self, input_size: int, num_classes: int, memory_size: int = 128, memory_width: int = 40, read_heads: int = 4,
-                 controller_size: int = 200, gamma: float = 0.95, key_strength: bool = False) -> None:
+                 controller_size: int = 200, gamma: float = 0.95, key_strength: bool = False, controller: str = "lstm",
+                 transformer_layers: int = 2, transformer_heads: int = 4) -> None:
         super().__init__()
         for name, v in (("input_size", input_size), ("num_classes", num_classes), ("memory_size", memory_size),
                         ("memory_width", memory_width), ("read_heads", read_heads), ("controller_size", controller_size)):
@@ -117,7 +123,14 @@ class LRUMemoryCore(nn.Module):
             raise ConfigError(f"MANN gamma={gamma!r} is invalid; the usage decay must be in [0, 1]")
         self.num_classes, self.memory_size, self.memory_width = num_classes, memory_size, memory_width
         self.read_heads, self.gamma = read_heads, float(gamma)
-        self.controller = nn.LSTMCell(input_size + num_classes + read_heads * memory_width, controller_size)
+        ctrl_in = input_size + num_classes + read_heads * memory_width
+        if controller == "lstm":
+            self.controller: nn.Module = nn.LSTMCell(ctrl_in, controller_size)
+        elif controller == "transformer":
+            self.controller = TransformerController(ctrl_in, controller_size, transformer_heads, transformer_layers)
+        else:
+            raise ConfigError(f"MANN controller={controller!r} is unknown; choose 'lstm' or 'transformer'")
+        self.controller_kind = controller
         self.keys = nn.Linear(controller_size, read_heads * memory_width)
         self.alpha = nn.Linear(controller_size, read_heads)
         self.beta = nn.Linear(controller_size, read_heads) if key_strength else None
@@ -125,14 +138,23 @@ class LRUMemoryCore(nn.Module):
 
     def initial_state(self, batch_size: int, like: Tensor) -> LRUState:
         n, m, r = self.memory_size, self.memory_width, self.read_heads
-        h = like.new_zeros(batch_size, self.controller.hidden_size)
+        if self.controller_kind == "lstm":
+            h = like.new_zeros(batch_size, self.controller.hidden_size)
+            ctrl: Any = (h, h)
+        else:
+            ctrl = self.controller.initial_state(batch_size, like)
         return LRUState(like.new_full((batch_size, n, m), 1e-6), like.new_zeros(batch_size, r, n), like.new_zeros(batch_size, n),
-                        like.new_zeros(batch_size, r, m), (h, h))
+                        like.new_zeros(batch_size, r, m), ctrl)
 
     def step(self, x: Tensor, y_prev: Tensor, state: LRUState) -> tuple[Tensor, LRUState]:
         """``x [B, F]``, ``y_prev [B, C]`` -> ``(logits [B, C], new state)``."""
         b = x.shape[0]
-        h, c = self.controller(torch.cat([x, y_prev, state.reads.flatten(1)], dim=-1), state.controller)
+        inp = torch.cat([x, y_prev, state.reads.flatten(1)], dim=-1)
+        if self.controller_kind == "lstm":
+            h, c = self.controller(inp, state.controller)
+            ctrl: Any = (h, c)
+        else:
+            h, ctrl = self.controller(inp, state.controller)
         keys = torch.tanh(self.keys(h)).view(b, self.read_heads, self.memory_width)
         ww = lru_write_weights(state.read_weights, least_used(state.usage, self.read_heads), self.alpha(h))
         memory = lru_write(state.memory, state.usage, ww, keys)
@@ -141,7 +163,7 @@ class LRUMemoryCore(nn.Module):
         reads = read_memory(memory, rw)
         usage = usage_update(state.usage, rw, ww, self.gamma)
         logits = self.out(torch.cat([h, reads.flatten(1)], dim=-1))
-        return logits, LRUState(memory, rw, usage, reads, (h, c))
+        return logits, LRUState(memory, rw, usage, reads, ctrl)
 
     def forward(self, x: Tensor, y_prev: Tensor, state: LRUState | None = None) -> tuple[Tensor, LRUState]:
         """Run over ``x [L, B, F]`` and ``y_prev [L, B, C]``: ``(logits [L, B, C], final state)``."""

@@ -99,4 +99,6 @@ def flatten(out_features: int | None) -> nn.Flatten:
     return nn.Flatten()
 
 
-__all__ = ["MLP", "Conv4", "conv4", "conv_block", "flatten", "mlp"]
+from fastadapt.nn.resnet import ResNet12, resnet12  # noqa: E402  (after the blocks it does not use: one module each)
+
+__all__ = ["MLP", "Conv4", "ResNet12", "conv4", "conv_block", "flatten", "mlp", "resnet12"]

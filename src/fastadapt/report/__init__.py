@@ -33,12 +33,15 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     rows = read_metrics(run_dir)
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "val"]
-    metric = "acc" if any("acc" in r for r in rows) else "mse"
+    metric = "acc" if any("acc" in r for r in rows) else ("return" if any("return" in r for r in rows) else "mse")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
     ax1.set(xlabel="step", ylabel="training loss (query)", title="loss")
-    ax1.set_yscale("log")
+    if all(r["loss"] > 0 for r in train):  # a policy-gradient surrogate is near 0 and of either sign
+        ax1.set_yscale("log")
     ax2.plot([r["step"] for r in train], [r.get(metric, np.nan) for r in train], lw=1, label="train (query)")
+    if metric == "return":  # reinforcement learning: the return before adaptation beside the one after
+        ax2.plot([r["step"] for r in train], [r.get("return_pre", np.nan) for r in train], lw=1, label="train, before adaptation")
     if val:
         m = np.array([r[metric] for r in val])
         ci = np.array([r.get("ci", 0.0) for r in val])
@@ -114,8 +117,8 @@ def markdown_report(run_dirs: list[str] | list[Path]) -> str:
             s = t["settings"]
             if t["metric"] == "acc":
                 score = f"{100 * t['mean']:.2f} +- {100 * t['ci']:.2f} %"
-            else:
-                score = f"MSE {t['mean']:.4f} +- {t['ci']:.4f}"
+            else:  # mse (regression) or return (reinforcement learning)
+                score = f"{t['metric'].upper() if t['metric'] == 'mse' else t['metric']} {t['mean']:.4f} +- {t['ci']:.4f}"
             lines.append(f"| {Path(run).name} | {s.get('algorithm', '?')} | {key} ({s.get('queries', '?')} queries) | {score} | "
                          f"{t['episodes']} | {res['steps']} | {res['train_seconds'] / 60:.1f} | {s.get('batchnorm', '?')} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,134 @@
+"""MANN ablation (issue 19): each difference from Santoro et al. 2016 as one override of ``mann-omniglot``.
+
+    python scripts/mann_ablation.py --steps 6250 --minutes 60 --out results/mann_ablation --runs runs/mann_ablation
+    python scripts/mann_ablation.py --smoke --out /tmp/mann_ablation --runs /tmp/mann_ablation_runs   # < 1 minute
+
+Every row trains through the engine (``fastadapt train``) with the same ``run.seed`` (so the same
+training episodes in the same order), the same budget (``optim.max_minutes = --minutes``, one thread)
+and one override; then it is scored on the same ``--eval-episodes`` held-out episodes by instance
+(``results_model_based.evaluate_mann``). Rows: today's preset; the paper's optimizer (RMSprop 1e-4);
+translation augmentation per episode; a learnt key strength (not in the paper: the other direction);
+the paper's 5-character string labels; all the paper's settings together; the transformer
+controller; the LSTM baseline. Rerunning resumes every row from its checkpoint (a larger
+``--minutes`` continues them). Writes ``results.json``, ``results.md`` and ``mann_ablation_curves.png``
+(training accuracy at the 2nd and 10th instance against episodes, every row) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fastadapt
+from fastadapt import FastAdaptError
+from fastadapt.build import task_sources
+from fastadapt.run_folder import RunFolder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results_model_based as rmb  # noqa: E402
+
+PAPER = ['optim.optimizer="rmsprop"', "optim.lr=1e-4", "algorithm.translate=2", 'algorithm.label_encoding="string"']
+ROWS: dict[str, tuple[str, list[str]]] = {  # row -> (preset, overrides)
+    "today (Adam 1e-3, one-hot, no augmentation)": ("mann-omniglot", []),
+    "RMSprop 1e-4 (paper)": ("mann-omniglot", ['optim.optimizer="rmsprop"', "optim.lr=1e-4"]),
+    "translation <= 2 px per class and episode (paper)": ("mann-omniglot", ["algorithm.translate=2"]),
+    "key strength (not in the paper)": ("mann-omniglot", ["algorithm.key_strength=true"]),
+    "string labels, 5 characters (paper)": ("mann-omniglot", ['algorithm.label_encoding="string"']),
+    "paper: RMSprop + translation + string labels": ("mann-omniglot", PAPER),
+    "transformer controller": ("mann-transformer-omniglot", []),
+    "LSTM baseline": ("mann-lstm-omniglot", []),
+}
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")[:40]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6250, help="updates of 16 episodes per row (6250: the paper's 100,000 episodes)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="cap on the training minutes per row (optim.max_minutes)")
+    parser.add_argument("--out", default="results/mann_ablation")
+    parser.add_argument("--runs", default="runs/mann_ablation", help="folder of the run folders, one per row")
+    parser.add_argument("--eval-episodes", type=int, default=1000)
+    parser.add_argument("--rows", nargs="*", default=None, help="a subset of the rows, by number (0-based)")
+    parser.add_argument("--smoke", action="store_true", help="2 steps per row, 20 test episodes (< 1 minute)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    out, runs = Path(args.out), Path(args.runs)
+    out.mkdir(parents=True, exist_ok=True)
+    chosen = [r for i, r in enumerate(ROWS) if args.rows is None or str(i) in args.rows]
+    result: dict = {
+        "minutes_per_row": args.minutes,
+        "eval_episodes": 20 if args.smoke else args.eval_episodes,
+        "smoke": args.smoke,
+        "rows": {},
+    }
+    t0 = time.perf_counter()
+    try:
+        for name in chosen:
+            preset, overrides = ROWS[name]
+            path = runs / slug(name)
+            common = [
+                f"optim.steps={args.steps}",
+                f"optim.max_minutes={args.minutes}",
+                f"run.out={path}",
+                "run.threads=1",
+                "run.progress=false",
+            ]
+            if args.smoke:
+                common += ["optim.steps=2", "eval.test_episodes=4", "run.checkpoint_every=2"]
+            rmb.log(f"mann-ablation: {name}: fastadapt train {preset} {' '.join(overrides + common)}")
+            res = fastadapt.train(preset, overrides + common)
+            run = fastadapt.load_run(path)
+            cfg = run.config
+            sampler = task_sources(cfg, tests_only=True).tests[f"{cfg.test_ways}w{cfg.test_shots}s"]
+            accs = rmb.evaluate_mann(run.algorithm, sampler, result["eval_episodes"], cfg.eval.seed)
+            result["rows"][name] = {
+                "preset": preset,
+                "overrides": overrides,
+                "run": str(path),
+                "steps": res.steps,
+                "episodes": res.steps * cfg.data.meta_batch,
+                "train_minutes": res.train_seconds / 60,
+                "accuracy": accs,
+            }
+            rmb.log(f"mann-ablation: {name}: {res.steps} steps, 2nd {accs['2'][0]:.1f}%, 10th {accs['10'][0]:.1f}%")
+    except (FastAdaptError, OSError) as e:
+        raise SystemExit(f"mann-ablation: {e}") from None
+    rmb.write_json(out / "results.json", result)
+    rows = [(name, f"{r['train_minutes']:.0f} min", r["episodes"], r["accuracy"]) for name, r in result["rows"].items()]
+    md = rmb.mann_table(rows)
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    plot_curves(out, result)
+    print("\n".join(md), flush=True)
+    rmb.log(f"mann-ablation: wall time {time.perf_counter() - t0:.0f} s")
+
+
+def plot_curves(out: Path, result: dict) -> None:
+    plt = rmb.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, r in result["rows"].items():
+        curve = rmb.engine_curve(
+            RunFolder(r["run"]).read_metrics(), json.loads(RunFolder(r["run"]).config_file.read_text())["data"]["meta_batch"]
+        )
+        for ax, key in zip(axes, ("inst2", "inst10")):
+            ax.plot([c[0] for c in curve], [100 * c[1][key] for c in curve], label=name)
+    for ax, title in zip(axes, ("2nd instance", "10th instance")):
+        ax.set_title(f"training accuracy, {title}")
+        ax.set_xlabel("episodes")
+        ax.set_ylabel("% correct")
+        ax.set_ylim(0, 100)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "mann_ablation_curves.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,7 @@ from pathlib import Path
 import cross_domain as cross_domain_study
 import results_change
 import results_model_based
+import results_rl
 import results_sinusoid
 import results_tables
 
@@ -69,6 +70,10 @@ def change_omniglot() -> list[str]:
     return results_change.omniglot_table(read_json(RESULTS / "change" / "results.json"))
 
 
+def rl() -> list[str]:
+    return results_rl.table(read_json(RESULTS / "rl" / "results.json")).rstrip("\n").splitlines()
+
+
 TABLES: dict[str, Callable[[], list[str]]] = {
     "cross-domain": cross_domain,  # results/runs/xd-*/evals/*.json (scripts/cross_domain.py)
     "lake": lake,  # results/runs/xd-protonet-lake/evals/*.json (scripts/cross_domain.py)
@@ -79,6 +84,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "mann-engine": mann_engine,  # results/mann_engine/results.json (results_model_based.py mann-runs)
     "change-sinusoid": change_sinusoid,  # results/change/results.json (scripts/results_change.py)
     "change-omniglot": change_omniglot,  # results/change/results.json (scripts/results_change.py)
+    "rl": rl,  # results/rl/results.json (scripts/results_rl.py)
 }
 
 OPEN = re.compile(r"^<!-- table: (\S+) -->$")

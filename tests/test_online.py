@@ -4,6 +4,7 @@ against a plain float64 loop and through the common training loop."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -439,3 +440,26 @@ def test_protonet_runs_online_on_an_omniglot_stream():
     run = online(algo, stream)
     assert run.classification and run.error[0] == 1.0 and np.isfinite(run.probe_error).all()
     assert new_class_curves(run, stream.new_labels(), 4).shape == (2, 4)
+
+
+def test_fastadapt_plot_draws_a_saved_record_of_online_runs(tmp_path, capsys):
+    from fastadapt.cli import main as cli_main
+    from fastadapt.streaming import plot_stream_record, save_runs
+
+    torch.manual_seed(0)
+    stream = SinusoidStream(3, length=30, phase_length=10)
+    algo = MAML(MLP(1, 1, (8,)), inner_lr=0.01)
+    runs = {"window": online(algo, stream), "frozen": online(algo, stream, update=False)}
+    single = save_runs(runs, tmp_path / "one.json")
+    assert cli_main(["plot", str(single)]) == 0
+    assert (tmp_path / "stream.png").stat().st_size > 0 and "stream.png" in capsys.readouterr().out
+    folder = tmp_path / "study"
+    folder.mkdir()
+    save_runs({"sinusoid": runs}, folder)  # several streams: one picture each
+    assert [p.name for p in plot_stream_record(folder)] == ["stream_sinusoid.png"]
+    back = json.loads((folder / "streams.json").read_text())["sinusoid"]["window"]
+    assert back["change_points"] == list(runs["window"].change_points) and back["error"][0] == pytest.approx(float(runs["window"].error[0]))
+    (tmp_path / "bad.json").write_text('{"a": {"b": 1}}')
+    assert cli_main(["plot", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds no online runs" in err

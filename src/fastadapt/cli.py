@@ -4,7 +4,8 @@
     fastadapt config PRESET|FILE [key=value ...]  the resolved config as TOML: every key, its value, its comment
     fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
     fastadapt list                                algorithms, models, task sources, presets
-    fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective, importance)
+    fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective, importance);
+                                                  a record of online runs (streams.json, fastadapt.streaming.save_runs): the stream plot
     fastadapt tune PRESET|FILE [key=value ...]    hyperparameter search with Optuna (resumes from TUNEDIR/study.db)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
@@ -148,9 +149,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from fastadapt.report import plot_run
+    from fastadapt.streaming import is_streams_record, plot_stream_record
     from fastadapt.tuning import is_tune_folder, plot_study
 
-    for path in (plot_study if is_tune_folder(args.run_dir) else plot_run)(args.run_dir):
+    draw = plot_study if is_tune_folder(args.run_dir) else plot_stream_record if is_streams_record(args.run_dir) else plot_run
+    for path in draw(args.run_dir):
         print(f"wrote {path}")
     return 0
 
@@ -276,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="e.g. data.test_shots=5 eval.test_episodes=600")
     e.set_defaults(fn=_cmd_eval)
     sub.add_parser("list", help="algorithms, models, task sources and presets").set_defaults(fn=_cmd_list)
-    pl = sub.add_parser("plot", help="learning curves of a run as PNG")
+    pl = sub.add_parser("plot", help="PNG: a run's learning curves, a tune folder's study, or a record of online runs (streams.json)")
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_cmd_plot)
     tu = sub.add_parser("tune", help="hyperparameter search with Optuna (TPE, pruning on the validation curve); resumable")

@@ -29,6 +29,7 @@ Layer 4 (evaluation): it reads algorithms and streams, and never trains.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections import deque
@@ -486,6 +487,55 @@ def plot_stream(runs: Mapping[str, OnlineRun], path: str | Path, metric: str = "
     return path
 
 
+STREAMS_FILE = "streams.json"  # what save_runs writes and fastadapt plot reads
+
+
+def save_runs(runs: Mapping[str, OnlineRun] | Mapping[str, Mapping[str, OnlineRun]], path: str | Path) -> Path:
+    """Write the records of :func:`online` runs as JSON (``{learner: run}``, or ``{stream: {learner: run}}`` for several
+    streams); a folder gets ``streams.json``. ``fastadapt plot PATH`` draws them."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / STREAMS_FILE
+
+    def plain(v: Any) -> Any:
+        return v.to_dict() if isinstance(v, OnlineRun) else {k: plain(x) for k, x in v.items()}
+
+    path.write_text(json.dumps(plain(runs)) + "\n")
+    return path
+
+
+def is_streams_record(path: str | Path) -> bool:
+    """Whether ``path`` is a record of online runs (a ``.json`` file or a folder holding ``streams.json``) rather than a run folder."""
+    path = Path(path)
+    return (path.is_file() and path.suffix == ".json") or (path.is_dir() and (path / STREAMS_FILE).is_file()
+                                                           and not (path / "config.json").is_file())
+
+
+def plot_stream_record(path: str | Path) -> list[Path]:
+    """``fastadapt plot`` of a :func:`save_runs` record: one PNG per stream (``stream_<name>.png``, or ``stream.png``) beside it,
+    every learner's probe error along the stream with the change points. A file that is not such a record is one line."""
+    path = Path(path)
+    file = path / STREAMS_FILE if path.is_dir() else path
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{file}: not a readable record of online runs ({_first_line(e)})") from None
+
+    def is_run(v: Any) -> bool:
+        return isinstance(v, Mapping) and "error" in v and "change_points" in v
+
+    if not isinstance(data, Mapping) or not data:
+        raise DataError(f"{file}: expected {{learner: run}} or {{stream: {{learner: run}}}} as written by fastadapt.streaming.save_runs")
+    groups = {"": data} if all(is_run(v) for v in data.values()) else data
+    out = []
+    for name, runs in groups.items():
+        if not isinstance(runs, Mapping) or not runs or not all(is_run(v) for v in runs.values()):
+            raise DataError(f"{file}: stream {name!r} holds no online runs (each needs 'error' and 'change_points'; see save_runs)")
+        target = file.parent / (f"stream_{name}.png" if name else "stream.png")
+        out.append(plot_stream({k: OnlineRun.from_dict(v) for k, v in runs.items()}, target, title=f"{file.name} {name}".strip()))
+    return out
+
+
 def plot_recovery(summaries: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "", ylabel: str = "MSE", log: bool = True) -> Path:
     """Mean error against steps since a change (``summarize(...)["curve"]``) with its interval, one line per learner (PNG)."""
     import matplotlib
@@ -522,8 +572,10 @@ __all__ = [
     "paired",
     "plot_recovery",
     "plot_stream",
+    "plot_stream_record",
     "recovery_steps",
     "regret",
+    "save_runs",
     "state_nbytes",
     "summarize",
 ]

@@ -265,7 +265,7 @@ def online(algo: nn.Module, stream: Any, *, update: bool = True, options: Mappin
             missing = [m for m in ("update", "reset") if not callable(getattr(predictor, m, None))]
             if missing:
                 raise ConfigError(f"{type(algo).__name__}.adapt returns a predictor without {' and '.join(missing)}; online adaptation needs "
-                                  f"predictor.update(x, y) (ProtoNet, Matching Networks and the gradient-based algorithms have it)")
+                                  f"predictor.update(x, y) (every built-in learner of examples has it; docs/CHANGE.md lists what each does)")
             if options:
                 predictor.configure(**options)
         else:

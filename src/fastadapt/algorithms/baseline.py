@@ -50,8 +50,10 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.algorithms.maml import DEFAULT_WINDOW
+from fastadapt.data.streams import check_update
 from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, DataError
 
 HEADS = ("linear", "cosine")
 FINETUNE_EPOCHS = 100  # passes over the support set when finetune_steps is None (Chen et al.'s code)
@@ -233,20 +235,81 @@ def check_head_kind(kind: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+HeadFit = Callable[[Tensor, Tensor, int], Head]  # (x [S, *x], labels [S], ways) -> the task's head: the algorithm's own per-task fit
+
+
+@dataclass(eq=False)
 class HeadPredictor:
-    """What ``adapt`` returns: ``query_x [M, *x] -> logits [M, N]`` through the frozen encoder and the task's fitted head."""
+    """What ``adapt`` returns (Baseline, Baseline++, the linear probe): ``query_x [M, *x] -> logits [M, N]`` through
+    the frozen encoder and the task's fitted head, that keeps adapting as labels arrive with :meth:`update`.
+
+    ``update(x, y)`` appends the labelled batch to a sliding window of the last ``window`` examples and fits
+    the head anew on that window with the algorithm's own per-task fit (``adapt_from``: the same steps,
+    rates, seed and solver as ``adapt``; the window is encoded as one set). So after :meth:`reset` (an
+    empty window, no head) ``update(x, y)`` equals ``algo.adapt(x, y)``. The head is per task, so a label
+    beyond its width is a new class: the head widens to ``max(label) + 1`` classes; it never narrows until
+    :meth:`reset` (a label that has left the window keeps its row, fitted with no example of it).
+
+    Bounded memory: the window (at most ``window`` examples) and one head, whatever the number of
+    updates; bounded work: one encoder pass over the window and one fit on it. The predictor holds no
+    graph. A rejected update (:func:`~fastadapt.data.streams.check_update`) leaves the state as it was;
+    the algorithm module is only read.
+    """
 
     model: nn.Module
-    head: Head
+    head: Head | None  # None after reset(), until an update
     normalize: bool = False  # L2-normalise the features first (LinearProbe)
+    adapt_from: HeadFit | None = None  # the per-task fit update() re-runs (None: a fixed head; update refuses)
+    window_x: Tensor | None = None  # the last `window` inputs [W, *x_shape]
+    window_y: Tensor | None = None  # their labels [W]
+    window: int = DEFAULT_WINDOW
+    classes: int = 0  # the head's width
+
+    @staticmethod
+    def start(model: nn.Module, adapt_from: HeadFit, support_x: Tensor, support_y: Tensor, normalize: bool = False,
+              window: int = 0) -> HeadPredictor:
+        """The head fitted on ``support_x, support_y`` (``int(max(support_y)) + 1`` classes), keeping them as its
+        window (``window`` examples: at least as many as the support set, :data:`~fastadapt.algorithms.maml.DEFAULT_WINDOW` by default)."""
+        ways = int(support_y.max()) + 1
+        size = window or max(DEFAULT_WINDOW, support_y.shape[0])
+        return HeadPredictor(model, adapt_from(support_x, support_y, ways), normalize, adapt_from, support_x.detach()[-size:].clone(),
+                             support_y.detach()[-size:].clone(), size, ways)
 
     def __call__(self, query_x: Tensor) -> Tensor:
+        if self.head is None:
+            raise DataError("this predictor has seen no labelled example yet (after reset()); update it first")
         z = embed(self.model, query_x)
         if self.normalize:
             z = F.normalize(z, dim=-1)
         with torch.no_grad():
             return head_logits(z, self.head)
+
+    def configure(self, window: int | None = None) -> HeadPredictor:
+        """``window``: the examples the head is fitted on at each update (the last ones); returns the predictor."""
+        if window is not None:
+            self.window = inner.check_steps("window", window, 1)
+            if self.window_x is not None and self.window_y is not None:
+                self.window_x, self.window_y = self.window_x[-self.window:].clone(), self.window_y[-self.window:].clone()
+        return self
+
+    def reset(self) -> None:
+        """Forget the window and the head (the encoder is what was learnt before the task)."""
+        if self.window_x is not None and self.window_y is not None:
+            self.window_x, self.window_y = self.window_x[:0].clone(), self.window_y[:0].clone()
+        self.head, self.classes = None, 0
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Learn from the labelled batch ``x [B, *x_shape]``, ``y [B]`` (integer labels); returns nothing."""
+        if self.adapt_from is None or self.window_x is None or self.window_y is None:
+            raise ConfigError("this HeadPredictor was built with a fixed head and no fit; use algo.adapt(x, y) to get one that updates")
+        check_update(x, y, self.window_x, self.window_y)
+        if not y.numel():
+            return
+        wx = torch.cat([self.window_x, x.detach().to(self.window_x.dtype)])[-self.window:].clone()
+        wy = torch.cat([self.window_y, y.detach()])[-self.window:].clone()
+        ways = max(self.classes, int(wy.max()) + 1)
+        head = self.adapt_from(wx, wy, ways)
+        self.head, self.window_x, self.window_y, self.classes = head, wx, wy, ways
 
 
 class Baseline(nn.Module):
@@ -299,12 +362,15 @@ class Baseline(nn.Module):
         return pretrain_loss(self.model, self.classifier, self.head_kind, self.pretrain_scale(), batch)
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> HeadPredictor:
-        """One task: a new N-way head fitted on the frozen support features (:func:`fit_head`); the module is not changed."""
-        ways = int(support_y.max()) + 1
-        head = fit_head(embed(self.model, support_x), support_y, ways, self.head_kind, scale=self.scale, steps=self.finetune_steps,
-                        lr=self.finetune_lr, batch_size=self.finetune_batch, momentum=self.finetune_momentum,
-                        dampening=self.finetune_dampening, weight_decay=self.finetune_weight_decay, seed=self.seed)
-        return HeadPredictor(self.model, head)
+        """One task: a new N-way head fitted on the frozen support features (:func:`fit_head`); the module is not changed.
+        ``update(x, y)`` on the result refits the head on a sliding window (:class:`HeadPredictor`)."""
+        return HeadPredictor.start(self.model, self._fit, support_x, support_y)
+
+    def _fit(self, x: Tensor, y: Tensor, ways: int) -> Head:
+        """The per-task head on ``x, y`` with ``ways`` classes (:func:`fit_head` on the frozen features); what ``update`` re-runs."""
+        return fit_head(embed(self.model, x), y, ways, self.head_kind, scale=self.scale, steps=self.finetune_steps, lr=self.finetune_lr,
+                        batch_size=self.finetune_batch, momentum=self.finetune_momentum, dampening=self.finetune_dampening,
+                        weight_decay=self.finetune_weight_decay, seed=self.seed)
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """``[T, N*Q, N]`` logits: ``adapt`` per task (support and query sets encoded per task)."""
@@ -314,6 +380,7 @@ class Baseline(nn.Module):
 __all__ = [
     "Baseline",
     "Head",
+    "HeadFit",
     "HeadPredictor",
     "cosine_logits",
     "default_scale",

@@ -93,10 +93,13 @@ class LinearProbe(nn.Module):
         return pretrain_loss(self.model, self.classifier, "linear", 1.0, batch)
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> HeadPredictor:
-        """One task: logistic regression on the L2-normalised frozen support features; the module is not changed."""
-        ways = int(support_y.max()) + 1
-        u = F.normalize(embed(self.model, support_x), dim=-1)
-        return HeadPredictor(self.model, fit_logistic_regression(u, support_y, ways, self.C, self.max_iter, self.tol), normalize=True)
+        """One task: logistic regression on the L2-normalised frozen support features; the module is not changed.
+        ``update(x, y)`` on the result refits it on a sliding window of the last examples (:class:`~fastadapt.algorithms.baseline.HeadPredictor`)."""
+        return HeadPredictor.start(self.model, self._fit, support_x, support_y, normalize=True)
+
+    def _fit(self, x: Tensor, y: Tensor, ways: int) -> Head:
+        """The per-task logistic regression on ``x, y`` with ``ways`` classes; what the predictor's ``update`` re-runs on its window."""
+        return fit_logistic_regression(F.normalize(embed(self.model, x), dim=-1), y, ways, self.C, self.max_iter, self.tol)
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """``[T, N*Q, N]`` logits: ``adapt`` per task (support and query sets encoded per task)."""

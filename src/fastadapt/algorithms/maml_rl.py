@@ -89,6 +89,10 @@ def clipped_surrogate(logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor,
     return -(obj * mask).sum() / mask.sum().clamp_min(1)
 
 
+ONLINE_REFUSAL = ("maml-rl: a policy adapts from the returns of trajectories it collects in an environment, not from labelled (x, y) "
+                  "batches, so predictor.update does not apply; call algo.adapt on the changed environment's tasks instead")
+
+
 class PolicyPredictor:
     """An adapted policy: ``predictor(obs [B, D]) -> action means [B, A]``; ``params`` are its fast weights."""
 
@@ -98,6 +102,14 @@ class PolicyPredictor:
     def __call__(self, obs: Tensor) -> Tensor:
         with torch.no_grad():
             return functional_call(self.model, self.params, (obs,))
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Refused in one line: a policy adapts from the rewards of trajectories it collects, not from labelled (x, y) batches."""
+        raise ConfigError(ONLINE_REFUSAL)
+
+    def reset(self) -> None:
+        """Refused in one line, as :meth:`update`."""
+        raise ConfigError(ONLINE_REFUSAL)
 
 
 class MAMLRL(nn.Module):

@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastadapt.algorithms.base import MetaOutput, Predictor
+from fastadapt.algorithms.base import MetaOutput
+from fastadapt.data.streams import check_update
 from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, DataError
 from fastadapt.memory.mann import LRUMemoryCore, LSTMCore
 
 REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)  # the columns of the paper's table 1
@@ -169,6 +170,90 @@ def _repeat_state(state: Any, repeats: int) -> Any:
         return state.repeat_interleave(repeats, dim=0)
     items = [_repeat_state(s, repeats) for s in state]
     return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
+
+
+def _flatten_state(state: Any, prefix: str = "") -> dict[str, Tensor]:
+    """A (nested, possibly named) tuple of tensors as ``{"0": ..., "4.1": ...}`` (paths of indices), detached."""
+    if isinstance(state, Tensor):
+        return {prefix[:-1]: state.detach()}
+    out: dict[str, Tensor] = {}
+    for i, s in enumerate(state):
+        out.update(_flatten_state(s, f"{prefix}{i}."))
+    return out
+
+
+def _unflatten_state(template: Any, flat: dict[str, Tensor], prefix: str = "") -> Any:
+    """The inverse of :func:`_flatten_state`, shaped like ``template``."""
+    if isinstance(template, Tensor):
+        return flat[prefix[:-1]]
+    items = [_unflatten_state(s, flat, f"{prefix}{i}.") for i, s in enumerate(template)]
+    return type(template)(*items) if hasattr(template, "_fields") else type(template)(items)
+
+
+def _fixed_order(n: int) -> Tensor:
+    """The fixed shuffle of ``n`` positions ``adapt`` presents a support set in (and ``update`` a batch)."""
+    return torch.rand(n, generator=torch.Generator().manual_seed(0)).argsort()
+
+
+@dataclass(eq=False)
+class MemoryPredictor:
+    """What :meth:`MANN.adapt` returns: ``query_x [Q, *x] -> logits [Q, C]``, each query classified from the
+    memory state the labelled examples wrote, the last label fed with it, and that keeps adapting with :meth:`update`.
+
+    The memory is online by nature: ``update(x, y)`` continues the sequence that ``adapt`` began. The batch is
+    presented as ``adapt`` presents a support set (in the same fixed shuffle of its positions), each example
+    with the encoding of the label of the example before it (the one-step offset of the task's protocol:
+    the first example of the batch gets the last label fed before it), and the memory and controller state
+    carry on from where they were. After :meth:`reset` (the core's initial state, no previous label)
+    ``update(x, y)`` equals ``algo.adapt(x, y)``.
+
+    Bounded memory: the LRUA memory (``memory_size x memory_width``) and the controller state have fixed
+    sizes, whatever the number of updates (the transformer controller's cache grows with every step:
+    ``update`` refuses it in one line); bounded work: one core step per example. No graph is kept.
+    Labels must lie in ``0..ways-1`` (the network's label input and output have that fixed width: a larger
+    label is a one-line :class:`DataError`); a rejected update leaves the state as it was.
+    """
+
+    net: MANN
+    state: dict[str, Tensor]  # the core's state for one task (:func:`_flatten_state`); empty after reset(): the initial state
+    last: Tensor  # [1, width] the encoding of the last label fed (zeros: none yet)
+    codes: Tensor | None  # string labels: the N strings [1, N, 5]
+
+    def _core_state(self, like: Tensor) -> Any:
+        template = self.net.core.initial_state(1, like)
+        return template if not self.state else _unflatten_state(template, self.state)
+
+    def __call__(self, query_x: Tensor) -> Tensor:
+        return self.net._query_logits(self._core_state(self.last), self.last, query_x.unsqueeze(0), self.codes)[0]
+
+    def configure(self) -> MemoryPredictor:
+        """Nothing to set: the memory has no window or rate (it is there for the common ``configure(**options)``)."""
+        return self
+
+    def reset(self) -> None:
+        """Back to the core's initial state (memory at its constant start, no previous label)."""
+        self.state, self.last = {}, torch.zeros_like(self.last)
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Feed the labelled batch ``x [B, *input_shape]``, ``y [B]`` (labels ``0..ways-1``) into the memory; returns nothing."""
+        net = self.net
+        if getattr(net.core, "controller_kind", "lstm") == "transformer":
+            raise ConfigError("MANN update: the transformer controller's state (its cache of every step) grows with each example, so online "
+                              "updates would not keep bounded memory; use controller='lstm' for online adaptation")
+        check_update(x, y, torch.empty(0, *net.input_shape), torch.empty(0, dtype=torch.long))
+        if not y.numel():
+            return
+        if int(y.max()) >= net.ways:
+            raise DataError(f"update: label {int(y.max())} is outside the {net.ways} classes this MANN was built for (ways={net.ways}); its label "
+                            f"input and output have a fixed width (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)")
+        order = _fixed_order(y.shape[0])
+        x, y = x.detach()[order].unsqueeze(0), y.detach()[order].unsqueeze(0)
+        with torch.no_grad():
+            feats = net._encode(x)
+            enc = net._labels_in(y, self.codes, feats.dtype)
+            prev = torch.cat([self.last.to(feats.dtype).unsqueeze(1), enc[:, :-1]], dim=1)
+            _, state = net.core(feats, prev.transpose(0, 1), self._core_state(self.last) if self.state else None)
+        self.state, self.last = _flatten_state(state), enc[:, -1].clone()
 
 
 class MANN(nn.Module):
@@ -313,7 +398,7 @@ class MANN(nn.Module):
         and the strings (or None)."""
         t, s = support_y.shape
         if generator is None:  # the same fixed shuffle of positions for every task, whatever the batch
-            order = torch.rand(s, generator=torch.Generator().manual_seed(0)).argsort().expand(t, s)
+            order = _fixed_order(s).expand(t, s)
         else:
             order = torch.rand(t, s, generator=generator).argsort(dim=1)
         x = support_x[torch.arange(t).unsqueeze(1), order]
@@ -332,21 +417,19 @@ class MANN(nn.Module):
         outputs, _ = self.core.step(feats, last.repeat_interleave(q, dim=0), _repeat_state(state, q))
         return self._class_scores(outputs.view(t, q, -1), codes)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None = None) -> Predictor:
+    def adapt(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None = None) -> MemoryPredictor:
         """Write one task's support set into memory; the predictor maps ``query_x [Q, ...]`` to logits ``[Q, C]``.
 
         The support set is presented in an order shuffled by ``generator`` (default: one fixed shuffle of
         the positions, so ``adapt`` is deterministic and agrees with ``predict``); the module is not changed.
+        ``update(x, y)`` on the result feeds more labelled examples into the memory (:class:`MemoryPredictor`).
         """
         self._check(support_x.unsqueeze(0), self.ways)
         if support_y.numel() and not 0 <= int(support_y.min()) <= int(support_y.max()) < self.ways:
             raise ConfigError(f"MANN was built for ways={self.ways}; support labels must lie in 0..{self.ways - 1}")
-        state, last, codes = self._support_state(support_x.unsqueeze(0), support_y.unsqueeze(0), generator)
-
-        def predictor(query_x: Tensor) -> Tensor:
-            return self._query_logits(state, last, query_x.unsqueeze(0), codes)[0]
-
-        return predictor
+        with torch.no_grad():
+            state, last, codes = self._support_state(support_x.unsqueeze(0), support_y.unsqueeze(0), generator)
+        return MemoryPredictor(self, _flatten_state(state), last.clone(), codes)
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query logits ``[T, N*Q, N]`` of every task, each from its own support memory."""

@@ -45,9 +45,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fastadapt.algorithms.base import MetaOutput, Predictor, batch_metrics, task_loss
+from fastadapt.algorithms import inner
+from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.algorithms.maml import DEFAULT_WINDOW, UPDATE_POLICIES
+from fastadapt.data.streams import check_update
 from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.errors import ConfigError, DataError
 
 BATCHNORM_SETTING = "transductive"  # what every number from this algorithm is measured with
 
@@ -95,6 +98,89 @@ class GateTrace:
     names: tuple[str, ...]
     input_gate: Tensor
     forget_gate: Tensor
+
+
+@dataclass(eq=False)
+class MetaLSTMPredictor:
+    """What :meth:`MetaLSTM.adapt` returns: the learner under the weights the meta-LSTM wrote,
+    ``query_x [B, *x] -> outputs [B, N]``, that keeps adapting as labels arrive with :meth:`update`.
+
+    ``update(x, y)`` appends the labelled batch to a sliding window of the last ``window`` examples and
+    runs the learnt optimiser (:meth:`MetaLSTM.unroll_from`) for ``steps`` updates on that window, from
+
+    * ``policy="window"`` (default): the meta-learnt ``theta_0 = c_0`` with a fresh optimiser state (zero
+      LSTM state and gates), as ``adapt`` starts. After :meth:`reset` (an empty window) ``update(x, y)``
+      equals ``algo.adapt(x, y)``.
+    * ``policy="continue"``: the current state: the learner's weights *and* the optimiser's own state
+      (its LSTM state and last gates), so the learnt optimiser simply runs on, past the ``inner_steps``
+      it was trained for.
+
+    ``state`` holds the :class:`MetaLSTMState` of one task as a dict (``h``, ``c1`` ``[n, H]``; ``theta``,
+    ``input_gate``, ``forget_gate`` ``[1, n]``). Bounded memory: that state, ``theta_0`` and the window,
+    whatever the number of updates; bounded work: ``steps`` updates on at most ``window`` examples. No
+    graph is kept. Labels must fit the learner's head (a fixed width: a larger label is a one-line
+    :class:`DataError`); a rejected update leaves the state as it was. The algorithm module is only read.
+    """
+
+    net: MetaLSTM
+    state: dict[str, Tensor]
+    init_theta: Tensor  # [n] the meta-learnt theta_0 (detached)
+    window_x: Tensor
+    window_y: Tensor
+    steps: int  # updates of the learnt optimiser per update()
+    window: int = DEFAULT_WINDOW
+    policy: str = "window"
+    classes: int | None = None  # the head's width (classification), read on the first update
+
+    @property
+    def weights(self) -> Tensor:
+        """The learner's current weights ``[n]``."""
+        return self.state["theta"][0]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.net._learner(self.weights, x)
+
+    def configure(self, window: int | None = None, policy: str | None = None, steps: int | None = None) -> MetaLSTMPredictor:
+        """Set the update policy (see the class docstring); returns the predictor."""
+        if window is not None:
+            self.window = inner.check_steps("window", window, 1)
+            self.window_x, self.window_y = self.window_x[-self.window:].clone(), self.window_y[-self.window:].clone()
+        if policy is not None:
+            if policy not in UPDATE_POLICIES:
+                raise ConfigError(f"policy={policy!r} is unknown; choose one of {', '.join(UPDATE_POLICIES)}")
+            self.policy = policy
+        if steps is not None:
+            self.steps = inner.check_steps("steps", steps)
+        return self
+
+    def reset(self) -> None:
+        """Back to ``theta_0`` and a fresh optimiser state, with an empty window."""
+        self.state = _state_dict(self.net.state_from(self.init_theta.unsqueeze(0)))
+        self.window_x, self.window_y = self.window_x[:0].clone(), self.window_y[:0].clone()
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Learn from the labelled batch ``x [B, *x_shape]``, ``y [B]`` (or ``[B, *y_shape]``); returns nothing."""
+        check_update(x, y, self.window_x, self.window_y)
+        if not y.shape[0]:
+            return
+        x, y = x.detach().to(self.window_x.dtype), y.detach()
+        if not y.is_floating_point():
+            if self.classes is None:
+                with torch.no_grad():
+                    self.classes = int(self(x[:1]).shape[-1])
+            if int(y.max()) >= self.classes:
+                raise DataError(f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
+                                f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)")
+        wx = torch.cat([self.window_x, x])[-self.window:].clone()
+        wy = torch.cat([self.window_y, y])[-self.window:].clone()
+        start = self.net.state_from(self.init_theta.unsqueeze(0)) if self.policy == "window" else MetaLSTMState(**self.state)
+        with torch.no_grad():
+            end, _ = self.net.unroll_from(start, wx.unsqueeze(0), wy.unsqueeze(0), self.steps)
+        self.state, self.window_x, self.window_y = _state_dict(end), wx, wy
+
+
+def _state_dict(state: MetaLSTMState) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in state._asdict().items()}
 
 
 class MetaLSTM(nn.Module):
@@ -180,7 +266,11 @@ class MetaLSTM(nn.Module):
     # -- the meta-learner ---------------------------------------------------------------------------
 
     def initial_state(self, num_tasks: int) -> MetaLSTMState:
-        theta = self.initial_theta().unsqueeze(0).expand(num_tasks, -1)
+        """The state before the first update: ``theta = c_0`` for every task, zero LSTM state and gates."""
+        return self.state_from(self.initial_theta().unsqueeze(0).expand(num_tasks, -1))
+
+    def state_from(self, theta: Tensor) -> MetaLSTMState:
+        """A fresh optimiser state (zero LSTM state and gates) at learner weights ``theta [T, n]``."""
         rows = theta.numel()
         h = theta.new_zeros(rows, self.lstm.hidden_size)
         z = torch.zeros_like(theta)
@@ -201,13 +291,17 @@ class MetaLSTM(nn.Module):
 
     def unroll(self, support_x: Tensor, support_y: Tensor) -> tuple[Tensor, list[MetaLSTMState]]:
         """``inner_steps`` updates on the support sets of ``T`` tasks; ``(theta_T [T, n], states after each step)``."""
-        state = self.initial_state(support_x.shape[0])
+        state, states = self.unroll_from(self.initial_state(support_x.shape[0]), support_x, support_y, self.inner_steps)
+        return state.theta, states
+
+    def unroll_from(self, state: MetaLSTMState, support_x: Tensor, support_y: Tensor, steps: int) -> tuple[MetaLSTMState, list[MetaLSTMState]]:
+        """``steps`` updates from ``state`` on the support sets ``[T, S, ...]``: ``(the last state, the states after each step)``."""
         states = []
-        for _ in range(self.inner_steps):
+        for _ in range(steps):
             grad, loss = self.learner_gradients(state.theta, support_x, support_y)
             state = self.step(state, grad, loss)
             states.append(state)
-        return state.theta, states
+        return state, states
 
     # -- the contract -------------------------------------------------------------------------------
 
@@ -218,15 +312,15 @@ class MetaLSTM(nn.Module):
         loss = task_loss(out, batch.query_y)
         return MetaOutput(loss, batch_metrics(out, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
-        """Learner weights written by the meta-LSTM for one task; the predictor runs the learner with them."""
-        theta, _ = self.unroll(support_x.unsqueeze(0), support_y.unsqueeze(0))
-        weights = theta[0]
-
-        def predictor(query_x: Tensor) -> Tensor:
-            return self._learner(weights, query_x)
-
-        return predictor
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> MetaLSTMPredictor:
+        """Learner weights written by the meta-LSTM for one task (no graph); the predictor runs the learner with them,
+        and its ``update(x, y)`` re-runs the learnt optimiser on a sliding window (:class:`MetaLSTMPredictor`)."""
+        theta0 = self.initial_theta().detach()
+        with torch.no_grad():
+            end, _ = self.unroll_from(self.state_from(theta0.unsqueeze(0)), support_x.unsqueeze(0), support_y.unsqueeze(0), self.inner_steps)
+        size = max(DEFAULT_WINDOW, support_y.shape[0])
+        return MetaLSTMPredictor(self, _state_dict(end), theta0.clone(), support_x.detach()[-size:].clone(), support_y.detach()[-size:].clone(),
+                                 self.inner_steps, size)
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs ``[T, N*Q, N]`` of every task after adaptation (no graph is kept)."""

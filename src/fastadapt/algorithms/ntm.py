@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastadapt.algorithms.base import MetaOutput, Predictor
+from fastadapt.algorithms.base import MetaOutput
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import ConfigError
 
@@ -33,6 +33,28 @@ from fastadapt.errors import ConfigError
 def bits_wrong(logits: Tensor, targets: Tensor) -> Tensor:
     """Bits on the wrong side of 0.5 per sequence: ``logits, targets [T, A, bits] -> [T]`` (float64)."""
     return ((logits > 0) != (targets > 0.5)).double().sum(dim=(1, 2))
+
+
+ONLINE_REFUSAL = ("ntm: a task is one sequence that the network is shown and then answers; the targets are never fed back to it, so "
+                  "there are no labelled examples to learn from online (predictor.update does not apply: call adapt on the new sequence)")
+
+
+class SequencePredictor:
+    """What :meth:`NTMLearner.adapt` returns: ``query_x [1, A, C] -> predicted bits [1, A, bits]`` (0/1) from the
+    network's state after the shown sequence. ``update`` and ``reset`` refuse in one line
+    (:data:`ONLINE_REFUSAL`): the answer's targets are never an input of the network."""
+
+    def __init__(self, learner: NTMLearner, state: Any) -> None:
+        self.learner, self.state = learner, state
+
+    def __call__(self, query_x: Tensor) -> Tensor:
+        return (self.learner.answer(self.state, query_x) > 0).to(query_x.dtype)
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        raise ConfigError(ONLINE_REFUSAL)
+
+    def reset(self) -> None:
+        raise ConfigError(ONLINE_REFUSAL)
 
 
 class NTMLearner(nn.Module):
@@ -85,14 +107,10 @@ class NTMLearner(nn.Module):
             }
         return MetaOutput(loss, metrics)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
-        """One task: ``support_x [1, S, C]`` shown; the predictor maps ``query_x [1, A, C]`` to predicted bits ``[1, A, bits]`` (0/1)."""
-        state = self.remember(support_x)
-
-        def predictor(query_x: Tensor) -> Tensor:
-            return (self.answer(state, query_x) > 0).to(query_x.dtype)
-
-        return predictor
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> SequencePredictor:
+        """One task: ``support_x [1, S, C]`` shown; the predictor maps ``query_x [1, A, C]`` to predicted bits ``[1, A, bits]`` (0/1).
+        It does not update online (:class:`SequencePredictor`)."""
+        return SequencePredictor(self, self.remember(support_x))
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Predicted answer bits ``[T, 1, A, bits]`` (0/1, shaped like ``query_y``) of every task."""

@@ -592,3 +592,37 @@ def test_auto_execution_follows_the_measured_choice():
     assert inner.resolve_execution("auto", images) == "loop"
     assert inner.resolve_execution("auto", vectors) == "vmap"
     assert inner.resolve_execution("chunks", images) == "chunks"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_fine_tune_takes_the_same_steps_as_the_first_order_inner_loop(optimizer):
+    """adapt's plain-autograd fine_tune equals inner_loop(first_order=True) in float64, unused parameters included."""
+    from fastadapt.algorithms.base import task_loss
+
+    torch.manual_seed(0)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+            self.unused = nn.Linear(2, 2)  # a parameter the loss never reaches: its step is zero in both
+
+        def forward(self, xs):
+            return self.body(xs)
+
+    model = Net().double()
+    x, y = torch.randn(9, 4, dtype=torch.float64), torch.arange(9) % 3
+    params = inner.trainable_params(model)
+    rates = [{k: 0.1 * (j + 1) for k in params} for j in range(3)]
+
+    def forward(p, xs):
+        return functional_call(model, p, (xs,))
+
+    got = inner.fine_tune(forward, params, x, y, rates, optimizer, (0.5, 0.9))
+    with torch.enable_grad():
+        want = inner.inner_loop(lambda p: task_loss(forward(p, x), y), inner.detached(params), rates, first_order=True,
+                                optimizer=optimizer, betas=(0.5, 0.9))[3]
+    assert got.keys() == want.keys()
+    for k in got:
+        torch.testing.assert_close(got[k], want[k].detach(), rtol=1e-12, atol=1e-12)
+        assert not got[k].requires_grad
+    assert torch.equal(got["unused.weight"], params["unused.weight"].detach())

@@ -191,6 +191,27 @@ def markdown(rows: list[dict], command: str, ceiling_note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary(rows: list[dict]) -> list[str]:
+    """The fastest mode (lowest p95) of each algorithm and setting, with eager beside it: the table docs/SEE_AND_STEER.md shows."""
+    best: dict[tuple, dict] = {}
+    eager: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["algorithm"], r["shots"], r["queries"])
+        if key not in best or r["p95_ms"] < best[key]["p95_ms"]:
+            best[key] = r
+        if r["mode"] == "eager":
+            eager[key] = r
+    lines = ["| algorithm | task | queries | eager p50 / p95 ms | fastest mode | its p50 / p95 / p99 ms | % fp32 matmul ceiling | target (p95) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key, r in best.items():
+        e = eager.get(key)
+        target = "" if r["target_p95_ms"] is None else f"<= {r['target_p95_ms']:g} ms: {'met' if r['meets_target'] else '**missed**'}"
+        plain = "-" if e is None else f"{e['p50_ms']:.2f} / {e['p95_ms']:.2f}"
+        lines.append(f"| {r['algorithm']} | 5-way {r['shots']}-shot | {r['queries']} | {plain} | {r['mode']} | "
+                     f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} / {r['p99_ms']:.2f} | {r['ceiling_pct']:.0f} | {target} |")
+    return lines
+
+
 def load_main(args: argparse.Namespace) -> int:
     """Start ``fastadapt serve`` on 127.0.0.1, teach it 3 classes from its pool, load its predict endpoint."""
     import os

@@ -12,6 +12,7 @@ with papers, measurements that have no JSON under results/) are written by hand.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
@@ -70,6 +71,14 @@ def change_omniglot() -> list[str]:
     return results_change.omniglot_table(read_json(RESULTS / "change" / "results.json"))
 
 
+def latency() -> list[str]:
+    spec = importlib.util.spec_from_file_location("latency_benchmark", ROOT / "benchmarks" / "latency.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = read_json(ROOT / "benchmarks" / "results" / "latency.json")
+    return [f"`{data['command']}` ({data['note']})", "", *module.summary(data["rows"])]
+
+
 def rl() -> list[str]:
     return results_rl.table(read_json(RESULTS / "rl" / "results.json")).rstrip("\n").splitlines()
 
@@ -85,6 +94,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "change-sinusoid": change_sinusoid,  # results/change/results.json (scripts/results_change.py)
     "change-omniglot": change_omniglot,  # results/change/results.json (scripts/results_change.py)
     "rl": rl,  # results/rl/results.json (scripts/results_rl.py)
+    "latency": latency,  # benchmarks/results/latency.json (benchmarks/latency.py)
 }
 
 OPEN = re.compile(r"^<!-- table: (\S+) -->$")

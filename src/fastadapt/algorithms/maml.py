@@ -66,6 +66,21 @@ def multi_step_loss_weights(steps: int, t: int, anneal_steps: int) -> Tensor:
 UPDATE_POLICIES = ("window", "continue")
 DEFAULT_WINDOW = 10  # examples a predictor keeps for update() unless adapt saw more or configure() says otherwise
 
+
+def configure_window(predictor: Any, window: int | None, policy: str | None, steps: int | None) -> Any:
+    """Set a window predictor's ``window`` (keeping its last examples), ``policy`` and ``steps`` (None: unchanged);
+    returns the predictor. Shared by the predictors that re-adapt on a sliding window (MAML's, the meta-LSTM's)."""
+    if window is not None:
+        predictor.window = inner.check_steps("window", window, 1)
+        predictor.window_x, predictor.window_y = predictor.window_x[-predictor.window:].clone(), predictor.window_y[-predictor.window:].clone()
+    if policy is not None:
+        if policy not in UPDATE_POLICIES:
+            raise ConfigError(f"policy={policy!r} is unknown; choose one of {', '.join(UPDATE_POLICIES)}")
+        predictor.policy = policy
+    if steps is not None:
+        predictor.steps = inner.check_steps("steps", steps)
+    return predictor
+
 AdaptFrom = Callable[[inner.Params, Tensor, Tensor, int], inner.Params]  # (start weights, x, y, steps) -> detached fast weights
 
 
@@ -117,16 +132,7 @@ class FastWeightsPredictor:
 
     def configure(self, window: int | None = None, policy: str | None = None, steps: int | None = None) -> FastWeightsPredictor:
         """Set the update policy (see the class docstring); returns the predictor."""
-        if window is not None:
-            self.window = inner.check_steps("window", window, 1)
-            self.window_x, self.window_y = self.window_x[-self.window:].clone(), self.window_y[-self.window:].clone()
-        if policy is not None:
-            if policy not in UPDATE_POLICIES:
-                raise ConfigError(f"policy={policy!r} is unknown; choose one of {', '.join(UPDATE_POLICIES)}")
-            self.policy = policy
-        if steps is not None:
-            self.steps = inner.check_steps("steps", steps)
-        return self
+        return configure_window(self, window, policy, steps)
 
     def reset(self) -> None:
         """Back to the meta-learnt weights with an empty window."""

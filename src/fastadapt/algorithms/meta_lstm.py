@@ -45,9 +45,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
-from fastadapt.algorithms.maml import DEFAULT_WINDOW, UPDATE_POLICIES
+from fastadapt.algorithms.maml import DEFAULT_WINDOW, configure_window
 from fastadapt.data.streams import check_update
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import ConfigError, DataError
@@ -142,16 +141,7 @@ class MetaLSTMPredictor:
 
     def configure(self, window: int | None = None, policy: str | None = None, steps: int | None = None) -> MetaLSTMPredictor:
         """Set the update policy (see the class docstring); returns the predictor."""
-        if window is not None:
-            self.window = inner.check_steps("window", window, 1)
-            self.window_x, self.window_y = self.window_x[-self.window:].clone(), self.window_y[-self.window:].clone()
-        if policy is not None:
-            if policy not in UPDATE_POLICIES:
-                raise ConfigError(f"policy={policy!r} is unknown; choose one of {', '.join(UPDATE_POLICIES)}")
-            self.policy = policy
-        if steps is not None:
-            self.steps = inner.check_steps("steps", steps)
-        return self
+        return configure_window(self, window, policy, steps)
 
     def reset(self) -> None:
         """Back to ``theta_0`` and a fresh optimiser state, with an empty window."""

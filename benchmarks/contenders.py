@@ -123,8 +123,10 @@ def keep_freed_memory() -> bool:
 # --- fastadapt --------------------------------------------------------------------------------------------------------
 
 
-def fastadapt_step(workload: Workload, model: nn.Module, accumulate: int = 0, execution: str | None = None) -> GradStep:
-    """fastadapt's step: ``meta_loss(batch).loss.backward()``; with ``accumulate=N``, one backward per chunk of N tasks."""
+def fastadapt_step(workload: Workload, model: nn.Module, accumulate: int = 0, execution: str | None = None,
+                   precision: str = "fp32") -> GradStep:
+    """fastadapt's step: ``meta_loss(batch).loss.backward()``; with ``accumulate=N``, one backward per chunk of N tasks;
+    with ``precision="bf16"``, ``meta_loss`` under bf16 autocast as ``run.precision = "bf16"`` runs it."""
     from fastadapt.algorithms.maml import FOMAML, MAML
     from fastadapt.algorithms.protonet import ProtoNet
     from fastadapt.algorithms.reptile import Reptile
@@ -139,15 +141,21 @@ def fastadapt_step(workload: Workload, model: nn.Module, accumulate: int = 0, ex
     else:
         algo = ProtoNet(model)
 
+    from fastadapt.precision import autocast
+
     def step(batch: TaskBatch) -> None:
         algo.zero_grad(set_to_none=True)
         t = batch.num_tasks
         if not accumulate or accumulate >= t:
-            algo.meta_loss(batch).loss.backward()
+            with autocast(precision):
+                loss = algo.meta_loss(batch).loss
+            loss.backward()
             return
         for start in range(0, t, accumulate):
             part = batch.select(slice(start, start + accumulate))
-            (algo.meta_loss(part).loss * (part.num_tasks / t)).backward()
+            with autocast(precision):
+                loss = algo.meta_loss(part).loss
+            (loss * (part.num_tasks / t)).backward()
 
     return step
 
@@ -371,16 +379,17 @@ class Contender:
     mallopt: bool = False  # call keep_freed_memory() before anything runs (proposal A)
     accumulate: int = 0  # fastadapt: backward per chunk of this many tasks (proposal B); 0: one backward
     execution: str | None = None  # fastadapt: execution path (None: the library's default)
+    precision: str = "fp32"  # fastadapt: "bf16" runs meta_loss under bf16 autocast (run.precision)
 
     def build(self, workload: Workload, model: nn.Module) -> GradStep:
         if self.library == "fastadapt":
-            return fastadapt_step(workload, model, self.accumulate, self.execution)
+            return fastadapt_step(workload, model, self.accumulate, self.execution, self.precision)
         return {"learn2learn": learn2learn_step, "higher": higher_step, "torchopt": torchopt_step, "plain": plain_step}[self.library](
             workload, model)
 
 
 def parse_contender(spec: str) -> Contender:
-    """``library[+mallopt][+accumN][+exec=PATH]``, e.g. ``fastadapt+mallopt+accum8``."""
+    """``library[+mallopt][+accumN][+exec=PATH][+bf16]``, e.g. ``fastadapt+mallopt+accum8``."""
     library, *opts = spec.split("+")
     if library not in LIBRARIES:
         raise ValueError(f"unknown contender {library!r}; choose from {', '.join(LIBRARIES)}")
@@ -392,6 +401,8 @@ def parse_contender(spec: str) -> Contender:
             c = replace(c, accumulate=int(opt[5:]))
         elif opt.startswith("exec=") and library == "fastadapt":
             c = replace(c, execution=opt[5:])
+        elif opt == "bf16" and library == "fastadapt":
+            c = replace(c, precision="bf16")
         else:
             raise ValueError(f"unknown option {opt!r} in contender {spec!r}")
     return c

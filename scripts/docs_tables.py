@@ -21,6 +21,7 @@ from pathlib import Path
 
 import cross_domain as cross_domain_study
 import results_change
+import results_hyper
 import results_model_based
 import results_rl
 import results_sinusoid
@@ -83,6 +84,15 @@ def rl() -> list[str]:
     return results_rl.table(read_json(RESULTS / "rl" / "results.json")).rstrip("\n").splitlines()
 
 
+def hyper() -> list[str]:
+    rows = [row for d in ("omniglot", "sinusoid") for row in read_json(RESULTS / "hyper" / d / "hyper.json")["rows"]]
+    return results_hyper.part1_table(rows)
+
+
+def hyper_study() -> list[str]:
+    return results_hyper.study_table(read_json(RESULTS / "hyper" / "tune" / "hyper.json")["study"])
+
+
 TABLES: dict[str, Callable[[], list[str]]] = {
     "cross-domain": cross_domain,  # results/runs/xd-*/evals/*.json (scripts/cross_domain.py)
     "lake": lake,  # results/runs/xd-protonet-lake/evals/*.json (scripts/cross_domain.py)
@@ -95,6 +105,8 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "change-omniglot": change_omniglot,  # results/change/results.json (scripts/results_change.py)
     "rl": rl,  # results/rl/results.json (scripts/results_rl.py)
     "latency": latency,  # benchmarks/results/latency.json (benchmarks/latency.py)
+    "hyper": hyper,  # results/hyper/{omniglot,sinusoid}/hyper.json (scripts/results_hyper.py)
+    "hyper-study": hyper_study,  # results/hyper/tune/hyper.json (scripts/results_hyper.py)
 }
 
 OPEN = re.compile(r"^<!-- table: (\S+) -->$")

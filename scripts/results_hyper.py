@@ -141,15 +141,33 @@ def run_study(out: Path, args: argparse.Namespace, minutes: float, episodes: int
     return result
 
 
-def markdown(rows: list[dict], study: dict | None) -> str:
-    lines = ["| domain | method | inner rate and steps | score (95% CI) | episodes | ms per task |", "|---|---|---|---|---|---|"]
+def part1_table(rows: list[dict]) -> list[str]:
+    """The comparison table (docs/HYPERPARAMETERS.md): one row per run and selection mode."""
+    lines = ["| domain | method | inner rate and steps | score (95% CI) | episodes | ms per task | training (min) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['domain']} | {r['method']} | {r['select']} | {fmt(r)} | {r['episodes']} | {1000 * r['seconds_per_task']:.1f} |")
+        score = fmt(r) + ("" if r["metric"] == "acc" else " (MSE)")
+        lines.append(f"| {r['domain']} | {r['method']} | {r['select']} | {score} | {r['episodes']} | "
+                     f"{1000 * r['seconds_per_task']:.1f} | {r['train_minutes']:.1f} |")
+    return lines
+
+
+def study_table(study: dict) -> list[str]:
+    """The tuning study's summary and its best trial against the preset's default (docs/HYPERPARAMETERS.md)."""
+    best = ", ".join(f"`{k} = {v:.4g}`" if isinstance(v, float) else f"`{k} = {v}`" for k, v in study["best_params"].items())
+    outcome = "no trial finished" if study["best_value"] is None else f"best validation value {study['best_value']:.4f} with {best}"
+    lines = [f"Study: {study['finished']} trials finished, {study['pruned']} pruned, {study['failed']} failed; {outcome}.", "",
+             "| config | test MSE (95% CI) | episodes |", "|---|---|---|"]
+    for label, name in (("default", "maml-sinusoid (default)"), ("tuned", "best trial (`best.toml`)")):
+        if label in study:
+            lines.append(f"| {name} | {fmt(study[label])} | {study[label]['episodes']} |")
+    return lines
+
+
+def markdown(rows: list[dict], study: dict | None) -> str:
+    lines = part1_table(rows) if rows else []
     if study:
-        lines += ["", f"Study: {study['finished']} finished, {study['pruned']} pruned, {study['failed']} failed; best {study['best_params']}"]
-        for label in ("default", "tuned"):
-            if label in study:
-                lines.append(f"- {label}: {fmt(study[label])} ({study[label]['episodes']} episodes)")
+        lines += ["", *study_table(study)]
     return "\n".join(lines) + "\n"
 
 

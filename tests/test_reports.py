@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fastadapt.algorithms import inner
 from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
 from fastadapt.engine.loop import train
@@ -30,6 +31,26 @@ def test_plot_writes_learning_curves_and_learnt_rates(runs, capsys):
     assert cli_main(["plot", str(runs["metasgd-omniglot-5w1s"])]) == 0
     assert (runs["metasgd-omniglot-5w1s"] / "inner_lrs.png").stat().st_size > 5000
     assert "wrote" in capsys.readouterr().out
+
+
+def test_plot_draws_mamlpp_rates_per_step_and_nothing_for_fixed_rates(tmp_path, capsys):
+    import fastadapt
+
+    extra = ["algorithm.inner_steps=2", "algorithm.msl_anneal_steps=2", "algorithm.first_order_until=0", "eval.test_episodes=0"]
+    cfg = load_config("mamlpp-omniglot-5w1s", [*TINY, *extra, f"run.out={tmp_path / 'pp'}"])
+    train(cfg)
+    algo = fastadapt.load_run(cfg.out_dir).algorithm
+    rates = algo.step_rates()
+    assert set(rates) == set(inner.trainable_params(algo.model)) and all(len(r) == 2 for r in rates.values())
+    assert any(abs(v - 0.1) > 1e-6 for r in rates.values() for v in r)  # learnt: moved from the initial 0.1
+    assert cli_main(["plot", str(cfg.out_dir)]) == 0
+    assert (cfg.out_dir / "step_rates.png").stat().st_size > 5000
+    plain = load_config("maml-omniglot-5w1s", [*TINY, "eval.test_episodes=0", f"run.out={tmp_path / 'plain'}"])
+    train(plain)
+    assert fastadapt.load_run(plain.out_dir).algorithm.step_rates() == {}
+    assert cli_main(["plot", str(plain.out_dir)]) == 0
+    assert not (plain.out_dir / "step_rates.png").exists()
+    capsys.readouterr()
 
 
 def test_report_compares_runs_in_a_markdown_table(runs, tmp_path, capsys):

@@ -90,6 +90,13 @@ class LearntRates(Protocol):
 
 
 @runtime_checkable
+class StepRates(Protocol):
+    """Optional: inner rates that may be learnt per inner step (MAML++ LSLR); ``{}`` when they are not learnt (``fastadapt plot``)."""
+
+    def step_rates(self) -> dict[str, list[float]]: ...
+
+
+@runtime_checkable
 class GateTracing(Protocol):
     """Optional: a learnt optimizer whose gates can be traced over inner steps (``fastadapt plot``)."""
 

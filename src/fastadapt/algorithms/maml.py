@@ -243,6 +243,12 @@ class MAML(nn.Module):
         last = self.inner_steps - 1
         return [{n: self.inner_lrs[inner.param_key(n)][min(k, last)] for n in names} for k in range(steps)]
 
+    def step_rates(self) -> dict[str, list[float]]:
+        """MAML++ LSLR: per parameter tensor, its learnt rate at each training inner step; ``{}`` without ``learn_inner_lr``."""
+        if self.inner_lrs is None:
+            return {}
+        return {n: self.inner_lrs[inner.param_key(n)].detach().cpu().double().tolist() for n in inner.trainable_params(self.model)}
+
     # --- the contract ----------------------------------------------------------------------
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:

@@ -163,15 +163,19 @@ class Reptile(nn.Module):
         return lambda p, k: scored(p, sx[idx[k]], sy[idx[k]])
 
     def _train_steps(self, loss_of, theta: inner.Params, rates: inner.Rates, state: tuple[inner.Params, inner.Params] | None,
-                     step: int, per_step: bool) -> tuple[inner.Params, tuple[inner.Params, inner.Params] | None, tuple[Tensor, Tensor, Tensor]]:
+                     step: int, per_step: bool, plain_autograd: bool = False,
+                     ) -> tuple[inner.Params, tuple[inner.Params, inner.Params] | None, tuple[Tensor, Tensor, Tensor]]:
         """The inner optimiser's steps in training, from ``theta`` (Adam from ``state`` after ``step`` steps; SGD: ``state`` None).
 
         The same operations as :func:`~fastadapt.algorithms.inner.adam_steps` and the first-order
-        :func:`~fastadapt.algorithms.inner.inner_loop` (bit for bit); ``loss_of`` is
-        :meth:`_scored_support_loss`'s, and the last step's ``(loss, outputs, targets)`` is returned
-        for the metrics. Returns the detached final weights, the Adam state and those scores.
+        :func:`~fastadapt.algorithms.inner.inner_loop`; ``loss_of`` is :meth:`_scored_support_loss`'s, and the
+        last step's ``(loss, outputs, targets)`` is returned for the metrics. ``plain_autograd``: the gradients
+        come from ``torch.autograd.grad`` on leaf copies (one task at a time, outside ``vmap``: the same
+        gradients without ``torch.func``'s transform layers, as :func:`~fastadapt.algorithms.inner.fine_tune`);
+        otherwise from ``torch.func.grad`` (works under ``vmap``). Returns the detached final weights, the Adam
+        state and those scores.
         """
-        grad_fn = torch.func.grad(loss_of, has_aux=True)
+        grad_fn = self._autograd_grad(loss_of) if plain_autograd else torch.func.grad(loss_of, has_aux=True)
         phi = theta
         scores = None
         for k, step_rates in enumerate(rates):
@@ -185,6 +189,18 @@ class Reptile(nn.Module):
         if state is not None:
             state = (inner.detached(state[0]), inner.detached(state[1]))
         return inner.detached(phi), state, scores
+
+    @staticmethod
+    def _autograd_grad(loss_of):
+        """``torch.func.grad(loss_of, has_aux=True)``'s result computed with ``torch.autograd.grad`` (no vmap)."""
+
+        def grad_fn(params: inner.Params, *args: Tensor) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
+            leaves = {n: v.detach().requires_grad_() for n, v in params.items()}
+            loss, aux = loss_of(leaves, *args)
+            found = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(leaves.items(), found)}, aux
+
+        return grad_fn
 
     def _adapt_all(self, batch: TaskBatch, steps: int, idx: Tensor | None = None) -> tuple[inner.Params, Tensor]:
         """Adapted weights of every task (``[T, *shape]`` per parameter) and their query outputs; no graph.
@@ -239,7 +255,7 @@ class Reptile(nn.Module):
         with torch.enable_grad():
             for t, (sx, sy) in enumerate(zip(batch.support_x, batch.support_y)):
                 loss = self._scored_support_loss(sx, sy, None if idx is None else idx[t])
-                phi, state, last = self._train_steps(loss, theta, rates, state, step, per_step=idx is not None)
+                phi, state, last = self._train_steps(loss, theta, rates, state, step, per_step=idx is not None, plain_autograd=True)
                 step += self.inner_steps
                 finals.append(phi)
                 scores.append(last)

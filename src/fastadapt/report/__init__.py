@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastadapt.contract import GateTracing, LearntRates
+from fastadapt.contract import GateTracing, LearntRates, StepRates
 from fastadapt.episodes import TaskBatch
 from fastadapt.errors import FastAdaptError
 from fastadapt.run_folder import RunFolder, load_run
@@ -59,15 +59,16 @@ def plot_run(run_dir: str | Path) -> list[Path]:
 
 
 def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
-    """What a run learnt about learning: Meta-SGD's per-layer inner rates (``inner_lrs.png``), the
-    LSTM meta-learner's input and forget gates across inner steps (``gates.png``)."""
+    """What a run learnt about learning: Meta-SGD's per-layer inner rates (``inner_lrs.png``), MAML++'s
+    per-layer rates at each inner step (``step_rates.png``), the LSTM meta-learner's input and forget
+    gates across inner steps (``gates.png``)."""
     run = Path(run_dir)
     folder = RunFolder(run)
     if not folder.config_file.is_file() or not (folder.best_file.is_file() or folder.checkpoint_file.is_file()):
         return []
     from fastadapt.registry import algorithm_class
 
-    if not issubclass(algorithm_class(folder.read_config().algorithm), (LearntRates, GateTracing)):
+    if not issubclass(algorithm_class(folder.read_config().algorithm), (LearntRates, StepRates, GateTracing)):
         return []
     loaded = load_run(run)
     cfg, algo = loaded.config, loaded.algorithm
@@ -82,6 +83,21 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
         ax.set(ylabel="learnt inner rate (mean +- std over coordinates)", title=f"{cfg.algorithm}: learnt inner learning rates per tensor")
         fig.tight_layout()
         outs.append(run / "inner_lrs.png")
+        fig.savefig(outs[-1], dpi=110)
+        plt.close(fig)
+    per_step = algo.step_rates() if isinstance(algo, StepRates) else {}
+    if per_step:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for name, r in per_step.items():
+            ax.plot(range(1, len(r) + 1), r, marker="o", lw=1, label=name)
+        initial = getattr(algo, "inner_lr", None)
+        if isinstance(initial, float):
+            ax.axhline(initial, color="grey", ls="--", lw=1, label=f"initial rate {initial:g}")
+        ax.set_xticks(range(1, max(len(r) for r in per_step.values()) + 1))
+        ax.set(xlabel="inner step", ylabel="learnt inner rate", title=f"{cfg.algorithm}: learnt rate per layer and inner step")
+        ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        fig.tight_layout()
+        outs.append(run / "step_rates.png")
         fig.savefig(outs[-1], dpi=110)
         plt.close(fig)
     if isinstance(algo, GateTracing):

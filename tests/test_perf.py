@@ -14,6 +14,7 @@ from torch import nn
 from fastadapt import TaskBatch
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.anil import ANIL
+from fastadapt.algorithms.base import task_loss
 from fastadapt.algorithms.maml import FOMAML, MAML
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.metasgd import MetaSGD
@@ -315,6 +316,35 @@ def test_reptile_step_is_bit_exact_with_the_library_inner_loops(persistent):
     algo.meta_loss(batch).loss.backward()
     for k, p in inner.trainable_params(algo.model).items():
         assert torch.equal(p.grad, p.detach() - mean[k]), k
+
+
+def test_plain_grad_equals_torch_func_grad_and_reptile_adapt_uses_it():
+    """inner.plain_grad (autograd on leaf copies) gives torch.func.grad's gradients (float64, BatchNorm, an unused
+    parameter, with and without aux); Reptile's adaptation from the persistent Adam state is the torch.func path's."""
+    algo = Reptile(conv4(), inner_lr=0.01, inner_steps=3, inner_steps_eval=4)
+    batch = images(1)
+    sx, sy = batch.support_x[0], batch.support_y[0]
+    theta = inner.detached(inner.trainable_params(algo.model))
+    theta["unused"] = torch.ones(3, dtype=torch.float64)
+
+    def loss_of(p):
+        return task_loss(algo._forward({k: v for k, v in p.items() if k != "unused"}, sx), sy)
+
+    ref = torch.func.grad(loss_of)(theta)
+    got = inner.plain_grad(loss_of)(theta)
+    got_aux, aux = inner.plain_grad(lambda p: (loss_of(p), 7), has_aux=True)(theta)
+    assert aux == 7 and torch.equal(got["unused"], torch.zeros(3, dtype=torch.float64))
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(got_aux[k], ref[k], rtol=1e-12, atol=1e-14)
+    del theta["unused"]
+    state, step = algo._adam_state()
+    rates = inner.constant_rates(list(theta), algo.inner_lr, 4)
+    with torch.enable_grad():
+        expected = inner.adam_steps(lambda p: task_loss(algo._forward(p, sx), sy), theta, rates, state, step, algo.betas)[0]
+    fast = algo._adapt_from(theta, sx, sy, 4)
+    for k in expected:
+        torch.testing.assert_close(fast[k], expected[k], rtol=1e-12, atol=1e-14)
 
 
 # --- precision -----------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ class Reptile(nn.Module):
         otherwise from ``torch.func.grad`` (works under ``vmap``). Returns the detached final weights, the Adam
         state and those scores.
         """
-        grad_fn = self._autograd_grad(loss_of) if plain_autograd else torch.func.grad(loss_of, has_aux=True)
+        grad_fn = inner.plain_grad(loss_of, has_aux=True) if plain_autograd else torch.func.grad(loss_of, has_aux=True)
         phi = theta
         scores = None
         for k, step_rates in enumerate(rates):
@@ -189,18 +189,6 @@ class Reptile(nn.Module):
         if state is not None:
             state = (inner.detached(state[0]), inner.detached(state[1]))
         return inner.detached(phi), state, scores
-
-    @staticmethod
-    def _autograd_grad(loss_of):
-        """``torch.func.grad(loss_of, has_aux=True)``'s result computed with ``torch.autograd.grad`` (no vmap)."""
-
-        def grad_fn(params: inner.Params, *args: Tensor) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
-            leaves = {n: v.detach().requires_grad_() for n, v in params.items()}
-            loss, aux = loss_of(leaves, *args)
-            found = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            return {n: torch.zeros_like(v) if g is None else g for (n, v), g in zip(leaves.items(), found)}, aux
-
-        return grad_fn
 
     def _adapt_all(self, batch: TaskBatch, steps: int, idx: Tensor | None = None) -> tuple[inner.Params, Tensor]:
         """Adapted weights of every task (``[T, *shape]`` per parameter) and their query outputs; no graph.
@@ -291,7 +279,8 @@ class Reptile(nn.Module):
         if self.persistent:
             state, step = self._adam_state()
             with torch.enable_grad():
-                return inner.adam_steps(lambda p: task_loss(self._forward(p, x), y), inner.detached(start), rates, state, step, self.betas)[0]
+                return inner.adam_steps(lambda p: task_loss(self._forward(p, x), y), inner.detached(start), rates, state, step, self.betas,
+                                        plain_autograd=True)[0]
         return inner.fine_tune(self._forward, start, x, y, rates, self.inner_optimizer, self.betas)
 
     def predict(self, batch: TaskBatch) -> Tensor:

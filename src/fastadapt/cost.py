@@ -16,7 +16,10 @@ support set goes through the model ``k + 1`` times, the query set once; the fact
 backward pass's gradients, as large as the activations they flow through)::
 
     images per step = meta_batch * ways * (shots + queries)
-    step bytes      = 2 * a * meta_batch * ways * (shots * (k + 1) + queries)
+    step bytes      = 2 * a * alive * ways * (shots * (k + 1) + queries)
+
+where ``alive`` is the number of tasks whose graph is alive at once: ``optim.task_chunk`` when it is
+between 1 and ``meta_batch`` (the loop back-propagates chunk by chunk), else ``meta_batch``.
 
 An evaluation batch (``k_eval`` = ``algorithm.inner_steps_eval``, else ``k``; adapting with
 gradients, ``k_eval > 0`` or ``eval.finetune``, keeps the support set's graph and gradients for one
@@ -50,7 +53,7 @@ from torch import nn
 from fastadapt.config import Config, algorithm_signature, resolve_device
 from fastadapt.errors import ConfigError, FastAdaptError
 
-LOWER_STEP = "data.meta_batch, data.ways, data.shots / data.queries or data.image_size"
+LOWER_STEP = "optim.task_chunk (tasks back-propagated at once), data.meta_batch, data.ways, data.shots / data.queries or data.image_size"
 LOWER_EVAL = "eval.batch, data.test_ways, data.test_shots / data.test_queries or data.image_size"
 
 
@@ -204,6 +207,8 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
     episodes = (e.val_episodes if e.val_every and d.val_part else 0) + e.test_episodes * len(settings)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     forwards = d.meta_batch * ways * (d.shots * (k + 1) + d.queries)
+    chunk = cfg.optim.task_chunk
+    alive = chunk if 0 < chunk < d.meta_batch else d.meta_batch  # tasks whose graph is alive at once
     return CostEstimate(
         images_per_step=d.meta_batch * ways * (d.shots + d.queries),
         forwards_per_step=forwards,
@@ -211,7 +216,7 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
         eval_images=episodes * per_episode,
         activation_bytes=a,
         forward_bytes=a_peak,
-        step_bytes=2 * a * forwards,
+        step_bytes=2 * a * alive * ways * (d.shots * (k + 1) + d.queries),
         eval_bytes=e.batch * eval_bytes,
         parameter_bytes=4 * params,
     )

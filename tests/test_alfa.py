@@ -15,13 +15,7 @@ from fastadapt.algorithms.maml import FOMAML, MAML
 from fastadapt.contract import LearntRates
 from fastadapt.nn import MLP
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sinusoids(tasks: int = 3, shots: int = 5, queries: int = 4) -> TaskBatch:

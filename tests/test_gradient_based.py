@@ -24,12 +24,7 @@ EXECUTIONS = inner.EXECUTIONS
 WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 3, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- data and models -------------------------------------------------------------------------

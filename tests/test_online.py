@@ -42,12 +42,7 @@ from fastadapt.streaming import (
 WAYS, DIM = 3, 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(out: int, seed: int = 0, inp: int = DIM) -> MLP:

@@ -30,12 +30,7 @@ from fastadapt.precision import autocast, check_precision
 WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 5, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def images(seed: int = 0, tasks: int = TASKS, dtype: torch.dtype = torch.float64, side: int = SIDE) -> TaskBatch:

@@ -59,12 +59,7 @@ def assert_same_grads(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], to
         assert float((a[k] - b[k]).abs().max()) <= tol * scale, k
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def loss_and_grads(make, batch, execution: str) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

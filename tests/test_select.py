@@ -22,12 +22,7 @@ from fastadapt.nn import MLP, Conv4
 SCALES, STEPS = (0.5, 1.0, 2.0), (1, 3)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sinusoids(tasks: int = 3, shots: int = 5) -> TaskBatch:

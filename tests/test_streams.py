@@ -26,13 +26,7 @@ from fastadapt.data.streams import (
     sinusoid_stream,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_classes(classes: int = 8, per_class: int = 6, side: int = 8) -> ClassDataset:

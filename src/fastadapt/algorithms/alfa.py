@@ -186,10 +186,7 @@ class ALFA(nn.Module):
         """The model with fast weights for one task after ``steps`` (default ``inner_steps_eval``) ALFA steps, every
         generated rate times ``lr_scale``; detached. ``update(x, y)`` keeps adapting (:class:`FastWeightsPredictor`)."""
         steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
-        adapt_from = partial(self._adapt_from, lr_scale=float(lr_scale))
-        theta = inner.trainable_params(self.model)
-        fast = adapt_from(theta, support_x, support_y, steps)
-        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
+        return FastWeightsPredictor.adapted(self.model, self._adapt_from, support_x, support_y, steps, lr_scale)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
         """``steps`` ALFA steps from ``start`` on ``(x, y)`` (first order, no graph to the meta-parameters); detached."""

@@ -20,7 +20,6 @@ model); the head's output must be the model's output.
 
 from __future__ import annotations
 
-import functools
 from typing import ClassVar
 
 import torch
@@ -148,10 +147,7 @@ class ANIL(nn.Module):
         ``update(x, y)`` keeps adapting the head alone on a sliding window (:class:`FastWeightsPredictor`).
         """
         steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
-        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
-        theta = inner.detached(inner.trainable_params(self.model))
-        fast = adapt_from(theta, support_x, support_y, steps)
-        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
+        return FastWeightsPredictor.adapted(self.model, self._adapt_from, support_x, support_y, steps, lr_scale)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
         """``steps`` head steps from ``start``'s head on ``(x, y)``; the body stays at ``start``'s (theta); detached."""

@@ -127,6 +127,17 @@ class FastWeightsPredictor:
         return FastWeightsPredictor(model, fast, inner.frozen_state(model), inner.detached(init), adapt_from,
                                     support_x.detach()[-size:].clone(), support_y.detach()[-size:].clone(), steps, size)
 
+    @staticmethod
+    def adapted(model: nn.Module, adapt_from: AdaptFrom, support_x: Tensor, support_y: Tensor, steps: int,
+                lr_scale: float = 1.0) -> FastWeightsPredictor:
+        """``adapt_from`` (its rates times ``lr_scale``) run for ``steps`` steps from ``model``'s trainable weights on the
+        support set, as a predictor that keeps adapting with the same function: the body of a gradient-based ``adapt``."""
+        if lr_scale != 1.0:
+            adapt_from = functools.partial(adapt_from, lr_scale=float(lr_scale))
+        theta = inner.detached(inner.trainable_params(model))
+        fast = adapt_from(theta, support_x, support_y, steps)
+        return FastWeightsPredictor.start(model, fast, theta, adapt_from, support_x, support_y, steps)
+
     def __call__(self, x: Tensor) -> Tensor:
         return functional_call(self.model, (self.params, self.buffers), (x,))
 
@@ -274,10 +285,7 @@ class MAML(nn.Module):
         sliding window, from the meta-learnt weights by default).
         """
         steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
-        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
-        theta = inner.trainable_params(self.model)
-        fast = adapt_from(theta, support_x, support_y, steps)
-        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
+        return FastWeightsPredictor.adapted(self.model, self._adapt_from, support_x, support_y, steps, lr_scale)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
         """MAML's inner loop from ``start`` on ``(x, y)`` for ``steps`` steps (rates times ``lr_scale``); detached."""

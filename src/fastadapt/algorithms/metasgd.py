@@ -13,7 +13,6 @@ as in MAML; see :mod:`fastadapt.algorithms.inner`.
 
 from __future__ import annotations
 
-import functools
 from typing import ClassVar
 
 import torch
@@ -85,10 +84,7 @@ class MetaSGD(nn.Module):
         ``update(x, y)`` keeps adapting: the learnt-rate steps on a sliding window (:class:`FastWeightsPredictor`).
         """
         steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
-        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
-        theta = inner.trainable_params(self.model)
-        fast = adapt_from(theta, support_x, support_y, steps)
-        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
+        return FastWeightsPredictor.adapted(self.model, self._adapt_from, support_x, support_y, steps, lr_scale)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
         """``steps`` steps with the learnt rates (times ``lr_scale``) from ``start`` on ``(x, y)``; detached."""

@@ -45,7 +45,6 @@ inner steps on mini-batches (``--inner-batch``, here ``inner_batch``) drawn by
 
 from __future__ import annotations
 
-import functools
 from typing import ClassVar
 
 import torch
@@ -267,10 +266,7 @@ class Reptile(nn.Module):
         ``update(x, y)`` keeps adapting: the same fine-tuning on a sliding window (:class:`FastWeightsPredictor`).
         """
         steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
-        adapt_from = self._adapt_from if lr_scale == 1.0 else functools.partial(self._adapt_from, lr_scale=float(lr_scale))
-        theta = inner.trainable_params(self.model)
-        fast = adapt_from(theta, support_x, support_y, steps)
-        return FastWeightsPredictor.start(self.model, fast, theta, adapt_from, support_x, support_y, steps)
+        return FastWeightsPredictor.adapted(self.model, self._adapt_from, support_x, support_y, steps, lr_scale)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
         """``steps`` steps of the inner optimiser from ``start`` on ``(x, y)`` (the persistent Adam state, unchanged, when kept),

@@ -26,6 +26,7 @@ import results_model_based
 import results_rl
 import results_sinusoid
 import results_tables
+import results_training_speed
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -93,6 +94,10 @@ def hyper_study() -> list[str]:
     return results_hyper.study_table(read_json(RESULTS / "hyper" / "tune" / "hyper.json")["study"])
 
 
+def training_speed() -> list[str]:
+    return results_training_speed.table(read_json(RESULTS / "perf17" / "summary.json"))
+
+
 TABLES: dict[str, Callable[[], list[str]]] = {
     "cross-domain": cross_domain,  # results/runs/xd-*/evals/*.json (scripts/cross_domain.py)
     "lake": lake,  # results/runs/xd-protonet-lake/evals/*.json (scripts/cross_domain.py)
@@ -106,7 +111,8 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "rl": rl,  # results/rl/results.json (scripts/results_rl.py)
     "latency": latency,  # benchmarks/results/latency.json (benchmarks/latency.py)
     "hyper": hyper,  # results/hyper/{omniglot,sinusoid}/hyper.json (scripts/results_hyper.py)
-    "hyper-study": hyper_study,  # results/hyper/tune/hyper.json (scripts/results_hyper.py)
+    "hyper-study": hyper_study,
+    "training-speed": training_speed,  # results/perf17/summary.json (scripts/results_training_speed.py)  # results/hyper/tune/hyper.json (scripts/results_hyper.py)
 }
 
 OPEN = re.compile(r"^<!-- table: (\S+) -->$")

@@ -148,7 +148,7 @@ def part1_table(rows: list[dict]) -> list[str]:
     for r in rows:
         score = fmt(r) + ("" if r["metric"] == "acc" else " (MSE)")
         lines.append(f"| {r['domain']} | {r['method']} | {r['select']} | {score} | {r['episodes']} | "
-                     f"{1000 * r['seconds_per_task']:.1f} | {r['train_minutes']:.1f} |")
+                     f"{1000 * r['seconds_per_task']:.3g} | {r['train_minutes']:.1f} |")
     return lines
 
 

@@ -26,6 +26,7 @@ import torch
 import fastadapt
 from fastadapt.build import task_sources
 from fastadapt.config import load_config
+from fastadapt.engine.loop import TrainingDiverged
 from fastadapt.eval import evaluate
 from fastadapt.eval.tests import evaluated
 
@@ -73,6 +74,12 @@ def score(run_dir: Path, overrides: list[str]) -> dict:
             "seconds_per_task": seconds / res.episodes, "eval_seed": cfg.eval.seed, "overrides": overrides}
 
 
+def last_step(run_dir: Path) -> int:
+    """The last meta-step the run logged (``metrics.jsonl``)."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return max((int(r.get("step", 0)) for r in rows), default=0)
+
+
 def fmt(r: dict) -> str:
     if r["metric"] == "acc":
         return f"{100 * r['mean']:.2f} +- {100 * r['ci']:.2f} %"
@@ -103,12 +110,18 @@ def main() -> None:
             o = overrides_for(domain, label, out, minutes, args.smoke)
             cfg = load_config(preset, o)
             t0 = time.perf_counter()
-            fastadapt.train(cfg)
+            diverged = None
+            try:
+                fastadapt.train(cfg)
+            except TrainingDiverged as e:  # recorded; the run is scored from its last good checkpoint
+                diverged = str(e)
+                print(f"{domain} {label}: {e}", flush=True)
             train_min = (time.perf_counter() - t0) / 60
             for select in ("fixed", "support_cv"):
                 sel = [f"eval.select={select}"] + (["eval.select_steps=[1, 3]", "eval.select_lr_scales=[1.0, 2.0]"] if args.smoke else [])
                 r = score(cfg.out_dir, test_overrides(domain, episodes) + sel)
-                rows.append({"domain": domain, "method": label, "select": select, "preset": preset, "train_minutes": train_min, **r})
+                rows.append({"domain": domain, "method": label, "select": select, "preset": preset, "train_minutes": train_min,
+                             "diverged": diverged, "steps": last_step(cfg.out_dir), **r})
                 print(f"{domain:15s} {label:20s} {select:10s} {fmt(r):24s} {1000 * r['seconds_per_task']:.1f} ms/task", flush=True)
     study = None
     if not args.skip_tune:
@@ -147,6 +160,8 @@ def part1_table(rows: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         score = fmt(r) + ("" if r["metric"] == "acc" else " (MSE)")
+        if r.get("diverged"):
+            score += f" (diverged after step {r['steps']}; its best validation checkpoint)"
         lines.append(f"| {r['domain']} | {r['method']} | {r['select']} | {score} | {r['episodes']} | "
                      f"{1000 * r['seconds_per_task']:.3g} | {r['train_minutes']:.1f} |")
     return lines

@@ -88,8 +88,9 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
     per_step = algo.step_rates() if isinstance(algo, StepRates) else {}
     if per_step:
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for name, r in per_step.items():
-            ax.plot(range(1, len(r) + 1), r, marker="o", lw=1, label=name)
+        colours = plt.get_cmap("tab20").colors  # 20 distinct colours; a line style per further 20 tensors
+        for i, (name, r) in enumerate(per_step.items()):
+            ax.plot(range(1, len(r) + 1), r, marker="o", lw=1, label=name, color=colours[i % 20], ls=("-", "--", ":")[i // 20 % 3])
         initial = getattr(algo, "inner_lr", None)
         if isinstance(initial, float):
             ax.axhline(initial, color="grey", ls="--", lw=1, label=f"initial rate {initial:g}")

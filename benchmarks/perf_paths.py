@@ -4,10 +4,14 @@ and evaluation episodes/s per execution path and precision.
     python benchmarks/perf_paths.py memory [--algo maml|fomaml] [--chunks 0,1,4]     # one fresh process per setting
     python benchmarks/perf_paths.py reptile [--tasks 32] [--iters 3]                  # workload (c): one meta-step
     python benchmarks/perf_paths.py eval [--episodes 20] [--batch 10] [--which maml,reptile,matching]
+    python benchmarks/perf_paths.py reptile-grad [--tasks 8] [--iters 8]             # plain_grad vs torch.func.grad
 
 ``memory``: peak RSS (``ru_maxrss``) of a child process that builds workload (a) (Conv4-64, 28x28,
 5-way 1-shot, 5 queries, T=32, 1 inner step; second order for ``maml``) and runs one meta-gradient
 with ``optim.task_chunk`` = each value (0: the whole batch), and its CPU time.
+``reptile-grad``: Reptile's training step (workload (c)'s shape, real Omniglot tasks) with its inner gradients
+from :func:`fastadapt.algorithms.inner.plain_grad` (autograd on leaf copies, the library's path) against
+``torch.func.grad`` swapped in, interleaved in one process, median CPU time of each.
 ``eval``: episodes/s of ``evaluate`` on fixed Omniglot test episodes for the three slow test settings
 (MAML 5-way 1-shot with 10 inner steps, Reptile 5-way 5-shot with 50 persistent-Adam steps, Matching
 Networks with FCE 20-way 5-shot; 15 queries per class), per execution path (``loop``: a task at a
@@ -64,6 +68,34 @@ def reptile_step(tasks: int, iters: int) -> None:
     print(f"reptile (c) T={tasks}: {min(times):.2f} s CPU per meta-gradient (best of {iters}), {tasks / min(times):.1f} tasks/s")
 
 
+def reptile_grad(tasks: int, iters: int) -> None:
+    import statistics
+
+    from fastadapt.algorithms import inner
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    batch = EpisodeSampler(load_omniglot("vinyals", "train"), ways=5, shots=1, queries=5, seed=0).sample(tasks)
+    algo = Reptile(Conv4(1, 5, 64, 28), inner_lr=1e-3, inner_steps=5)
+    library = inner.plain_grad
+    paths = {"plain_grad": library, "torch.func.grad": lambda loss_of, has_aux=False: torch.func.grad(loss_of, has_aux=has_aux)}
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for i in range(iters + 1):
+            for name, fn in paths.items():
+                inner.plain_grad = fn
+                algo.zero_grad(set_to_none=True)
+                c0 = time.process_time()
+                meta_gradient(algo, batch)
+                if i:  # the first round warms up
+                    times[name].append(time.process_time() - c0)
+    finally:
+        inner.plain_grad = library
+    med = {name: statistics.median(t) for name, t in times.items()}
+    print(f"reptile T={tasks}: plain_grad {1000 * med['plain_grad']:.0f} ms, torch.func.grad {1000 * med['torch.func.grad']:.0f} ms CPU "
+          f"per meta-gradient (median of {iters}): {med['torch.func.grad'] / med['plain_grad']:.2f}x")
+
+
 def eval_speed(which: list[str], episodes: int, batch: int) -> None:
     torch.set_num_threads(1)
     test = load_omniglot("vinyals", "test")
@@ -97,7 +129,7 @@ def eval_speed(which: list[str], episodes: int, batch: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("memory", "reptile", "eval", "_memory_child"))
+    parser.add_argument("what", choices=("memory", "reptile", "reptile-grad", "eval", "_memory_child"))
     parser.add_argument("--algo", default="maml")
     parser.add_argument("--chunks", default="0,1,4")
     parser.add_argument("--chunk", type=int, default=0)
@@ -114,6 +146,8 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "_memory_child", "--algo", args.algo, "--chunk", str(chunk)], check=True)
     elif args.what == "reptile":
         reptile_step(args.tasks, args.iters)
+    elif args.what == "reptile-grad":
+        reptile_grad(args.tasks, args.iters)
     else:
         eval_speed(args.which.split(","), args.episodes, args.batch)
 

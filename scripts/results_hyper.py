@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import fastadapt
@@ -28,6 +29,7 @@ from fastadapt.build import task_sources
 from fastadapt.config import load_config
 from fastadapt.engine.loop import TrainingDiverged
 from fastadapt.eval import evaluate
+from fastadapt.eval.stats import mean_ci
 from fastadapt.eval.tests import evaluated
 
 DOMAINS = {
@@ -71,7 +73,15 @@ def score(run_dir: Path, overrides: list[str]) -> dict:
     res = evaluate(model, episodes, cfg.eval.level)
     seconds = time.perf_counter() - t0
     return {"setting": key, "metric": res.metric, "mean": res.mean, "ci": res.ci, "episodes": res.episodes,
-            "seconds_per_task": seconds / res.episodes, "eval_seed": cfg.eval.seed, "overrides": overrides}
+            "seconds_per_task": seconds / res.episodes, "eval_seed": cfg.eval.seed, "overrides": overrides, "scores": list(res.scores)}
+
+
+def paired(default: list[float], tuned: list[float]) -> dict:
+    """Tuned minus default on the same episodes: mean difference with its 95% CI, medians, share of episodes tuned wins."""
+    a, b = np.asarray(default, dtype=float), np.asarray(tuned, dtype=float)
+    mean, ci = mean_ci(b - a)
+    return {"mean": mean, "ci": ci, "median_default": float(np.median(a)), "median_tuned": float(np.median(b)),
+            "tuned_lower": float((b < a).mean()), "worst_default": float(a.max()), "worst_tuned": float(b.max()), "episodes": int(a.size)}
 
 
 def last_step(run_dir: Path) -> int:
@@ -151,6 +161,7 @@ def run_study(out: Path, args: argparse.Namespace, minutes: float, episodes: int
         cfg = load_config(config, [*common, f"run.out={json.dumps(str(run_out))}"])
         fastadapt.train(cfg)
         result[label] = score(run_out, test_overrides("sinusoid-5shot", episodes))
+    result["paired"] = paired(result["default"]["scores"], result["tuned"]["scores"])
     return result
 
 
@@ -176,6 +187,11 @@ def study_table(study: dict) -> list[str]:
     for label, name in (("default", "maml-sinusoid (default)"), ("tuned", "best trial (`best.toml`)")):
         if label in study:
             lines.append(f"| {name} | {fmt(study[label])} | {study[label]['episodes']} |")
+    if "paired" in study:
+        p = study["paired"]
+        lines += ["", f"Paired over the same {p['episodes']} episodes, tuned minus default: {p['mean']:+.4f} +- {p['ci']:.4f} MSE (95% CI); "
+                  f"median MSE {p['median_tuned']:.4f} tuned vs {p['median_default']:.4f} default; the tuned model is lower on "
+                  f"{100 * p['tuned_lower']:.1f} % of the episodes; worst episode {p['worst_tuned']:.2f} tuned vs {p['worst_default']:.2f} default."]
     return lines
 
 

@@ -31,6 +31,7 @@ from fastadapt.engine.loop import TrainingDiverged
 from fastadapt.eval import evaluate
 from fastadapt.eval.stats import mean_ci
 from fastadapt.eval.tests import evaluated
+from fastadapt.run_folder import RunFolder
 
 DOMAINS = {
     "omniglot-5w1s": {"MAML": "maml-omniglot-5w1s", "Meta-SGD": "metasgd-omniglot-5w1s", "ALFA": "alfa-omniglot-5w1s",
@@ -134,6 +135,11 @@ def main() -> None:
                 diverged = str(e)
                 print(f"{domain} {label}: {e}", flush=True)
             train_min = run_minutes(cfg.out_dir)  # the run's own minutes (a resumed run counts its earlier ones)
+            folder = RunFolder(cfg.out_dir)
+            if not (folder.best_file.is_file() or folder.checkpoint_file.is_file()):  # diverged before its first checkpoint
+                rows.append({"domain": domain, "method": label, "select": "-", "preset": preset, "train_minutes": train_min,
+                             "diverged": diverged, "steps": last_step(cfg.out_dir), "metric": None, "episodes": 0})
+                continue
             for select in ("fixed", "support_cv"):
                 sel = [f"eval.select={select}"] + (["eval.select_steps=[1, 3]", "eval.select_lr_scales=[1.0, 2.0]"] if args.smoke else [])
                 r = score(cfg.out_dir, test_overrides(domain, episodes) + sel)
@@ -177,6 +183,10 @@ def part1_table(rows: list[dict]) -> list[str]:
     lines = ["| domain | method | inner rate and steps | score (95% CI) | episodes | ms per task | training (min) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["metric"] is None:
+            lines.append(f"| {r['domain']} | {r['method']} | - | diverged after step {r['steps']}, before its first checkpoint: "
+                         f"nothing to score | 0 | - | {r['train_minutes']:.1f} |")
+            continue
         score = fmt(r) + ("" if r["metric"] == "acc" else " (MSE)")
         if r.get("diverged"):
             score += f" (diverged after step {r['steps']}: scored from its last good checkpoint)"

@@ -38,3 +38,15 @@ def test_a_changed_number_is_reported_stale_and_rewritten(tmp_path):
 
     assert docs_tables("--docs", str(tmp_path)).returncode == 0
     assert doc.read_text() == original
+
+
+def test_hyper_table_marks_diverged_runs_scored_or_not(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import results_hyper
+
+    base = {"domain": "sinusoid-5shot", "method": "ALFA", "select": "fixed", "train_minutes": 0.5, "steps": 1900}
+    scored = {**base, "diverged": "loss is inf", "metric": "mse", "mean": 3.5, "ci": 0.25, "episodes": 600, "seconds_per_task": 0.002}
+    unscored = {**base, "select": "-", "diverged": "loss is inf", "metric": None, "episodes": 0}
+    header, _, row1, row2 = results_hyper.part1_table([scored, unscored])
+    assert "3.5000 +- 0.2500 (MSE) (diverged after step 1900: scored from its last good checkpoint)" in row1
+    assert "diverged after step 1900, before its first checkpoint: nothing to score" in row2 and row2.count("|") == header.count("|")

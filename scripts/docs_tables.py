@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cross_domain as cross_domain_study
+import mann_ablation
+import matching_ablation
 import results_change
 import results_hyper
 import results_model_based
@@ -55,6 +57,18 @@ def mann_session1() -> list[str]:
 
 def mann_engine() -> list[str]:
     return results_model_based.mann_table(results_model_based.mann_rows(read_json(RESULTS / "mann_engine" / "results.json")))
+
+
+def ntm_engine() -> list[str]:
+    return results_model_based.ntm_engine_table(read_json(RESULTS / "ntm" / "results.json"))
+
+
+def mann_ablation_table() -> list[str]:
+    return mann_ablation.table(read_json(RESULTS / "mann_ablation" / "results.json"))
+
+
+def matching_ablation_table() -> list[str]:
+    return matching_ablation.table(read_json(RESULTS / "matching_ablation" / "results.json"))
 
 
 def cross_domain() -> list[str]:
@@ -111,8 +125,11 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "rl": rl,  # results/rl/results.json (scripts/results_rl.py)
     "latency": latency,  # benchmarks/results/latency.json (benchmarks/latency.py)
     "hyper": hyper,  # results/hyper/{omniglot,sinusoid}/hyper.json (scripts/results_hyper.py)
-    "hyper-study": hyper_study,
-    "training-speed": training_speed,  # results/perf17/summary.json (scripts/results_training_speed.py)  # results/hyper/tune/hyper.json (scripts/results_hyper.py)
+    "hyper-study": hyper_study,  # results/hyper/tune/hyper.json (scripts/results_hyper.py)
+    "training-speed": training_speed,  # results/perf17/summary.json (scripts/results_training_speed.py)
+    "ntm-engine": ntm_engine,  # results/ntm/results.json (scripts/results_model_based.py ntm)
+    "mann-ablation": mann_ablation_table,  # results/mann_ablation/results.json (scripts/mann_ablation.py)
+    "matching-ablation": matching_ablation_table,  # results/matching_ablation/results.json (scripts/matching_ablation.py)
 }
 
 OPEN = re.compile(r"^<!-- table: (\S+) -->$")

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import fastadapt
@@ -58,7 +59,12 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=1000)
     parser.add_argument("--rows", nargs="*", default=None, help="a subset of the rows, by number (0-based)")
     parser.add_argument("--smoke", action="store_true", help="2 steps per row, 20 test episodes (< 1 minute)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON", help="only combine the rows of these results.json files "
+                        "(rows trained by separate invocations, e.g. side by side) into --out; nothing is trained")
     args = parser.parse_args()
+    if args.merge:
+        merge([Path(p) for p in args.merge], Path(args.out))
+        return
     torch.set_num_threads(1)
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,26 +103,86 @@ def main() -> None:
                 "episodes": res.steps * cfg.data.meta_batch,
                 "train_minutes": res.train_seconds / 60,
                 "accuracy": accs,
+                "curve": row_curve(str(path)),
             }
             rmb.log(f"mann-ablation: {name}: {res.steps} steps, 2nd {accs['2'][0]:.1f}%, 10th {accs['10'][0]:.1f}%")
     except (FastAdaptError, OSError) as e:
         raise SystemExit(f"mann-ablation: {e}") from None
-    rmb.write_json(out / "results.json", result)
+    write_report(out, result)
+    rmb.log(f"mann-ablation: wall time {time.perf_counter() - t0:.0f} s")
+
+
+LSTM_ROW = "LSTM baseline"
+
+
+def row_curve(run: str) -> list:
+    """A row's training accuracy by instance against episodes (``results_model_based.engine_curve`` of its run folder)."""
+    folder = RunFolder(run)
+    return rmb.engine_curve(folder.read_metrics(), json.loads(folder.config_file.read_text())["data"]["meta_batch"])
+
+
+def passes_lstm(curve: list, lstm: list, key: str) -> int | None:
+    """The episode count from which ``curve``'s training accuracy (``key``: "inst2" / "inst10") stays above the LSTM
+    baseline's at the same episode count (the LSTM's curve interpolated linearly); None when it never does by its last point."""
+    xs, ys = np.array([c[0] for c in lstm], dtype=float), np.array([c[1][key] for c in lstm])
+    points = [(e, acc[key]) for e, acc in curve if xs[0] <= e <= xs[-1]]
+    above = [acc > np.interp(e, xs, ys) for e, acc in points]
+    if not above or not above[-1]:
+        return None
+    i = len(above)
+    while i > 0 and above[i - 1]:
+        i -= 1
+    return int(points[i][0])
+
+
+def table(result: dict) -> list[str]:
+    """Markdown: accuracy by instance of every row (``results_model_based.mann_table``, the paper's rows last), then, when
+    the LSTM baseline is a row, the episode count from which each memory row's training curve stays above the LSTM's."""
     rows = [(name, f"{r['train_minutes']:.0f} min", r["episodes"], r["accuracy"]) for name, r in result["rows"].items()]
     md = rmb.mann_table(rows)
+    lstm = result["rows"].get(LSTM_ROW)
+    if lstm is not None and all("curve" in r for r in result["rows"].values()):
+        md += ["", "| row | passes the LSTM baseline at the 2nd instance (training episodes) | at the 10th |", "|---|---|---|"]
+        for name, r in result["rows"].items():
+            if name != LSTM_ROW:
+                cells = [passes_lstm(r["curve"], lstm["curve"], key) for key in ("inst2", "inst10")]
+                md.append(f"| {name} | " + " | ".join("not by the end" if c is None else f"{c:,}" for c in cells) + " |")
+    return md
+
+
+def write_report(out: Path, result: dict) -> None:
+    """``results.json``, ``results.md`` and ``mann_ablation_curves.png`` under ``out``."""
+    rmb.write_json(out / "results.json", result)
+    md = table(result)
     (out / "results.md").write_text("\n".join(md) + "\n")
     plot_curves(out, result)
     print("\n".join(md), flush=True)
-    rmb.log(f"mann-ablation: wall time {time.perf_counter() - t0:.0f} s")
+
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One report from the ``results.json`` of several invocations (disjoint rows, the same settings), in the order of ROWS;
+    rows recorded without their training curve get it from their run folder."""
+    try:
+        parts = [json.loads(p.read_text()) for p in paths]
+        rows = {name: r for part in parts for name, r in part["rows"].items()}
+        for r in rows.values():
+            r.setdefault("curve", row_curve(r["run"]))
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"mann-ablation: --merge: {e}") from None
+    for key in ("eval_episodes", "smoke"):
+        if len({part[key] for part in parts}) > 1:
+            raise SystemExit(f"mann-ablation: --merge: the files differ in {key}: {[part[key] for part in parts]}")
+    result = {**parts[0], "minutes_per_row": max(part["minutes_per_row"] for part in parts),
+              "rows": {name: rows[name] for name in [*ROWS, *rows] if name in rows}}
+    out.mkdir(parents=True, exist_ok=True)
+    write_report(out, result)
 
 
 def plot_curves(out: Path, result: dict) -> None:
     plt = rmb.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     for name, r in result["rows"].items():
-        curve = rmb.engine_curve(
-            RunFolder(r["run"]).read_metrics(), json.loads(RunFolder(r["run"]).config_file.read_text())["data"]["meta_batch"]
-        )
+        curve = r["curve"]
         for ax, key in zip(axes, ("inst2", "inst10")):
             ax.plot([c[0] for c in curve], [100 * c[1][key] for c in curve], label=name)
     for ax, title in zip(axes, ("2nd instance", "10th instance")):

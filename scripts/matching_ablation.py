@@ -24,11 +24,13 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import fastadapt
 from fastadapt import FastAdaptError
 from fastadapt.config import load_config
+from fastadapt.eval import mean_ci
 
 ROWS: dict[str, tuple[str, list[str]]] = {  # row -> (preset family, overrides); "{fce}" / "{plain}" become the setting's preset
     "FCE, s = 1 (paper)": ("fce", []),
@@ -41,6 +43,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # row -> (preset family, overrides);
     "FCE, s = 10, orthogonal FCE LSTMs": ("fce", ["algorithm.scale=10.0", 'algorithm.fce_init="orthogonal"']),
     "ProtoNets (same episodes)": ("protonet", []),
 }
+REFERENCE = "ProtoNets (same episodes)"
 
 
 def log(msg: str) -> None:
@@ -70,6 +73,42 @@ def row_command(setting: str, family: str, overrides: list[str]) -> tuple[str, l
     return f"protonet-omniglot-{setting}", same + overrides
 
 
+def table(result: dict) -> list[str]:
+    """Markdown, one table per setting: each row's test accuracy, its difference from the ProtoNets row
+    (points, paired over the same test episodes when the rows carry their per-episode ``scores``,
+    otherwise the root sum of squares of the two intervals), meta-steps and training minutes."""
+    md = [f"{result['minutes_per_row']:g} training minutes per row, one thread; the same training and test episodes within a setting.", ""]
+    for setting, rows in result["settings"].items():
+        ref = rows.get(REFERENCE)
+        md += [f"**{setting}**", "", "| row | accuracy (%) | minus ProtoNets (points) | meta-steps | minutes |", "|---|---|---|---|---|"]
+        for name, r in rows.items():
+            if ref is None or name == REFERENCE:
+                gap = ""
+            elif "scores" in r and "scores" in ref:
+                m, h = mean_ci(np.asarray(r["scores"]) - np.asarray(ref["scores"]))
+                gap = f"{100 * m:+.2f} ± {100 * h:.2f}"
+            else:
+                gap = f"{100 * (r['acc'] - ref['acc']):+.2f} ± {100 * (r['ci'] ** 2 + ref['ci'] ** 2) ** 0.5:.2f}"
+            md.append(f"| {name} | {100 * r['acc']:.2f} ± {100 * r['ci']:.2f} | {gap} | {r['steps']:,} | {r['train_minutes']:.1f} |")
+        md.append("")
+    return md[:-1]
+
+
+def report(path: Path) -> None:
+    """Rewrite a ``results.json`` with every row's per-episode test scores (read from the row's run folder) and its ``results.md``."""
+    try:
+        result = json.loads(path.read_text())
+        for setting, rows in result["settings"].items():
+            for r in rows.values():
+                if "scores" not in r:
+                    r["scores"] = json.loads((Path(r["run"]) / f"eval_{setting}.json").read_text())["scores"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"matching-ablation: --report {path}: {e}") from None
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    (path.parent / "results.md").write_text("\n".join(table(result)) + "\n")
+    print("\n".join(table(result)), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="training minutes per row (optim.max_minutes)")
@@ -77,7 +116,12 @@ def main() -> None:
     parser.add_argument("--out", default="results/matching_ablation")
     parser.add_argument("--runs", default="runs/matching_ablation")
     parser.add_argument("--smoke", action="store_true", help="2 steps per row, 10 test episodes, 5w1s only (< 1 minute)")
+    parser.add_argument("--report", metavar="RESULTS_JSON", help="only rewrite RESULTS_JSON (adding each row's per-episode "
+                        "scores from its run folder's eval file when missing) and its results.md beside it; nothing is trained")
     args = parser.parse_args()
+    if args.report:
+        report(Path(args.report))
+        return
     torch.set_num_threads(1)
     out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,20 +149,14 @@ def main() -> None:
                     "acc": test.mean,
                     "ci": test.ci,
                     "episodes": test.episodes,
+                    "scores": [round(x, 6) for x in test.scores],
                 }
                 log(f"matching-ablation {setting}: {name}: {test.summary()} after {res.steps} steps")
     except (FastAdaptError, OSError) as e:
         raise SystemExit(f"matching-ablation: {e}") from None
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = []
-    for setting, rows in result["settings"].items():
-        md += [f"### {setting}", "", "| row | accuracy (%) | steps | minutes |", "|---|---|---|---|"]
-        md += [
-            f"| {name} | {100 * r['acc']:.2f} ± {100 * r['ci']:.2f} | {r['steps']:,} | {r['train_minutes']:.1f} |"
-            for name, r in rows.items()
-        ]
-        md.append("")
-    (out / "results.md").write_text("\n".join(md))
+    md = table(result)
+    (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
     log(f"matching-ablation: wall time {time.perf_counter() - t0:.0f} s")
 

@@ -50,3 +50,31 @@ def test_hyper_table_marks_diverged_runs_scored_or_not(monkeypatch):
     header, _, row1, row2 = results_hyper.part1_table([scored, unscored])
     assert "3.5000 +- 0.2500 (MSE) (diverged after step 1900: scored from its last good checkpoint)" in row1
     assert "diverged after step 1900, before its first checkpoint: nothing to score" in row2 and row2.count("|") == header.count("|")
+
+
+def test_mann_ablation_passes_lstm_is_where_the_curve_stays_above(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import mann_ablation
+
+    lstm = [(e, {"inst2": 0.5, "inst10": 0.5 + e / 1000}) for e in (0, 100, 200, 300, 400)]
+    # above at 100, below at 200, above from 300 on: it passes (for good) at 300, not at 100
+    curve = [(e, {"inst2": a, "inst10": 0.0}) for e, a in ((0, 0.4), (100, 0.6), (200, 0.4), (300, 0.6), (400, 0.7))]
+    assert mann_ablation.passes_lstm(curve, lstm, "inst2") == 300
+    assert mann_ablation.passes_lstm(curve, lstm, "inst10") is None  # never above
+    # the LSTM's curve is interpolated between its points: 0.55 at episode 50 is not above 0.5 + 50/1000 = 0.55
+    between = [(50, {"inst10": 0.55}), (150, {"inst10": 0.66})]
+    assert mann_ablation.passes_lstm(between, lstm, "inst10") == 150
+
+
+def test_matching_ablation_gap_to_protonets_is_paired_when_scores_are_there(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import matching_ablation
+
+    ref = {"acc": 0.9, "ci": 0.05, "steps": 10, "train_minutes": 1.0, "scores": [0.8, 0.9, 1.0, 0.9]}
+    row = {"acc": 0.85, "ci": 0.05, "steps": 12, "train_minutes": 1.0, "scores": [0.75, 0.85, 0.95, 0.85]}  # 5 points below on every episode
+    result = {"minutes_per_row": 1, "settings": {"5w1s": {"FCE": row, matching_ablation.REFERENCE: ref}}}
+    line = next(x for x in matching_ablation.table(result) if x.startswith("| FCE |"))
+    assert "| -5.00 ± 0.00 |" in line  # paired: the same difference on every episode has no spread
+    del row["scores"]
+    line = next(x for x in matching_ablation.table(result) if x.startswith("| FCE |"))
+    assert f"| -5.00 ± {100 * (2 * 0.05 ** 2) ** 0.5:.2f} |" in line

@@ -33,7 +33,8 @@ ROWS = [
     ("MAML", "xd-maml", "maml-omniglot-5w1s", ["data.meta_batch=8"], False),
     ("Meta-SGD", "xd-metasgd", "metasgd-omniglot-5w1s", ["data.meta_batch=8"], False),
     ("Reptile", "xd-reptile", "reptile-omniglot-5w1s", [], False),
-    ("Matching Networks", "xd-matching", "matching-omniglot-5w1s", [], True),
+    # s = 1: the recipe of the committed run, made before issue 19 set the presets' scale (learnt from 10)
+    ("Matching Networks", "xd-matching", "matching-omniglot-5w1s", ["algorithm.scale=1.0", "algorithm.learn_scale=false"], True),
     ("Baseline", "xd-baseline", "baseline-omniglot", [], True),
     ("Baseline++", "xd-baselinepp", "baselinepp-omniglot", [], True),
     ("linear probe (RFS)", "xd-linear-probe", "linear-probe-omniglot", [], True),

@@ -2,6 +2,7 @@
 
     python scripts/mann_ablation.py --steps 6250 --minutes 60 --out results/mann_ablation --runs runs/mann_ablation
     python scripts/mann_ablation.py --smoke --out /tmp/mann_ablation --runs /tmp/mann_ablation_runs   # < 1 minute
+    python scripts/mann_ablation.py --merge A/results.json B/results.json --out results/mann_ablation    # rows run side by side
 
 Every row trains through the engine (``fastadapt train``) with the same ``run.seed`` (so the same
 training episodes in the same order), the same budget (``optim.max_minutes = --minutes``, one thread)

@@ -2,6 +2,7 @@
 
     python scripts/matching_ablation.py --minutes 10 --settings 5w1s 5w5s --out results/matching_ablation --runs runs/matching_ablation
     python scripts/matching_ablation.py --smoke --out /tmp/matching_ablation --runs /tmp/matching_ablation_runs   # < 1 minute
+    python scripts/matching_ablation.py --report results/matching_ablation/results.json   # rewrite the report only
 
 For each setting (``5w1s``, ``5w5s``: the presets ``matching[-fce]-omniglot-<setting>``) every row trains
 through the engine (``fastadapt train``) with the same ``run.seed`` and the same data section (so the

@@ -85,18 +85,14 @@ def paired(default: list[float], tuned: list[float]) -> dict:
             "tuned_lower": float((b < a).mean()), "worst_default": float(a.max()), "worst_tuned": float(b.max()), "episodes": int(a.size)}
 
 
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
 def last_step(run_dir: Path) -> int:
     """The last meta-step the run logged (``metrics.jsonl``)."""
-    return max((int(r.get("step", 0)) for r in _metrics(run_dir)), default=0)
+    return max((int(r.get("step", 0)) for r in RunFolder(run_dir).read_metrics()), default=0)
 
 
 def run_minutes(run_dir: Path) -> float:
     """The run's own training minutes, over all its resumptions (the last logged ``time``)."""
-    return max((float(r.get("time", 0.0)) for r in _metrics(run_dir)), default=0.0) / 60
+    return max((float(r.get("time", 0.0)) for r in RunFolder(run_dir).read_metrics()), default=0.0) / 60
 
 
 def fmt(r: dict) -> str:

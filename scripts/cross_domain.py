@@ -35,6 +35,7 @@ ROWS = [
     ("Reptile", "xd-reptile", "reptile-omniglot-5w1s", [], False),
     # s = 1: the recipe of the committed run, made before issue 19 set the presets' scale (learnt from 10)
     ("Matching Networks", "xd-matching", "matching-omniglot-5w1s", ["algorithm.scale=1.0", "algorithm.learn_scale=false"], True),
+    ("Matching Networks, scale learnt from 10 (issue 19)", "xd-matching-i19", "matching-omniglot-5w1s", [], True),  # today's preset
     ("Baseline", "xd-baseline", "baseline-omniglot", [], True),
     ("Baseline++", "xd-baselinepp", "baselinepp-omniglot", [], True),
     ("linear probe (RFS)", "xd-linear-probe", "linear-probe-omniglot", [], True),

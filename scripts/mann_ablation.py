@@ -10,7 +10,8 @@ and one override; then it is scored on the same ``--eval-episodes`` held-out epi
 (``results_model_based.evaluate_mann``). Rows: the base (``mann-omniglot`` with the paper's read, ``key_strength=false``); the paper's optimizer (RMSprop 1e-4);
 translation augmentation per episode; a learnt key strength (not in the paper: the other direction);
 the paper's 5-character string labels; all the paper's settings together; the transformer
-controller; the LSTM baseline. Rerunning resumes every row from its checkpoint (a larger
+controller; the LSTM baseline; then the transformer controller with the key strength, and the key strength
+with Adam at 2e-3. Rerunning resumes every row from its checkpoint (a larger
 ``--minutes`` continues them). Writes ``results.json``, ``results.md`` and ``mann_ablation_curves.png``
 (training accuracy at the 2nd and 10th instance against episodes, every row) under ``--out``.
 """
@@ -47,6 +48,9 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # row -> (preset, overrides)
     "paper: RMSprop + translation + string labels": ("mann-omniglot", PAPER),
     "transformer controller": ("mann-transformer-omniglot", []),
     "LSTM baseline": ("mann-lstm-omniglot", []),
+    # after the rows above: the two best changes together, and the key strength with a larger step
+    "transformer controller + key strength": ("mann-transformer-omniglot", ["algorithm.key_strength=true"]),
+    "key strength, Adam 2e-3": ("mann-omniglot", ["algorithm.key_strength=true", "optim.lr=2e-3"]),
 }
 
 

@@ -160,12 +160,13 @@ def test_ntm_trains_through_fastadapt_train_and_longer_lengths_evaluate(tmp_path
     assert record["episodes"] == 3 and record["metric"] == "mse"
 
 
-@pytest.mark.parametrize("preset", ["ntm-copy-transformer", "ntm-recall", "lstm-copy", "transformer-copy"])
+@pytest.mark.parametrize("preset", ["ntm-copy-transformer", "ntm-recall", "lstm-copy", "lstm-recall", "transformer-copy"])
 def test_sequence_presets_train_two_steps_from_the_cli(preset, tmp_path):
     shrink = {
         "ntm-copy-transformer": 'model.options={controller="transformer", controller_size=8, transformer_heads=2, memory_size=16, memory_width=6}',
         "ntm-recall": 'model.options={controller="lstm", controller_size=12, memory_size=16, memory_width=6}',
         "lstm-copy": "model.options={hidden_size=10}",
+        "lstm-recall": "model.options={hidden_size=10}",
         "transformer-copy": "model.options={d_model=8, heads=2, layers=1}",
     }[preset]
     args = [

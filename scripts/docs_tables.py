@@ -59,6 +59,10 @@ def mann_engine() -> list[str]:
     return results_model_based.mann_table(results_model_based.mann_rows(read_json(RESULTS / "mann_engine" / "results.json")))
 
 
+def ntm_recall() -> list[str]:
+    return results_model_based.recall_table(RESULTS / "ntm_recall")
+
+
 def ntm_engine() -> list[str]:
     return results_model_based.ntm_engine_table(read_json(RESULTS / "ntm" / "results.json"))
 
@@ -128,6 +132,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "hyper-study": hyper_study,  # results/hyper/tune/hyper.json (scripts/results_hyper.py)
     "training-speed": training_speed,  # results/perf17/summary.json (scripts/results_training_speed.py)
     "ntm-engine": ntm_engine,  # results/ntm/results.json (scripts/results_model_based.py ntm)
+    "ntm-recall": ntm_recall,  # results/ntm_recall/{ntm,lstm}-recall: run folders (fastadapt train / eval)
     "mann-ablation": mann_ablation_table,  # results/mann_ablation/results.json (scripts/mann_ablation.py)
     "matching-ablation": matching_ablation_table,  # results/matching_ablation/results.json (scripts/matching_ablation.py)
 }

@@ -78,3 +78,26 @@ def test_matching_ablation_gap_to_protonets_is_paired_when_scores_are_there(monk
     del row["scores"]
     line = next(x for x in matching_ablation.table(result) if x.startswith("| FCE |"))
     assert f"| -5.00 ± {100 * (2 * 0.05 ** 2) ** 0.5:.2f} |" in line
+
+
+def test_recall_table_reads_the_runs_own_test_and_its_eval_records_in_bits(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import json
+
+    import results_model_based
+
+    from fastadapt.cli import main as cli_main
+
+    run = tmp_path / "lstm-recall"
+    train = ["train", "lstm-recall", "model.options={hidden_size=6}", "optim.steps=2", "data.meta_batch=2", "eval.test_episodes=3",
+             "eval.batch=3", f"run.out={run}", "run.progress=false"]
+    assert cli_main(train) == 0
+    options = "data.options={bits=6, item_length=3, min_items=2, max_items=6, test_items=9}"
+    assert cli_main(["eval", str(run), options, "eval.test_episodes=4", "run.progress=false"]) == 0
+    own = next(iter(json.loads((run / "results.json").read_text())["tests"].values()))
+    (record,) = [json.loads(p.read_text()) for p in (run / "evals").glob("*.json")]
+    header, _, six, nine, updates, minutes = results_model_based.recall_table(tmp_path)
+    assert header == "| items | LSTM |"
+    assert six == f"| 6 | {18 * own['mean']:.2f} ± {18 * own['ci']:.2f} |"  # 3 vectors of 6 bits per answer
+    assert nine == f"| 9 (unseen) | {18 * record['mean']:.2f} ± {18 * record['ci']:.2f} |"
+    assert updates == "| updates x sequences | 2 x 2 |" and minutes.startswith("| training minutes | ")

@@ -10,8 +10,9 @@ and one override; then it is scored on the same ``--eval-episodes`` held-out epi
 (``results_model_based.evaluate_mann``). Rows: the base (``mann-omniglot`` with the paper's read, ``key_strength=false``); the paper's optimizer (RMSprop 1e-4);
 translation augmentation per episode; a learnt key strength (not in the paper: the other direction);
 the paper's 5-character string labels; all the paper's settings together; the transformer
-controller; the LSTM baseline; then the transformer controller with the key strength, and the key strength
-with Adam at 2e-3. Rerunning resumes every row from its checkpoint (a larger
+controller; the LSTM baseline; then the transformer controller with the key strength, the key strength
+with Adam at 2e-3, and the key strength with batches of 4 episodes (the same episodes in 4x the updates: that row
+sets its own ``optim.steps``). Rerunning resumes every row from its checkpoint (a larger
 ``--minutes`` continues them). Writes ``results.json``, ``results.md`` and ``mann_ablation_curves.png``
 (training accuracy at the 2nd and 10th instance against episodes, every row) under ``--out``.
 """
@@ -51,6 +52,8 @@ ROWS: dict[str, tuple[str, list[str]]] = {  # row -> (preset, overrides)
     # after the rows above: the two best changes together, and the key strength with a larger step
     "transformer controller + key strength": ("mann-transformer-omniglot", ["algorithm.key_strength=true"]),
     "key strength, Adam 2e-3": ("mann-omniglot", ["algorithm.key_strength=true", "optim.lr=2e-3"]),
+    # the same 100,000 episodes in 4x the updates: batches of 4 episodes (its own optim.steps overrides --steps)
+    "key strength, batches of 4 episodes": ("mann-omniglot", ["algorithm.key_strength=true", "data.meta_batch=4", "optim.steps=25000"]),
 }
 
 
@@ -88,17 +91,13 @@ def main() -> None:
         for name in chosen:
             preset, overrides = ROWS[name]
             path = runs / slug(name)
-            common = [
-                f"optim.steps={args.steps}",
-                f"optim.max_minutes={args.minutes}",
-                f"run.out={path}",
-                "run.threads=1",
-                "run.progress=false",
-            ]
+            budget = [f"optim.steps={args.steps}", f"optim.max_minutes={args.minutes}"]  # a row's own optim.steps comes after
+            common = [f"run.out={path}", "run.threads=1", "run.progress=false"]
             if args.smoke:
                 common += ["optim.steps=2", "eval.test_episodes=4", "run.checkpoint_every=2"]
-            rmb.log(f"mann-ablation: {name}: fastadapt train {preset} {' '.join(overrides + common)}")
-            res = fastadapt.train(preset, overrides + common)
+            argv = budget + overrides + common
+            rmb.log(f"mann-ablation: {name}: fastadapt train {preset} {' '.join(argv)}")
+            res = fastadapt.train(preset, argv)
             run = fastadapt.load_run(path)
             cfg = run.config
             sampler = task_sources(cfg, tests_only=True).tests[f"{cfg.test_ways}w{cfg.test_shots}s"]

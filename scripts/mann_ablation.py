@@ -6,8 +6,9 @@
 
 Every row trains through the engine (``fastadapt train``) with the same ``run.seed`` (so the same
 training episodes in the same order), the same budget (``optim.max_minutes = --minutes``, one thread)
-and one override; then it is scored on the same ``--eval-episodes`` held-out episodes by instance
-(``results_model_based.evaluate_mann``). Rows: the base (``mann-omniglot`` with the paper's read, ``key_strength=false``); the paper's optimizer (RMSprop 1e-4);
+and one difference (against the base row; the follow-up rows against the key-strength row); then it is
+scored on the same ``--eval-episodes`` held-out episodes by instance (``results_model_based.evaluate_mann``).
+Rows: the base (``mann-omniglot`` with the paper's read, ``key_strength=false``); the paper's optimizer (RMSprop 1e-4);
 translation augmentation per episode; a learnt key strength (not in the paper: the other direction);
 the paper's 5-character string labels; all the paper's settings together; the transformer
 controller; the LSTM baseline; then the transformer controller with the key strength, the key strength

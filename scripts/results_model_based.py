@@ -10,7 +10,8 @@ each (``fastadapt train`` with presets ``ntm-copy``, ``ntm-copy-transformer``, `
 scores each at the test lengths (bits wrong per sequence on the engine's fixed test sequences of
 that length) and writes ``results.json``, ``results.md`` and ``ntm_weightings.png`` (read / write
 weightings of both NTM controllers) under ``--out``; ``--smoke`` checks the whole path in < 1 minute.
-The former ``ntm-copy`` command (its own training loop, session 1) is gone; its folders
+The associative-recall runs (presets ``ntm-recall``, ``lstm-recall``) train and evaluate through the command
+line; :func:`recall_table` makes their table from the run folders. The former ``ntm-copy`` command (its own training loop, session 1) is gone; its folders
 ``results/ntm_copy*`` stay readable by :func:`ntm_copy_table`.
 
 The MANN and its LSTM baseline train through the engine (``fastadapt train mann-omniglot``,
@@ -173,6 +174,7 @@ def ntm_engine(args: argparse.Namespace) -> None:
     (out / "results.md").write_text("\n".join(md) + "\n")
     print("\n".join(md), flush=True)
     log("ntm: done")
+
 
 # --------------------------------------------------------------------------------------------------
 # NTM associative recall

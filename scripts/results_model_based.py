@@ -183,37 +183,35 @@ def ntm_engine(args: argparse.Namespace) -> None:
 RECALL_MODELS = {"NTM (LSTM)": "ntm-recall", "LSTM": "lstm-recall"}  # column -> run folder name (= preset)
 
 
-def recall_bits_by_items(run: Path) -> dict[int, tuple[float, float, int]]:
-    """Bits wrong per answer (mean, 95% CI, sequences) of an associative-recall run by test item count: the run's own
-    test (``test_items`` of its preset) and each ``fastadapt eval RUN 'data.options={..., test_items=N}'`` record."""
-    folder = RunFolder(run)
-    options = folder.read_config().data.options
+def recall_bits_by_items(folder: RunFolder, options: dict) -> dict[int, tuple[float, float]]:
+    """Bits wrong per answer (mean, 95% CI) of an associative-recall run (``options``: its ``data.options``) by test
+    item count: the run's own test (``test_items`` of its preset) and each
+    ``fastadapt eval RUN 'data.options={..., test_items=N}'`` record under ``evals/``."""
     answer_bits = int(options["item_length"]) * int(options["bits"])
     own = next(iter(folder.read_results()["tests"].values()))
-    out = {int(options.get("test_items") or options["max_items"]): (own["mean"], own["ci"], own["episodes"])}
+    out = {int(options.get("test_items") or options["max_items"]): (own["mean"], own["ci"])}
     for path in sorted(folder.evals_dir.glob("*.json")) if folder.evals_dir.is_dir() else []:
         record = json.loads(path.read_text())
         items = [int(m) for o in record.get("overrides", []) for m in re.findall(r"test_items=(\d+)", o)]
         if items:
-            out[items[-1]] = (record["mean"], record["ci"], record["episodes"])
-    return {n: (answer_bits * m, answer_bits * h, e) for n, (m, h, e) in sorted(out.items())}
+            out[items[-1]] = (record["mean"], record["ci"])
+    return {n: (answer_bits * m, answer_bits * h) for n, (m, h) in sorted(out.items())}
 
 
 def recall_table(root: Path) -> list[str]:
     """Markdown: bits wrong per answer by item count, one column per model found under ``root`` (run folders named
     as :data:`RECALL_MODELS`), then updates and training minutes."""
-    runs = {name: root / d for name, d in RECALL_MODELS.items() if (root / d / "results.json").is_file()}
-    scores = {name: recall_bits_by_items(path) for name, path in runs.items()}
-    results = {name: RunFolder(path).read_results() for name, path in runs.items()}
-    trained = {name: RunFolder(path).read_config().data.options["max_items"] for name, path in runs.items()}
-    md = ["| items | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    folders = {name: RunFolder(root / d) for name, d in RECALL_MODELS.items() if (root / d / "results.json").is_file()}
+    configs = {name: f.read_config() for name, f in folders.items()}
+    results = {name: f.read_results() for name, f in folders.items()}
+    scores = {name: recall_bits_by_items(f, configs[name].data.options) for name, f in folders.items()}
+    md = ["| items | " + " | ".join(folders) + " |", "|---|" + "---|" * len(folders)]
     for n in sorted({n for s in scores.values() for n in s}):
-        unseen = " (unseen)" if all(n > t for t in trained.values()) else ""
-        cells = [f"{scores[m][n][0]:.2f} ± {scores[m][n][1]:.2f}" if n in scores[m] else "-" for m in runs]
+        unseen = " (unseen)" if all(n > c.data.options["max_items"] for c in configs.values()) else ""
+        cells = [f"{scores[m][n][0]:.2f} ± {scores[m][n][1]:.2f}" if n in scores[m] else "-" for m in folders]
         md.append(f"| {n}{unseen} | " + " | ".join(cells) + " |")
-    batch = {name: RunFolder(path).read_config().data.meta_batch for name, path in runs.items()}
-    md.append("| updates x sequences | " + " | ".join(f"{results[m]['steps']:,} x {batch[m]}" for m in runs) + " |")
-    md.append("| training minutes | " + " | ".join(f"{results[m]['train_seconds'] / 60:.1f}" for m in runs) + " |")
+    md.append("| updates x sequences | " + " | ".join(f"{results[m]['steps']:,} x {configs[m].data.meta_batch}" for m in folders) + " |")
+    md.append("| training minutes | " + " | ".join(f"{results[m]['train_seconds'] / 60:.1f}" for m in folders) + " |")
     return md
 
 

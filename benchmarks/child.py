@@ -39,10 +39,10 @@ import torch  # noqa: E402
 from contenders import WORKLOADS, flat_grad, keep_freed_memory, make_model, parse_contender, supports, synthetic_batch  # noqa: E402
 
 # fastadapt as users run it: the `fastadapt` command keeps freed memory for reuse (run.keep_freed_memory,
-# fastadapt/process.py); importing the library does not. Other contenders run under the allocator
+# fastadapt/runtime/allocator.py); importing the library does not. Other contenders run under the allocator
 # settings they get by default; their "+mallopt" variants set it explicitly.
 if _contender_library(sys.argv[1:]) == "fastadapt":
-    from fastadapt.process import keep_freed_memory as _cli_setting
+    from fastadapt.runtime.allocator import keep_freed_memory as _cli_setting
 
     _cli_setting()
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fastadapt.episodes import TaskBatch
+from fastadapt.core.episodes import TaskBatch
 from fastadapt.nn import Conv4
 
 GradStep = Callable[[TaskBatch], None]
@@ -141,7 +141,7 @@ def fastadapt_step(workload: Workload, model: nn.Module, accumulate: int = 0, ex
     else:
         algo = ProtoNet(model)
 
-    from fastadapt.precision import autocast
+    from fastadapt.runtime.precision import autocast
 
     def step(batch: TaskBatch) -> None:
         algo.zero_grad(set_to_none=True)

@@ -47,9 +47,9 @@ from pathlib import Path
 import torch
 
 import fastadapt
-from fastadapt.build import build_algorithm
 from fastadapt.config import load_config
-from fastadapt.episodes import TaskBatch
+from fastadapt.config.build import build_algorithm
+from fastadapt.core.episodes import TaskBatch
 
 PRESETS = {  # algorithm -> (preset, overrides): the evaluation settings that shipped
     "protonet": ("protonet-omniglot-5w1s", []),
@@ -222,7 +222,7 @@ def load_main(args: argparse.Namespace) -> int:
     from fastadapt.apps.loadtest import load_test, multipart
     from fastadapt.apps.serve import free_port
     from fastadapt.apps.teach import load_pool
-    from fastadapt.run_folder import load_run
+    from fastadapt.runs.folder import load_run
 
     run = load_run(args.run_dir)
     shape = tuple(run.provenance["task_shapes"]["support_x"][1:])

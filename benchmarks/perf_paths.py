@@ -35,9 +35,9 @@ from fastadapt.algorithms.maml import FOMAML, MAML
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.data import EpisodeSampler, load_omniglot
-from fastadapt.engine.accumulate import meta_gradient
 from fastadapt.eval import evaluate
 from fastadapt.nn import Conv4
+from fastadapt.training.accumulate import meta_gradient
 
 
 def memory_child(algo_name: str, chunk: int) -> None:

@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 import fastadapt
-from fastadapt import distributed
+from fastadapt.runtime import distributed
 
 
 def launch_torchrun(argv: list[str], processes: int = 2) -> int:

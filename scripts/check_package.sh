@@ -13,8 +13,8 @@ import glob, sys, tarfile, zipfile
 from pathlib import Path
 
 dist = sys.argv[1]
-presets = sorted(p.name for p in Path("src/fastadapt/presets").glob("*.toml"))
-need = [f"fastadapt/presets/{p}" for p in presets] + [
+presets = sorted(p.name for p in Path("src/fastadapt/config/presets").glob("*.toml"))
+need = [f"fastadapt/config/presets/{p}" for p in presets] + [
     "fastadapt/data/omniglot28.npz", "fastadapt/data/omniglot28.sha256", "fastadapt/data/LICENSE-omniglot.txt", "fastadapt/py.typed"]
 wheel = set(zipfile.ZipFile(glob.glob(f"{dist}/*.whl")[0]).namelist())
 sdist = {n.split("/", 1)[1] for n in tarfile.open(glob.glob(f"{dist}/*.tar.gz")[0]).getnames() if "/" in n}

@@ -111,7 +111,7 @@ def cells(finetune_too: bool) -> list[tuple[str, bool, list[str]]]:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from fastadapt.run_folder import RunFolder
+    from fastadapt.runs.folder import RunFolder
 
     jobs = []
     for _, name, _, _, embedding in rows(args.only):
@@ -140,7 +140,7 @@ def table(args: argparse.Namespace) -> None:
 def cell_file(run: Path, key: str, ft: bool, episodes: int) -> Path | None:
     """The evals/ file of one cell (named by fastadapt eval after its overrides), if it was evaluated:
     on ``episodes`` fixed episodes, else on the first 100 of them (the slow gradient-based rows)."""
-    from fastadapt.run_folder import RunFolder
+    from fastadapt.runs.folder import RunFolder
 
     for count in (episodes, 100):
         overrides = [*COLUMNS[key][1], *(FINETUNE if ft else []), *COMMON_EVAL, f"eval.test_episodes={count}"]
@@ -178,7 +178,7 @@ def markdown_table(root: Path, episodes: int = 300, finetune_episodes: int = 50)
 
 def lake_table(root: Path) -> str:
     """Lake's one-shot challenge: the within-alphabet run on 1000 trials, against the paper's people and BPL."""
-    from fastadapt.run_folder import RunFolder
+    from fastadapt.runs.folder import RunFolder
 
     lines = ["| model | error on 1000 within-alphabet 20-way 1-shot trials (95 % CI) | training |", "|---|---|---|"]
     run = root / LAKE[1]

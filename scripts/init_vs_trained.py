@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from fastadapt import Config, FastAdaptError, load_run
-from fastadapt.build import build_algorithm, probe_batch, task_sources
+from fastadapt.config.build import build_algorithm, probe_batch, task_sources
+from fastadapt.core.registry import algorithm_class
 from fastadapt.eval import evaluate
-from fastadapt.registry import algorithm_class
-from fastadapt.run_folder import RunFolder
+from fastadapt.runs.folder import RunFolder
 
 
 def initial_algorithm(cfg: Config) -> nn.Module:

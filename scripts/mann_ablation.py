@@ -31,8 +31,8 @@ import torch
 
 import fastadapt
 from fastadapt import FastAdaptError
-from fastadapt.build import task_sources
-from fastadapt.run_folder import RunFolder
+from fastadapt.config.build import task_sources
+from fastadapt.runs.folder import RunFolder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results_model_based as rmb  # noqa: E402

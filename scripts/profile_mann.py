@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fastadapt.build import build_algorithm, build_optimizer, probe_batch, task_sources
 from fastadapt.config import load_config
+from fastadapt.config.build import build_algorithm, build_optimizer, probe_batch, task_sources
 
 
 def profile_preset(preset: str, overrides: list[str], steps: int, rows: int) -> tuple[float, str]:

@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 import fastadapt
-from fastadapt.build import SourceRequest, build_algorithm
 from fastadapt.config import load_config
+from fastadapt.config.build import SourceRequest, build_algorithm
 from fastadapt.data import streams
-from fastadapt.streaming import (
+from fastadapt.eval.online import (
     LossJump,
     OnlineRun,
     examples_to_fraction,
@@ -67,7 +67,7 @@ SMOKE = {"sinusoid": {"length": 40, "phase_length": 10}, "omniglot": {"length": 
 def ensure_registered() -> None:
     """The stream sources and GrBAL under their names (a no-op once fastadapt's registry lists them)."""
     from fastadapt.algorithms.grbal import GrBAL
-    from fastadapt.registry import ALGORITHMS, TASK_SOURCES
+    from fastadapt.core.registry import ALGORITHMS, TASK_SOURCES
 
     for name, build in (("sinusoid-stream", streams.sinusoid_stream), ("omniglot-stream", streams.omniglot_stream),
                         ("stream-folder", streams.folder_stream)):

@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 import fastadapt
-from fastadapt.build import task_sources
 from fastadapt.config import load_config
-from fastadapt.engine.loop import TrainingDiverged
+from fastadapt.config.build import task_sources
 from fastadapt.eval import evaluate
 from fastadapt.eval.stats import mean_ci
-from fastadapt.eval.tests import evaluated
-from fastadapt.run_folder import RunFolder
+from fastadapt.runs.folder import RunFolder
+from fastadapt.training.loop import TrainingDiverged
+from fastadapt.training.testing import evaluated
 
 DOMAINS = {
     "omniglot-5w1s": {"MAML": "maml-omniglot-5w1s", "Meta-SGD": "metasgd-omniglot-5w1s", "ALFA": "alfa-omniglot-5w1s",
@@ -152,7 +152,7 @@ def main() -> None:
 
 
 def run_study(out: Path, args: argparse.Namespace, minutes: float, episodes: int) -> dict:
-    from fastadapt.tuning import tune
+    from fastadapt.apps.tune import tune
 
     folder = out / "runs" / "tune-maml-sinusoid"
     smoke = ["optim.steps=6", "eval.val_every=3", "eval.val_episodes=4", "data.meta_batch=4", "run.checkpoint_every=1000"]

@@ -37,9 +37,9 @@ import fastadapt
 from fastadapt import EpisodeSampler, FastAdaptError
 from fastadapt.algorithms.mann import MANN, REPORTED_INSTANCES, instance_accuracy
 from fastadapt.algorithms.ntm import bits_wrong
-from fastadapt.build import task_sources
+from fastadapt.config.build import task_sources
 from fastadapt.eval import mean_ci
-from fastadapt.run_folder import RunFolder
+from fastadapt.runs.folder import RunFolder
 
 MANN_PAPER = {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}  # Santoro et al. 2016, table 1, MANN (LRUA), 5 classes
 LSTM_PAPER = {1: 24.4, 2: 49.5, 3: 55.3, 4: 61.0, 5: 63.6, 10: 62.5}  # the same table, LSTM baseline

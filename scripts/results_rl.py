@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 import fastadapt
-from fastadapt.build import build_algorithm, task_sources
 from fastadapt.config import load_config
+from fastadapt.config.build import build_algorithm, task_sources
 from fastadapt.eval.rl import compare, paths_before_and_after
 
 FAMILIES = {"nav2d": ("maml-rl-nav2d", "pretrain-rl-nav2d"), "pendulum-dynamics": ("maml-rl-pendulum", "pretrain-rl-pendulum")}

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 import fastadapt
-from fastadapt.build import task_sources
 from fastadapt.config import load_config
+from fastadapt.config.build import task_sources
 from fastadapt.data import SinusoidTasks
 from fastadapt.eval import evaluate
 

@@ -12,7 +12,7 @@ from fastadapt import ConfigError, SinusoidTasks, TaskBatch, config_from_dict
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.alfa import ALFA
 from fastadapt.algorithms.maml import FOMAML, MAML
-from fastadapt.contract import LearntRates
+from fastadapt.core.contract import LearntRates
 from fastadapt.nn import MLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,11 +17,11 @@ from torch import nn
 import fastadapt
 from fastadapt.algorithms.baseline import Baseline, cosine_logits, fit_head, global_labels, head_logits
 from fastadapt.algorithms.linear_probe import LinearProbe, fit_logistic_regression
-from fastadapt.checkpoint import load_checkpoint
 from fastadapt.config import load_config
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 from fastadapt.nn import Conv4
+from fastadapt.runs.checkpoint import load_checkpoint
 
 ALGOS = {
     "baseline": lambda model, **kw: Baseline(model, num_classes=7, **kw),

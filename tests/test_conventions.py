@@ -15,12 +15,14 @@ import torch
 from torch.utils.data import DataLoader
 
 import fastadapt
-from fastadapt import cli, distributed
-from fastadapt.config import SECTIONS, RunConfig, check_device, field_comments, load_config, preset_names, resolve_device
+from fastadapt import cli
+from fastadapt.config import SECTIONS, RunConfig, field_comments, load_config, preset_names
+from fastadapt.core.episodes import TaskBatch, collate_tasks
+from fastadapt.core.errors import ConfigError
 from fastadapt.data import ClassDataset, EpisodeDataset, EpisodeSampler, load_omniglot
-from fastadapt.engine.loop import train
-from fastadapt.episodes import TaskBatch, collate_tasks
-from fastadapt.errors import ConfigError
+from fastadapt.runtime import distributed
+from fastadapt.runtime.devices import check_device, resolve_device
+from fastadapt.training.loop import train
 
 if sys.version_info >= (3, 11):
     import tomllib

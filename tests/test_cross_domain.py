@@ -10,12 +10,12 @@ import torch
 
 import fastadapt
 from fastadapt.algorithms.protonet import ProtoNet
-from fastadapt.build import task_sources
 from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
+from fastadapt.config.build import task_sources
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, load_omniglot
 from fastadapt.data.omniglot import SPLITS
-from fastadapt.errors import ConfigError, DataError
 from fastadapt.eval.finetune import FineTuned, finetune_logits, prototype_head
 from fastadapt.nn import Conv4
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 import fastadapt
 from fastadapt import ClassDataset, DataError
-from fastadapt.build import task_sources
+from fastadapt.config.build import task_sources
 from fastadapt.data import load_fashion_mnist, load_idx, read_idx
 from fastadapt.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files
 

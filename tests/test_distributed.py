@@ -28,17 +28,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastadapt import distributed
 from fastadapt.algorithms.maml import MAML
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.protonet import ProtoNet
-from fastadapt.build import build_algorithm, task_sources
-from fastadapt.checkpoint import load_checkpoint
 from fastadapt.config import load_config
+from fastadapt.config.build import build_algorithm, task_sources
+from fastadapt.core.errors import ConfigError
 from fastadapt.data.sampler import EpisodeSampler
-from fastadapt.engine.loop import train
-from fastadapt.errors import ConfigError
 from fastadapt.eval import evaluate
+from fastadapt.runs.checkpoint import load_checkpoint
+from fastadapt.runtime import distributed
+from fastadapt.training.loop import train
 
 TINY = [
     "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=4", "data.test_queries=3", "model.hidden=8",
@@ -229,7 +229,7 @@ def test_dist_timeout_must_be_positive():
 
 
 def test_which_algorithms_share_batchnorm_statistics_across_ranks():
-    from fastadapt.contract import encodes_meta_batch
+    from fastadapt.core.contract import encodes_meta_batch
     from fastadapt.nn import Conv4
 
     assert encodes_meta_batch(ProtoNet(Conv4(out_features=None)))

@@ -14,11 +14,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fastadapt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastadapt.cli import main as cli_main
 from fastadapt.config import config_from_dict, load_config, preset_names, read_toml
-from fastadapt.engine.loop import TrainingDiverged, train
-from fastadapt.errors import ConfigError
+from fastadapt.core.errors import ConfigError
+from fastadapt.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fastadapt.training.loop import TrainingDiverged, train
 
 TINY = [
     "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",
@@ -130,7 +130,7 @@ def test_a_resumed_run_whose_budget_is_spent_only_tests(tmp_path):
 
 
 def test_a_validation_that_spends_the_budget_is_not_repeated(tmp_path, monkeypatch):
-    import fastadapt.engine.loop as loop
+    import fastadapt.training.loop as loop
 
     def slow_evaluate(*args, **kwargs):
         time.sleep(2.5)
@@ -307,7 +307,7 @@ def test_sigterm_saves_and_exits_cleanly_and_kill_9_resumes(tmp_path):
     ("constant", [1.0] * 6),
 ])
 def test_learning_rate_schedules_over_optim_steps(tmp_path, schedule, factors):
-    from fastadapt.build import build_optimizer
+    from fastadapt.config.build import build_optimizer
 
     cfg = tiny(tmp_path, f"optim.schedule='{schedule}'", "optim.steps=4", "optim.lr=0.2")
     w = torch.nn.Parameter(torch.zeros(1))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastadapt.weights import load_safetensors
+from fastadapt.nn.weights import load_safetensors
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 EXPECT = {  # script -> a line its output must hold

@@ -1,4 +1,4 @@
-"""Explanations agree with the predictions they explain (fastadapt/explanations.py), and ``fastadapt explain``
+"""Explanations agree with the predictions they explain (fastadapt/eval/explanations.py), and ``fastadapt explain``
 works for every registered algorithm."""
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.algorithms.meta_lstm import MetaLSTM
 from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.config import load_config, preset_names
-from fastadapt.episodes import Episode
-from fastadapt.explanations import captum_available, explain, input_attribution, ntm_weightings
-from fastadapt.memory import NTM
-from fastadapt.nn import Conv4
-from fastadapt.registry import ALGORITHMS
+from fastadapt.core.episodes import Episode
+from fastadapt.core.registry import ALGORITHMS
+from fastadapt.eval.explanations import captum_available, explain, input_attribution, ntm_weightings
+from fastadapt.nn import NTM, Conv4
 
 
 def task(ways=3, shots=2, queries=2, side=16, seed=0, dtype=torch.float32):

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import fastadapt
-from fastadapt.build import build_algorithm, probe_batch, task_sources, train_classes
 from fastadapt.cli import main as cli_main
 from fastadapt.config import config_from_dict, load_config, preset_names
-from fastadapt.errors import ConfigError
-from fastadapt.registry import ALGORITHMS, MODELS, TASK_SOURCES
+from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes
+from fastadapt.core.errors import ConfigError
+from fastadapt.core.registry import ALGORITHMS, MODELS, TASK_SOURCES
 
 # A plug-in as a user writes it, in a module of their own: a task source (Gaussian blobs, 12 classes),
 # a model (a small MLP over any input shape) and an algorithm (nearest class mean with a learnt temperature).
@@ -157,7 +157,7 @@ def test_a_plugin_trains_resumes_and_evaluates_through_fastadapt_train(plugin, t
 def test_a_users_module_and_task_sources_train_from_python(plugin, tmp_path):
     import toyplug
 
-    from fastadapt.build import SourceRequest
+    from fastadapt.config.build import SourceRequest
 
     data = {part: toyplug.make_blobs(SourceRequest(part, 3, 2, 3, 0)) for part in ("train", "val", "test")}
     net = toyplug.TinyNet((8,), None, width=10)
@@ -413,7 +413,7 @@ SCRIPT_ALLOCATOR = textwrap.dedent('''
 
     what = sys.argv[1]
     if what == "import":
-        import fastadapt, fastadapt.cli, fastadapt.engine.loop, fastadapt.eval.tests, fastadapt.report  # noqa: F401
+        import fastadapt, fastadapt.cli, fastadapt.training.loop, fastadapt.training.testing, fastadapt.report  # noqa: F401
     else:
         from fastadapt.cli import main
         code = main(["train", "protonet-quick", "optim.steps=1", "eval.val_every=0", "eval.test_episodes=0", "model.hidden=4",

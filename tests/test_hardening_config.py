@@ -2,7 +2,7 @@
 
 Exit code 2 (130 on an interrupt), no traceback unless ``FASTADAPT_DEBUG=1``; every numeric key's
 range is checked (NaN and infinities refused); a configuration that cannot fit in memory is refused
-before anything is allocated (``fastadapt.cost``); a property-based fuzz of the command line's
+before anything is allocated (``fastadapt.config.preflight``); a property-based fuzz of the command line's
 parser, validator and builders (``fastadapt train ... --dry-run``) finds no traceback.
 """
 
@@ -23,13 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastadapt
-from fastadapt import cost
-from fastadapt.build import build_model, head_width
 from fastadapt.cli import main as cli_main
 from fastadapt.config import RANGES, SECTIONS, algorithm_signature, load_config, preset_names
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
-from fastadapt.registry import ALGORITHMS, algorithm_class
+from fastadapt.config import preflight as cost
+from fastadapt.config.build import build_model, head_width
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
+from fastadapt.core.registry import ALGORITHMS, algorithm_class
 
 TINY = [
     "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",
@@ -152,7 +152,7 @@ def test_os_errors_name_the_path_and_the_fix(number, words, monkeypatch, capsys)
     def fail(*args, **kwargs):
         raise OSError(number, "message from the system", "/runs/x/checkpoint.pt")
 
-    monkeypatch.setattr("fastadapt.engine.loop.train", fail)
+    monkeypatch.setattr("fastadapt.training.loop.train", fail)
     code, _, err = run(capsys, "train", "protonet-quick")
     assert_one_line_error(code, err, "/runs/x/checkpoint.pt", *words)
 
@@ -167,7 +167,7 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(exc, monkeypatch, capsys
     def fail(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr("fastadapt.engine.loop.train", fail)
+    monkeypatch.setattr("fastadapt.training.loop.train", fail)
     code, _, err = run(capsys, "train", "protonet-quick")
     assert_one_line_error(code, err, "out of memory", "data.meta_batch", "data.ways", "data.image_size")
 
@@ -176,10 +176,10 @@ def test_an_unexpected_exception_stays_a_traceback(monkeypatch):
     def fail(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr("fastadapt.engine.loop.train", fail)
+    monkeypatch.setattr("fastadapt.training.loop.train", fail)
     with pytest.raises(ZeroDivisionError):
         cli_main(["train", "protonet-quick"])
-    monkeypatch.setattr("fastadapt.engine.loop.train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug, not memory")))
+    monkeypatch.setattr("fastadapt.training.loop.train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug, not memory")))
     with pytest.raises(RuntimeError, match="a bug"):
         cli_main(["train", "protonet-quick"])
 
@@ -188,7 +188,7 @@ def test_fastadapt_debug_gives_the_traceback(monkeypatch):
     monkeypatch.setenv("FASTADAPT_DEBUG", "1")
     with pytest.raises(ConfigError, match="data.ways=0"):
         cli_main(["train", "protonet-quick", "data.ways=0"])
-    monkeypatch.setattr("fastadapt.engine.loop.train", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr("fastadapt.training.loop.train", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(MemoryError):
         cli_main(["train", "protonet-quick"])
 

@@ -33,15 +33,15 @@ from PIL import Image
 
 import fastadapt.algorithms.protonet as protonet
 import fastadapt.data.originals as originals_module
-import fastadapt.eval.tests as eval_tests
+import fastadapt.training.testing as eval_tests
 from fastadapt import DataError, load_omniglot_originals
-from fastadapt.checkpoint import FAULT_SLEEP_ENV, load_checkpoint
 from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
-from fastadapt.engine.loop import TrainingDiverged, train
-from fastadapt.errors import FastAdaptError
-from fastadapt.eval.tests import evaluate_run
-from fastadapt.run_folder import RunFolder, RunFolderLocked
+from fastadapt.core.errors import FastAdaptError
+from fastadapt.runs.checkpoint import FAULT_SLEEP_ENV, load_checkpoint
+from fastadapt.runs.folder import RunFolder, RunFolderLocked
+from fastadapt.training.loop import TrainingDiverged, train
+from fastadapt.training.testing import evaluate_run
 
 TINY = [
     "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",

@@ -9,30 +9,23 @@ import fastadapt
 
 PACKAGE = Path(fastadapt.__file__).parent
 
-# module (first component below fastadapt) -> layer; a module may import its own layer and below.
+# folder (first component below fastadapt) -> layer; a module may import its own layer and below.
 LAYERS = {
-    # 0: values, settings and helpers that know no component
-    "errors": 0, "version": 0, "episodes": 0, "registry": 0, "contract": 0, "config": 0, "distributed": 0, "process": 0,
-    "checkpoint": 0, "presets": 0, "precision": 0, "weights": 0,
-    # 1: components, registered by name
-    "data": 1, "nn": 1, "memory": 1, "tasks": 1, "algorithms": 1, "rl": 1,
-    # 2: from a config to components
-    "build": 2, "cost": 2,
-    # 3: the run folder and load_run
-    "run_folder": 3, "loggers": 3,
-    # 4: evaluation
-    "eval": 4, "streaming": 4, "explanations": 4,
-    # 5: the training loop
-    "engine": 5,
-    # 6: reports
-    "report": 6,
-    # 7: entry points and the public surface
-    "cli": 7, "__main__": 7, "__init__": 7, "apps": 7, "tuning": 7,
+    "core": 0,  # episodes, the contract, the registries, errors: know no component
+    "runtime": 1,  # devices, precision, several processes, the allocator
+    "data": 2, "nn": 2, "rl": 2,  # components, registered by name
+    "algorithms": 3,  # one file each, and the predictors' building blocks
+    "config": 4,  # the schema, presets, and from a config to components (build, preflight)
+    "eval": 5,  # fixed episodes, statistics, fine-tuning, online test-then-train, explanations
+    "runs": 6,  # the run folder, checkpoints, load_run, export
+    "training": 7,  # the Trainer, its hooks, loggers, run-level tests
+    "report": 8,  # plots and tables
+    "apps": 9, "cli": 9, "__main__": 9, "__init__": 9,  # entry points and the public surface
 }
 
 
 def component(module: str) -> str:
-    """``fastadapt.eval.tests`` -> ``eval``; ``fastadapt`` -> ``__init__``."""
+    """``fastadapt.eval.stats`` -> ``eval``; ``fastadapt`` -> ``__init__``."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else "__init__"
 
@@ -79,13 +72,13 @@ def test_no_module_imports_a_higher_layer():
     assert not upward, "\n".join(upward)
 
 
-def test_eval_never_imports_the_engine():
+def test_eval_never_imports_training():
     for path in (PACKAGE / "eval").rglob("*.py"):
-        assert not [n for _, n in imports_of(path) if component(n) == "engine"], path
+        assert not [n for _, n in imports_of(path) if component(n) == "training"], path
 
 
 def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     fake = tmp_path / "fastadapt"
     (fake / "eval").mkdir(parents=True)
-    (fake / "eval" / "bad.py").write_text("def f():\n    from fastadapt.engine import loop\n\nfrom ..report import x\nfrom fastadapt import cli\n")
-    assert sorted(imports_of(fake / "eval" / "bad.py", fake)) == [(2, "fastadapt.engine"), (4, "fastadapt.report"), (5, "fastadapt.cli")]
+    (fake / "eval" / "bad.py").write_text("def f():\n    from fastadapt.training import loop\n\nfrom ..report import x\nfrom fastadapt import cli\n")
+    assert sorted(imports_of(fake / "eval" / "bad.py", fake)) == [(2, "fastadapt.training"), (4, "fastadapt.report"), (5, "fastadapt.cli")]

@@ -9,10 +9,10 @@ import json
 import pytest
 
 import fastadapt
-from fastadapt import loggers as loggers_module
 from fastadapt.config import load_config
-from fastadapt.errors import ConfigError
-from fastadapt.loggers import Loggers, scalars
+from fastadapt.core.errors import ConfigError
+from fastadapt.training import loggers as loggers_module
+from fastadapt.training.loggers import Loggers, scalars
 
 TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=2", "model.hidden=8",
         "eval.val_every=2", "eval.val_episodes=4", "eval.batch=2", "eval.test_episodes=0", "run.progress=false", "run.threads=1",

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from fastadapt import TaskBatch
 from fastadapt.algorithms import algorithm_class
 from fastadapt.algorithms.mann import MANN, episode_sequence, instance_accuracy, instance_numbers, previous_onehot
-from fastadapt.errors import ConfigError
-from fastadapt.memory import LRUMemoryCore, content_read_weights, least_used, lru_write, lru_write_weights, read_memory, usage_update
+from fastadapt.core.errors import ConfigError
+from fastadapt.nn import LRUMemoryCore, content_read_weights, least_used, lru_write, lru_write_weights, read_memory, usage_update
 
 D = torch.float64
 

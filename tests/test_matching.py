@@ -342,8 +342,8 @@ def test_a_few_adam_steps_on_omniglot_lower_the_loss_on_fixed_episodes():
 @pytest.mark.parametrize("preset", [f"matching{f}-omniglot-{s}" for f in ("", "-fce") for s in ("5w1s", "5w5s", "20w1s", "20w5s")])
 def test_presets_learn_the_attention_scale_from_10(preset):
     """Issue 19's ablation: at s = 1 the softmax over cosines is nearly flat: 6-14 points lower at equal minutes."""
-    from fastadapt.build import build_algorithm
     from fastadapt.config import load_config
+    from fastadapt.config.build import build_algorithm
 
     cfg = load_config(preset)
     assert cfg.algorithm_options["scale"] == 10.0 and cfg.algorithm_options["learn_scale"] is True

@@ -12,7 +12,7 @@ from torch import nn
 from fastadapt import TaskBatch
 from fastadapt.algorithms import algorithm_class
 from fastadapt.algorithms.meta_lstm import MetaLSTM, preprocess
-from fastadapt.errors import ConfigError
+from fastadapt.core.errors import ConfigError
 from fastadapt.nn import Conv4
 
 D = torch.float64

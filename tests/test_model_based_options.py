@@ -14,10 +14,10 @@ import fastadapt
 from fastadapt import TaskBatch
 from fastadapt.algorithms.mann import MANN, STRING_ALPHABET, StringLabels, episode_sequence, translate_classes
 from fastadapt.algorithms.meta_lstm import MetaLSTM
-from fastadapt.build import build_optimizer
 from fastadapt.config import load_config
+from fastadapt.config.build import build_optimizer
+from fastadapt.core.errors import ConfigError
 from fastadapt.data.sinusoid import SinusoidTasks
-from fastadapt.errors import ConfigError
 
 D = torch.float64
 
@@ -167,7 +167,7 @@ def test_default_options_keep_the_previous_training_step():
 
 def test_mann_preset_sharpens_its_reads_and_the_override_restores_the_papers_read():
     """Issue 19's ablation: the learnt key strength lifts the 2nd / 10th instance by ~20 points; the presets use it."""
-    from fastadapt.build import build_algorithm
+    from fastadapt.config.build import build_algorithm
 
     assert isinstance(build_algorithm(load_config("mann-omniglot")).core.beta, nn.Linear)
     assert build_algorithm(load_config("mann-omniglot", ["algorithm.key_strength=false"])).core.beta is None

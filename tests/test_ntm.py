@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from fastadapt.errors import ConfigError
-from fastadapt.memory import (
+from fastadapt.core.errors import ConfigError
+from fastadapt.data import CopyTask, copy_batch
+from fastadapt.nn import (
     NTM,
     TransformerController,
     address,
@@ -22,8 +23,7 @@ from fastadapt.memory import (
     split_head_params,
     write_memory,
 )
-from fastadapt.memory.ntm import head_param_size, sinusoidal_position
-from fastadapt.tasks import CopyTask, copy_batch
+from fastadapt.nn.ntm import head_param_size, sinusoidal_position
 
 D = torch.float64
 

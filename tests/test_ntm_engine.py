@@ -10,11 +10,11 @@ import torch
 
 import fastadapt
 from fastadapt.algorithms.ntm import NTMLearner, bits_wrong
-from fastadapt.build import SourceRequest
 from fastadapt.cli import main as cli_main
-from fastadapt.errors import ConfigError
-from fastadapt.memory.sequence import lstm_seq, ntm, transformer_seq
-from fastadapt.tasks.sources import copy_source, recall_source
+from fastadapt.config.build import SourceRequest
+from fastadapt.core.errors import ConfigError
+from fastadapt.data.sequences import copy_source, recall_source
+from fastadapt.nn.sequence import lstm_seq, ntm, transformer_seq
 
 D = torch.float64
 

@@ -24,8 +24,7 @@ from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.algorithms.protonet import ProtoNet, prototypes
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.data.streams import ClassStream, SinusoidStream, StreamTasks
-from fastadapt.nn import MLP, Conv4
-from fastadapt.streaming import (
+from fastadapt.eval.online import (
     LossJump,
     OnlineRun,
     aligned,
@@ -38,6 +37,7 @@ from fastadapt.streaming import (
     state_nbytes,
     summarize,
 )
+from fastadapt.nn import MLP, Conv4
 
 WAYS, DIM = 3, 4
 
@@ -425,7 +425,7 @@ def test_grbal_trains_on_a_stream_source_through_the_common_loop_and_runs_online
 
 
 def test_protonet_runs_online_on_an_omniglot_stream():
-    from fastadapt.build import SourceRequest
+    from fastadapt.config.build import SourceRequest
     from fastadapt.data.streams import omniglot_stream
 
     source = omniglot_stream(SourceRequest("test", 3, 1, 1, 0, options={"length": 12, "phase_length": 4, "replace": 1, "holdout": 2}))
@@ -439,7 +439,7 @@ def test_protonet_runs_online_on_an_omniglot_stream():
 
 def test_fastadapt_plot_draws_a_saved_record_of_online_runs(tmp_path, capsys):
     from fastadapt.cli import main as cli_main
-    from fastadapt.streaming import plot_stream_record, save_runs
+    from fastadapt.eval.online import plot_stream_record, save_runs
 
     torch.manual_seed(0)
     stream = SinusoidStream(3, length=30, phase_length=10)

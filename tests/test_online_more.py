@@ -20,10 +20,10 @@ from fastadapt.algorithms.baseline import Baseline, HeadPredictor
 from fastadapt.algorithms.linear_probe import LinearProbe
 from fastadapt.algorithms.mann import MANN, MemoryPredictor
 from fastadapt.algorithms.meta_lstm import MetaLSTM, MetaLSTMState
+from fastadapt.core.registry import ALGORITHMS
 from fastadapt.data.streams import ClassStream, SinusoidStream
+from fastadapt.eval.online import online, state_nbytes
 from fastadapt.nn import MLP
-from fastadapt.registry import ALGORITHMS
-from fastadapt.streaming import online, state_nbytes
 
 WAYS, DIM = 3, 4
 
@@ -293,7 +293,7 @@ def test_online_runs_the_meta_lstm_on_a_sinusoid_stream():
 
 def _sequence_algo():
     from fastadapt.algorithms.ntm import NTMLearner
-    from fastadapt.memory.sequence import lstm_seq
+    from fastadapt.nn.sequence import lstm_seq
 
     torch.manual_seed(0)
     return NTMLearner(lstm_seq((4, 5), 3, hidden_size=8))

@@ -21,11 +21,11 @@ from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.config import load_config
-from fastadapt.engine.accumulate import check_task_chunk, meta_gradient, task_chunks
-from fastadapt.engine.loop import train
-from fastadapt.errors import ConfigError
+from fastadapt.core.errors import ConfigError
 from fastadapt.nn import Conv4
-from fastadapt.precision import autocast, check_precision
+from fastadapt.runtime.precision import autocast, check_precision
+from fastadapt.training.accumulate import check_task_chunk, meta_gradient, task_chunks
+from fastadapt.training.loop import train
 
 WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 5, 16
 

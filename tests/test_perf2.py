@@ -16,7 +16,7 @@ from fastadapt.algorithms.anil import ANIL
 from fastadapt.algorithms.maml import FOMAML, MAML
 from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.config import load_config
-from fastadapt.errors import ConfigError
+from fastadapt.core.errors import ConfigError
 from fastadapt.nn import MLP, Conv4
 
 WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 5, 16
@@ -255,7 +255,7 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device (benchmark
 
 @needs_cuda
 def test_cuda_auto_device_is_cuda():
-    from fastadapt.config import resolve_device
+    from fastadapt.runtime.devices import resolve_device
 
     assert resolve_device("auto") == "cuda"
 
@@ -277,8 +277,8 @@ def test_cuda_bf16_autocast_meta_gradient_is_close_to_fp32():
     """The CPU bound of tests/test_perf.py (relative error < 0.25, cosine > 0.97) on CUDA, random 28x28 images, Conv4-64."""
     import copy
 
-    from fastadapt.engine.accumulate import meta_gradient
-    from fastadapt.precision import autocast
+    from fastadapt.runtime.precision import autocast
+    from fastadapt.training.accumulate import meta_gradient
 
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(5)
@@ -305,7 +305,7 @@ def test_cuda_bf16_autocast_meta_gradient_is_close_to_fp32():
 @needs_cuda
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_cuda_short_training(tmp_path, precision):
-    from fastadapt.engine.loop import train
+    from fastadapt.training.loop import train
 
     overrides = [
         "data.ways=3",

@@ -2,8 +2,8 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms.protonet import ProtoNet, prototype_logits, prototypes
+from fastadapt.core.episodes import TaskBatch
 from fastadapt.data import EpisodeSampler, load_omniglot
-from fastadapt.episodes import TaskBatch
 from fastadapt.nn import Conv4
 
 

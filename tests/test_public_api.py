@@ -1,7 +1,7 @@
 """The public surface is explicit and pinned: a change to it is a deliberate change to this test."""
 
 import fastadapt
-from fastadapt.registry import ALGORITHMS, algorithm_class
+from fastadapt.core.registry import ALGORITHMS, algorithm_class
 
 PUBLIC = {
     "ALFA", "ANIL", "FOMAML", "MAML", "MAMLRL", "EnvTasks", "MANN", "Algorithm", "ClassDataset", "Config", "ConfigError", "DataError", "Episode",
@@ -20,9 +20,9 @@ def test_all_is_pinned_and_importable():
 
 
 def test_train_is_the_function_not_a_subpackage():
-    import fastadapt.engine.loop  # noqa: F401  (importing the engine must not shadow fastadapt.train)
+    import fastadapt.training.loop  # noqa: F401  (importing the engine must not shadow fastadapt.train)
 
-    assert callable(fastadapt.train) and fastadapt.train.__module__ == "fastadapt.engine.loop"
+    assert callable(fastadapt.train) and fastadapt.train.__module__ == "fastadapt.training.loop"
 
 
 def test_every_registered_algorithm_class_declares_the_contract():
@@ -42,8 +42,8 @@ def test_the_command_starts_without_importing_torch_so_an_early_interrupt_is_han
 
 
 def test_public_functions_are_not_shadowed_by_modules():
-    import fastadapt.engine.loop  # noqa: F401
-    import fastadapt.streaming  # noqa: F401
+    import fastadapt.eval.online  # noqa: F401
+    import fastadapt.training.loop  # noqa: F401
 
-    assert callable(fastadapt.online) and fastadapt.online.__module__ == "fastadapt.streaming"
+    assert callable(fastadapt.online) and fastadapt.online.__module__ == "fastadapt.eval.online"
     assert callable(fastadapt.train) and sorted(dir(fastadapt)) == dir(fastadapt) and "MAML" in dir(fastadapt)

@@ -7,7 +7,7 @@ import pytest
 from fastadapt.algorithms import inner
 from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
-from fastadapt.engine.loop import train
+from fastadapt.training.loop import train
 
 TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "model.hidden=8", "optim.steps=4",
         "eval.val_every=2", "eval.val_episodes=4", "eval.test_episodes=4", "eval.batch=4", "run.log_every=1",

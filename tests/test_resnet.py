@@ -6,12 +6,12 @@ import pytest
 import torch
 
 import fastadapt
-from fastadapt.build import build_algorithm, task_sources
 from fastadapt.config import load_config
+from fastadapt.config.build import build_algorithm, task_sources
+from fastadapt.core.errors import ConfigError
+from fastadapt.core.registry import MODELS
 from fastadapt.data.augment import AugmentedTasks, augment_task, crop, flip, jitter, rotate90_per_class, shift
-from fastadapt.errors import ConfigError
 from fastadapt.nn.resnet import ResNet12, drop_block, resnet12
-from fastadapt.registry import MODELS
 
 TINY = ["data.ways=3", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=2", "data.image_size=16",
         "optim.steps=2", "eval.val_every=0", "eval.test_episodes=4", "eval.batch=2", "run.progress=false", "run.threads=1"]

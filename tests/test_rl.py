@@ -18,8 +18,8 @@ from torch import nn
 import fastadapt
 from fastadapt import cli
 from fastadapt.algorithms.maml_rl import MAMLRL, clipped_surrogate, inner_loss
-from fastadapt.episodes import EnvTasks
-from fastadapt.errors import ConfigError, DataError
+from fastadapt.core.episodes import EnvTasks
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.rl import EnvTaskSource, GaussianMLPPolicy, fit_linear_baseline, nav2d_family, pendulum_family, rollout, task_family
 from fastadapt.rl.envs import require_gymnasium
 from fastadapt.rl.rollout import Trajectories

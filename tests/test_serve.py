@@ -30,7 +30,7 @@ from fastadapt.apps.inputs import MAX_BYTES, decode_image, encode_png  # noqa: E
 from fastadapt.apps.loadtest import load_test, multipart  # noqa: E402
 from fastadapt.apps.serve import STATIC, create_app, free_port  # noqa: E402
 from fastadapt.apps.teach import entropy, load_pool  # noqa: E402
-from fastadapt.errors import DataError  # noqa: E402
+from fastadapt.core.errors import DataError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

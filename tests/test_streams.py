@@ -12,8 +12,8 @@ import torch
 
 import fastadapt
 from fastadapt import ClassDataset, DataError
-from fastadapt.build import SourceRequest
-from fastadapt.contract import check_task_batch, check_task_source
+from fastadapt.config.build import SourceRequest
+from fastadapt.core.contract import check_task_batch, check_task_source
 from fastadapt.data.streams import (
     ClassStream,
     SinusoidStream,

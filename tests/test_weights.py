@@ -11,9 +11,9 @@ import torch
 import fastadapt
 from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
-from fastadapt.errors import ConfigError, DataError
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.nn import Conv4
-from fastadapt.weights import load_pretrained, read_safetensors, read_state_file, save_safetensors
+from fastadapt.nn.weights import load_pretrained, read_safetensors, read_state_file, save_safetensors
 
 TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=2", "model.hidden=8",
         "optim.steps=2", "eval.val_every=0", "eval.test_episodes=0", "run.progress=false", "run.threads=1", "run.checkpoint_every=1"]
@@ -87,7 +87,7 @@ def test_model_weights_key_starts_training_from_the_file(tmp_path):
     enc = Conv4(1, None, hidden=8)
     path = save_safetensors(enc.state_dict(), tmp_path / "enc.safetensors")
     cfg = load_config("protonet-quick", [*TINY, f"model.weights={json.dumps(str(path))}", f"run.out={tmp_path / 'run'}"])
-    from fastadapt.build import build_algorithm
+    from fastadapt.config.build import build_algorithm
 
     algo = build_algorithm(cfg)
     assert all(torch.equal(algo.model.state_dict()[k], v) for k, v in enc.state_dict().items())

@@ -1,4 +1,4 @@
-"""fastadapt: meta-learning on PyTorch. The contract every algorithm keeps is :mod:`fastadapt.contract`;
+"""fastadapt: meta-learning on PyTorch. The contract every algorithm keeps is :mod:`fastadapt.core.contract`;
 the layers and extension points are described in docs/ARCHITECTURE.md.
 
 Importing fastadapt changes no process-wide state; :func:`keep_freed_memory` is the allocator
@@ -10,33 +10,33 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from fastadapt.version import __version__ as __version__
+from fastadapt.core.version import __version__ as __version__
 
 # The public names and the module each comes from. They are imported on first use (PEP 562), so
 # that `import fastadapt` (and the `fastadapt` command's start, which Ctrl-C may interrupt) costs
 # nothing until something is used; `from fastadapt import X` and `fastadapt.X` work as usual.
 _WHERE = {
-    "ALFA": "fastadapt.algorithms.alfa", "tune": "fastadapt.tuning",
+    "ALFA": "fastadapt.algorithms.alfa", "tune": "fastadapt.apps.tune",
     "ANIL": "fastadapt.algorithms.anil", "FOMAML": "fastadapt.algorithms.maml", "MAML": "fastadapt.algorithms.maml",
     "MANN": "fastadapt.algorithms.mann", "MatchingNet": "fastadapt.algorithms.matching", "MetaLSTM": "fastadapt.algorithms.meta_lstm",
     "NTMLearner": "fastadapt.algorithms.ntm",
     "MetaSGD": "fastadapt.algorithms.metasgd", "ProtoNet": "fastadapt.algorithms.protonet", "Reptile": "fastadapt.algorithms.reptile",
-    "MAMLRL": "fastadapt.algorithms.maml_rl", "EnvTasks": "fastadapt.episodes",
-    "SourceRequest": "fastadapt.build", "TaskSources": "fastadapt.build",
+    "MAMLRL": "fastadapt.algorithms.maml_rl", "EnvTasks": "fastadapt.core.episodes",
+    "SourceRequest": "fastadapt.config.build", "TaskSources": "fastadapt.config.build",
     "Config": "fastadapt.config", "config_from_dict": "fastadapt.config", "load_config": "fastadapt.config",
-    "Algorithm": "fastadapt.contract", "MetaOutput": "fastadapt.contract", "TaskSource": "fastadapt.contract",
+    "Algorithm": "fastadapt.core.contract", "MetaOutput": "fastadapt.core.contract", "TaskSource": "fastadapt.core.contract",
     "ClassDataset": "fastadapt.data", "EpisodeDataset": "fastadapt.data", "EpisodeSampler": "fastadapt.data", "SinusoidTasks": "fastadapt.data",
     "load_fashion_mnist": "fastadapt.data", "load_idx": "fastadapt.data", "load_omniglot": "fastadapt.data",
     "load_omniglot_originals": "fastadapt.data", "read_idx": "fastadapt.data",
-    "TrainResult": "fastadapt.engine", "train": "fastadapt.engine",
-    "Episode": "fastadapt.episodes", "TaskBatch": "fastadapt.episodes", "collate_tasks": "fastadapt.episodes",
-    "ConfigError": "fastadapt.errors", "DataError": "fastadapt.errors", "FastAdaptError": "fastadapt.errors",
+    "TrainResult": "fastadapt.training", "train": "fastadapt.training",
+    "Episode": "fastadapt.core.episodes", "TaskBatch": "fastadapt.core.episodes", "collate_tasks": "fastadapt.core.episodes",
+    "ConfigError": "fastadapt.core.errors", "DataError": "fastadapt.core.errors", "FastAdaptError": "fastadapt.core.errors",
     "EvalResult": "fastadapt.eval", "evaluate": "fastadapt.eval", "mean_ci": "fastadapt.eval",
-    "online": "fastadapt.streaming", "explain": "fastadapt.explanations", "keep_freed_memory": "fastadapt.process",
-    "register_algorithm": "fastadapt.registry", "register_model": "fastadapt.registry", "register_task_source": "fastadapt.registry",
-    "Run": "fastadapt.run_folder", "RunFolder": "fastadapt.run_folder", "load_run": "fastadapt.run_folder",
-    "load_pretrained": "fastadapt.weights", "load_safetensors": "fastadapt.weights", "save_safetensors": "fastadapt.weights",
-    "export_run": "fastadapt.apps.export_weights",
+    "online": "fastadapt.eval.online", "explain": "fastadapt.eval.explanations", "keep_freed_memory": "fastadapt.runtime.allocator",
+    "register_algorithm": "fastadapt.core.registry", "register_model": "fastadapt.core.registry", "register_task_source": "fastadapt.core.registry",
+    "Run": "fastadapt.runs.folder", "RunFolder": "fastadapt.runs.folder", "load_run": "fastadapt.runs.folder",
+    "load_pretrained": "fastadapt.nn.weights", "load_safetensors": "fastadapt.nn.weights", "save_safetensors": "fastadapt.nn.weights",
+    "export_run": "fastadapt.runs.export",
 }
 
 
@@ -69,10 +69,13 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from fastadapt.algorithms.ntm import NTMLearner
     from fastadapt.algorithms.protonet import ProtoNet
     from fastadapt.algorithms.reptile import Reptile
-    from fastadapt.apps.export_weights import export_run
-    from fastadapt.build import SourceRequest, TaskSources
+    from fastadapt.apps.tune import tune
     from fastadapt.config import Config, config_from_dict, load_config
-    from fastadapt.contract import Algorithm, MetaOutput, TaskSource
+    from fastadapt.config.build import SourceRequest, TaskSources
+    from fastadapt.core.contract import Algorithm, MetaOutput, TaskSource
+    from fastadapt.core.episodes import EnvTasks, Episode, TaskBatch, collate_tasks
+    from fastadapt.core.errors import ConfigError, DataError, FastAdaptError
+    from fastadapt.core.registry import register_algorithm, register_model, register_task_source
     from fastadapt.data import (
         ClassDataset,
         EpisodeDataset,
@@ -84,17 +87,14 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         load_omniglot_originals,
         read_idx,
     )
-    from fastadapt.engine import TrainResult, train
-    from fastadapt.episodes import EnvTasks, Episode, TaskBatch, collate_tasks
-    from fastadapt.errors import ConfigError, DataError, FastAdaptError
     from fastadapt.eval import EvalResult, evaluate, mean_ci
-    from fastadapt.explanations import explain
-    from fastadapt.process import keep_freed_memory
-    from fastadapt.registry import register_algorithm, register_model, register_task_source
-    from fastadapt.run_folder import Run, RunFolder, load_run
-    from fastadapt.streaming import online
-    from fastadapt.tuning import tune
-    from fastadapt.weights import load_pretrained, load_safetensors, save_safetensors
+    from fastadapt.eval.explanations import explain
+    from fastadapt.eval.online import online
+    from fastadapt.nn.weights import load_pretrained, load_safetensors, save_safetensors
+    from fastadapt.runs.export import export_run
+    from fastadapt.runs.folder import Run, RunFolder, load_run
+    from fastadapt.runtime.allocator import keep_freed_memory
+    from fastadapt.training import TrainResult, train
 
 __all__ = [
     "ALFA",

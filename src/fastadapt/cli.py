@@ -5,7 +5,7 @@
     fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
     fastadapt list                                algorithms, models, task sources, presets
     fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective, importance);
-                                                  a record of online runs (streams.json, fastadapt.streaming.save_runs): the stream plot
+                                                  a record of online runs (streams.json, fastadapt.eval.online.save_runs): the stream plot
     fastadapt tune PRESET|FILE [key=value ...]    hyperparameter search with Optuna (resumes from TUNEDIR/study.db)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
@@ -19,10 +19,10 @@ Exit status: 0 done; 2 a usage, config, data or file error (one line on stderr);
 training saves its checkpoint first). Anything else is a bug, with its traceback.
 
 Every failure a user or the machine can cause prints one line, ``fastadapt: error: <cause>; <fix>``,
-and exits with status 2: a bad config or input (:class:`~fastadapt.errors.FastAdaptError`), a file
+and exits with status 2: a bad config or input (:class:`~fastadapt.core.errors.FastAdaptError`), a file
 system error (no space, read-only, permission), running out of memory. An interrupt exits with 130.
 ``FASTADAPT_DEBUG=1`` raises instead, with the traceback; any other exception is a bug and keeps its
-traceback. The command (not the library) applies the process settings of :mod:`fastadapt.process`
+traceback. The command (not the library) applies the process settings of :mod:`fastadapt.runtime.allocator`
 when ``run.keep_freed_memory`` is true.
 """
 
@@ -35,14 +35,14 @@ import sys
 import typing
 from pathlib import Path
 
-from fastadapt.errors import ConfigError, FastAdaptError
+from fastadapt.core.errors import ConfigError, FastAdaptError
 
 MEMORY_FIX = "lower data.meta_batch, data.ways, data.image_size or eval.batch (fastadapt train ... --dry-run shows the estimate)"
 
 
 def _apply_process_settings(cfg) -> str:
     """What the command line (not the library) sets for the whole process; returned in words."""
-    from fastadapt.process import keep_freed_memory
+    from fastadapt.runtime.allocator import keep_freed_memory
 
     if cfg.run.keep_freed_memory and keep_freed_memory():
         return "glibc keeps freed memory for reuse (run.keep_freed_memory=false to leave the allocator alone)"
@@ -60,8 +60,8 @@ def _dry_run(cfg) -> int:
     """Build what training builds (data, model, algorithm; every check, the memory estimate too) and write nothing."""
     from torch import nn
 
-    from fastadapt.build import build_algorithm, probe_batch, task_sources, train_classes
-    from fastadapt.cost import estimate_cost
+    from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes
+    from fastadapt.config.preflight import estimate_cost
 
     sources = task_sources(cfg)
     probe = probe_batch(sources, cfg)
@@ -74,15 +74,16 @@ def _dry_run(cfg) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastadapt import distributed
-    from fastadapt.config import check_device, load_config
+    from fastadapt.config import load_config
+    from fastadapt.runtime import distributed
+    from fastadapt.runtime.devices import check_device
 
     cfg = load_config(args.config, args.overrides)
     check_device(cfg.run.device)
     _check_out_dir(cfg.out_dir)
     if args.dry_run:
         return _dry_run(cfg)
-    from fastadapt.engine.loop import train
+    from fastadapt.training.loop import train
 
     main = distributed.is_main()  # under torchrun only rank 0 prints
     note = _apply_process_settings(cfg)
@@ -111,10 +112,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from fastadapt import distributed
-    from fastadapt.config import check_device
-    from fastadapt.eval.tests import evaluate_run
-    from fastadapt.run_folder import RunFolder
+    from fastadapt.runs.folder import RunFolder
+    from fastadapt.runtime import distributed
+    from fastadapt.runtime.devices import check_device
+    from fastadapt.training.testing import evaluate_run
 
     cfg = RunFolder(args.run_dir).read_config(args.overrides)
     check_device(cfg.run.device)
@@ -128,8 +129,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_list(args: argparse.Namespace) -> int:
     from fastadapt.config import preset_names
+    from fastadapt.core.registry import ALGORITHMS, MODELS, TASK_SOURCES
     from fastadapt.data import SPLITS
-    from fastadapt.registry import ALGORITHMS, MODELS, TASK_SOURCES
 
     for title, registry in (("algorithms", ALGORITHMS), ("models", MODELS), ("task sources (data.dataset)", TASK_SOURCES)):
         have = set(registry.available())
@@ -148,9 +149,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
+    from fastadapt.apps.tune import is_tune_folder, plot_study
+    from fastadapt.eval.online import is_streams_record, plot_stream_record
     from fastadapt.report import plot_run
-    from fastadapt.streaming import is_streams_record, plot_stream_record
-    from fastadapt.tuning import is_tune_folder, plot_study
 
     draw = plot_study if is_tune_folder(args.run_dir) else plot_stream_record if is_streams_record(args.run_dir) else plot_run
     for path in draw(args.run_dir):
@@ -171,8 +172,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from fastadapt.build import task_sources
     from fastadapt.config import load_config
+    from fastadapt.config.build import task_sources
     from fastadapt.report import save_episode_grid
 
     if not 1 <= args.tasks <= 1000:
@@ -188,7 +189,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from fastadapt.apps.export_weights import export_run
+    from fastadapt.runs.export import export_run
 
     for path in export_run(args.run_dir, args.out, args.format):
         print(f"wrote {path}")
@@ -196,7 +197,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from fastadapt.tuning import tune
+    from fastadapt.apps.tune import tune
 
     res = tune(args.config, args.overrides, args.dir, args.space, args.trials, args.minutes)
     score = "none finished" if res.best_value is None else (
@@ -241,7 +242,7 @@ class _Version(argparse.Action):
 
         import torch
 
-        from fastadapt.version import __version__
+        from fastadapt.core.version import __version__
 
         print(f"fastadapt {__version__} (torch {torch.__version__}, Python {platform.python_version()})")
         parser.exit(0)

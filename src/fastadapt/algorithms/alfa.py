@@ -40,8 +40,8 @@ from torch.func import functional_call
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
 from fastadapt.algorithms.maml import FastWeightsPredictor
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 Hyper = Callable[[int, inner.Params, inner.Params], tuple[dict[str, Tensor], dict[str, Tensor]]]  # (step, phi, grads) -> (alpha, beta)
 

@@ -29,8 +29,8 @@ from torch.func import functional_call
 from fastadapt.algorithms import inner, shared_first
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
 from fastadapt.algorithms.maml import FastWeightsPredictor
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 
 def head_input(model: nn.Module, head: str, state: tuple[inner.Params, ...], x: Tensor) -> Tensor:

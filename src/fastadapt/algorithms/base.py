@@ -1,4 +1,4 @@
-"""Free functions every algorithm shares; the contract itself is :mod:`fastadapt.contract`.
+"""Free functions every algorithm shares; the contract itself is :mod:`fastadapt.core.contract`.
 
 An algorithm is an ``nn.Module`` that holds the user's model and its own meta-parameters (learnt
 inner rates, an LSTM meta-learner, ...); ``algo.parameters()`` is what the outer optimizer trains.
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastadapt.contract import MetaOutput, Predictor
+from fastadapt.core.contract import MetaOutput, Predictor
 
 __all__ = ["MetaOutput", "Predictor", "batch_metrics", "is_classification", "per_task_scores", "task_loss"]
 

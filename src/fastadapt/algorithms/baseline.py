@@ -51,9 +51,9 @@ from torch.func import functional_call
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.algorithms.maml import DEFAULT_WINDOW
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.data.streams import check_update
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError, DataError
 
 HEADS = ("linear", "cosine")
 FINETUNE_EPOCHS = 100  # passes over the support set when finetune_steps is None (Chen et al.'s code)

@@ -33,8 +33,8 @@ from torch.func import functional_call
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.algorithms.maml import DEFAULT_WINDOW, FastWeightsPredictor
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 
 class GrBAL(nn.Module):

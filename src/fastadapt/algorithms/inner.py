@@ -75,8 +75,8 @@ from torch.overrides import TorchFunctionMode
 
 from fastadapt.algorithms import compiled, shared_first
 from fastadapt.algorithms.base import task_loss
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 Params = dict[str, Tensor]
 Rate = float | Tensor  # a learning rate: a number, a scalar tensor, or a tensor shaped like its parameter

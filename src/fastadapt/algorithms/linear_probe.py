@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput
 from fastadapt.algorithms.baseline import Head, HeadPredictor, embed, model_embedding_dim, predict_tasks, pretrain_loss
-from fastadapt.episodes import TaskBatch
+from fastadapt.core.episodes import TaskBatch
 
 
 def logistic_objective(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, C: float) -> Tensor:

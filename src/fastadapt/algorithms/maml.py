@@ -32,12 +32,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from fastadapt import contract
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.core import contract
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.data.streams import check_update
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError, DataError
 
 MSL_MIN_WEIGHT = 0.03  # MAML++: a non-final step's weight never falls below MSL_MIN_WEIGHT / K during annealing
 
@@ -191,7 +191,7 @@ class MAML(nn.Module):
 
     :attr:`meta_step` (a buffer, saved with the state) counts the meta-updates: the ``meta_loss``
     calls made in training mode with grad enabled, except those that continue an update an earlier
-    call began (the loop's chunked accumulation, :func:`fastadapt.contract.continues_update`), which
+    call began (the loop's chunked accumulation, :func:`fastadapt.core.contract.continues_update`), which
     read the schedule at the first call's step. DA and MSL schedules read it.
     """
 
@@ -226,7 +226,7 @@ class MAML(nn.Module):
 
     def schedule_step(self) -> int:
         """The meta-update the schedules read: :attr:`meta_step`, or the one before when this call continues
-        an update already counted (:func:`fastadapt.contract.continues_update`)."""
+        an update already counted (:func:`fastadapt.core.contract.continues_update`)."""
         step = int(self.meta_step)
         return max(step - 1, 0) if self._counting() and contract.continues_update() else step
 

@@ -1,7 +1,7 @@
 """MAML for policies (Finn et al. 2017, sec. 5.3) with a ProMP-style clipped outer objective
 (Rothfuss et al. 2019), first-order MAML, Reptile for policies, and the jointly pretrained policy.
 
-A task is an environment (:class:`~fastadapt.episodes.EnvTasks`). One meta-iteration (``meta_loss``):
+A task is an environment (:class:`~fastadapt.core.episodes.EnvTasks`). One meta-iteration (``meta_loss``):
 
 1. Inner step ``j = 0 .. inner_steps-1``, per task: sample ``K = tasks.shots`` trajectories with the
    current weights ``phi_j`` (``phi_0 = theta``), compute advantages ``A_t = R_t - b(s_t)`` (discounted
@@ -57,8 +57,8 @@ from torch.func import functional_call
 
 from fastadapt.algorithms.base import MetaOutput
 from fastadapt.algorithms.reptile import reptile_surrogate
-from fastadapt.episodes import EnvTasks
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import EnvTasks
+from fastadapt.core.errors import ConfigError
 from fastadapt.rl.policy import gaussian_log_prob
 from fastadapt.rl.returns import advantages
 from fastadapt.rl.rollout import Trajectories, rollout

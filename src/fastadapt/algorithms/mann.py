@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.data.streams import check_update
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError, DataError
-from fastadapt.memory.mann import LRUMemoryCore, LSTMCore
+from fastadapt.nn.mann_memory import LRUMemoryCore, LSTMCore
 
 REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)  # the columns of the paper's table 1
 LABEL_ENCODINGS = ("onehot", "string")
@@ -265,11 +265,11 @@ class MANN(nn.Module):
         ways: C, the number of classes per episode (5 in the paper's one-hot experiments).
         input_shape: shape of one input (default ``(1, 20, 20)``: Omniglot at the paper's 20x20).
         core: ``"mann"`` (controller + LRUA memory) or ``"lstm"`` (the baseline).
-        memory_size, memory_width, read_heads, controller_size, gamma: see :class:`~fastadapt.memory.mann.LRUMemoryCore`
+        memory_size, memory_width, read_heads, controller_size, gamma: see :class:`~fastadapt.nn.mann_memory.LRUMemoryCore`
             (paper: 128, 40, 4, 200, 0.95).
         shuffle_labels: relabel the classes with a random permutation in every training episode (the paper does).
         key_strength: sharpen the content reads with a learnt key strength (not in the paper; see
-            :class:`~fastadapt.memory.mann.LRUMemoryCore`).
+            :class:`~fastadapt.nn.mann_memory.LRUMemoryCore`).
         controller: the MANN's controller, ``"lstm"`` (the paper) or ``"transformer"`` (``core="mann"`` only).
         transformer_layers, transformer_heads: the transformer controller's depth and heads (width: ``controller_size``).
         translate: training episodes only: shift each class of an episode by its own random offset of up

@@ -22,8 +22,8 @@ from torch.func import functional_call
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.algorithms.maml import FastWeightsPredictor
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 
 class MetaSGD(nn.Module):

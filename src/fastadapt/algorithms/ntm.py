@@ -1,6 +1,6 @@
 """The Neural Turing Machine on its sequence tasks (Graves, Wayne & Danihelka 2014), as a fastadapt algorithm.
 
-A task of the copy or associative-recall source (:mod:`fastadapt.tasks.sources`) is one sequence:
+A task of the copy or associative-recall source (:mod:`fastadapt.data.sequences`) is one sequence:
 the support is what the network is shown, the query the steps at which it answers. Adaptation is
 running the network over the support sequence; the adapted state is the network's state after it
 (the NTM's memory, weightings and controller state; an LSTM's ``(h, c)``; a transformer's cache).
@@ -12,7 +12,7 @@ bits on the wrong side of 0.5 (what the engine's evaluation measures too: ``pred
 predicted bits, 0 or 1); ``bits_wrong``, bits wrong per sequence (the paper's measure); ``length``,
 answer steps of the batch.
 
-The model is any sequence model of :mod:`fastadapt.memory.sequence` (``model.name = "ntm"``,
+The model is any sequence model of :mod:`fastadapt.nn.sequence` (``model.name = "ntm"``,
 ``"lstm-seq"`` or ``"transformer-seq"``), so the NTM and its baselines train with the same algorithm,
 loss and episodes.
 """
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 
 def bits_wrong(logits: Tensor, targets: Tensor) -> Tensor:
@@ -61,7 +61,7 @@ class NTMLearner(nn.Module):
     """Sequence tasks through a memory network (see the module docstring).
 
     Args:
-        model: a sequence model with ``run(x, state) -> SequenceRun`` (:mod:`fastadapt.memory.sequence`).
+        model: a sequence model with ``run(x, state) -> SequenceRun`` (:mod:`fastadapt.nn.sequence`).
     """
 
     needs_head: ClassVar[bool] = False

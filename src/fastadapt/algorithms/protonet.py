@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.data.streams import check_update
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError, DataError
 
 DISTANCES = ("euclidean", "cosine")
 

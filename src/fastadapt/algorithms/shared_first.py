@@ -26,7 +26,7 @@ kernel instead of T matters, ``benchmarks/gpu_compare.py`` measures it.
 The model may use its parameters only through ``F.conv2d``, ``F.linear`` and ``F.batch_norm`` (the
 layers ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm*``), and its other operations must act on
 each example separately (activations, pooling, reshapes); anything else is a one-line
-:class:`~fastadapt.errors.ConfigError` that names ``execution="loop"``. Equal to the per-task loop
+:class:`~fastadapt.core.errors.ConfigError` that names ``execution="loop"``. Equal to the per-task loop
 to 1e-9 in float64 (``tests/test_perf2.py``).
 """
 
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from fastadapt.errors import ConfigError
+from fastadapt.core.errors import ConfigError
 
 Params = dict[str, Tensor]
 

@@ -3,7 +3,7 @@
 The task is episode ``N`` of the run's first test setting (``--episode N``, the same fixed episodes
 ``fastadapt eval`` scores), or your own: ``--support DIR`` (``DIR/<class>/<image>``) and ``--query FILE``
 (one image, or a folder of images). Images are converted to the run's input by
-:mod:`fastadapt.apps.inputs`. The maths is :func:`fastadapt.explanations.explain`; this module picks
+:mod:`fastadapt.apps.inputs`. The maths is :func:`fastadapt.eval.explanations.explain`; this module picks
 the task, draws the picture and writes the files.
 """
 
@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from fastadapt.apps.inputs import decode_image
-from fastadapt.episodes import Episode
-from fastadapt.errors import ConfigError, DataError, FastAdaptError
-from fastadapt.explanations import Explanation, explain
+from fastadapt.core.episodes import Episode
+from fastadapt.core.errors import ConfigError, DataError, FastAdaptError
+from fastadapt.eval.explanations import Explanation, explain
 
 QUERY_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -48,7 +48,7 @@ def input_shape(run: Any) -> tuple[int, ...]:
 
 def episode_task(run: Any, episode: int, queries: int = 5) -> NamedTask:
     """Episode ``episode`` of the run's first test setting, with ``queries`` of its queries (one per class first)."""
-    from fastadapt.build import task_sources
+    from fastadapt.config.build import task_sources
 
     if episode < 0:
         raise ConfigError(f"--episode={episode} is invalid; episodes count from 0")
@@ -117,7 +117,7 @@ def explanation_record(expl: Explanation, named: NamedTask, run: Any) -> dict[st
 def explain_command(run_dir: str, overrides: list[str], episode: int | None, support: str | None, query: str | None, queries: int,
                     attribution: str, out: str | None, invert: str = "auto") -> tuple[Path, Path]:
     """What ``fastadapt explain`` does; returns the PNG and JSON paths written."""
-    from fastadapt.run_folder import load_run
+    from fastadapt.runs.folder import load_run
 
     if (support is None) != (query is None):
         raise ConfigError("--support and --query go together: a folder of class folders and a query image")

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from fastadapt.algorithms.baseline import HeadPredictor, head_logits
 from fastadapt.algorithms.maml import FastWeightsPredictor
 from fastadapt.algorithms.protonet import PrototypePredictor, prototype_logits
-from fastadapt.errors import DataError
+from fastadapt.core.errors import DataError
 
 FORMAT = "fastadapt-task/1"
 

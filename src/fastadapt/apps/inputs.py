@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastadapt.errors import DataError
+from fastadapt.core.errors import DataError
 
 MAX_BYTES = 2 * 1024 * 1024  # an upload or a drawing
 MAX_PIXELS = 4096 * 4096  # width * height, read from the header before decoding

@@ -2,7 +2,7 @@
 
 The page (``static/index.html``) lets a person create classes, draw (canvas) or upload a few examples
 of each, see the prediction for a new drawing live (confidences, latency, the explanation of
-:func:`fastadapt.explanations.explain`), label the pool examples the model is least sure about
+:func:`fastadapt.eval.explanations.explain`), label the pool examples the model is least sure about
 (:mod:`fastadapt.apps.teach`), compare with random labelling round by round, and export or import the
 adapted task (:mod:`fastadapt.apps.export`). State lives in SQLite (:mod:`fastadapt.apps.store`).
 
@@ -47,9 +47,9 @@ from fastadapt.apps import export as exporting
 from fastadapt.apps.inputs import MAX_BYTES, decode_image, encode_png
 from fastadapt.apps.store import Conflict, InvalidName, NotFound, Store
 from fastadapt.apps.teach import Learner, Pool, load_pool, propose, score_rounds
-from fastadapt.episodes import Episode
-from fastadapt.errors import ConfigError, DataError, FastAdaptError
-from fastadapt.explanations import explain
+from fastadapt.core.episodes import Episode
+from fastadapt.core.errors import ConfigError, DataError, FastAdaptError
+from fastadapt.eval.explanations import explain
 
 try:
     from fastapi import FastAPI, File, Form, Request, UploadFile
@@ -302,7 +302,7 @@ def serve_command(run_dir: str, host: str = "127.0.0.1", port: int = 8765, folde
     """What ``fastadapt serve`` does: load the run, open (or create) the app's folder, print the URL, serve until interrupted."""
     import uvicorn
 
-    from fastadapt.run_folder import load_run
+    from fastadapt.runs.folder import load_run
 
     if host not in LOCAL_HOSTS and not allow_remote:
         raise ConfigError(f"--host {host} would let other machines reach an app without authentication; pass --allow-remote to mean it")

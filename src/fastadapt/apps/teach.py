@@ -36,7 +36,7 @@ from torch import Tensor
 
 from fastadapt.apps.inputs import oriented
 from fastadapt.apps.store import Conflict, Example, NotFound
-from fastadapt.errors import DataError
+from fastadapt.core.errors import DataError
 
 HELD_OUT = 0.4  # fraction of each pool class kept for scoring
 POOL_SEED = 0

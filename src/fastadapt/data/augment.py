@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 from fastadapt.data.sampler import _mix
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
 
 OPERATIONS = ("rotate90", "flip", "crop", "shift", "jitter")  # the order they are applied in
 JITTER = 0.4  # colour jitter strength: each factor is uniform in [1 - JITTER, 1 + JITTER]

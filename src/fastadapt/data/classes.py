@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fastadapt.errors import DataError
+from fastadapt.core.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 

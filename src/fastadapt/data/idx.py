@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
-from fastadapt.errors import DataError
 
 IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),

@@ -29,8 +29,8 @@ from importlib import resources
 import numpy as np
 import torch
 
+from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
-from fastadapt.errors import DataError
 
 SPLITS: dict[str, dict[str, tuple[int, int]]] = {
     # split -> part -> inclusive range of original character ids

@@ -33,8 +33,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
-from fastadapt.errors import DataError
 
 OFFICIAL_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/{name}.zip"
 MAX_IMAGE_BYTES = 1 << 20  # the largest image (archive entry or extracted file) accepted; the originals are < 2 KiB

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import DataError
 
 _MASK64 = (1 << 64) - 1
 EVAL_STEP = -1  # the step index reserved for fixed evaluation episodes
@@ -192,7 +192,7 @@ class EpisodeDataset(IterableDataset):
     ``sampler.sample_tasks(start_step + s, 0, tasks_per_step)``: a pure function of (seed, step, index), so DataLoader
     workers (each takes every ``num_workers``-th step) give the same items in the same order as no workers:
     ``DataLoader(EpisodeDataset(sampler, 1000, 32), batch_size=None, num_workers=2)``. To join steps, pass
-    ``collate_fn=fastadapt.episodes.collate_tasks`` with ``batch_size=B`` (with workers, a worker joins its own steps).
+    ``collate_fn=fastadapt.core.episodes.collate_tasks`` with ``batch_size=B`` (with workers, a worker joins its own steps).
     """
 
     def __init__(self, sampler: EpisodeSampler, steps: int, tasks_per_step: int, start_step: int = 0) -> None:

@@ -11,9 +11,9 @@ import math
 import torch
 from torch import Tensor
 
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import DataError
 from fastadapt.data.sampler import _mix, fixed_episodes
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import DataError
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)

@@ -1,7 +1,7 @@
-"""The built-in task sources, registered in :mod:`fastadapt.registry` by name.
+"""The built-in task sources, registered in :mod:`fastadapt.core.registry` by name.
 
 Each is a builder ``build(request) -> ClassDataset | TaskSource`` (``request`` is a
-:class:`fastadapt.build.SourceRequest`); a user registers their own the same way with
+:class:`fastadapt.config.build.SourceRequest`); a user registers their own the same way with
 :func:`fastadapt.register_task_source`.
 """
 
@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
 from fastadapt.data.idx import FASHION_MNIST_CLASSES, IDX_PARTS, idx_files, load_fashion_mnist, load_idx
 from fastadapt.data.omniglot import SPLITS, load_omniglot
 from fastadapt.data.sinusoid import SinusoidTasks
-from fastadapt.errors import DataError
 
 
 def omniglot(request: Any) -> ClassDataset:

@@ -21,7 +21,7 @@ Streams here:
   :meth:`ClassStream.phased` a user's dataset split into phases, :func:`load_phase_folder` reads
   ``<root>/<phase>/<class>/<image>``.
 
-:class:`StreamTasks` keeps the episodic :class:`~fastadapt.contract.TaskSource` contract on top of
+:class:`StreamTasks` keeps the episodic :class:`~fastadapt.core.contract.TaskSource` contract on top of
 seeded streams (so the common loop meta-trains on them) and hands out the streams themselves
 (``stream(i)``) for online runs. Regression episodes are windows: the support set is the ``shots``
 points before a step ``t`` in time order, the query set the ``queries`` points from ``t`` on (the
@@ -43,11 +43,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset, conform_images
 from fastadapt.data.omniglot import SPLITS, load_omniglot
 from fastadapt.data.sampler import _mix, fixed_episodes
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import DataError
 
 AMPLITUDE = (0.1, 5.0)  # the MAML paper's ranges (Finn et al. 2017, sec. 5.1)
 PHASE = (0.0, math.pi)
@@ -513,7 +513,7 @@ def load_phase_folder(root: str | Path, size: tuple[int, int] | None = None, cha
 
 
 class StreamTasks:
-    """Episodes drawn from seeded streams (the :class:`~fastadapt.contract.TaskSource` contract) and
+    """Episodes drawn from seeded streams (the :class:`~fastadapt.core.contract.TaskSource` contract) and
     the streams themselves.
 
     Args:

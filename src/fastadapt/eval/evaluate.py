@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastadapt import distributed as dist_
 from fastadapt.algorithms.base import per_task_scores
-from fastadapt.episodes import EnvTasks
+from fastadapt.core.episodes import EnvTasks
 from fastadapt.eval.stats import mean_ci
-from fastadapt.precision import autocast
+from fastadapt.runtime import distributed as dist_
+from fastadapt.runtime.precision import autocast
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.devic
     batches ``r, r + W, ...`` of ``episodes`` and the scores of all ranks are gathered in episode
     order, so the result equals one process's. Whole batches are split, never the episodes of one
     batch, because an encoder's BatchNorm may normalise over the batch. ``precision``: ``"bf16"``
-    runs ``predict`` under bf16 autocast (:mod:`fastadapt.precision`).
+    runs ``predict`` under bf16 autocast (:mod:`fastadapt.runtime.precision`).
     """
     shard = distributed and dist_.is_distributed()
     me, world = dist_.rank(), dist_.world_size()

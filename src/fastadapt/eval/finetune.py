@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from fastadapt.algorithms.protonet import prototypes
-from fastadapt.contract import needs_head
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.contract import needs_head
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 MODES = ("head", "encoder")
 

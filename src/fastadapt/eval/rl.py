@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastadapt.episodes import EnvTasks
+from fastadapt.core.episodes import EnvTasks
 from fastadapt.eval.stats import mean_ci
 
 

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import task_loss
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import ConfigError
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 MODES = ("fixed", "support_cv")
 MAX_FOLDS = 5

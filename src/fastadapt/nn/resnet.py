@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastadapt.errors import ConfigError
+from fastadapt.core.errors import ConfigError
 
 CHANNELS = (64, 160, 320, 640)  # MetaOptNet's ResNet-12
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fastadapt.contract import GateTracing, LearntRates, StepRates
-from fastadapt.episodes import TaskBatch
-from fastadapt.errors import FastAdaptError
-from fastadapt.run_folder import RunFolder, load_run
+from fastadapt.core.contract import GateTracing, LearntRates, StepRates
+from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import FastAdaptError
+from fastadapt.runs.folder import RunFolder, load_run
 
 
 def _pyplot():
@@ -66,7 +66,7 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
     folder = RunFolder(run)
     if not folder.config_file.is_file() or not (folder.best_file.is_file() or folder.checkpoint_file.is_file()):
         return []
-    from fastadapt.registry import algorithm_class
+    from fastadapt.core.registry import algorithm_class
 
     if not issubclass(algorithm_class(folder.read_config().algorithm), (LearntRates, StepRates, GateTracing)):
         return []
@@ -102,7 +102,7 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
         fig.savefig(outs[-1], dpi=110)
         plt.close(fig)
     if isinstance(algo, GateTracing):
-        from fastadapt.build import task_sources
+        from fastadapt.config.build import task_sources
 
         sampler = next(iter(task_sources(cfg).tests.values()))
         batch = next(iter(sampler.fixed(20, 20)))

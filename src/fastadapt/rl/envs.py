@@ -14,7 +14,7 @@ family in one call::
 
 Each task's parameters are set as attributes of ``env.unwrapped`` after ``gym.make``.
 ``EnvTaskSource.sample_tasks(step, start, count)`` is pure (task ``i`` of step ``s`` from the seed
-``(seed, s, i)``) and returns an :class:`~fastadapt.episodes.EnvTasks`. The registered sources
+``(seed, s, i)``) and returns an :class:`~fastadapt.core.episodes.EnvTasks`. The registered sources
 ``nav2d`` and ``pendulum-dynamics`` are built by :func:`nav2d` and :func:`pendulum_dynamics`.
 
 Gymnasium is an extra (``pip install fastadapt[rl]``); it is imported on first use, and its absence
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fastadapt.core.episodes import EnvTasks
+from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.data.sampler import _mix, fixed_episodes
-from fastadapt.episodes import EnvTasks
-from fastadapt.errors import ConfigError, DataError
 
 INSTALL = "pip install fastadapt[rl]"
 NAV_GOAL_RANGE = (-0.5, 0.5)  # MAML sec. 5.3: goals uniform in [-0.5, 0.5]^2

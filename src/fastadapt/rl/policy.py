@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from fastadapt.errors import ConfigError
+from fastadapt.core.errors import ConfigError
 
 LOG_2PI = math.log(2 * math.pi)
 

@@ -1,6 +1,6 @@
 """Sampling trajectories of T tasks at once through Gymnasium's vector API.
 
-:func:`rollout` runs ``per_task`` trajectories of every task of an :class:`~fastadapt.episodes.EnvTasks`
+:func:`rollout` runs ``per_task`` trajectories of every task of an :class:`~fastadapt.core.episodes.EnvTasks`
 in one ``gymnasium.vector.SyncVectorEnv`` of ``T * per_task`` environments (one process: on one
 core the synchronous vector env is the fastest), stepping all of them together for the family's
 horizon. Everything is seeded: environment ``n`` of task ``t`` resets with a seed mixed from the
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fastadapt.core.episodes import EnvTasks
+from fastadapt.core.errors import DataError
 from fastadapt.data.sampler import _mix
-from fastadapt.episodes import EnvTasks
-from fastadapt.errors import DataError
 from fastadapt.rl.envs import EnvFamily, require_gymnasium
 
 # policy(obs [T, N, D]) -> (mean [T, N, A], log_std [T, A]): every task's current policy at once

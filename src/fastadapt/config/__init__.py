@@ -1,0 +1,48 @@
+"""Configuration: the validated schema of a run (:mod:`.schema`), presets and TOML, and the way from a
+config to objects (:mod:`.build`) with a preflight check of what a run costs (:mod:`.preflight`)."""
+
+from fastadapt.config.schema import (
+    RANGES,
+    SECTIONS,
+    Config,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    Range,
+    RunConfig,
+    algorithm_signature,
+    apply_overrides,
+    config_from_dict,
+    dataset_argument,
+    dataset_name,
+    field_comments,
+    load_config,
+    parse_override,
+    preset_names,
+    read_toml,
+    to_toml,
+)
+
+__all__ = [
+    "RANGES",
+    "SECTIONS",
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Range",
+    "RunConfig",
+    "algorithm_signature",
+    "apply_overrides",
+    "config_from_dict",
+    "dataset_argument",
+    "dataset_name",
+    "field_comments",
+    "load_config",
+    "parse_override",
+    "preset_names",
+    "read_toml",
+    "to_toml",
+]

@@ -1,0 +1,3 @@
+"""Where and how the arithmetic runs: the device (:mod:`.devices`), the precision (:mod:`.precision`),
+several processes (:mod:`.distributed`) and glibc's allocator (:mod:`.allocator`, applied by entry
+points only: importing fastadapt changes nothing in the process)."""

@@ -60,8 +60,11 @@ def reference_meta_loss(algo: ALFA, batch: TaskBatch, steps: int, random_init: b
         phi = dict(theta)
         for j in range(steps):
             loss = F.mse_loss(functional_call(model, phi, (batch.support_x[t],)), batch.support_y[t])
-            grads = torch.autograd.grad(loss, [phi[n] for n in names], create_graph=True, allow_unused=False) if any(
-                v.requires_grad for v in phi.values()) else None
+            grads = (
+                torch.autograd.grad(loss, [phi[n] for n in names], create_graph=True, allow_unused=False)
+                if any(v.requires_grad for v in phi.values())
+                else None
+            )
             if grads is None:  # random init, first step: phi does not require grad yet
                 leaves = {n: v.detach().requires_grad_() for n, v in phi.items()}
                 loss = F.mse_loss(functional_call(model, leaves, (batch.support_x[t],)), batch.support_y[t])
@@ -69,7 +72,9 @@ def reference_meta_loss(algo: ALFA, batch: TaskBatch, steps: int, random_init: b
             tau = torch.stack([phi[n].mean() for n in names] + [g.mean() for g in grads])
             a, b = generator(tau)
             k = min(j, algo.inner_steps - 1)
-            phi = {n: algo.beta0[k, i] * b[i] * phi[n] - algo.alpha0[k, i] * a[i] * grads[i] for i, n in enumerate(names)}
+            phi = {
+                n: algo.beta0[k, i] * b[i] * phi[n] - algo.alpha0[k, i] * a[i] * grads[i] for i, n in enumerate(names)
+            }
         losses.append(F.mse_loss(functional_call(model, phi, (batch.query_x[t],)), batch.query_y[t]))
     return torch.stack(losses).mean()
 
@@ -107,8 +112,11 @@ def test_constant_generator_outputs_equal_maml_with_those_rates(first_order):
     batch = sinusoids()
     algo = ALFA(mlp(3), inner_lr=0.05, inner_steps=3, first_order=first_order, execution="loop")
     constant_generator(algo, 1.6, 1.0)
-    ref = (FOMAML(mlp(3), inner_lr=0.05 * 1.6, inner_steps=3, execution="loop") if first_order
-           else MAML(mlp(3), inner_lr=0.05 * 1.6, inner_steps=3, execution="loop"))
+    ref = (
+        FOMAML(mlp(3), inner_lr=0.05 * 1.6, inner_steps=3, execution="loop")
+        if first_order
+        else MAML(mlp(3), inner_lr=0.05 * 1.6, inner_steps=3, execution="loop")
+    )
     a, m = algo.meta_loss(batch), ref.meta_loss(batch)
     torch.testing.assert_close(a.loss, m.loss, rtol=1e-13, atol=0)
     ga = torch.autograd.grad(a.loss, list(algo.model.parameters()))
@@ -152,7 +160,18 @@ def test_bad_options_are_one_line_errors():
     with pytest.raises(ConfigError, match="inner_lr"):
         ALFA(mlp(), inner_lr=-1.0)
     with pytest.raises(ConfigError, match="unknown key algorithm.decay"):
-        config_from_dict({"data": {"dataset": "sinusoid", "ways": 1}, "model": {"name": "mlp"}, "algorithm": {"name": "alfa", "decay": 1}})
-    cfg = config_from_dict({"data": {"dataset": "sinusoid", "ways": 1}, "model": {"name": "mlp"},
-                            "algorithm": {"name": "alfa", "random_init": True}})
+        config_from_dict(
+            {
+                "data": {"dataset": "sinusoid", "ways": 1},
+                "model": {"name": "mlp"},
+                "algorithm": {"name": "alfa", "decay": 1},
+            }
+        )
+    cfg = config_from_dict(
+        {
+            "data": {"dataset": "sinusoid", "ways": 1},
+            "model": {"name": "mlp"},
+            "algorithm": {"name": "alfa", "random_init": True},
+        }
+    )
     assert cfg.algorithm_options == {"random_init": True}

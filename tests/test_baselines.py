@@ -142,7 +142,20 @@ def test_fit_head_equals_torch_sgd_with_momentum_dampening_and_weight_decay(kind
     n, d, ways, steps, seed, scale = 10, 6, 3, 7, 5, 3.0
     z = torch.randn(n, d, generator=g, dtype=torch.float64)
     y = torch.arange(n) % ways
-    head = fit_head(z, y, ways, kind, scale=scale, steps=steps, lr=0.05, batch_size=4, momentum=0.9, dampening=0.9, weight_decay=1e-3, seed=seed)
+    head = fit_head(
+        z,
+        y,
+        ways,
+        kind,
+        scale=scale,
+        steps=steps,
+        lr=0.05,
+        batch_size=4,
+        momentum=0.9,
+        dampening=0.9,
+        weight_decay=1e-3,
+        seed=seed,
+    )
 
     # the documented draws: one generator, nn.Linear's start (weight, then bias), then one permutation per pass
     gen = torch.Generator().manual_seed(seed)
@@ -171,14 +184,19 @@ def test_fit_head_equals_torch_sgd_with_momentum_dampening_and_weight_decay(kind
         assert torch.allclose(head.bias, lin.bias, rtol=0, atol=1e-12)
     else:
         assert head.bias is None
-    assert not torch.allclose(head.weight, (torch.rand(ways, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1) * bound)
+    assert not torch.allclose(
+        head.weight,
+        (torch.rand(ways, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1) * bound,
+    )
 
 
 def test_fit_head_defaults_to_100_passes_and_the_scale_of_chen_et_al():
     z, y = torch.randn(6, 3, dtype=torch.float64), torch.arange(6) % 3
     assert fit_head(z, y, 3, "cosine").scale == 2.0  # <= 200 classes
     full = fit_head(z, y, 3, steps=None)
-    assert torch.equal(full.weight, fit_head(z, y, 3, steps=100 * 2).weight)  # 6 examples, mini-batches of 4: 2 steps a pass
+    assert torch.equal(
+        full.weight, fit_head(z, y, 3, steps=100 * 2).weight
+    )  # 6 examples, mini-batches of 4: 2 steps a pass
     assert not torch.equal(full.weight, fit_head(z, y, 3, steps=199).weight)
     assert Baseline(encoder(), num_classes=201, head="cosine").pretrain_scale() == 10.0
     assert Baseline(encoder(), num_classes=200, head="cosine").pretrain_scale() == 2.0
@@ -204,8 +222,14 @@ def test_logistic_regression_reaches_the_optimum_scipy_finds_for_the_same_object
     y = torch.arange(n) % ways
     head = fit_logistic_regression(u, y, ways, C=C)
     un, yn = u.numpy(), y.numpy()
-    res = minimize(sklearn_objective, np.zeros(ways * d + ways), args=(un, yn, ways, C), jac=True, method="L-BFGS-B",
-                   options={"maxiter": 10000, "gtol": 1e-12, "ftol": 1e-16})
+    res = minimize(
+        sklearn_objective,
+        np.zeros(ways * d + ways),
+        args=(un, yn, ways, C),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 10000, "gtol": 1e-12, "ftol": 1e-16},
+    )
     w_ref, b_ref = res.x[: ways * d].reshape(ways, d), res.x[ways * d :]
     ours = np.concatenate([head.weight.numpy().ravel(), head.bias.numpy()])
     assert sklearn_objective(ours, un, yn, ways, C)[0] <= res.fun + 1e-9
@@ -241,8 +265,12 @@ def test_adapt_leaves_the_module_and_the_global_rng_untouched_and_is_determinist
     second = algo.adapt(task.support_x, task.support_y)(task.query_x)
     assert torch.equal(first, second)
     assert first.shape == (6, 3) and not first.requires_grad
-    assert state.keys() == algo.state_dict().keys() and all(torch.equal(v, algo.state_dict()[k]) for k, v in state.items())
-    assert vars(algo).keys() == attrs.keys() and all(vars(algo)[k] is v for k, v in attrs.items() if not isinstance(v, dict))
+    assert state.keys() == algo.state_dict().keys() and all(
+        torch.equal(v, algo.state_dict()[k]) for k, v in state.items()
+    )
+    assert vars(algo).keys() == attrs.keys() and all(
+        vars(algo)[k] is v for k, v in attrs.items() if not isinstance(v, dict)
+    )
     assert torch.equal(rng, torch.get_rng_state())
     assert all(p.grad is None for p in algo.parameters())
 
@@ -285,9 +313,20 @@ PRESETS = {"baseline-omniglot": "baseline", "baselinepp-omniglot": "baseline", "
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_each_preset_trains_tests_and_loads_back_through_the_engine(tmp_path, preset):
     overrides = [
-        "data.ways=5", "data.shots=1", "data.queries=1", "data.meta_batch=1", "data.test_queries=2", "model.hidden=8",
-        "optim.steps=2", "eval.val_every=1", "eval.val_episodes=2", "eval.test_episodes=2", "eval.batch=2",
-        "run.progress=false", "run.threads=1", f"run.out={tmp_path / preset}",
+        "data.ways=5",
+        "data.shots=1",
+        "data.queries=1",
+        "data.meta_batch=1",
+        "data.test_queries=2",
+        "model.hidden=8",
+        "optim.steps=2",
+        "eval.val_every=1",
+        "eval.val_episodes=2",
+        "eval.test_episodes=2",
+        "eval.batch=2",
+        "run.progress=false",
+        "run.threads=1",
+        f"run.out={tmp_path / preset}",
     ]
     if PRESETS[preset] == "baseline":
         overrides.append("algorithm.finetune_steps=5")
@@ -314,9 +353,15 @@ def test_each_preset_trains_tests_and_loads_back_through_the_engine(tmp_path, pr
 def test_head_logits_of_a_linear_head_are_z_w_plus_b():
     from fastadapt.algorithms.baseline import Head
 
-    z, w, b = torch.randn(3, 4, dtype=torch.float64), torch.randn(2, 4, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    z, w, b = (
+        torch.randn(3, 4, dtype=torch.float64),
+        torch.randn(2, 4, dtype=torch.float64),
+        torch.randn(2, dtype=torch.float64),
+    )
     got = head_logits(z, Head(w, b, "linear"))
-    assert torch.allclose(got, torch.stack([torch.stack([z[i] @ w[j] + b[j] for j in range(2)]) for i in range(3)]), atol=1e-14)
+    assert torch.allclose(
+        got, torch.stack([torch.stack([z[i] @ w[j] + b[j] for j in range(2)]) for i in range(3)]), atol=1e-14
+    )
 
 
 def test_adapt_fits_the_documented_head_on_the_frozen_support_features():
@@ -324,10 +369,26 @@ def test_adapt_fits_the_documented_head_on_the_frozen_support_features():
 
     batch = task_batch(dtype=torch.float32, shots=2)
     task = batch.task(0)
-    for algo in (Baseline(encoder(batch_norm=True), num_classes=7, head="cosine"), LinearProbe(encoder(batch_norm=True), num_classes=7, C=0.5)):
+    for algo in (
+        Baseline(encoder(batch_norm=True), num_classes=7, head="cosine"),
+        LinearProbe(encoder(batch_norm=True), num_classes=7, C=0.5),
+    ):
         zs, zq = embed(algo.model, task.support_x), embed(algo.model, task.query_x)
-        if isinstance(algo, Baseline):  # defaults: lr 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3, batches of 4, 100 passes, scale 2
-            head = fit_head(zs, task.support_y, 3, "cosine", steps=200, lr=0.01, batch_size=4, momentum=0.9, dampening=0.9, weight_decay=1e-3)
+        if isinstance(
+            algo, Baseline
+        ):  # defaults: lr 0.01, momentum 0.9, dampening 0.9, weight decay 1e-3, batches of 4, 100 passes, scale 2
+            head = fit_head(
+                zs,
+                task.support_y,
+                3,
+                "cosine",
+                steps=200,
+                lr=0.01,
+                batch_size=4,
+                momentum=0.9,
+                dampening=0.9,
+                weight_decay=1e-3,
+            )
         else:  # L2-normalised features, C passed through
             zs, zq = nn.functional.normalize(zs, dim=-1), nn.functional.normalize(zq, dim=-1)
             head = fit_logistic_regression(zs, task.support_y, 3, C=0.5)

@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
+)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python: pip install 'fastadapt[test]'")
 
 from PIL import Image  # noqa: E402
@@ -30,7 +32,9 @@ import fastadapt  # noqa: E402
 from fastadapt.apps.serve import free_port  # noqa: E402
 
 SHAPES = {  # strokes in canvas pixels (280 x 280): what the person draws for each class
-    "ring": [[(140 + 80 * math.cos(t / 12 * 2 * math.pi), 140 + 80 * math.sin(t / 12 * 2 * math.pi)) for t in range(13)]],
+    "ring": [
+        [(140 + 80 * math.cos(t / 12 * 2 * math.pi), 140 + 80 * math.sin(t / 12 * 2 * math.pi)) for t in range(13)]
+    ],
     "bar": [[(140, 40), (140, 240)]],
     "cross": [[(60, 60), (220, 220)], [(220, 60), (60, 220)]],
 }
@@ -39,14 +43,30 @@ SHAPES = {  # strokes in canvas pixels (280 x 280): what the person draws for ea
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "proto"
-    fastadapt.train(fastadapt.load_config("protonet-quick", ["optim.steps=2", "model.hidden=8", "eval.val_every=0", "eval.test_episodes=0",
-                                                             "run.progress=false", f"run.out={out}"]))
+    fastadapt.train(
+        fastadapt.load_config(
+            "protonet-quick",
+            [
+                "optim.steps=2",
+                "model.hidden=8",
+                "eval.val_every=0",
+                "eval.test_episodes=0",
+                "run.progress=false",
+                f"run.out={out}",
+            ],
+        )
+    )
     return out
 
 
 def serve(run_dir, folder, port):
-    proc = subprocess.Popen([sys.executable, "-m", "fastadapt.cli", "serve", str(run_dir), "--port", str(port), "--dir", str(folder)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastadapt.cli", "serve", str(run_dir), "--port", str(port), "--dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     line = proc.stdout.readline()
     assert f"http://127.0.0.1:{port}/" in line, line
     return proc
@@ -123,11 +143,17 @@ def test_draw_three_classes_predict_label_a_proposal_restart_and_find_everything
             page = open_page(browser, url)
             page.locator(".class").nth(2).wait_for()
             names = page.locator(".class .name").all_inner_texts()
-            counts = [page.locator(".class", has=page.locator(".name", has_text=n)).locator(".thumbs img").count() for n in SHAPES]
+            counts = [
+                page.locator(".class", has=page.locator(".name", has_text=n)).locator(".thumbs img").count()
+                for n in SHAPES
+            ]
             assert names == list(SHAPES) and counts == [1, 2, 1]
             assert "1 labelled by you" in page.inner_text("#pool-info")
             page.locator(".proposal").nth(2).wait_for()  # the open round goes on with its 3 unlabelled proposals
-            assert page.locator(".proposal").count() == 3 and page.locator(f'.proposal[data-pool="{pool_index}"]').count() == 0
+            assert (
+                page.locator(".proposal").count() == 3
+                and page.locator(f'.proposal[data-pool="{pool_index}"]').count() == 0
+            )
             shots.append(tmp_path / "serve_restart.png")
             page.screenshot(path=shots[-1])
 

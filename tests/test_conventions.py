@@ -40,6 +40,7 @@ def _python(*args: str) -> subprocess.CompletedProcess:
 
 # 1. packaging
 
+
 def test_pyproject_declares_tomli_below_311_the_licence_files_and_classifiers():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "tomli>=2; python_version < '3.11'" in project["dependencies"]
@@ -51,7 +52,9 @@ def test_pyproject_declares_tomli_below_311_the_licence_files_and_classifiers():
     text = (ROOT / "LICENSE").read_text()
     assert "MIT License" in text and "Copyright (c) 2026 the fastadapt developers" in text
     assert "src/fastadapt/data/LICENSE-omniglot.txt" in text  # the bundled data's own licence is pointed to
-    versions = {c.rsplit(" :: ", 1)[1] for c in project["classifiers"] if c.startswith("Programming Language :: Python :: 3.")}
+    versions = {
+        c.rsplit(" :: ", 1)[1] for c in project["classifiers"] if c.startswith("Programming Language :: Python :: 3.")
+    }
     assert versions == {"3.10", "3.11", "3.12"}
 
 
@@ -60,18 +63,26 @@ def test_installed_metadata_has_the_licence_classifiers_and_tomli_marker():
     assert meta.get("License-Expression") == "MIT" or meta.get("License") == "MIT"
     assert {"LICENSE", "src/fastadapt/data/LICENSE-omniglot.txt"} <= set(meta.get_all("License-File") or [])
     classifiers = set(meta.get_all("Classifier") or [])
-    assert {"Development Status :: 3 - Alpha", "Intended Audience :: Science/Research", "Operating System :: OS Independent",
-            "Topic :: Scientific/Engineering :: Artificial Intelligence", "Programming Language :: Python :: 3.10"} <= classifiers
+    assert {
+        "Development Status :: 3 - Alpha",
+        "Intended Audience :: Science/Research",
+        "Operating System :: OS Independent",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "Programming Language :: Python :: 3.10",
+    } <= classifiers
     requires = [r.replace(" ", "").replace("'", '"') for r in meta.get_all("Requires-Dist") or []]
     assert 'tomli>=2;python_version<"3.11"' in requires
 
 
 # 2. the command line
 
+
 def test_python_m_fastadapt_is_the_command_with_its_exit_status():
     ok = _python("-m", "fastadapt", "--version")
     assert ok.returncode == 0, ok.stderr
-    assert re.fullmatch(rf"fastadapt {re.escape(fastadapt.__version__)} \(torch \S+, Python 3\.\d+\.\d+\)\n", ok.stdout), ok.stdout
+    assert re.fullmatch(
+        rf"fastadapt {re.escape(fastadapt.__version__)} \(torch \S+, Python 3\.\d+\.\d+\)\n", ok.stdout
+    ), ok.stdout
     assert f"torch {torch.__version__}," in ok.stdout
     bad = _python("-m", "fastadapt", "config", "no-such-preset")
     assert bad.returncode == 2 and bad.stdout == ""
@@ -93,13 +104,17 @@ def test_config_command_prints_a_toml_that_loads_back_to_the_same_config(preset,
 
 
 def test_config_command_prints_every_key_with_its_value_and_comment(capsys):
-    overrides = ["data.ways=7", "eval.test_settings=[[5, 1], [20, 5]]", "data.options={ note = 'a \"quoted\" \\\\ value' }",
-                 "algorithm.scale=5.0"]
+    overrides = [
+        "data.ways=7",
+        "eval.test_settings=[[5, 1], [20, 5]]",
+        "data.options={ note = 'a \"quoted\" \\\\ value' }",
+        "algorithm.scale=5.0",
+    ]
     assert cli.main(["config", "protonet-quick", *overrides]) == 0
     text = capsys.readouterr().out
     lines = text.splitlines()
     for name, cls in SECTIONS.items():
-        body = lines[lines.index(f"[{name}]") + 1:]
+        body = lines[lines.index(f"[{name}]") + 1 :]
         keys = {line.split(" = ", 1)[0] for line in body[: next((i for i, v in enumerate(body) if not v), len(body))]}
         comments = field_comments(cls)
         assert {f for f in cls.__dataclass_fields__} <= keys, name
@@ -109,7 +124,9 @@ def test_config_command_prints_every_key_with_its_value_and_comment(capsys):
     assert '# distance = "euclidean"' in lines  # the algorithm's other options, at their defaults
     cfg = load_config("protonet-quick", overrides)
     assert fastadapt.config_from_dict(tomllib.loads(text)).to_dict() == cfg.to_dict()
-    assert cfg.data.options == {"note": 'a "quoted" \\\\ value'}  # a TOML literal string: two backslashes, written back escaped
+    assert cfg.data.options == {
+        "note": 'a "quoted" \\\\ value'
+    }  # a TOML literal string: two backslashes, written back escaped
 
 
 def test_train_help_names_the_sections_and_the_config_command(capsys):
@@ -124,7 +141,9 @@ def test_train_help_names_the_sections_and_the_config_command(capsys):
 
 def test_exit_statuses_are_documented_and_kept(monkeypatch, capsys):
     for doc in (cli.__doc__, (ROOT / "README.md").read_text()):
-        assert re.search(r"Exit status: 0 done[;,] 2 a\s+usage, config, data or file error.*130 interrupted", doc, re.S), doc[:80]
+        assert re.search(
+            r"Exit status: 0 done[;,] 2 a\s+usage, config, data or file error.*130 interrupted", doc, re.S
+        ), doc[:80]
 
     def interrupted(args):
         raise KeyboardInterrupt
@@ -136,6 +155,7 @@ def test_exit_statuses_are_documented_and_kept(monkeypatch, capsys):
 
 
 # 3. devices
+
 
 def test_auto_is_the_default_device_and_picks_cuda_then_mps_then_cpu(monkeypatch):
     assert RunConfig().device == "auto" and load_config("protonet-quick").run.device == "auto"
@@ -159,8 +179,19 @@ def test_a_forced_cuda_device_is_a_one_line_error(capsys):
     assert err.startswith("fastadapt: error: run.device='cuda'") and err.count("\n") == 1
 
 
-TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "model.hidden=8", "optim.steps=2",
-        "eval.val_every=0", "eval.test_episodes=0", "run.progress=false", "run.threads=1", "run.keep_freed_memory=false"]
+TINY = [
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "model.hidden=8",
+    "optim.steps=2",
+    "eval.val_every=0",
+    "eval.test_episodes=0",
+    "run.progress=false",
+    "run.threads=1",
+    "run.keep_freed_memory=false",
+]
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
@@ -168,8 +199,15 @@ def test_deterministic_is_on_during_the_run_and_restored_after(deterministic, tm
     before = torch.are_deterministic_algorithms_enabled()
     workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     seen = []
-    cfg = load_config("protonet-quick", [*TINY, f"run.deterministic={str(deterministic).lower()}", f"run.out={tmp_path / 'r'}"])
-    train(cfg, step_hook=lambda step: seen.append((torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))))
+    cfg = load_config(
+        "protonet-quick", [*TINY, f"run.deterministic={str(deterministic).lower()}", f"run.out={tmp_path / 'r'}"]
+    )
+    train(
+        cfg,
+        step_hook=lambda step: seen.append(
+            (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+        ),
+    )
     assert len(seen) == 2
     assert all(on == (deterministic or before) for on, _ in seen)
     if deterministic:
@@ -180,13 +218,16 @@ def test_deterministic_is_on_during_the_run_and_restored_after(deterministic, tm
 
 # 4. DataLoader interop
 
+
 @pytest.fixture(scope="module")
 def small_omniglot() -> ClassDataset:
     return load_omniglot("vinyals", "test").subset(range(12), name="omniglot-12")
 
 
 def _same(a: TaskBatch, b: TaskBatch) -> bool:
-    return all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("support_x", "support_y", "query_x", "query_y", "classes"))
+    return all(
+        torch.equal(getattr(a, f), getattr(b, f)) for f in ("support_x", "support_y", "query_x", "query_y", "classes")
+    )
 
 
 def test_collate_tasks_joins_task_batches_in_order(small_omniglot):
@@ -202,7 +243,9 @@ def test_episode_dataset_gives_the_same_batches_with_and_without_workers(small_o
     sampler = EpisodeSampler(small_omniglot, 3, 1, 2, seed=7)
     ds = EpisodeDataset(sampler, steps=5, tasks_per_step=2, start_step=10)
     alone = list(DataLoader(ds, batch_size=None, num_workers=0))
-    with warnings.catch_warnings():  # Python >= 3.12 warns about fork() in a process with threads; not what is tested here
+    with (
+        warnings.catch_warnings()
+    ):  # Python >= 3.12 warns about fork() in a process with threads; not what is tested here
         warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
         workers = list(DataLoader(ds, batch_size=None, num_workers=2))
     assert len(alone) == len(workers) == len(ds) == 5

@@ -24,9 +24,19 @@ def test_lake_background_train_and_val_split_the_background_alphabets():
     lake = SPLITS["lake"]
     assert lake["background_train"][0] == 1 and lake["background_val"][1] == lake["background"][1]
     assert lake["background_train"][1] + 1 == lake["background_val"][0]
-    alphabets = {part: {n.split("/")[0] for n in load_omniglot("lake", part).names} for part in ("background_train", "background_val", "evaluation")}
-    assert len(alphabets["background_train"]) == 25 and len(alphabets["background_val"]) == 5 and len(alphabets["evaluation"]) == 20
-    assert not alphabets["background_train"] & alphabets["background_val"] and not alphabets["background_val"] & alphabets["evaluation"]
+    alphabets = {
+        part: {n.split("/")[0] for n in load_omniglot("lake", part).names}
+        for part in ("background_train", "background_val", "evaluation")
+    }
+    assert (
+        len(alphabets["background_train"]) == 25
+        and len(alphabets["background_val"]) == 5
+        and len(alphabets["evaluation"]) == 20
+    )
+    assert (
+        not alphabets["background_train"] & alphabets["background_val"]
+        and not alphabets["background_val"] & alphabets["evaluation"]
+    )
 
 
 def test_within_alphabet_episodes_draw_every_task_from_one_alphabet():
@@ -35,7 +45,9 @@ def test_within_alphabet_episodes_draw_every_task_from_one_alphabet():
     batch = sampler.sample_tasks(0, 0, 30)
     alphabets = [{data.names[c].split("/")[0] for c in row.tolist()} for row in batch.classes]
     assert all(len(a) == 1 for a in alphabets) and len({next(iter(a)) for a in alphabets}) > 5
-    assert torch.equal(batch.support_x, sampler.sample_tasks(0, 0, 30).support_x)  # a pure function of (seed, step, index)
+    assert torch.equal(
+        batch.support_x, sampler.sample_tasks(0, 0, 30).support_x
+    )  # a pure function of (seed, step, index)
     with pytest.raises(DataError, match="no group of omniglot-lake-evaluation has 60 classes"):
         EpisodeSampler(data, 60, 1, 2, groups=class_groups(data, "alphabet"))
 
@@ -55,18 +67,26 @@ def test_test_dataset_is_converted_to_the_training_input_and_said_so(tmp_path):
     for c in range(5):
         (tmp_path / "imgs" / "test" / f"c{c}").mkdir(parents=True)
         for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), "RGB").save(tmp_path / "imgs" / "test" / f"c{c}" / f"{i}.png")
-    cfg = load_config("protonet-quick", [f"data.test_dataset=folder:{tmp_path / 'imgs'}", "data.test_queries=2", "eval.val_every=0"])
+            Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), "RGB").save(
+                tmp_path / "imgs" / "test" / f"c{c}" / f"{i}.png"
+            )
+    cfg = load_config(
+        "protonet-quick", [f"data.test_dataset=folder:{tmp_path / 'imgs'}", "data.test_queries=2", "eval.val_every=0"]
+    )
     sources = task_sources(cfg)
     batch = sources.tests["5w1s"].sample_tasks(0, 0, 2)
     assert batch.support_x.shape == (2, 5, 1, 28, 28)  # grey and 28x28 like the Omniglot training tasks
-    assert sources.conversions["5w1s"] == "test: RGB to grey (ITU-R 601 luma)"  # the folder source resizes to data.image_size on load
+    assert (
+        sources.conversions["5w1s"] == "test: RGB to grey (ITU-R 601 luma)"
+    )  # the folder source resizes to data.image_size on load
 
 
 def tiny_protonet() -> tuple[ProtoNet, fastadapt.TaskBatch]:
     torch.manual_seed(0)
     algo = ProtoNet(Conv4(out_features=None, hidden=8)).double().eval()
-    batch = EpisodeSampler(load_omniglot("vinyals", "test"), 5, 2, 3, seed=0).sample_tasks(0, 0, 2).to(dtype=torch.float64)
+    batch = (
+        EpisodeSampler(load_omniglot("vinyals", "test"), 5, 2, 3, seed=0).sample_tasks(0, 0, 2).to(dtype=torch.float64)
+    )
     return algo, batch
 
 
@@ -78,7 +98,7 @@ def test_the_prototype_head_before_any_step_is_protonets_classifier():
         for t in range(2):
             zs, zq = algo.model(batch.support_x[t]), algo.model(batch.query_x[t])
             protos = torch.stack([zs[batch.support_y[t] == c].mean(0) for c in range(5)])
-            reference.append((-torch.cdist(zq, protos) ** 2).softmax(-1))
+            reference.append((-(torch.cdist(zq, protos) ** 2)).softmax(-1))
     reference = torch.stack(reference)
     assert torch.allclose(tuned.softmax(-1), reference, atol=1e-10)  # the same probabilities, not only the same argmax
 
@@ -86,7 +106,9 @@ def test_the_prototype_head_before_any_step_is_protonets_classifier():
 def test_prototype_head_is_twice_the_means_and_minus_their_squared_norms():
     z = torch.tensor([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     w, b = prototype_head(z, torch.tensor([0, 0, 1]), 2)
-    assert torch.equal(w, torch.tensor([[4.0, 0.0], [0.0, 4.0]], dtype=torch.float64)) and torch.equal(b, torch.tensor([-4.0, -4.0], dtype=torch.float64))
+    assert torch.equal(w, torch.tensor([[4.0, 0.0], [0.0, 4.0]], dtype=torch.float64)) and torch.equal(
+        b, torch.tensor([-4.0, -4.0], dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("mode", ["head", "encoder"])
@@ -115,15 +137,43 @@ def test_finetuning_a_gradient_based_algorithm_is_a_one_line_error():
 
 def test_eval_on_another_domain_with_finetuning_through_the_cli(tmp_path, capsys):
     run = tmp_path / "run"
-    assert cli_main(["train", "protonet-quick", "optim.steps=2", "model.hidden=8", "eval.val_every=0", "eval.test_episodes=0",
-                     "run.progress=false", f"run.out={run}"]) == 0
-    args = ["eval", str(run), "data.test_dataset=omniglot", "data.split=lake", "data.test_part=evaluation", "data.episode_scope=alphabet",
-            "data.test_ways=20", "eval.test_episodes=4", "eval.finetune=head", "eval.finetune_steps=2", "run.progress=false"]
+    assert (
+        cli_main(
+            [
+                "train",
+                "protonet-quick",
+                "optim.steps=2",
+                "model.hidden=8",
+                "eval.val_every=0",
+                "eval.test_episodes=0",
+                "run.progress=false",
+                f"run.out={run}",
+            ]
+        )
+        == 0
+    )
+    args = [
+        "eval",
+        str(run),
+        "data.test_dataset=omniglot",
+        "data.split=lake",
+        "data.test_part=evaluation",
+        "data.episode_scope=alphabet",
+        "data.test_ways=20",
+        "eval.test_episodes=4",
+        "eval.finetune=head",
+        "eval.finetune_steps=2",
+        "run.progress=false",
+    ]
     assert cli_main(args) == 0, capsys.readouterr().err
     files = list((run / "evals").glob("20w1s__*.json"))
     assert len(files) == 1
     d = json.loads(files[0].read_text())
-    assert d["episodes"] == 4 and d["settings"]["finetune"]["mode"] == "head" and d["settings"]["episode_scope"] == "alphabet"
+    assert (
+        d["episodes"] == 4
+        and d["settings"]["finetune"]["mode"] == "head"
+        and d["settings"]["episode_scope"] == "alphabet"
+    )
     assert d["overrides"] == args[2:]
 
 
@@ -135,8 +185,11 @@ def test_bad_data_is_a_one_line_error_with_exit_2_and_writes_nothing(tmp_path, c
     (tmp_path / "idx").mkdir()
     (tmp_path / "idx" / "train-images-idx3-ubyte").write_bytes(b"\x01\x02\x08\x03" + bytes(12))
     (tmp_path / "idx" / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01" + (2).to_bytes(4, "big") + bytes(2))
-    for dataset, words in ((f"folder:{tmp_path / 'one'}", "need at least 2 classes"), (f"idx:{tmp_path / 'idx'}", "train-images-idx3-ubyte"),
-                           (f"folder:{tmp_path / 'missing'}", "does not exist")):
+    for dataset, words in (
+        (f"folder:{tmp_path / 'one'}", "need at least 2 classes"),
+        (f"idx:{tmp_path / 'idx'}", "train-images-idx3-ubyte"),
+        (f"folder:{tmp_path / 'missing'}", "does not exist"),
+    ):
         out = tmp_path / "run"
         assert cli_main(["train", "protonet-quick", f"data.dataset={dataset}", f"run.out={out}"]) == 2
         err = capsys.readouterr().err

@@ -59,7 +59,10 @@ def test_lake_split_is_by_alphabet():
     assert not alphabets(bg) & alphabets(ev)
 
 
-@pytest.mark.parametrize(("split", "part", "match"), [("nope", "train", "unknown Omniglot split 'nope'"), ("vinyals", "background", "unknown part 'background'")])
+@pytest.mark.parametrize(
+    ("split", "part", "match"),
+    [("nope", "train", "unknown Omniglot split 'nope'"), ("vinyals", "background", "unknown part 'background'")],
+)
 def test_unknown_split_names_are_one_line_errors(split, part, match):
     with pytest.raises(DataError, match=match) as e:
         load_omniglot(split, part)
@@ -174,7 +177,9 @@ def test_ragged_classes_skip_small_ones_and_never_index_past_a_class():
         for t in range(4):
             for label in range(2):
                 cls = int(b.classes[t, label])
-                vals = torch.cat([b.support_x[t, b.support_y[t] == label], b.query_x[t, b.query_y[t] == label]]).flatten()
+                vals = torch.cat(
+                    [b.support_x[t, b.support_y[t] == label], b.query_x[t, b.query_y[t] == label]]
+                ).flatten()
                 lo, hi = int(d.offsets[cls]), int(d.offsets[cls + 1])
                 assert ((vals >= lo) & (vals < hi)).all() and len(set(vals.tolist())) == 5
 
@@ -185,7 +190,9 @@ def test_image_folder_becomes_a_class_dataset(tmp_path):
     for c in ("cat", "dog", "emu"):
         (tmp_path / c).mkdir()
         for i in range(4):
-            Image.fromarray(np.full((8, 8), 30 * i + (0 if c == "cat" else 100), dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+            Image.fromarray(np.full((8, 8), 30 * i + (0 if c == "cat" else 100), dtype=np.uint8)).save(
+                tmp_path / c / f"{i}.png"
+            )
     (tmp_path / "notes.txt").write_text("ignored")
     d = ClassDataset.from_folder(tmp_path)
     assert d.names == ("cat", "dog", "emu") and d.data.shape == (12, 1, 8, 8) and d.data.dtype == torch.uint8

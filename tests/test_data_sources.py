@@ -46,7 +46,11 @@ def one_line_error(fn, *args, **kwargs) -> str:
 @pytest.mark.parametrize("dtype", list(IDX_CODES))
 def test_read_idx_returns_the_written_array_for_every_type_plain_and_gzipped(tmp_path, dtype, suffix):
     rng = np.random.default_rng(0)
-    a = (rng.standard_normal((3, 4, 5)) * 100).astype(dtype) if np.dtype(dtype).kind == "f" else rng.integers(-100 if np.dtype(dtype).kind == "i" else 0, 100, (3, 4, 5)).astype(dtype)
+    a = (
+        (rng.standard_normal((3, 4, 5)) * 100).astype(dtype)
+        if np.dtype(dtype).kind == "f"
+        else rng.integers(-100 if np.dtype(dtype).kind == "i" else 0, 100, (3, 4, 5)).astype(dtype)
+    )
     path = write_idx(tmp_path / f"x-idx3{suffix}", a)
     got = read_idx(path)
     assert got.dtype == np.dtype(dtype) and got.dtype.isnative
@@ -58,16 +62,19 @@ def header(kind: int, dims: list[int]) -> bytes:
     return bytes([0, 0, kind, len(dims)]) + np.asarray(dims, dtype=">u4").tobytes()
 
 
-@pytest.mark.parametrize("content,expected", [
-    (b"\x01\x00\x08\x01" + bytes(8), "starts with bytes 0100, not 0000"),
-    (header(0x07, [4]) + bytes(4), "type code 0x07 is none of"),
-    (header(0x08, []), "gives 0 dimensions"),
-    (b"\x00\x00", "fewer than the 4-byte header"),
-    (header(0x08, [2, 3])[:8], "header needs 12 bytes, found 8"),
-    (header(0x08, [10]) + bytes(7), "truncated: shape [10] of uint8 needs 10 data bytes, found 7"),
-    (header(0x0D, [2, 2]) + bytes(15), "needs 16 data bytes, found 15"),
-    (header(0x08, [10]) + bytes(12), "2 bytes of trailing garbage after the 10 data bytes"),
-])
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"\x01\x00\x08\x01" + bytes(8), "starts with bytes 0100, not 0000"),
+        (header(0x07, [4]) + bytes(4), "type code 0x07 is none of"),
+        (header(0x08, []), "gives 0 dimensions"),
+        (b"\x00\x00", "fewer than the 4-byte header"),
+        (header(0x08, [2, 3])[:8], "header needs 12 bytes, found 8"),
+        (header(0x08, [10]) + bytes(7), "truncated: shape [10] of uint8 needs 10 data bytes, found 7"),
+        (header(0x0D, [2, 2]) + bytes(15), "needs 16 data bytes, found 15"),
+        (header(0x08, [10]) + bytes(12), "2 bytes of trailing garbage after the 10 data bytes"),
+    ],
+)
 def test_read_idx_on_a_bad_file_is_a_one_line_error_naming_the_file_and_the_fix(tmp_path, content, expected):
     path = tmp_path / "bad-idx"
     path.write_bytes(content)
@@ -104,7 +111,9 @@ def test_load_idx_groups_images_by_label_as_uint8_nchw(tmp_path):
         np.testing.assert_array_equal(data.examples(c)[:, 0].numpy(), x[y == c])  # dataset order kept within a class
     assert data.name == "im"
     rgb = rng.integers(0, 256, (4, 5, 6, 3), dtype=np.uint8)
-    colour = load_idx(write_idx(tmp_path / "rgb", rgb), write_idx(tmp_path / "l4", np.array([0, 1, 0, 1], dtype=np.int32)), name="rgb")
+    colour = load_idx(
+        write_idx(tmp_path / "rgb", rgb), write_idx(tmp_path / "l4", np.array([0, 1, 0, 1], dtype=np.int32)), name="rgb"
+    )
     assert colour.example_shape == (3, 5, 6)
     np.testing.assert_array_equal(colour.examples(1).numpy(), rgb[[1, 3]].transpose(0, 3, 1, 2))
     floats = load_idx(write_idx(tmp_path / "f", x.astype(np.float64) / 255), tmp_path / "lab")
@@ -115,16 +124,23 @@ def test_load_idx_with_mismatched_files_is_a_one_line_error(tmp_path):
     x = write_idx(tmp_path / "im", np.zeros((5, 4, 4), dtype=np.uint8))
     msg = one_line_error(load_idx, x, write_idx(tmp_path / "lab", np.zeros(4, dtype=np.uint8)))
     assert "hold 5 examples but labels" in msg and "hold 4" in msg
-    assert "need [N] integers" in one_line_error(load_idx, x, write_idx(tmp_path / "flab", np.zeros(5, dtype=np.float32)))
-    assert "need [N, H, W]" in one_line_error(load_idx, write_idx(tmp_path / "v", np.zeros((5, 4), dtype=np.uint8)), tmp_path / "lab")
+    assert "need [N] integers" in one_line_error(
+        load_idx, x, write_idx(tmp_path / "flab", np.zeros(5, dtype=np.float32))
+    )
+    assert "need [N, H, W]" in one_line_error(
+        load_idx, write_idx(tmp_path / "v", np.zeros((5, 4), dtype=np.uint8)), tmp_path / "lab"
+    )
     assert "integer images must lie in 0..255" in one_line_error(
-        load_idx, write_idx(tmp_path / "big", np.full((4, 2, 2), 300, dtype=np.int16)), tmp_path / "lab")
+        load_idx, write_idx(tmp_path / "big", np.full((4, 2, 2), 300, dtype=np.int16)), tmp_path / "lab"
+    )
 
 
 # --- Fashion-MNIST from Debian's dataset-fashion-mnist ---------------------------------------------------
 
-needs_fashion = pytest.mark.skipif(idx_files(FASHION_MNIST_DIR, "train") is None or idx_files(FASHION_MNIST_DIR, "test") is None,
-                                   reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)")
+needs_fashion = pytest.mark.skipif(
+    idx_files(FASHION_MNIST_DIR, "train") is None or idx_files(FASHION_MNIST_DIR, "test") is None,
+    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)",
+)
 
 
 @needs_fashion
@@ -151,8 +167,18 @@ QUICK = ["data.shots=1", "data.queries=2", "data.test_queries=2", "data.meta_bat
 
 @needs_fashion
 def test_fashion_mnist_task_source_gives_5_way_tasks_of_28x28_grey_images():
-    cfg = fastadapt.load_config("protonet-quick", ["data.dataset=fashion-mnist", "data.train_part=train", "data.test_part=test",
-                                                   'data.val_part=""', "data.ways=5", "data.test_ways=5", *QUICK])
+    cfg = fastadapt.load_config(
+        "protonet-quick",
+        [
+            "data.dataset=fashion-mnist",
+            "data.train_part=train",
+            "data.test_part=test",
+            'data.val_part=""',
+            "data.ways=5",
+            "data.test_ways=5",
+            *QUICK,
+        ],
+    )
     sources = task_sources(cfg)
     assert sources.val is None and list(sources.tests) == ["5w1s"]
     batch = sources.train.sample_tasks(0, 0, 2)
@@ -160,10 +186,16 @@ def test_fashion_mnist_task_source_gives_5_way_tasks_of_28x28_grey_images():
     assert sources.tests["5w1s"].dataset.name == "fashion-mnist-test"
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    (["data.val_part=val", "data.ways=5", "data.test_ways=5"], "no val: set data.val_part=\"\""),
-    (['data.val_part=""', "data.ways=20", "data.test_ways=5"], "20-way tasks on Fashion-MNIST's train part: it has 10 classes"),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        (["data.val_part=val", "data.ways=5", "data.test_ways=5"], 'no val: set data.val_part=""'),
+        (
+            ['data.val_part=""', "data.ways=20", "data.test_ways=5"],
+            "20-way tasks on Fashion-MNIST's train part: it has 10 classes",
+        ),
+    ],
+)
 def test_fashion_mnist_task_source_refuses_a_val_part_and_too_many_ways_in_one_line(overrides, expected):
     cfg = fastadapt.load_config("protonet-quick", ["data.dataset=fashion-mnist", *overrides, *QUICK])
     msg = one_line_error(task_sources, cfg)
@@ -183,8 +215,17 @@ def idx_folder(root: Path) -> Path:
 
 def test_idx_task_source_reads_train_and_t10k_files_of_a_folder(tmp_path):
     root = idx_folder(tmp_path / "digits")
-    cfg = fastadapt.load_config("protonet-quick", [f"data.dataset=idx:{root}", 'data.val_part=""', "data.ways=3", "data.test_ways=4",
-                                                   "data.image_size=8", *QUICK])
+    cfg = fastadapt.load_config(
+        "protonet-quick",
+        [
+            f"data.dataset=idx:{root}",
+            'data.val_part=""',
+            "data.ways=3",
+            "data.test_ways=4",
+            "data.image_size=8",
+            *QUICK,
+        ],
+    )
     sources = task_sources(cfg)
     assert sources.train.dataset.num_classes == 6 and sources.train.dataset.name == "digits-train"
     assert sources.tests["4w1s"].dataset.num_classes == 4
@@ -197,9 +238,13 @@ def test_idx_task_source_without_a_folder_or_with_an_unknown_part_is_a_one_line_
     base = ["data.ways=3", "data.test_ways=3", "data.image_size=8", *QUICK]
     msg = one_line_error(task_sources, fastadapt.load_config("protonet-quick", ["data.dataset=idx:", *base]))
     assert "names no folder" in msg and "idx:<dir>" in msg
-    msg = one_line_error(task_sources, fastadapt.load_config("protonet-quick", [f"data.dataset=idx:{root}", "data.val_part=val", *base]))
+    msg = one_line_error(
+        task_sources, fastadapt.load_config("protonet-quick", [f"data.dataset=idx:{root}", "data.val_part=val", *base])
+    )
     assert f"IDX folder {root} has no part 'val'; it has train, test" in msg
-    msg = one_line_error(task_sources, fastadapt.load_config("protonet-quick", [f"data.dataset=idx:{tmp_path / 'none'}", *base]))
+    msg = one_line_error(
+        task_sources, fastadapt.load_config("protonet-quick", [f"data.dataset=idx:{tmp_path / 'none'}", *base])
+    )
     assert "does not exist" in msg
 
 
@@ -255,7 +300,9 @@ def test_from_dataset_of_chw_float_tensors_keeps_floats_and_converts_channels_by
     grey = ClassDataset.from_dataset(Items(items), channels=1)
     expected = 0.299 * rgb[2][0] + 0.587 * rgb[2][1] + 0.114 * rgb[2][2]
     torch.testing.assert_close(grey.examples(2)[0, 0], expected)
-    hwc = ClassDataset.from_dataset(Items([(x.permute(1, 2, 0).numpy().astype(np.float64), i % 3) for i, x in enumerate(rgb)]))
+    hwc = ClassDataset.from_dataset(
+        Items([(x.permute(1, 2, 0).numpy().astype(np.float64), i % 3) for i, x in enumerate(rgb)])
+    )
     assert torch.equal(hwc.data, data.data)
 
 
@@ -336,27 +383,48 @@ def test_from_dataset_reads_items_when_a_transform_or_the_items_disagree_with_da
     out = ClassDataset.from_dataset(shifted)
     assert torch.equal(out.data, ClassDataset.from_dataset(OnlyItems(shifted)).data)
     cifar = Items([(np.zeros((4, 4, 3), np.uint8), 0)])
-    cifar.data, cifar.targets = np.random.default_rng(6).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8), [i % 2 for i in range(10)]
+    cifar.data, cifar.targets = (
+        np.random.default_rng(6).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8),
+        [i % 2 for i in range(10)],
+    )
     cifar.items = [(Image.fromarray(a), t) for a, t in zip(cifar.data, cifar.targets)]
     fast = ClassDataset.from_dataset(cifar)
     assert cifar.calls == 1 and fast.example_shape == (3, 4, 4)
     assert torch.equal(fast.data, ClassDataset.from_dataset(OnlyItems(cifar)).data)
 
 
-@pytest.mark.parametrize("items,expected", [
-    ([(np.zeros((4, 4), np.uint8), 0), 7], "ds[1] is a int; need an (image, label) pair"),
-    ([(np.zeros((4, 4), np.uint8), 0, "extra")], "ds[0] is a tuple; need an (image, label) pair"),
-    ([(np.zeros((4, 4), np.uint8), 0), ("a picture", 1)], "ds[1]: image is a str; need a PIL image, a numpy array or a torch tensor"),
-    ([(np.zeros((4, 4), np.uint8), 1.0)], "ds[0]: label 1.0 is a float; need an integer class label"),
-    ([(np.zeros((4, 4), np.uint8), 0), (np.zeros((4, 4), np.uint8), torch.tensor(1.0))], "ds[1]: label tensor(1.) is a Tensor"),
-    ([(np.zeros((4, 4), np.uint8), True)], "ds[0]: label True is a bool"),
-    ([(np.zeros((6, 6, 5), np.uint8), 0)], "ds[0]: image has shape [6, 6, 5]; need HxW, HxWxC or CxHxW"),
-    ([(np.zeros((4, 4), np.uint8), 0), (np.zeros((5, 4), np.uint8), 1)], "ds[1] is 5x4, earlier images are 4x4; pass size=(H, W)"),
-    ([(np.zeros((4, 4), np.uint8), 0), (np.zeros((4, 4), np.float32), 1)], "ds[1] is a float32 image, earlier ones are uint8"),
-    ([(np.full((4, 4), 300, np.int64), 0)], "ds[0]: image is int64; need uint8, floats, or integers in 0..255"),
-    ([{"image": np.zeros((4, 4), np.uint8), "label": "cat"}], "ds[0] is a dict with no label in keys image, label; pass label_key="),
-    ([], "ds holds no examples"),
-])
+@pytest.mark.parametrize(
+    "items,expected",
+    [
+        ([(np.zeros((4, 4), np.uint8), 0), 7], "ds[1] is a int; need an (image, label) pair"),
+        ([(np.zeros((4, 4), np.uint8), 0, "extra")], "ds[0] is a tuple; need an (image, label) pair"),
+        (
+            [(np.zeros((4, 4), np.uint8), 0), ("a picture", 1)],
+            "ds[1]: image is a str; need a PIL image, a numpy array or a torch tensor",
+        ),
+        ([(np.zeros((4, 4), np.uint8), 1.0)], "ds[0]: label 1.0 is a float; need an integer class label"),
+        (
+            [(np.zeros((4, 4), np.uint8), 0), (np.zeros((4, 4), np.uint8), torch.tensor(1.0))],
+            "ds[1]: label tensor(1.) is a Tensor",
+        ),
+        ([(np.zeros((4, 4), np.uint8), True)], "ds[0]: label True is a bool"),
+        ([(np.zeros((6, 6, 5), np.uint8), 0)], "ds[0]: image has shape [6, 6, 5]; need HxW, HxWxC or CxHxW"),
+        (
+            [(np.zeros((4, 4), np.uint8), 0), (np.zeros((5, 4), np.uint8), 1)],
+            "ds[1] is 5x4, earlier images are 4x4; pass size=(H, W)",
+        ),
+        (
+            [(np.zeros((4, 4), np.uint8), 0), (np.zeros((4, 4), np.float32), 1)],
+            "ds[1] is a float32 image, earlier ones are uint8",
+        ),
+        ([(np.full((4, 4), 300, np.int64), 0)], "ds[0]: image is int64; need uint8, floats, or integers in 0..255"),
+        (
+            [{"image": np.zeros((4, 4), np.uint8), "label": "cat"}],
+            "ds[0] is a dict with no label in keys image, label; pass label_key=",
+        ),
+        ([], "ds holds no examples"),
+    ],
+)
 def test_from_dataset_on_bad_items_is_a_one_line_error_naming_the_index(items, expected):
     msg = one_line_error(ClassDataset.from_dataset, Items(items), name="ds")
     assert expected in msg
@@ -372,9 +440,21 @@ def test_from_dataset_resizes_mixed_sizes_and_refuses_what_is_not_a_dataset():
 
 def test_a_dataset_from_from_dataset_trains_through_fastadapt_train(tmp_path):
     ds = MNISTLike(n=60)
-    cfg = fastadapt.load_config("protonet-quick", ["data.ways=3", "data.test_ways=3", "data.image_size=16", "model.hidden=8", "optim.steps=2",
-                                                   "eval.val_every=0", "eval.test_episodes=2", f"run.out={tmp_path / 'run'}",
-                                                   "run.progress=false", *QUICK])
+    cfg = fastadapt.load_config(
+        "protonet-quick",
+        [
+            "data.ways=3",
+            "data.test_ways=3",
+            "data.image_size=16",
+            "model.hidden=8",
+            "optim.steps=2",
+            "eval.val_every=0",
+            "eval.test_episodes=2",
+            f"run.out={tmp_path / 'run'}",
+            "run.progress=false",
+            *QUICK,
+        ],
+    )
     data = ClassDataset.from_dataset(ds)
     result = fastadapt.train(cfg, tasks={"train": data, "test": data})
     assert 0.0 <= result.tests["3w1s"].mean <= 1.0
@@ -392,7 +472,9 @@ def two_classes(root: Path, side: int = 20) -> Path:
     return root
 
 
-@pytest.mark.parametrize("limit", [150, 300])  # 400 pixels: over twice the limit (Pillow raises), over it (Pillow warns)
+@pytest.mark.parametrize(
+    "limit", [150, 300]
+)  # 400 pixels: over twice the limit (Pillow raises), over it (Pillow warns)
 @pytest.mark.parametrize("channels", [None, 1])  # None reads every header first
 def test_an_image_over_pillows_decompression_bomb_limit_is_a_one_line_error(tmp_path, monkeypatch, limit, channels):
     root = two_classes(tmp_path / "imgs")

@@ -41,18 +41,45 @@ from fastadapt.runtime import distributed
 from fastadapt.training.loop import train
 
 TINY = [
-    "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=4", "data.test_queries=3", "model.hidden=8",
-    "optim.steps=5", "optim.optimizer=sgd", "optim.lr=0.1", "optim.momentum=0.9",
-    "eval.val_every=0", "eval.val_episodes=5", "eval.test_episodes=7", "eval.batch=2", "run.checkpoint_every=2", "run.log_every=1", "run.progress=false", "run.threads=1", "run.dist_timeout_s=30",
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=4",
+    "data.test_queries=3",
+    "model.hidden=8",
+    "optim.steps=5",
+    "optim.optimizer=sgd",
+    "optim.lr=0.1",
+    "optim.momentum=0.9",
+    "eval.val_every=0",
+    "eval.val_episodes=5",
+    "eval.test_episodes=7",
+    "eval.batch=2",
+    "run.checkpoint_every=2",
+    "run.log_every=1",
+    "run.progress=false",
+    "run.threads=1",
+    "run.dist_timeout_s=30",
 ]
 CASES = {
     # Conv4 with BatchNorm over the meta-batch (statistics shared across ranks); the ranks train it 3 steps, then resume to 5
     "protonet": ["algorithm.name=protonet"],
-    "protonet-uneven": ["algorithm.name=protonet", "data.meta_batch=5", "eval.val_every=5"],  # 3 + 2 tasks; validation and best.pt
+    "protonet-uneven": [
+        "algorithm.name=protonet",
+        "data.meta_batch=5",
+        "eval.val_every=5",
+    ],  # 3 + 2 tasks; validation and best.pt
     "maml": ["algorithm.name=maml", "algorithm.inner_lr=0.4", "eval.val_every=5"],  # second order; BatchNorm per task
-    "maml-chunked": ["algorithm.name=maml", "algorithm.inner_lr=0.4", "optim.task_chunk=1"],  # a backward per task, weighted T_c/T * T_r/T
+    "maml-chunked": [
+        "algorithm.name=maml",
+        "algorithm.inner_lr=0.4",
+        "optim.task_chunk=1",
+    ],  # a backward per task, weighted T_c/T * T_r/T
 }
-EVAL_EPISODES, EVAL_BATCH = 7, 2  # 4 batches, the last of 1 episode: rank 0 scores batches 0 and 2, rank 1 batches 1 and 3
+EVAL_EPISODES, EVAL_BATCH = (
+    7,
+    2,
+)  # 4 batches, the last of 1 episode: rank 0 scores batches 0 and 2, rank 1 batches 1 and 3
 WORKER_TIMEOUT_S = 150  # generous: the ranks take ~40 s on a loaded 2-core machine
 
 
@@ -102,8 +129,14 @@ def batchnorm_run(bn: torch.nn.BatchNorm2d, x: torch.Tensor, w: torch.Tensor) ->
     x = x.clone().requires_grad_(True)
     y = bn(x)
     (y * w).sum().backward()
-    return {"y": y.detach(), "dx": x.grad, "dweight": bn.weight.grad, "dbias": bn.bias.grad,
-            "running_mean": bn.running_mean.clone(), "running_var": bn.running_var.clone()}
+    return {
+        "y": y.detach(),
+        "dx": x.grad,
+        "dweight": bn.weight.grad,
+        "dbias": bn.bias.grad,
+        "running_mean": bn.running_mean.clone(),
+        "running_var": bn.running_var.clone(),
+    }
 
 
 # --- the ranks ------------------------------------------------------------------------------
@@ -130,6 +163,7 @@ def worker(root: Path, kill_port: int) -> None:
     os.environ["MASTER_PORT"] = str(kill_port)
     overrides = [*TINY, *CASES["protonet"], "optim.steps=1000", f"run.out={root / 'killed'}"]
     if distributed.rank() == 1:
+
         def die(step: int) -> None:
             if step == 3:
                 (root / "died").write_text(repr(time.time()))
@@ -157,9 +191,18 @@ def launch(root: Path) -> list[subprocess.Popen]:
     procs = []
     for r in range(2):
         env = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
-        env.update(WORLD_SIZE="2", RANK=str(r), LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        env.update(
+            WORLD_SIZE="2",
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
         with open(root / f"rank{r}.out", "w") as out, open(root / f"rank{r}.err", "w") as err:
-            procs.append(subprocess.Popen([sys.executable, __file__, str(root), str(kill_port)], env=env, stdout=out, stderr=err))
+            procs.append(
+                subprocess.Popen([sys.executable, __file__, str(root), str(kill_port)], env=env, stdout=out, stderr=err)
+            )
     return procs
 
 
@@ -177,8 +220,12 @@ def ranks(tmp_path_factory):
                 try:
                     codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
                 except subprocess.TimeoutExpired:
-                    pytest.fail(f"ranks did not finish in {WORKER_TIMEOUT_S} s; rank 0 stderr:\n{(root / 'rank0.err').read_text()[-2000:]}")
-        assert codes == [0, -signal.SIGKILL], f"return codes {codes}\n{(root / 'rank0.err').read_text()[-3000:]}\n{(root / 'rank1.err').read_text()[-3000:]}"
+                    pytest.fail(
+                        f"ranks did not finish in {WORKER_TIMEOUT_S} s; rank 0 stderr:\n{(root / 'rank0.err').read_text()[-2000:]}"
+                    )
+        assert codes == [0, -signal.SIGKILL], (
+            f"return codes {codes}\n{(root / 'rank0.err').read_text()[-3000:]}\n{(root / 'rank1.err').read_text()[-3000:]}"
+        )
         return root
 
     yield finished
@@ -218,7 +265,9 @@ def test_without_a_process_group_the_helpers_are_the_identity():
     distributed.all_reduce_gradients([p], 1, 4)
     assert torch.equal(p.grad, torch.full((3,), 2.0))
     assert distributed.reduce_metrics({"acc": 0.5}, 0.25) == {"acc": 0.5}
-    assert distributed.gather_scores([1, 2]) == [1, 2] and distributed.any_rank(True) and not distributed.any_rank(False)
+    assert (
+        distributed.gather_scores([1, 2]) == [1, 2] and distributed.any_rank(True) and not distributed.any_rank(False)
+    )
     with distributed.process_group(torch.device("cpu")):  # WORLD_SIZE unset: nothing to join
         assert not distributed.is_distributed()
 
@@ -246,8 +295,13 @@ def test_two_ranks_equal_one_process_after_5_steps(ranks, one_process, case):
     for key, value in one["algorithm"].items():
         if value.is_floating_point():
             assert value.dtype == torch.float64
-            assert torch.allclose(two["algorithm"][key], value, rtol=0, atol=1e-6), (key, (two["algorithm"][key] - value).abs().max())
-    rows = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (tmp_path / case, root / case)]
+            assert torch.allclose(two["algorithm"][key], value, rtol=0, atol=1e-6), (
+                key,
+                (two["algorithm"][key] - value).abs().max(),
+            )
+    rows = [
+        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (tmp_path / case, root / case)
+    ]
     events = [r for r in rows[1] if r["split"] == "event"]  # the ranks resumed from 3 to 5 steps: recorded, not silent
     assert all(list(e["changes"]) == ["optim.steps"] for e in events) and (case != "protonet" or events)
     rows = [[r for r in part if r["split"] != "event"] for part in rows]
@@ -298,9 +352,15 @@ def test_a_killed_rank_makes_the_other_exit_promptly_with_one_line_naming_it(ran
     rank0 = json.loads((root / "rank0").read_text())
     assert rank0["rc"] == 2 and rank0["time"] - died < 15, (rank0, died)
     err = (root / "rank0.err").read_text().split("--- kill phase\n", 1)[1]
-    assert err.startswith("fastadapt: error: rank 0 of 2 lost rank 1 (") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert (
+        err.startswith("fastadapt: error: rank 0 of 2 lost rank 1 (")
+        and err.count("\n") == 1
+        and "Traceback" not in err
+    ), err
     assert "run.dist_timeout_s=30" in err and "rerun the same command to resume" in err
-    assert load_checkpoint(root / "killed" / "checkpoint.pt")["step"] == 2  # the last checkpoint before the death, readable
+    assert (
+        load_checkpoint(root / "killed" / "checkpoint.pt")["step"] == 2
+    )  # the last checkpoint before the death, readable
 
 
 if __name__ == "__main__":  # a rank: python tests/test_distributed.py ROOT PORT

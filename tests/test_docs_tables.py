@@ -45,11 +45,21 @@ def test_hyper_table_marks_diverged_runs_scored_or_not(monkeypatch):
     import results_hyper
 
     base = {"domain": "sinusoid-5shot", "method": "ALFA", "select": "fixed", "train_minutes": 0.5, "steps": 1900}
-    scored = {**base, "diverged": "loss is inf", "metric": "mse", "mean": 3.5, "ci": 0.25, "episodes": 600, "seconds_per_task": 0.002}
+    scored = {
+        **base,
+        "diverged": "loss is inf",
+        "metric": "mse",
+        "mean": 3.5,
+        "ci": 0.25,
+        "episodes": 600,
+        "seconds_per_task": 0.002,
+    }
     unscored = {**base, "select": "-", "diverged": "loss is inf", "metric": None, "episodes": 0}
     header, _, row1, row2 = results_hyper.part1_table([scored, unscored])
     assert "3.5000 +- 0.2500 (MSE) (diverged after step 1900: scored from its last good checkpoint)" in row1
-    assert "diverged after step 1900, before its first checkpoint: nothing to score" in row2 and row2.count("|") == header.count("|")
+    assert "diverged after step 1900, before its first checkpoint: nothing to score" in row2 and row2.count(
+        "|"
+    ) == header.count("|")
 
 
 def test_mann_ablation_passes_lstm_is_where_the_curve_stays_above(monkeypatch):
@@ -71,13 +81,19 @@ def test_matching_ablation_gap_to_protonets_is_paired_when_scores_are_there(monk
     import matching_ablation
 
     ref = {"acc": 0.9, "ci": 0.05, "steps": 10, "train_minutes": 1.0, "scores": [0.8, 0.9, 1.0, 0.9]}
-    row = {"acc": 0.85, "ci": 0.05, "steps": 12, "train_minutes": 1.0, "scores": [0.75, 0.85, 0.95, 0.85]}  # 5 points below on every episode
+    row = {
+        "acc": 0.85,
+        "ci": 0.05,
+        "steps": 12,
+        "train_minutes": 1.0,
+        "scores": [0.75, 0.85, 0.95, 0.85],
+    }  # 5 points below on every episode
     result = {"minutes_per_row": 1, "settings": {"5w1s": {"FCE": row, matching_ablation.REFERENCE: ref}}}
     line = next(x for x in matching_ablation.table(result) if x.startswith("| FCE |"))
     assert "| -5.00 ± 0.00 |" in line  # paired: the same difference on every episode has no spread
     del row["scores"]
     line = next(x for x in matching_ablation.table(result) if x.startswith("| FCE |"))
-    assert f"| -5.00 ± {100 * (2 * 0.05 ** 2) ** 0.5:.2f} |" in line
+    assert f"| -5.00 ± {100 * (2 * 0.05**2) ** 0.5:.2f} |" in line
 
 
 def test_recall_table_reads_the_runs_own_test_and_its_eval_records_in_bits(monkeypatch, tmp_path):
@@ -89,8 +105,17 @@ def test_recall_table_reads_the_runs_own_test_and_its_eval_records_in_bits(monke
     from fastadapt.cli import main as cli_main
 
     run = tmp_path / "lstm-recall"
-    train = ["train", "lstm-recall", "model.options={hidden_size=6}", "optim.steps=2", "data.meta_batch=2", "eval.test_episodes=3",
-             "eval.batch=3", f"run.out={run}", "run.progress=false"]
+    train = [
+        "train",
+        "lstm-recall",
+        "model.options={hidden_size=6}",
+        "optim.steps=2",
+        "data.meta_batch=2",
+        "eval.test_episodes=3",
+        "eval.batch=3",
+        f"run.out={run}",
+        "run.progress=false",
+    ]
     assert cli_main(train) == 0
     options = "data.options={bits=6, item_length=3, min_items=2, max_items=6, test_items=9}"
     assert cli_main(["eval", str(run), options, "eval.test_episodes=4", "run.progress=false"]) == 0

@@ -21,9 +21,21 @@ from fastadapt.runs.checkpoint import CheckpointError, load_checkpoint, save_che
 from fastadapt.training.loop import TrainingDiverged, train
 
 TINY = [
-    "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",
-    "model.hidden=8", "optim.steps=6", "eval.val_every=3", "eval.val_episodes=6", "eval.test_episodes=6",
-    "eval.batch=3", "run.checkpoint_every=2", "run.log_every=1", "run.progress=false", "run.threads=1",
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=3",
+    "model.hidden=8",
+    "optim.steps=6",
+    "eval.val_every=3",
+    "eval.val_episodes=6",
+    "eval.test_episodes=6",
+    "eval.batch=3",
+    "run.checkpoint_every=2",
+    "run.log_every=1",
+    "run.progress=false",
+    "run.threads=1",
 ]
 
 
@@ -72,7 +84,9 @@ def test_unknown_algorithm_is_rejected():
 def test_cli_errors_exit_2_with_one_line_and_no_traceback(tmp_path, capsys):
     assert cli_main(["train", "protonet-quick", "data.ways=-3"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fastadapt: error: data.ways=-3 is invalid") and err.count("\n") == 1 and "Traceback" not in err
+    assert (
+        err.startswith("fastadapt: error: data.ways=-3 is invalid") and err.count("\n") == 1 and "Traceback" not in err
+    )
     assert cli_main(["eval", str(tmp_path)]) == 2
     assert "is not a run folder (no config.json)" in capsys.readouterr().err
 
@@ -95,10 +109,21 @@ def test_train_writes_metrics_checkpoints_and_results(tmp_path):
 
 
 def test_mann_trains_through_the_common_engine_with_instance_metrics(tmp_path):
-    cfg = load_config("mann-omniglot", [
-        "data.meta_batch=2", "data.train_part='test'", "optim.steps=2", "eval.test_episodes=4", "eval.batch=2",
-        "algorithm.memory_size=16", "algorithm.controller_size=16", "run.progress=false", "run.threads=1", f"run.out={tmp_path / 'mann'}",
-    ])
+    cfg = load_config(
+        "mann-omniglot",
+        [
+            "data.meta_batch=2",
+            "data.train_part='test'",
+            "optim.steps=2",
+            "eval.test_episodes=4",
+            "eval.batch=2",
+            "algorithm.memory_size=16",
+            "algorithm.controller_size=16",
+            "run.progress=false",
+            "run.threads=1",
+            f"run.out={tmp_path / 'mann'}",
+        ],
+    )
     result = train(cfg)
     assert result.steps == 2
     rows = [json.loads(x) for x in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
@@ -138,7 +163,9 @@ def test_a_validation_that_spends_the_budget_is_not_repeated(tmp_path, monkeypat
 
     real_evaluate = loop.evaluate
     monkeypatch.setattr(loop, "evaluate", slow_evaluate)
-    cfg = tiny(tmp_path, "optim.max_minutes=0.03", "eval.val_every=2", "eval.test_episodes=0")  # 1.8 s: spent by the validation at step 2
+    cfg = tiny(
+        tmp_path, "optim.max_minutes=0.03", "eval.val_every=2", "eval.test_episodes=0"
+    )  # 1.8 s: spent by the validation at step 2
     assert train(cfg).steps == 2
     rows = [json.loads(x) for x in (cfg.out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["split"] == "val"] == [2]
@@ -153,7 +180,9 @@ def test_zero_test_episodes_trains_without_testing(tmp_path):
 
 
 def test_flatten_model_needs_an_algorithm_without_a_head_and_with_weights(tmp_path):
-    with pytest.raises(ConfigError, match="model.name=flatten has no output layer; the algorithm needs a model with a 5-output head"):
+    with pytest.raises(
+        ConfigError, match="model.name=flatten has no output layer; the algorithm needs a model with a 5-output head"
+    ):
         train(load_config("maml-omniglot-5w1s", ["model.name=flatten", f"run.out={tmp_path / 'a'}"]))
     with pytest.raises(ConfigError, match="protonet with model flatten has no trainable parameters"):
         train(tiny(tmp_path, "model.name=flatten", name="b"))
@@ -179,7 +208,9 @@ def test_resume_after_interrupt_is_bit_identical_to_a_straight_run(tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     # validation history after resume equals the straight run's
-    val = lambda c: [json.loads(x)["acc"] for x in (c.out_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in x]  # noqa: E731
+    val = lambda c: [
+        json.loads(x)["acc"] for x in (c.out_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in x
+    ]  # noqa: E731
     assert val(straight) == val(split)
 
 
@@ -254,15 +285,22 @@ def test_truncated_foreign_and_malicious_checkpoints_are_one_line_errors(tmp_pat
     with open(tmp_path / "evil.pt", "wb") as f:
         pickle.dump({"x": Evil()}, f)
     (tmp_path / "text.pt").write_text("hello")
-    for name, match in (("trunc.pt", "not a readable fastadapt checkpoint"), ("foreign.pt", "format tag missing"),
-                        ("evil.pt", "not a readable fastadapt checkpoint"), ("text.pt", "not a readable"), ("missing.pt", "not found")):
+    for name, match in (
+        ("trunc.pt", "not a readable fastadapt checkpoint"),
+        ("foreign.pt", "format tag missing"),
+        ("evil.pt", "not a readable fastadapt checkpoint"),
+        ("text.pt", "not a readable"),
+        ("missing.pt", "not found"),
+    ):
         with pytest.raises(CheckpointError, match=match) as e:
             load_checkpoint(tmp_path / name)
         assert "\n" not in str(e.value)
 
 
 def _run_cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "fastadapt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastadapt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def _wait_for_checkpoint(path, proc, timeout=120):
@@ -301,11 +339,14 @@ def test_sigterm_saves_and_exits_cleanly_and_kill_9_resumes(tmp_path):
     assert "test 5w1s:" in out
 
 
-@pytest.mark.parametrize(("schedule", "factors"), [
-    ("linear", [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]),  # Reptile's annealed meta step: to 0 at optim.steps
-    ("cosine", [1.0, 0.853553, 0.5, 0.146447, 0.0, 0.0]),
-    ("constant", [1.0] * 6),
-])
+@pytest.mark.parametrize(
+    ("schedule", "factors"),
+    [
+        ("linear", [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]),  # Reptile's annealed meta step: to 0 at optim.steps
+        ("cosine", [1.0, 0.853553, 0.5, 0.146447, 0.0, 0.0]),
+        ("constant", [1.0] * 6),
+    ],
+)
 def test_learning_rate_schedules_over_optim_steps(tmp_path, schedule, factors):
     from fastadapt.config.build import build_optimizer
 

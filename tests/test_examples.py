@@ -32,8 +32,14 @@ def test_every_example_is_listed_here():
 @pytest.mark.parametrize("script", sorted(EXPECT))
 def test_example_runs_in_fast_mode(script, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "error"}
-    out = subprocess.run([sys.executable, str(EXAMPLES / script), "--fast", "--out", str(tmp_path / "run")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), "--fast", "--out", str(tmp_path / "run")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert EXPECT[script] in out.stdout, out.stdout
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
@@ -53,9 +59,13 @@ def _pretrained(tmp_path, stdout):
     """The run started from the saved encoder: after 3 Adam steps of lr 1e-3 its weights are within 0.01 of the file's."""
     saved = load_safetensors(tmp_path / "run-encoder.safetensors")
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True, map_location="cpu")["algorithm"]
-    assert saved and {f"model.{k}" for k in saved} == set(trained)  # every tensor of the model came from the file (no head)
+    assert saved and {f"model.{k}" for k in saved} == set(
+        trained
+    )  # every tensor of the model came from the file (no head)
     conv = saved["body.0.weight"]
-    assert (trained["model.body.0.weight"] - conv).abs().max() < 0.01 and not torch.equal(trained["model.body.0.weight"], conv)
+    assert (trained["model.body.0.weight"] - conv).abs().max() < 0.01 and not torch.equal(
+        trained["model.body.0.weight"], conv
+    )
 
 
 def _torchrun(tmp_path, stdout):
@@ -67,4 +77,8 @@ def _torchrun(tmp_path, stdout):
     assert steps and len(steps) == len(set(steps))
 
 
-CHECK = {"own_image_folder.py": _image_folder, "pretrained_backbone.py": _pretrained, "torchrun_two_processes.py": _torchrun}
+CHECK = {
+    "own_image_folder.py": _image_folder,
+    "pretrained_backbone.py": _pretrained,
+    "torchrun_two_processes.py": _torchrun,
+}

@@ -14,7 +14,10 @@ import pytest
 from fastadapt import cli
 
 ROOT = Path(__file__).resolve().parents[1]
-STATUSES = re.compile(r"exit (status|codes?)\W+0 done[;,] 2 (a )?usage[/, ]+config[/, ]+data[/, ]+(or )?file error.*130 interrupted", re.I | re.S)
+STATUSES = re.compile(
+    r"exit (status|codes?)\W+0 done[;,] 2 (a )?usage[/, ]+config[/, ]+data[/, ]+(or )?file error.*130 interrupted",
+    re.I | re.S,
+)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
@@ -30,4 +33,6 @@ def test_the_docs_front_page_names_the_exit_statuses():
     text = (ROOT / "docs" / "index.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| exit codes |"))
     assert re.search(r"0 done; 2 a usage, config, data or file error.*130 interrupted", row), row
-    assert not STATUSES.search("exit status: 0 done, 2 usage error, 130 interrupted")  # the pattern wants every kind of error
+    assert not STATUSES.search(
+        "exit status: 0 done, 2 usage error, 130 interrupted"
+    )  # the pattern wants every kind of error

@@ -31,7 +31,9 @@ def task(ways=3, shots=2, queries=2, side=16, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     proto = torch.rand(ways, 1, side, side, generator=g, dtype=dtype)
     sx = proto.repeat_interleave(shots, 0) + 0.2 * torch.randn(ways * shots, 1, side, side, generator=g, dtype=dtype)
-    qx = proto.repeat_interleave(queries, 0) + 0.2 * torch.randn(ways * queries, 1, side, side, generator=g, dtype=dtype)
+    qx = proto.repeat_interleave(queries, 0) + 0.2 * torch.randn(
+        ways * queries, 1, side, side, generator=g, dtype=dtype
+    )
     return Episode(sx, torch.arange(ways).repeat_interleave(shots), qx, torch.arange(ways).repeat_interleave(queries))
 
 
@@ -78,7 +80,9 @@ def test_layer_changes_equal_one_hand_written_sgd_step_in_float64():
     assert e.kind == "adaptation" and [c.name for c in e.layers] == list(expected)
     for c in e.layers:
         assert c.change == pytest.approx(expected[c.name], rel=1e-9)
-        assert c.relative == pytest.approx(expected[c.name] / float(dict(model.named_parameters())[c.name].detach().norm()), rel=1e-9)
+        assert c.relative == pytest.approx(
+            expected[c.name] / float(dict(model.named_parameters())[c.name].detach().norm()), rel=1e-9
+        )
 
 
 def test_anil_moves_the_head_only():
@@ -102,7 +106,9 @@ def test_gradient_attribution_of_a_linear_model_is_its_weight_row():
         torch.testing.assert_close(e.attribution.maps[q].flatten(), w[int(e.predicted[q])], rtol=0, atol=1e-12)
 
 
-@pytest.mark.skipif(not captum_available(), reason="Captum is an extra (pip install fastadapt[explain]); CI installs it")
+@pytest.mark.skipif(
+    not captum_available(), reason="Captum is an extra (pip install fastadapt[explain]); CI installs it"
+)
 def test_integrated_gradients_sum_to_the_output_difference():
     """Completeness (Sundararajan et al. 2017): sum(attribution) = F(x) - F(0), to Captum's convergence delta;
     on a smooth network (no batch statistics) in float64 the delta is small."""
@@ -117,13 +123,17 @@ def test_integrated_gradients_sum_to_the_output_difference():
     for q in range(len(t.query_x)):
         c = int(e.predicted[q])
         with torch.no_grad():
-            diff = float(predictor(t.query_x[q : q + 1])[0, c] - predictor(torch.zeros_like(t.query_x[q : q + 1]))[0, c])
+            diff = float(
+                predictor(t.query_x[q : q + 1])[0, c] - predictor(torch.zeros_like(t.query_x[q : q + 1]))[0, c]
+            )
         total = float(a.maps[q].sum())
         assert float(a.delta[q]) == pytest.approx(total - diff, abs=1e-9)  # the delta is what it says
         assert abs(total - diff) <= 1e-4 * max(1.0, abs(diff))  # and complete here
 
 
-@pytest.mark.skipif(not captum_available(), reason="Captum is an extra (pip install fastadapt[explain]); CI installs it")
+@pytest.mark.skipif(
+    not captum_available(), reason="Captum is an extra (pip install fastadapt[explain]); CI installs it"
+)
 def test_the_convergence_delta_is_reported_for_batch_statistics_networks():
     torch.manual_seed(0)
     algo = MAML(Conv4(out_features=3, hidden=8, image_size=16), inner_steps=1).eval()
@@ -134,7 +144,9 @@ def test_the_convergence_delta_is_reported_for_batch_statistics_networks():
     with torch.no_grad():
         for q in range(len(t.query_x)):
             c = int(e.predicted[q])
-            diff = float(predictor(t.query_x[q : q + 1])[0, c] - predictor(torch.zeros_like(t.query_x[q : q + 1]))[0, c])
+            diff = float(
+                predictor(t.query_x[q : q + 1])[0, c] - predictor(torch.zeros_like(t.query_x[q : q + 1]))[0, c]
+            )
             assert float(a.delta[q]) == pytest.approx(float(a.maps[q].sum()) - diff, abs=1e-4)
 
 
@@ -162,7 +174,9 @@ def test_meta_lstm_gates_are_recorded_per_step_and_parameter_tensor():
 
 def test_mann_memory_trace_reproduces_the_predictor_and_weightings_are_distributions():
     torch.manual_seed(0)
-    algo = MANN(nn.Flatten(), ways=3, input_shape=(1, 8, 8), memory_size=16, memory_width=6, read_heads=2, controller_size=16).eval()
+    algo = MANN(
+        nn.Flatten(), ways=3, input_shape=(1, 8, 8), memory_size=16, memory_width=6, read_heads=2, controller_size=16
+    ).eval()
     t = task(side=8)
     e = explain(algo, t)
     m = e.parts
@@ -171,7 +185,9 @@ def test_mann_memory_trace_reproduces_the_predictor_and_weightings_are_distribut
     torch.testing.assert_close(m["query_outputs"], e.outputs)
     torch.testing.assert_close(m["read_weights"].sum(-1), torch.ones(s + q, 2))
     w = m["write_weights"]  # sigmoid(alpha) * previous read weights + (1 - sigmoid(alpha)) * the R least-used slots
-    assert bool((w >= 0).all()) and bool(((w[1:].sum(-1) > 1 - 1e-5) & (w[1:].sum(-1) < 2 + 1e-5)).all())  # reads sum to 1, R = 2 slots
+    assert bool((w >= 0).all()) and bool(
+        ((w[1:].sum(-1) > 1 - 1e-5) & (w[1:].sum(-1) < 2 + 1e-5)).all()
+    )  # reads sum to 1, R = 2 slots
     assert bool((w[0, :, 2:] == 0).all()) and bool((w[0, :, :2] > 0).all())  # the first write goes to slots 0..R-1
     assert m["phase"] == ["support"] * s + ["query"] * q and sorted(m["order"].tolist()) == list(range(s))
 
@@ -206,7 +222,9 @@ def write_folder(root, classes=6, per_class=4, side=28, seed=0):
     return root
 
 
-PRESET_OF = {name: next((p for p in preset_names() if load_config(p).algorithm == name), None) for name in ALGORITHMS.names()}
+PRESET_OF = {
+    name: next((p for p in preset_names() if load_config(p).algorithm == name), None) for name in ALGORITHMS.names()
+}
 
 
 @pytest.fixture(scope="module")
@@ -216,10 +234,24 @@ def image_folder(tmp_path_factory):
 
 def tiny_run(name, folder, out):
     cfg = load_config(PRESET_OF[name])
-    overrides = ["optim.steps=1", "eval.val_every=0", "eval.test_episodes=0", "run.progress=false", f"run.out={out}", "data.meta_batch=1"]
+    overrides = [
+        "optim.steps=1",
+        "eval.val_every=0",
+        "eval.test_episodes=0",
+        "run.progress=false",
+        f"run.out={out}",
+        "data.meta_batch=1",
+    ]
     if cfg.data.dataset == "omniglot":  # image learners: a small folder instead of Omniglot, small 5-way tasks
-        overrides += [f"data.dataset=folder:{folder}", "data.ways=5", "data.shots=1", "data.queries=2", "data.test_ways=5",
-                      "data.test_shots=1", "data.test_queries=2"]
+        overrides += [
+            f"data.dataset=folder:{folder}",
+            "data.ways=5",
+            "data.shots=1",
+            "data.queries=2",
+            "data.test_ways=5",
+            "data.test_shots=1",
+            "data.test_queries=2",
+        ]
     if cfg.model.name == "conv4":
         overrides.append("model.hidden=4")
     if cfg.algorithm == "mann":
@@ -234,16 +266,44 @@ def test_fastadapt_explain_works_for_every_registered_algorithm(name, image_fold
     run = tiny_run(name, image_folder, tmp_path / "run")
     stem = tmp_path / "why"
     if name == "maml-rl":  # tasks are environments: no example to explain, one line and exit 2
-        assert cli.main(["explain", str(run), "--episode", "1", "--queries", "2", "--attribution", "gradient", "--out", str(stem)]) == 2
+        assert (
+            cli.main(
+                [
+                    "explain",
+                    str(run),
+                    "--episode",
+                    "1",
+                    "--queries",
+                    "2",
+                    "--attribution",
+                    "gradient",
+                    "--out",
+                    str(stem),
+                ]
+            )
+            == 2
+        )
         assert "reinforcement-learning run" in capsys.readouterr().err and not stem.with_suffix(".json").exists()
         return
-    assert cli.main(["explain", str(run), "--episode", "1", "--queries", "2", "--attribution", "gradient", "--out", str(stem)]) == 0
+    assert (
+        cli.main(
+            ["explain", str(run), "--episode", "1", "--queries", "2", "--attribution", "gradient", "--out", str(stem)]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     record = json.loads(stem.with_suffix(".json").read_text())
     with Image.open(stem.with_suffix(".png")) as png:
         assert png.size[0] > 100 and png.size[1] > 100
-    expected_kind = {"protonet": "prototypes", "matching": "attention", "meta_lstm": "gates", "mann": "memory", "baseline": "attribution",
-                     "linear_probe": "attribution", "ntm": "attribution"}.get(name, "adaptation")
+    expected_kind = {
+        "protonet": "prototypes",
+        "matching": "attention",
+        "meta_lstm": "gates",
+        "mann": "memory",
+        "baseline": "attribution",
+        "linear_probe": "attribution",
+        "ntm": "attribution",
+    }.get(name, "adaptation")
     assert record["kind"] == expected_kind and len(record["queries"]) >= 1
     for q in record["queries"]:
         if "probabilities" in q:  # classification: the explanation's prediction is the predictor's argmax

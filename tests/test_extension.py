@@ -95,8 +95,16 @@ fastadapt.register_algorithm("nearest-mean", NearestMean)
 '''
 
 TINY = {
-    "data": {"dataset": "blobs", "train_part": "train", "val_part": "val", "test_part": "test", "ways": 3, "shots": 2, "queries": 3,
-             "meta_batch": 2},
+    "data": {
+        "dataset": "blobs",
+        "train_part": "train",
+        "val_part": "val",
+        "test_part": "test",
+        "ways": 3,
+        "shots": 2,
+        "queries": 3,
+        "meta_batch": 2,
+    },
     "model": {"name": "tinynet", "options": {"width": 12}},
     "algorithm": {"name": "nearest-mean", "temperature": 0.5},
     "optim": {"steps": 6, "lr": 0.01},
@@ -150,7 +158,11 @@ def test_a_plugin_trains_resumes_and_evaluates_through_fastadapt_train(plugin, t
     logits = a.algorithm.adapt(task.support_x, task.support_y)(task.query_x)
     assert logits.shape == (9, 3) and torch.isfinite(logits).all()
     prov = json.loads((tmp_path / "whole" / "config.json").read_text())["provenance"]
-    assert prov["fastadapt"] == fastadapt.__version__ and prov["torch"] == torch.__version__ and prov["python"].count(".") == 2
+    assert (
+        prov["fastadapt"] == fastadapt.__version__
+        and prov["torch"] == torch.__version__
+        and prov["python"].count(".") == 2
+    )
     assert prov["task_shapes"]["support_x"] == [6, 8]
 
 
@@ -162,7 +174,9 @@ def test_a_users_module_and_task_sources_train_from_python(plugin, tmp_path):
     data = {part: toyplug.make_blobs(SourceRequest(part, 3, 2, 3, 0)) for part in ("train", "val", "test")}
     net = toyplug.TinyNet((8,), None, width=10)
     initial = net.net[1].weight.detach().clone()
-    cfg = tiny_config(tmp_path / "py", data={"dataset": "omniglot"}, model={"name": "conv4", "options": {}})  # both replaced below
+    cfg = tiny_config(
+        tmp_path / "py", data={"dataset": "omniglot"}, model={"name": "conv4", "options": {}}
+    )  # both replaced below
     result = fastadapt.train(cfg, model=net, tasks=data)
     assert result.steps == 6 and set(result.tests) == {"3w2s"} and result.best_val is not None
     assert not torch.equal(net.net[1].weight, initial)  # the user's module itself was trained
@@ -177,7 +191,9 @@ def run_cli(args: list[str], cwd: Path, pythonpath: Path | None = None) -> subpr
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
-    return subprocess.run([sys.executable, "-m", "fastadapt.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "fastadapt.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def write_toml(path: Path, raw: dict) -> Path:
@@ -185,7 +201,9 @@ def write_toml(path: Path, raw: dict) -> Path:
     for section, values in raw.items():
         lines.append(f"[{section}]")
         for k, v in values.items():
-            lines.append(f"{k} = {json.dumps(v) if not isinstance(v, dict) else '{ ' + ', '.join(f'{a} = {json.dumps(b)}' for a, b in v.items()) + ' }'}")
+            lines.append(
+                f"{k} = {json.dumps(v) if not isinstance(v, dict) else '{ ' + ', '.join(f'{a} = {json.dumps(b)}' for a, b in v.items()) + ' }'}"
+            )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -208,7 +226,9 @@ def test_a_plugin_trains_resumes_and_evaluates_through_the_cli(plugin, tmp_path,
     assert json.loads((run / "results.json").read_text())["steps"] == 3
     second = run_cli(["train", str(cfg), f"run.out={run}", "optim.steps=6"], tmp_path, plugin)  # resumes at step 3
     assert second.returncode == 0, second.stderr
-    steps = [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"]
+    steps = [
+        r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "train"
+    ]
     assert steps == sorted(set(steps)) and steps[-1] == 6
     ev = run_cli(["eval", str(run), "eval.test_episodes=5"], tmp_path, plugin)
     assert ev.returncode == 0, ev.stderr
@@ -217,7 +237,9 @@ def test_a_plugin_trains_resumes_and_evaluates_through_the_cli(plugin, tmp_path,
 
 def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and proc.stderr.startswith("fastadapt: error: "), proc.stderr
+    assert (
+        proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr and proc.stderr.startswith("fastadapt: error: ")
+    ), proc.stderr
     for w in words:
         assert w in proc.stderr, (w, proc.stderr)
 
@@ -261,13 +283,29 @@ def not_a_module(input_shape):
 def test_broken_plugins_are_one_line_errors_with_exit_2(tmp_path):
     (tmp_path / "broken.py").write_text(BROKEN)
     base = ["train", "maml-omniglot-5w1s", f"run.out={tmp_path / 'r'}", "data.meta_batch=1", "run.progress=false"]
-    one_line_error(run_cli([*base, 'model.target="nowhere.nets:Net"'], tmp_path, tmp_path), "module 'nowhere' not found")
-    one_line_error(run_cli([*base, 'model.target="broken:Missing"'], tmp_path, tmp_path), "broken has no attribute 'Missing'")
-    one_line_error(run_cli([*base, 'model.target="broken:SevenOut"'], tmp_path, tmp_path), "returned 7 outputs per input; maml expects 5")
-    one_line_error(run_cli([*base, 'model.target="broken:not_a_module"'], tmp_path, tmp_path), "returned int; expected an nn.Module")
-    one_line_error(run_cli([*base, 'data.target="broken:short"'], tmp_path, tmp_path),
-                   "task source broken:short: support_x has leading shape [1, 4], expected [1, 5]")
-    one_line_error(run_cli([*base, "model.options={ depth = 3 }"], tmp_path, tmp_path), "model.options.depth", "takes no argument 'depth'")
+    one_line_error(
+        run_cli([*base, 'model.target="nowhere.nets:Net"'], tmp_path, tmp_path), "module 'nowhere' not found"
+    )
+    one_line_error(
+        run_cli([*base, 'model.target="broken:Missing"'], tmp_path, tmp_path), "broken has no attribute 'Missing'"
+    )
+    one_line_error(
+        run_cli([*base, 'model.target="broken:SevenOut"'], tmp_path, tmp_path),
+        "returned 7 outputs per input; maml expects 5",
+    )
+    one_line_error(
+        run_cli([*base, 'model.target="broken:not_a_module"'], tmp_path, tmp_path),
+        "returned int; expected an nn.Module",
+    )
+    one_line_error(
+        run_cli([*base, 'data.target="broken:short"'], tmp_path, tmp_path),
+        "task source broken:short: support_x has leading shape [1, 4], expected [1, 5]",
+    )
+    one_line_error(
+        run_cli([*base, "model.options={ depth = 3 }"], tmp_path, tmp_path),
+        "model.options.depth",
+        "takes no argument 'depth'",
+    )
     one_line_error(run_cli([*base, 'algorithm.name="nope"'], tmp_path, tmp_path), "unknown algorithm 'nope'")
     assert not (tmp_path / "r").exists()  # nothing was written
 
@@ -292,7 +330,9 @@ def test_registering_a_built_in_name_or_a_taken_name_is_refused():
         TASK_SOURCES.unregister("once")
 
 
-PRESET_OF = {name: next((p for p in preset_names() if load_config(p).algorithm == name), None) for name in ALGORITHMS.names()}
+PRESET_OF = {
+    name: next((p for p in preset_names() if load_config(p).algorithm == name), None) for name in ALGORITHMS.names()
+}
 
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
@@ -313,11 +353,15 @@ def test_every_registered_algorithm_trains_one_step_adapts_and_predicts(name):
     opt.zero_grad()
     out.loss.backward()
     opt.step()
-    assert any(not torch.equal(before[k], v) for k, v in algo.named_parameters()), f"{name}: one step changed no parameter"
+    assert any(not torch.equal(before[k], v) for k, v in algo.named_parameters()), (
+        f"{name}: one step changed no parameter"
+    )
     test = next(iter(sources.tests.values()))
     batch = test.sample_tasks(0, 0, 2)
     algo.eval()
-    if isinstance(batch, fastadapt.EnvTasks):  # reinforcement learning: a task is an environment; predict gives each task's return
+    if isinstance(
+        batch, fastadapt.EnvTasks
+    ):  # reinforcement learning: a task is an environment; predict gives each task's return
         policy = algo.adapt(batch.select(slice(0, 1)))
         assert policy(torch.zeros(3, *batch.observation_shape)).shape == (3, batch.action_size)
         pred = algo.predict(batch)
@@ -359,9 +403,23 @@ def image_folder(root: Path, mode: str, size: int = 20) -> Path:
 def test_protonet_quick_trains_and_evaluates_on_an_image_folder_through_the_cli(tmp_path, capsys, mode, channels):
     root = image_folder(tmp_path / "imgs", mode)
     run = tmp_path / "run"
-    args = ["train", "protonet-quick", f"data.dataset=folder:{root}", "data.ways=3", "data.test_ways=3", "data.queries=2", "data.test_queries=2",
-            "data.meta_batch=2", "optim.steps=2", "eval.val_every=1", "eval.val_episodes=2", "eval.test_episodes=2", "model.hidden=8",
-            f"run.out={run}", "run.progress=false"]
+    args = [
+        "train",
+        "protonet-quick",
+        f"data.dataset=folder:{root}",
+        "data.ways=3",
+        "data.test_ways=3",
+        "data.queries=2",
+        "data.test_queries=2",
+        "data.meta_batch=2",
+        "optim.steps=2",
+        "eval.val_every=1",
+        "eval.val_episodes=2",
+        "eval.test_episodes=2",
+        "model.hidden=8",
+        f"run.out={run}",
+        "run.progress=false",
+    ]
     assert cli_main(args) == 0, capsys.readouterr().err
     shapes = json.loads((run / "config.json").read_text())["provenance"]["task_shapes"]
     assert shapes["support_x"] == [3, channels, 28, 28]
@@ -374,7 +432,10 @@ def test_protonet_quick_trains_and_evaluates_on_an_image_folder_through_the_cli(
 
 def test_a_folder_without_its_parts_is_a_one_line_error(tmp_path, capsys):
     (tmp_path / "flat" / "a").mkdir(parents=True)
-    assert cli_main(["train", "protonet-quick", f"data.dataset=folder:{tmp_path / 'flat'}", f"run.out={tmp_path / 'r'}"]) == 2
+    assert (
+        cli_main(["train", "protonet-quick", f"data.dataset=folder:{tmp_path / 'flat'}", f"run.out={tmp_path / 'r'}"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "has no train/ subfolder" in err and err.count("\n") == 1
     assert cli_main(["train", "protonet-quick", "data.dataset=folder:", f"run.out={tmp_path / 'r'}"]) == 2
@@ -387,7 +448,10 @@ def test_channel_conversion_follows_one_rule():
     rgb = torch.tensor([[[[255]], [[0]], [[0]]], [[[0]], [[255]], [[0]]]], dtype=torch.uint8)  # a red and a green pixel
     data = fastadapt.ClassDataset(rgb, torch.tensor([0, 1, 2]), ("r", "g"))
     grey = conform_images(data, None, 1).data
-    assert grey.shape == (2, 1, 1, 1) and grey.flatten().tolist() == [76, 150]  # ITU-R 601 luma: 0.299 * 255, 0.587 * 255
+    assert grey.shape == (2, 1, 1, 1) and grey.flatten().tolist() == [
+        76,
+        150,
+    ]  # ITU-R 601 luma: 0.299 * 255, 0.587 * 255
     back = conform_images(fastadapt.ClassDataset(grey, data.offsets, data.names), None, 3).data
     assert back.shape == (2, 3, 1, 1) and back[:, 0].equal(back[:, 2])
     assert conform_images(data, None, 0) is data and conform_images(data, 1, 3) is data

@@ -62,7 +62,11 @@ class NormNet(nn.Module):
     def __init__(self, norm: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 4, 3, stride=2)
-        self.norm = {"instance": nn.InstanceNorm2d(4, affine=True), "layer": nn.LayerNorm([4, 7, 7]), "layer_last": nn.LayerNorm(7)}[norm]
+        self.norm = {
+            "instance": nn.InstanceNorm2d(4, affine=True),
+            "layer": nn.LayerNorm([4, 7, 7]),
+            "layer_last": nn.LayerNorm(7),
+        }[norm]
         self.conv2 = nn.Conv2d(4, 4, 3, stride=2)
         self.head = nn.Linear(4 * 3 * 3, WAYS)
         with torch.no_grad():  # affine parameters away from their (1, 0) initialisation
@@ -97,8 +101,14 @@ def norm_net(kind: str, seed: int = 0) -> nn.Module:
 # --- references and helpers ------------------------------------------------------------------
 
 
-def reference_meta_loss(model: nn.Module, batch: TaskBatch, lr: float, steps: int, first_order: bool = False,
-                        adapted: list[str] | None = None) -> torch.Tensor:
+def reference_meta_loss(
+    model: nn.Module,
+    batch: TaskBatch,
+    lr: float,
+    steps: int,
+    first_order: bool = False,
+    adapted: list[str] | None = None,
+) -> torch.Tensor:
     """Mean query loss after ``steps`` SGD steps per task: a plain loop with torch.autograd.grad."""
     params = dict(model.named_parameters())
     names = adapted or list(params)
@@ -207,10 +217,16 @@ def test_split_affine_norms_reproduce_the_fused_functions():
     F = torch.nn.functional
     for training in (True, False):
         want = F.batch_norm(x, rm.clone(), rv.clone(), w, b, training, 0.1, 1e-5)
-        torch.testing.assert_close(inner.split_batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5), want, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(inner.split_instance_norm(x, weight=w, bias=b), F.instance_norm(x, weight=w, bias=b), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            inner.split_batch_norm(x, rm, rv, w, b, training, 0.1, 1e-5), want, rtol=1e-12, atol=1e-12
+        )
+    torch.testing.assert_close(
+        inner.split_instance_norm(x, weight=w, bias=b), F.instance_norm(x, weight=w, bias=b), rtol=1e-12, atol=1e-12
+    )
     lw, lb = torch.rand(5, 5, generator=g, dtype=torch.float64), torch.randn(5, 5, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(inner.split_layer_norm(x, (5, 5), lw, lb), F.layer_norm(x, (5, 5), lw, lb), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        inner.split_layer_norm(x, (5, 5), lw, lb), F.layer_norm(x, (5, 5), lw, lb), rtol=1e-12, atol=1e-12
+    )
     with inner.SplitAffineNorms():  # the mode routes the module calls through them, unchanged otherwise
         got = nn.functional.batch_norm(x, None, None, w, b, True)
     torch.testing.assert_close(got, F.batch_norm(x, None, None, w, b, True), rtol=1e-12, atol=1e-12)
@@ -229,9 +245,13 @@ def test_first_order_gradient_is_the_query_gradient_at_the_adapted_weights(execu
     for t in range(batch.num_tasks):
         phi = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
         for _ in range(steps):
-            g = torch.autograd.grad(task_loss(functional_call(model, phi, (batch.support_x[t],)), batch.support_y[t]), list(phi.values()))
+            g = torch.autograd.grad(
+                task_loss(functional_call(model, phi, (batch.support_x[t],)), batch.support_y[t]), list(phi.values())
+            )
             phi = {k: (v - lr * gi).detach().requires_grad_() for (k, v), gi in zip(phi.items(), g)}
-        gq = torch.autograd.grad(task_loss(functional_call(model, phi, (batch.query_x[t],)), batch.query_y[t]), list(phi.values()))
+        gq = torch.autograd.grad(
+            task_loss(functional_call(model, phi, (batch.query_x[t],)), batch.query_y[t]), list(phi.values())
+        )
         want = [w + gi / batch.num_tasks for w, gi in zip(want, gq)]
     assert_grads_close(got, want, rtol=1e-9)
 
@@ -253,7 +273,9 @@ def test_metasgd_with_uniform_rates_is_maml_and_its_rates_are_inspectable():
     sgd = MetaSGD(mlp(), init_lr=0.05, inner_steps=2, execution="loop")
     maml = MAML(sgd.model, inner_lr=0.05, inner_steps=2)
     params = model_params(sgd)
-    assert_grads_close(grads_of(sgd.meta_loss(batch).loss, params), grads_of(maml.meta_loss(batch).loss, params), rtol=1e-10)
+    assert_grads_close(
+        grads_of(sgd.meta_loss(batch).loss, params), grads_of(maml.meta_loss(batch).loss, params), rtol=1e-10
+    )
     rates = sgd.learning_rates()
     assert list(rates) == [n for n, _ in sgd.model.named_parameters()]
     assert rates["net.0.weight"] == pytest.approx({"mean": 0.05, "std": 0.0, "min": 0.05, "max": 0.05})
@@ -281,7 +303,9 @@ def test_multi_step_loss_weights_follow_maml_plus_plus():
     assert float(w.sum()) == pytest.approx(1.0)
     assert w[0] == pytest.approx(0.2 - 0.5 * 0.2) and w[-1] == pytest.approx(1 - 4 * 0.1)
     assert multi_step_loss_weights(5, 99, 100)[0] == pytest.approx(0.03 / 5)  # floored
-    torch.testing.assert_close(multi_step_loss_weights(5, 100, 100), torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        multi_step_loss_weights(5, 100, 100), torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64)
+    )
 
 
 def test_multi_step_loss_is_the_weighted_sum_of_per_step_query_losses():
@@ -316,14 +340,26 @@ def test_reptile_gradient_is_theta_minus_mean_adapted_theta(optimizer, execution
     # BatchNorm) would move by rounding noise, so the Adam case runs without BatchNorm.
     model = norm_net("batch") if optimizer == "sgd" else conv4(batch_norm=False)
     batch, lr, steps = images(3), 0.05, 3
-    algo = Reptile(model, inner_lr=lr, inner_steps=steps, inner_optimizer=optimizer, inner_state="fresh", execution=execution, chunk_size=2)
+    algo = Reptile(
+        model,
+        inner_lr=lr,
+        inner_steps=steps,
+        inner_optimizer=optimizer,
+        inner_state="fresh",
+        execution=execution,
+        chunk_size=2,
+    )
     out = algo.meta_loss(batch)
     out.loss.backward()
     # independently: torch.optim on a copy of the model per task, full support set each step
     finals = []
     for t in range(batch.num_tasks):
         copy_ = copy.deepcopy(model)
-        opt = torch.optim.SGD(copy_.parameters(), lr=lr) if optimizer == "sgd" else torch.optim.Adam(copy_.parameters(), lr=lr, betas=(0.0, 0.999))
+        opt = (
+            torch.optim.SGD(copy_.parameters(), lr=lr)
+            if optimizer == "sgd"
+            else torch.optim.Adam(copy_.parameters(), lr=lr, betas=(0.0, 0.999))
+        )
         for _ in range(steps):
             opt.zero_grad()
             task_loss(copy_(batch.support_x[t]), batch.support_y[t]).backward()
@@ -341,7 +377,9 @@ def test_reptile_persistent_adam_state_matches_one_torch_adam_carried_across_tas
     # count carry from task to task and meta-step to meta-step; evaluation starts from them and
     # keeps nothing. Reference: one torch.optim.Adam over a copy of the model, reset to theta per task.
     model, lr, steps, eval_steps = conv4(batch_norm=False), 0.05, 2, 3
-    algo = Reptile(model, inner_lr=lr, inner_steps=steps, inner_steps_eval=eval_steps, execution=execution, chunk_size=2)
+    algo = Reptile(
+        model, inner_lr=lr, inner_steps=steps, inner_steps_eval=eval_steps, execution=execution, chunk_size=2
+    )
     assert algo.persistent and int(algo.adam_step) == 0
     outer = torch.optim.SGD(algo.parameters(), lr=0.5)
     copy_ = copy.deepcopy(model)
@@ -375,13 +413,18 @@ def test_reptile_persistent_adam_state_matches_one_torch_adam_carried_across_tas
                 c.copy_(p)
         opt = copy.deepcopy(inner_opt)
         opt.param_groups[0]["params"] = list(copy_.parameters())
-        opt.state = {c: copy.deepcopy(inner_opt.state[o]) for c, o in zip(copy_.parameters(), inner_opt.param_groups[0]["params"])}
+        opt.state = {
+            c: copy.deepcopy(inner_opt.state[o])
+            for c, o in zip(copy_.parameters(), inner_opt.param_groups[0]["params"])
+        }
         for _ in range(eval_steps):
             opt.zero_grad()
             task_loss(copy_(batch.support_x[t]), batch.support_y[t]).backward()
             opt.step()
         torch.testing.assert_close(outputs[t], copy_(batch.query_x[t]).detach(), rtol=1e-9, atol=1e-10)
-        torch.testing.assert_close(algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]), outputs[t], rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(
+            algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]), outputs[t], rtol=1e-10, atol=1e-10
+        )
     assert all(torch.equal(v, algo.state_dict()[k]) for k, v in before.items())
 
 
@@ -391,8 +434,11 @@ def test_minibatch_indices_read_successive_shuffles_of_the_support_set():
     assert idx.shape == (7, 3)
     flat = idx.flatten().tolist()
     for start in range(0, 20, 5):  # every full round is a permutation, and batches span rounds
-        assert sorted(flat[start:start + 5]) == list(range(5))
-    assert inner.minibatch_indices(2, 5, 1, g).flatten().bincount().tolist() in ([3, 2], [2, 3])  # a batch larger than the set
+        assert sorted(flat[start : start + 5]) == list(range(5))
+    assert inner.minibatch_indices(2, 5, 1, g).flatten().bincount().tolist() in (
+        [3, 2],
+        [2, 3],
+    )  # a batch larger than the set
 
 
 @pytest.mark.parametrize("execution", EXECUTIONS)
@@ -401,7 +447,9 @@ def test_reptile_inner_minibatches_match_torch_adam_on_the_same_batches(executio
     # Training on mini-batches (the authors' --inner-batch): step k of task t uses the support
     # examples idx[t, k], drawn task by task from torch's RNG. Reference: torch.optim.Adam on a copy.
     model, lr, steps, size = conv4(batch_norm=False), 0.05, 3, 4
-    algo = Reptile(model, inner_lr=lr, inner_steps=steps, inner_state=state, inner_batch=size, execution=execution, chunk_size=2)
+    algo = Reptile(
+        model, inner_lr=lr, inner_steps=steps, inner_state=state, inner_batch=size, execution=execution, chunk_size=2
+    )
     batch = images(5)
     torch.manual_seed(11)
     out = algo.meta_loss(batch)
@@ -425,10 +473,14 @@ def test_reptile_inner_minibatches_match_torch_adam_on_the_same_batches(executio
         finals.append([p.detach().clone() for p in copy_.parameters()])
     want = [p - torch.stack(ps).mean(0) for p, ps in zip(theta, zip(*finals))]
     assert_grads_close([p.grad for p in model.parameters()], want, rtol=1e-9)
-    whole = Reptile(copy.deepcopy(model), inner_lr=lr, inner_steps=steps, inner_state=state, execution=execution, chunk_size=2)
+    whole = Reptile(
+        copy.deepcopy(model), inner_lr=lr, inner_steps=steps, inner_state=state, execution=execution, chunk_size=2
+    )
     whole.model.zero_grad()
     whole.meta_loss(batch).loss.backward()
-    assert max(float((p.grad - w).abs().max()) for p, w in zip(whole.model.parameters(), want)) > 1e-4  # the batches mattered
+    assert (
+        max(float((p.grad - w).abs().max()) for p, w in zip(whole.model.parameters(), want)) > 1e-4
+    )  # the batches mattered
 
 
 def test_reptile_inner_batch_is_validated_and_evaluation_uses_the_whole_support_set():
@@ -444,7 +496,9 @@ def test_reptile_inner_batch_is_validated_and_evaluation_uses_the_whole_support_
 def test_reptile_inner_state_is_validated():
     with pytest.raises(ConfigError, match="inner_state='sometimes' is unknown; choose one of persistent, fresh"):
         Reptile(mlp(), inner_state="sometimes")
-    assert not Reptile(mlp(), inner_optimizer="sgd").persistent and not any(k.startswith("adam") for k in Reptile(mlp(), inner_optimizer="sgd").state_dict())
+    assert not Reptile(mlp(), inner_optimizer="sgd").persistent and not any(
+        k.startswith("adam") for k in Reptile(mlp(), inner_optimizer="sgd").state_dict()
+    )
 
 
 @pytest.mark.parametrize("execution", EXECUTIONS)
@@ -517,7 +571,12 @@ def test_adapt_leaves_state_bit_identical_and_predict_is_adapt_batched(execution
 
 def test_meta_loss_metrics_and_regression_shapes():
     batch = sinusoids(4)
-    for algo in (MAML(mlp(), inner_lr=0.01), MetaSGD(mlp(), init_lr=0.01), ANIL(mlp(), inner_lr=0.01, head="net.4"), Reptile(mlp())):
+    for algo in (
+        MAML(mlp(), inner_lr=0.01),
+        MetaSGD(mlp(), init_lr=0.01),
+        ANIL(mlp(), inner_lr=0.01, head="net.4"),
+        Reptile(mlp()),
+    ):
         out = algo.meta_loss(batch)
         assert out.loss.ndim == 0 and out.loss.requires_grad
         assert set(out.metrics) >= {"loss", "mse"}
@@ -546,18 +605,27 @@ def test_zero_inner_steps_is_the_plain_query_loss():
 # --- options, errors, registry ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("build", "message"), [
-    (lambda m: MAML(m, inner_steps=-1), "inner_steps=-1 is invalid; it must be an integer >= 0"),
-    (lambda m: MAML(m, execution="threads"), "execution='threads' is unknown; choose one of auto, vmap, chunks, loop"),
-    (lambda m: MAML(m, chunk_size=0), "chunk_size=0 is invalid"),
-    (lambda m: MAML(m, inner_lr=0.0), "inner_lr=0.0 is invalid; it must be a finite number > 0"),
-    (lambda m: MAML(m, inner_steps=0, learn_inner_lr=True), "learn_inner_lr=True needs inner_steps >= 1"),
-    (lambda m: FOMAML(m, first_order=False), "FOMAML is first order by definition"),
-    (lambda m: MetaSGD(m, init_lr=-1), "init_lr=-1 is invalid"),
-    (lambda m: Reptile(m, inner_steps=0), "inner_steps=0 is invalid; it must be an integer >= 1"),
-    (lambda m: Reptile(m, inner_optimizer="rmsprop"), "inner_optimizer='rmsprop' is unknown; choose one of sgd, adam"),
-    (lambda m: Reptile(m, adam_beta1=1.0), "adam_beta1=1.0 is invalid"),
-])
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda m: MAML(m, inner_steps=-1), "inner_steps=-1 is invalid; it must be an integer >= 0"),
+        (
+            lambda m: MAML(m, execution="threads"),
+            "execution='threads' is unknown; choose one of auto, vmap, chunks, loop",
+        ),
+        (lambda m: MAML(m, chunk_size=0), "chunk_size=0 is invalid"),
+        (lambda m: MAML(m, inner_lr=0.0), "inner_lr=0.0 is invalid; it must be a finite number > 0"),
+        (lambda m: MAML(m, inner_steps=0, learn_inner_lr=True), "learn_inner_lr=True needs inner_steps >= 1"),
+        (lambda m: FOMAML(m, first_order=False), "FOMAML is first order by definition"),
+        (lambda m: MetaSGD(m, init_lr=-1), "init_lr=-1 is invalid"),
+        (lambda m: Reptile(m, inner_steps=0), "inner_steps=0 is invalid; it must be an integer >= 1"),
+        (
+            lambda m: Reptile(m, inner_optimizer="rmsprop"),
+            "inner_optimizer='rmsprop' is unknown; choose one of sgd, adam",
+        ),
+        (lambda m: Reptile(m, adam_beta1=1.0), "adam_beta1=1.0 is invalid"),
+    ],
+)
 def test_bad_options_are_one_line_config_errors(build, message):
     with pytest.raises(ConfigError) as info:
         build(mlp())
@@ -595,6 +663,7 @@ def test_fine_tune_takes_the_same_steps_as_the_first_order_inner_loop(optimizer)
     from fastadapt.algorithms.base import task_loss
 
     torch.manual_seed(0)
+
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
@@ -614,8 +683,14 @@ def test_fine_tune_takes_the_same_steps_as_the_first_order_inner_loop(optimizer)
 
     got = inner.fine_tune(forward, params, x, y, rates, optimizer, (0.5, 0.9))
     with torch.enable_grad():
-        want = inner.inner_loop(lambda p: task_loss(forward(p, x), y), inner.detached(params), rates, first_order=True,
-                                optimizer=optimizer, betas=(0.5, 0.9))[3]
+        want = inner.inner_loop(
+            lambda p: task_loss(forward(p, x), y),
+            inner.detached(params),
+            rates,
+            first_order=True,
+            optimizer=optimizer,
+            betas=(0.5, 0.9),
+        )[3]
     assert got.keys() == want.keys()
     for k in got:
         torch.testing.assert_close(got[k], want[k].detach(), rtol=1e-12, atol=1e-12)

@@ -32,9 +32,21 @@ from fastadapt.core.errors import ConfigError
 from fastadapt.core.registry import ALGORITHMS, algorithm_class
 
 TINY = [
-    "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",
-    "model.hidden=8", "optim.steps=6", "eval.val_every=3", "eval.val_episodes=6", "eval.test_episodes=6",
-    "eval.batch=3", "run.checkpoint_every=2", "run.log_every=1", "run.progress=false", "run.threads=1",
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=3",
+    "model.hidden=8",
+    "optim.steps=6",
+    "eval.val_every=3",
+    "eval.val_episodes=6",
+    "eval.test_episodes=6",
+    "eval.batch=3",
+    "run.checkpoint_every=2",
+    "run.log_every=1",
+    "run.progress=false",
+    "run.threads=1",
 ]
 GiB = 1 << 30
 
@@ -71,10 +83,18 @@ CASES = [
     ("protonet-quick", ["eval.test_settings=[[5, 1, 2]]"], "eval.test_settings"),
     ("protonet-quick", ["eval.test_settings=[[5, nan]]"], "eval.test_settings"),
     ("protonet-quick", ["run.device=nonsense"], "run.device"),
-    pytest.param("protonet-quick", ["run.device=cuda"], "run.device", marks=pytest.mark.skipif(CUDA, reason="CUDA is available")),
-    pytest.param("protonet-quick", ["run.device='cuda:7'"], "run.device",
-                 marks=pytest.mark.skipif(CUDA and torch.cuda.device_count() > 7, reason="cuda:7 exists")),
-    pytest.param("protonet-quick", ["run.device=mps"], "run.device", marks=pytest.mark.skipif(MPS, reason="MPS is available")),
+    pytest.param(
+        "protonet-quick", ["run.device=cuda"], "run.device", marks=pytest.mark.skipif(CUDA, reason="CUDA is available")
+    ),
+    pytest.param(
+        "protonet-quick",
+        ["run.device='cuda:7'"],
+        "run.device",
+        marks=pytest.mark.skipif(CUDA and torch.cuda.device_count() > 7, reason="cuda:7 exists"),
+    ),
+    pytest.param(
+        "protonet-quick", ["run.device=mps"], "run.device", marks=pytest.mark.skipif(MPS, reason="MPS is available")
+    ),
     ("protonet-quick", ["model.name=mlp", "model.layers=[]"], "model.layers"),
     ("protonet-quick", ["model.name=mlp", "model.layers=[-3]"], "model.layers"),
     ("protonet-quick", ["optim.schedule=step", "optim.step_size=0"], "optim.step_size"),
@@ -112,7 +132,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("preset", "overrides", "key"), CASES)
-def test_bad_input_is_one_line_naming_the_key_and_nothing_is_written(preset, overrides, key, tmp_path, capsys, memory_8gib):
+def test_bad_input_is_one_line_naming_the_key_and_nothing_is_written(
+    preset, overrides, key, tmp_path, capsys, memory_8gib
+):
     out = tmp_path / "run"
     code, _, err = run(capsys, "train", preset, *TINY, f"run.out={out}", *overrides)
     assert_one_line_error(code, err, key)
@@ -121,13 +143,23 @@ def test_bad_input_is_one_line_naming_the_key_and_nothing_is_written(preset, ove
 
 def test_a_toml_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
     path = tmp_path / "latin1.toml"
-    path.write_bytes('[data]\nways = 5  # caf\u00e9\n'.encode("latin-1"))
+    path.write_bytes("[data]\nways = 5  # caf\u00e9\n".encode("latin-1"))
     code, _, err = run(capsys, "train", str(path))
     assert_one_line_error(code, err, str(path), "UTF-8")
 
 
-@pytest.mark.parametrize("argv", [[], ["nope"], ["train"], ["train", "protonet-quick", "-x=1"], ["sample", "--tasks", "0", "--out", ""],
-                                  ["train", "a" * 5000], ["train", "x\x00y.toml"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["nope"],
+        ["train"],
+        ["train", "protonet-quick", "-x=1"],
+        ["sample", "--tasks", "0", "--out", ""],
+        ["train", "a" * 5000],
+        ["train", "x\x00y.toml"],
+    ],
+)
 def test_usage_errors_are_one_line(argv, capsys):
     code, _, err = run(capsys, *argv)
     assert_one_line_error(code, err)
@@ -142,12 +174,15 @@ def test_run_out_naming_an_existing_file_is_one_line(tmp_path, capsys):
     assert file.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize(("number", "words"), [
-    (errno.ENOSPC, ["no space left", "free space", "run.out"]),
-    (errno.EROFS, ["read-only", "run.out"]),
-    (errno.EACCES, ["permission denied", "permissions", "run.out"]),
-    (errno.EIO, ["input/output error"]),
-])
+@pytest.mark.parametrize(
+    ("number", "words"),
+    [
+        (errno.ENOSPC, ["no space left", "free space", "run.out"]),
+        (errno.EROFS, ["read-only", "run.out"]),
+        (errno.EACCES, ["permission denied", "permissions", "run.out"]),
+        (errno.EIO, ["input/output error"]),
+    ],
+)
 def test_os_errors_name_the_path_and_the_fix(number, words, monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise OSError(number, "message from the system", "/runs/x/checkpoint.pt")
@@ -157,12 +192,21 @@ def test_os_errors_name_the_path_and_the_fix(number, words, monkeypatch, capsys)
     assert_one_line_error(code, err, "/runs/x/checkpoint.pt", *words)
 
 
-@pytest.mark.parametrize("exc", [
-    MemoryError(),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 1234 bytes."),
-    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"),
-    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity)\nmore lines"),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 1234 bytes."
+        ),
+        RuntimeError(
+            "DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity)\nmore lines"
+        ),
+    ],
+)
 def test_out_of_memory_is_one_line_naming_what_to_lower(exc, monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise exc
@@ -179,7 +223,9 @@ def test_an_unexpected_exception_stays_a_traceback(monkeypatch):
     monkeypatch.setattr("fastadapt.training.loop.train", fail)
     with pytest.raises(ZeroDivisionError):
         cli_main(["train", "protonet-quick"])
-    monkeypatch.setattr("fastadapt.training.loop.train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug, not memory")))
+    monkeypatch.setattr(
+        "fastadapt.training.loop.train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug, not memory"))
+    )
     with pytest.raises(RuntimeError, match="a bug"):
         cli_main(["train", "protonet-quick"])
 
@@ -248,7 +294,11 @@ def test_every_numeric_key_refuses_nan_infinity_and_values_beyond_its_range(key)
 def test_a_float_algorithm_option_must_be_finite():
     with pytest.raises(ConfigError, match="^algorithm.forget_bias="):
         load_config("meta-lstm-omniglot-5w1s", ["algorithm.forget_bias=[4.0, nan]"])
-    for preset, key in (("protonet-quick", "scale"), ("reptile-omniglot-5w1s", "adam_beta2"), ("mann-omniglot", "gamma")):
+    for preset, key in (
+        ("protonet-quick", "scale"),
+        ("reptile-omniglot-5w1s", "adam_beta2"),
+        ("mann-omniglot", "gamma"),
+    ):
         with pytest.raises(ConfigError, match=f"^algorithm.{key}=inf"):
             load_config(preset, [f"algorithm.{key}=inf"])
 
@@ -256,17 +306,23 @@ def test_a_float_algorithm_option_must_be_finite():
 # --- the cost estimate ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("overrides", "keys"), [
-    (["data.meta_batch=200000"], ["data.meta_batch", "data.ways"]),
-    (["data.ways=4000"], ["data.meta_batch", "data.ways"]),
-    (["eval.val_episodes=3000000", "eval.batch=3000000"], ["eval.batch"]),
-    (["data.image_size=300", "data.meta_batch=32"], ["data.image_size"]),
-])
-def test_a_configuration_too_big_for_memory_is_refused_in_seconds_before_anything_is_allocated(overrides, keys, tmp_path, capsys,
-                                                                                               memory_8gib):
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        (["data.meta_batch=200000"], ["data.meta_batch", "data.ways"]),
+        (["data.ways=4000"], ["data.meta_batch", "data.ways"]),
+        (["eval.val_episodes=3000000", "eval.batch=3000000"], ["eval.batch"]),
+        (["data.image_size=300", "data.meta_batch=32"], ["data.image_size"]),
+    ],
+)
+def test_a_configuration_too_big_for_memory_is_refused_in_seconds_before_anything_is_allocated(
+    overrides, keys, tmp_path, capsys, memory_8gib
+):
     out = tmp_path / "run"
     start = time.perf_counter()
-    code, _, err = run(capsys, "train", "protonet-quick", "optim.steps=1", "run.progress=false", f"run.out={out}", *overrides)
+    code, _, err = run(
+        capsys, "train", "protonet-quick", "optim.steps=1", "run.progress=false", f"run.out={out}", *overrides
+    )
     assert time.perf_counter() - start < 20
     assert_one_line_error(code, err, "8.6 GB available", *keys)
     assert_nothing_written(out)
@@ -276,16 +332,28 @@ def synthetic_batch(cfg) -> TaskBatch:
     """One task shaped as the preset's data gives it, without loading the data (omniglot: 1 x S x S; sinusoid: 1-d)."""
     d = cfg.data
     if d.dataset.startswith("sinusoid"):
-        return TaskBatch(torch.zeros(1, d.shots, 1), torch.zeros(1, d.shots, 1), torch.zeros(1, d.queries, 1), torch.zeros(1, d.queries, 1))
+        return TaskBatch(
+            torch.zeros(1, d.shots, 1),
+            torch.zeros(1, d.shots, 1),
+            torch.zeros(1, d.queries, 1),
+            torch.zeros(1, d.queries, 1),
+        )
     n = d.ways
     s = d.image_size
-    return TaskBatch(torch.zeros(1, n * d.shots, 1, s, s), torch.arange(n).repeat_interleave(d.shots)[None],
-                     torch.zeros(1, n * d.queries, 1, s, s), torch.arange(n).repeat_interleave(d.queries)[None], torch.arange(n)[None])
+    return TaskBatch(
+        torch.zeros(1, n * d.shots, 1, s, s),
+        torch.arange(n).repeat_interleave(d.shots)[None],
+        torch.zeros(1, n * d.queries, 1, s, s),
+        torch.arange(n).repeat_interleave(d.queries)[None],
+        torch.arange(n)[None],
+    )
 
 
 # environment tasks (reinforcement learning) have no images: build skips this estimate for them (tests/test_rl.py trains those presets);
 # sequence tasks (copy, recall) are no images either: tests/test_ntm_engine.py trains those presets
-IMAGE_OR_REGRESSION_PRESETS = [p for p in preset_names() if load_config(p).data.dataset not in ("nav2d", "pendulum-dynamics", "copy", "recall")]
+IMAGE_OR_REGRESSION_PRESETS = [
+    p for p in preset_names() if load_config(p).data.dataset not in ("nav2d", "pendulum-dynamics", "copy", "recall")
+]
 
 
 @pytest.mark.parametrize("preset", IMAGE_OR_REGRESSION_PRESETS)
@@ -312,7 +380,9 @@ def test_the_estimate_counts_images_and_activations_by_its_formula():
     k = 1  # inner steps: the support set goes through the model k + 1 times, the query set once
     assert cfg.optim.task_chunk == 4  # the preset back-propagates 4 tasks at a time: only their graphs are alive
     assert e.step_bytes == 2 * e.activation_bytes * 4 * 5 * (1 * (k + 1) + 5)
-    whole = cost.estimate_cost(load_config("maml-omniglot-5w1s", ["model.hidden=4", "eval.batch=10", "optim.task_chunk=0"]), batch, model)
+    whole = cost.estimate_cost(
+        load_config("maml-omniglot-5w1s", ["model.hidden=4", "eval.batch=10", "optim.task_chunk=0"]), batch, model
+    )
     assert whole.step_bytes == 2 * e.activation_bytes * 32 * 5 * (1 * (k + 1) + 5)
     assert e.forward_bytes == 4 * (2 * 4 * 28 * 28)  # the first block's BatchNorm (or ReLU): its input and output
     assert e.eval_images_per_batch == 10 * 5 * (1 + 15)
@@ -368,21 +438,60 @@ def fuzz_patterns(request):
 
 def section_key_types() -> dict[str, type]:
     """Every key of the five sections and the type of its value."""
-    return {f"{section}.{name}": typing.get_origin(tp) or tp for section, cls in SECTIONS.items()
-            for name, tp in typing.get_type_hints(cls).items()}
+    return {
+        f"{section}.{name}": typing.get_origin(tp) or tp
+        for section, cls in SECTIONS.items()
+        for name, tp in typing.get_type_hints(cls).items()
+    }
 
 
 def option_types(algorithm: str) -> dict[str, type]:
     """An algorithm's options and the type of each (int when the default is None)."""
-    return {f"algorithm.{name}": type(p.default) if p.default not in (None, p.empty) else int
-            for name, p in algorithm_signature(algorithm).items()}
+    return {
+        f"algorithm.{name}": type(p.default) if p.default not in (None, p.empty) else int
+        for name, p in algorithm_signature(algorithm).items()
+    }
 
 
 SECTION_KEYS = section_key_types()
 ALGORITHM_NAMES = sorted(ALGORITHMS.available())
-NAMES = ["", "sinusoid", "folder:", "folder:/nonexistent", FUZZ_SOURCE, "conv4", "mlp", "flatten", *ALGORITHM_NAMES, "cpu", "cuda",
-         "cuda:1", "mps", "meta", "step", "cosine", "linear", "sgd", "adamw", "head", "encoder", "none", "alphabet", "dataset", "lake",
-         "train", "val", "test", "x.y:z", "fastadapt.nn:conv4", "euclidean", "lstm", "chunks", "vmap", "loop"]  # not omniglot: seconds a build
+NAMES = [
+    "",
+    "sinusoid",
+    "folder:",
+    "folder:/nonexistent",
+    FUZZ_SOURCE,
+    "conv4",
+    "mlp",
+    "flatten",
+    *ALGORITHM_NAMES,
+    "cpu",
+    "cuda",
+    "cuda:1",
+    "mps",
+    "meta",
+    "step",
+    "cosine",
+    "linear",
+    "sgd",
+    "adamw",
+    "head",
+    "encoder",
+    "none",
+    "alphabet",
+    "dataset",
+    "lake",
+    "train",
+    "val",
+    "test",
+    "x.y:z",
+    "fastadapt.nn:conv4",
+    "euclidean",
+    "lstm",
+    "chunks",
+    "vmap",
+    "loop",
+]  # not omniglot: seconds a build
 
 
 def toml_string(s: str) -> str:
@@ -406,7 +515,8 @@ wild_values = st.recursive(
     lambda inner: st.one_of(
         st.lists(inner, max_size=4).map(lambda xs: "[" + ", ".join(xs) + "]"),
         st.dictionaries(st.from_regex(r"[a-z_]{1,8}", fullmatch=True), inner, max_size=3).map(
-            lambda d: "{" + ", ".join(f"{k} = {v}" for k, v in d.items()) + "}"),
+            lambda d: "{" + ", ".join(f"{k} = {v}" for k, v in d.items()) + "}"
+        ),
     ),
     max_leaves=6,
 )
@@ -438,11 +548,15 @@ def override_lists(draw) -> list[str]:
         elif kind == 8:
             out.append(f"{draw(st.sampled_from(keys))}={draw(st.text(max_size=10))}")  # not TOML: taken as a string
         else:
-            out.append(draw(st.one_of(
-                st.tuples(st.sampled_from(keys).map(lambda k: k + "z"), wild_values).map("=".join),
-                st.tuples(st.from_regex(r"[a-z]{1,6}\.[a-z_]{1,8}", fullmatch=True), wild_values).map("=".join),
-                st.text(max_size=12),
-            )))
+            out.append(
+                draw(
+                    st.one_of(
+                        st.tuples(st.sampled_from(keys).map(lambda k: k + "z"), wild_values).map("=".join),
+                        st.tuples(st.from_regex(r"[a-z]{1,6}\.[a-z_]{1,8}", fullmatch=True), wild_values).map("=".join),
+                        st.text(max_size=12),
+                    )
+                )
+            )
     return out
 
 
@@ -460,8 +574,9 @@ def fuzz_base(tmp_path_factory):
     path.write_text(
         f'[data]\ndataset = "{FUZZ_SOURCE}"\nways = 3\nshots = 1\nqueries = 2\nmeta_batch = 2\nimage_size = 16\n'
         '[model]\nname = "conv4"\nhidden = 4\n[algorithm]\nname = "protonet"\n'
-        '[eval]\nval_every = 2\nval_episodes = 4\ntest_episodes = 4\nbatch = 2\n'
-        f'[run]\nout = "{path.parent / "run"}"\nprogress = false\n')
+        "[eval]\nval_every = 2\nval_episodes = 4\ntest_episodes = 4\nbatch = 2\n"
+        f'[run]\nout = "{path.parent / "run"}"\nprogress = false\n'
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny forward passes: one thread is 5x faster than two that spin on a busy machine
     try:
@@ -484,7 +599,10 @@ def fuzz_property(base, extra):
         assert text == "" and "nothing written" in out.getvalue(), (extra, text)
     else:
         assert code == 2, (extra, code, text)
-        assert text.startswith("fastadapt: error: ") and text.count("\n") == 1 and "Traceback" not in text, (extra, text)
+        assert text.startswith("fastadapt: error: ") and text.count("\n") == 1 and "Traceback" not in text, (
+            extra,
+            text,
+        )
     assert not (base.parent / "run").exists()
 
 

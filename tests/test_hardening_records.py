@@ -44,9 +44,21 @@ from fastadapt.training.loop import TrainingDiverged, train
 from fastadapt.training.testing import evaluate_run
 
 TINY = [
-    "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",
-    "model.hidden=4", "optim.steps=6", "eval.val_every=3", "eval.val_episodes=3", "eval.test_episodes=3",
-    "eval.batch=3", "run.checkpoint_every=2", "run.log_every=1", "run.progress=false", "run.threads=1",
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=3",
+    "model.hidden=4",
+    "optim.steps=6",
+    "eval.val_every=3",
+    "eval.val_episodes=3",
+    "eval.test_episodes=3",
+    "eval.batch=3",
+    "run.checkpoint_every=2",
+    "run.log_every=1",
+    "run.progress=false",
+    "run.threads=1",
 ]
 
 
@@ -108,7 +120,12 @@ def test_reading_metrics_skips_a_torn_last_line(tmp_path):
 def test_a_run_start_removes_the_temporary_files_of_killed_writes_and_nothing_else(tmp_path):
     cfg = tiny(tmp_path, "optim.steps=1", "eval.test_episodes=0")
     cfg.out_dir.mkdir(parents=True)
-    ours = [".checkpoint.pt.a1b2c3d4.tmp", ".config.json.zz_9yx8w.tmp", ".eval_5w1s.json.abcdefgh.tmp", ".metrics.jsonl.12345678.tmp"]
+    ours = [
+        ".checkpoint.pt.a1b2c3d4.tmp",
+        ".config.json.zz_9yx8w.tmp",
+        ".eval_5w1s.json.abcdefgh.tmp",
+        ".metrics.jsonl.12345678.tmp",
+    ]
     others = [".notes.txt.abcdefgh.tmp", "keep.tmp", ".checkpoint.pt.tmp"]
     for name in ours + others:
         (cfg.out_dir / name).write_bytes(b"partial")
@@ -116,13 +133,23 @@ def test_a_run_start_removes_the_temporary_files_of_killed_writes_and_nothing_el
     assert sorted(leftovers(cfg.out_dir)) == sorted([".notes.txt.abcdefgh.tmp", "keep.tmp", ".checkpoint.pt.tmp"])
 
 
-@pytest.mark.parametrize(("change", "expected_lr"), [
-    (["optim.lr=0.004"], lambda s: 0.004),
-    (["optim.lr=0.004", "optim.gamma=0.1"], lambda s: 0.004 * 0.1 ** (s // 2)),  # the run has a step schedule, step_size 2
-    (["optim.steps=8", "optim.schedule='cosine'"], lambda s: 0.001 * 0.5 * (1 + math.cos(math.pi * s / 8))),
-])
+@pytest.mark.parametrize(
+    ("change", "expected_lr"),
+    [
+        (["optim.lr=0.004"], lambda s: 0.004),
+        (
+            ["optim.lr=0.004", "optim.gamma=0.1"],
+            lambda s: 0.004 * 0.1 ** (s // 2),
+        ),  # the run has a step schedule, step_size 2
+        (["optim.steps=8", "optim.schedule='cosine'"], lambda s: 0.001 * 0.5 * (1 + math.cos(math.pi * s / 8))),
+    ],
+)
 def test_resume_applies_a_changed_optim_and_records_it(tmp_path, change, expected_lr):
-    base = ["optim.schedule='step'", "optim.step_size=2", "optim.gamma=0.5", "optim.lr=0.001"] if "gamma" in change[-1] else ["optim.lr=0.001"]
+    base = (
+        ["optim.schedule='step'", "optim.step_size=2", "optim.gamma=0.5", "optim.lr=0.001"]
+        if "gamma" in change[-1]
+        else ["optim.lr=0.001"]
+    )
     cfg = tiny(tmp_path, *base, "eval.test_episodes=0")
     with pytest.raises(Stop):
         train(cfg, step_hook=stop_at(3))  # checkpoint at step 2
@@ -143,7 +170,16 @@ def test_resume_applies_a_changed_weight_decay_and_momentum_to_the_param_groups(
     cfg = tiny(tmp_path, "optim.optimizer='sgd'", "optim.momentum=0.5", "optim.lr=0.01", "eval.test_episodes=0")
     with pytest.raises(Stop):
         train(cfg, step_hook=stop_at(3))
-    train(tiny(tmp_path, "optim.optimizer='sgd'", "optim.momentum=0.9", "optim.weight_decay=0.01", "optim.lr=0.01", "eval.test_episodes=0"))
+    train(
+        tiny(
+            tmp_path,
+            "optim.optimizer='sgd'",
+            "optim.momentum=0.9",
+            "optim.weight_decay=0.01",
+            "optim.lr=0.01",
+            "eval.test_episodes=0",
+        )
+    )
     group = load_checkpoint(cfg.out_dir / "checkpoint.pt")["optimizer"]["param_groups"][0]
     assert group["momentum"] == 0.9 and group["weight_decay"] == 0.01
     assert rows(cfg, "event")[0]["changes"] == {"optim.momentum": [0.5, 0.9], "optim.weight_decay": [0.0, 0.01]}
@@ -154,7 +190,9 @@ def test_resume_refuses_a_changed_optimizer_in_one_line_and_changes_nothing(tmp_
     with pytest.raises(Stop):
         train(cfg, step_hook=stop_at(3))
     before = {p.name: p.read_bytes() for p in cfg.out_dir.iterdir()}
-    with pytest.raises(FastAdaptError, match="optim.optimizer changed from 'adam' to 'sgd' .* keep optim.optimizer='adam'") as e:
+    with pytest.raises(
+        FastAdaptError, match="optim.optimizer changed from 'adam' to 'sgd' .* keep optim.optimizer='adam'"
+    ) as e:
         train(tiny(tmp_path, "optim.optimizer='sgd'", "eval.test_episodes=0"))
     assert "\n" not in str(e.value)
     assert {p.name: p.read_bytes() for p in cfg.out_dir.iterdir()} == before
@@ -170,8 +208,11 @@ def test_non_finite_loss_at_the_first_step_does_not_promise_a_checkpoint(tmp_pat
 
     monkeypatch.setattr(protonet.ProtoNet, "meta_loss", meta_loss)
     cfg = tiny(tmp_path)
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 0; lower optim.lr or set optim.clip_grad \(no checkpoint of this run "
-                                               r"was saved yet \(the first comes at step 2\)") as e:
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"loss is nan at step 0; lower optim.lr or set optim.clip_grad \(no checkpoint of this run "
+        r"was saved yet \(the first comes at step 2\)",
+    ) as e:
         train(cfg)
     assert "is kept" not in str(e.value) and not (cfg.out_dir / "checkpoint.pt").exists()
     poisoned["from"] = 1
@@ -181,7 +222,9 @@ def test_non_finite_loss_at_the_first_step_does_not_promise_a_checkpoint(tmp_pat
         if step == 3:
             poisoned["from"] = 0
 
-    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 3; .*the last good checkpoint, step 2, is kept in .*checkpoint.pt"):
+    with pytest.raises(
+        TrainingDiverged, match=r"loss is nan at step 3; .*the last good checkpoint, step 2, is kept in .*checkpoint.pt"
+    ):
         train(cfg, step_hook=poison_after_3)
     assert int(load_checkpoint(cfg.out_dir / "checkpoint.pt")["step"]) == 2
 
@@ -232,7 +275,9 @@ def test_an_eval_whose_second_file_hits_a_full_disk_writes_nothing(trained, monk
         return real(*args, prefix=prefix, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    with pytest.raises(FastAdaptError, match=r"cannot write .*5w2s__eval.test_episodes=2.json: no space left on the device; free space") as e:
+    with pytest.raises(
+        FastAdaptError, match=r"cannot write .*5w2s__eval.test_episodes=2.json: no space left on the device; free space"
+    ) as e:
         evaluate_run(str(trained.out_dir), ["eval.test_episodes=2"])
     assert "\n" not in str(e.value)
     evals = trained.out_dir / "evals"
@@ -297,13 +342,18 @@ def _second_checkpoint_fails(monkeypatch, how):
         monkeypatch.setattr(os, "replace", replace_)
 
 
-@pytest.mark.parametrize(("how", "message"), [
-    ("save", "no space left on the device; free space there or choose another run.out"),
-    (errno.ENOSPC, "no space left on the device; free space there or choose another run.out"),
-    (errno.EACCES, "permission denied; fix the folder's permissions or choose another run.out"),
-    (errno.EROFS, "the file system is read-only; choose another run.out"),
-])
-def test_a_disk_fault_in_a_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys, how, message):
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("save", "no space left on the device; free space there or choose another run.out"),
+        (errno.ENOSPC, "no space left on the device; free space there or choose another run.out"),
+        (errno.EACCES, "permission denied; fix the folder's permissions or choose another run.out"),
+        (errno.EROFS, "the file system is read-only; choose another run.out"),
+    ],
+)
+def test_a_disk_fault_in_a_checkpoint_write_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys, how, message
+):
     cfg = tiny(tmp_path, "eval.val_every=0")
     first = {}
 
@@ -321,7 +371,14 @@ def test_a_disk_fault_in_a_checkpoint_write_is_one_line_and_keeps_the_last_check
     assert int(state["step"]) == 2
     assert leftovers(cfg.out_dir) == []  # no temporary file, the lock released
     _second_checkpoint_fails(monkeypatch, how)
-    args = ["train", "protonet-quick", *TINY, "eval.val_every=0", "run.keep_freed_memory=false", f"run.out={tmp_path / 'cli'}"]
+    args = [
+        "train",
+        "protonet-quick",
+        *TINY,
+        "eval.val_every=0",
+        "run.keep_freed_memory=false",
+        f"run.out={tmp_path / 'cli'}",
+    ]
     assert cli_main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("fastadapt: error: cannot write") and err.count("\n") == 1 and message in err
@@ -331,12 +388,22 @@ def test_a_disk_fault_in_a_checkpoint_write_is_one_line_and_keeps_the_last_check
 
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "fastadapt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastadapt.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw
+    )
 
 
 def test_a_second_training_of_a_running_folder_refuses_and_a_stopped_one_releases_its_lock(tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["train", "protonet-quick", *TINY, "optim.steps=100000", "eval.val_every=0", "run.checkpoint_every=1000", f"run.out={out}"]
+    args = [
+        "train",
+        "protonet-quick",
+        *TINY,
+        "optim.steps=100000",
+        "eval.val_every=0",
+        "run.checkpoint_every=1000",
+        f"run.out={out}",
+    ]
     first = _cli(args)
     try:
         t0 = time.time()
@@ -368,14 +435,20 @@ def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path, 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for holder, refused in (({"pid": os.getpid(), "host": socket.gethostname(), "started": now}, "stop it"),
-                            ({"pid": 1, "host": "elsewhere.example", "started": "2020-01-01T00:00:00+00:00"}, "on another host")):
+    for holder, refused in (
+        ({"pid": os.getpid(), "host": socket.gethostname(), "started": now}, "stop it"),
+        ({"pid": 1, "host": "elsewhere.example", "started": "2020-01-01T00:00:00+00:00"}, "on another host"),
+    ):
         lock.write_text(json.dumps(holder))
-        with pytest.raises(RunFolderLocked, match=f"is being written by pid {holder['pid']} on {holder['host']} .*{refused}") as e:
+        with pytest.raises(
+            RunFolderLocked, match=f"is being written by pid {holder['pid']} on {holder['host']} .*{refused}"
+        ) as e:
             train(cfg)
         assert "\n" not in str(e.value) and json.loads(lock.read_text()) == holder
         assert not (cfg.out_dir / "metrics.jsonl").exists()
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2020-01-01T00:00:00+00:00"}))
+    lock.write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": "2020-01-01T00:00:00+00:00"})
+    )
     capsys.readouterr()
     assert train(cfg).steps == 2  # a live pid that started after the lock was taken: the pid was reused
     assert "(its pid was reused)" in capsys.readouterr().err
@@ -383,7 +456,11 @@ def test_a_stale_lock_is_taken_over_and_a_live_or_foreign_one_refuses(tmp_path, 
     capsys.readouterr()
     assert train(cfg).steps == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"taking over the lock of {cfg.out_dir}: pid {gone.pid}" in err and "no longer running" in err
+    assert (
+        err.count("\n") == 1
+        and f"taking over the lock of {cfg.out_dir}: pid {gone.pid}" in err
+        and "no longer running" in err
+    )
     assert not lock.exists()
 
 
@@ -401,9 +478,23 @@ def test_the_lock_is_released_when_the_training_fails(tmp_path):
 
 # -- kill -9 at random moments ---------------------------------------------------------------------
 
-KILL = ["model.hidden=4", "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=3",
-        "optim.steps=30", "run.checkpoint_every=3", "run.log_every=1", "eval.val_every=10", "eval.val_episodes=3",
-        "eval.test_episodes=3", "eval.batch=3", "run.progress=false", "run.threads=1"]
+KILL = [
+    "model.hidden=4",
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=3",
+    "optim.steps=30",
+    "run.checkpoint_every=3",
+    "run.log_every=1",
+    "eval.val_every=10",
+    "eval.val_episodes=3",
+    "eval.test_episodes=3",
+    "eval.batch=3",
+    "run.progress=false",
+    "run.threads=1",
+]
 
 
 def _last_step(metrics: Path) -> int:
@@ -446,7 +537,9 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
             proc.kill()
             proc.communicate()
         if moment == "in a checkpoint write":
-            assert killed[-1][1] and list(out.glob(".*.pt.*.tmp"))  # killed inside the write: its temporary file is left
+            assert killed[-1][1] and list(
+                out.glob(".*.pt.*.tmp")
+            )  # killed inside the write: its temporary file is left
     assert (out / ".lock").exists() == killed[-1][1]  # a killed training leaves its lock
     proc = _cli(args)
     _, err = proc.communicate(timeout=120)
@@ -463,7 +556,10 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_pa
     assert steps(out, "val") == [10, 20, 30]
     assert [r["acc"] for r in rows(out, "val")] == [r["acc"] for r in rows(straight, "val")]
     assert leftovers(out) == []
-    assert json.loads((out / "results.json").read_text())["tests"] == json.loads((straight.out_dir / "results.json").read_text())["tests"]
+    assert (
+        json.loads((out / "results.json").read_text())["tests"]
+        == json.loads((straight.out_dir / "results.json").read_text())["tests"]
+    )
 
 
 # -- Omniglot originals: verified whenever they load -----------------------------------------------
@@ -488,8 +584,12 @@ def _archive(entries: dict[str, bytes]) -> bytes:
 @pytest.fixture()
 def originals(tmp_path):
     """An extracted fake images_background split (2 alphabets x 2 characters x 3 drawings) and its manifest."""
-    entries = {f"images_background/{a}/character{c + 1:02d}/{i * 2 + c + 1:04d}_{k + 1:02d}.png": _png(5 + 10 * c + k)
-               for i, a in enumerate(("Alpha", "Beta")) for c in range(2) for k in range(3)}
+    entries = {
+        f"images_background/{a}/character{c + 1:02d}/{i * 2 + c + 1:04d}_{k + 1:02d}.png": _png(5 + 10 * c + k)
+        for i, a in enumerate(("Alpha", "Beta"))
+        for c in range(2)
+        for k in range(3)
+    }
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()}
     blob = _archive(entries)
     (tmp_path / "images_background.zip").write_bytes(blob)
@@ -502,7 +602,9 @@ def test_an_image_altered_after_extraction_never_loads(originals):
     folder, manifest = originals
     victim = folder / "Alpha" / "character01" / "0001_01.png"
     victim.write_bytes(b"garbage, not a PNG")
-    with pytest.raises(DataError, match=r"SHA-256 of .*0001_01.png is [0-9a-f]{64}, expected [0-9a-f]{64}; the image was altered") as e:
+    with pytest.raises(
+        DataError, match=r"SHA-256 of .*0001_01.png is [0-9a-f]{64}, expected [0-9a-f]{64}; the image was altered"
+    ) as e:
         load_omniglot_originals(folder.parent.parent, manifest=manifest)
     assert "\n" not in str(e.value)
     victim.write_bytes(_png(30))  # a valid PNG, but not the original
@@ -530,10 +632,19 @@ def test_an_added_missing_or_oversized_image_never_loads(originals):
     assert load_omniglot_originals(root, manifest=manifest).data.shape == (12, 1, 105, 105)
 
 
-@pytest.mark.parametrize(("entries", "match"), [
-    ({"images_background/A/character01/0001_01.png": b"\0" * ((1 << 20) + 1)}, "would extract to 1048577 bytes, more than the 1048576"),
-    ({f"images_background/A/character01/0001_{k:02d}.png": b"\0" * 1000 for k in range(5)}, "would extract to 5000 bytes, more than the 4096"),
-])
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        (
+            {"images_background/A/character01/0001_01.png": b"\0" * ((1 << 20) + 1)},
+            "would extract to 1048577 bytes, more than the 1048576",
+        ),
+        (
+            {f"images_background/A/character01/0001_{k:02d}.png": b"\0" * 1000 for k in range(5)},
+            "would extract to 5000 bytes, more than the 4096",
+        ),
+    ],
+)
 def test_an_archive_extracting_to_too_much_is_refused_before_extraction(tmp_path, monkeypatch, entries, match):
     monkeypatch.setattr(originals_module, "MAX_ARCHIVE_BYTES", 4096)  # the real limit is 256 MiB
     (tmp_path / "images_background.zip").write_bytes(_archive(entries))

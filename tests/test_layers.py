@@ -13,14 +13,19 @@ PACKAGE = Path(fastadapt.__file__).parent
 LAYERS = {
     "core": 0,  # episodes, the contract, the registries, errors: know no component
     "runtime": 1,  # devices, precision, several processes, the allocator
-    "data": 2, "nn": 2, "rl": 2,  # components, registered by name
+    "data": 2,
+    "nn": 2,
+    "rl": 2,  # components, registered by name
     "algorithms": 3,  # one file each, and the predictors' building blocks
     "config": 4,  # the schema, presets, and from a config to components (build, preflight)
     "eval": 5,  # fixed episodes, statistics, fine-tuning, online test-then-train, explanations
     "runs": 6,  # the run folder, checkpoints, load_run, export
     "training": 7,  # the Trainer, its hooks, loggers, run-level tests
     "report": 8,  # plots and tables
-    "apps": 9, "cli": 9, "__main__": 9, "__init__": 9,  # entry points and the public surface
+    "apps": 9,
+    "cli": 9,
+    "__main__": 9,
+    "__init__": 9,  # entry points and the public surface
 }
 
 
@@ -46,7 +51,10 @@ def imports_of(path: Path, package: Path = PACKAGE) -> list[tuple[int, str]]:
             if name.split(".")[0] != "fastadapt":
                 continue
             if name == "fastadapt":  # from fastadapt import x: x may be a subpackage
-                out += [(node.lineno, f"fastadapt.{a.name}") if a.name in LAYERS else (node.lineno, "fastadapt") for a in node.names]
+                out += [
+                    (node.lineno, f"fastadapt.{a.name}") if a.name in LAYERS else (node.lineno, "fastadapt")
+                    for a in node.names
+                ]
             else:
                 out.append((node.lineno, name))
     return out
@@ -57,7 +65,9 @@ def modules() -> list[Path]:
 
 
 def test_every_module_has_a_layer():
-    missing = {component("fastadapt." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)) for p in modules()} - set(LAYERS)
+    missing = {
+        component("fastadapt." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)) for p in modules()
+    } - set(LAYERS)
     assert not missing, f"give these modules a layer: {missing}"
 
 
@@ -68,7 +78,9 @@ def test_no_module_imports_a_higher_layer():
         for line, name in imports_of(path):
             other = component(name)
             if LAYERS[other] > LAYERS[me]:
-                upward.append(f"{path.relative_to(PACKAGE)}:{line} ({me}, layer {LAYERS[me]}) imports {name} (layer {LAYERS[other]})")
+                upward.append(
+                    f"{path.relative_to(PACKAGE)}:{line} ({me}, layer {LAYERS[me]}) imports {name} (layer {LAYERS[other]})"
+                )
     assert not upward, "\n".join(upward)
 
 
@@ -80,5 +92,11 @@ def test_eval_never_imports_training():
 def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     fake = tmp_path / "fastadapt"
     (fake / "eval").mkdir(parents=True)
-    (fake / "eval" / "bad.py").write_text("def f():\n    from fastadapt.training import loop\n\nfrom ..report import x\nfrom fastadapt import cli\n")
-    assert sorted(imports_of(fake / "eval" / "bad.py", fake)) == [(2, "fastadapt.training"), (4, "fastadapt.report"), (5, "fastadapt.cli")]
+    (fake / "eval" / "bad.py").write_text(
+        "def f():\n    from fastadapt.training import loop\n\nfrom ..report import x\nfrom fastadapt import cli\n"
+    )
+    assert sorted(imports_of(fake / "eval" / "bad.py", fake)) == [
+        (2, "fastadapt.training"),
+        (4, "fastadapt.report"),
+        (5, "fastadapt.cli"),
+    ]

@@ -14,9 +14,22 @@ from fastadapt.core.errors import ConfigError
 from fastadapt.training import loggers as loggers_module
 from fastadapt.training.loggers import Loggers, scalars
 
-TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=2", "model.hidden=8",
-        "eval.val_every=2", "eval.val_episodes=4", "eval.batch=2", "eval.test_episodes=0", "run.progress=false", "run.threads=1",
-        "run.log_every=1", "run.checkpoint_every=2"]
+TINY = [
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=2",
+    "model.hidden=8",
+    "eval.val_every=2",
+    "eval.val_episodes=4",
+    "eval.batch=2",
+    "eval.test_episodes=0",
+    "run.progress=false",
+    "run.threads=1",
+    "run.log_every=1",
+    "run.checkpoint_every=2",
+]
 
 
 def _csv(path):
@@ -44,13 +57,19 @@ def test_csv_and_tensorboard_hold_every_logged_step_once_across_a_crash_and_resu
             raise _Crash
 
     with pytest.raises(_Crash):
-        fastadapt.train(load_config("protonet-quick", [*TINY, "optim.steps=4", loggers, f"run.out={run}"]), step_hook=crash)
+        fastadapt.train(
+            load_config("protonet-quick", [*TINY, "optim.steps=4", loggers, f"run.out={run}"]), step_hook=crash
+        )
     assert {int(r["step"]) for r in _csv(run / "metrics.csv")} == {1, 2, 3}  # live: written before the crash
     fastadapt.train(load_config("protonet-quick", [*TINY, "optim.steps=4", loggers, f"run.out={run}"]))
 
     rows = _metrics(run / "metrics.jsonl")
-    want = {(r["step"], r["split"], k): float(v) for r in rows for k, v in r.items() if k not in ("step", "split")
-            and isinstance(v, (int, float))}
+    want = {
+        (r["step"], r["split"], k): float(v)
+        for r in rows
+        for k, v in r.items()
+        if k not in ("step", "split") and isinstance(v, (int, float))
+    }
     got = {(int(r["step"]), r["split"], r["name"]): float(r["value"]) for r in _csv(run / "metrics.csv")}
     assert len(_csv(run / "metrics.csv")) == len(got)  # no (step, metric) twice
     assert got == want and sorted({s for s, _, _ in got}) == [1, 2, 3, 4]
@@ -68,19 +87,33 @@ def test_csv_and_tensorboard_hold_every_logged_step_once_across_a_crash_and_resu
 def test_a_fresh_run_starts_its_logs_empty(tmp_path):
     run = tmp_path / "run"
     for _ in range(2):
-        fastadapt.train(load_config("protonet-quick", [*TINY, "optim.steps=2", 'run.loggers=["csv"]', f"run.out={run}"]), resume=False)
+        fastadapt.train(
+            load_config("protonet-quick", [*TINY, "optim.steps=2", 'run.loggers=["csv"]', f"run.out={run}"]),
+            resume=False,
+        )
     assert sorted({int(r["step"]) for r in _csv(run / "metrics.csv") if r["name"] == "loss"}) == [1, 2]
     assert len([r for r in _csv(run / "metrics.csv") if r["name"] == "loss"]) == 2
 
 
 def test_scalars_take_the_numbers_of_a_row():
-    row = {"step": 3, "split": "val", "acc": 0.5, "ci": 0.1, "event": "x", "changes": {"a": [1, 2]}, "flag": True, "bad": float("nan")}
+    row = {
+        "step": 3,
+        "split": "val",
+        "acc": 0.5,
+        "ci": 0.1,
+        "event": "x",
+        "changes": {"a": [1, 2]},
+        "flag": True,
+        "bad": float("nan"),
+    }
     assert scalars(row) == {"val/acc": 0.5, "val/ci": 0.1}
 
 
 def test_a_logger_whose_package_is_missing_is_a_one_line_error_naming_the_extra(tmp_path, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(loggers_module.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(
+        loggers_module.importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a)
+    )
     with pytest.raises(ConfigError, match=r"'wandb' needs the wandb package; pip install 'fastadapt\[wandb\]'") as e:
         Loggers(["jsonl", "wandb"], tmp_path)
     assert "\n" not in str(e.value)

@@ -12,7 +12,15 @@ from fastadapt import TaskBatch
 from fastadapt.algorithms import algorithm_class
 from fastadapt.algorithms.mann import MANN, episode_sequence, instance_accuracy, instance_numbers, previous_onehot
 from fastadapt.core.errors import ConfigError
-from fastadapt.nn import LRUMemoryCore, content_read_weights, least_used, lru_write, lru_write_weights, read_memory, usage_update
+from fastadapt.nn import (
+    LRUMemoryCore,
+    content_read_weights,
+    least_used,
+    lru_write,
+    lru_write_weights,
+    read_memory,
+    usage_update,
+)
 
 D = torch.float64
 
@@ -76,8 +84,14 @@ def test_core_step_matches_the_equations_written_out():
         for r in range(2):
             mem = mem + torch.outer(ww[r], k[b, r])
         torch.testing.assert_close(new.memory[b], mem)
-        wr = torch.stack([torch.softmax(torch.stack([torch.dot(k[b, r], mem[i]) / (k[b, r].norm() * mem[i].norm()) for i in range(5)]), 0)
-                          for r in range(2)])
+        wr = torch.stack(
+            [
+                torch.softmax(
+                    torch.stack([torch.dot(k[b, r], mem[i]) / (k[b, r].norm() * mem[i].norm()) for i in range(5)]), 0
+                )
+                for r in range(2)
+            ]
+        )
         torch.testing.assert_close(new.read_weights[b], wr)
         torch.testing.assert_close(new.usage[b], 0.95 * u + wr.sum(0) + ww.sum(0))
         torch.testing.assert_close(new.reads[b], wr @ mem)
@@ -94,7 +108,9 @@ def test_key_strength_sharpens_the_content_read():
         e = [math.exp(beta * c) for c in cos]
         torch.testing.assert_close(content_read_weights(memory, keys, t([[beta]])), t([[[v / sum(e) for v in e]]]))
     torch.testing.assert_close(content_read_weights(memory, keys), content_read_weights(memory, keys, t([[1.0]])))
-    core = LRUMemoryCore(3, 2, memory_size=4, memory_width=2, read_heads=1, controller_size=4, key_strength=True).double()
+    core = LRUMemoryCore(
+        3, 2, memory_size=4, memory_width=2, read_heads=1, controller_size=4, key_strength=True
+    ).double()
     logits, _ = core(torch.randn(5, 2, 3, dtype=D), torch.zeros(5, 2, 2, dtype=D))
     logits.sum().backward()
     assert core.beta.weight.grad is not None and core.beta.weight.grad.abs().sum() > 0
@@ -161,10 +177,17 @@ def test_instance_numbers_and_accuracy_by_instance_on_a_hand_case():
 @pytest.mark.parametrize("core", ["mann", "lstm"])
 def test_mann_meta_loss_trains_every_parameter_and_adapt_is_pure(core):
     torch.manual_seed(0)
-    algo = MANN(None, ways=5, input_shape=(1, 4, 4), core=core, memory_size=16, memory_width=8, read_heads=2, controller_size=12).double()
+    algo = MANN(
+        None, ways=5, input_shape=(1, 4, 4), core=core, memory_size=16, memory_width=8, read_heads=2, controller_size=12
+    ).double()
     g = torch.Generator().manual_seed(0)
-    batch = TaskBatch(torch.rand(3, 10, 1, 4, 4, generator=g, dtype=D), torch.arange(5).repeat_interleave(2).repeat(3, 1),
-                      torch.rand(3, 5, 1, 4, 4, generator=g, dtype=D), torch.arange(5).repeat(3, 1), torch.arange(15).view(3, 5))
+    batch = TaskBatch(
+        torch.rand(3, 10, 1, 4, 4, generator=g, dtype=D),
+        torch.arange(5).repeat_interleave(2).repeat(3, 1),
+        torch.rand(3, 5, 1, 4, 4, generator=g, dtype=D),
+        torch.arange(5).repeat(3, 1),
+        torch.arange(15).view(3, 5),
+    )
     out = algo.meta_loss(batch, torch.Generator().manual_seed(2))
     assert {"loss", "acc", "inst1", "inst2", "inst3"} <= set(out.metrics)
     assert "inst10" not in out.metrics  # only 3 instances per class here
@@ -186,6 +209,12 @@ def test_mann_registry_and_bad_options():
     with pytest.raises(ConfigError):
         MANN(None, ways=1)
     algo = MANN(None, ways=5, input_shape=(1, 4, 4), memory_size=8, memory_width=4, read_heads=1, controller_size=8)
-    wrong = TaskBatch(torch.rand(1, 5, 1, 5, 5), torch.arange(5)[None], torch.rand(1, 5, 1, 5, 5), torch.arange(5)[None], torch.arange(5)[None])
+    wrong = TaskBatch(
+        torch.rand(1, 5, 1, 5, 5),
+        torch.arange(5)[None],
+        torch.rand(1, 5, 1, 5, 5),
+        torch.arange(5)[None],
+        torch.arange(5)[None],
+    )
     with pytest.raises(ConfigError):
         algo.meta_loss(wrong)

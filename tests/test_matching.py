@@ -34,7 +34,9 @@ class TinyEncoder(nn.Module):
         return self.net(x)
 
 
-def random_batch(tasks: int, ways: int, shots: int, queries: int, x_shape=(3, 4), seed: int = 0, dtype=torch.float64) -> TaskBatch:
+def random_batch(
+    tasks: int, ways: int, shots: int, queries: int, x_shape=(3, 4), seed: int = 0, dtype=torch.float64
+) -> TaskBatch:
     g = torch.Generator().manual_seed(seed)
     sx = torch.randn(tasks, ways * shots, *x_shape, generator=g, dtype=dtype)
     qx = torch.randn(tasks, ways * queries, *x_shape, generator=g, dtype=dtype)
@@ -77,7 +79,12 @@ def test_without_fce_predictions_equal_the_papers_formula(scale):
     algo = make(fce=False, scale=scale)
     batch = random_batch(tasks=3, ways=4, shots=2, queries=3)
     with torch.no_grad():
-        naive = torch.stack([naive_log_probs(algo.model, batch.support_x[t], batch.support_y[t], batch.query_x[t], 4, scale) for t in range(3)])
+        naive = torch.stack(
+            [
+                naive_log_probs(algo.model, batch.support_x[t], batch.support_y[t], batch.query_x[t], 4, scale)
+                for t in range(3)
+            ]
+        )
         pred = algo.predict(batch)
         out = algo.meta_loss(batch)
     torch.testing.assert_close(pred, naive, rtol=1e-10, atol=1e-12)
@@ -92,9 +99,13 @@ def test_similarities_match_their_definitions():
         for j in range(3):
             for i in range(4):
                 a, b = q[t, j], s[t, i]
-                assert float(similarity(q, s, "cosine")[t, j, i]) == pytest.approx(float(a @ b / (a.norm() * b.norm())), rel=1e-12)
+                assert float(similarity(q, s, "cosine")[t, j, i]) == pytest.approx(
+                    float(a @ b / (a.norm() * b.norm())), rel=1e-12
+                )
                 assert float(similarity(q, s, "dot")[t, j, i]) == pytest.approx(float(a @ b), rel=1e-12)
-                assert float(similarity(q, s, "euclidean")[t, j, i]) == pytest.approx(-float(((a - b) ** 2).sum()), rel=1e-10)
+                assert float(similarity(q, s, "euclidean")[t, j, i]) == pytest.approx(
+                    -float(((a - b) ** 2).sum()), rel=1e-10
+                )
 
 
 @pytest.mark.parametrize("fce", [False, True])
@@ -116,7 +127,9 @@ def test_without_fce_permuting_the_support_set_leaves_predictions_unchanged():
     batch = conv_batch(tasks=2, ways=5, shots=2, queries=2)
     perm = torch.stack([torch.randperm(10, generator=torch.Generator().manual_seed(t)) for t in range(2)])
     rows = torch.arange(2).unsqueeze(1)
-    shuffled = TaskBatch(batch.support_x[rows, perm], batch.support_y[rows, perm], batch.query_x, batch.query_y, batch.classes)
+    shuffled = TaskBatch(
+        batch.support_x[rows, perm], batch.support_y[rows, perm], batch.query_x, batch.query_y, batch.classes
+    )
     assert not torch.equal(shuffled.support_y, batch.support_y)
     torch.testing.assert_close(algo.predict(shuffled), algo.predict(batch), rtol=1e-10, atol=1e-12)
     # With FCE the bidirectional LSTM reads the support set as a sequence: order matters.
@@ -144,11 +157,21 @@ def test_full_context_support_is_forward_plus_backward_state_plus_skip():
         fw, bw = [], [None] * 5
         h = c = torch.zeros(D, dtype=torch.float64)
         for i in range(5):
-            h, c = lstm_step(support[t, i], h, c, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"])
+            h, c = lstm_step(
+                support[t, i], h, c, p["weight_ih_l0"], p["weight_hh_l0"], p["bias_ih_l0"], p["bias_hh_l0"]
+            )
             fw.append(h)
         h = c = torch.zeros(D, dtype=torch.float64)
         for i in reversed(range(5)):
-            h, c = lstm_step(support[t, i], h, c, p["weight_ih_l0_reverse"], p["weight_hh_l0_reverse"], p["bias_ih_l0_reverse"], p["bias_hh_l0_reverse"])
+            h, c = lstm_step(
+                support[t, i],
+                h,
+                c,
+                p["weight_ih_l0_reverse"],
+                p["weight_hh_l0_reverse"],
+                p["bias_ih_l0_reverse"],
+                p["bias_hh_l0_reverse"],
+            )
             bw[i] = h
         for i in range(5):
             torch.testing.assert_close(got[t, i], fw[i] + bw[i] + support[t, i], rtol=1e-10, atol=1e-12)
@@ -203,7 +226,9 @@ def test_shapes_for_five_way_three_shot_four_queries(fce):
 
 @pytest.mark.parametrize("encode", ["meta_batch", "per_task"])
 def test_gradients_reach_the_encoder_both_lstms_and_the_scale(encode):
-    algo = make(Conv4(out_features=None, hidden=8, image_size=16), fce=True, lstm_layers=2, learn_scale=True, encode=encode)
+    algo = make(
+        Conv4(out_features=None, hidden=8, image_size=16), fce=True, lstm_layers=2, learn_scale=True, encode=encode
+    )
     algo.meta_loss(conv_batch(tasks=2, ways=3, shots=2, queries=2)).loss.backward()
     names = [n for n, _ in algo.named_parameters()]
     assert any(n.startswith("support_lstm.") and n.endswith("_l1_reverse") for n in names)
@@ -234,7 +259,9 @@ def test_predict_equals_adapt_then_predictor_task_by_task(fce):
     batch = conv_batch(tasks=3, ways=4, shots=2, queries=3)
     pred = algo.predict(batch)
     with torch.no_grad():
-        one_by_one = torch.stack([algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(3)])
+        one_by_one = torch.stack(
+            [algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(3)]
+        )
     torch.testing.assert_close(pred, one_by_one, rtol=1e-10, atol=1e-10)
 
 
@@ -249,7 +276,9 @@ def test_per_task_encoding_draws_independent_dropout_masks():
 
 def test_per_task_encoding_is_the_same_in_a_loop_and_under_vmap_and_changes_no_buffer():
     torch.manual_seed(0)
-    encoder = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, D)).double()
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 14 * 14, D)
+    ).double()
     algo = make(encoder, fce=False)  # a BatchNorm that tracks running statistics (Conv4's does not)
     algo.model.train()
     x = conv_batch(tasks=3, ways=3, shots=2, queries=2).support_x
@@ -258,24 +287,40 @@ def test_per_task_encoding_is_the_same_in_a_loop_and_under_vmap_and_changes_no_b
     assert torch.equal(algo.encode(x), looped)  # "auto" loops for images on the CPU
     assert all(torch.equal(b, before[k]) for k, b in algo.model.named_buffers())  # running statistics untouched
     torch.testing.assert_close(looped, mapped, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(looped[1], algo.model(x[1]).flatten(1), rtol=1e-10, atol=1e-12)  # batch statistics of task 1 alone
+    torch.testing.assert_close(
+        looped[1], algo.model(x[1]).flatten(1), rtol=1e-10, atol=1e-12
+    )  # batch statistics of task 1 alone
     assert not all(torch.equal(b, before[k]) for k, b in algo.model.named_buffers())  # (a direct call does move them)
 
 
 def test_per_task_meta_loss_is_the_mean_of_adapted_task_losses():
     algo = make(Conv4(out_features=None, hidden=8, image_size=16), fce=True, encode="per_task")
     batch = conv_batch(tasks=3, ways=3, shots=1, queries=2)
-    losses = [-algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]).gather(1, batch.query_y[t, :, None]).mean() for t in range(3)]
+    losses = [
+        -algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t])
+        .gather(1, batch.query_y[t, :, None])
+        .mean()
+        for t in range(3)
+    ]
     assert algo.meta_loss(batch).loss.item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-10)
 
 
 def test_meta_batch_encoding_uses_batch_statistics_of_the_whole_meta_batch():
     """With BatchNorm, one forward over the meta-batch is a different (documented) normalisation than per task."""
     batch = conv_batch(tasks=3, ways=3, shots=1, queries=2)
-    together = make(Conv4(out_features=None, hidden=8, image_size=16), fce=False, encode="meta_batch").meta_loss(batch).loss
-    per_task = make(Conv4(out_features=None, hidden=8, image_size=16), fce=False, encode="per_task").meta_loss(batch).loss
+    together = (
+        make(Conv4(out_features=None, hidden=8, image_size=16), fce=False, encode="meta_batch").meta_loss(batch).loss
+    )
+    per_task = (
+        make(Conv4(out_features=None, hidden=8, image_size=16), fce=False, encode="per_task").meta_loss(batch).loss
+    )
     assert abs(together.item() - per_task.item()) > 1e-6
-    no_bn = [make(Conv4(out_features=None, hidden=8, image_size=16, batch_norm=False), fce=False, encode=e).meta_loss(batch).loss for e in ("meta_batch", "per_task")]
+    no_bn = [
+        make(Conv4(out_features=None, hidden=8, image_size=16, batch_norm=False), fce=False, encode=e)
+        .meta_loss(batch)
+        .loss
+        for e in ("meta_batch", "per_task")
+    ]
     assert no_bn[0].item() == pytest.approx(no_bn[1].item(), rel=1e-10)
 
 
@@ -339,7 +384,9 @@ def test_a_few_adam_steps_on_omniglot_lower_the_loss_on_fixed_episodes():
     assert after.metrics["acc"] > before.metrics["acc"]
 
 
-@pytest.mark.parametrize("preset", [f"matching{f}-omniglot-{s}" for f in ("", "-fce") for s in ("5w1s", "5w5s", "20w1s", "20w5s")])
+@pytest.mark.parametrize(
+    "preset", [f"matching{f}-omniglot-{s}" for f in ("", "-fce") for s in ("5w1s", "5w5s", "20w1s", "20w5s")]
+)
 def test_presets_learn_the_attention_scale_from_10(preset):
     """Issue 19's ablation: at s = 1 the softmax over cosines is nearly flat: 6-14 points lower at equal minutes."""
     from fastadapt.config import load_config

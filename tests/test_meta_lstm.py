@@ -26,8 +26,13 @@ def _batch(tasks: int = 3, seed: int = 0) -> TaskBatch:
     g = torch.Generator().manual_seed(seed)
     sy = torch.tensor([0, 0, 0, 1, 1, 1]).repeat(tasks, 1)
     qy = torch.tensor([0, 0, 1, 1]).repeat(tasks, 1)
-    return TaskBatch(torch.randn(tasks, 6, 3, generator=g, dtype=D), sy, torch.randn(tasks, 4, 3, generator=g, dtype=D), qy,
-                     torch.arange(2 * tasks).view(tasks, 2))
+    return TaskBatch(
+        torch.randn(tasks, 6, 3, generator=g, dtype=D),
+        sy,
+        torch.randn(tasks, 4, 3, generator=g, dtype=D),
+        qy,
+        torch.arange(2 * tasks).view(tasks, 2),
+    )
 
 
 def _fix_gates_to_sgd(algo: MetaLSTM, lr: float) -> None:
@@ -40,7 +45,9 @@ def _fix_gates_to_sgd(algo: MetaLSTM, lr: float) -> None:
     assert torch.sigmoid(torch.tensor(40.0, dtype=D)) == 1.0
 
 
-def _hand_sgd(theta0: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, lr: float, steps: int) -> list[torch.Tensor]:
+def _hand_sgd(
+    theta0: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, lr: float, steps: int
+) -> list[torch.Tensor]:
     """Plain gradient descent on the 2-layer tanh net, written without the module."""
     w1, b1, w2, b2 = (p.detach().clone().requires_grad_(True) for p in theta0)
     for _ in range(steps):
@@ -67,7 +74,9 @@ def test_fixed_gates_input_rate_forget_one_is_exactly_sgd(vectorize):
         # the predictor of adapt runs the learner with those weights
         w1, b1, w2, b2 = ref
         expected = torch.tanh(batch.query_x[i] @ w1.T + b1) @ w2.T + b2
-        torch.testing.assert_close(algo.adapt(batch.support_x[i], batch.support_y[i])(batch.query_x[i]), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            algo.adapt(batch.support_x[i], batch.support_y[i])(batch.query_x[i]), expected, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_meta_gradient_drops_second_derivatives():
@@ -93,7 +102,9 @@ def test_preprocessing_on_hand_values():
     p = 10.0
     x = torch.tensor([1.0, -math.exp(-5.0), 1e-6, -2e-5, 0.0], dtype=D)
     out = preprocess(x, p)
-    expected = torch.tensor([[0.0, 1.0], [-0.5, -1.0], [-1.0, math.exp(10) * 1e-6], [-1.0, -math.exp(10) * 2e-5], [-1.0, 0.0]], dtype=D)
+    expected = torch.tensor(
+        [[0.0, 1.0], [-0.5, -1.0], [-1.0, math.exp(10) * 1e-6], [-1.0, -math.exp(10) * 2e-5], [-1.0, 0.0]], dtype=D
+    )
     torch.testing.assert_close(out, expected)
 
 

@@ -38,7 +38,9 @@ def _fix_gates_to_sgd(algo: MetaLSTM, lr: float) -> None:
 @pytest.mark.parametrize("vectorize", [True, False])
 def test_meta_lstm_with_fixed_gates_is_sgd_on_the_regression_loss(vectorize):
     torch.manual_seed(0)
-    algo = MetaLSTM(nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)), inner_steps=4, vectorize=vectorize).double()
+    algo = MetaLSTM(
+        nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)), inner_steps=4, vectorize=vectorize
+    ).double()
     _fix_gates_to_sgd(algo, 0.05)
     batch = SinusoidTasks(10, 7, seed=3).sample_tasks(0, 0, 3).to(dtype=D)
     theta, _ = algo.unroll(batch.support_x, batch.support_y)
@@ -71,7 +73,9 @@ def test_meta_lstm_sinusoid_preset_trains(tmp_path):
             "run.progress=false",
         ],
     )
-    assert res.steps == 2 and {r.metric for r in res.tests.values()} == {"mse"} and set(res.tests) == {"5shot", "10shot"}
+    assert (
+        res.steps == 2 and {r.metric for r in res.tests.values()} == {"mse"} and set(res.tests) == {"5shot", "10shot"}
+    )
 
 
 # -- MANN options ---------------------------------------------------------------------------------
@@ -109,7 +113,9 @@ def test_transformer_controller_trains_every_parameter_and_is_state_in_state_out
     torch.testing.assert_close(torch.cat([first, second]), whole, rtol=1e-12, atol=1e-12)
     pred = algo.predict(batch)
     for t in range(2):
-        torch.testing.assert_close(algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]), pred[t], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]), pred[t], rtol=1e-12, atol=1e-12
+        )
     with pytest.raises(ConfigError, match="core='mann'"):
         _mann(core="lstm", controller="transformer")
     with pytest.raises(ConfigError, match="controller"):
@@ -171,7 +177,9 @@ def test_mann_preset_sharpens_its_reads_and_the_override_restores_the_papers_rea
 
     assert isinstance(build_algorithm(load_config("mann-omniglot")).core.beta, nn.Linear)
     assert build_algorithm(load_config("mann-omniglot", ["algorithm.key_strength=false"])).core.beta is None
-    assert isinstance(build_algorithm(load_config("mann-transformer-omniglot")).core.beta, nn.Linear)  # 78.3 / 89.8 % with it
+    assert isinstance(
+        build_algorithm(load_config("mann-transformer-omniglot")).core.beta, nn.Linear
+    )  # 78.3 / 89.8 % with it
     assert build_algorithm(load_config("mann-transformer-omniglot", ["algorithm.key_strength=false"])).core.beta is None
 
 
@@ -193,7 +201,8 @@ def test_key_strength_option_reaches_the_read():
                 [
                     torch.stack(
                         [  # K(k, M(i)) with eps = 1e-8 under both square roots, as documented
-                            (keys[b_, r] @ m[b_, i]) / ((keys[b_, r] @ keys[b_, r] + 1e-8).sqrt() * (m[b_, i] @ m[b_, i] + 1e-8).sqrt())
+                            (keys[b_, r] @ m[b_, i])
+                            / ((keys[b_, r] @ keys[b_, r] + 1e-8).sqrt() * (m[b_, i] @ m[b_, i] + 1e-8).sqrt())
                             for i in range(8)
                         ]
                     )
@@ -235,13 +244,17 @@ def test_mann_string_labels_feed_the_previous_string_and_score_the_whole_string(
     batch = _episodes()
     seq = algo.make_sequence(batch, torch.Generator().manual_seed(7), train=True)
     enc = StringLabels.encode(seq.labels, seq.codes, D)
-    assert torch.equal(seq.prev_onehot[:, 0], torch.zeros_like(enc[:, 0])) and torch.equal(seq.prev_onehot[:, 1:], enc[:, :-1])
+    assert torch.equal(seq.prev_onehot[:, 0], torch.zeros_like(enc[:, 0])) and torch.equal(
+        seq.prev_onehot[:, 1:], enc[:, :-1]
+    )
     out = algo.meta_loss(batch, torch.Generator().manual_seed(7))
     ll = StringLabels.log_likelihood(algo.sequence_outputs(seq), seq.codes)
     torch.testing.assert_close(out.loss, -ll.gather(-1, seq.labels.unsqueeze(-1)).mean(), rtol=1e-12, atol=1e-12)
     pred = algo.predict(batch)
     assert pred.shape == (2, 6, 3) and bool((pred <= 0).all())  # log-likelihoods of the episode's 3 strings
-    torch.testing.assert_close(algo.adapt(batch.support_x[1], batch.support_y[1])(batch.query_x[1]), pred[1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        algo.adapt(batch.support_x[1], batch.support_y[1])(batch.query_x[1]), pred[1], rtol=1e-12, atol=1e-12
+    )
     with pytest.raises(ConfigError, match="label_encoding"):
         _mann(label_encoding="binary")
 
@@ -271,7 +284,11 @@ def test_mann_transformer_preset_builds():
 
 def _matching_inputs():
     g = torch.Generator().manual_seed(0)
-    return torch.randn(2, 6, 4, generator=g, dtype=D), torch.tensor([[0, 0, 1, 1, 2, 2]] * 2), torch.randn(2, 5, 4, generator=g, dtype=D)
+    return (
+        torch.randn(2, 6, 4, generator=g, dtype=D),
+        torch.tensor([[0, 0, 1, 1, 2, 2]] * 2),
+        torch.randn(2, 5, 4, generator=g, dtype=D),
+    )
 
 
 @pytest.mark.parametrize("fce", [False, True])
@@ -287,7 +304,9 @@ def test_matching_normalize_equals_attention_on_unit_embeddings(fce):
     got = net.query_log_probs(net.support_state(zs, ys, 3), zq)
     want = ref.query_log_probs(ref.support_state(unit(zs), ys, 3), unit(zq))
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    assert not torch.allclose(got, ref.query_log_probs(ref.support_state(zs, ys, 3), zq)) or not fce  # without FCE cosine is scale-free
+    assert (
+        not torch.allclose(got, ref.query_log_probs(ref.support_state(zs, ys, 3), zq)) or not fce
+    )  # without FCE cosine is scale-free
 
 
 def test_matching_orthogonal_fce_init():
@@ -306,6 +325,8 @@ def test_matching_orthogonal_fce_init():
     a = MatchingNet(nn.Identity(), fce=True, embedding_dim=6)
     torch.manual_seed(3)
     b = MatchingNet(nn.Identity(), fce=True, embedding_dim=6, fce_init="pytorch", normalize=False)
-    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # defaults unchanged
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values())
+    )  # defaults unchanged
     with pytest.raises(ConfigError, match="fce_init"):
         MatchingNet(nn.Identity(), fce=True, embedding_dim=6, fce_init="zeros")

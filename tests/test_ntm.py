@@ -59,8 +59,12 @@ def test_interpolation_gate_mixes_content_and_previous_weighting():
 def test_circular_shift_moves_focus_and_wraps_around():
     offsets = (-1, 0, 1)
     w = t([0.1, 0.2, 0.3, 0.4])
-    torch.testing.assert_close(circular_shift(w, t([0.0, 0.0, 1.0]), offsets), t([0.4, 0.1, 0.2, 0.3]))  # +1, last wraps to first
-    torch.testing.assert_close(circular_shift(w, t([1.0, 0.0, 0.0]), offsets), t([0.2, 0.3, 0.4, 0.1]))  # -1, first wraps to last
+    torch.testing.assert_close(
+        circular_shift(w, t([0.0, 0.0, 1.0]), offsets), t([0.4, 0.1, 0.2, 0.3])
+    )  # +1, last wraps to first
+    torch.testing.assert_close(
+        circular_shift(w, t([1.0, 0.0, 0.0]), offsets), t([0.2, 0.3, 0.4, 0.1])
+    )  # -1, first wraps to last
     torch.testing.assert_close(circular_shift(w, t([0.0, 1.0, 0.0]), offsets), w)
     torch.testing.assert_close(circular_shift(w, t([0.5, 0.0, 0.5]), offsets), t([0.3, 0.2, 0.3, 0.2]))
     # the paper's definition w~(i) = sum_j w(j) s(i - j mod N), written out as a double loop
@@ -117,13 +121,17 @@ def test_write_erases_then_adds_and_erases_of_two_heads_multiply():
 
 def test_read_is_weighted_sum_of_rows():
     memory = t([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])
-    torch.testing.assert_close(read_memory(memory, t([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]])), t([[[2.0, 3.0], [5.0, 6.0]]]))
+    torch.testing.assert_close(
+        read_memory(memory, t([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]])), t([[[2.0, 3.0], [5.0, 6.0]]])
+    )
 
 
 @pytest.mark.parametrize("controller", ["lstm", "transformer"])
 def test_ntm_runs_with_normalised_weightings_and_gradients_reach_every_parameter(controller):
     torch.manual_seed(0)
-    ntm = NTM(9, 8, memory_size=16, memory_width=6, read_heads=2, write_heads=1, controller=controller, controller_size=16).double()
+    ntm = NTM(
+        9, 8, memory_size=16, memory_width=6, read_heads=2, write_heads=1, controller=controller, controller_size=16
+    ).double()
     batch = copy_batch(3, 2, generator=torch.Generator().manual_seed(0), dtype=D)
     out = ntm(batch.inputs, record=True)
     assert out.outputs.shape == (7, 2, 8)
@@ -170,7 +178,11 @@ def test_copy_task_layout_and_seeding():
     assert 1 <= length <= 20
     assert b.inputs.shape == (2 * length + 1, 4, 9) and b.targets.shape == (length, 4, 8)
     assert torch.equal(b.inputs[:length, :, :8], b.targets)
-    assert (b.inputs[:length, :, 8] == 0).all() and (b.inputs[length, :, 8] == 1).all() and (b.inputs[length, :, :8] == 0).all()
+    assert (
+        (b.inputs[:length, :, 8] == 0).all()
+        and (b.inputs[length, :, 8] == 1).all()
+        and (b.inputs[length, :, :8] == 0).all()
+    )
     assert (b.inputs[length + 1 :] == 0).all()
     assert set(b.targets.unique().tolist()) <= {0.0, 1.0}
     again = task.batch(5, 4)

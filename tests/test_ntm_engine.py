@@ -41,7 +41,9 @@ def test_copy_task_layout():
     assert b.support_x.shape == (4, 1, 8, 9) and b.query_x.shape == (4, 1, 7, 9) and b.query_y.shape == (4, 1, 7, 8)
     x = b.support_x[:, 0]
     assert torch.equal(x[:, :7, :8], b.query_y[:, 0])  # the answer is the sequence shown
-    assert torch.equal(x[:, :7, 8], torch.zeros(4, 7)) and torch.equal(x[:, 7], torch.cat([torch.zeros(4, 8), torch.ones(4, 1)], 1))
+    assert torch.equal(x[:, :7, 8], torch.zeros(4, 7)) and torch.equal(
+        x[:, 7], torch.cat([torch.zeros(4, 8), torch.ones(4, 1)], 1)
+    )
     assert torch.equal(b.query_x, torch.zeros_like(b.query_x))
     assert set(b.query_y.unique().tolist()) == {0.0, 1.0}
 
@@ -50,7 +52,9 @@ def test_test_and_validation_tasks_have_the_test_length():
     src = copy_source(_request(role="test", min_length=1, max_length=20, test_length=120))
     batches = list(src.fixed(5, 2))
     assert [b.num_tasks for b in batches] == [2, 2, 1] and all(b.query_y.shape[2] == 120 for b in batches)
-    assert copy_source(_request(role="val", max_length=13)).sample_tasks(0, 0, 1).query_y.shape[2] == 13  # default: max_length
+    assert (
+        copy_source(_request(role="val", max_length=13)).sample_tasks(0, 0, 1).query_y.shape[2] == 13
+    )  # default: max_length
 
 
 def _parse_recall(x, bits):
@@ -77,9 +81,15 @@ def _parse_recall(x, bits):
 
 @pytest.mark.parametrize("items", [2, 3, 6])
 def test_associative_recall_construction(items):
-    src = recall_source(_request(role="test", seed=items, bits=6, item_length=3, min_items=2, max_items=6, test_items=items))
+    src = recall_source(
+        _request(role="test", seed=items, bits=6, item_length=3, min_items=2, max_items=6, test_items=items)
+    )
     b = src.sample_tasks(0, 0, 20)
-    assert b.support_x.shape == (20, 1, items * 4 + 5, 8) and b.query_x.shape == (20, 1, 3, 8) and b.query_y.shape == (20, 1, 3, 6)
+    assert (
+        b.support_x.shape == (20, 1, items * 4 + 5, 8)
+        and b.query_x.shape == (20, 1, 3, 8)
+        and b.query_y.shape == (20, 1, 3, 6)
+    )
     assert torch.equal(b.query_x, torch.zeros_like(b.query_x))
     positions = set()
     for t in range(20):
@@ -90,7 +100,9 @@ def test_associative_recall_construction(items):
         assert k < items - 1  # ... never the last (it has a successor)
         assert torch.equal(b.query_y[t, 0], parsed[k + 1])  # the answer: the item after the query item
         positions.add(k)
-    assert len(positions) == (items - 1 if items <= 3 else len(positions)) and len(positions) >= min(items - 1, 3)  # query positions vary
+    assert len(positions) == (items - 1 if items <= 3 else len(positions)) and len(positions) >= min(
+        items - 1, 3
+    )  # query positions vary
 
 
 def test_bad_task_options_are_one_line_errors():
@@ -106,7 +118,9 @@ def test_bad_task_options_are_one_line_errors():
     "make",
     [
         lambda: ntm((5, 9), 8, controller_size=12, memory_size=16, memory_width=6),
-        lambda: ntm((5, 9), 8, controller="transformer", controller_size=8, transformer_heads=2, memory_size=16, memory_width=6),
+        lambda: ntm(
+            (5, 9), 8, controller="transformer", controller_size=8, transformer_heads=2, memory_size=16, memory_width=6
+        ),
         lambda: lstm_seq((5, 9), 8, hidden_size=10, num_layers=2),
         lambda: transformer_seq((5, 9), 8, d_model=8, heads=2),
     ],
@@ -149,18 +163,28 @@ def test_ntm_trains_through_fastadapt_train_and_longer_lengths_evaluate(tmp_path
         "data.meta_batch=2",
     ]
     res = fastadapt.train(
-        "ntm-copy", [*small, "optim.steps=2", "eval.test_episodes=4", "eval.batch=2", f"run.out={tmp_path}", "run.progress=false"]
+        "ntm-copy",
+        [*small, "optim.steps=2", "eval.test_episodes=4", "eval.batch=2", f"run.out={tmp_path}", "run.progress=false"],
     )
     assert res.steps == 2 and res.tests["1shot"].metric == "mse" and 0 <= res.tests["1shot"].mean <= 1
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"bits_wrong", "mse", "loss"} <= set(rows[-1])
-    code = cli_main(["eval", str(tmp_path), "data.options={bits=8, min_length=1, max_length=4, test_length=9}", "eval.test_episodes=3"])
+    code = cli_main(
+        [
+            "eval",
+            str(tmp_path),
+            "data.options={bits=8, min_length=1, max_length=4, test_length=9}",
+            "eval.test_episodes=3",
+        ]
+    )
     assert code == 0
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "evals").glob("*.json")]
     assert record["episodes"] == 3 and record["metric"] == "mse"
 
 
-@pytest.mark.parametrize("preset", ["ntm-copy-transformer", "ntm-recall", "lstm-copy", "lstm-recall", "transformer-copy"])
+@pytest.mark.parametrize(
+    "preset", ["ntm-copy-transformer", "ntm-recall", "lstm-copy", "lstm-recall", "transformer-copy"]
+)
 def test_sequence_presets_train_two_steps_from_the_cli(preset, tmp_path):
     shrink = {
         "ntm-copy-transformer": 'model.options={controller="transformer", controller_size=8, transformer_heads=2, memory_size=16, memory_width=6}',

@@ -164,8 +164,16 @@ def test_bad_updates_are_one_line_errors_that_leave_the_state_as_it_was(name):
     predictor = algo.adapt(x, y)
     before = predictor(x).clone()
     bad = [
-        (torch.zeros(2, DIM + 1, dtype=torch.float64), torch.zeros(2, dtype=torch.long), "shape \\[5\\] per example; this predictor was adapted on \\[4\\]"),
-        (torch.full((2, DIM), math.inf, dtype=torch.float64), torch.zeros(2, dtype=torch.long), "inputs hold NaN or infinite"),
+        (
+            torch.zeros(2, DIM + 1, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.long),
+            "shape \\[5\\] per example; this predictor was adapted on \\[4\\]",
+        ),
+        (
+            torch.full((2, DIM), math.inf, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.long),
+            "inputs hold NaN or infinite",
+        ),
         (x[:2], torch.tensor([0.0, 1.0]), "labels are torch.float32; this predictor classifies"),
     ]
     for bx, by, match in bad:
@@ -181,7 +189,9 @@ def test_a_non_finite_target_is_refused_by_a_regressor():
     predictor = algo.adapt(*(v.double() for v in stream.step(0)))
     x = stream.step(1)[0].double()
     before = predictor(x).clone()
-    with pytest.raises(DataError, match="target 0 is nan; targets must be finite \\(the predictor's state is unchanged\\)"):
+    with pytest.raises(
+        DataError, match="target 0 is nan; targets must be finite \\(the predictor's state is unchanged\\)"
+    ):
         predictor.update(x, torch.full((1, 1), math.nan, dtype=torch.float64))
     assert torch.equal(predictor(x), before)
 
@@ -262,13 +272,19 @@ def test_online_predicts_each_step_before_it_learns_from_it():
 
 
 def test_online_reports_each_new_class_as_an_error_before_its_first_label():
-    data = fastadapt.ClassDataset.from_arrays(torch.randn(40, DIM, dtype=torch.float64) + torch.arange(8).repeat_interleave(5)[:, None] * 3,
-                                              torch.arange(8).repeat_interleave(5))
+    data = fastadapt.ClassDataset.from_arrays(
+        torch.randn(40, DIM, dtype=torch.float64) + torch.arange(8).repeat_interleave(5)[:, None] * 3,
+        torch.arange(8).repeat_interleave(5),
+    )
     stream = ClassStream(data, [[0, 1], [0, 2], [3, 2]], [4, 4, 4], seed=0, holdout=1)
     run = online(ProtoNet(mlp(5)), stream)
     assert run.error[0] == 1.0  # nothing known yet
     assert run.error[4] >= 0.5 and run.error[8] >= 0.5  # the new class's example comes before its label
-    assert run.probe_label_acc.shape == (12, 4) and math.isnan(run.probe_label_acc[0, 2]) and run.probe_label_acc[4, 2] == 0.0
+    assert (
+        run.probe_label_acc.shape == (12, 4)
+        and math.isnan(run.probe_label_acc[0, 2])
+        and run.probe_label_acc[4, 2] == 0.0
+    )
     curves = new_class_curves(run, stream.new_labels(), 4)
     assert curves.shape == (2, 4) and (curves[:, 0] == 0).all()
 
@@ -293,8 +309,12 @@ def test_loss_jump_fires_at_the_jump_and_not_on_a_steady_loss():
     fired = [t for t, v in enumerate(losses) if detector.update(v)]
     assert fired == [40]
     patient = LossJump(threshold=4.0, ratio=2.0, window=10, warmup=5, recent=3)
-    spike = losses[:20] + [9.0] + losses[20:40] + [5.0] * 5  # one outlier at step 20, then a sustained jump from step 41
-    assert [t for t, v in enumerate(spike) if patient.update(v)] == [42]  # the median of steps 40..42: not the lone spike
+    spike = (
+        losses[:20] + [9.0] + losses[20:40] + [5.0] * 5
+    )  # one outlier at step 20, then a sustained jump from step 41
+    assert [t for t, v in enumerate(spike) if patient.update(v)] == [
+        42
+    ]  # the median of steps 40..42: not the lone spike
     with pytest.raises(fastadapt.ConfigError, match="warmup=30 exceeds window=20"):
         LossJump(warmup=30)
 
@@ -304,7 +324,10 @@ def test_an_algorithm_whose_predictor_cannot_update_is_named_in_one_line():
         def adapt(self, x, y):
             return lambda q: torch.zeros(q.shape[0], 1)
 
-    with pytest.raises(fastadapt.ConfigError, match="Frozen.adapt returns a predictor without update and reset; online adaptation needs"):
+    with pytest.raises(
+        fastadapt.ConfigError,
+        match="Frozen.adapt returns a predictor without update and reset; online adaptation needs",
+    ):
         online(Frozen(), SinusoidStream(0, length=5, phase_length=2))
 
 
@@ -322,12 +345,19 @@ def test_recovery_steps_regret_and_alignment_on_a_hand_made_stream():
     #            pre-change level 1.0          change at 5: 9, 4, 1.05, 1.0, 1.1 -> back within 10% from s = 2 (hold 3)
     values = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 9.0, 4.0, 1.05, 1.0, 1.1, 8.0, 7.0, 6.0])
     steps, censored = recovery_steps(values, (5, 10), pre=5, tolerance=0.1, hold=3)
-    assert steps.tolist() == [2.0, 3.0] and censored.tolist() == [False, True]  # the second never recovers: censored at its length
+    assert steps.tolist() == [2.0, 3.0] and censored.tolist() == [
+        False,
+        True,
+    ]  # the second never recovers: censored at its length
     assert regret(values) == pytest.approx(values.sum())
     a = aligned(values, (5, 10), 6)
     assert np.array_equal(a[0, :5], [9.0, 4.0, 1.05, 1.0, 1.1]) and np.isnan(a[0, 5])
     # smoothed over 2 steps (never before the change): 9, 6.5, 2.525, 1.025, 1.05 -> within 10 % from s = 3 (hold 2)
-    assert recovery_steps(values, (5,), pre=5, tolerance=0.1, hold=2, smooth=2)[0].tolist() == [3.0] and np.allclose(a[1, :3], [8.0, 7.0, 6.0]) and np.isnan(a[1, 3:]).all()
+    assert (
+        recovery_steps(values, (5,), pre=5, tolerance=0.1, hold=2, smooth=2)[0].tolist() == [3.0]
+        and np.allclose(a[1, :3], [8.0, 7.0, 6.0])
+        and np.isnan(a[1, 3:]).all()
+    )
 
 
 def test_summaries_and_paired_differences_say_which_recovers_faster():
@@ -364,7 +394,9 @@ def windows(tasks: int = 3) -> TaskBatch:
     return source.sample_tasks(0, 0, tasks).to(dtype=torch.float64)
 
 
-def reference_grbal_loss(model: nn.Module, psi: dict[str, torch.Tensor], batch: TaskBatch, steps: int, first_order: bool) -> torch.Tensor:
+def reference_grbal_loss(
+    model: nn.Module, psi: dict[str, torch.Tensor], batch: TaskBatch, steps: int, first_order: bool
+) -> torch.Tensor:
     """Mean loss on the next points after ``steps`` steps with step sizes psi on the recent window: a plain loop."""
     params = dict(model.named_parameters())
     total = torch.zeros((), dtype=torch.float64)
@@ -393,7 +425,7 @@ def test_grbal_meta_gradient_matches_a_plain_loop_in_float64(first_order, execut
     want = torch.autograd.grad(reference_grbal_loss(model, psi, batch, 2, first_order), params)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
-    assert all(float(g.abs().sum()) > 0 for g in got[-len(psi):])  # psi learns
+    assert all(float(g.abs().sum()) > 0 for g in got[-len(psi) :])  # psi learns
     assert int(algo.trained_window) == 6 and algo.adapt_window() == 6
 
 
@@ -402,19 +434,32 @@ def test_grbal_predictor_keeps_the_trained_window():
     algo.meta_loss(windows())
     predictor = algo.adapt(*(v.double() for v in SinusoidStream(0).step(0)))
     assert isinstance(predictor, FastWeightsPredictor) and predictor.window == 6 and predictor.policy == "window"
-    assert GrBAL(mlp(1, inp=1), window=4).adapt(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)).window == 4
+    assert (
+        GrBAL(mlp(1, inp=1), window=4)
+        .adapt(torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64))
+        .window
+        == 4
+    )
 
 
 def test_grbal_trains_on_a_stream_source_through_the_common_loop_and_runs_online(tmp_path):
-    cfg = fastadapt.config_from_dict({
-        "data": {"target": "fastadapt.data.streams:sinusoid_stream", "ways": 1, "shots": 5, "queries": 3, "meta_batch": 4,
-                 "options": {"length": 60, "phase_length": 20}},
-        "model": {"name": "mlp", "layers": [16]},
-        "algorithm": {"target": "fastadapt.algorithms.grbal:GrBAL", "inner_lr": 0.02},
-        "optim": {"steps": 3},
-        "eval": {"val_every": 0, "test_episodes": 6, "test_settings": [[1, 5]]},
-        "run": {"out": str(tmp_path / "grbal"), "progress": False, "threads": 1},
-    })
+    cfg = fastadapt.config_from_dict(
+        {
+            "data": {
+                "target": "fastadapt.data.streams:sinusoid_stream",
+                "ways": 1,
+                "shots": 5,
+                "queries": 3,
+                "meta_batch": 4,
+                "options": {"length": 60, "phase_length": 20},
+            },
+            "model": {"name": "mlp", "layers": [16]},
+            "algorithm": {"target": "fastadapt.algorithms.grbal:GrBAL", "inner_lr": 0.02},
+            "optim": {"steps": 3},
+            "eval": {"val_every": 0, "test_episodes": 6, "test_settings": [[1, 5]]},
+            "run": {"out": str(tmp_path / "grbal"), "progress": False, "threads": 1},
+        }
+    )
     result = fastadapt.train(cfg)
     assert result.steps == 3 and math.isfinite(result.tests["5shot"].mean)
     run = fastadapt.load_run(tmp_path / "grbal")
@@ -428,7 +473,9 @@ def test_protonet_runs_online_on_an_omniglot_stream():
     from fastadapt.config.build import SourceRequest
     from fastadapt.data.streams import omniglot_stream
 
-    source = omniglot_stream(SourceRequest("test", 3, 1, 1, 0, options={"length": 12, "phase_length": 4, "replace": 1, "holdout": 2}))
+    source = omniglot_stream(
+        SourceRequest("test", 3, 1, 1, 0, options={"length": 12, "phase_length": 4, "replace": 1, "holdout": 2})
+    )
     torch.manual_seed(0)
     algo = ProtoNet(Conv4(out_features=None, hidden=8))
     stream = source.stream(0)
@@ -453,7 +500,9 @@ def test_fastadapt_plot_draws_a_saved_record_of_online_runs(tmp_path, capsys):
     save_runs({"sinusoid": runs}, folder)  # several streams: one picture each
     assert [p.name for p in plot_stream_record(folder)] == ["stream_sinusoid.png"]
     back = json.loads((folder / "streams.json").read_text())["sinusoid"]["window"]
-    assert back["change_points"] == list(runs["window"].change_points) and back["error"][0] == pytest.approx(float(runs["window"].error[0]))
+    assert back["change_points"] == list(runs["window"].change_points) and back["error"][0] == pytest.approx(
+        float(runs["window"].error[0])
+    )
     (tmp_path / "bad.json").write_text('{"a": {"b": 1}}')
     assert cli_main(["plot", str(tmp_path / "bad.json")]) == 2
     err = capsys.readouterr().err.strip()

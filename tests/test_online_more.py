@@ -44,7 +44,9 @@ def labelled(n: int, seed: int, ways: int = WAYS) -> tuple[torch.Tensor, torch.T
 
 def tiny_mann(**options) -> MANN:
     torch.manual_seed(0)
-    return MANN(ways=WAYS, input_shape=(DIM,), memory_size=8, memory_width=5, read_heads=2, controller_size=6, **options).double()
+    return MANN(
+        ways=WAYS, input_shape=(DIM,), memory_size=8, memory_width=5, read_heads=2, controller_size=6, **options
+    ).double()
 
 
 ALGORITHMS_MORE = {
@@ -96,13 +98,17 @@ def test_the_window_policy_refits_on_the_last_examples(name):
     query = labelled(7, 3)[0]
     fresh = algo.adapt(wx, wy)(query)
     got = predictor(query)
-    if name != "meta_lstm" and got.shape[-1] != fresh.shape[-1]:  # the head keeps the widest label seen (a label left the window)
+    if (
+        name != "meta_lstm" and got.shape[-1] != fresh.shape[-1]
+    ):  # the head keeps the widest label seen (a label left the window)
         assert int(wy.max()) + 1 < got.shape[-1]
     else:
         torch.testing.assert_close(got, fresh, rtol=1e-12, atol=1e-12)
 
 
-def reference_meta_lstm(algo: MetaLSTM, state: MetaLSTMState, x: torch.Tensor, y: torch.Tensor, steps: int) -> MetaLSTMState:
+def reference_meta_lstm(
+    algo: MetaLSTM, state: MetaLSTMState, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> MetaLSTMState:
     """The learnt optimiser run by hand: the learner's gradient by plain autograd, then the meta-LSTM's step."""
     for _ in range(steps):
         theta = state.theta[0].detach().requires_grad_(True)
@@ -125,14 +131,18 @@ def test_meta_lstm_continue_policy_runs_the_learnt_optimiser_on_from_its_current
         torch.testing.assert_close(predictor.state[k], v, rtol=1e-12, atol=1e-12)
     window = algo.adapt(*labelled(6, 1)).configure(window=4, steps=3)  # the default policy restarts from theta_0
     window.update(x, y)
-    fresh = reference_meta_lstm(algo, algo.state_from(algo.initial_theta().detach().unsqueeze(0)), window.window_x, window.window_y, 3)
+    fresh = reference_meta_lstm(
+        algo, algo.state_from(algo.initial_theta().detach().unsqueeze(0)), window.window_x, window.window_y, 3
+    )
     torch.testing.assert_close(window.weights, fresh.theta[0], rtol=1e-12, atol=1e-12)
     assert not torch.allclose(window.weights, predictor.weights)
     with pytest.raises(ConfigError, match="policy='restart' is unknown; choose one of window, continue"):
         predictor.configure(policy="restart")
 
 
-def reference_mann_logits(algo: MANN, parts: list[tuple[torch.Tensor, torch.Tensor]], query: torch.Tensor) -> torch.Tensor:
+def reference_mann_logits(
+    algo: MANN, parts: list[tuple[torch.Tensor, torch.Tensor]], query: torch.Tensor
+) -> torch.Tensor:
     """The MANN protocol by hand: each part in adapt's fixed shuffle, one core step per example with the previous
     example's one-hot label (zeros first), the queries classified from the final state with the last label."""
     core, state, prev = algo.core, None, torch.zeros(1, WAYS, dtype=torch.float64)
@@ -166,7 +176,9 @@ def test_mann_update_feeds_the_memory_with_the_one_step_label_offset_as_adapt_do
 
 def test_mann_with_a_transformer_controller_refuses_online_updates_in_one_line():
     predictor = tiny_mann(controller="transformer", transformer_heads=2).adapt(*labelled(6, 1))
-    with pytest.raises(ConfigError, match="grows with each example, so online updates would not keep bounded memory") as e:
+    with pytest.raises(
+        ConfigError, match="grows with each example, so online updates would not keep bounded memory"
+    ) as e:
         predictor.update(*labelled(2, 2))
     assert "\n" not in str(e.value)
 
@@ -209,7 +221,11 @@ def test_bad_updates_are_one_line_errors_that_leave_the_state_as_it_was(name):
             torch.zeros(2, dtype=torch.long),
             "shape \\[5\\] per example; this predictor was adapted on \\[4\\]",
         ),
-        (torch.full((2, DIM), math.nan, dtype=torch.float64), torch.zeros(2, dtype=torch.long), "inputs hold NaN or infinite"),
+        (
+            torch.full((2, DIM), math.nan, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.long),
+            "inputs hold NaN or infinite",
+        ),
         (x[:2], torch.tensor([0.0, 1.0]), "labels are torch.float32; this predictor classifies"),
         (x[:2], torch.tensor([0, -1]), "label -1 is negative"),
         (x[:2], torch.tensor([0, 1, 2]), "2 inputs with targets of shape \\[3\\]"),
@@ -228,7 +244,9 @@ def test_a_non_finite_target_is_refused_by_the_meta_lstm_as_a_regressor():
     predictor = algo.adapt(*(v.double() for v in stream.step(0)))
     x = stream.step(1)[0].double()
     before = predictor(x).clone()
-    with pytest.raises(DataError, match="target 0 is nan; targets must be finite \\(the predictor's state is unchanged\\)"):
+    with pytest.raises(
+        DataError, match="target 0 is nan; targets must be finite \\(the predictor's state is unchanged\\)"
+    ):
         predictor.update(x, torch.full((3, 1), math.nan, dtype=torch.float64))
     assert torch.equal(predictor(x), before)
 
@@ -254,8 +272,16 @@ def test_memory_stays_bounded_over_a_thousand_updates(name):
             measured[i + 1] = state_nbytes(predictor)
     assert measured[100] == measured[1000] > 0
     fields = vars(predictor).values()
-    tensors = [v for v in fields if isinstance(v, torch.Tensor)] + [v for d in fields if isinstance(d, dict) for v in d.values()]
-    tensors += [v for h in fields if isinstance(h, fastadapt.algorithms.baseline.Head) for v in (h.weight, h.bias) if v is not None]
+    tensors = [v for v in fields if isinstance(v, torch.Tensor)] + [
+        v for d in fields if isinstance(d, dict) for v in d.values()
+    ]
+    tensors += [
+        v
+        for h in fields
+        if isinstance(h, fastadapt.algorithms.baseline.Head)
+        for v in (h.weight, h.bias)
+        if v is not None
+    ]
     assert tensors and not any(t.requires_grad or t.grad_fn is not None for t in tensors)  # no autograd graph kept
     assert torch.isfinite(predictor(stream_x[:3])).all()
 
@@ -265,7 +291,8 @@ def test_memory_stays_bounded_over_a_thousand_updates(name):
 
 def class_stream(labels: str) -> ClassStream:
     data = fastadapt.ClassDataset.from_arrays(
-        torch.randn(40, DIM, dtype=torch.float64) + torch.arange(8).repeat_interleave(5)[:, None] * 3, torch.arange(8).repeat_interleave(5)
+        torch.randn(40, DIM, dtype=torch.float64) + torch.arange(8).repeat_interleave(5)[:, None] * 3,
+        torch.arange(8).repeat_interleave(5),
     )
     return ClassStream(data, [[0, 1, 2], [0, 1, 3], [4, 1, 3]], [4, 4, 4], seed=0, holdout=1, labels=labels)
 
@@ -320,7 +347,9 @@ EVERY = {  # every registered algorithm: a tiny instance (or None: checked on it
 
 @pytest.mark.parametrize("name", ALGORITHMS.names())
 def test_every_registered_algorithms_predictor_updates_or_refuses_in_one_line(name):
-    assert name in EVERY, f"algorithm {name} is registered but its online adaptation is not classified here (and in docs/CHANGE.md)"
+    assert name in EVERY, (
+        f"algorithm {name} is registered but its online adaptation is not classified here (and in docs/CHANGE.md)"
+    )
     build, updates = EVERY[name]
     if name == "maml-rl":  # a policy: its predictor is built from weights (adapting needs an environment)
         from fastadapt.algorithms.maml_rl import PolicyPredictor
@@ -351,6 +380,9 @@ def test_every_registered_algorithms_predictor_updates_or_refuses_in_one_line(na
 def test_online_names_the_refusal_of_a_learner_that_cannot_learn_from_labels():
     algo = _sequence_algo()
     predictor = algo.adapt(torch.zeros(1, 4, 5), torch.zeros(1, 4, 3))
-    with pytest.raises(ConfigError, match="the targets are never fed back to it, so there are no labelled examples to learn from online"):
+    with pytest.raises(
+        ConfigError,
+        match="the targets are never fed back to it, so there are no labelled examples to learn from online",
+    ):
         predictor.update(torch.zeros(1, 2, 5), torch.zeros(1, 2, 3))
     assert isinstance(ALGORITHMS_MORE["baseline"]().adapt(*labelled(6, 1)), HeadPredictor)

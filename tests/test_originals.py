@@ -40,7 +40,9 @@ def _small_split():
     for a, alphabet in enumerate(("Alpha", "Beta")):
         for c in range(2):
             for k in range(3):
-                entries[f"images_background/{alphabet}/character{c + 1:02d}/{a * 2 + c + 1:04d}_{k + 1:02d}.png"] = _png(5 + 10 * c + k)
+                entries[f"images_background/{alphabet}/character{c + 1:02d}/{a * 2 + c + 1:04d}_{k + 1:02d}.png"] = (
+                    _png(5 + 10 * c + k)
+                )
     manifest = {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()}
     return entries, manifest
 
@@ -71,8 +73,13 @@ def test_download_verifies_sha256_and_loads_the_images(tmp_path, server):
     entries, manifest = _small_split()
     blob = _archive(entries)
     (root / "images_background.zip").write_bytes(blob)
-    data = load_omniglot_originals(tmp_path / "data", download=True, url=url + "/{name}.zip",
-                                   sha256=hashlib.sha256(blob).hexdigest(), manifest=manifest)
+    data = load_omniglot_originals(
+        tmp_path / "data",
+        download=True,
+        url=url + "/{name}.zip",
+        sha256=hashlib.sha256(blob).hexdigest(),
+        manifest=manifest,
+    )
     assert data.num_classes == 4 and data.names[0] == "Alpha/character01"
     assert data.data.shape == (12, 1, 105, 105) and int(data.counts.min()) == 3
     assert int(data.data[0].max()) == 255  # ink is bright
@@ -108,7 +115,11 @@ def test_a_tampered_image_is_rejected_and_nothing_is_extracted(tmp_path):
     entries[name] = _png(30)  # differs from the manifest
     (tmp_path / "images_background.zip").write_bytes(_archive(entries))
     with pytest.raises(DataError, match="the archive is corrupted"):
-        load_omniglot_originals(tmp_path, manifest=manifest, sha256=hashlib.sha256((tmp_path / "images_background.zip").read_bytes()).hexdigest())
+        load_omniglot_originals(
+            tmp_path,
+            manifest=manifest,
+            sha256=hashlib.sha256((tmp_path / "images_background.zip").read_bytes()).hexdigest(),
+        )
     assert not (tmp_path / "images_background").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["images_background.zip"]
 
@@ -120,7 +131,9 @@ def test_local_archive_md5_is_checked_when_no_sha256_is_given(tmp_path):
         load_omniglot_originals(tmp_path, manifest=manifest)
 
 
-@pytest.mark.parametrize("bad", ["../evil.png", "/abs/evil.png", "a/../../evil.png", "C:\\evil.png", "a\\..\\..\\evil.png"])
+@pytest.mark.parametrize(
+    "bad", ["../evil.png", "/abs/evil.png", "a/../../evil.png", "C:\\evil.png", "a\\..\\..\\evil.png"]
+)
 def test_extraction_refuses_entries_outside_the_target(tmp_path, bad):
     archive = tmp_path / "bad.zip"
     archive.write_bytes(_archive({"ok/fine.txt": b"x", bad: b"y"}))
@@ -134,7 +147,7 @@ def test_extraction_refuses_symlinks(tmp_path):
     archive = tmp_path / "link.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         info = zipfile.ZipInfo("link")
-        info.external_attr = (0o120777 << 16)
+        info.external_attr = 0o120777 << 16
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(DataError, match="symbolic link"):
         safe_extract(archive, tmp_path / "out")
@@ -158,4 +171,7 @@ def test_bundled_manifest_matches_the_shared_originals_when_present():
     for row in (0, 100, len(names) - 1):
         for k in (0, 19):
             blob = png[off[row * 20 + k] : off[row * 20 + k + 1]].tobytes()
-            assert m[f"images_evaluation/{names[row]}/{int(ids[row]):04d}_{k + 1:02d}.png"] == hashlib.sha256(blob).hexdigest()
+            assert (
+                m[f"images_evaluation/{names[row]}/{int(ids[row]):04d}_{k + 1:02d}.png"]
+                == hashlib.sha256(blob).hexdigest()
+            )

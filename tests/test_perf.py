@@ -78,12 +78,20 @@ ALGORITHMS = {
     "fomaml": lambda m: FOMAML(m, inner_lr=0.1, inner_steps=2),
     "metasgd": lambda m: MetaSGD(m, init_lr=0.1, inner_steps=2),
     "maml++": lambda m: MAML(
-        m, inner_lr=0.1, inner_steps=3, learn_inner_lr=True, multi_step_loss=True, msl_anneal_steps=4, first_order_until=1
+        m,
+        inner_lr=0.1,
+        inner_steps=3,
+        learn_inner_lr=True,
+        multi_step_loss=True,
+        msl_anneal_steps=4,
+        first_order_until=1,
     ),
     "anil": lambda m: ANIL(m, inner_lr=0.1, inner_steps=2),
     "reptile-persistent-minibatches": lambda m: Reptile(m, inner_lr=0.01, inner_steps=3, inner_batch=4),
     "reptile-fresh-sgd": lambda m: Reptile(m, inner_lr=0.05, inner_steps=2, inner_optimizer="sgd"),
-    "matching-fce-per-task": lambda m: MatchingNet(conv4(out=None), fce=True, encode="per_task").double(),  # tasks encoded apart
+    "matching-fce-per-task": lambda m: MatchingNet(
+        conv4(out=None), fce=True, encode="per_task"
+    ).double(),  # tasks encoded apart
 }
 
 
@@ -110,7 +118,9 @@ def test_chunked_gradient_equals_one_pass(name):
         assert met_w.keys() == met_c.keys()
         for k in met_w:
             if k != "surrogate":  # Reptile's surrogate is a weighted mean of the chunks' (its gradient is the same)
-                assert met_c[k] == pytest.approx(met_w[k], rel=1e-9, abs=1e-6 if k == "acc" else 1e-12), k  # acc: a float32 mean
+                assert met_c[k] == pytest.approx(met_w[k], rel=1e-9, abs=1e-6 if k == "acc" else 1e-12), (
+                    k
+                )  # acc: a float32 mean
         if not name.startswith("reptile"):
             assert obj_c == pytest.approx(obj_w, rel=1e-9)
         for b_w, b_c in zip(whole.buffers(), chunked.buffers()):  # MAML++'s meta_step, Reptile's Adam state
@@ -248,7 +258,10 @@ def reference_reptile(
             step += 1
             m = {n: betas[0] * m[n] + (1 - betas[0]) * g[n] for n in g}
             v = {n: betas[1] * v[n] + (1 - betas[1]) * g[n] ** 2 for n in g}
-            phi = {n: phi[n] - lr * (m[n] / (1 - betas[0] ** step)) / ((v[n] / (1 - betas[1] ** step)).sqrt() + eps) for n in phi}
+            phi = {
+                n: phi[n] - lr * (m[n] / (1 - betas[0] ** step)) / ((v[n] / (1 - betas[1] ** step)).sqrt() + eps)
+                for n in phi
+            }
             state = (m, v, step)
         finals.append(phi)
         last.append(float(loss.detach()))
@@ -261,7 +274,11 @@ def test_reptile_update_and_metrics_against_a_plain_loop(optimizer, inner_batch)
     """The meta-gradient (theta - mean phi), the carried Adam state over two meta-steps and the logged support loss of the
     last inner step equal a plain loop's (float64, 1e-10; 1e-8 with Adam, see below)."""
     algo = Reptile(
-        conv4(), inner_lr=0.01 if optimizer == "adam" else 0.05, inner_steps=3, inner_optimizer=optimizer, inner_batch=inner_batch
+        conv4(),
+        inner_lr=0.01 if optimizer == "adam" else 0.05,
+        inner_steps=3,
+        inner_optimizer=optimizer,
+        inner_batch=inner_batch,
     )
     model = copy.deepcopy(algo.model)
     zeros = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
@@ -269,14 +286,22 @@ def test_reptile_update_and_metrics_against_a_plain_loop(optimizer, inner_batch)
     for update in range(2):
         batch = images(update)
         torch.manual_seed(update)
-        idx = None if inner_batch is None else torch.stack([inner.minibatch_indices(SHOTS * WAYS, inner_batch, 3) for _ in range(TASKS)])
+        idx = (
+            None
+            if inner_batch is None
+            else torch.stack([inner.minibatch_indices(SHOTS * WAYS, inner_batch, 3) for _ in range(TASKS)])
+        )
         ref, state, last_loss = reference_reptile(model, batch, algo.inner_lr, 3, optimizer, state, idx)
         torch.manual_seed(update)
         algo.zero_grad(set_to_none=True)
         out = algo.meta_loss(batch)
         out.loss.backward()
         # Adam divides a conv bias's ~1e-16 gradient (BatchNorm follows it) by eps=1e-8: steps of ~1e-10 made of rounding noise
-        assert_same_grads(ref, {k.removeprefix("model."): v for k, v in grads(algo).items()}, tol=1e-8 if optimizer == "adam" else 1e-10)
+        assert_same_grads(
+            ref,
+            {k.removeprefix("model."): v for k, v in grads(algo).items()},
+            tol=1e-8 if optimizer == "adam" else 1e-10,
+        )
         assert out.metrics["loss"] == pytest.approx(last_loss, rel=1e-10)
         assert 0.0 <= out.metrics["acc"] <= 1.0
         if optimizer == "adam":
@@ -336,7 +361,9 @@ def test_plain_grad_equals_torch_func_grad_and_reptile_adapt_uses_it():
     state, step = algo._adam_state()
     rates = inner.constant_rates(list(theta), algo.inner_lr, 4)
     with torch.enable_grad():
-        expected = inner.adam_steps(lambda p: task_loss(algo._forward(p, sx), sy), theta, rates, state, step, algo.betas)[0]
+        expected = inner.adam_steps(
+            lambda p: task_loss(algo._forward(p, sx), sy), theta, rates, state, step, algo.betas
+        )[0]
     fast = algo._adapt_from(theta, sx, sy, 4)
     for k in expected:
         torch.testing.assert_close(fast[k], expected[k], rtol=1e-12, atol=1e-14)
@@ -372,13 +399,17 @@ def test_bf16_meta_gradient_error_against_fp32_is_bounded(cls, bound, cosine):
 
 def test_bf16_training_runs_and_records_its_precision(tmp_path):
     cfg = load_config(
-        "protonet-quick", [*TINY, "run.precision='bf16'", "eval.test_episodes=2", "eval.batch=2", f"run.out={tmp_path / 'bf16'}"]
+        "protonet-quick",
+        [*TINY, "run.precision='bf16'", "eval.test_episodes=2", "eval.batch=2", f"run.out={tmp_path / 'bf16'}"],
     )
     result = train(cfg)
     assert result.steps == 2
     test = next(iter(result.tests.values()))
     assert test.settings["precision"] == "bf16" and 0.0 <= test.mean <= 1.0
-    assert all(v.dtype != torch.bfloat16 for v in torch.load(cfg.out_dir / "checkpoint.pt", weights_only=False)["algorithm"].values())
+    assert all(
+        v.dtype != torch.bfloat16
+        for v in torch.load(cfg.out_dir / "checkpoint.pt", weights_only=False)["algorithm"].values()
+    )
 
 
 # --- evaluation: batched predict against the per-episode path ------------------------------------
@@ -386,7 +417,9 @@ def test_bf16_training_runs_and_records_its_precision(tmp_path):
 
 EVALUATED = {
     "maml-10-steps": lambda ex: MAML(conv4(), inner_lr=0.1, inner_steps=1, inner_steps_eval=10, execution=ex),
-    "reptile-persistent-adam": lambda ex: Reptile(conv4(), inner_lr=0.01, inner_steps=2, inner_steps_eval=6, execution=ex),
+    "reptile-persistent-adam": lambda ex: Reptile(
+        conv4(), inner_lr=0.01, inner_steps=2, inner_steps_eval=6, execution=ex
+    ),
     "matching-fce": lambda ex: MatchingNet(conv4(out=None), fce=True).double(),
 }
 
@@ -403,7 +436,9 @@ def test_batched_predict_equals_the_per_episode_path(name, execution):
     batch = images(5)
     with torch.no_grad():
         batched = algo.predict(batch)
-        single = torch.stack([algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(TASKS)])
+        single = torch.stack(
+            [algo.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(TASKS)]
+        )
     assert batched.shape == (TASKS, WAYS * QUERIES, WAYS) and batched.dtype == torch.float64
     assert float((batched - single).abs().max()) <= 1e-9 * float(single.abs().max())
     assert torch.equal(batched.argmax(-1), single.argmax(-1))

@@ -83,7 +83,13 @@ CASES = {
     "maml_second_order_3_steps": lambda ex: MAML(conv4(), inner_lr=0.3, inner_steps=3, execution=ex),
     "fomaml_2_steps": lambda ex: FOMAML(conv4(), inner_lr=0.3, inner_steps=2, execution=ex),
     "maml_plus_plus_msl_lslr": lambda ex: MAML(
-        conv4(), inner_lr=0.3, inner_steps=3, multi_step_loss=True, learn_inner_lr=True, msl_anneal_steps=50, execution=ex
+        conv4(),
+        inner_lr=0.3,
+        inner_steps=3,
+        multi_step_loss=True,
+        learn_inner_lr=True,
+        msl_anneal_steps=50,
+        execution=ex,
     ),
     "metasgd_2_steps": lambda ex: MetaSGD(conv4(), init_lr=0.2, inner_steps=2, execution=ex),
     "metasgd_first_order": lambda ex: MetaSGD(conv4(), init_lr=0.2, inner_steps=1, first_order=True, execution=ex),
@@ -140,7 +146,9 @@ def test_shared_first_gives_each_task_its_own_first_gradient():
     rates = dict.fromkeys(params, 0.3)
     phi = first_step(algo._forward, params, batch.support_x, batch.support_y, rates, True, task_loss)
     for t in range(batch.support_x.shape[0]):
-        g = torch.autograd.grad(task_loss(algo._forward(params, batch.support_x[t]), batch.support_y[t]), list(params.values()))
+        g = torch.autograd.grad(
+            task_loss(algo._forward(params, batch.support_x[t]), batch.support_y[t]), list(params.values())
+        )
         for (k, p), gk in zip(params.items(), g):
             assert torch.allclose(phi[k][t], p - 0.3 * gk, rtol=0, atol=1e-12), k
 
@@ -182,7 +190,11 @@ class Scaled(nn.Module):
 
 def test_shared_first_refuses_a_model_it_cannot_share_in_one_line():
     batch = TaskBatch(
-        torch.randn(2, 4, 3), torch.randint(0, 2, (2, 4)), torch.randn(2, 4, 3), torch.randint(0, 2, (2, 4)), torch.arange(2).repeat(2, 1)
+        torch.randn(2, 4, 3),
+        torch.randint(0, 2, (2, 4)),
+        torch.randn(2, 4, 3),
+        torch.randint(0, 2, (2, 4)),
+        torch.arange(2).repeat(2, 1),
     )
     with pytest.raises(ConfigError, match="shared_first.*execution='loop'"):
         MAML(Scaled(), execution="shared_first").meta_loss(batch)
@@ -196,7 +208,9 @@ def has_cxx() -> bool:
 
 
 @pytest.mark.skipif(not has_cxx(), reason="inductor compiles C++ kernels on the CPU and no C++ compiler is on PATH")
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # raised inside torch.compile
+@pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning"
+)  # raised inside torch.compile
 def test_compiled_per_task_function_equals_eager_second_order(tmp_path):
     """One compile (a tiny MLP, second-order MAML, 1 step): loss, outputs and meta-gradient equal to eager in fp32,
     the function really compiled (no silent eager fallback), the cache in the session's folder, the environment restored."""

@@ -4,12 +4,61 @@ import fastadapt
 from fastadapt.core.registry import ALGORITHMS, algorithm_class
 
 PUBLIC = {
-    "ALFA", "ANIL", "FOMAML", "MAML", "MAMLRL", "EnvTasks", "MANN", "Algorithm", "ClassDataset", "Config", "ConfigError", "DataError", "Episode",
-    "EpisodeDataset", "EpisodeSampler", "EvalResult", "FastAdaptError", "MatchingNet", "MetaLSTM", "MetaOutput", "MetaSGD", "NTMLearner", "ProtoNet",
-    "Reptile", "Run", "RunFolder", "SinusoidTasks", "SourceRequest", "TaskBatch", "TaskSource", "TaskSources",
-    "TrainResult", "collate_tasks", "config_from_dict", "evaluate", "keep_freed_memory", "load_config", "load_omniglot",
-    "load_omniglot_originals", "load_run", "load_fashion_mnist", "load_idx", "read_idx", "online", "explain", "mean_ci", "register_algorithm", "register_model", "register_task_source",
-    "train", "tune", "export_run", "load_pretrained", "load_safetensors", "save_safetensors",
+    "ALFA",
+    "ANIL",
+    "FOMAML",
+    "MAML",
+    "MAMLRL",
+    "EnvTasks",
+    "MANN",
+    "Algorithm",
+    "ClassDataset",
+    "Config",
+    "ConfigError",
+    "DataError",
+    "Episode",
+    "EpisodeDataset",
+    "EpisodeSampler",
+    "EvalResult",
+    "FastAdaptError",
+    "MatchingNet",
+    "MetaLSTM",
+    "MetaOutput",
+    "MetaSGD",
+    "NTMLearner",
+    "ProtoNet",
+    "Reptile",
+    "Run",
+    "RunFolder",
+    "SinusoidTasks",
+    "SourceRequest",
+    "TaskBatch",
+    "TaskSource",
+    "TaskSources",
+    "TrainResult",
+    "collate_tasks",
+    "config_from_dict",
+    "evaluate",
+    "keep_freed_memory",
+    "load_config",
+    "load_omniglot",
+    "load_omniglot_originals",
+    "load_run",
+    "load_fashion_mnist",
+    "load_idx",
+    "read_idx",
+    "online",
+    "explain",
+    "mean_ci",
+    "register_algorithm",
+    "register_model",
+    "register_task_source",
+    "train",
+    "tune",
+    "export_run",
+    "load_pretrained",
+    "load_safetensors",
+    "save_safetensors",
 }
 
 
@@ -38,7 +87,9 @@ def test_the_command_starts_without_importing_torch_so_an_early_interrupt_is_han
 
     code = "import sys, fastadapt, fastadapt.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "False", out.stderr  # torch is imported inside main(), where Ctrl-C gives one line and exit 130
+    assert out.stdout.strip() == "False", (
+        out.stderr
+    )  # torch is imported inside main(), where Ctrl-C gives one line and exit 130
 
 
 def test_public_functions_are_not_shadowed_by_modules():

@@ -35,9 +35,34 @@ FILES = sorted([*(ROOT / "src" / "fastadapt").rglob("*.py"), *(ROOT / "examples"
 # What the standard library gained in 3.11 and 3.12 (the "What's New" pages), as module -> names.
 NEWER_MODULES = {"tomllib", "wsgiref.types"}
 NEWER_NAMES = {
-    "typing": {"Self", "LiteralString", "Never", "assert_never", "assert_type", "reveal_type", "Required", "NotRequired", "Unpack",
-               "TypeVarTuple", "dataclass_transform", "get_overloads", "clear_overloads", "override", "TypeAliasType"},
-    "enum": {"StrEnum", "ReprEnum", "verify", "member", "nonmember", "global_enum", "property", "EnumCheck", "FlagBoundary"},
+    "typing": {
+        "Self",
+        "LiteralString",
+        "Never",
+        "assert_never",
+        "assert_type",
+        "reveal_type",
+        "Required",
+        "NotRequired",
+        "Unpack",
+        "TypeVarTuple",
+        "dataclass_transform",
+        "get_overloads",
+        "clear_overloads",
+        "override",
+        "TypeAliasType",
+    },
+    "enum": {
+        "StrEnum",
+        "ReprEnum",
+        "verify",
+        "member",
+        "nonmember",
+        "global_enum",
+        "property",
+        "EnumCheck",
+        "FlagBoundary",
+    },
     "datetime": {"UTC"},
     "asyncio": {"TaskGroup", "timeout", "timeout_at", "Runner", "Barrier"},
     "contextlib": {"chdir"},
@@ -56,8 +81,11 @@ def _guarded(node: ast.AST) -> bool:
     if isinstance(node, ast.If):
         return "version_info" in ast.unparse(node.test)
     if isinstance(node, ast.Try):
-        return any(h.type is not None and any(n in ast.unparse(h.type) for n in ("ImportError", "AttributeError", "ModuleNotFoundError"))
-                   for h in node.handlers)
+        return any(
+            h.type is not None
+            and any(n in ast.unparse(h.type) for n in ("ImportError", "AttributeError", "ModuleNotFoundError"))
+            for h in node.handlers
+        )
     return False
 
 
@@ -74,7 +102,9 @@ def newer_than_floor(source: str, filename: str = "<source>") -> list[str]:
             if node.module in NEWER_MODULES:
                 what = node.module
             else:
-                what = next((f"{node.module}.{a.name}" for a in node.names if a.name in NEWER_NAMES.get(node.module, ())), None)
+                what = next(
+                    (f"{node.module}.{a.name}" for a in node.names if a.name in NEWER_NAMES.get(node.module, ())), None
+                )
         elif isinstance(node, ast.Attribute):
             base = ast.unparse(node.value)
             if node.attr in NEWER_NAMES.get(base, ()) or node.attr in NEWER_METHODS:
@@ -115,27 +145,46 @@ def test_every_file_parses_with_the_floor_grammar():
 
 
 def test_no_standard_library_name_newer_than_the_floor_outside_a_guard():
-    found = [hit for path in FILES for hit in newer_than_floor(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))]
+    found = [
+        hit for path in FILES for hit in newer_than_floor(path.read_text(encoding="utf-8"), str(path.relative_to(ROOT)))
+    ]
     assert not found, "\n".join(found)
 
 
 def test_the_floor_checker_finds_what_it_looks_for():
-    bad = ("import tomllib\nfrom typing import Self\nimport enum\nclass C(enum.StrEnum): pass\n"
-           "try:\n    x = 1\nexcept ValueError as e:\n    e.add_note('n')\nraise ExceptionGroup('g', [])\n")
-    assert [h.split(": ", 1)[1] for h in newer_than_floor(bad)] == ["tomllib", "typing.Self", "enum.StrEnum", "e.add_note", "ExceptionGroup"]
-    good = ("import sys\nif sys.version_info >= (3, 11):\n    import tomllib\nelse:\n    import tomli as tomllib\n"
-            "try:\n    from typing import Self\nexcept ImportError:\n    Self = object\n")
+    bad = (
+        "import tomllib\nfrom typing import Self\nimport enum\nclass C(enum.StrEnum): pass\n"
+        "try:\n    x = 1\nexcept ValueError as e:\n    e.add_note('n')\nraise ExceptionGroup('g', [])\n"
+    )
+    assert [h.split(": ", 1)[1] for h in newer_than_floor(bad)] == [
+        "tomllib",
+        "typing.Self",
+        "enum.StrEnum",
+        "e.add_note",
+        "ExceptionGroup",
+    ]
+    good = (
+        "import sys\nif sys.version_info >= (3, 11):\n    import tomllib\nelse:\n    import tomli as tomllib\n"
+        "try:\n    from typing import Self\nexcept ImportError:\n    Self = object\n"
+    )
     assert newer_than_floor(good) == []
-    assert newer_than_floor("import sys\nif sys.version_info >= (3, 11):\n    pass\nelse:\n    import tomllib\n")  # the wrong branch
+    assert newer_than_floor(
+        "import sys\nif sys.version_info >= (3, 11):\n    pass\nelse:\n    import tomllib\n"
+    )  # the wrong branch
 
 
 def _python310() -> str | None:
     """A Python 3.10 interpreter on this machine, or None."""
-    candidates = [os.environ.get("FASTADAPT_PYTHON310", ""), shutil.which("python3.10") or "",
-                  *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10")))]
+    candidates = [
+        os.environ.get("FASTADAPT_PYTHON310", ""),
+        shutil.which("python3.10") or "",
+        *sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.10*/bin/python3.10"))),
+    ]
     for exe in filter(None, candidates):
         try:
-            out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=30)
+            out = subprocess.run(
+                [exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True, timeout=30
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if out.returncode == 0 and out.stdout.strip() == "(3, 10)":
@@ -160,11 +209,17 @@ print("ok", fastadapt.__version__, len(sys.argv) - 1)
 def test_python_3_10_itself_compiles_every_file_and_imports_the_command(tmp_path):
     exe = _python310()
     if exe is None:
-        pytest.skip("no Python 3.10 interpreter here (set FASTADAPT_PYTHON310); the grammar and name checks above still ran")
+        pytest.skip(
+            "no Python 3.10 interpreter here (set FASTADAPT_PYTHON310); the grammar and name checks above still ran"
+        )
     stub = tmp_path / "stub"
     stub.mkdir()
-    (stub / "tomli.py").write_text("def loads(text):\n    raise NotImplementedError\n")  # stands in for tomli, absent there
+    (stub / "tomli.py").write_text(
+        "def loads(text):\n    raise NotImplementedError\n"
+    )  # stands in for tomli, absent there
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(stub)]), "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([exe, "-c", CHECK_310, *map(str, FILES)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    out = subprocess.run(
+        [exe, "-c", CHECK_310, *map(str, FILES)], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("ok ") and out.stdout.split()[-1] == str(len(FILES))

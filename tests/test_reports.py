@@ -9,9 +9,21 @@ from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
 from fastadapt.training.loop import train
 
-TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "model.hidden=8", "optim.steps=4",
-        "eval.val_every=2", "eval.val_episodes=4", "eval.test_episodes=4", "eval.batch=4", "run.log_every=1",
-        "run.progress=false", "run.threads=1"]
+TINY = [
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "model.hidden=8",
+    "optim.steps=4",
+    "eval.val_every=2",
+    "eval.val_episodes=4",
+    "eval.test_episodes=4",
+    "eval.batch=4",
+    "run.log_every=1",
+    "run.progress=false",
+    "run.threads=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +48,12 @@ def test_plot_writes_learning_curves_and_learnt_rates(runs, capsys):
 def test_plot_draws_mamlpp_rates_per_step_and_nothing_for_fixed_rates(tmp_path, capsys):
     import fastadapt
 
-    extra = ["algorithm.inner_steps=2", "algorithm.msl_anneal_steps=2", "algorithm.first_order_until=0", "eval.test_episodes=0"]
+    extra = [
+        "algorithm.inner_steps=2",
+        "algorithm.msl_anneal_steps=2",
+        "algorithm.first_order_until=0",
+        "eval.test_episodes=0",
+    ]
     cfg = load_config("mamlpp-omniglot-5w1s", [*TINY, *extra, f"run.out={tmp_path / 'pp'}"])
     train(cfg)
     algo = fastadapt.load_run(cfg.out_dir).algorithm
@@ -84,7 +101,17 @@ def test_sample_saves_a_picture_of_episodes(tmp_path, capsys):
 def test_list_names_algorithms_presets_and_datasets(capsys):
     assert cli_main(["list"]) == 0
     text = capsys.readouterr().out
-    for word in ("maml", "reptile", "matching", "meta_lstm", "mann", "protonet-quick", "maml-sinusoid", "vinyals", "folder:<path>"):
+    for word in (
+        "maml",
+        "reptile",
+        "matching",
+        "meta_lstm",
+        "mann",
+        "protonet-quick",
+        "maml-sinusoid",
+        "vinyals",
+        "folder:<path>",
+    ):
         assert word in text
 
 
@@ -101,4 +128,8 @@ def test_eval_command_writes_a_file_per_setting_and_leaves_the_training_records_
     first = json.loads((run / "evals" / "5w1s__eval.test_episodes=6.json").read_text())
     second = json.loads((run / "evals" / "5w2s__data.test_shots=2__eval.test_episodes=4.json").read_text())
     assert first["episodes"] == 6 and first["settings"]["shots"] == 1 and first["overrides"] == ["eval.test_episodes=6"]
-    assert second["episodes"] == 4 and second["settings"]["shots"] == 2 and first["weights"] in ("best.pt", "checkpoint.pt")
+    assert (
+        second["episodes"] == 4
+        and second["settings"]["shots"] == 2
+        and first["weights"] in ("best.pt", "checkpoint.pt")
+    )

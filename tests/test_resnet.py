@@ -13,24 +13,45 @@ from fastadapt.core.registry import MODELS
 from fastadapt.data.augment import AugmentedTasks, augment_task, crop, flip, jitter, rotate90_per_class, shift
 from fastadapt.nn.resnet import ResNet12, drop_block, resnet12
 
-TINY = ["data.ways=3", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=2", "data.image_size=16",
-        "optim.steps=2", "eval.val_every=0", "eval.test_episodes=4", "eval.batch=2", "run.progress=false", "run.threads=1"]
+TINY = [
+    "data.ways=3",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=2",
+    "data.image_size=16",
+    "optim.steps=2",
+    "eval.val_every=0",
+    "eval.test_episodes=4",
+    "eval.batch=2",
+    "run.progress=false",
+    "run.threads=1",
+]
 
 
-@pytest.mark.parametrize("channels,width,dim", [((64, 160, 320, 640), 0.125, 80), ((64, 128, 256, 512), 0.25, 128), ((4, 8, 8, 16), 2, 32)])
+@pytest.mark.parametrize(
+    "channels,width,dim", [((64, 160, 320, 640), 0.125, 80), ((64, 128, 256, 512), 0.25, 128), ((4, 8, 8, 16), 2, 32)]
+)
 def test_resnet12_shapes_for_embeddings_and_heads(channels, width, dim):
     torch.manual_seed(0)
     enc = resnet12(3, None, 20, channels=channels, width=width)
     assert [b.conv1.out_channels for b in enc.blocks] == [round(c * width) for c in channels]
-    assert all(len([m for m in b.modules() if isinstance(m, torch.nn.Conv2d)]) == 4 for b in enc.blocks)  # 3 convs + shortcut
+    assert all(
+        len([m for m in b.modules() if isinstance(m, torch.nn.Conv2d)]) == 4 for b in enc.blocks
+    )  # 3 convs + shortcut
     assert enc(torch.randn(5, 3, 20, 20)).shape == (5, dim) and enc.embedding_dim == dim
     assert resnet12(1, 7, 28, channels=channels, width=width)(torch.randn(2, 1, 28, 28)).shape == (2, 7)
     assert MODELS.get("resnet12") is resnet12
 
 
 def test_resnet12_refuses_what_it_cannot_take_in_one_line():
-    for kwargs, match in [({"image_size": 8}, "too small"), ({"channels": [1, 2, 3]}, "4 widths"), ({"width": 0}, "width=0"),
-                          ({"drop_prob": 1.0}, r"drop_prob=1.0 is invalid"), ({"input_shape": (5,)}, "images")]:
+    for kwargs, match in [
+        ({"image_size": 8}, "too small"),
+        ({"channels": [1, 2, 3]}, "4 widths"),
+        ({"width": 0}, "width=0"),
+        ({"drop_prob": 1.0}, r"drop_prob=1.0 is invalid"),
+        ({"input_shape": (5,)}, "images"),
+    ]:
         args = {"in_channels": 1, "out_features": None, "image_size": 28, **kwargs}
         with pytest.raises(ConfigError, match=match) as e:
             resnet12(**args)
@@ -49,8 +70,15 @@ def test_drop_block_drops_about_the_rate_in_squares_and_is_identity_in_eval():
 
 
 def test_a_resnet12_protonet_trains_through_fastadapt_train_with_augmentation(tmp_path):
-    cfg = load_config("protonet-resnet12-omniglot-5w1s", [*TINY, 'model.options={ width = 0.125 }', 'data.augment=["flip", "rotate90", "crop", "shift", "jitter"]',
-                                                             f"run.out={tmp_path / 'r'}"])
+    cfg = load_config(
+        "protonet-resnet12-omniglot-5w1s",
+        [
+            *TINY,
+            "model.options={ width = 0.125 }",
+            'data.augment=["flip", "rotate90", "crop", "shift", "jitter"]',
+            f"run.out={tmp_path / 'r'}",
+        ],
+    )
     before = {k: v.clone() for k, v in build_algorithm(cfg).state_dict().items()}
     result = fastadapt.train(cfg)
     assert result.steps == 2 and 0 <= result.tests["5w1s"].mean <= 1
@@ -104,19 +132,30 @@ def test_augmented_tasks_are_a_pure_function_of_seed_step_and_index(ops):
     assert torch.equal(a.support_y, plain.support_y) and torch.equal(a.classes, plain.classes)
     assert not torch.equal(a.support_x, plain.support_x)  # augmented
     assert not torch.equal(train.sample_tasks(8, 0, 4).support_x, a.support_x)
-    other = task_sources(load_config("protonet-quick", [*TINY, "data.image_size=28", "run.seed=1", f"data.augment={ops}"]))
-    assert not torch.equal(other.train.sample_tasks(7, 0, 4).support_x, task_sources(load_config(
-        "protonet-quick", [*TINY, "data.image_size=28", "run.seed=1"])).train.sample_tasks(7, 0, 4).support_x)
+    other = task_sources(
+        load_config("protonet-quick", [*TINY, "data.image_size=28", "run.seed=1", f"data.augment={ops}"])
+    )
+    assert not torch.equal(
+        other.train.sample_tasks(7, 0, 4).support_x,
+        task_sources(load_config("protonet-quick", [*TINY, "data.image_size=28", "run.seed=1"]))
+        .train.sample_tasks(7, 0, 4)
+        .support_x,
+    )
     # evaluation episodes are never augmented
     sources = task_sources(cfg)
     unaugmented = task_sources(load_config("protonet-quick", [*TINY, "data.image_size=28"]))
-    assert torch.equal(next(iter(sources.tests["5w1s"].fixed(2, 2))).support_x, next(iter(unaugmented.tests["5w1s"].fixed(2, 2))).support_x)
+    assert torch.equal(
+        next(iter(sources.tests["5w1s"].fixed(2, 2))).support_x,
+        next(iter(unaugmented.tests["5w1s"].fixed(2, 2))).support_x,
+    )
 
 
 def test_augment_task_keeps_support_and_query_apart_and_config_refuses_unknown_names():
     g = torch.Generator().manual_seed(0)
     s, q = torch.rand(3, 1, 8, 8, generator=g), torch.rand(6, 1, 8, 8, generator=g)
-    sa, qa = augment_task(s, torch.arange(3), q, torch.arange(3).repeat_interleave(2), 3, ("flip",), torch.Generator().manual_seed(1))
+    sa, qa = augment_task(
+        s, torch.arange(3), q, torch.arange(3).repeat_interleave(2), 3, ("flip",), torch.Generator().manual_seed(1)
+    )
     mask = torch.rand(9, generator=torch.Generator().manual_seed(1)) < 0.5
     both = torch.cat([s, q])
     want = torch.where(mask.view(-1, 1, 1, 1), both.flip(-1), both)
@@ -159,7 +198,9 @@ def _reference_jitter(img, b, c, s, clamp):
 
 
 def test_crop_matches_a_plain_pad_and_crop_loop():
-    x = torch.rand(6, 2, 9, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5  # no zeros of its own
+    x = (
+        torch.rand(6, 2, 9, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 0.5
+    )  # no zeros of its own
     for padding, seed in [(None, 3), (2, 4), (4, 5)]:
         p = 1 if padding is None else padding  # the default: max(1, min(9, 7) // 8) = 1
         offsets = torch.randint(0, 2 * p + 1, (2, 6), generator=torch.Generator().manual_seed(seed))
@@ -168,7 +209,9 @@ def test_crop_matches_a_plain_pad_and_crop_loop():
         for m in range(6):
             assert torch.equal(out[m], _reference_crop(x[m], p, int(offsets[0, m]), int(offsets[1, m])))
     offsets = torch.randint(0, 9, (2, 6), generator=torch.Generator().manual_seed(6))
-    assert bool((crop(x, torch.Generator().manual_seed(6), 4) == 0).any()) and bool((offsets != 4).any())  # zero fill shows
+    assert bool((crop(x, torch.Generator().manual_seed(6), 4) == 0).any()) and bool(
+        (offsets != 4).any()
+    )  # zero fill shows
 
 
 @pytest.mark.parametrize("channels", [3, 1])
@@ -187,10 +230,17 @@ def test_jitter_matches_a_per_pixel_reference_and_saturation_is_a_no_op_on_grey(
     if channels == 3:  # on colour images saturation does change them
         b, c, s = (float(f) for f in factors[:, 1].to(torch.float64))
         assert not torch.allclose(out[1], _reference_jitter(x[1], b, c, 1.0, clamp=True), atol=1e-6)
-    loose = jitter(4 * x - 2, torch.Generator().manual_seed(2), strength=0.3, clamp=False)  # normalised values: no clamp
+    loose = jitter(
+        4 * x - 2, torch.Generator().manual_seed(2), strength=0.3, clamp=False
+    )  # normalised values: no clamp
     factors = 1 + 0.3 * (2 * torch.rand(3, 5, generator=torch.Generator().manual_seed(2)) - 1)
     for m in range(5):
-        assert torch.allclose(loose[m], _reference_jitter(4 * x[m] - 2, *(float(f) for f in factors[:, m]), clamp=False), rtol=0, atol=1e-12)
+        assert torch.allclose(
+            loose[m],
+            _reference_jitter(4 * x[m] - 2, *(float(f) for f in factors[:, m]), clamp=False),
+            rtol=0,
+            atol=1e-12,
+        )
     assert float(loose.min()) < 0 or float(loose.max()) > 1
 
 

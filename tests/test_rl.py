@@ -20,7 +20,15 @@ from fastadapt import cli
 from fastadapt.algorithms.maml_rl import MAMLRL, clipped_surrogate, inner_loss
 from fastadapt.core.episodes import EnvTasks
 from fastadapt.core.errors import ConfigError, DataError
-from fastadapt.rl import EnvTaskSource, GaussianMLPPolicy, fit_linear_baseline, nav2d_family, pendulum_family, rollout, task_family
+from fastadapt.rl import (
+    EnvTaskSource,
+    GaussianMLPPolicy,
+    fit_linear_baseline,
+    nav2d_family,
+    pendulum_family,
+    rollout,
+    task_family,
+)
 from fastadapt.rl.envs import require_gymnasium
 from fastadapt.rl.rollout import Trajectories
 
@@ -158,7 +166,9 @@ def test_meta_gradient_matches_a_plain_per_task_autograd_loop_in_float64(first_o
     policy = GaussianMLPPolicy(3, 2, (5,), init_std=0.7).double()
     pre, post = _fixed_trajectories(2, 3, 6, 3, 2, seed=1), _fixed_trajectories(2, 3, 6, 3, 2, seed=2)
     algo = MAMLRL(policy, inner_lr=0.3, clip=0.2, discount=0.9, baseline_reg=1e-3, first_order=first_order)
-    algo.sample = lambda tasks, fast, per_task, phase: pre if phase == 0 else post  # fixed trajectories: a deterministic comparison
+    algo.sample = lambda tasks, fast, per_task, phase: (
+        pre if phase == 0 else post
+    )  # fixed trajectories: a deterministic comparison
     batch = EnvTasks(torch.zeros(2, 1, dtype=torch.float64), torch.arange(2), (3,), 2, None, shots=3, queries=3)
     out = algo.meta_loss(batch)
     got = torch.autograd.grad(out.loss, list(policy.parameters()))
@@ -209,7 +219,9 @@ def test_environments_are_deterministic_per_seed(make):
     source = EnvTaskSource(family, 2, 2, seed=5)
     a, b = source.sample_tasks(3, 0, 3), source.sample_tasks(3, 0, 3)
     assert torch.equal(a.params, b.params) and torch.equal(a.seeds, b.seeds)
-    assert torch.equal(source.sample_tasks(3, 1, 2).params, a.params[1:])  # task i of a step does not depend on the batch
+    assert torch.equal(
+        source.sample_tasks(3, 1, 2).params, a.params[1:]
+    )  # task i of a step does not depend on the batch
     assert not torch.equal(EnvTaskSource(family, 2, 2, seed=6).sample_tasks(3, 0, 3).params, a.params)
     t1, t2 = rollout(a, _policy(family), 2, phase=0), rollout(a, _policy(family), 2, phase=0)
     for x, y in zip((t1.obs, t1.actions, t1.rewards), (t2.obs, t2.actions, t2.rewards)):
@@ -260,7 +272,9 @@ def test_train_two_steps_through_the_engine_then_report_plot_and_load_the_run(tm
     assert result.steps == 2
     res = result.tests["2shot"]
     assert res.metric == "return" and res.episodes == 2
-    assert all(-5 * 1.5 <= s < 0 for s in res.scores)  # 5 steps; a distance stays below |goal| + 5 * 0.1 * sqrt(2) < 1.5
+    assert all(
+        -5 * 1.5 <= s < 0 for s in res.scores
+    )  # 5 steps; a distance stays below |goal| + 5 * 0.1 * sqrt(2) < 1.5
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert {"return", "return_pre", "loss"} <= set(rows[-1])
     assert cli.main(["report", str(tmp_path / "run")]) == 0
@@ -277,7 +291,9 @@ def test_train_two_steps_through_the_engine_then_report_plot_and_load_the_run(tm
 
 @pytest.mark.parametrize("options", [{"outer": "'reptile'", "inner_steps": 2}, {"first_order": "true"}])
 def test_reptile_and_first_order_train_through_the_same_code(tmp_path, options):
-    result = fastadapt.train(_cfg(tmp_path, **{f"algorithm.{k}": v for k, v in options.items()}, **{"eval.test_episodes": 0}))
+    result = fastadapt.train(
+        _cfg(tmp_path, **{f"algorithm.{k}": v for k, v in options.items()}, **{"eval.test_episodes": 0})
+    )
     assert result.steps == 2
 
 
@@ -316,7 +332,9 @@ def test_unknown_env_id_and_unsupported_spaces_are_one_line_errors():
 
 
 def test_non_finite_reward_is_a_one_line_error():
-    family = task_family(lambda: Bandit(0.0, reward_scale=float("nan")), lambda rng: {"centre": 0.0}, horizon=1, name="nan-bandit")
+    family = task_family(
+        lambda: Bandit(0.0, reward_scale=float("nan")), lambda rng: {"centre": 0.0}, horizon=1, name="nan-bandit"
+    )
     tasks = EnvTaskSource(family, 1, 1, seed=0).sample_tasks(0, 0, 1)
     with pytest.raises(DataError, match="non-finite reward") as e:
         rollout(tasks, lambda obs: (torch.zeros(*obs.shape[:2], 1), torch.zeros(1, 1)), 2)

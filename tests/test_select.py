@@ -32,10 +32,13 @@ def sinusoids(tasks: int = 3, shots: int = 5) -> TaskBatch:
 def images(shots: int, tasks: int = 1, ways: int = 3, queries: int = 2, side: int = 16) -> TaskBatch:
     g = torch.Generator().manual_seed(shots)
     labels = torch.arange(ways)
-    return TaskBatch(torch.rand(tasks, ways * shots, 1, side, side, generator=g, dtype=torch.float64),
-                     labels.repeat_interleave(shots).repeat(tasks, 1),
-                     torch.rand(tasks, ways * queries, 1, side, side, generator=g, dtype=torch.float64),
-                     labels.repeat_interleave(queries).repeat(tasks, 1), torch.arange(ways).repeat(tasks, 1))
+    return TaskBatch(
+        torch.rand(tasks, ways * shots, 1, side, side, generator=g, dtype=torch.float64),
+        labels.repeat_interleave(shots).repeat(tasks, 1),
+        torch.rand(tasks, ways * queries, 1, side, side, generator=g, dtype=torch.float64),
+        labels.repeat_interleave(queries).repeat(tasks, 1),
+        torch.arange(ways).repeat(tasks, 1),
+    )
 
 
 def mlp(seed: int = 0) -> MLP:
@@ -50,7 +53,11 @@ def conv(ways: int = 3) -> Conv4:
 
 def blind(batch: TaskBatch) -> TaskBatch:
     """The same tasks with a query set nobody may look at: NaN inputs, -1 labels (or NaN targets)."""
-    qy = torch.full_like(batch.query_y, math.nan) if batch.query_y.is_floating_point() else torch.full_like(batch.query_y, -1)
+    qy = (
+        torch.full_like(batch.query_y, math.nan)
+        if batch.query_y.is_floating_point()
+        else torch.full_like(batch.query_y, -1)
+    )
     return TaskBatch(batch.support_x, batch.support_y, torch.full_like(batch.query_x, math.nan), qy, batch.classes)
 
 
@@ -93,7 +100,7 @@ def test_choice_is_the_grid_minimum_of_a_plain_kfold_loop():
         for j in range(5):  # 5 points, 5 folds: leave-one-out
             keep = [i for i in range(5) if i != j]
             p = algo.adapt(x[keep], y[keep], steps=k, lr_scale=scale)
-            fold_losses.append(float(task_loss(p(x[j:j + 1]), y[j:j + 1])))
+            fold_losses.append(float(task_loss(p(x[j : j + 1]), y[j : j + 1])))
         losses[(scale, k)] = sum(fold_losses) / 5
     best = min(losses, key=lambda key: losses[key])
     assert (c.lr_scale, c.steps) == best
@@ -114,7 +121,9 @@ def test_one_shot_images_validate_on_augmented_copies_and_kshot_on_folds():
     x = one.support_x[0]
     aug = augmented_copies(x)
     assert aug.shape == (6 * x.shape[0], *x.shape[1:])
-    torch.testing.assert_close(aug[: x.shape[0], ..., :-2], x[..., 2:], rtol=0, atol=1e-12)  # the first copy: moved 2 pixels left
+    torch.testing.assert_close(
+        aug[: x.shape[0], ..., :-2], x[..., 2:], rtol=0, atol=1e-12
+    )  # the first copy: moved 2 pixels left
 
 
 def test_one_example_regression_keeps_the_run_setting():
@@ -135,8 +144,12 @@ def test_bad_input_is_a_one_line_error():
     with pytest.raises(ConfigError, match="gradient-based"):
         SupportSelected(ProtoNet(Conv4(1, hidden=4)), SCALES, STEPS)
     base = {"data": {"dataset": "sinusoid", "ways": 1}, "model": {"name": "mlp"}, "algorithm": {"name": "maml"}}
-    for key, value, match in (("select", "loo", "eval.select"), ("select_lr_scales", [], "select_lr_scales"),
-                              ("select_lr_scales", [0.0], "select_lr_scales"), ("select_steps", [-1], "select_steps")):
+    for key, value, match in (
+        ("select", "loo", "eval.select"),
+        ("select_lr_scales", [], "select_lr_scales"),
+        ("select_lr_scales", [0.0], "select_lr_scales"),
+        ("select_steps", [-1], "select_steps"),
+    ):
         with pytest.raises(ConfigError, match=match):
             config_from_dict({**base, "eval": {key: value}})
     with pytest.raises(ConfigError, match="both set"):

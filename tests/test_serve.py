@@ -36,8 +36,19 @@ from fastadapt.core.errors import DataError  # noqa: E402
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "proto"
-    fastadapt.train(fastadapt.load_config("protonet-quick", ["optim.steps=2", "model.hidden=8", "eval.val_every=0", "eval.test_episodes=0",
-                                                             "run.progress=false", f"run.out={out}"]))
+    fastadapt.train(
+        fastadapt.load_config(
+            "protonet-quick",
+            [
+                "optim.steps=2",
+                "model.hidden=8",
+                "eval.val_every=0",
+                "eval.test_episodes=0",
+                "run.progress=false",
+                f"run.out={out}",
+            ],
+        )
+    )
     return out
 
 
@@ -62,7 +73,9 @@ def png_of(pool, i):
 
 
 def upload(client, class_id, png, source="draw", content_type="image/png"):
-    return client.post(f"/api/classes/{class_id}/examples", files={"file": ("x.png", png, content_type)}, data={"source": source})
+    return client.post(
+        f"/api/classes/{class_id}/examples", files={"file": ("x.png", png, content_type)}, data={"source": source}
+    )
 
 
 def three_classes(client, pool):
@@ -79,7 +92,9 @@ def three_classes(client, pool):
 def test_classes_examples_and_a_live_prediction_with_its_explanation(client, pool):
     ids = three_classes(client, pool)
     state = client.get("/api/state").json()
-    assert [c["name"] for c in state["classes"]] == ["a", "b", "c"] and all(len(c["examples"]) == 1 for c in state["classes"])
+    assert [c["name"] for c in state["classes"]] == ["a", "b", "c"] and all(
+        len(c["examples"]) == 1 for c in state["classes"]
+    )
     r = client.post("/api/predict", files={"file": ("q.png", png_of(pool, 5), "image/png")})
     assert r.status_code == 200
     d = r.json()
@@ -87,24 +102,36 @@ def test_classes_examples_and_a_live_prediction_with_its_explanation(client, poo
     assert [p["id"] for p in d["probabilities"]] == ids and sum(probs) == pytest.approx(1, abs=1e-5)
     assert d["predicted"]["id"] == ids[max(range(3), key=probs.__getitem__)]
     x = d["explanation"]
-    assert x["kind"] == "prototypes" and min(range(3), key=x["distances"].__getitem__) == ids.index(d["predicted"]["id"])
+    assert x["kind"] == "prototypes" and min(range(3), key=x["distances"].__getitem__) == ids.index(
+        d["predicted"]["id"]
+    )
     assert x["attribution"]["method"] == "gradient" and len(x["attribution"]["map"][0]) == 28
     assert d["latency_ms"]["adapt"] > 0 and d["latency_ms"]["predict"] > 0
     stored = client.get(f"/api/examples/{state['classes'][0]['examples'][0]['id']}.png")
-    assert stored.headers["content-type"] == "image/png" and decode_image(stored.content, (1, 28, 28), "never").shape == (1, 28, 28)
+    assert stored.headers["content-type"] == "image/png" and decode_image(
+        stored.content, (1, 28, 28), "never"
+    ).shape == (1, 28, 28)
 
 
 def test_a_class_or_example_that_does_not_exist_is_a_4xx_json_error(client, pool):
     cid = client.post("/api/classes", json={"name": "only"}).json()["id"]
-    cases = [client.post("/api/classes/999/examples", files={"file": ("x.png", png_of(pool, 0), "image/png")}),
-             client.get("/api/examples/999.png"), client.delete("/api/examples/999"), client.delete("/api/classes/999"),
-             client.patch("/api/examples/999", json={"class_id": cid}), client.get("/api/pool/100000.png"),
-             client.post("/api/pool/100000/label", json={"class_id": cid}),
-             client.post(f"/api/pool/{int(pool.proposable()[0])}/label", json={"class_id": 999}), client.post("/api/rounds/999/close")]
+    cases = [
+        client.post("/api/classes/999/examples", files={"file": ("x.png", png_of(pool, 0), "image/png")}),
+        client.get("/api/examples/999.png"),
+        client.delete("/api/examples/999"),
+        client.delete("/api/classes/999"),
+        client.patch("/api/examples/999", json={"class_id": cid}),
+        client.get("/api/pool/100000.png"),
+        client.post("/api/pool/100000/label", json={"class_id": cid}),
+        client.post(f"/api/pool/{int(pool.proposable()[0])}/label", json={"class_id": 999}),
+        client.post("/api/rounds/999/close"),
+    ]
     for r in cases:
         assert r.status_code == 404, r.text
         assert r.headers["content-type"] == "application/json" and r.json()["detail"]
-    assert client.post("/api/predict", files={"file": ("q.png", png_of(pool, 0), "image/png")}).status_code == 409  # no example yet
+    assert (
+        client.post("/api/predict", files={"file": ("q.png", png_of(pool, 0), "image/png")}).status_code == 409
+    )  # no example yet
     assert client.post("/api/classes", json={"name": "only"}).status_code == 409
     assert client.post("/api/classes", json={"name": "  "}).status_code == 422
     assert client.post("/api/classes", json={"name": "x" * 65}).status_code == 422
@@ -113,10 +140,16 @@ def test_a_class_or_example_that_does_not_exist_is_a_4xx_json_error(client, pool
 
 def bomb_png(width, height):
     """A valid PNG header claiming ``width x height`` (what a decompression bomb looks like before decoding)."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
         + chunk(b"IEND", b"")
+    )
 
 
 def test_uploads_are_limited_in_size_and_type_and_decoded_safely(client, pool, tmp_path):
@@ -136,7 +169,11 @@ def test_uploads_are_limited_in_size_and_type_and_decoded_safely(client, pool, t
     assert r.status_code == 201  # a white JPEG: converted to grey, resized, inverted (ink on paper -> bright on dark)
     stored = decode_image(client.get(f"/api/examples/{r.json()['id']}.png").content, (1, 28, 28), "never")
     assert float(stored.max()) == 0.0
-    r = client.post(f"/api/classes/{cid}/examples", files={"file": ("../../evil.png", png_of(pool, 0), "image/png")}, data={"source": "draw"})
+    r = client.post(
+        f"/api/classes/{cid}/examples",
+        files={"file": ("../../evil.png", png_of(pool, 0), "image/png")},
+        data={"source": "draw"},
+    )
     assert r.status_code == 201  # the client's file name is ignored: images live in SQLite only
     assert sorted(p.name for p in (tmp_path / "app").iterdir()) <= ["app.sqlite", "app.sqlite-shm", "app.sqlite-wal"]
     assert not (tmp_path / "evil.png").exists() and not Path("evil.png").exists()
@@ -190,8 +227,12 @@ def test_uncertainty_sampling_proposes_the_least_sure_and_each_round_scores_both
     assert len(r["todo"]) == 4 and not any(bool(pool.held_out[i]) for i in r["proposed"])
     # the proposals are the 4 highest entropies among every unlabelled proposable example (an independent recomputation)
     state = client.get("/api/state").json()
-    sx = torch.stack([decode_image(client.get(f"/api/examples/{c['examples'][0]['id']}.png").content, (1, 28, 28), "never")
-                      for c in state["classes"]])
+    sx = torch.stack(
+        [
+            decode_image(client.get(f"/api/examples/{c['examples'][0]['id']}.png").content, (1, 28, 28), "never")
+            for c in state["classes"]
+        ]
+    )
     predictor = run.algorithm.adapt(sx, torch.arange(3))
     candidates = [int(i) for i in pool.proposable() if int(i) not in state["pool"]["labelled"]]
     with torch.no_grad():
@@ -200,7 +241,9 @@ def test_uncertainty_sampling_proposes_the_least_sure_and_each_round_scores_both
     held = int(pool.held_out.nonzero()[0])
     assert client.post(f"/api/pool/{held}/label", json={"class_id": ids[0]}).status_code == 409
     for k, p in enumerate(r["todo"]):
-        out = client.post(f"/api/pool/{p['pool_index']}/label", json={"class_id": ids[int(pool.y[p['pool_index']]) % 3]})
+        out = client.post(
+            f"/api/pool/{p['pool_index']}/label", json={"class_id": ids[int(pool.y[p["pool_index"]]) % 3]}
+        )
         assert out.status_code == 201 and out.json()["adapt_ms"] > 0
         assert ("round" in out.json()) == (k == 3)  # the round closes itself with its last label
     closed = out.json()["round"]
@@ -233,8 +276,12 @@ def test_the_torchscript_predictor_reloads_and_gives_the_same_outputs(client, ru
     three_classes(client, pool)
     module = exporting.load_torchscript(client.get("/api/export/torchscript").content)
     state = client.get("/api/state").json()
-    sx = torch.stack([decode_image(client.get(f"/api/examples/{c['examples'][0]['id']}.png").content, (1, 28, 28), "never")
-                      for c in state["classes"]])
+    sx = torch.stack(
+        [
+            decode_image(client.get(f"/api/examples/{c['examples'][0]['id']}.png").content, (1, 28, 28), "never")
+            for c in state["classes"]
+        ]
+    )
     predictor = run.algorithm.adapt(sx, torch.arange(3))
     x = pool.x[:7]
     torch.testing.assert_close(module(x), predictor(x), rtol=1e-5, atol=1e-5)
@@ -255,8 +302,13 @@ def test_a_gradient_based_predictor_exports_to_torchscript_too():
 
 
 def start_server(run_dir, folder, port):
-    proc = subprocess.Popen([sys.executable, "-m", "fastadapt.cli", "serve", str(run_dir), "--port", str(port), "--dir", str(folder)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastadapt.cli", "serve", str(run_dir), "--port", str(port), "--dir", str(folder)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     line = proc.stdout.readline()
     assert f"http://127.0.0.1:{port}/" in line, line + (proc.stdout.read() if proc.poll() is not None else "")
     deadline = time.time() + 60
@@ -275,7 +327,9 @@ def http_json(method, port, path, body=None, content_type="application/json"):
     con = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         data = json.dumps(body).encode() if isinstance(body, dict) else body
-        con.request(method, path, body=data, headers={"Content-Type": content_type, "Content-Length": str(len(data or b""))})
+        con.request(
+            method, path, body=data, headers={"Content-Type": content_type, "Content-Length": str(len(data or b""))}
+        )
         r = con.getresponse()
         text = r.read()
         assert r.status < 400, (r.status, text)
@@ -294,7 +348,13 @@ def test_a_killed_server_loses_nothing_it_acknowledged_and_answers_a_bounded_loa
             body, ctype = multipart("file", "x.png", png_of(pool, int(pool.proposable()[cid])))
             http_json("POST", port, f"/api/classes/{cid}/examples", body, ctype)
         before = http_json("GET", port, "/api/state")
-        result = load_test(f"http://127.0.0.1:{port}/", png_of(pool, 3), seconds=2, clients=4, path="/api/predict?attribution=none&fresh=true")
+        result = load_test(
+            f"http://127.0.0.1:{port}/",
+            png_of(pool, 3),
+            seconds=2,
+            clients=4,
+            path="/api/predict?attribution=none&fresh=true",
+        )
         assert result.requests > 0 and result.errors == () and result.p95_ms >= result.p50_ms > 0
         assert "requests" in result.summary() and "p95" in result.summary()
     finally:

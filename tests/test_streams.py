@@ -32,16 +32,20 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def toy_classes(classes: int = 8, per_class: int = 6, side: int = 8) -> ClassDataset:
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(classes * per_class, 1, side, side, generator=g) * 255).to(torch.uint8)
-    return ClassDataset.from_arrays(x, torch.arange(classes).repeat_interleave(per_class), name="toy",
-                                    class_names=[f"c{i}" for i in range(classes)])
+    return ClassDataset.from_arrays(
+        x, torch.arange(classes).repeat_interleave(per_class), name="toy", class_names=[f"c{i}" for i in range(classes)]
+    )
 
 
 # --- sinusoids ----------------------------------------------------------------------------------
 
 
 def test_sinusoid_stream_is_a_pure_function_of_seed_and_step():
-    a, b, other = SinusoidStream(3, length=60, phase_length=20, points=4), SinusoidStream(3, length=60, phase_length=20, points=4), \
-        SinusoidStream(4, length=60, phase_length=20, points=4)
+    a, b, other = (
+        SinusoidStream(3, length=60, phase_length=20, points=4),
+        SinusoidStream(3, length=60, phase_length=20, points=4),
+        SinusoidStream(4, length=60, phase_length=20, points=4),
+    )
     assert isinstance(a, TaskStream)
     backwards = [b.step(t) for t in reversed(range(60))][::-1]  # read in another order
     for t in range(60):
@@ -103,11 +107,15 @@ def test_replacing_stream_brings_new_classes_and_retires_old_ones_at_the_change_
             assert active == set(s.classes(t - 1))
         seen |= active
         x, y = s.step(t)
-        assert x.shape == (4, 1, 8, 8) and sorted(y.tolist()) == sorted(s.label(c, i) for i, c in enumerate(s.classes(t)))
+        assert x.shape == (4, 1, 8, 8) and sorted(y.tolist()) == sorted(
+            s.label(c, i) for i, c in enumerate(s.classes(t))
+        )
     assert [step for _, step in s.new_labels()] == [5, 5, 10, 10, 15, 15, 20, 20]
     assert s.num_labels == 4 + 2 * 4 and s.angle(10) == 30.0
     again = ClassStream.replacing(data, seed=5, length=23, ways=4, phase_length=5, replace=2, holdout=2, rotation=3.0)
-    assert all(torch.equal(s.step(t)[0], again.step(t)[0]) and torch.equal(s.probe(t)[1], again.probe(t)[1]) for t in range(23))
+    assert all(
+        torch.equal(s.step(t)[0], again.step(t)[0]) and torch.equal(s.probe(t)[1], again.probe(t)[1]) for t in range(23)
+    )
 
 
 def test_class_stream_probes_are_never_given_by_step_and_slot_labels_stay_in_the_head():
@@ -136,7 +144,9 @@ def test_phases_from_a_folder_name_one_class_by_its_name_in_every_phase(tmp_path
         for c in classes:
             (tmp_path / phase / c).mkdir(parents=True)
             for k in range(3):
-                Image.fromarray(np.full((6, 6), 40 * k + ord(c) - 90, dtype=np.uint8)).save(tmp_path / phase / c / f"{k}.png")
+                Image.fromarray(np.full((6, 6), 40 * k + ord(c) - 90, dtype=np.uint8)).save(
+                    tmp_path / phase / c / f"{k}.png"
+                )
     data, phases = load_phase_folder(tmp_path)
     assert data.names == ("a", "b", "c") and phases == [["a", "b"], ["b", "c"]]
     assert data.counts.tolist() == [3, 6, 3]  # b's examples of both phases
@@ -174,14 +184,18 @@ def test_stream_windows_are_pure_and_the_query_follows_the_support_in_time():
 
 
 def test_omniglot_stream_source_gives_rotated_episodes_of_the_active_characters_and_its_streams():
-    request = SourceRequest("test", 3, 2, 1, 0, options={"length": 60, "phase_length": 20, "replace": 1, "rotation": 1.5})
+    request = SourceRequest(
+        "test", 3, 2, 1, 0, options={"length": 60, "phase_length": 20, "replace": 1, "rotation": 1.5}
+    )
     source = omniglot_stream(request)
     batch = source.sample_tasks(0, 0, 2)
     check_task_batch(batch, "omniglot-stream", 3, 2, 1)
     assert batch.support_x.shape == (2, 6, 1, 28, 28) and batch.support_x.dtype == torch.float32
     stream = source.stream(0)
     assert stream.change_points == (20, 40) and stream.length == 60
-    assert torch.equal(stream.step(3)[0], source.stream(0).step(3)[0]) and not torch.equal(stream.step(3)[0], source.stream(1).step(3)[0])
+    assert torch.equal(stream.step(3)[0], source.stream(0).step(3)[0]) and not torch.equal(
+        stream.step(3)[0], source.stream(1).step(3)[0]
+    )
     x, y = stream.probe(30)
     assert x.shape == (3 * 5, 1, 28, 28) and len(set(y.tolist())) == 3
     with pytest.raises(DataError, match="not an option of omniglot-stream; it takes length"):
@@ -193,7 +207,10 @@ def test_omniglot_stream_source_gives_rotated_episodes_of_the_active_characters_
 def test_update_batches_are_checked_in_one_line():
     like_x, like_y = torch.zeros(0, 1, 4, 4), torch.zeros(0, dtype=torch.long)
     cases = [
-        ((torch.zeros(2, 1, 5, 5), torch.zeros(2, dtype=torch.long)), "shape \\[1, 5, 5\\] per example; this predictor was adapted on \\[1, 4, 4\\]"),
+        (
+            (torch.zeros(2, 1, 5, 5), torch.zeros(2, dtype=torch.long)),
+            "shape \\[1, 5, 5\\] per example; this predictor was adapted on \\[1, 4, 4\\]",
+        ),
         ((torch.zeros(2, 1, 4, 4), torch.zeros(3, dtype=torch.long)), "2 inputs with targets of shape \\[3\\]"),
         ((torch.zeros(2, 1, 4, 4), torch.tensor([0, -1])), "label -1 is negative"),
         ((torch.zeros(2, 1, 4, 4), torch.zeros(2)), "this predictor classifies"),

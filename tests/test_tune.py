@@ -68,14 +68,18 @@ def tiny(tmp_path: Path, steps: int = 4, val_every: int = 2, trials: int = 2, na
 def finished(db: Path) -> list[tuple[int, str, float | None]]:
     """(number, state, value) of every trial, read with sqlite3 alone (no Optuna in the reader)."""
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-        rows = con.execute("SELECT t.number, t.state, v.value FROM trials t LEFT JOIN trial_values v ON v.trial_id = t.trial_id "
-                           "ORDER BY t.number").fetchall()
+        rows = con.execute(
+            "SELECT t.number, t.state, v.value FROM trials t LEFT JOIN trial_values v ON v.trial_id = t.trial_id "
+            "ORDER BY t.number"
+        ).fetchall()
     return [(n, s, v) for n, s, v in rows]
 
 
 def trial_params(db: Path) -> dict[int, dict[str, float]]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
-        rows = con.execute("SELECT t.number, p.param_name, p.param_value FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id").fetchall()
+        rows = con.execute(
+            "SELECT t.number, p.param_name, p.param_value FROM trial_params p JOIN trials t ON t.trial_id = p.trial_id"
+        ).fetchall()
     out: dict[int, dict[str, float]] = {}
     for n, name, value in rows:
         out.setdefault(n, {})[name] = value
@@ -114,16 +118,22 @@ def test_a_study_killed_with_sigkill_resumes_with_its_finished_trials(tmp_path):
         assert (n, "COMPLETE", v) in after
         assert trial_params(db)[n] == params_before[n]
     states = [s for _, s, _ in after]
-    assert states.count("COMPLETE") + states.count("PRUNED") == 6  # the budget counts the trials finished before the kill
+    assert (
+        states.count("COMPLETE") + states.count("PRUNED") == 6
+    )  # the budget counts the trials finished before the kill
     assert "RUNNING" not in states  # the trial killed mid-run is marked failed (and its values tried again)
     assert (study / "best.toml").is_file() and "finished" in again.stdout
 
 
 def test_diverging_trial_is_pruned_and_recorded_and_the_study_goes_on(tmp_path):
     config = tiny(tmp_path, trials=2)
-    res = tune(str(config), [], tmp_path / "study", ["algorithm.inner_lr=[1e30]"], trials=2)  # every trial's loss is not finite
+    res = tune(
+        str(config), [], tmp_path / "study", ["algorithm.inner_lr=[1e30]"], trials=2
+    )  # every trial's loss is not finite
     study = optuna.load_study(study_name="fastadapt", storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}")
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2  # both ran: the first did not stop the study
+    assert [t.state for t in study.trials] == [
+        optuna.trial.TrialState.PRUNED
+    ] * 2  # both ran: the first did not stop the study
     assert all("loss is" in t.user_attrs["diverged"] for t in study.trials)
     assert (res.finished, res.pruned, res.best_file) == (0, 2, None)
     res = tune(str(config), [], tmp_path / "study", ["algorithm.inner_lr=[1e30]"], trials=3)  # resumed: one more trial

@@ -15,17 +15,34 @@ from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.nn import Conv4
 from fastadapt.nn.weights import load_pretrained, read_safetensors, read_state_file, save_safetensors
 
-TINY = ["data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "data.test_queries=2", "model.hidden=8",
-        "optim.steps=2", "eval.val_every=0", "eval.test_episodes=0", "run.progress=false", "run.threads=1", "run.checkpoint_every=1"]
+TINY = [
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=2",
+    "model.hidden=8",
+    "optim.steps=2",
+    "eval.val_every=0",
+    "eval.test_episodes=0",
+    "run.progress=false",
+    "run.threads=1",
+    "run.checkpoint_every=1",
+]
 
 
 def _tensors():
     g = torch.Generator().manual_seed(0)
     return {
-        "w": torch.randn(3, 4, generator=g, dtype=torch.float64), "h": torch.randn(5, generator=g).half(),
-        "b": torch.randn(2, 2, generator=g).to(torch.bfloat16), "i": torch.arange(6, dtype=torch.int64).view(2, 3),
-        "u": torch.tensor([0, 255], dtype=torch.uint8), "m": torch.tensor([True, False]), "s": torch.tensor(7.0),
-        "e": torch.zeros(0, 3), "t": torch.randn(4, 6, generator=g).T,  # not contiguous
+        "w": torch.randn(3, 4, generator=g, dtype=torch.float64),
+        "h": torch.randn(5, generator=g).half(),
+        "b": torch.randn(2, 2, generator=g).to(torch.bfloat16),
+        "i": torch.arange(6, dtype=torch.int64).view(2, 3),
+        "u": torch.tensor([0, 255], dtype=torch.uint8),
+        "m": torch.tensor([True, False]),
+        "s": torch.tensor(7.0),
+        "e": torch.zeros(0, 3),
+        "t": torch.randn(4, 6, generator=g).T,  # not contiguous
     }
 
 
@@ -68,7 +85,9 @@ def test_pretrained_weights_load_strictly_and_name_the_mismatched_key(tmp_path):
         x = torch.randn(3, 1, 28, 28)
         target.head = None
         assert torch.equal(target(x), source(x))
-    with pytest.raises(ConfigError, match=r"'features.0.0.weight' has shape \[8, 1, 3, 3\] in the file and \[16, 1, 3, 3\]") as e:
+    with pytest.raises(
+        ConfigError, match=r"'features.0.0.weight' has shape \[8, 1, 3, 3\] in the file and \[16, 1, 3, 3\]"
+    ) as e:
         load_pretrained(Conv4(1, None, hidden=16), tmp_path / "enc.safetensors")
     assert "\n" not in str(e.value)
     save_safetensors({**source.state_dict(), "extra.w": torch.ones(1)}, tmp_path / "extra.safetensors")
@@ -86,12 +105,17 @@ def test_model_weights_key_starts_training_from_the_file(tmp_path):
     torch.manual_seed(3)
     enc = Conv4(1, None, hidden=8)
     path = save_safetensors(enc.state_dict(), tmp_path / "enc.safetensors")
-    cfg = load_config("protonet-quick", [*TINY, f"model.weights={json.dumps(str(path))}", f"run.out={tmp_path / 'run'}"])
+    cfg = load_config(
+        "protonet-quick", [*TINY, f"model.weights={json.dumps(str(path))}", f"run.out={tmp_path / 'run'}"]
+    )
     from fastadapt.config.build import build_algorithm
 
     algo = build_algorithm(cfg)
     assert all(torch.equal(algo.model.state_dict()[k], v) for k, v in enc.state_dict().items())
-    bad = load_config("protonet-quick", [*TINY, "model.hidden=16", f"model.weights={json.dumps(str(path))}", f"run.out={tmp_path / 'b'}"])
+    bad = load_config(
+        "protonet-quick",
+        [*TINY, "model.hidden=16", f"model.weights={json.dumps(str(path))}", f"run.out={tmp_path / 'b'}"],
+    )
     with pytest.raises(ConfigError, match="model.weights=.*'features.0.0.weight' has shape"):
         build_algorithm(bad)
 
@@ -104,7 +128,9 @@ def test_export_safetensors_loads_back_with_load_run_and_gives_identical_outputs
     assert "weights.safetensors" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == ["config.json", "weights.safetensors"]
     st = pytest.importorskip("safetensors.torch")
-    assert set(st.load_file(str(tmp_path / "exp" / "weights.safetensors"))) == set(fastadapt.load_run(run).algorithm.state_dict())
+    assert set(st.load_file(str(tmp_path / "exp" / "weights.safetensors"))) == set(
+        fastadapt.load_run(run).algorithm.state_dict()
+    )
     original, exported = fastadapt.load_run(run), fastadapt.load_run(tmp_path / "exp")
     assert exported.weights == "weights.safetensors" and exported.step == original.step == 2
     task = fastadapt.EpisodeSampler(fastadapt.load_omniglot("vinyals", "test"), 5, 1, 3, seed=9).sample(1).task(0)

@@ -37,7 +37,9 @@ from pathlib import Path
 
 from fastadapt.core.errors import ConfigError, FastAdaptError
 
-MEMORY_FIX = "lower data.meta_batch, data.ways, data.image_size or eval.batch (fastadapt train ... --dry-run shows the estimate)"
+MEMORY_FIX = (
+    "lower data.meta_batch, data.ways, data.image_size or eval.batch (fastadapt train ... --dry-run shows the estimate)"
+)
 
 
 def _apply_process_settings(cfg) -> str:
@@ -69,7 +71,9 @@ def _dry_run(cfg) -> int:
     model = getattr(algo, "model", None)
     found = estimate_cost(cfg, probe, model) if isinstance(model, nn.Module) else None
     estimate = f"; {found.summary()}" if found is not None else ""
-    print(f"dry run: {cfg.algorithm} on {cfg.data.target or cfg.data.dataset} builds{estimate}; nothing written to {cfg.out_dir}")
+    print(
+        f"dry run: {cfg.algorithm} on {cfg.data.target or cfg.data.dataset} builds{estimate}; nothing written to {cfg.out_dir}"
+    )
     return 0
 
 
@@ -88,12 +92,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     main = distributed.is_main()  # under torchrun only rank 0 prints
     note = _apply_process_settings(cfg)
     if main:
-        print(f"run folder: {cfg.out_dir}" + (f" ({distributed.env_world_size()} processes)" if distributed.env_world_size() > 1 else "")
-              + (f"; {note}" if note else ""))
+        print(
+            f"run folder: {cfg.out_dir}"
+            + (f" ({distributed.env_world_size()} processes)" if distributed.env_world_size() > 1 else "")
+            + (f"; {note}" if note else "")
+        )
     result = train(cfg, resume=not args.restart)
     if result.interrupted:
         if main:
-            print(f"interrupted at step {result.steps}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; run the same command to resume")
+            print(
+                f"interrupted at step {result.steps}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; run the same command to resume"
+            )
         return 130
     if main:
         for key, res in result.tests.items():
@@ -107,7 +116,10 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     command = " ".join(["fastadapt config", args.config, *args.overrides])
-    print(to_toml(cfg, f"{command}\nSave it (fastadapt config ... > my.toml), edit it, then: fastadapt train my.toml"), end="")
+    print(
+        to_toml(cfg, f"{command}\nSave it (fastadapt config ... > my.toml), edit it, then: fastadapt train my.toml"),
+        end="",
+    )
     return 0
 
 
@@ -132,7 +144,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from fastadapt.core.registry import ALGORITHMS, MODELS, TASK_SOURCES
     from fastadapt.data import SPLITS
 
-    for title, registry in (("algorithms", ALGORITHMS), ("models", MODELS), ("task sources (data.dataset)", TASK_SOURCES)):
+    for title, registry in (
+        ("algorithms", ALGORITHMS),
+        ("models", MODELS),
+        ("task sources (data.dataset)", TASK_SOURCES),
+    ):
         have = set(registry.available())
         print(f"{title}:")
         for name in registry.names():
@@ -153,7 +169,13 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from fastadapt.eval.online import is_streams_record, plot_stream_record
     from fastadapt.report import plot_run
 
-    draw = plot_study if is_tune_folder(args.run_dir) else plot_stream_record if is_streams_record(args.run_dir) else plot_run
+    draw = (
+        plot_study
+        if is_tune_folder(args.run_dir)
+        else plot_stream_record
+        if is_streams_record(args.run_dir)
+        else plot_run
+    )
     for path in draw(args.run_dir):
         print(f"wrote {path}")
     return 0
@@ -180,12 +202,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise ConfigError(f"--tasks={args.tasks} is invalid; sample 1 to 1000 tasks")
     cfg = load_config(args.config, args.overrides)
     batch = task_sources(cfg).train.sample_tasks(0, 0, args.tasks)
-    print(f"sampled {len(batch)} tasks: support_x {tuple(batch.support_x.shape)}, query_x {tuple(batch.query_x.shape)}, "
-          f"classes of task 0: {batch.classes[0].tolist() if batch.classes is not None else 'regression'}")
+    print(
+        f"sampled {len(batch)} tasks: support_x {tuple(batch.support_x.shape)}, query_x {tuple(batch.query_x.shape)}, "
+        f"classes of task 0: {batch.classes[0].tolist() if batch.classes is not None else 'regression'}"
+    )
     if args.out:
         print(f"wrote {save_episode_grid(batch, args.out)}")
     return 0
-
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -200,8 +223,11 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     from fastadapt.apps.tune import tune
 
     res = tune(args.config, args.overrides, args.dir, args.space, args.trials, args.minutes)
-    score = "none finished" if res.best_value is None else (
-        f"{res.metric} {res.best_value if res.metric == 'acc' else -res.best_value:.6g} with {res.best_params}")
+    score = (
+        "none finished"
+        if res.best_value is None
+        else (f"{res.metric} {res.best_value if res.metric == 'acc' else -res.best_value:.6g} with {res.best_params}")
+    )
     print(f"study {res.folder}: {res.finished} finished, {res.pruned} pruned, {res.failed} failed; best: {score}")
     if res.best_file is not None:
         print(f"wrote {res.best_file} (fastadapt train {res.best_file}); fastadapt plot {res.folder} draws the study")
@@ -211,8 +237,17 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_explain(args: argparse.Namespace) -> int:
     from fastadapt.apps.explain import explain_command
 
-    png, js = explain_command(args.run_dir, args.overrides, args.episode, args.support, args.query, args.queries, args.attribution,
-                              args.out, args.invert)
+    png, js = explain_command(
+        args.run_dir,
+        args.overrides,
+        args.episode,
+        args.support,
+        args.query,
+        args.queries,
+        args.attribution,
+        args.out,
+        args.invert,
+    )
     print(f"wrote {png}\nwrote {js}")
     return 0
 
@@ -233,8 +268,13 @@ class _Parser(argparse.ArgumentParser):
 class _Version(argparse.Action):
     """``--version``: fastadapt's, torch's and Python's versions (torch is imported only here, not at start-up)."""
 
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help="print the fastadapt, torch and "
-                 "Python versions and exit"):
+    def __init__(
+        self,
+        option_strings,
+        dest=argparse.SUPPRESS,
+        default=argparse.SUPPRESS,
+        help="print the fastadapt, torch and Python versions and exit",
+    ):
         super().__init__(option_strings, dest, nargs=0, default=default, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
@@ -259,38 +299,69 @@ the same command resumes)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="fastadapt", description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.",
-                epilog="exit status: 0 done, 2 usage/config/data/file error, 130 interrupted")
+    p = _Parser(
+        prog="fastadapt",
+        description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.",
+        epilog="exit status: 0 done, 2 usage/config/data/file error, 130 interrupted",
+    )
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a preset or TOML config; resumes from the run folder's checkpoint", epilog=TRAIN_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train a preset or TOML config; resumes from the run folder's checkpoint",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("config", help="preset name (see `fastadapt list`) or path to a .toml file")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.ways=20 optim.steps=100")
     t.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
-    t.add_argument("--dry-run", action="store_true", help="check the config, build the data, model and algorithm, estimate the "
-                   "memory; train nothing, write nothing")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the config, build the data, model and algorithm, estimate the memory; train nothing, write nothing",
+    )
     t.set_defaults(fn=_cmd_train)
-    c = sub.add_parser("config", help="print a preset's or file's resolved config as TOML: every key, its value and its comment")
+    c = sub.add_parser(
+        "config", help="print a preset's or file's resolved config as TOML: every key, its value and its comment"
+    )
     c.add_argument("config", help="preset name (see `fastadapt list`) or path to a .toml file")
     c.add_argument("overrides", nargs="*", help="section.key=value, applied before printing")
     c.set_defaults(fn=_cmd_config)
-    e = sub.add_parser("eval", help="evaluate a trained run on fixed test episodes; writes RUN_DIR/evals/<setting>.json")
+    e = sub.add_parser(
+        "eval", help="evaluate a trained run on fixed test episodes; writes RUN_DIR/evals/<setting>.json"
+    )
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="e.g. data.test_shots=5 eval.test_episodes=600")
     e.set_defaults(fn=_cmd_eval)
     sub.add_parser("list", help="algorithms, models, task sources and presets").set_defaults(fn=_cmd_list)
-    pl = sub.add_parser("plot", help="PNG: a run's learning curves, a tune folder's study, or a record of online runs (streams.json)")
+    pl = sub.add_parser(
+        "plot", help="PNG: a run's learning curves, a tune folder's study, or a record of online runs (streams.json)"
+    )
     pl.add_argument("run_dir")
     pl.set_defaults(fn=_cmd_plot)
-    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (TPE, pruning on the validation curve); resumable")
+    tu = sub.add_parser(
+        "tune", help="hyperparameter search with Optuna (TPE, pruning on the validation curve); resumable"
+    )
     tu.add_argument("config", help="preset name or .toml file; its [tune] section (if any) holds ranges and the budget")
     tu.add_argument("overrides", nargs="*", help="section.key=value applied to every trial, e.g. optim.steps=2000")
-    tu.add_argument("--space", action="append", default=[], help="a range, e.g. \"optim.lr={ low = 1e-4, high = 1e-2, log = true }\" "
-                    "or \"algorithm.inner_steps=[1, 3, 5]\" (repeatable; wins over [tune])")
-    tu.add_argument("--trials", type=int, help="trials in all, finished ones included (default: [tune] trials, else 20)")
-    tu.add_argument("--minutes", type=float, help="stop starting trials after this many minutes (default: [tune] minutes, else none)")
-    tu.add_argument("--dir", help="the tune folder (default runs/tune-<run.name>): study.db, tune.json, trials/, best.toml")
+    tu.add_argument(
+        "--space",
+        action="append",
+        default=[],
+        help='a range, e.g. "optim.lr={ low = 1e-4, high = 1e-2, log = true }" '
+        'or "algorithm.inner_steps=[1, 3, 5]" (repeatable; wins over [tune])',
+    )
+    tu.add_argument(
+        "--trials", type=int, help="trials in all, finished ones included (default: [tune] trials, else 20)"
+    )
+    tu.add_argument(
+        "--minutes",
+        type=float,
+        help="stop starting trials after this many minutes (default: [tune] minutes, else none)",
+    )
+    tu.add_argument(
+        "--dir", help="the tune folder (default runs/tune-<run.name>): study.db, tune.json, trials/, best.toml"
+    )
     tu.set_defaults(fn=_cmd_tune)
     r = sub.add_parser("report", help="Markdown table comparing runs")
     r.add_argument("run_dirs", nargs="+")
@@ -302,14 +373,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", type=int, default=4)
     s.add_argument("--out", default="episodes.png", help="PNG path ('' to skip the picture)")
     s.set_defaults(fn=_cmd_sample)
-    ex = sub.add_parser("export", help="write a run's trained weights (safetensors or torch) and its config.json to a folder "
-                        "that fastadapt.load_run reads")
+    ex = sub.add_parser(
+        "export",
+        help="write a run's trained weights (safetensors or torch) and its config.json to a folder "
+        "that fastadapt.load_run reads",
+    )
     ex.add_argument("run_dir")
     ex.add_argument("--format", default="safetensors", choices=["safetensors", "torch"])
     ex.add_argument("--out", help="the export folder (default RUN_DIR/export)")
     ex.set_defaults(fn=_cmd_export)
-    x = sub.add_parser("explain", help="explain a run's predictions on one task: distances, attention, layer changes, gates, "
-                       "memory or input attributions (PNG + JSON)")
+    x = sub.add_parser(
+        "explain",
+        help="explain a run's predictions on one task: distances, attention, layer changes, gates, "
+        "memory or input attributions (PNG + JSON)",
+    )
     x.add_argument("run_dir")
     x.add_argument("overrides", nargs="*", help="section.key=value applied to the run's config, e.g. data.test_shots=5")
     x.add_argument("--episode", type=int, help="explain test episode N of the run (default 0)")
@@ -317,19 +394,34 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--query", help="with --support: a query image (or a folder of them)")
     x.add_argument("--queries", type=int, default=5, help="queries of the episode to explain (one per class first)")
     x.add_argument("--attribution", default="auto", choices=["auto", "integrated_gradients", "gradient", "none"])
-    x.add_argument("--invert", default="auto", choices=["auto", "never", "always"], help="make your images bright ink on dark "
-                   "(auto: invert mostly light images)")
-    x.add_argument("--out", help="path stem of the files (default: <run>-episode<N> in this folder): STEM.png and STEM.json")
+    x.add_argument(
+        "--invert",
+        default="auto",
+        choices=["auto", "never", "always"],
+        help="make your images bright ink on dark (auto: invert mostly light images)",
+    )
+    x.add_argument(
+        "--out", help="path stem of the files (default: <run>-episode<N> in this folder): STEM.png and STEM.json"
+    )
     x.set_defaults(fn=_cmd_explain)
-    sv = sub.add_parser("serve", help="a local web app to teach the run new classes by drawing, with uncertainty sampling")
+    sv = sub.add_parser(
+        "serve", help="a local web app to teach the run new classes by drawing, with uncertainty sampling"
+    )
     sv.add_argument("run_dir")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     sv.add_argument("--port", type=int, default=8765)
     sv.add_argument("--dir", help="the app's folder: its SQLite state (default RUN_DIR/app)")
-    sv.add_argument("--pool", default="omniglot", help="unlabelled examples to propose: 'omniglot' (test characters) or a folder "
-                    "<pool>/<class>/<image>")
-    sv.add_argument("--invert", default="auto", choices=["auto", "never", "always"], help="uploads: make them bright ink on dark")
-    sv.add_argument("--allow-remote", action="store_true", help="allow a --host other than 127.0.0.1/localhost (no authentication!)")
+    sv.add_argument(
+        "--pool",
+        default="omniglot",
+        help="unlabelled examples to propose: 'omniglot' (test characters) or a folder <pool>/<class>/<image>",
+    )
+    sv.add_argument(
+        "--invert", default="auto", choices=["auto", "never", "always"], help="uploads: make them bright ink on dark"
+    )
+    sv.add_argument(
+        "--allow-remote", action="store_true", help="allow a --host other than 127.0.0.1/localhost (no authentication!)"
+    )
     sv.set_defaults(fn=_cmd_serve)
     return p
 
@@ -362,7 +454,9 @@ def _out_of_memory(e: BaseException) -> str | None:
     if not isinstance(e, RuntimeError):
         return None
     text = " ".join(str(e).split())
-    if type(e).__name__ != "OutOfMemoryError" and not any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory")):
+    if type(e).__name__ != "OutOfMemoryError" and not any(
+        s in text for s in ("out of memory", "can't allocate memory", "not enough memory")
+    ):
         return None
     if "] " in text and text.startswith("["):  # "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: ..."
         text = text.split("] ", 1)[1]

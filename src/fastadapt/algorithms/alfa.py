@@ -43,7 +43,9 @@ from fastadapt.algorithms.maml import FastWeightsPredictor
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 
-Hyper = Callable[[int, inner.Params, inner.Params], tuple[dict[str, Tensor], dict[str, Tensor]]]  # (step, phi, grads) -> (alpha, beta)
+Hyper = Callable[
+    [int, inner.Params, inner.Params], tuple[dict[str, Tensor], dict[str, Tensor]]
+]  # (step, phi, grads) -> (alpha, beta)
 
 
 class HyperGenerator(nn.Module):
@@ -53,13 +55,15 @@ class HyperGenerator(nn.Module):
         super().__init__()
         width = 2 * layers
         self.layers = layers
-        self.net = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width))
+        self.net = nn.Sequential(
+            nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, width)
+        )
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, tau: Tensor) -> tuple[Tensor, Tensor]:
         out = 1 + self.net(tau)
-        return out[..., : self.layers], out[..., self.layers:]
+        return out[..., : self.layers], out[..., self.layers :]
 
 
 def layer_summary(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> Tensor:
@@ -67,14 +71,16 @@ def layer_summary(params: Mapping[str, Tensor], grads: Mapping[str, Tensor]) -> 
     return torch.stack([p.mean() for p in params.values()] + [grads[k].mean() for k in params])
 
 
-def alfa_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], alpha: Mapping[str, Tensor],
-                beta: Mapping[str, Tensor]) -> inner.Params:
+def alfa_update(
+    params: Mapping[str, Tensor], grads: Mapping[str, Tensor], alpha: Mapping[str, Tensor], beta: Mapping[str, Tensor]
+) -> inner.Params:
     """``beta * phi - alpha * g`` per parameter tensor (``alpha``, ``beta``: scalars per tensor)."""
     return {k: beta[k] * v - alpha[k] * grads[k] for k, v in params.items()}
 
 
-def alfa_loop(loss_of: Callable[[inner.Params], Tensor], params: inner.Params, hyper: Hyper, steps: int,
-              first_order: bool = False) -> inner.Params:
+def alfa_loop(
+    loss_of: Callable[[inner.Params], Tensor], params: inner.Params, hyper: Hyper, steps: int, first_order: bool = False
+) -> inner.Params:
     """Fast weights after ``steps`` ALFA steps on ``loss_of`` (one task's support loss) from ``params``.
 
     ``hyper(j, phi_j, g_j)`` gives the step's ``alpha`` and ``beta`` per tensor. Second order: the
@@ -107,14 +113,24 @@ class ALFA(nn.Module):
 
     needs_head: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 5, inner_steps_eval: int | None = None,
-                 first_order: bool = False, random_init: bool = False, execution: str = inner.DEFAULT_EXECUTION,
-                 chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 5,
+        inner_steps_eval: int | None = None,
+        first_order: bool = False,
+        random_init: bool = False,
+        execution: str = inner.DEFAULT_EXECUTION,
+        chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+    ) -> None:
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
         self.inner_steps = inner.check_steps("inner_steps", inner_steps, 1)
-        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.inner_steps_eval = (
+            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        )
         self.first_order, self.random_init = bool(first_order), bool(random_init)
         inner.check_execution(execution, chunk_size)
         self.execution, self.chunk_size = execution, chunk_size
@@ -129,8 +145,9 @@ class ALFA(nn.Module):
 
     # --- the rule --------------------------------------------------------------------------
 
-    def _hyper(self, j: int, phi: inner.Params, grads: inner.Params, lr_scale: float = 1.0,
-               detach: bool = False) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    def _hyper(
+        self, j: int, phi: inner.Params, grads: inner.Params, lr_scale: float = 1.0, detach: bool = False
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Step ``j``'s ``alpha`` and ``beta`` per tensor from ``tau(phi, grads)``; ``lr_scale`` multiplies every alpha."""
         tau = layer_summary(phi, grads)
         k = min(j, self.inner_steps - 1)
@@ -157,7 +174,12 @@ class ALFA(nn.Module):
         with torch.no_grad():
             for i, name in enumerate(self.names):
                 a = self.alpha0[:, i].double()
-                out[name] = {"mean": float(a.mean()), "std": float(a.std(unbiased=False)), "min": float(a.min()), "max": float(a.max())}
+                out[name] = {
+                    "mean": float(a.mean()),
+                    "std": float(a.std(unbiased=False)),
+                    "min": float(a.min()),
+                    "max": float(a.max()),
+                }
         return out
 
     # --- the contract ----------------------------------------------------------------------
@@ -172,8 +194,9 @@ class ALFA(nn.Module):
             return task_loss(outputs, qy).unsqueeze(0), outputs
 
         with torch.enable_grad():
-            losses, outputs = inner.map_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y),
-                                              self.execution, self.chunk_size)
+            losses, outputs = inner.map_tasks(
+                task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), self.execution, self.chunk_size
+            )
         return losses[:, 0], outputs
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
@@ -182,7 +205,9 @@ class ALFA(nn.Module):
         loss = losses.mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
+    ) -> FastWeightsPredictor:
         """The model with fast weights for one task after ``steps`` (default ``inner_steps_eval``) ALFA steps, every
         generated rate times ``lr_scale``; detached. ``update(x, y)`` keeps adapting (:class:`FastWeightsPredictor`)."""
         steps = self.inner_steps_eval if steps is None else inner.check_steps("steps", steps)
@@ -192,7 +217,9 @@ class ALFA(nn.Module):
         """``steps`` ALFA steps from ``start`` on ``(x, y)`` (first order, no graph to the meta-parameters); detached."""
         hyper = partial(self._hyper, lr_scale=lr_scale, detach=True)
         with torch.enable_grad():
-            return inner.detached(alfa_loop(lambda p: task_loss(self._forward(p, x), y), inner.detached(start), hyper, steps, True))
+            return inner.detached(
+                alfa_loop(lambda p: task_loss(self._forward(p, x), y), inner.detached(start), hyper, steps, True)
+            )
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""

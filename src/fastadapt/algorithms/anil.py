@@ -55,7 +55,9 @@ def head_input(model: nn.Module, head: str, state: tuple[inner.Params, ...], x: 
         for h in hooks:
             h.remove()
     if "input" not in seen or seen["output"] is not out:
-        raise ConfigError(f"ANIL needs the head {head!r} to produce the model's output (nothing after it); this model's forward differs")
+        raise ConfigError(
+            f"ANIL needs the head {head!r} to produce the model's output (nothing after it); this model's forward differs"
+        )
     return seen["input"]  # type: ignore[return-value]
 
 
@@ -76,20 +78,32 @@ class ANIL(nn.Module):
 
     needs_head: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1, inner_steps_eval: int | None = None,
-                 first_order: bool = False, head: str = "head", execution: str = inner.DEFAULT_EXECUTION,
-                 chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        inner_steps_eval: int | None = None,
+        first_order: bool = False,
+        head: str = "head",
+        execution: str = inner.DEFAULT_EXECUTION,
+        chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+    ) -> None:
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
         self.inner_steps = inner.check_steps("inner_steps", inner_steps)
-        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.inner_steps_eval = (
+            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        )
         self.first_order = bool(first_order)
         inner.check_execution(execution, chunk_size)
         self.execution, self.chunk_size = execution, chunk_size
         names = dict(model.named_modules())
         if not head or head not in names:
-            raise ConfigError(f"head={head!r} is not a submodule of the model; choose one of {', '.join(n for n in names if n)}")
+            raise ConfigError(
+                f"head={head!r} is not a submodule of the model; choose one of {', '.join(n for n in names if n)}"
+            )
         self.head = head
         if not inner.trainable_params(names[head]):
             raise ConfigError(f"head={head!r} has no trainable parameters; ANIL adapts the head's parameters")
@@ -123,15 +137,21 @@ class ANIL(nn.Module):
                 zs, zq = (self._shared_body(body, x) for x in (batch.support_x, batch.query_x))
                 losses, outputs = inner.map_tasks(head_task, (zs, batch.support_y, zq, batch.query_y), "loop")
             else:
-                losses, outputs = inner.map_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y),
-                                                  self.execution, self.chunk_size)
+                losses, outputs = inner.map_tasks(
+                    task,
+                    (batch.support_x, batch.support_y, batch.query_x, batch.query_y),
+                    self.execution,
+                    self.chunk_size,
+                )
         return losses[:, 0], outputs
 
     def _shared_body(self, body: inner.Params, x: Tensor) -> Tensor:
         """The head's input for every task of ``x [T, B, *x]`` in one body pass, ``[T, B, *z]`` (:mod:`~fastadapt.algorithms.shared_first`)."""
         tasks, per = x.shape[:2]
         with shared_first.TaskGroups(tasks, ()):
-            z = head_input(self.model, self.head, (body, inner.frozen_state(self.model)), x.reshape(tasks * per, *x.shape[2:]))
+            z = head_input(
+                self.model, self.head, (body, inner.frozen_state(self.model)), x.reshape(tasks * per, *x.shape[2:])
+            )
         return z.reshape(tasks, per, *z.shape[1:])
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
@@ -140,7 +160,9 @@ class ANIL(nn.Module):
         loss = losses.mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
+    ) -> FastWeightsPredictor:
         """The model with an adapted head for one task (``params``: all trainable parameters; the body's are theta) after
         ``steps`` (default ``inner_steps_eval``) head steps at ``inner_lr * lr_scale``; detached.
 
@@ -156,9 +178,14 @@ class ANIL(nn.Module):
             z = head_input(model, self.head, (start, inner.frozen_state(model)), x)
         head_state = inner.frozen_state(head)
         prefix = f"{self.head}."
-        w = {k[len(prefix):]: v.detach() for k, v in start.items() if k.startswith(prefix)}
-        fast = inner.fine_tune(lambda p, xs: functional_call(head, (p, head_state), (xs,)), w, z, y,
-                               inner.scaled_rates(inner.constant_rates(list(w), self.inner_lr, steps), lr_scale))
+        w = {k[len(prefix) :]: v.detach() for k, v in start.items() if k.startswith(prefix)}
+        fast = inner.fine_tune(
+            lambda p, xs: functional_call(head, (p, head_state), (xs,)),
+            w,
+            z,
+            y,
+            inner.scaled_rates(inner.constant_rates(list(w), self.inner_lr, steps), lr_scale),
+        )
         return {**inner.detached(start), **{prefix + k: v for k, v in fast.items()}}
 
     def predict(self, batch: TaskBatch) -> Tensor:

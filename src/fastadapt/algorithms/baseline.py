@@ -72,7 +72,9 @@ def default_scale(classes: int) -> float:
 def global_labels(batch: TaskBatch) -> tuple[Tensor, Tensor]:
     """Dataset class ids of every example: ``classes[t, y]``; ``([T, N*K], [T, N*Q])``."""
     if batch.classes is None or batch.support_y.is_floating_point():
-        raise ConfigError("pretraining a classifier needs classification tasks with class ids (TaskBatch.classes); this batch has none")
+        raise ConfigError(
+            "pretraining a classifier needs classification tasks with class ids (TaskBatch.classes); this batch has none"
+        )
     return batch.classes.gather(1, batch.support_y), batch.classes.gather(1, batch.query_y)
 
 
@@ -108,8 +110,15 @@ def head_logits(features: Tensor, head: Head) -> Tensor:
     raise ConfigError(f"head={head.kind!r}; choose one of {', '.join(HEADS)}")
 
 
-def init_head(dim: int, ways: int, kind: str, scale: float | None, generator: torch.Generator,
-              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Head:
+def init_head(
+    dim: int,
+    ways: int,
+    kind: str,
+    scale: float | None,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Head:
     """A new head as ``nn.Linear(dim, ways)`` starts: weight, then bias (linear only), uniform in ``+-1/sqrt(dim)``, drawn from ``generator``."""
     if kind not in HEADS:
         raise ConfigError(f"head={kind!r}; choose one of {', '.join(HEADS)}")
@@ -131,8 +140,9 @@ def finetune_order(n: int, batch_size: int, steps: int, generator: torch.Generat
     return order[:steps]
 
 
-def sgd_momentum_step(param: Tensor, grad: Tensor, buf: Tensor | None, lr: float, momentum: float, dampening: float,
-                      weight_decay: float) -> tuple[Tensor, Tensor]:
+def sgd_momentum_step(
+    param: Tensor, grad: Tensor, buf: Tensor | None, lr: float, momentum: float, dampening: float, weight_decay: float
+) -> tuple[Tensor, Tensor]:
     """One step of ``torch.optim.SGD`` (no Nesterov) as a function: returns the new parameter and momentum buffer.
 
     ``d = grad + weight_decay * param``; ``buf = d`` at the first step, else
@@ -148,9 +158,21 @@ def finetune_steps_for(n: int, batch_size: int, steps: int | None) -> int:
     return FINETUNE_EPOCHS * -(-n // batch_size) if steps is None else steps
 
 
-def fit_head(features: Tensor, labels: Tensor, ways: int, kind: str = "linear", *, scale: float | None = None,
-             steps: int | None = None, lr: float = 0.01, batch_size: int = 4, momentum: float = 0.9, dampening: float = 0.9,
-             weight_decay: float = 1e-3, seed: int = 0) -> Head:
+def fit_head(
+    features: Tensor,
+    labels: Tensor,
+    ways: int,
+    kind: str = "linear",
+    *,
+    scale: float | None = None,
+    steps: int | None = None,
+    lr: float = 0.01,
+    batch_size: int = 4,
+    momentum: float = 0.9,
+    dampening: float = 0.9,
+    weight_decay: float = 1e-3,
+    seed: int = 0,
+) -> Head:
     """A new ``ways``-way head fitted on frozen features, as Chen et al. evaluate Baseline / Baseline++.
 
     Args:
@@ -178,7 +200,10 @@ def fit_head(features: Tensor, labels: Tensor, ways: int, kind: str = "linear", 
             head = Head(params[0], params[1] if len(params) > 1 else None, kind, start.scale)
             loss = F.cross_entropy(head_logits(z[idx], head), y[idx])
             grads = torch.autograd.grad(loss, params)
-            stepped = [sgd_momentum_step(p.detach(), g, b, lr, momentum, dampening, weight_decay) for p, g, b in zip(params, grads, bufs)]
+            stepped = [
+                sgd_momentum_step(p.detach(), g, b, lr, momentum, dampening, weight_decay)
+                for p, g, b in zip(params, grads, bufs)
+            ]
             params = [p.requires_grad_(True) for p, _ in stepped]
             bufs = [b for _, b in stepped]
     weight, bias = params[0].detach(), params[1].detach() if len(params) > 1 else None
@@ -198,8 +223,10 @@ def model_embedding_dim(model: nn.Module, embedding_dim: int | None, algorithm: 
     if embedding_dim is None:
         embedding_dim = getattr(model, "embedding_dim", None)
         if embedding_dim is None:
-            raise ConfigError(f"{algorithm} needs embedding_dim: {type(model).__name__} has no embedding_dim attribute; "
-                              f"pass embedding_dim=<features of model(x)>")
+            raise ConfigError(
+                f"{algorithm} needs embedding_dim: {type(model).__name__} has no embedding_dim attribute; "
+                f"pass embedding_dim=<features of model(x)>"
+            )
     return inner.check_steps("embedding_dim", embedding_dim, 1)
 
 
@@ -208,11 +235,15 @@ def pretrain_loss(model: nn.Module, classifier: nn.Linear, kind: str, scale: flo
     x, y = labelled_examples(batch)
     classes, dim = classifier.weight.shape
     if int(y.max()) >= classes:
-        raise ConfigError(f"the batch holds class id {int(y.max())} but the classifier has num_classes={classes}; set algorithm.num_classes "
-                          f"to the training classes")
+        raise ConfigError(
+            f"the batch holds class id {int(y.max())} but the classifier has num_classes={classes}; set algorithm.num_classes "
+            f"to the training classes"
+        )
     z = model(x).flatten(1)
     if z.shape[1] != dim:
-        raise ConfigError(f"the model outputs {z.shape[1]} features but embedding_dim={dim}; pass embedding_dim={z.shape[1]}")
+        raise ConfigError(
+            f"the model outputs {z.shape[1]} features but embedding_dim={dim}; pass embedding_dim={z.shape[1]}"
+        )
     logits = head_logits(z, Head(classifier.weight, classifier.bias, kind, scale))
     loss = F.cross_entropy(logits, y)
     return MetaOutput(loss, batch_metrics(logits, y, loss))
@@ -221,7 +252,9 @@ def pretrain_loss(model: nn.Module, classifier: nn.Linear, kind: str, scale: flo
 def predict_tasks(adapt: Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]], batch: TaskBatch) -> Tensor:
     """``[T, N*Q, N]``: ``adapt(support)(query)`` task by task, no graph."""
     with torch.no_grad():
-        return torch.stack([adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(batch.num_tasks)])
+        return torch.stack(
+            [adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(batch.num_tasks)]
+        )
 
 
 def check_head_kind(kind: str) -> str:
@@ -235,7 +268,9 @@ def check_head_kind(kind: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-HeadFit = Callable[[Tensor, Tensor, int], Head]  # (x [S, *x], labels [S], ways) -> the task's head: the algorithm's own per-task fit
+HeadFit = Callable[
+    [Tensor, Tensor, int], Head
+]  # (x [S, *x], labels [S], ways) -> the task's head: the algorithm's own per-task fit
 
 
 @dataclass(eq=False)
@@ -266,14 +301,28 @@ class HeadPredictor:
     classes: int = 0  # the head's width
 
     @staticmethod
-    def start(model: nn.Module, adapt_from: HeadFit, support_x: Tensor, support_y: Tensor, normalize: bool = False,
-              window: int = 0) -> HeadPredictor:
+    def start(
+        model: nn.Module,
+        adapt_from: HeadFit,
+        support_x: Tensor,
+        support_y: Tensor,
+        normalize: bool = False,
+        window: int = 0,
+    ) -> HeadPredictor:
         """The head fitted on ``support_x, support_y`` (``int(max(support_y)) + 1`` classes), keeping them as its
         window (``window`` examples: at least as many as the support set, :data:`~fastadapt.algorithms.maml.DEFAULT_WINDOW` by default)."""
         ways = int(support_y.max()) + 1
         size = window or max(DEFAULT_WINDOW, support_y.shape[0])
-        return HeadPredictor(model, adapt_from(support_x, support_y, ways), normalize, adapt_from, support_x.detach()[-size:].clone(),
-                             support_y.detach()[-size:].clone(), size, ways)
+        return HeadPredictor(
+            model,
+            adapt_from(support_x, support_y, ways),
+            normalize,
+            adapt_from,
+            support_x.detach()[-size:].clone(),
+            support_y.detach()[-size:].clone(),
+            size,
+            ways,
+        )
 
     def __call__(self, query_x: Tensor) -> Tensor:
         if self.head is None:
@@ -289,7 +338,10 @@ class HeadPredictor:
         if window is not None:
             self.window = inner.check_steps("window", window, 1)
             if self.window_x is not None and self.window_y is not None:
-                self.window_x, self.window_y = self.window_x[-self.window:].clone(), self.window_y[-self.window:].clone()
+                self.window_x, self.window_y = (
+                    self.window_x[-self.window :].clone(),
+                    self.window_y[-self.window :].clone(),
+                )
         return self
 
     def reset(self) -> None:
@@ -301,12 +353,14 @@ class HeadPredictor:
     def update(self, x: Tensor, y: Tensor) -> None:
         """Learn from the labelled batch ``x [B, *x_shape]``, ``y [B]`` (integer labels); returns nothing."""
         if self.adapt_from is None or self.window_x is None or self.window_y is None:
-            raise ConfigError("this HeadPredictor was built with a fixed head and no fit; use algo.adapt(x, y) to get one that updates")
+            raise ConfigError(
+                "this HeadPredictor was built with a fixed head and no fit; use algo.adapt(x, y) to get one that updates"
+            )
         check_update(x, y, self.window_x, self.window_y)
         if not y.numel():
             return
-        wx = torch.cat([self.window_x, x.detach().to(self.window_x.dtype)])[-self.window:].clone()
-        wy = torch.cat([self.window_y, y.detach()])[-self.window:].clone()
+        wx = torch.cat([self.window_x, x.detach().to(self.window_x.dtype)])[-self.window :].clone()
+        wy = torch.cat([self.window_y, y.detach()])[-self.window :].clone()
         ways = max(self.classes, int(wy.max()) + 1)
         head = self.adapt_from(wx, wy, ways)
         self.head, self.window_x, self.window_y, self.classes = head, wx, wy, ways
@@ -329,10 +383,21 @@ class Baseline(nn.Module):
     needs_head: ClassVar[bool] = False
     encodes_meta_batch: ClassVar[bool] = True  # meta_loss encodes every image of the meta-batch at once
 
-    def __init__(self, model: nn.Module, num_classes: int, head: str = "linear", scale: float | None = None,
-                 embedding_dim: int | None = None, finetune_steps: int | None = None, finetune_lr: float = 0.01,
-                 finetune_batch: int = 4, finetune_momentum: float = 0.9, finetune_dampening: float = 0.9,
-                 finetune_weight_decay: float = 1e-3, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        head: str = "linear",
+        scale: float | None = None,
+        embedding_dim: int | None = None,
+        finetune_steps: int | None = None,
+        finetune_lr: float = 0.01,
+        finetune_batch: int = 4,
+        finetune_momentum: float = 0.9,
+        finetune_dampening: float = 0.9,
+        finetune_weight_decay: float = 1e-3,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.head_kind = check_head_kind(head)
         self.num_classes = inner.check_steps("num_classes", num_classes, 2)
@@ -348,7 +413,11 @@ class Baseline(nn.Module):
         for name, v in (("finetune_momentum", finetune_momentum), ("finetune_dampening", finetune_dampening)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ConfigError(f"{name}={v!r} is invalid; it must be a number in [0, 1]")
-        if isinstance(finetune_weight_decay, bool) or not isinstance(finetune_weight_decay, (int, float)) or not finetune_weight_decay >= 0:
+        if (
+            isinstance(finetune_weight_decay, bool)
+            or not isinstance(finetune_weight_decay, (int, float))
+            or not finetune_weight_decay >= 0
+        ):
             raise ConfigError(f"finetune_weight_decay={finetune_weight_decay!r} is invalid; it must be a number >= 0")
         self.finetune_momentum, self.finetune_dampening = float(finetune_momentum), float(finetune_dampening)
         self.finetune_weight_decay, self.seed = float(finetune_weight_decay), int(seed)
@@ -368,9 +437,20 @@ class Baseline(nn.Module):
 
     def _fit(self, x: Tensor, y: Tensor, ways: int) -> Head:
         """The per-task head on ``x, y`` with ``ways`` classes (:func:`fit_head` on the frozen features); what ``update`` re-runs."""
-        return fit_head(embed(self.model, x), y, ways, self.head_kind, scale=self.scale, steps=self.finetune_steps, lr=self.finetune_lr,
-                        batch_size=self.finetune_batch, momentum=self.finetune_momentum, dampening=self.finetune_dampening,
-                        weight_decay=self.finetune_weight_decay, seed=self.seed)
+        return fit_head(
+            embed(self.model, x),
+            y,
+            ways,
+            self.head_kind,
+            scale=self.scale,
+            steps=self.finetune_steps,
+            lr=self.finetune_lr,
+            batch_size=self.finetune_batch,
+            momentum=self.finetune_momentum,
+            dampening=self.finetune_dampening,
+            weight_decay=self.finetune_weight_decay,
+            seed=self.seed,
+        )
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """``[T, N*Q, N]`` logits: ``adapt`` per task (support and query sets encoded per task)."""

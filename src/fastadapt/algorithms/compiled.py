@@ -59,7 +59,12 @@ class CompileSession:
         if len(self.step_seconds) != 2:
             return None
         first, second = self.step_seconds
-        return {"compile_seconds": max(first - second, 0.0), "first_step_s": first, "step_s": second, "cache_dir": str(self.cache)}
+        return {
+            "compile_seconds": max(first - second, 0.0),
+            "first_step_s": first,
+            "step_s": second,
+            "cache_dir": str(self.cache),
+        }
 
 
 _SESSION: ContextVar[CompileSession | None] = ContextVar("fastadapt_compile_session", default=None)

@@ -54,14 +54,25 @@ class GrBAL(nn.Module):
 
     needs_head: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, inner_lr: float = 0.01, inner_steps: int = 1, inner_steps_eval: int | None = None,
-                 learn_inner_lr: bool = True, first_order: bool = False, window: int = 0, execution: str = inner.DEFAULT_EXECUTION,
-                 chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.01,
+        inner_steps: int = 1,
+        inner_steps_eval: int | None = None,
+        learn_inner_lr: bool = True,
+        first_order: bool = False,
+        window: int = 0,
+        execution: str = inner.DEFAULT_EXECUTION,
+        chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+    ) -> None:
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
         self.inner_steps = inner.check_steps("inner_steps", inner_steps, 1)
-        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.inner_steps_eval = (
+            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        )
         self.first_order = bool(first_order)
         self.window = inner.check_steps("window", window)
         inner.check_execution(execution, chunk_size)
@@ -70,8 +81,12 @@ class GrBAL(nn.Module):
             raise ConfigError("GrBAL needs a model with trainable parameters; this one has none")
         self.step_sizes: nn.ParameterDict | None = None
         if learn_inner_lr:
-            self.step_sizes = inner.rate_parameters(model, lambda p: torch.tensor(self.inner_lr, dtype=p.dtype, device=p.device))
-        self.register_buffer("trained_window", torch.zeros((), dtype=torch.int64))  # support size of the training episodes
+            self.step_sizes = inner.rate_parameters(
+                model, lambda p: torch.tensor(self.inner_lr, dtype=p.dtype, device=p.device)
+            )
+        self.register_buffer(
+            "trained_window", torch.zeros((), dtype=torch.int64)
+        )  # support size of the training episodes
 
     def rates(self, steps: int) -> list[dict[str, inner.Rate]]:
         """psi (or the fixed rate) for every parameter, the same at each of ``steps`` steps."""
@@ -100,8 +115,16 @@ class GrBAL(nn.Module):
         if self.training and torch.is_grad_enabled():
             self.trained_window.fill_(batch.support_x.shape[1])
         k = self.inner_steps
-        losses, outputs = inner.evaluate_tasks(self._forward, inner.trainable_params(self.model), batch, self.rates(k), self.first_order,
-                                               [k], self.execution, self.chunk_size)
+        losses, outputs = inner.evaluate_tasks(
+            self._forward,
+            inner.trainable_params(self.model),
+            batch,
+            self.rates(k),
+            self.first_order,
+            [k],
+            self.execution,
+            self.chunk_size,
+        )
         loss = losses[:, 0].mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
@@ -110,15 +133,25 @@ class GrBAL(nn.Module):
         ``update(x, y)`` re-adapts from theta on the sliding window of the last M examples."""
         theta = inner.trainable_params(self.model)
         fast = self._adapt_from(theta, support_x, support_y, self.inner_steps_eval)
-        return FastWeightsPredictor.start(self.model, fast, theta, self._adapt_from, support_x, support_y, self.inner_steps_eval,
-                                          max(self.adapt_window(), support_y.shape[0]))
+        return FastWeightsPredictor.start(
+            self.model,
+            fast,
+            theta,
+            self._adapt_from,
+            support_x,
+            support_y,
+            self.inner_steps_eval,
+            max(self.adapt_window(), support_y.shape[0]),
+        )
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every window after ``inner_steps_eval`` steps, ``[T, Q, *y]`` (``[T, N*Q, N]``); no graph."""
         k = self.inner_steps_eval
         params = inner.detached(inner.trainable_params(self.model))
         rates = inner.detached_rates(self.rates(k))
-        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [k], self.execution, self.chunk_size)[1].detach()
+        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [k], self.execution, self.chunk_size)[
+            1
+        ].detach()
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
         """``steps`` steps with psi from ``start`` on ``(x, y)``; detached."""

@@ -145,7 +145,9 @@ def rate_parameters(model: nn.Module, init: Callable[[Tensor], Tensor]) -> nn.Pa
     params = trainable_params(model)
     keys = {param_key(n) for n in params}
     if len(keys) != len(params):
-        raise ConfigError("parameter names collide once dots become dashes; rename the model's submodules to use learnt inner rates")
+        raise ConfigError(
+            "parameter names collide once dots become dashes; rename the model's submodules to use learnt inner rates"
+        )
     return nn.ParameterDict({param_key(n): nn.Parameter(init(p.detach())) for n, p in params.items()})
 
 
@@ -207,12 +209,19 @@ def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], rates:
     return {k: v - rates[k] * grads[k] for k, v in params.items()}
 
 
-def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], rates: Mapping[str, Rate],
-                state: tuple[Params, Params], step: int, betas: tuple[float, float], eps: float) -> tuple[Params, tuple[Params, Params]]:
+def adam_update(
+    params: Mapping[str, Tensor],
+    grads: Mapping[str, Tensor],
+    rates: Mapping[str, Rate],
+    state: tuple[Params, Params],
+    step: int,
+    betas: tuple[float, float],
+    eps: float,
+) -> tuple[Params, tuple[Params, Params]]:
     """One Adam step (Kingma & Ba 2015) with bias correction; ``step`` counts from 1.
 
-        m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,
-        phi - alpha * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    m = b1 m + (1 - b1) g,   v = b2 v + (1 - b2) g^2,
+    phi - alpha * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     """
     b1, b2 = betas
     m, v = state
@@ -235,9 +244,17 @@ def minibatch_indices(n: int, batch_size: int, steps: int, generator: torch.Gene
     return order[: steps * batch_size].view(steps, batch_size)
 
 
-def inner_loop(loss_of: Callable[..., Tensor], params: Params, rates: Rates, first_order: bool = False,
-               optimizer: str = "sgd", betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8,
-               keep: Collection[int] = (), per_step: bool = False) -> dict[int, Params]:
+def inner_loop(
+    loss_of: Callable[..., Tensor],
+    params: Params,
+    rates: Rates,
+    first_order: bool = False,
+    optimizer: str = "sgd",
+    betas: tuple[float, float] = (0.0, 0.999),
+    eps: float = 1e-8,
+    keep: Collection[int] = (),
+    per_step: bool = False,
+) -> dict[int, Params]:
     """``{k: phi_k}`` for ``k`` in ``keep`` and the final ``K = len(rates)``, after gradient steps on ``loss_of`` for one task.
 
     ``loss_of(phi)`` is the support loss of fast weights ``phi`` (a scalar); with ``per_step``,
@@ -289,9 +306,17 @@ def plain_grad(loss_of: Callable[..., Any], has_aux: bool = False) -> Callable[.
     return grad_fn
 
 
-def adam_steps(loss_of: Callable[..., Tensor], params: Params, rates: Rates, state: tuple[Params, Params], step: int,
-               betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8, per_step: bool = False,
-               plain_autograd: bool = False) -> tuple[Params, tuple[Params, Params]]:
+def adam_steps(
+    loss_of: Callable[..., Tensor],
+    params: Params,
+    rates: Rates,
+    state: tuple[Params, Params],
+    step: int,
+    betas: tuple[float, float] = (0.0, 0.999),
+    eps: float = 1e-8,
+    per_step: bool = False,
+    plain_autograd: bool = False,
+) -> tuple[Params, tuple[Params, Params]]:
     """First-order Adam steps on ``loss_of`` from a given optimiser state; returns the final weights and state.
 
     ``state`` is Adam's ``(m, v)`` and ``step`` the number of steps it has already taken, so the steps
@@ -308,9 +333,18 @@ def adam_steps(loss_of: Callable[..., Tensor], params: Params, rates: Rates, sta
     return detached(phi), (detached(state[0]), detached(state[1]))
 
 
-def adapt_and_evaluate(forward: Callable[[Params, Tensor], Tensor], params: Params, support_x: Tensor, support_y: Tensor,
-                       query_x: Tensor, query_y: Tensor, rates: Rates, first_order: bool, loss_steps: Sequence[int],
-                       loss: Callable[[Tensor, Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+def adapt_and_evaluate(
+    forward: Callable[[Params, Tensor], Tensor],
+    params: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    query_y: Tensor,
+    rates: Rates,
+    first_order: bool,
+    loss_steps: Sequence[int],
+    loss: Callable[[Tensor, Tensor], Tensor],
+) -> tuple[Tensor, Tensor]:
     """One task of MAML / Meta-SGD / ANIL: adapt on the support set, score on the query set.
 
     ``forward(phi, x)`` is the model under fast weights ``phi``. Returns the query losses
@@ -318,34 +352,69 @@ def adapt_and_evaluate(forward: Callable[[Params, Tensor], Tensor], params: Para
     uses several, MAML only ``K``) and the query outputs at ``phi_K`` (``[N*Q, N]`` or ``[Q, *y]``).
     """
     final = len(rates)
-    trajectory = inner_loop(lambda p: loss(forward(p, support_x), support_y), params, rates, first_order, keep=loss_steps)
+    trajectory = inner_loop(
+        lambda p: loss(forward(p, support_x), support_y), params, rates, first_order, keep=loss_steps
+    )
     outputs = forward(trajectory[final], query_x)
     losses = [loss(outputs if k == final else forward(trajectory[k], query_x), query_y) for k in loss_steps]
     return torch.stack(losses), outputs
 
 
-def evaluate_tasks(forward: Callable[[Params, Tensor], Tensor], params: Params, batch: TaskBatch, rates: Rates, first_order: bool,
-                   loss_steps: Sequence[int], execution: str = DEFAULT_EXECUTION, chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, Tensor]:
+def evaluate_tasks(
+    forward: Callable[[Params, Tensor], Tensor],
+    params: Params,
+    batch: TaskBatch,
+    rates: Rates,
+    first_order: bool,
+    loss_steps: Sequence[int],
+    execution: str = DEFAULT_EXECUTION,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor]:
     """:func:`adapt_and_evaluate` for every task of ``batch``: query losses ``[T, len(loss_steps)]``
     and final query outputs ``[T, N*Q, N]`` (``[T, Q, *y]``). Autograd is on inside, even under ``no_grad``."""
 
     # run.compile: the per-task function compiled (fastadapt.algorithms.compiled), on the loop path only
-    run = compiled.maybe_compiled(adapt_and_evaluate) if resolve_execution(execution, batch.support_x) == "loop" else adapt_and_evaluate
+    run = (
+        compiled.maybe_compiled(adapt_and_evaluate)
+        if resolve_execution(execution, batch.support_x) == "loop"
+        else adapt_and_evaluate
+    )
 
     def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, ...]:
         return run(forward, params, sx, sy, qx, qy, rates, first_order, loss_steps, task_loss)
 
     if execution == "shared_first" and rates and 0 not in loss_steps:
         with torch.enable_grad():
-            return shared_first.evaluate_tasks(forward, params, batch.support_x, batch.support_y, batch.query_x, batch.query_y, rates,
-                                               first_order, loss_steps, task_loss, inner_loop)
+            return shared_first.evaluate_tasks(
+                forward,
+                params,
+                batch.support_x,
+                batch.support_y,
+                batch.query_x,
+                batch.query_y,
+                rates,
+                first_order,
+                loss_steps,
+                task_loss,
+                inner_loop,
+            )
     with torch.enable_grad():
-        losses, outputs = map_tasks(task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), execution, chunk_size)
+        losses, outputs = map_tasks(
+            task, (batch.support_x, batch.support_y, batch.query_x, batch.query_y), execution, chunk_size
+        )
     return losses, outputs
 
 
-def fine_tune(forward: Callable[[Params, Tensor], Tensor], params: Params, support_x: Tensor, support_y: Tensor, rates: Rates,
-              optimizer: str = "sgd", betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> Params:
+def fine_tune(
+    forward: Callable[[Params, Tensor], Tensor],
+    params: Params,
+    support_x: Tensor,
+    support_y: Tensor,
+    rates: Rates,
+    optimizer: str = "sgd",
+    betas: tuple[float, float] = (0.0, 0.999),
+    eps: float = 1e-8,
+) -> Params:
     """Detached fast weights after ``len(rates)`` steps on one task's support set (``adapt``); no graph is kept.
 
     The same steps as :func:`inner_loop` with ``first_order=True`` (the same updates, numerically equal),
@@ -370,8 +439,12 @@ def fine_tune(forward: Callable[[Params, Tensor], Tensor], params: Params, suppo
 # --- mapping over tasks ----------------------------------------------------------------------
 
 
-def map_tasks(fn: Callable[..., tuple[Tensor, ...]], tensors: Sequence[Tensor], execution: str = DEFAULT_EXECUTION,
-              chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Tensor, ...]:
+def map_tasks(
+    fn: Callable[..., tuple[Tensor, ...]],
+    tensors: Sequence[Tensor],
+    execution: str = DEFAULT_EXECUTION,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, ...]:
     """``fn`` applied to every task: ``tensors`` are ``[T, ...]``, ``fn`` takes one slice of each
     (``[...]``) and returns a tuple of tensors; the results are stacked to ``[T, ...]``.
 
@@ -401,8 +474,16 @@ def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None, per_channel
     return out
 
 
-def split_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None = None,
-                     bias: Tensor | None = None, training: bool = False, momentum: float | None = 0.1, eps: float = 1e-5) -> Tensor:
+def split_batch_norm(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    training: bool = False,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
     """``F.batch_norm`` as the fused normalisation without affine, then ``* weight + bias``.
 
     ``training``: batch statistics (biased variance over all but dimension 1); running statistics
@@ -415,8 +496,16 @@ def split_batch_norm(input: Tensor, running_mean: Tensor | None, running_var: Te
     return _affine(out, weight, bias)
 
 
-def split_instance_norm(input: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None, weight: Tensor | None = None,
-                        bias: Tensor | None = None, use_input_stats: bool = True, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+def split_instance_norm(
+    input: Tensor,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    use_input_stats: bool = True,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> Tensor:
     """``F.instance_norm`` as the fused normalisation without affine, then ``* weight + bias``; running statistics are not updated."""
     if use_input_stats:
         out = F.instance_norm(input, None, None, None, None, True, 0.0, eps)
@@ -425,8 +514,13 @@ def split_instance_norm(input: Tensor, running_mean: Tensor | None = None, runni
     return _affine(out, weight, bias)
 
 
-def split_layer_norm(input: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None, bias: Tensor | None = None,
-                     eps: float = 1e-5) -> Tensor:
+def split_layer_norm(
+    input: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
     """``F.layer_norm`` as the fused normalisation without affine, then ``* weight + bias``."""
     return _affine(F.layer_norm(input, normalized_shape, None, None, eps), weight, bias, per_channel=False)
 

@@ -38,7 +38,9 @@ def logistic_objective(features: Tensor, labels: Tensor, weight: Tensor, bias: T
     return F.cross_entropy(features @ weight.T + bias, labels) + weight.pow(2).sum() / (2 * C * n)
 
 
-def fit_logistic_regression(features: Tensor, labels: Tensor, ways: int, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-9) -> Head:
+def fit_logistic_regression(
+    features: Tensor, labels: Tensor, ways: int, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-9
+) -> Head:
     """Multinomial L2 logistic regression on ``features [S, D]``, ``labels [S]`` -> a linear :class:`Head` ``[ways, D]``.
 
     Minimises :func:`logistic_objective` by L-BFGS (module docstring) in float64; the head has the
@@ -49,8 +51,16 @@ def fit_logistic_regression(features: Tensor, labels: Tensor, ways: int, C: floa
         u, y = features.detach().clone().double(), labels.clone()
         weight = torch.zeros(ways, dim, dtype=torch.float64, device=u.device, requires_grad=True)
         bias = torch.zeros(ways, dtype=torch.float64, device=u.device, requires_grad=True)
-        opt = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, max_eval=2 * max_iter, tolerance_grad=tol,
-                                tolerance_change=0.0, history_size=10, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            [weight, bias],
+            lr=1,
+            max_iter=max_iter,
+            max_eval=2 * max_iter,
+            tolerance_grad=tol,
+            tolerance_change=0.0,
+            history_size=10,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure() -> Tensor:
             opt.zero_grad()
@@ -76,8 +86,15 @@ class LinearProbe(nn.Module):
     needs_head: ClassVar[bool] = False
     encodes_meta_batch: ClassVar[bool] = True  # meta_loss encodes every image of the meta-batch at once
 
-    def __init__(self, model: nn.Module, num_classes: int, embedding_dim: int | None = None, C: float = 1.0, max_iter: int = 1000,
-                 tol: float = 1e-9) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        embedding_dim: int | None = None,
+        C: float = 1.0,
+        max_iter: int = 1000,
+        tol: float = 1e-9,
+    ) -> None:
         super().__init__()
         self.num_classes = inner.check_steps("num_classes", num_classes, 2)
         self.model = model
@@ -99,7 +116,9 @@ class LinearProbe(nn.Module):
 
     def _fit(self, x: Tensor, y: Tensor, ways: int) -> Head:
         """The per-task logistic regression on ``x, y`` with ``ways`` classes; what the predictor's ``update`` re-runs on its window."""
-        return fit_logistic_regression(F.normalize(embed(self.model, x), dim=-1), y, ways, self.C, self.max_iter, self.tol)
+        return fit_logistic_regression(
+            F.normalize(embed(self.model, x), dim=-1), y, ways, self.C, self.max_iter, self.tol
+        )
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """``[T, N*Q, N]`` logits: ``adapt`` per task (support and query sets encoded per task)."""

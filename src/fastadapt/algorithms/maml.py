@@ -72,7 +72,10 @@ def configure_window(predictor: Any, window: int | None, policy: str | None, ste
     returns the predictor. Shared by the predictors that re-adapt on a sliding window (MAML's, the meta-LSTM's)."""
     if window is not None:
         predictor.window = inner.check_steps("window", window, 1)
-        predictor.window_x, predictor.window_y = predictor.window_x[-predictor.window:].clone(), predictor.window_y[-predictor.window:].clone()
+        predictor.window_x, predictor.window_y = (
+            predictor.window_x[-predictor.window :].clone(),
+            predictor.window_y[-predictor.window :].clone(),
+        )
     if policy is not None:
         if policy not in UPDATE_POLICIES:
             raise ConfigError(f"policy={policy!r} is unknown; choose one of {', '.join(UPDATE_POLICIES)}")
@@ -81,7 +84,10 @@ def configure_window(predictor: Any, window: int | None, policy: str | None, ste
         predictor.steps = inner.check_steps("steps", steps)
     return predictor
 
-AdaptFrom = Callable[[inner.Params, Tensor, Tensor, int], inner.Params]  # (start weights, x, y, steps) -> detached fast weights
+
+AdaptFrom = Callable[
+    [inner.Params, Tensor, Tensor, int], inner.Params
+]  # (start weights, x, y, steps) -> detached fast weights
 
 
 @dataclass(eq=False)
@@ -119,17 +125,35 @@ class FastWeightsPredictor:
     classes: int | None = None  # the head's width (classification), read on the first update
 
     @staticmethod
-    def start(model: nn.Module, fast: inner.Params, init: inner.Params, adapt_from: AdaptFrom, support_x: Tensor, support_y: Tensor,
-              steps: int, window: int = 0) -> FastWeightsPredictor:
+    def start(
+        model: nn.Module,
+        fast: inner.Params,
+        init: inner.Params,
+        adapt_from: AdaptFrom,
+        support_x: Tensor,
+        support_y: Tensor,
+        steps: int,
+        window: int = 0,
+    ) -> FastWeightsPredictor:
         """A predictor adapted on ``support_x, support_y`` (already run: ``fast``) that keeps them as its window
         (``window`` examples: at least as many as the support set, :data:`DEFAULT_WINDOW` by default)."""
         size = window or max(DEFAULT_WINDOW, support_y.shape[0])
-        return FastWeightsPredictor(model, fast, inner.frozen_state(model), inner.detached(init), adapt_from,
-                                    support_x.detach()[-size:].clone(), support_y.detach()[-size:].clone(), steps, size)
+        return FastWeightsPredictor(
+            model,
+            fast,
+            inner.frozen_state(model),
+            inner.detached(init),
+            adapt_from,
+            support_x.detach()[-size:].clone(),
+            support_y.detach()[-size:].clone(),
+            steps,
+            size,
+        )
 
     @staticmethod
-    def adapted(model: nn.Module, adapt_from: AdaptFrom, support_x: Tensor, support_y: Tensor, steps: int,
-                lr_scale: float = 1.0) -> FastWeightsPredictor:
+    def adapted(
+        model: nn.Module, adapt_from: AdaptFrom, support_x: Tensor, support_y: Tensor, steps: int, lr_scale: float = 1.0
+    ) -> FastWeightsPredictor:
         """``adapt_from`` (its rates times ``lr_scale``) run for ``steps`` steps from ``model``'s trainable weights on the
         support set, as a predictor that keeps adapting with the same function: the body of a gradient-based ``adapt``."""
         if lr_scale != 1.0:
@@ -141,7 +165,9 @@ class FastWeightsPredictor:
     def __call__(self, x: Tensor) -> Tensor:
         return functional_call(self.model, (self.params, self.buffers), (x,))
 
-    def configure(self, window: int | None = None, policy: str | None = None, steps: int | None = None) -> FastWeightsPredictor:
+    def configure(
+        self, window: int | None = None, policy: str | None = None, steps: int | None = None
+    ) -> FastWeightsPredictor:
         """Set the update policy (see the class docstring); returns the predictor."""
         return configure_window(self, window, policy, steps)
 
@@ -159,10 +185,12 @@ class FastWeightsPredictor:
                 with torch.no_grad():
                     self.classes = int(self(x[:1]).shape[-1])
             if y.numel() and int(y.max()) >= self.classes:
-                raise DataError(f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
-                                f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)")
-        wx = torch.cat([self.window_x, x])[-self.window:].clone()
-        wy = torch.cat([self.window_y, y])[-self.window:].clone()
+                raise DataError(
+                    f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
+                    f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)"
+                )
+        wx = torch.cat([self.window_x, x])[-self.window :].clone()
+        wy = torch.cat([self.window_y, y])[-self.window :].clone()
         start = self.init if self.policy == "window" else self.params
         params = self.adapt_from(start, wx, wy, self.steps)
         self.params, self.window_x, self.window_y = params, wx, wy
@@ -197,15 +225,27 @@ class MAML(nn.Module):
 
     needs_head: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1, inner_steps_eval: int | None = None,
-                 first_order: bool = False, first_order_until: int = 0, learn_inner_lr: bool = False,
-                 multi_step_loss: bool = False, msl_anneal_steps: int = 5000,
-                 execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 0.4,
+        inner_steps: int = 1,
+        inner_steps_eval: int | None = None,
+        first_order: bool = False,
+        first_order_until: int = 0,
+        learn_inner_lr: bool = False,
+        multi_step_loss: bool = False,
+        msl_anneal_steps: int = 5000,
+        execution: str = inner.DEFAULT_EXECUTION,
+        chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+    ) -> None:
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
         self.inner_steps = inner.check_steps("inner_steps", inner_steps)
-        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.inner_steps_eval = (
+            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        )
         self.first_order = bool(first_order)
         self.first_order_until = inner.check_steps("first_order_until", first_order_until)
         self.multi_step_loss = bool(multi_step_loss)
@@ -220,7 +260,9 @@ class MAML(nn.Module):
         if learn_inner_lr:
             if self.inner_steps == 0:
                 raise ConfigError("learn_inner_lr=True needs inner_steps >= 1")
-            self.inner_lrs = inner.rate_parameters(model, lambda p: torch.full((self.inner_steps,), self.inner_lr, dtype=p.dtype, device=p.device))
+            self.inner_lrs = inner.rate_parameters(
+                model, lambda p: torch.full((self.inner_steps,), self.inner_lr, dtype=p.dtype, device=p.device)
+            )
 
     # --- the schedule ----------------------------------------------------------------------
 
@@ -258,7 +300,10 @@ class MAML(nn.Module):
         """MAML++ LSLR: per parameter tensor, its learnt rate at each training inner step; ``{}`` without ``learn_inner_lr``."""
         if self.inner_lrs is None:
             return {}
-        return {n: self.inner_lrs[inner.param_key(n)].detach().cpu().double().tolist() for n in inner.trainable_params(self.model)}
+        return {
+            n: self.inner_lrs[inner.param_key(n)].detach().cpu().double().tolist()
+            for n in inner.trainable_params(self.model)
+        }
 
     # --- the contract ----------------------------------------------------------------------
 
@@ -272,12 +317,24 @@ class MAML(nn.Module):
             self.meta_step += 1
         loss_steps = [k + 1 for k in range(self.inner_steps) if weights[k] > 0] or [0]  # [0]: no inner step
         weights = weights[[k - 1 for k in loss_steps]] if self.inner_steps else torch.ones(1, dtype=torch.float64)
-        losses, outputs = inner.evaluate_tasks(self._forward, inner.trainable_params(self.model), batch, self.rates(self.inner_steps),
-                                               first_order, loss_steps, self.execution, self.chunk_size)
+        losses, outputs = inner.evaluate_tasks(
+            self._forward,
+            inner.trainable_params(self.model),
+            batch,
+            self.rates(self.inner_steps),
+            first_order,
+            loss_steps,
+            self.execution,
+            self.chunk_size,
+        )
         loss = (losses * weights.to(losses.dtype)).sum(1).mean()
-        return MetaOutput(loss, batch_metrics(outputs, batch.query_y, losses[:, -1].mean()))  # the last loss step is always K
+        return MetaOutput(
+            loss, batch_metrics(outputs, batch.query_y, losses[:, -1].mean())
+        )  # the last loss step is always K
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
+    ) -> FastWeightsPredictor:
         """The model with fast weights for one task (``support_x [N*K, *x]``) after ``steps`` (default ``inner_steps_eval``)
         steps, every inner rate times ``lr_scale``; detached.
 
@@ -296,7 +353,9 @@ class MAML(nn.Module):
         steps = self.inner_steps_eval
         params = inner.detached(inner.trainable_params(self.model))
         rates = inner.detached_rates(self.rates(steps))
-        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [steps], self.execution, self.chunk_size)[1].detach()
+        return inner.evaluate_tasks(
+            self._forward, params, batch, rates, True, [steps], self.execution, self.chunk_size
+        )[1].detach()
 
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
         """The model under fast weights ``params`` (buffers are copies: a forward pass never writes the module's)."""
@@ -314,4 +373,5 @@ class FOMAML(MAML):
 
 _maml_sig = inspect.signature(MAML.__init__)
 FOMAML.__init__.__signature__ = _maml_sig.replace(  # type: ignore[attr-defined]
-    parameters=[p for name, p in _maml_sig.parameters.items() if name != "first_order"])
+    parameters=[p for name, p in _maml_sig.parameters.items() if name != "first_order"]
+)

@@ -75,7 +75,9 @@ def log_probs(model: nn.Module, params: Params, obs: Tensor, actions: Tensor) ->
     return gaussian_log_prob(mean.reshape(*lead, -1), params["log_std"], actions)
 
 
-def inner_loss(model: nn.Module, params: Params, obs: Tensor, actions: Tensor, adv: Tensor, mask: Tensor, objective: str = "lvc") -> Tensor:
+def inner_loss(
+    model: nn.Module, params: Params, obs: Tensor, actions: Tensor, adv: Tensor, mask: Tensor, objective: str = "lvc"
+) -> Tensor:
     """The policy-gradient surrogate of one task's trajectories (``[N, H, ...]``): ``-mean_valid(w_t A_t)`` (module docstring)."""
     logp = log_probs(model, params, obs, actions)
     w = torch.exp(logp - logp.detach()) if objective == "lvc" else logp
@@ -89,8 +91,10 @@ def clipped_surrogate(logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor,
     return -(obj * mask).sum() / mask.sum().clamp_min(1)
 
 
-ONLINE_REFUSAL = ("maml-rl: a policy adapts from the returns of trajectories it collects in an environment, not from labelled (x, y) "
-                  "batches, so predictor.update does not apply; call algo.adapt on the changed environment's tasks instead")
+ONLINE_REFUSAL = (
+    "maml-rl: a policy adapts from the returns of trajectories it collects in an environment, not from labelled (x, y) "
+    "batches, so predictor.update does not apply; call algo.adapt on the changed environment's tasks instead"
+)
 
 
 class PolicyPredictor:
@@ -156,11 +160,15 @@ class MAMLRL(nn.Module):
         if outer not in OUTERS:
             raise ConfigError(f"algorithm.outer={outer!r} is invalid; choose one of {', '.join(OUTERS)}")
         if inner_objective not in INNER_OBJECTIVES:
-            raise ConfigError(f"algorithm.inner_objective={inner_objective!r} is invalid; choose one of {', '.join(INNER_OBJECTIVES)}")
+            raise ConfigError(
+                f"algorithm.inner_objective={inner_objective!r} is invalid; choose one of {', '.join(INNER_OBJECTIVES)}"
+            )
         if inner_steps < 0 or (inner_steps_eval is not None and inner_steps_eval < 0):
             raise ConfigError(f"algorithm.inner_steps={inner_steps} / inner_steps_eval={inner_steps_eval} must be >= 0")
         if outer == "reptile" and inner_steps < 1:
-            raise ConfigError("algorithm.outer='reptile' needs algorithm.inner_steps >= 1 (it moves towards the adapted weights)")
+            raise ConfigError(
+                "algorithm.outer='reptile' needs algorithm.inner_steps >= 1 (it moves towards the adapted weights)"
+            )
         if not 0 < clip < 1 or not 0 < discount <= 1 or baseline_reg < 0 or inner_lr < 0:
             raise ConfigError(
                 f"algorithm: need 0 < clip < 1, 0 < discount <= 1, baseline_reg >= 0, inner_lr >= 0; got clip={clip}, "
@@ -169,7 +177,12 @@ class MAMLRL(nn.Module):
         self.model = model
         self.inner_lr, self.inner_steps, self.first_order = float(inner_lr), int(inner_steps), bool(first_order)
         self.inner_steps_eval = max(1, inner_steps) if inner_steps_eval is None else int(inner_steps_eval)
-        self.outer, self.clip, self.discount, self.baseline_reg = outer, float(clip), float(discount), float(baseline_reg)
+        self.outer, self.clip, self.discount, self.baseline_reg = (
+            outer,
+            float(clip),
+            float(discount),
+            float(baseline_reg),
+        )
         self.normalize_advantages, self.inner_objective = bool(normalize_advantages), inner_objective
 
     # -- pieces ------------------------------------------------------------------------------
@@ -193,7 +206,14 @@ class MAMLRL(nn.Module):
     def _advantages(self, traj: Trajectories) -> Tensor:
         return torch.stack(
             [
-                advantages(traj.obs[t], traj.rewards[t], traj.mask[t], self.discount, self.baseline_reg, self.normalize_advantages)
+                advantages(
+                    traj.obs[t],
+                    traj.rewards[t],
+                    traj.mask[t],
+                    self.discount,
+                    self.baseline_reg,
+                    self.normalize_advantages,
+                )
                 for t in range(traj.obs.shape[0])
             ]
         )
@@ -206,7 +226,9 @@ class MAMLRL(nn.Module):
     def inner_update(self, params: Params, traj: Trajectories, adv: Tensor, task: int, mode: str) -> Params:
         """One policy-gradient step of task ``task`` on ``traj``; ``mode``: "second" (graph kept), "first" (gradients
         detached), "none" (the result detached: evaluation)."""
-        loss = inner_loss(self.model, params, traj.obs[task], traj.actions[task], adv[task], traj.mask[task], self.inner_objective)
+        loss = inner_loss(
+            self.model, params, traj.obs[task], traj.actions[task], adv[task], traj.mask[task], self.inner_objective
+        )
         names = list(params)
         grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=mode == "second", allow_unused=True)
         out = {}
@@ -240,7 +262,9 @@ class MAMLRL(nn.Module):
 
     def meta_loss(self, batch: EnvTasks) -> MetaOutput:
         if not isinstance(batch, EnvTasks):
-            raise ConfigError(f"maml-rl trains on environment tasks (EnvTasks, e.g. data.dataset = nav2d), found {type(batch).__name__}")
+            raise ConfigError(
+                f"maml-rl trains on environment tasks (EnvTasks, e.g. data.dataset = nav2d), found {type(batch).__name__}"
+            )
         theta = self._theta()
         mode = "none" if self.outer == "reptile" else ("first" if self.first_order else "second")
         fast, curve, last = self.adapt_tasks(batch, self.inner_steps, batch.shots, mode, theta)
@@ -272,7 +296,9 @@ class MAMLRL(nn.Module):
     def adapt(self, task: EnvTasks, steps: int | None = None) -> PolicyPredictor:
         """The policy adapted to the first task of ``task`` with ``steps`` (default ``inner_steps_eval``) steps of
         ``task.shots`` trajectories; the module is not changed."""
-        fast, _, _ = self.adapt_tasks(task.select(slice(0, 1)), self.inner_steps_eval if steps is None else steps, task.shots)
+        fast, _, _ = self.adapt_tasks(
+            task.select(slice(0, 1)), self.inner_steps_eval if steps is None else steps, task.shots
+        )
         return PolicyPredictor(self.model, fast[0])
 
     def predict(self, batch: EnvTasks) -> Tensor:

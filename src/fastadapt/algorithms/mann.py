@@ -83,7 +83,9 @@ class StringLabels:
 
     @staticmethod
     def codes(tasks: int, classes: int, generator: torch.Generator | None = None) -> Tensor:
-        ids = torch.rand(tasks, STRING_ALPHABET**STRING_LENGTH, generator=generator).argsort(dim=1)[:, :classes]  # distinct strings
+        ids = torch.rand(tasks, STRING_ALPHABET**STRING_LENGTH, generator=generator).argsort(dim=1)[
+            :, :classes
+        ]  # distinct strings
         digits = [(ids // STRING_ALPHABET**j) % STRING_ALPHABET for j in range(STRING_LENGTH)]
         return torch.stack(digits, dim=-1)
 
@@ -96,7 +98,9 @@ class StringLabels:
     def log_likelihood(outputs: Tensor, codes: Tensor) -> Tensor:
         logp = F.log_softmax(outputs.unflatten(-1, (STRING_LENGTH, STRING_ALPHABET)), dim=-1)  # [T, L, 5, 5]
         idx = codes.unsqueeze(1).expand(-1, logp.shape[1], -1, -1)  # [T, L, N, 5]
-        return logp.unsqueeze(2).expand(-1, -1, codes.shape[1], -1, -1).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+        return (
+            logp.unsqueeze(2).expand(-1, -1, codes.shape[1], -1, -1).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
+        )
 
 
 def translate_classes(x: Tensor, labels: Tensor, shifts: Tensor) -> Tensor:
@@ -129,7 +133,9 @@ def previous_onehot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch
     return torch.cat([torch.zeros_like(onehot[:, :1]), onehot[:, :-1]], dim=1)
 
 
-def episode_sequence(batch: TaskBatch, generator: torch.Generator | None = None, shuffle_labels: bool = True) -> LabelSequence:
+def episode_sequence(
+    batch: TaskBatch, generator: torch.Generator | None = None, shuffle_labels: bool = True
+) -> LabelSequence:
     """Pool support and query of every task, shuffle the order, relabel the classes (see the module docstring).
 
     ``generator`` drives both permutations (default: the global torch generator).
@@ -215,7 +221,9 @@ class MemoryPredictor:
     """
 
     net: MANN
-    state: dict[str, Tensor]  # the core's state for one task (:func:`_flatten_state`); empty after reset(): the initial state
+    state: dict[
+        str, Tensor
+    ]  # the core's state for one task (:func:`_flatten_state`); empty after reset(): the initial state
     last: Tensor  # [1, width] the encoding of the last label fed (zeros: none yet)
     codes: Tensor | None  # string labels: the N strings [1, N, 5]
 
@@ -238,14 +246,18 @@ class MemoryPredictor:
         """Feed the labelled batch ``x [B, *input_shape]``, ``y [B]`` (labels ``0..ways-1``) into the memory; returns nothing."""
         net = self.net
         if getattr(net.core, "controller_kind", "lstm") == "transformer":
-            raise ConfigError("MANN update: the transformer controller's state (its cache of every step) grows with each example, so online "
-                              "updates would not keep bounded memory; use controller='lstm' for online adaptation")
+            raise ConfigError(
+                "MANN update: the transformer controller's state (its cache of every step) grows with each example, so online "
+                "updates would not keep bounded memory; use controller='lstm' for online adaptation"
+            )
         check_update(x, y, torch.empty(0, *net.input_shape), torch.empty(0, dtype=torch.long))
         if not y.numel():
             return
         if int(y.max()) >= net.ways:
-            raise DataError(f"update: label {int(y.max())} is outside the {net.ways} classes this MANN was built for (ways={net.ways}); its label "
-                            f"input and output have a fixed width (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)")
+            raise DataError(
+                f"update: label {int(y.max())} is outside the {net.ways} classes this MANN was built for (ways={net.ways}); its label "
+                f"input and output have a fixed width (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)"
+            )
         order = _fixed_order(y.shape[0])
         x, y = x.detach()[order].unsqueeze(0), y.detach()[order].unsqueeze(0)
         with torch.no_grad():
@@ -279,17 +291,40 @@ class MANN(nn.Module):
 
     needs_head = False
 
-    def __init__(self, model: nn.Module | None = None, ways: int = 5, input_shape: tuple[int, ...] = (1, 20, 20), core: str = "mann",
-                 memory_size: int = 128, memory_width: int = 40, read_heads: int = 4, controller_size: int = 200, gamma: float = 0.95,
-                 shuffle_labels: bool = True, key_strength: bool = False, controller: str = "lstm", transformer_layers: int = 2,
-                 transformer_heads: int = 4, translate: int = 0, label_encoding: str = "onehot") -> None:
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        ways: int = 5,
+        input_shape: tuple[int, ...] = (1, 20, 20),
+        core: str = "mann",
+        memory_size: int = 128,
+        memory_width: int = 40,
+        read_heads: int = 4,
+        controller_size: int = 200,
+        gamma: float = 0.95,
+        shuffle_labels: bool = True,
+        key_strength: bool = False,
+        controller: str = "lstm",
+        transformer_layers: int = 2,
+        transformer_heads: int = 4,
+        translate: int = 0,
+        label_encoding: str = "onehot",
+    ) -> None:
         super().__init__()
         if not isinstance(ways, int) or isinstance(ways, bool) or ways < 2:
             raise ConfigError(f"MANN ways={ways!r} is invalid; it must be an integer >= 2")
-        if not isinstance(translate, int) or isinstance(translate, bool) or not 0 <= translate <= max(tuple(input_shape)[-2:], default=0):
-            raise ConfigError(f"MANN translate={translate!r} is invalid; it must be an integer in [0, the image side] (pixels)")
+        if (
+            not isinstance(translate, int)
+            or isinstance(translate, bool)
+            or not 0 <= translate <= max(tuple(input_shape)[-2:], default=0)
+        ):
+            raise ConfigError(
+                f"MANN translate={translate!r} is invalid; it must be an integer in [0, the image side] (pixels)"
+            )
         if label_encoding not in LABEL_ENCODINGS:
-            raise ConfigError(f"MANN label_encoding={label_encoding!r} is unknown; choose one of {', '.join(LABEL_ENCODINGS)}")
+            raise ConfigError(
+                f"MANN label_encoding={label_encoding!r} is unknown; choose one of {', '.join(LABEL_ENCODINGS)}"
+            )
         if label_encoding == "string" and ways > STRING_ALPHABET**STRING_LENGTH:
             raise ConfigError(f"MANN ways={ways} exceeds the {STRING_ALPHABET**STRING_LENGTH} string labels")
         self.model = model if model is not None else nn.Flatten()
@@ -298,11 +333,24 @@ class MANN(nn.Module):
         feature_dim = self._feature_dim()
         width = StringLabels.width if label_encoding == "string" else ways
         if core == "mann":
-            self.core: nn.Module = LRUMemoryCore(feature_dim, width, memory_size, memory_width, read_heads, controller_size, gamma, key_strength,
-                                                 controller, transformer_layers, transformer_heads)
+            self.core: nn.Module = LRUMemoryCore(
+                feature_dim,
+                width,
+                memory_size,
+                memory_width,
+                read_heads,
+                controller_size,
+                gamma,
+                key_strength,
+                controller,
+                transformer_layers,
+                transformer_heads,
+            )
         elif core == "lstm":
             if controller != "lstm":
-                raise ConfigError(f"MANN controller={controller!r} applies to core='mann'; the baseline core='lstm' is an LSTM")
+                raise ConfigError(
+                    f"MANN controller={controller!r} applies to core='mann'; the baseline core='lstm' is an LSTM"
+                )
             self.core = LSTMCore(feature_dim, width, controller_size)
         else:
             raise ConfigError(f"MANN core={core!r} is unknown; choose 'mann' or 'lstm'")
@@ -316,14 +364,20 @@ class MANN(nn.Module):
         finally:
             self.model.train(was_training)
         if z.ndim != 2:
-            raise ConfigError(f"MANN encoder maps {self.input_shape} to shape {tuple(z.shape[1:])}; it must give flat feature vectors")
+            raise ConfigError(
+                f"MANN encoder maps {self.input_shape} to shape {tuple(z.shape[1:])}; it must give flat feature vectors"
+            )
         return int(z.shape[1])
 
     def _check(self, x: Tensor, ways: int) -> None:
-        if tuple(x.shape[-len(self.input_shape):]) != self.input_shape:
-            raise ConfigError(f"MANN was built for inputs {self.input_shape}, got {tuple(x.shape[2:])}; resize the images or pass input_shape")
+        if tuple(x.shape[-len(self.input_shape) :]) != self.input_shape:
+            raise ConfigError(
+                f"MANN was built for inputs {self.input_shape}, got {tuple(x.shape[2:])}; resize the images or pass input_shape"
+            )
         if ways != self.ways:
-            raise ConfigError(f"MANN was built for ways={self.ways}, the batch has {ways}-way tasks; sample {self.ways}-way tasks")
+            raise ConfigError(
+                f"MANN was built for ways={self.ways}, the batch has {ways}-way tasks; sample {self.ways}-way tasks"
+            )
 
     def _encode(self, x: Tensor) -> Tensor:
         """``[T, L, *x_shape]`` -> ``[L, T, F]`` (time first, as the cores take it)."""
@@ -344,18 +398,27 @@ class MANN(nn.Module):
         """Network outputs ``[T, L, width]`` -> scores of the episode's classes ``[T, L, C]`` (strings: log-likelihoods)."""
         return outputs if codes is None else StringLabels.log_likelihood(outputs, codes)
 
-    def make_sequence(self, batch: TaskBatch, generator: torch.Generator | None = None, train: bool = False) -> LabelSequence:
+    def make_sequence(
+        self, batch: TaskBatch, generator: torch.Generator | None = None, train: bool = False
+    ) -> LabelSequence:
         """The episodes of ``batch`` as sequences (:func:`episode_sequence`), with this network's label encoding;
         ``train``: also the training-only augmentation (``translate``) and fresh strings per episode."""
         if train and self.translate:
             t, n = batch.num_tasks, batch.ways
             shifts = torch.randint(-self.translate, self.translate + 1, (t, n, 2), generator=generator)
-            batch = TaskBatch(translate_classes(batch.support_x, batch.support_y, shifts), batch.support_y,
-                              translate_classes(batch.query_x, batch.query_y, shifts), batch.query_y, batch.classes)
+            batch = TaskBatch(
+                translate_classes(batch.support_x, batch.support_y, shifts),
+                batch.support_y,
+                translate_classes(batch.query_x, batch.query_y, shifts),
+                batch.query_y,
+                batch.classes,
+            )
         seq = episode_sequence(batch, generator, self.shuffle_labels)
         if self.label_encoding == "onehot":
             return seq
-        codes = StringLabels.codes(batch.num_tasks, batch.ways, generator) if train else self._fixed_codes(batch.num_tasks)
+        codes = (
+            StringLabels.codes(batch.num_tasks, batch.ways, generator) if train else self._fixed_codes(batch.num_tasks)
+        )
         enc = self._labels_in(seq.labels, codes, seq.prev_onehot.dtype)
         prev = torch.cat([torch.zeros_like(enc[:, :1]), enc[:, :-1]], dim=1)
         return LabelSequence(seq.x, seq.labels, prev, seq.instance, codes)
@@ -393,7 +456,9 @@ class MANN(nn.Module):
                     metrics[f"inst{k}"] = float(col.nanmean())
         return MetaOutput(loss, metrics)
 
-    def _support_state(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None) -> tuple[Any, Tensor, Tensor | None]:
+    def _support_state(
+        self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None
+    ) -> tuple[Any, Tensor, Tensor | None]:
         """Run ``[T, S, ...]`` support sequences (shuffled, labels kept); returns the state, the last label's encoding ``[T, width]``
         and the strings (or None)."""
         t, s = support_y.shape

@@ -83,7 +83,11 @@ def similarity(queries: Tensor, support: Tensor, distance: str = "cosine") -> Te
     if distance == "dot":
         return queries @ support.transpose(-1, -2)
     if distance == "euclidean":
-        sq = (queries * queries).sum(-1, keepdim=True) + (support * support).sum(-1).unsqueeze(-2) - 2 * queries @ support.transpose(-1, -2)
+        sq = (
+            (queries * queries).sum(-1, keepdim=True)
+            + (support * support).sum(-1).unsqueeze(-2)
+            - 2 * queries @ support.transpose(-1, -2)
+        )
         return -sq.clamp_min(0)
     raise ConfigError(f"distance={distance!r} is not supported; choose one of {', '.join(DISTANCES)}")
 
@@ -168,7 +172,9 @@ class MatchingState:
     onehot: Tensor
 
 
-DEFAULT_WINDOW = 50  # support examples a predictor keeps for update() unless adapt saw more or configure() says otherwise
+DEFAULT_WINDOW = (
+    50  # support examples a predictor keeps for update() unless adapt saw more or configure() says otherwise
+)
 
 
 @dataclass(eq=False)
@@ -192,7 +198,9 @@ class MatchingPredictor:
 
     def __call__(self, query_x: Tensor) -> Tensor:
         if self.state is None:
-            raise DataError("this Matching Networks predictor has no labelled example yet (after reset()); update it first")
+            raise DataError(
+                "this Matching Networks predictor has no labelled example yet (after reset()); update it first"
+            )
         z = self.net.encode(query_x.unsqueeze(0))
         batched = MatchingState(self.state.embeddings.unsqueeze(0), self.state.onehot.unsqueeze(0))
         return self.net.query_log_probs(batched, z)[0]
@@ -229,7 +237,7 @@ class MatchingPredictor:
         """Add the labelled batch ``x [B, *x]``, ``y [B]`` to the window and encode it again; returns nothing."""
         wx, wy = self._window()
         check_update(x, y, wx, wy)
-        self._set_window(torch.cat([wx, x.detach().to(wx.dtype)])[-self.window:], torch.cat([wy, y])[-self.window:])
+        self._set_window(torch.cat([wx, x.detach().to(wx.dtype)])[-self.window :], torch.cat([wy, y])[-self.window :])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,9 +280,20 @@ class MatchingNet(nn.Module):
 
     needs_head: ClassVar[bool] = False
 
-    def __init__(self, model: nn.Module, fce: bool = True, lstm_layers: int = 1, process_steps: int | None = None,
-                 distance: str = "cosine", scale: float = 1.0, learn_scale: bool = False, encode: str = "meta_batch",
-                 embedding_dim: int | None = None, normalize: bool = False, fce_init: str = "pytorch") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        fce: bool = True,
+        lstm_layers: int = 1,
+        process_steps: int | None = None,
+        distance: str = "cosine",
+        scale: float = 1.0,
+        learn_scale: bool = False,
+        encode: str = "meta_batch",
+        embedding_dim: int | None = None,
+        normalize: bool = False,
+        fce_init: str = "pytorch",
+    ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model={type(model).__name__} is not an nn.Module; pass the encoder network")
@@ -285,7 +304,9 @@ class MatchingNet(nn.Module):
         if not _positive_int(lstm_layers):
             raise ConfigError(f"lstm_layers={lstm_layers!r} is invalid; it must be a positive integer")
         if process_steps is not None and not _positive_int(process_steps):
-            raise ConfigError(f"process_steps={process_steps!r} is invalid; it must be a positive integer or None (one step per support example)")
+            raise ConfigError(
+                f"process_steps={process_steps!r} is invalid; it must be a positive integer or None (one step per support example)"
+            )
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"scale={scale!r} is invalid; it must be a finite number > 0")
         if fce_init not in FCE_INITS:
@@ -293,7 +314,9 @@ class MatchingNet(nn.Module):
         if embedding_dim is None:
             embedding_dim = getattr(model, "embedding_dim", None)
             if fce and embedding_dim is None:
-                raise ConfigError(f"MatchingNet(fce=True) needs embedding_dim: {type(model).__name__} has no embedding_dim attribute; pass embedding_dim=<features of model(x)>")
+                raise ConfigError(
+                    f"MatchingNet(fce=True) needs embedding_dim: {type(model).__name__} has no embedding_dim attribute; pass embedding_dim=<features of model(x)>"
+                )
         if embedding_dim is not None and not _positive_int(embedding_dim):
             raise ConfigError(f"embedding_dim={embedding_dim!r} is invalid; it must be a positive integer")
         self.model = model
@@ -336,9 +359,16 @@ class MatchingNet(nn.Module):
         params = dict(self.model.named_parameters())
         if inner.resolve_execution(execution, x) == "loop":
             buffers = dict(self.model.named_buffers())
-            return self._checked(torch.stack([
-                functional_call(self.model, (params, {k: b.clone() for k, b in buffers.items()}), (xt,)).flatten(1) for xt in x
-            ]))
+            return self._checked(
+                torch.stack(
+                    [
+                        functional_call(
+                            self.model, (params, {k: b.clone() for k, b in buffers.items()}), (xt,)
+                        ).flatten(1)
+                        for xt in x
+                    ]
+                )
+            )
         buffers = {k: b.unsqueeze(0).expand(t, *b.shape).clone() for k, b in self.model.named_buffers()}
 
         def one(bufs: dict[str, Tensor], xt: Tensor) -> Tensor:
@@ -355,7 +385,9 @@ class MatchingNet(nn.Module):
 
     def _checked(self, z: Tensor) -> Tensor:
         if self.embedding_dim is not None and z.shape[-1] != self.embedding_dim:
-            raise ConfigError(f"the model outputs {z.shape[-1]} features but embedding_dim={self.embedding_dim}; pass embedding_dim={z.shape[-1]}")
+            raise ConfigError(
+                f"the model outputs {z.shape[-1]} features but embedding_dim={self.embedding_dim}; pass embedding_dim={z.shape[-1]}"
+            )
         return z
 
     # -- the classifier on embeddings --------------------------------------------------------
@@ -392,7 +424,9 @@ class MatchingNet(nn.Module):
         else:
             zs, zq = self.encode(batch.support_x), self.encode(batch.query_x)
         logp = self.query_log_probs(self.support_state(zs, batch.support_y, ways), zq)
-        loss = F.nll_loss(logp.flatten(0, 1), batch.query_y.flatten())  # equal query counts: mean over tasks of task means
+        loss = F.nll_loss(
+            logp.flatten(0, 1), batch.query_y.flatten()
+        )  # equal query counts: mean over tasks of task means
         return MetaOutput(loss, batch_metrics(logp, batch.query_y, loss))
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> MatchingPredictor:
@@ -402,10 +436,17 @@ class MatchingNet(nn.Module):
         keeps its graph); wrap in ``torch.no_grad()`` to evaluate.
         """
         _check_labels(support_y)
-        state = self.support_state(self.encode(support_x.unsqueeze(0)), support_y.unsqueeze(0), int(support_y.max()) + 1)
+        state = self.support_state(
+            self.encode(support_x.unsqueeze(0)), support_y.unsqueeze(0), int(support_y.max()) + 1
+        )
         window = max(DEFAULT_WINDOW, len(support_y))
-        return MatchingPredictor(self, MatchingState(state.embeddings[0], state.onehot[0]), support_x.detach()[-window:].clone(),
-                                 support_y.detach()[-window:].clone(), window)
+        return MatchingPredictor(
+            self,
+            MatchingState(state.embeddings[0], state.onehot[0]),
+            support_x.detach()[-window:].clone(),
+            support_y.detach()[-window:].clone(),
+            window,
+        )
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Log-probabilities ``[T, N*Q, N]`` of every task's queries; equal to ``adapt(support)(query)`` task by task."""
@@ -428,7 +469,7 @@ def _orthogonal_lstm_init(lstm: nn.Module) -> None:
                 p.zero_()
                 if name.startswith("bias_ih"):
                     h = p.shape[0] // 4
-                    p[h:2 * h] = 1.0  # torch's gate order: input, forget, cell, output
+                    p[h : 2 * h] = 1.0  # torch's gate order: input, forget, cell, output
 
 
 def _positive_int(v: object) -> bool:
@@ -437,7 +478,9 @@ def _positive_int(v: object) -> bool:
 
 def _check_labels(y: Tensor) -> None:
     if y.is_floating_point():
-        raise ConfigError(f"MatchingNet classifies; support labels are {y.dtype} (a regression task); use integer class labels 0..N-1")
+        raise ConfigError(
+            f"MatchingNet classifies; support labels are {y.dtype} (a regression task); use integer class labels 0..N-1"
+        )
 
 
 __all__ = [

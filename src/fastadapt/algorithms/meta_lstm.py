@@ -139,7 +139,9 @@ class MetaLSTMPredictor:
     def __call__(self, x: Tensor) -> Tensor:
         return self.net._learner(self.weights, x)
 
-    def configure(self, window: int | None = None, policy: str | None = None, steps: int | None = None) -> MetaLSTMPredictor:
+    def configure(
+        self, window: int | None = None, policy: str | None = None, steps: int | None = None
+    ) -> MetaLSTMPredictor:
         """Set the update policy (see the class docstring); returns the predictor."""
         return configure_window(self, window, policy, steps)
 
@@ -159,11 +161,17 @@ class MetaLSTMPredictor:
                 with torch.no_grad():
                     self.classes = int(self(x[:1]).shape[-1])
             if int(y.max()) >= self.classes:
-                raise DataError(f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
-                                f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)")
-        wx = torch.cat([self.window_x, x])[-self.window:].clone()
-        wy = torch.cat([self.window_y, y])[-self.window:].clone()
-        start = self.net.state_from(self.init_theta.unsqueeze(0)) if self.policy == "window" else MetaLSTMState(**self.state)
+                raise DataError(
+                    f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
+                    f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)"
+                )
+        wx = torch.cat([self.window_x, x])[-self.window :].clone()
+        wy = torch.cat([self.window_y, y])[-self.window :].clone()
+        start = (
+            self.net.state_from(self.init_theta.unsqueeze(0))
+            if self.policy == "window"
+            else MetaLSTMState(**self.state)
+        )
         with torch.no_grad():
             end, _ = self.net.unroll_from(start, wx.unsqueeze(0), wy.unsqueeze(0), self.steps)
         self.state, self.window_x, self.window_y = _state_dict(end), wx, wy
@@ -187,8 +195,16 @@ class MetaLSTM(nn.Module):
 
     needs_head = True
 
-    def __init__(self, model: nn.Module, inner_steps: int = 5, hidden_size: int = 20, preprocess_p: float = 10.0,
-                 forget_bias: tuple[float, float] = (4.0, 6.0), input_bias: tuple[float, float] = (-5.0, -4.0), vectorize: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_steps: int = 5,
+        hidden_size: int = 20,
+        preprocess_p: float = 10.0,
+        forget_bias: tuple[float, float] = (4.0, 6.0),
+        input_bias: tuple[float, float] = (-5.0, -4.0),
+        vectorize: bool = True,
+    ) -> None:
         super().__init__()
         for name, v in (("inner_steps", inner_steps), ("hidden_size", hidden_size)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -200,7 +216,9 @@ class MetaLSTM(nn.Module):
                 raise ConfigError(f"meta_lstm {name}={rng!r} is invalid; give a range (low, high) with low <= high")
         for mod in model.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
-                raise ConfigError("meta_lstm uses batch statistics (transductive BatchNorm); build the model's BatchNorm with track_running_stats=False")
+                raise ConfigError(
+                    "meta_lstm uses batch statistics (transductive BatchNorm); build the model's BatchNorm with track_running_stats=False"
+                )
         self.model = model
         self.names = tuple(name for name, p in model.named_parameters() if p.requires_grad)
         if not self.names:
@@ -227,7 +245,10 @@ class MetaLSTM(nn.Module):
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """``[..., n]`` -> ``{name: [..., *shape]}``."""
         lead = theta.shape[:-1]
-        return {name: chunk.reshape(*lead, *shape) for name, chunk, shape in zip(self.names, theta.split(self.numels, dim=-1), self.shapes)}
+        return {
+            name: chunk.reshape(*lead, *shape)
+            for name, chunk, shape in zip(self.names, theta.split(self.numels, dim=-1), self.shapes)
+        }
 
     def _learner(self, theta: Tensor, x: Tensor) -> Tensor:
         """The learner with weights ``theta [n]`` on one task's ``x``."""
@@ -284,7 +305,9 @@ class MetaLSTM(nn.Module):
         state, states = self.unroll_from(self.initial_state(support_x.shape[0]), support_x, support_y, self.inner_steps)
         return state.theta, states
 
-    def unroll_from(self, state: MetaLSTMState, support_x: Tensor, support_y: Tensor, steps: int) -> tuple[MetaLSTMState, list[MetaLSTMState]]:
+    def unroll_from(
+        self, state: MetaLSTMState, support_x: Tensor, support_y: Tensor, steps: int
+    ) -> tuple[MetaLSTMState, list[MetaLSTMState]]:
         """``steps`` updates from ``state`` on the support sets ``[T, S, ...]``: ``(the last state, the states after each step)``."""
         states = []
         for _ in range(steps):
@@ -307,10 +330,19 @@ class MetaLSTM(nn.Module):
         and its ``update(x, y)`` re-runs the learnt optimiser on a sliding window (:class:`MetaLSTMPredictor`)."""
         theta0 = self.initial_theta().detach()
         with torch.no_grad():
-            end, _ = self.unroll_from(self.state_from(theta0.unsqueeze(0)), support_x.unsqueeze(0), support_y.unsqueeze(0), self.inner_steps)
+            end, _ = self.unroll_from(
+                self.state_from(theta0.unsqueeze(0)), support_x.unsqueeze(0), support_y.unsqueeze(0), self.inner_steps
+            )
         size = max(DEFAULT_WINDOW, support_y.shape[0])
-        return MetaLSTMPredictor(self, _state_dict(end), theta0.clone(), support_x.detach()[-size:].clone(), support_y.detach()[-size:].clone(),
-                                 self.inner_steps, size)
+        return MetaLSTMPredictor(
+            self,
+            _state_dict(end),
+            theta0.clone(),
+            support_x.detach()[-size:].clone(),
+            support_y.detach()[-size:].clone(),
+            self.inner_steps,
+            size,
+        )
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs ``[T, N*Q, N]`` of every task after adaptation (no graph is kept)."""
@@ -331,6 +363,8 @@ class MetaLSTM(nn.Module):
         def per_tensor(g: Tensor) -> Tensor:
             return torch.stack([chunk.mean() for chunk in g.split(self.numels, dim=-1)])
 
-        return GateTrace(self.names, torch.stack([per_tensor(s.input_gate) for s in states]),
-                         torch.stack([per_tensor(s.forget_gate) for s in states]))
-
+        return GateTrace(
+            self.names,
+            torch.stack([per_tensor(s.input_gate) for s in states]),
+            torch.stack([per_tensor(s.forget_gate) for s in states]),
+        )

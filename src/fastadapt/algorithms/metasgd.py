@@ -41,13 +41,23 @@ class MetaSGD(nn.Module):
 
     needs_head: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, init_lr: float = 0.4, inner_steps: int = 1, inner_steps_eval: int | None = None,
-                 first_order: bool = False, execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        init_lr: float = 0.4,
+        inner_steps: int = 1,
+        inner_steps_eval: int | None = None,
+        first_order: bool = False,
+        execution: str = inner.DEFAULT_EXECUTION,
+        chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+    ) -> None:
         super().__init__()
         self.model = model
         init = inner.check_positive("init_lr", init_lr)
         self.inner_steps = inner.check_steps("inner_steps", inner_steps)
-        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.inner_steps_eval = (
+            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        )
         self.first_order = bool(first_order)
         inner.check_execution(execution, chunk_size)
         self.execution, self.chunk_size = execution, chunk_size
@@ -66,18 +76,33 @@ class MetaSGD(nn.Module):
         with torch.no_grad():
             for name in inner.trainable_params(self.model):
                 a = self.lrs[inner.param_key(name)].double()
-                out[name] = {"mean": float(a.mean()), "std": float(a.std(unbiased=False)), "min": float(a.min()), "max": float(a.max())}
+                out[name] = {
+                    "mean": float(a.mean()),
+                    "std": float(a.std(unbiased=False)),
+                    "min": float(a.min()),
+                    "max": float(a.max()),
+                }
         return out
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """Mean query loss over tasks after ``inner_steps`` steps with the learnt rates."""
         k = self.inner_steps
-        losses, outputs = inner.evaluate_tasks(self._forward, inner.trainable_params(self.model), batch, self.rates(k), self.first_order,
-                                               [k], self.execution, self.chunk_size)
+        losses, outputs = inner.evaluate_tasks(
+            self._forward,
+            inner.trainable_params(self.model),
+            batch,
+            self.rates(k),
+            self.first_order,
+            [k],
+            self.execution,
+            self.chunk_size,
+        )
         loss = losses[:, 0].mean()
         return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
+    ) -> FastWeightsPredictor:
         """The model with fast weights for one task after ``steps`` (default ``inner_steps_eval``) steps, the learnt rates
         times ``lr_scale``; detached.
 
@@ -95,7 +120,9 @@ class MetaSGD(nn.Module):
         k = self.inner_steps_eval
         params = inner.detached(inner.trainable_params(self.model))
         rates = inner.detached_rates(self.rates(k))
-        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [k], self.execution, self.chunk_size)[1].detach()
+        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [k], self.execution, self.chunk_size)[
+            1
+        ].detach()
 
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
         return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))

@@ -35,8 +35,10 @@ def bits_wrong(logits: Tensor, targets: Tensor) -> Tensor:
     return ((logits > 0) != (targets > 0.5)).double().sum(dim=(1, 2))
 
 
-ONLINE_REFUSAL = ("ntm: a task is one sequence that the network is shown and then answers; the targets are never fed back to it, so "
-                  "there are no labelled examples to learn from online (predictor.update does not apply: call adapt on the new sequence)")
+ONLINE_REFUSAL = (
+    "ntm: a task is one sequence that the network is shown and then answers; the targets are never fed back to it, so "
+    "there are no labelled examples to learn from online (predictor.update does not apply: call adapt on the new sequence)"
+)
 
 
 class SequencePredictor:
@@ -77,7 +79,11 @@ class NTMLearner(nn.Module):
 
     @staticmethod
     def _check(batch: TaskBatch) -> None:
-        if batch.support_y.dtype.is_floating_point is False or batch.support_x.ndim != 4 or batch.support_x.shape[1] != 1:
+        if (
+            batch.support_y.dtype.is_floating_point is False
+            or batch.support_x.ndim != 4
+            or batch.support_x.shape[1] != 1
+        ):
             raise ConfigError(
                 f"algorithm ntm takes sequence tasks (data.dataset = copy or recall: support_x [T, 1, steps, channels]); "
                 f"got support_x of shape {list(batch.support_x.shape)}"

@@ -47,7 +47,11 @@ def prototype_logits(queries: Tensor, protos: Tensor, distance: str = "euclidean
     cosine: ``scale * cos(q, c)``.
     """
     if distance == "euclidean":
-        return 2 * queries @ protos.transpose(1, 2) - queries.pow(2).sum(-1, keepdim=True) - protos.pow(2).sum(-1).unsqueeze(1)
+        return (
+            2 * queries @ protos.transpose(1, 2)
+            - queries.pow(2).sum(-1, keepdim=True)
+            - protos.pow(2).sum(-1).unsqueeze(1)
+        )
     if distance == "cosine":
         return scale * F.normalize(queries, dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)
     raise ConfigError(f"distance={distance!r}; choose one of {', '.join(DISTANCES)}")
@@ -91,20 +95,26 @@ class PrototypePredictor:
     @property
     def state(self) -> PrototypeState:
         """The prototypes ``[labels, D]`` (labels never seen: zero rows, masked in the logits)."""
-        return PrototypeState((self.sums / self.counts.clamp_min(1e-300).unsqueeze(1)).to(self.dtype), self.distance, self.scale)
+        return PrototypeState(
+            (self.sums / self.counts.clamp_min(1e-300).unsqueeze(1)).to(self.dtype), self.distance, self.scale
+        )
 
     def __call__(self, query_x: Tensor) -> Tensor:
         if not bool((self.counts > 0).any()):
             raise DataError("this ProtoNet predictor has seen no labelled example yet (after reset()); update it first")
         with torch.no_grad():
-            logits = prototype_logits(self.model(query_x).unsqueeze(0), self.state.prototypes.unsqueeze(0), self.distance, self.scale)[0]
+            logits = prototype_logits(
+                self.model(query_x).unsqueeze(0), self.state.prototypes.unsqueeze(0), self.distance, self.scale
+            )[0]
         return logits.masked_fill(self.counts == 0, float("-inf")) if bool((self.counts == 0).any()) else logits
 
     def configure(self, decay: float | None = None) -> PrototypePredictor:
         """``decay`` in (0, 1]: the weight of what was seen before, per update (1: exact running means)."""
         if decay is not None:
             if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay <= 1:
-                raise ConfigError(f"decay={decay!r} is invalid; it must be in (0, 1] (1: the mean of all examples seen)")
+                raise ConfigError(
+                    f"decay={decay!r} is invalid; it must be in (0, 1] (1: the mean of all examples seen)"
+                )
             self.decay = float(decay)
         return self
 
@@ -179,6 +189,11 @@ class ProtoNet(nn.Module):
         whose ``update(x, y)`` keeps the running means of every example seen)."""
         with torch.no_grad():
             z = self.model(support_x)
-        empty = torch.zeros(0, z.shape[1], dtype=torch.float64, device=z.device), torch.zeros(0, dtype=torch.float64, device=z.device)
+        empty = (
+            torch.zeros(0, z.shape[1], dtype=torch.float64, device=z.device),
+            torch.zeros(0, dtype=torch.float64, device=z.device),
+        )
         sums, counts = accumulate(*empty, z, support_y)
-        return PrototypePredictor(self.model, self.distance, self.scale, sums, counts, tuple(support_x.shape[1:]), z.dtype)
+        return PrototypePredictor(
+            self.model, self.distance, self.scale, sums, counts, tuple(support_x.shape[1:]), z.dtype
+        )

@@ -87,16 +87,31 @@ class Reptile(nn.Module):
 
     needs_head: ClassVar[bool] = True
 
-    def __init__(self, model: nn.Module, inner_lr: float = 1e-3, inner_steps: int = 5, inner_steps_eval: int | None = None,
-                 inner_optimizer: str = "adam", adam_beta1: float = 0.0, adam_beta2: float = 0.999, inner_state: str = "persistent",
-                 inner_batch: int | None = None, execution: str = inner.DEFAULT_EXECUTION, chunk_size: int = inner.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        inner_lr: float = 1e-3,
+        inner_steps: int = 5,
+        inner_steps_eval: int | None = None,
+        inner_optimizer: str = "adam",
+        adam_beta1: float = 0.0,
+        adam_beta2: float = 0.999,
+        inner_state: str = "persistent",
+        inner_batch: int | None = None,
+        execution: str = inner.DEFAULT_EXECUTION,
+        chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+    ) -> None:
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
         self.inner_steps = inner.check_steps("inner_steps", inner_steps, 1)
-        self.inner_steps_eval = self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        self.inner_steps_eval = (
+            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
+        )
         if inner_optimizer not in inner.OPTIMIZERS:
-            raise ConfigError(f"inner_optimizer={inner_optimizer!r} is unknown; choose one of {', '.join(inner.OPTIMIZERS)}")
+            raise ConfigError(
+                f"inner_optimizer={inner_optimizer!r} is unknown; choose one of {', '.join(inner.OPTIMIZERS)}"
+            )
         self.inner_optimizer = inner_optimizer
         for name, b in (("adam_beta1", adam_beta1), ("adam_beta2", adam_beta2)):
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
@@ -110,8 +125,12 @@ class Reptile(nn.Module):
         if inner_state not in INNER_STATES:
             raise ConfigError(f"inner_state={inner_state!r} is unknown; choose one of {', '.join(INNER_STATES)}")
         self.inner_state = inner_state
-        if inner_batch is not None and (isinstance(inner_batch, bool) or not isinstance(inner_batch, int) or inner_batch < 1):
-            raise ConfigError(f"inner_batch={inner_batch!r} is invalid; it must be an integer >= 1 (or unset: the whole support set)")
+        if inner_batch is not None and (
+            isinstance(inner_batch, bool) or not isinstance(inner_batch, int) or inner_batch < 1
+        ):
+            raise ConfigError(
+                f"inner_batch={inner_batch!r} is invalid; it must be an integer >= 1 (or unset: the whole support set)"
+            )
         self.inner_batch = inner_batch
         self.persistent = inner_optimizer == "adam" and inner_state == "persistent"
         if self.persistent:  # Adam's moments per adapted tensor (buffer names cannot hold dots) and its step count
@@ -141,7 +160,9 @@ class Reptile(nn.Module):
         if self.inner_batch is None:
             return None
         n = batch.support_y.shape[1]
-        return torch.stack([inner.minibatch_indices(n, self.inner_batch, self.inner_steps) for _ in range(batch.num_tasks)]).to(batch.support_y.device)
+        return torch.stack(
+            [inner.minibatch_indices(n, self.inner_batch, self.inner_steps) for _ in range(batch.num_tasks)]
+        ).to(batch.support_y.device)
 
     def _support_loss(self, sx: Tensor, sy: Tensor, idx: Tensor | None):
         """The support loss of one task: ``loss(p)`` on the whole set, or ``loss(p, k)`` on mini-batch ``k``."""
@@ -161,9 +182,16 @@ class Reptile(nn.Module):
             return lambda p: scored(p, sx, sy)
         return lambda p, k: scored(p, sx[idx[k]], sy[idx[k]])
 
-    def _train_steps(self, loss_of, theta: inner.Params, rates: inner.Rates, state: tuple[inner.Params, inner.Params] | None,
-                     step: int, per_step: bool, plain_autograd: bool = False,
-                     ) -> tuple[inner.Params, tuple[inner.Params, inner.Params] | None, tuple[Tensor, Tensor, Tensor]]:
+    def _train_steps(
+        self,
+        loss_of,
+        theta: inner.Params,
+        rates: inner.Rates,
+        state: tuple[inner.Params, inner.Params] | None,
+        step: int,
+        per_step: bool,
+        plain_autograd: bool = False,
+    ) -> tuple[inner.Params, tuple[inner.Params, inner.Params] | None, tuple[Tensor, Tensor, Tensor]]:
         """The inner optimiser's steps in training, from ``theta`` (Adam from ``state`` after ``step`` steps; SGD: ``state`` None).
 
         The same operations as :func:`~fastadapt.algorithms.inner.adam_steps` and the first-order
@@ -205,8 +233,15 @@ class Reptile(nn.Module):
             if start is not None:
                 phi = inner.adam_steps(loss, theta, rates, start[0], start[1], self.betas, per_step=per_step)[0]
             else:
-                phi = inner.inner_loop(loss, theta, rates, first_order=True, optimizer=self.inner_optimizer, betas=self.betas,
-                                       per_step=per_step)[steps]
+                phi = inner.inner_loop(
+                    loss,
+                    theta,
+                    rates,
+                    first_order=True,
+                    optimizer=self.inner_optimizer,
+                    betas=self.betas,
+                    per_step=per_step,
+                )[steps]
             return (*(phi[k].detach() for k in names), self._forward(phi, qx).detach())
 
         tensors = (batch.support_x, batch.support_y, batch.query_x) + (() if idx is None else (idx,))
@@ -214,7 +249,9 @@ class Reptile(nn.Module):
             *finals, outputs = inner.map_tasks(task, tensors, self.execution, self.chunk_size)
         return dict(zip(names, finals)), outputs
 
-    def _train_all(self, batch: TaskBatch, idx: Tensor | None = None) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
+    def _train_all(
+        self, batch: TaskBatch, idx: Tensor | None = None
+    ) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
         """Training without the persistent Adam state (tasks independent, any ``execution``): adapted weights of every
         task (``[T, *shape]`` per parameter, no graph) and the last inner step's support ``(losses [T], outputs, targets)``."""
         theta = inner.detached(inner.trainable_params(self.model))
@@ -224,7 +261,9 @@ class Reptile(nn.Module):
         def task(sx: Tensor, sy: Tensor, *ix: Tensor) -> tuple[Tensor, ...]:
             zeros = {k: torch.zeros_like(v) for k, v in theta.items()}
             state = (zeros, zeros) if self.inner_optimizer == "adam" else None  # fresh moments, as inner.inner_loop
-            phi, _, scores = self._train_steps(self._scored_support_loss(sx, sy, ix[0] if ix else None), theta, rates, state, 0, bool(ix))
+            phi, _, scores = self._train_steps(
+                self._scored_support_loss(sx, sy, ix[0] if ix else None), theta, rates, state, 0, bool(ix)
+            )
             return (*(phi[k] for k in names), *scores)
 
         tensors = (batch.support_x, batch.support_y) + (() if idx is None else (idx,))
@@ -232,7 +271,9 @@ class Reptile(nn.Module):
             *finals, losses, outputs, targets = inner.map_tasks(task, tensors, self.execution, self.chunk_size)
         return dict(zip(names, finals)), (losses, outputs, targets)
 
-    def _adapt_sequential(self, batch: TaskBatch, idx: Tensor | None = None) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
+    def _adapt_sequential(
+        self, batch: TaskBatch, idx: Tensor | None = None
+    ) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
         """Training with the persistent Adam state: the tasks adapt one after the other, each from the
         state the previous one left; the final state is stored. Same arguments and returns as :meth:`_train_all`."""
         theta = inner.detached(inner.trainable_params(self.model))
@@ -242,24 +283,32 @@ class Reptile(nn.Module):
         with torch.enable_grad():
             for t, (sx, sy) in enumerate(zip(batch.support_x, batch.support_y)):
                 loss = self._scored_support_loss(sx, sy, None if idx is None else idx[t])
-                phi, state, last = self._train_steps(loss, theta, rates, state, step, per_step=idx is not None, plain_autograd=True)
+                phi, state, last = self._train_steps(
+                    loss, theta, rates, state, step, per_step=idx is not None, plain_autograd=True
+                )
                 step += self.inner_steps
                 finals.append(phi)
                 scores.append(last)
         self._store_adam_state(state, step)  # type: ignore[arg-type]
-        return {k: torch.stack([f[k] for f in finals]) for k in theta}, tuple(torch.stack(parts) for parts in zip(*scores))  # type: ignore[return-value]
+        return {k: torch.stack([f[k] for f in finals]) for k in theta}, tuple(
+            torch.stack(parts) for parts in zip(*scores)
+        )  # type: ignore[return-value]
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the last inner step on the support
         examples it used (no forward pass only for logging; see the module docstring)."""
         idx = self._minibatches(batch)
-        finals, (losses, outputs, targets) = self._adapt_sequential(batch, idx) if self.persistent else self._train_all(batch, idx)
+        finals, (losses, outputs, targets) = (
+            self._adapt_sequential(batch, idx) if self.persistent else self._train_all(batch, idx)
+        )
         loss = reptile_surrogate(inner.trainable_params(self.model), {k: v.mean(0) for k, v in finals.items()})
         metrics = batch_metrics(outputs, targets, losses.mean())
         metrics["surrogate"] = float(loss.detach())
         return MetaOutput(loss, metrics)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0) -> FastWeightsPredictor:
+    def adapt(
+        self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
+    ) -> FastWeightsPredictor:
         """The model fine-tuned for ``steps`` (default ``inner_steps_eval``) steps at ``inner_lr * lr_scale`` on one task's
         support set; detached.
 
@@ -275,8 +324,15 @@ class Reptile(nn.Module):
         if self.persistent:
             state, step = self._adam_state()
             with torch.enable_grad():
-                return inner.adam_steps(lambda p: task_loss(self._forward(p, x), y), inner.detached(start), rates, state, step, self.betas,
-                                        plain_autograd=True)[0]
+                return inner.adam_steps(
+                    lambda p: task_loss(self._forward(p, x), y),
+                    inner.detached(start),
+                    rates,
+                    state,
+                    step,
+                    self.betas,
+                    plain_autograd=True,
+                )[0]
         return inner.fine_tune(self._forward, start, x, y, rates, self.inner_optimizer, self.betas)
 
     def predict(self, batch: TaskBatch) -> Tensor:

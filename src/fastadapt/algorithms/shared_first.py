@@ -50,7 +50,9 @@ class SharedConv(torch.autograd.Function):
     gradients per task. The backward is built of differentiable operations (double backward works)."""
 
     @staticmethod
-    def forward(x: Tensor, w: Tensor, b: Tensor | None, stride: object, padding: object, dilation: object, groups: int) -> Tensor:
+    def forward(
+        x: Tensor, w: Tensor, b: Tensor | None, stride: object, padding: object, dilation: object, groups: int
+    ) -> Tensor:
         return F.conv2d(x, w[0], None if b is None else b[0], stride, padding, dilation, groups)
 
     @staticmethod
@@ -71,7 +73,10 @@ class SharedConv(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             xs, gs = x.to(low).reshape(tasks, -1, *x.shape[1:]), g.reshape(tasks, -1, *g.shape[1:])
             gw = torch.stack(
-                [torch.nn.grad.conv2d_weight(xs[t], w.shape[1:], gs[t], stride, padding, dilation, groups) for t in range(tasks)]
+                [
+                    torch.nn.grad.conv2d_weight(xs[t], w.shape[1:], gs[t], stride, padding, dilation, groups)
+                    for t in range(tasks)
+                ]
             ).to(w.dtype)
         if has_bias and ctx.needs_input_grad[2]:
             gb = g.reshape(tasks, -1, g.shape[1], g[0, 0].numel()).sum((1, 3)).to(w.dtype)
@@ -221,7 +226,13 @@ def evaluate_tasks(
     for t in range(support_x.shape[0]):
         sx, sy, qx, qy = support_x[t], support_y[t], query_x[t], query_y[t]
         start = {k: v[t] for k, v in phi1.items()}
-        rest = inner_loop(lambda p, sx=sx, sy=sy: loss(forward(p, sx), sy), start, rates[1:], first_order, keep=[k - 1 for k in loss_steps])
+        rest = inner_loop(
+            lambda p, sx=sx, sy=sy: loss(forward(p, sx), sy),
+            start,
+            rates[1:],
+            first_order,
+            keep=[k - 1 for k in loss_steps],
+        )
         outputs = forward(rest[final - 1], qx)
         losses = [loss(outputs if k == final else forward(rest[k - 1], qx), qy) for k in loss_steps]
         all_losses.append(torch.stack(losses))

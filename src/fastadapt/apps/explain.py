@@ -41,8 +41,10 @@ def input_shape(run: Any) -> tuple[int, ...]:
     if not shapes:
         raise FastAdaptError(f"{run.folder.path} records no input shape (a run from before provenance); retrain it")
     if shapes.get("labels") == "environment":
-        raise FastAdaptError(f"{run.folder.path} is a reinforcement-learning run (its tasks are environments, not labelled examples): "
-                             f"nothing to explain per example; score it with fastadapt eval or scripts/results_rl.py")
+        raise FastAdaptError(
+            f"{run.folder.path} is a reinforcement-learning run (its tasks are environments, not labelled examples): "
+            f"nothing to explain per example; score it with fastadapt eval or scripts/results_rl.py"
+        )
     return tuple(shapes["support_x"][1:])
 
 
@@ -59,9 +61,15 @@ def episode_task(run: Any, episode: int, queries: int = 5) -> NamedTask:
     *_, batch = source.fixed(episode + 1, 1)  # the fixed episodes 0..episode, one a batch: keep the last
     task = batch.task(0)
     keep = pick_queries(task.query_y, queries)
-    names = tuple(f"class {i}" for i in range(int(task.support_y.max()) + 1)) if not task.support_y.is_floating_point() else ("output",)
+    names = (
+        tuple(f"class {i}" for i in range(int(task.support_y.max()) + 1))
+        if not task.support_y.is_floating_point()
+        else ("output",)
+    )
     picked = Episode(task.support_x, task.support_y, task.query_x[keep], task.query_y[keep], task.classes)
-    return NamedTask(picked, names, tuple(f"query {int(i)}" for i in keep), f"{run.folder.path}: test {key}, episode {episode}")
+    return NamedTask(
+        picked, names, tuple(f"query {int(i)}" for i in keep), f"{run.folder.path}: test {key}, episode {episode}"
+    )
 
 
 def pick_queries(query_y: Tensor, count: int) -> Tensor:
@@ -95,7 +103,13 @@ def folder_task(run: Any, support: str | Path, query: str | Path, invert: str = 
             ys.append(label)
     if len(names) < 2:
         raise DataError(f"--support {support} has {len(names)} class folder(s); give at least 2")
-    files = [query] if query.is_file() else sorted(f for f in query.iterdir() if f.suffix.lower() in QUERY_SUFFIXES) if query.is_dir() else []
+    files = (
+        [query]
+        if query.is_file()
+        else sorted(f for f in query.iterdir() if f.suffix.lower() in QUERY_SUFFIXES)
+        if query.is_dir()
+        else []
+    )
     if not files:
         raise DataError(f"--query {query} is neither an image nor a folder of PNG/JPEG images")
     qx = torch.stack([decode_image(f.read_bytes(), shape, invert) for f in files])
@@ -106,16 +120,32 @@ def folder_task(run: Any, support: str | Path, query: str | Path, invert: str = 
 def explanation_record(expl: Explanation, named: NamedTask, run: Any) -> dict[str, Any]:
     """The JSON file: the explanation plus where the task and the weights came from."""
     record = expl.to_dict()
-    record.update({"run": str(run.folder.path), "weights": run.weights, "weights_step": run.step, "task": named.source,
-                   "class_names": list(named.class_names)})
+    record.update(
+        {
+            "run": str(run.folder.path),
+            "weights": run.weights,
+            "weights_step": run.step,
+            "task": named.source,
+            "class_names": list(named.class_names),
+        }
+    )
     for item, name, y in zip(record["queries"], named.query_names, named.task.query_y.tolist()):
         item["name"] = name
         item["label"] = None if y == -1 else y
     return record
 
 
-def explain_command(run_dir: str, overrides: list[str], episode: int | None, support: str | None, query: str | None, queries: int,
-                    attribution: str, out: str | None, invert: str = "auto") -> tuple[Path, Path]:
+def explain_command(
+    run_dir: str,
+    overrides: list[str],
+    episode: int | None,
+    support: str | None,
+    query: str | None,
+    queries: int,
+    attribution: str,
+    out: str | None,
+    invert: str = "auto",
+) -> tuple[Path, Path]:
     """What ``fastadapt explain`` does; returns the PNG and JSON paths written."""
     from fastadapt.runs.folder import load_run
 
@@ -124,9 +154,17 @@ def explain_command(run_dir: str, overrides: list[str], episode: int | None, sup
     if support is not None and episode is not None:
         raise ConfigError("give either --episode N or --support DIR --query FILE, not both")
     run = load_run(run_dir, overrides)
-    named = folder_task(run, support, query, invert) if support is not None and query is not None else episode_task(run, episode or 0, queries)
+    named = (
+        folder_task(run, support, query, invert)
+        if support is not None and query is not None
+        else episode_task(run, episode or 0, queries)
+    )
     expl = explain(run.algorithm, named.task, attribution=attribution)
-    stem = Path(out) if out else Path(f"{Path(run_dir).resolve().name}-" + (f"episode{episode or 0}" if support is None else "own"))
+    stem = (
+        Path(out)
+        if out
+        else Path(f"{Path(run_dir).resolve().name}-" + (f"episode{episode or 0}" if support is None else "own"))
+    )
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, png_path = stem.with_suffix(".json"), stem.with_suffix(".png")
     json_path.write_text(json.dumps(explanation_record(expl, named, run), indent=1) + "\n")
@@ -144,7 +182,9 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise FastAdaptError("the explanation's picture needs matplotlib; install it with: pip install 'fastadapt[plot]'") from None
+        raise FastAdaptError(
+            "the explanation's picture needs matplotlib; install it with: pip install 'fastadapt[plot]'"
+        ) from None
     return plt
 
 
@@ -254,20 +294,27 @@ def _adaptation(ax: Any, expl: Explanation) -> None:
         cols = used.nonzero().flatten()[:64]
         both = torch.cat([ww[:, cols], rw[:, cols]], dim=1).T
         ax.imshow(both.numpy(), aspect="auto", cmap="viridis")
-        ax.set_title("memory: write weightings (top) and read weightings (bottom) of the used slots over steps "
-                     f"({expl.parts['phase'].count('support')} support steps, then one per query)", fontsize=8)
+        ax.set_title(
+            "memory: write weightings (top) and read weightings (bottom) of the used slots over steps "
+            f"({expl.parts['phase'].count('support')} support steps, then one per query)",
+            fontsize=8,
+        )
         ax.set_xlabel("step", fontsize=7)
     elif "gates" in expl.parts:
         g = expl.parts["gates"]
         for j, name in enumerate(g.names):
             ax.plot(g.input_gate[:, j].tolist(), color=f"C{j % 10}", label=f"i {name}")
             ax.plot(g.forget_gate[:, j].tolist(), color=f"C{j % 10}", linestyle="--")
-        ax.set_title("meta-LSTM gates per step: input i_t (solid), forget f_t (dashed), mean per parameter tensor", fontsize=8)
+        ax.set_title(
+            "meta-LSTM gates per step: input i_t (solid), forget f_t (dashed), mean per parameter tensor", fontsize=8
+        )
         ax.set_xlabel("inner step", fontsize=7)
         ax.legend(fontsize=5, ncol=4)
     else:
         names = [c.name for c in expl.layers]
-        ax.barh(range(len(names)), [c.change for c in expl.layers])  # absolute: a zero-initialised bias has no relative scale
+        ax.barh(
+            range(len(names)), [c.change for c in expl.layers]
+        )  # absolute: a zero-initialised bias has no relative scale
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels(names, fontsize=5)
         ax.invert_yaxis()
@@ -276,4 +323,12 @@ def _adaptation(ax: Any, expl: Explanation) -> None:
     ax.tick_params(labelsize=6)
 
 
-__all__ = ["NamedTask", "draw_explanation", "episode_task", "explain_command", "explanation_record", "folder_task", "pick_queries"]
+__all__ = [
+    "NamedTask",
+    "draw_explanation",
+    "episode_task",
+    "explain_command",
+    "explanation_record",
+    "folder_task",
+    "pick_queries",
+]

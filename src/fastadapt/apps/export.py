@@ -45,11 +45,22 @@ def adapted_state(predictor: Any) -> dict[str, Any]:
     return {}
 
 
-def task_record(run: Any, class_names: list[str], x: Tensor, y: Tensor, sources: list[str], predictor: Any = None) -> dict[str, Any]:
+def task_record(
+    run: Any, class_names: list[str], x: Tensor, y: Tensor, sources: list[str], predictor: Any = None
+) -> dict[str, Any]:
     """What an export holds (see the module docstring); ``x [M, *x]`` in [0, 1], ``y [M]`` positions in ``class_names``."""
-    return {"format": FORMAT, "run": str(run.folder.path.resolve()), "algorithm": run.config.algorithm, "weights": run.weights,
-            "weights_step": run.step, "classes": list(class_names), "x": (x.clamp(0, 1) * 255).round().to(torch.uint8),
-            "y": y.long(), "sources": list(sources), "state": adapted_state(predictor) if predictor is not None else {}}
+    return {
+        "format": FORMAT,
+        "run": str(run.folder.path.resolve()),
+        "algorithm": run.config.algorithm,
+        "weights": run.weights,
+        "weights_step": run.step,
+        "classes": list(class_names),
+        "x": (x.clamp(0, 1) * 255).round().to(torch.uint8),
+        "y": y.long(),
+        "sources": list(sources),
+        "state": adapted_state(predictor) if predictor is not None else {},
+    }
 
 
 def write_task_record(record: dict[str, Any]) -> bytes:
@@ -65,10 +76,17 @@ def read_task_record(data: bytes, shape: tuple[int, ...] | None = None) -> dict[
     except Exception as e:  # a truncated file, another format, a pickle that asks for code
         raise DataError(f"not an exported fastadapt task ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise DataError(f"not an exported fastadapt task (format {record.get('format') if isinstance(record, dict) else None!r}, expected {FORMAT})")
+        raise DataError(
+            f"not an exported fastadapt task (format {record.get('format') if isinstance(record, dict) else None!r}, expected {FORMAT})"
+        )
     x, y, names = record.get("x"), record.get("y"), record.get("classes")
-    if not (isinstance(x, Tensor) and isinstance(y, Tensor) and isinstance(names, list)) or x.dtype != torch.uint8 or y.ndim != 1 \
-            or len(x) != len(y) or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(names)):
+    if (
+        not (isinstance(x, Tensor) and isinstance(y, Tensor) and isinstance(names, list))
+        or x.dtype != torch.uint8
+        or y.ndim != 1
+        or len(x) != len(y)
+        or (len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(names))
+    ):
         raise DataError("the exported task's examples do not fit its classes (x uint8 [M, ...], y [M] in 0..classes-1)")
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise DataError(f"the exported task's images are {list(x.shape[1:])}; this run takes {list(shape)}")
@@ -108,12 +126,16 @@ def deployable(predictor: Any) -> nn.Module:
         return PrototypeModule(copy.deepcopy(predictor.model), s.prototypes, s.distance, s.scale).eval()
     if isinstance(predictor, FastWeightsPredictor):
         model = copy.deepcopy(predictor.model)  # an export artefact: the fast weights written into a copy
-        model.load_state_dict({**{k: v.detach() for k, v in predictor.params.items()}, **predictor.buffers}, strict=False)
+        model.load_state_dict(
+            {**{k: v.detach() for k, v in predictor.params.items()}, **predictor.buffers}, strict=False
+        )
         return model.eval()
     if isinstance(predictor, HeadPredictor):
         return HeadModule(copy.deepcopy(predictor.model), predictor).eval()
-    raise DataError(f"exporting a {type(predictor).__name__} for deployment is not supported; ProtoNet, the gradient-based "
-                    f"learners, Baseline and the linear probe are")
+    raise DataError(
+        f"exporting a {type(predictor).__name__} for deployment is not supported; ProtoNet, the gradient-based "
+        f"learners, Baseline and the linear probe are"
+    )
 
 
 def torchscript_predictor(predictor: Any, example: Tensor) -> bytes:
@@ -135,5 +157,15 @@ def load_torchscript(data: bytes) -> Any:
         return torch.jit.load(io.BytesIO(data), map_location="cpu")
 
 
-__all__ = ["FORMAT", "HeadModule", "PrototypeModule", "adapted_state", "deployable", "load_torchscript", "read_task_record", "task_record",
-           "torchscript_predictor", "write_task_record"]
+__all__ = [
+    "FORMAT",
+    "HeadModule",
+    "PrototypeModule",
+    "adapted_state",
+    "deployable",
+    "load_torchscript",
+    "read_task_record",
+    "task_record",
+    "torchscript_predictor",
+    "write_task_record",
+]

@@ -35,18 +35,28 @@ class LoadResult:
         return self.requests / self.seconds if self.seconds else 0.0
 
     def summary(self) -> str:
-        return (f"{self.clients} clients, {self.seconds:.1f} s: {self.requests} requests ({self.requests_per_second:.1f}/s), "
-                f"latency p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, {len(self.errors)} errors")
+        return (
+            f"{self.clients} clients, {self.seconds:.1f} s: {self.requests} requests ({self.requests_per_second:.1f}/s), "
+            f"latency p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, {len(self.errors)} errors"
+        )
 
 
 def multipart(field: str, filename: str, data: bytes, content_type: str = "image/png") -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def load_test(url: str, png: bytes, seconds: float = 60.0, clients: int = 4, path: str = "/api/predict?attribution=none") -> LoadResult:
+def load_test(
+    url: str, png: bytes, seconds: float = 60.0, clients: int = 4, path: str = "/api/predict?attribution=none"
+) -> LoadResult:
     """``clients`` threads post ``png`` to ``url + path`` for ``seconds`` (each finishes its last request)."""
     parts = urlsplit(url)
     body, ctype = multipart("file", "drawing.png", png)
@@ -60,7 +70,9 @@ def load_test(url: str, png: bytes, seconds: float = 60.0, clients: int = 4, pat
             while time.perf_counter() < stop:
                 start = time.perf_counter()
                 try:
-                    con.request("POST", path, body=body, headers={"Content-Type": ctype, "Content-Length": str(len(body))})
+                    con.request(
+                        "POST", path, body=body, headers={"Content-Type": ctype, "Content-Length": str(len(body))}
+                    )
                     r = con.getresponse()
                     r.read()
                     if r.status == 200:

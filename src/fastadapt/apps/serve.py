@@ -80,7 +80,11 @@ class App:
         """The task adapted at the store's current revision (decoded and adapted again only when it changed, or ``fresh``)."""
         examples, pngs, rev = self.store.labelled_set()
         cached = self.learner.cached
-        images = list(cached.support_x) if cached is not None and cached.revision == rev else [decode_image(p, self.shape, "never") for p in pngs]
+        images = (
+            list(cached.support_x)
+            if cached is not None and cached.revision == rev
+            else [decode_image(p, self.shape, "never") for p in pngs]
+        )
         order = [c["id"] for c in self.store.classes()]
         a = self.learner.adapt(examples, images, rev, order, fresh)
         self.last["adapt_ms"] = a.adapt_ms
@@ -102,12 +106,21 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         limit = MAX_IMPORT if request.url.path == "/api/import" else MAX_BODY
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse({"detail": f"the request has {length} bytes; at most {limit} are accepted"}, status_code=413)
+            return JSONResponse(
+                {"detail": f"the request has {length} bytes; at most {limit} are accepted"}, status_code=413
+            )
         if length is None and request.method in ("POST", "PATCH", "PUT"):
             return JSONResponse({"detail": "a request body needs a Content-Length"}, status_code=411)
         return await call_next(request)
 
-    for exc, status in ((NotFound, 404), (Conflict, 409), (InvalidName, 422), (DataError, 422), (ConfigError, 422), (FastAdaptError, 400)):
+    for exc, status in (
+        (NotFound, 404),
+        (Conflict, 409),
+        (InvalidName, 422),
+        (DataError, 422),
+        (ConfigError, 422),
+        (FastAdaptError, 400),
+    ):
         api.add_exception_handler(exc, _handler(status))
 
     async def read_image(file: UploadFile) -> torch.Tensor:
@@ -125,11 +138,26 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         examples, _, rev = store.labelled_set()
         labelled = sorted(e.pool_index for e in examples if e.pool_index is not None)
         cfg = run.config
-        return {"revision": rev, "run": {"path": str(run.folder.path), "algorithm": cfg.algorithm, "weights": run.weights, "step": run.step,
-                                         "input_shape": list(shape)},
-                "classes": store.classes(), "pool": {"source": pool.source, "size": len(pool.y), "held_out": int(pool.held_out.sum()),
-                                                     "labelled": labelled},
-                "round": store.open_round_now(), "rounds": store.rounds(), "latency_ms": state.last}
+        return {
+            "revision": rev,
+            "run": {
+                "path": str(run.folder.path),
+                "algorithm": cfg.algorithm,
+                "weights": run.weights,
+                "step": run.step,
+                "input_shape": list(shape),
+            },
+            "classes": store.classes(),
+            "pool": {
+                "source": pool.source,
+                "size": len(pool.y),
+                "held_out": int(pool.held_out.sum()),
+                "labelled": labelled,
+            },
+            "round": store.open_round_now(),
+            "rounds": store.rounds(),
+            "latency_ms": state.last,
+        }
 
     @api.post("/api/classes", status_code=201)
     def add_class(body: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +169,9 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         return Response(status_code=204)
 
     @api.post("/api/classes/{class_id}/examples", status_code=201)
-    async def add_example(class_id: int, file: Annotated[UploadFile, File()], source: Annotated[str, Form()] = "upload") -> dict[str, Any]:
+    async def add_example(
+        class_id: int, file: Annotated[UploadFile, File()], source: Annotated[str, Form()] = "upload"
+    ) -> dict[str, Any]:
         if source not in ("draw", "upload"):
             raise DataError(f"source={source!r}; use draw or upload")
         x = await read_image(file)
@@ -162,7 +192,9 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         return Response(status_code=204)
 
     @api.post("/api/predict")
-    async def predict(file: Annotated[UploadFile, File()], attribution: str = "gradient", fresh: bool = False) -> dict[str, Any]:
+    async def predict(
+        file: Annotated[UploadFile, File()], attribution: str = "gradient", fresh: bool = False
+    ) -> dict[str, Any]:
         x = await read_image(file)
         return await run_in_threadpool(_predict, state, x, attribution, fresh)
 
@@ -210,9 +242,14 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         a, examples, images = state.adapted()
         classes = store.classes()
         names = [c["name"] for c in classes if c["id"] in set(a.class_ids)]
-        record = exporting.task_record(run, names, torch.stack(images), a.support_y, [e.source for e in examples], a.predictor)
-        return Response(exporting.write_task_record(record), media_type="application/octet-stream",
-                        headers={"Content-Disposition": 'attachment; filename="adapted-task.pt"'})
+        record = exporting.task_record(
+            run, names, torch.stack(images), a.support_y, [e.source for e in examples], a.predictor
+        )
+        return Response(
+            exporting.write_task_record(record),
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": 'attachment; filename="adapted-task.pt"'},
+        )
 
     @api.post("/api/import")
     async def import_task(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
@@ -229,7 +266,11 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
     def export_torchscript() -> Response:
         a, _, _ = state.adapted()
         data = exporting.torchscript_predictor(a.predictor, a.support_x[:2])
-        return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": 'attachment; filename="predictor.pt"'})
+        return Response(
+            data,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": 'attachment; filename="predictor.pt"'},
+        )
 
     return api
 
@@ -258,17 +299,27 @@ def _predict(state: App, x: torch.Tensor, attribution: str, fresh: bool = False)
     task = Episode(a.support_x, a.support_y, x.unsqueeze(0), torch.zeros(1, dtype=torch.long))
     start = time.perf_counter()
     with state.learner.lock:
-        expl = explain(state.learner.algorithm, task, predictor=a.predictor, attribution=attribution, classes=len(a.class_ids))
+        expl = explain(
+            state.learner.algorithm, task, predictor=a.predictor, attribution=attribution, classes=len(a.class_ids)
+        )
     record = expl.to_dict()
     q = record["queries"][0]
     best = int(probs[0].argmax())
-    return {"probabilities": [{"id": c, "name": classes.get(c, "?"), "probability": float(p)} for c, p in zip(a.class_ids, probs[0])],
-            "predicted": {"id": a.class_ids[best], "name": classes.get(a.class_ids[best], "?")},
-            "latency_ms": {"adapt": a.adapt_ms, "predict": ms, "explain": (time.perf_counter() - start) * 1e3},
-            "explanation": {"kind": record["kind"], "algorithm": record["algorithm"], "notes": record["notes"],
-                            "support": [{"class_id": a.class_ids[int(y)]} for y in a.support_y],
-                            **{k: q[k] for k in ("distances", "attention", "attribution") if k in q},
-                            **({"layers": record["layers"]} if "layers" in record else {})}}
+    return {
+        "probabilities": [
+            {"id": c, "name": classes.get(c, "?"), "probability": float(p)} for c, p in zip(a.class_ids, probs[0])
+        ],
+        "predicted": {"id": a.class_ids[best], "name": classes.get(a.class_ids[best], "?")},
+        "latency_ms": {"adapt": a.adapt_ms, "predict": ms, "explain": (time.perf_counter() - start) * 1e3},
+        "explanation": {
+            "kind": record["kind"],
+            "algorithm": record["algorithm"],
+            "notes": record["notes"],
+            "support": [{"class_id": a.class_ids[int(y)]} for y in a.support_y],
+            **{k: q[k] for k in ("distances", "attention", "attribution") if k in q},
+            **({"layers": record["layers"]} if "layers" in record else {}),
+        },
+    }
 
 
 def _round_view(state: App, current: dict[str, Any], a: Any, labelled: set[int]) -> dict[str, Any]:
@@ -276,7 +327,10 @@ def _round_view(state: App, current: dict[str, Any], a: Any, labelled: set[int])
     out = []
     if todo:
         p, _ = state.learner.probabilities(a, state.pool.x[todo])
-        out = [{"pool_index": i, "guess": a.class_ids[int(p[j].argmax())], "probabilities": [float(v) for v in p[j]]} for j, i in enumerate(todo)]
+        out = [
+            {"pool_index": i, "guess": a.class_ids[int(p[j].argmax())], "probabilities": [float(v) for v in p[j]]}
+            for j, i in enumerate(todo)
+        ]
     return {"id": current["id"], "proposed": current["proposed"], "todo": out, "class_ids": a.class_ids}
 
 
@@ -284,7 +338,9 @@ def _close(state: App, round_id: int) -> dict[str, Any]:
     examples, pngs, _ = state.store.labelled_set()
     images = [decode_image(p, state.shape, "never") for p in pngs]
     scores = score_rounds(state.learner, state.pool, examples, images, state.store.classes())
-    state.store.close_round(round_id, scores["labelled"], scores["acc_uncertainty"], scores["acc_random"], scores["evaluated"])
+    state.store.close_round(
+        round_id, scores["labelled"], scores["acc_uncertainty"], scores["acc_random"], scores["evaluated"]
+    )
     return {"id": round_id, **scores}
 
 
@@ -297,15 +353,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def serve_command(run_dir: str, host: str = "127.0.0.1", port: int = 8765, folder: str | None = None, pool: str = "omniglot",
-                  invert: str = "auto", allow_remote: bool = False) -> int:
+def serve_command(
+    run_dir: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    folder: str | None = None,
+    pool: str = "omniglot",
+    invert: str = "auto",
+    allow_remote: bool = False,
+) -> int:
     """What ``fastadapt serve`` does: load the run, open (or create) the app's folder, print the URL, serve until interrupted."""
     import uvicorn
 
     from fastadapt.runs.folder import load_run
 
     if host not in LOCAL_HOSTS and not allow_remote:
-        raise ConfigError(f"--host {host} would let other machines reach an app without authentication; pass --allow-remote to mean it")
+        raise ConfigError(
+            f"--host {host} would let other machines reach an app without authentication; pass --allow-remote to mean it"
+        )
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is invalid; use 1..65535 (0: any free port)")
     torch.set_num_threads(1)
@@ -313,14 +378,20 @@ def serve_command(run_dir: str, host: str = "127.0.0.1", port: int = 8765, folde
     if not run.provenance.get("task_shapes"):
         raise FastAdaptError(f"{run_dir} records no input shape (a run from before provenance); retrain it")
     if run.provenance["task_shapes"].get("labels") == "environment":
-        raise FastAdaptError(f"{run_dir} is a reinforcement-learning run (its tasks are environments): fastadapt serve teaches image "
-                             f"classes; adapt its policy from Python (fastadapt.load_run(path).algorithm.adapt(tasks))")
+        raise FastAdaptError(
+            f"{run_dir} is a reinforcement-learning run (its tasks are environments): fastadapt serve teaches image "
+            f"classes; adapt its policy from Python (fastadapt.load_run(path).algorithm.adapt(tasks))"
+        )
     shape = tuple(run.provenance["task_shapes"]["support_x"][1:])
     ways = int(run.provenance["task_shapes"].get("ways") or 5)
-    app = create_app(run, folder or Path(run_dir) / "app", load_pool(pool, shape, ways=min(max(ways, 2), 5), invert=invert), invert)
+    app = create_app(
+        run, folder or Path(run_dir) / "app", load_pool(pool, shape, ways=min(max(ways, 2), 5), invert=invert), invert
+    )
     port = port or free_port(host)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    print(f"fastadapt serve: {url} (state in {app.state.app.store.path}; torch uses 1 thread; Ctrl-C stops)", flush=True)
+    print(
+        f"fastadapt serve: {url} (state in {app.state.app.store.path}; torch uses 1 thread; Ctrl-C stops)", flush=True
+    )
     sys.stdout.flush()
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

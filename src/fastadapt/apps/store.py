@@ -141,7 +141,9 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         with self.write(bump=False) as con:
-            con.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+            con.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)
+            )
 
     # --- classes -------------------------------------------------------------------------------------
 
@@ -179,10 +181,14 @@ class Store:
             if con.execute("SELECT 1 FROM classes WHERE id = ?", (class_id,)).fetchone() is None:
                 raise NotFound(f"class {class_id} does not exist")
             try:
-                cur = con.execute("INSERT INTO examples (class_id, png, source, pool_index, created) VALUES (?, ?, ?, ?, ?)",
-                                  (class_id, png, source, pool_index, time.time()))
+                cur = con.execute(
+                    "INSERT INTO examples (class_id, png, source, pool_index, created) VALUES (?, ?, ?, ?, ?)",
+                    (class_id, png, source, pool_index, time.time()),
+                )
             except sqlite3.IntegrityError:
-                raise Conflict(f"pool example {pool_index} is labelled already; correct its label with PATCH /api/examples/<id>") from None
+                raise Conflict(
+                    f"pool example {pool_index} is labelled already; correct its label with PATCH /api/examples/<id>"
+                ) from None
             return int(cur.lastrowid or 0)
 
     def relabel_example(self, example_id: int, class_id: int) -> None:
@@ -216,32 +222,54 @@ class Store:
     def open_round(self, proposed: list[int]) -> dict[str, Any]:
         """A new round proposing ``proposed``; the open round instead when there is one (two tabs ask at once)."""
         with self.write() as con:
-            row = con.execute("SELECT id, proposed FROM rounds WHERE closed IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+            row = con.execute(
+                "SELECT id, proposed FROM rounds WHERE closed IS NULL ORDER BY id DESC LIMIT 1"
+            ).fetchone()
             if row is not None:
                 return {"id": int(row[0]), "proposed": json.loads(row[1]), "new": False}
-            cur = con.execute("INSERT INTO rounds (proposed, created) VALUES (?, ?)", (json.dumps(proposed), time.time()))
+            cur = con.execute(
+                "INSERT INTO rounds (proposed, created) VALUES (?, ?)", (json.dumps(proposed), time.time())
+            )
             return {"id": int(cur.lastrowid or 0), "proposed": proposed, "new": True}
 
     def open_round_now(self) -> dict[str, Any] | None:
         with self.read() as con:
-            row = con.execute("SELECT id, proposed FROM rounds WHERE closed IS NULL ORDER BY id DESC LIMIT 1").fetchone()
+            row = con.execute(
+                "SELECT id, proposed FROM rounds WHERE closed IS NULL ORDER BY id DESC LIMIT 1"
+            ).fetchone()
         return None if row is None else {"id": int(row[0]), "proposed": json.loads(row[1])}
 
-    def close_round(self, round_id: int, labelled: int, acc_uncertainty: float | None, acc_random: float | None, evaluated: int) -> None:
+    def close_round(
+        self, round_id: int, labelled: int, acc_uncertainty: float | None, acc_random: float | None, evaluated: int
+    ) -> None:
         with self.write() as con:
             row = con.execute("SELECT closed FROM rounds WHERE id = ?", (round_id,)).fetchone()
             if row is None:
                 raise NotFound(f"round {round_id} does not exist")
             if row[0] is not None:
                 raise Conflict(f"round {round_id} is closed already")
-            con.execute("UPDATE rounds SET labelled = ?, acc_uncertainty = ?, acc_random = ?, evaluated = ?, closed = ? WHERE id = ?",
-                        (labelled, acc_uncertainty, acc_random, evaluated, time.time(), round_id))
+            con.execute(
+                "UPDATE rounds SET labelled = ?, acc_uncertainty = ?, acc_random = ?, evaluated = ?, closed = ? WHERE id = ?",
+                (labelled, acc_uncertainty, acc_random, evaluated, time.time(), round_id),
+            )
 
     def rounds(self) -> list[dict[str, Any]]:
         with self.read() as con:
-            rows = con.execute("SELECT id, proposed, labelled, acc_uncertainty, acc_random, evaluated, closed FROM rounds ORDER BY id").fetchall()
-        return [{"id": i, "proposed": json.loads(p), "labelled": n, "acc_uncertainty": u, "acc_random": r, "evaluated": e, "closed": c is not None}
-                for i, p, n, u, r, e, c in rows]
+            rows = con.execute(
+                "SELECT id, proposed, labelled, acc_uncertainty, acc_random, evaluated, closed FROM rounds ORDER BY id"
+            ).fetchall()
+        return [
+            {
+                "id": i,
+                "proposed": json.loads(p),
+                "labelled": n,
+                "acc_uncertainty": u,
+                "acc_random": r,
+                "evaluated": e,
+                "closed": c is not None,
+            }
+            for i, p, n, u, r, e, c in rows
+        ]
 
     # --- import --------------------------------------------------------------------------------------
 
@@ -253,10 +281,15 @@ class Store:
         with self.write() as con:
             con.execute("DELETE FROM examples")
             con.execute("DELETE FROM classes")
-            ids = [int(con.execute("INSERT INTO classes (name, created) VALUES (?, ?)", (n, time.time())).lastrowid or 0) for n in names]
+            ids = [
+                int(con.execute("INSERT INTO classes (name, created) VALUES (?, ?)", (n, time.time())).lastrowid or 0)
+                for n in names
+            ]
             for pos, png, source, pool in examples:
-                con.execute("INSERT INTO examples (class_id, png, source, pool_index, created) VALUES (?, ?, ?, ?, ?)",
-                            (ids[pos], png, source if source in SOURCES else "import", pool, time.time()))
+                con.execute(
+                    "INSERT INTO examples (class_id, png, source, pool_index, created) VALUES (?, ?, ?, ?, ?)",
+                    (ids[pos], png, source if source in SOURCES else "import", pool, time.time()),
+                )
 
 
 def check_name(name: Any) -> str:

@@ -89,7 +89,9 @@ def load_pool(spec: str, shape: tuple[int, ...], ways: int = 5, invert: str = "a
     held = torch.zeros(len(y), dtype=torch.bool)
     start = 0
     for c in counts:
-        order = torch.randperm(c, generator=g)[: max(1, round(HELD_OUT * c))] if c > 1 else torch.zeros(0, dtype=torch.long)
+        order = (
+            torch.randperm(c, generator=g)[: max(1, round(HELD_OUT * c))] if c > 1 else torch.zeros(0, dtype=torch.long)
+        )
         held[start + order] = True
         start += c
     return Pool(x, y, tuple(data.names), held, source)
@@ -121,7 +123,9 @@ class Learner:
     lock: threading.Lock = field(default_factory=threading.Lock)
     cached: Adapted | None = None
 
-    def adapt(self, examples: list[Example], images: list[Tensor], revision: int, class_order: list[int], fresh: bool = False) -> Adapted:
+    def adapt(
+        self, examples: list[Example], images: list[Tensor], revision: int, class_order: list[int], fresh: bool = False
+    ) -> Adapted:
         """The task of ``examples`` (images ``[*x]`` each) adapted; reused while ``revision`` is unchanged (unless ``fresh``)."""
         with self.lock:
             if not fresh and self.cached is not None and self.cached.revision == revision:
@@ -134,7 +138,9 @@ class Learner:
             sx = torch.stack(images)
             sy = torch.tensor([label[e.class_id] for e in examples])
             start = time.perf_counter()
-            predictor = self.algorithm.adapt(sx, sy)  # with grad: gradient-based and learnt-head adaptation take gradients
+            predictor = self.algorithm.adapt(
+                sx, sy
+            )  # with grad: gradient-based and learnt-head adaptation take gradients
             ms = (time.perf_counter() - start) * 1e3
             self.cached = Adapted(predictor, ids, sx, sy, revision, ms)
             return self.cached
@@ -148,7 +154,9 @@ class Learner:
                 out = adapted.predictor(x)
             ms = (time.perf_counter() - start) * 1e3
         if out.ndim != 2 or out.shape[1] < n:
-            raise Conflict(f"this run's model has {out.shape[-1]} outputs; it cannot tell {n} classes apart: delete a class")
+            raise Conflict(
+                f"this run's model has {out.shape[-1]} outputs; it cannot tell {n} classes apart: delete a class"
+            )
         return torch.softmax(out[:, :n].double(), dim=-1).float(), ms
 
     def adapt_plain(self, sx: Tensor, sy: Tensor) -> Any:
@@ -164,8 +172,15 @@ def propose(learner: Learner, adapted: Adapted, pool: Pool, labelled: set[int], 
     p, _ = learner.probabilities(adapted, pool.x[candidates])
     h = entropy(p)
     order = h.argsort(descending=True)[:k]
-    return [{"pool_index": candidates[int(j)], "entropy": float(h[j]), "guess": adapted.class_ids[int(p[j].argmax())],
-             "probabilities": [float(v) for v in p[j]]} for j in order]
+    return [
+        {
+            "pool_index": candidates[int(j)],
+            "entropy": float(h[j]),
+            "guess": adapted.class_ids[int(p[j].argmax())],
+            "probabilities": [float(v) for v in p[j]],
+        }
+        for j in order
+    ]
 
 
 def class_of_pool_class(pool: Pool, examples: list[Example], classes: list[dict[str, Any]]) -> dict[int, int]:
@@ -184,15 +199,26 @@ def class_of_pool_class(pool: Pool, examples: list[Example], classes: list[dict[
     return out
 
 
-def score_rounds(learner: Learner, pool: Pool, examples: list[Example], images: list[Tensor], classes: list[dict[str, Any]],
-                 seed: int = POOL_SEED) -> dict[str, Any]:
+def score_rounds(
+    learner: Learner,
+    pool: Pool,
+    examples: list[Example],
+    images: list[Tensor],
+    classes: list[dict[str, Any]],
+    seed: int = POOL_SEED,
+) -> dict[str, Any]:
     """Held-out accuracy of the task as taught (uncertainty) and of the random arm (see the module docstring)."""
     mapping = class_of_pool_class(pool, examples, classes)
     order = [c["id"] for c in classes]
     held = pool.held_out.nonzero().flatten()
     scored = [int(i) for i in held if int(pool.y[i]) in mapping]
     labelled = sum(e.pool_index is not None for e in examples)
-    result: dict[str, Any] = {"labelled": labelled, "evaluated": len(scored), "acc_uncertainty": None, "acc_random": None}
+    result: dict[str, Any] = {
+        "labelled": labelled,
+        "evaluated": len(scored),
+        "acc_uncertainty": None,
+        "acc_random": None,
+    }
     if not scored:
         return result
 
@@ -218,4 +244,14 @@ def score_rounds(learner: Learner, pool: Pool, examples: list[Example], images: 
     return result
 
 
-__all__ = ["HELD_OUT", "Adapted", "Learner", "Pool", "class_of_pool_class", "entropy", "load_pool", "propose", "score_rounds"]
+__all__ = [
+    "HELD_OUT",
+    "Adapted",
+    "Learner",
+    "Pool",
+    "class_of_pool_class",
+    "entropy",
+    "load_pool",
+    "propose",
+    "score_rounds",
+]

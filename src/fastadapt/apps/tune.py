@@ -91,7 +91,9 @@ def parse_param(key: str, value: Any) -> Param:
     if isinstance(value, list):
         value = {"choices": value}
     if not isinstance(value, dict):
-        raise ConfigError(f"tune {key}={value!r} is not a range; write {{ low = 1e-4, high = 1e-2, log = true }} or {{ choices = [1, 3, 5] }}")
+        raise ConfigError(
+            f"tune {key}={value!r} is not a range; write {{ low = 1e-4, high = 1e-2, log = true }} or {{ choices = [1, 3, 5] }}"
+        )
     unknown = set(value) - {"low", "high", "log", "choices"}
     if unknown:
         raise ConfigError(f"tune {key}: unknown field {sorted(unknown)[0]!r}; a range has low, high, log, or choices")
@@ -113,7 +115,9 @@ def parse_param(key: str, value: Any) -> Param:
     if not isinstance(log, bool):
         raise ConfigError(f"tune {key}: log={log!r} must be true or false")
     if not low < high:
-        raise ConfigError(f"tune {key}: the range [{low}, {high}] is {'empty' if low == high else 'inverted'}; give low < high")
+        raise ConfigError(
+            f"tune {key}: the range [{low}, {high}] is {'empty' if low == high else 'inverted'}; give low < high"
+        )
     if log and low <= 0:
         raise ConfigError(f"tune {key}: a log range needs low > 0, found low={low}")
     if isinstance(low, int) and isinstance(high, int):
@@ -121,21 +125,29 @@ def parse_param(key: str, value: Any) -> Param:
     return Param(key, float(low), float(high), log)
 
 
-def parse_spec(table: dict[str, Any], cli_space: list[str] | tuple[str, ...] = (), trials: int | None = None,
-               minutes: float | None = None) -> TuneSpec:
+def parse_spec(
+    table: dict[str, Any],
+    cli_space: list[str] | tuple[str, ...] = (),
+    trials: int | None = None,
+    minutes: float | None = None,
+) -> TuneSpec:
     """A :class:`TuneSpec` from a ``[tune]`` table and ``--space key=range`` texts (the command line wins)."""
     if not isinstance(table, dict):
-        raise ConfigError("[tune] must be a table: budget settings and \"section.key\" = { low, high } ranges")
+        raise ConfigError('[tune] must be a table: budget settings and "section.key" = { low, high } ranges')
     settings = {k: v for k, v in table.items() if "." not in k}
     unknown = set(settings) - set(SETTINGS)
     if unknown:
-        raise ConfigError(f"unknown key tune.{sorted(unknown)[0]}; allowed: {', '.join(SETTINGS)} and \"section.key\" ranges")
+        raise ConfigError(
+            f'unknown key tune.{sorted(unknown)[0]}; allowed: {", ".join(SETTINGS)} and "section.key" ranges'
+        )
     space = {k: parse_param(k, v) for k, v in table.items() if "." in k}
     for text in cli_space:
         (section, key), value = parse_override(text)
         space[f"{section}.{key}"] = parse_param(f"{section}.{key}", value)
     if not space:
-        raise ConfigError("nothing to tune: give ranges in a [tune] section or with --space \"optim.lr={ low = 1e-4, high = 1e-2, log = true }\"")
+        raise ConfigError(
+            'nothing to tune: give ranges in a [tune] section or with --space "optim.lr={ low = 1e-4, high = 1e-2, log = true }"'
+        )
     trials = settings.get("trials", 20) if trials is None else trials
     minutes = settings.get("minutes", 0.0) if minutes is None else minutes
     pruner, seed = settings.get("pruner", "median"), settings.get("seed", 0)
@@ -154,7 +166,9 @@ def _overrides_of(params: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in params.items()]
 
 
-def trial_config(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], params: dict[str, Any], what: str = "") -> Config:
+def trial_config(
+    raw: dict[str, Any], overrides: list[str] | tuple[str, ...], params: dict[str, Any], what: str = ""
+) -> Config:
     """The base config (``raw`` with ``overrides``) with ``params`` set; a bad key or value is one line naming ``what``."""
     data = json.loads(json.dumps(raw))
     try:
@@ -168,14 +182,20 @@ def check_space(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], spe
     for p in spec.space:
         section, key = p.key.split(".")
         if section == "run" or (section, key) in (("eval", "val_every"), ("eval", "test_episodes")):
-            raise ConfigError(f"tune {p.key}: [run] keys, eval.val_every and eval.test_episodes are set by the tuner, not searched")
+            raise ConfigError(
+                f"tune {p.key}: [run] keys, eval.val_every and eval.test_episodes are set by the tuner, not searched"
+            )
         for v in p.choices or (p.low, p.high):
             trial_config(raw, overrides, {p.key: v}, f"tune {p.key}={v!r}: ")
 
 
 def _record(preset: str, raw: dict[str, Any], overrides: list[str] | tuple[str, ...], spec: TuneSpec) -> dict[str, Any]:
-    return {"preset": preset, "overrides": list(overrides), "config": trial_config(raw, overrides, {}).to_dict(),
-            "space": {p.key: p.to_dict() for p in spec.space}}
+    return {
+        "preset": preset,
+        "overrides": list(overrides),
+        "config": trial_config(raw, overrides, {}).to_dict(),
+        "space": {p.key: p.to_dict() for p in spec.space},
+    }
 
 
 def _check_folder(folder: Path, record: dict[str, Any]) -> None:
@@ -185,14 +205,20 @@ def _check_folder(folder: Path, record: dict[str, Any]) -> None:
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError) as e:
-            raise FastAdaptError(f"{path} cannot be read ({e}); is {folder} a tune folder? choose another --dir") from None
+            raise FastAdaptError(
+                f"{path} cannot be read ({e}); is {folder} a tune folder? choose another --dir"
+            ) from None
         for key, what in (("config", "preset or config"), ("space", "search space")):
             if old.get(key) != record[key]:
-                raise FastAdaptError(f"{folder} holds a study of another {what} (recorded: {old.get('preset')!r} with overrides "
-                                     f"{old.get('overrides')}); pass another --dir, or the same preset, overrides and space to resume it")
+                raise FastAdaptError(
+                    f"{folder} holds a study of another {what} (recorded: {old.get('preset')!r} with overrides "
+                    f"{old.get('overrides')}); pass another --dir, or the same preset, overrides and space to resume it"
+                )
         return
     if (folder / "study.db").exists():
-        raise FastAdaptError(f"{folder} has a study.db but no {RECORD}; it was not made by fastadapt tune: choose another --dir")
+        raise FastAdaptError(
+            f"{folder} has a study.db but no {RECORD}; it was not made by fastadapt tune: choose another --dir"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -223,17 +249,27 @@ class TuneResult:
     metric: str
 
 
-def tune(preset: str, overrides: list[str] | tuple[str, ...] = (), folder: str | Path | None = None, space: list[str] | tuple[str, ...] = (),
-         trials: int | None = None, minutes: float | None = None) -> TuneResult:
+def tune(
+    preset: str,
+    overrides: list[str] | tuple[str, ...] = (),
+    folder: str | Path | None = None,
+    space: list[str] | tuple[str, ...] = (),
+    trials: int | None = None,
+    minutes: float | None = None,
+) -> TuneResult:
     """Run (or resume) the study of ``preset`` with ``overrides`` in ``folder`` (default ``runs/tune-<name>``); see the module docstring."""
     if distributed.env_world_size() > 1:
-        raise FastAdaptError("fastadapt tune runs in one process (one trial per rank is not implemented); run it without torchrun")
+        raise FastAdaptError(
+            "fastadapt tune runs in one process (one trial per rank is not implemented); run it without torchrun"
+        )
     raw = read_toml(preset)
     table = raw.pop("tune", {})
     spec = parse_spec(table, space, trials, minutes)
     base = trial_config(raw, overrides, {})
     if not base.eval.val_every or not base.data.val_part:
-        raise ConfigError("tuning needs validation: set eval.val_every > 0 and data.val_part (the objective is the validation score)")
+        raise ConfigError(
+            "tuning needs validation: set eval.val_every > 0 and data.val_part (the objective is the validation score)"
+        )
     check_space(raw, overrides, spec)
     folder = Path(folder) if folder else Path("runs") / f"tune-{base.run.name}"
     record = _record(preset, raw, overrides, spec)
@@ -243,11 +279,23 @@ def tune(preset: str, overrides: list[str] | tuple[str, ...] = (), folder: str |
     from fastadapt.training.loop import TrainingDiverged, train
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'study.db').resolve()}")
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2) if spec.pruner == "median" else optuna.pruners.SuccessiveHalvingPruner()
-    study = optuna.create_study(study_name=STUDY, storage=storage, load_if_exists=True, direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed), pruner=pruner)
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=2)
+        if spec.pruner == "median"
+        else optuna.pruners.SuccessiveHalvingPruner()
+    )
+    study = optuna.create_study(
+        study_name=STUDY,
+        storage=storage,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        pruner=pruner,
+    )
     TrialState = optuna.trial.TrialState
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # killed mid-trial: failed, and its values first again
+    for t in study.get_trials(
+        deepcopy=False, states=(TrialState.RUNNING,)
+    ):  # killed mid-trial: failed, and its values first again
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         if set(t.params) == {p.key for p in spec.space}:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
@@ -255,8 +303,12 @@ def tune(preset: str, overrides: list[str] | tuple[str, ...] = (), folder: str |
     def objective(trial: Any) -> float:
         params = _sample(trial, spec)
         out = folder / "trials" / f"trial-{trial.number:04d}"
-        cfg = trial_config(raw, [*overrides, f"run.out={json.dumps(str(out))}", "run.progress=false", "eval.test_episodes=0"], params,
-                           f"trial {trial.number}: ")
+        cfg = trial_config(
+            raw,
+            [*overrides, f"run.out={json.dumps(str(out))}", "run.progress=false", "eval.test_episodes=0"],
+            params,
+            f"trial {trial.number}: ",
+        )
         trial.set_user_attr("run_dir", str(out))
         run = RunFolder(out)
 
@@ -304,14 +356,24 @@ def summarise(folder: Path, raw: dict[str, Any], overrides: list[str] | tuple[st
         best_value, best_params = float(best.value), dict(best.params)
         metric = best.user_attrs.get("metric", "acc")
         cfg = trial_config(raw, overrides, best_params)
-        title = (f"fastadapt tune: best of {len(complete)} finished trials (trial {best.number}, validation score {best_value:.6g}).\n"
-                 f"Train it: fastadapt train {folder / 'best.toml'}")
+        title = (
+            f"fastadapt tune: best of {len(complete)} finished trials (trial {best.number}, validation score {best_value:.6g}).\n"
+            f"Train it: fastadapt train {folder / 'best.toml'}"
+        )
         best_file = folder / "best.toml"
         tmp = best_file.with_suffix(".tmp")
         tmp.write_text(to_toml(cfg, title))
         tmp.replace(best_file)
-    return TuneResult(folder, len(complete), sum(t.state == state.PRUNED for t in trials), sum(t.state == state.FAIL for t in trials),
-                      best_value, best_params, best_file, metric)
+    return TuneResult(
+        folder,
+        len(complete),
+        sum(t.state == state.PRUNED for t in trials),
+        sum(t.state == state.FAIL for t in trials),
+        best_value,
+        best_params,
+        best_file,
+        metric,
+    )
 
 
 def is_tune_folder(path: str | Path) -> bool:
@@ -324,7 +386,9 @@ def plot_study(path: str | Path) -> list[Path]:
 
     folder = Path(path)
     if not is_tune_folder(folder):
-        raise FastAdaptError(f"{folder} is not a tune folder (no {RECORD} and study.db); pass the --dir of fastadapt tune")
+        raise FastAdaptError(
+            f"{folder} is not a tune folder (no {RECORD} and study.db); pass the --dir of fastadapt tune"
+        )
     optuna = _optuna()
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{(folder / 'study.db').resolve()}")
     state = optuna.trial.TrialState
@@ -334,8 +398,13 @@ def plot_study(path: str | Path) -> list[Path]:
     done = [t for t in trials if t.state == state.COMPLETE]
     pruned = [t for t in trials if t.state == state.PRUNED and t.intermediate_values]
     ax1.scatter([t.number for t in done], [t.value for t in done], label="finished", zorder=3)
-    ax1.scatter([t.number for t in pruned], [t.intermediate_values[max(t.intermediate_values)] for t in pruned], marker="x",
-                label="pruned (last report)", zorder=3)
+    ax1.scatter(
+        [t.number for t in pruned],
+        [t.intermediate_values[max(t.intermediate_values)] for t in pruned],
+        marker="x",
+        label="pruned (last report)",
+        zorder=3,
+    )
     best, running = [], -math.inf
     for t in sorted(done, key=lambda t: t.number):
         running = max(running, t.value)
@@ -356,11 +425,12 @@ def plot_study(path: str | Path) -> list[Path]:
         ax2.set_yticks(range(len(names)), names, fontsize=7)
         ax2.invert_yaxis()
     else:
-        ax2.text(0.5, 0.5, "importance needs 2 or more finished trials\nwith different values", ha="center", va="center")
+        ax2.text(
+            0.5, 0.5, "importance needs 2 or more finished trials\nwith different values", ha="center", va="center"
+        )
     ax2.set(xlabel="importance (fANOVA)", title="parameter importance")
     fig.tight_layout()
     out = folder / "study.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return [out]
-

@@ -58,7 +58,9 @@ class TaskSources:
     train: Any  # a TaskSource
     val: Any | None = None
     tests: dict[str, Any] = field(default_factory=dict)  # "5w1s" -> TaskSource
-    conversions: dict[str, str] = field(default_factory=dict)  # test key -> how its data was converted to the model's input
+    conversions: dict[str, str] = field(
+        default_factory=dict
+    )  # test key -> how its data was converted to the model's input
 
 
 def describe_conversion(before: ClassDataset, after: ClassDataset) -> str:
@@ -81,8 +83,17 @@ def _source_builder(cfg: Config) -> tuple[Any, str]:
     return TASK_SOURCES.get(dataset_name(d.dataset)), d.dataset
 
 
-def as_task_source(obj: Any, name: str, ways: int, shots: int, queries: int, seed: int, image_size: int | None = None,
-                   channels: int = 0, scope: str = "dataset") -> Any:
+def as_task_source(
+    obj: Any,
+    name: str,
+    ways: int,
+    shots: int,
+    queries: int,
+    seed: int,
+    image_size: int | None = None,
+    channels: int = 0,
+    scope: str = "dataset",
+) -> Any:
     """``obj`` as a task source: a ClassDataset becomes an :class:`EpisodeSampler` (conformed images;
     a class with fewer than ``shots + queries`` examples is an error naming it; ``scope`` as
     ``data.episode_scope``; a conversion that cannot fit in memory is refused before it starts)."""
@@ -94,7 +105,9 @@ def as_task_source(obj: Any, name: str, ways: int, shots: int, queries: int, see
     return obj
 
 
-def task_sources(cfg: Config, tasks: Any = None, tests_only: bool = False, input_shape: tuple[int, ...] | None = None) -> TaskSources:
+def task_sources(
+    cfg: Config, tasks: Any = None, tests_only: bool = False, input_shape: tuple[int, ...] | None = None
+) -> TaskSources:
     """The training stream, the validation and test episode sources (fixed by ``eval.seed``).
 
     ``tasks``: the user's own sources instead of ``data.dataset`` (see :func:`user_task_sources`).
@@ -107,22 +120,41 @@ def task_sources(cfg: Config, tasks: Any = None, tests_only: bool = False, input
     d, e = cfg.data, cfg.eval
     made: dict[tuple[str, str], ClassDataset] = {}  # a (source, part) that gave a ClassDataset is loaded once
 
-    def source(dataset: str, role: str, part: str, ways: int, shots: int, queries: int, seed: int, channels: int) -> tuple[Any, str]:
+    def source(
+        dataset: str, role: str, part: str, ways: int, shots: int, queries: int, seed: int, channels: int
+    ) -> tuple[Any, str]:
         if (dataset, part) in made:
             obj: Any = made[dataset, part]
         else:
-            build, name = _source_builder(cfg) if dataset == d.dataset else (TASK_SOURCES.get(dataset_name(dataset)), dataset)
-            request = SourceRequest(part, ways, shots, queries, seed, dataset_argument(dataset), d.split, d.image_size, channels,
-                                    dict(d.options), role)
+            build, name = (
+                _source_builder(cfg) if dataset == d.dataset else (TASK_SOURCES.get(dataset_name(dataset)), dataset)
+            )
+            request = SourceRequest(
+                part,
+                ways,
+                shots,
+                queries,
+                seed,
+                dataset_argument(dataset),
+                d.split,
+                d.image_size,
+                channels,
+                dict(d.options),
+                role,
+            )
             try:
                 obj = build(request)
             except FastAdaptError:
                 raise
             except TypeError as e:
-                raise ConfigError(f"task source {name}: calling {describe_object(build)}(request) failed: {e}") from None
+                raise ConfigError(
+                    f"task source {name}: calling {describe_object(build)}(request) failed: {e}"
+                ) from None
             if isinstance(obj, ClassDataset):
                 made[dataset, part] = obj
-        src = as_task_source(obj, d.target or dataset, ways, shots, queries, seed, d.image_size, channels, d.episode_scope)
+        src = as_task_source(
+            obj, d.target or dataset, ways, shots, queries, seed, d.image_size, channels, d.episode_scope
+        )
         conversion = describe_conversion(obj, src.dataset) if isinstance(obj, ClassDataset) else "none"
         return src, conversion
 
@@ -130,19 +162,27 @@ def task_sources(cfg: Config, tasks: Any = None, tests_only: bool = False, input
     if not tests_only:
         train, _ = source(d.dataset, "train", d.train_part, d.ways, d.shots, d.queries, cfg.run.seed, d.channels)
         if d.val_part and e.val_every:
-            val, _ = source(d.dataset, "val", d.val_part, cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed, d.channels)
+            val, _ = source(
+                d.dataset, "val", d.val_part, cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed, d.channels
+            )
     test_dataset, test_channels = d.dataset, d.channels
     if d.test_dataset and d.test_dataset != d.dataset:  # another domain: convert its images to the training input
         test_dataset = d.test_dataset
         if input_shape is None:
-            first = train if train is not None else source(d.dataset, "train", d.train_part, d.ways, d.shots, d.queries, cfg.run.seed, d.channels)[0]
+            first = (
+                train
+                if train is not None
+                else source(d.dataset, "train", d.train_part, d.ways, d.shots, d.queries, cfg.run.seed, d.channels)[0]
+            )
             input_shape = tuple(first.sample_tasks(0, 0, 1).support_x.shape[2:])
         test_channels = d.channels or (int(input_shape[0]) if len(input_shape) == 3 else 0)
     settings = e.test_settings or ((cfg.test_ways, cfg.test_shots),)
     tests, conversions = {}, {}
     for w, s in settings:
         src, conversion = source(test_dataset, "test", d.test_part, w, s, cfg.test_queries, e.seed + 1, test_channels)
-        key = f"{s}shot" if getattr(src, "ways", 1) == 1 and not isinstance(src, EpisodeSampler) else f"{w}w{s}s"  # regression: no ways
+        key = (
+            f"{s}shot" if getattr(src, "ways", 1) == 1 and not isinstance(src, EpisodeSampler) else f"{w}w{s}s"
+        )  # regression: no ways
         tests[key], conversions[key] = src, conversion
     if train is not None:
         train = augmented(train, d.augment, cfg.run.seed)  # data.augment: training tasks only
@@ -160,18 +200,39 @@ def user_task_sources(cfg: Config, tasks: Any) -> TaskSources:
         tasks = {"train": tasks}
     unknown = set(tasks) - {"train", "val", "test"}
     if unknown or "train" not in tasks:
-        raise ConfigError(f"tasks: expected keys train (required), val and test; found {', '.join(map(str, tasks)) or 'none'}")
-    train = as_task_source(tasks["train"], "tasks['train']", d.ways, d.shots, d.queries, cfg.run.seed, d.image_size, d.channels)
+        raise ConfigError(
+            f"tasks: expected keys train (required), val and test; found {', '.join(map(str, tasks)) or 'none'}"
+        )
+    train = as_task_source(
+        tasks["train"], "tasks['train']", d.ways, d.shots, d.queries, cfg.run.seed, d.image_size, d.channels
+    )
     val = None
     if tasks.get("val") is not None:
-        val = as_task_source(tasks["val"], "tasks['val']", cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed, d.image_size, d.channels)
+        val = as_task_source(
+            tasks["val"],
+            "tasks['val']",
+            cfg.test_ways,
+            cfg.test_shots,
+            cfg.test_queries,
+            e.seed,
+            d.image_size,
+            d.channels,
+        )
     tests: dict[str, Any] = {}
     test = tasks.get("test")
     if test is not None:
         items = test.items() if isinstance(test, Mapping) else [(f"{cfg.test_ways}w{cfg.test_shots}s", test)]
         for key, src in items:
-            tests[str(key)] = as_task_source(src, f"tasks['test'][{key!r}]", cfg.test_ways, cfg.test_shots, cfg.test_queries, e.seed + 1,
-                                             d.image_size, d.channels)
+            tests[str(key)] = as_task_source(
+                src,
+                f"tasks['test'][{key!r}]",
+                cfg.test_ways,
+                cfg.test_shots,
+                cfg.test_queries,
+                e.seed + 1,
+                d.image_size,
+                d.channels,
+            )
     return TaskSources(augmented(train, d.augment, cfg.run.seed), val, tests)
 
 
@@ -184,7 +245,9 @@ def probe_batch(sources: TaskSources, cfg: Config) -> Any:
     return batch
 
 
-def call_with_named(factory: Any, what: str, available: dict[str, Any], options: dict[str, Any], options_key: str) -> Any:
+def call_with_named(
+    factory: Any, what: str, available: dict[str, Any], options: dict[str, Any], options_key: str
+) -> Any:
     """``factory(**kwargs)``: the ``available`` values whose names it takes, plus every one of ``options``."""
     try:
         params = inspect.signature(factory).parameters
@@ -194,7 +257,9 @@ def call_with_named(factory: Any, what: str, available: dict[str, Any], options:
     named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = [k for k in options if k not in named and not open_ended]
     if unknown:
-        raise ConfigError(f"{options_key}.{unknown[0]}: {what} takes no argument {unknown[0]!r}; it takes {', '.join(named) or 'none'}")
+        raise ConfigError(
+            f"{options_key}.{unknown[0]}: {what} takes no argument {unknown[0]!r}; it takes {', '.join(named) or 'none'}"
+        )
     kwargs = {k: v for k, v in available.items() if k in named and k not in options}
     kwargs.update(options)
     try:
@@ -211,9 +276,13 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], out_features: int | N
     factory = import_target(m.target, "model.target") if m.target else MODELS.get(m.name)
     what = f"model {m.target or m.name}"
     available = {
-        "input_shape": tuple(input_shape), "in_channels": int(input_shape[0]) if input_shape else 1,
+        "input_shape": tuple(input_shape),
+        "in_channels": int(input_shape[0]) if input_shape else 1,
         "image_size": int(input_shape[-1]) if len(input_shape) >= 2 else cfg.data.image_size,
-        "out_features": out_features, "hidden": m.hidden, "layers": tuple(m.layers), "batch_norm": m.batch_norm,
+        "out_features": out_features,
+        "hidden": m.hidden,
+        "layers": tuple(m.layers),
+        "batch_norm": m.batch_norm,
     }
     model = call_with_named(factory, what, available, dict(m.options), "model.options")
     if not isinstance(model, nn.Module):
@@ -233,7 +302,9 @@ def head_width(cfg: Config, cls: type, batch: Any) -> int | None:
     ways = batch.ways
     bad = [w for w in (cfg.test_ways, *(w for w, _ in cfg.eval.test_settings)) if w != ways]
     if bad:
-        raise ConfigError(f"{cfg.algorithm} has a {ways}-way head; test ways must equal data.ways={ways} (got {bad[0]})")
+        raise ConfigError(
+            f"{cfg.algorithm} has a {ways}-way head; test ways must equal data.ways={ways} (got {bad[0]})"
+        )
     return ways
 
 
@@ -243,8 +314,14 @@ def train_classes(sources: TaskSources) -> int | None:
     return int(data.num_classes) if isinstance(data, ClassDataset) else None
 
 
-def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = None, num_classes: int | None = None,
-                    check_memory: bool = True, pretrained: bool = True) -> nn.Module:
+def build_algorithm(
+    cfg: Config,
+    batch: Any = None,
+    model: nn.Module | None = None,
+    num_classes: int | None = None,
+    check_memory: bool = True,
+    pretrained: bool = True,
+) -> nn.Module:
     """The algorithm a config names, around ``model`` (else the config's model), checked on ``batch``
     (a training :class:`~fastadapt.core.episodes.TaskBatch`: its shapes fix the model's input and output;
     None: one task of the config's training source).
@@ -273,13 +350,17 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
             load_pretrained(model, cfg.model.weights)
     else:
         name = describe_object(type(model))
-    if check_memory and not isinstance(batch, EnvTasks):  # before check_model, which runs the model on a whole support set
+    if check_memory and not isinstance(
+        batch, EnvTasks
+    ):  # before check_model, which runs the model on a whole support set
         cost.check_cost(cfg, batch, model)
     check_model(model, name, cfg.algorithm, width, batch)
     options = dict(cfg.algorithm_options)
     if "num_classes" in inspect.signature(cls).parameters and "num_classes" not in options:
         if num_classes is None:
-            raise ConfigError(f"algorithm {cfg.algorithm} needs num_classes (the training classes); set algorithm.num_classes")
+            raise ConfigError(
+                f"algorithm {cfg.algorithm} needs num_classes (the training classes); set algorithm.num_classes"
+            )
         options["num_classes"] = num_classes
     try:
         algo = cls(model, **options)
@@ -287,11 +368,18 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
         raise
     except TypeError as e:
         raise ConfigError(f"algorithm {cfg.algorithm}: {e}") from None
-    except (RuntimeError, ValueError, IndexError, OverflowError) as e:  # a shape or size from the options that torch refuses
+    except (
+        RuntimeError,
+        ValueError,
+        IndexError,
+        OverflowError,
+    ) as e:  # a shape or size from the options that torch refuses
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         given = ", ".join(f"{k}={v!r}" for k, v in cfg.algorithm_options.items())[:200] or "the defaults"
-        raise ConfigError(f"algorithm {cfg.algorithm} cannot be built with {given} ({type(e).__name__}: {reason}); "
-                          f"check the [algorithm] options") from None
+        raise ConfigError(
+            f"algorithm {cfg.algorithm} cannot be built with {given} ({type(e).__name__}: {reason}); "
+            f"check the [algorithm] options"
+        ) from None
     contract.check_algorithm(algo, cfg.algorithm)
     return algo
 
@@ -299,7 +387,9 @@ def build_algorithm(cfg: Config, batch: Any = None, model: nn.Module | None = No
 def check_model(model: nn.Module, name: str, algorithm: str, width: int | None, batch: Any) -> None:
     """Run ``model`` once (eval mode, no graph) on one task's support set and check its output's shape."""
     if not any(True for _ in model.parameters()) and not any(True for _ in model.buffers()) and width is not None:
-        raise ConfigError(f"model {name} has no weights; {algorithm} needs a model with a {width}-output head (use conv4 or mlp)")
+        raise ConfigError(
+            f"model {name} has no weights; {algorithm} needs a model with a {width}-output head (use conv4 or mlp)"
+        )
     x = torch.zeros(2, *batch.observation_shape) if isinstance(batch, EnvTasks) else batch.support_x[0]
     was_training = model.training
     model.eval()
@@ -310,8 +400,10 @@ def check_model(model: nn.Module, name: str, algorithm: str, width: int | None, 
         raise
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"model {name} cannot take inputs of shape {list(x.shape)} from the task source ({reason}); "
-                          f"check data.image_size / data.channels, or choose a model for this data (model.name / model.target)") from None
+        raise ConfigError(
+            f"model {name} cannot take inputs of shape {list(x.shape)} from the task source ({reason}); "
+            f"check data.image_size / data.channels, or choose a model for this data (model.name / model.target)"
+        ) from None
     finally:
         model.train(was_training)
     contract.check_model_output(out, name, algorithm, width, x.shape[0])
@@ -321,7 +413,9 @@ def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.o
     o = cfg.optim
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise ConfigError(f"{cfg.algorithm} with model {cfg.model.target or cfg.model.name} has no trainable parameters; choose a model with weights (conv4 or mlp)")
+        raise ConfigError(
+            f"{cfg.algorithm} with model {cfg.model.target or cfg.model.name} has no trainable parameters; choose a model with weights (conv4 or mlp)"
+        )
     if o.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
     elif o.optimizer == "adamw":
@@ -333,7 +427,9 @@ def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.o
     if o.schedule == "step":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.StepLR(opt, o.step_size, o.gamma)
     elif o.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, o.steps) / o.steps)))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, o.steps) / o.steps))
+        )
     elif o.schedule == "linear":  # Reptile's meta step size: linearly to 0 at optim.steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - min(s, o.steps) / o.steps)
     else:

@@ -86,9 +86,11 @@ class CostEstimate:
         return self.parameter_bytes + max(self.step_bytes, self.eval_bytes)
 
     def summary(self) -> str:
-        return (f"{self.images_per_step} images per step, {self.eval_images_per_batch} per evaluation batch ({self.eval_images} "
-                f"evaluation images in all); about {size(self.step_bytes)} per step, {size(self.eval_bytes)} per evaluation batch, "
-                f"{size(self.parameter_bytes)} for parameters and optimizer state")
+        return (
+            f"{self.images_per_step} images per step, {self.eval_images_per_batch} per evaluation batch ({self.eval_images} "
+            f"evaluation images in all); about {size(self.step_bytes)} per step, {size(self.eval_bytes)} per evaluation batch, "
+            f"{size(self.parameter_bytes)} for parameters and optimizer state"
+        )
 
 
 def available_memory(device: str = "cpu") -> int | None:
@@ -163,7 +165,9 @@ def _measure(model: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
             return activation_bytes(model, x[:2], meta)
         except FastAdaptError:
             raise
-        except Exception:  # the model does what meta tensors cannot (.item(), data-dependent shapes), or cannot take x at all
+        except (
+            Exception
+        ):  # the model does what meta tensors cannot (.item(), data-dependent shapes), or cannot take x at all
             continue
     return None
 
@@ -203,7 +207,9 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
     settings = e.test_settings or ((cfg.test_ways, cfg.test_shots),)
     eval_shapes = [(1 if regression else w, s, cfg.test_queries) for w, s in settings]
     per_episode = max(w * (s + q) for w, s, q in eval_shapes)
-    support = 2 * a if k_eval > 0 or e.finetune != "none" else a_peak  # adapted with gradients, or a forward without a graph
+    support = (
+        2 * a if k_eval > 0 or e.finetune != "none" else a_peak
+    )  # adapted with gradients, or a forward without a graph
     eval_bytes = max(w * (s * support + q * a_peak) for w, s, q in eval_shapes)
     episodes = (e.val_episodes if e.val_every and d.val_part else 0) + e.test_episodes * len(settings)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -229,11 +235,16 @@ def check_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | None
     have = available_memory(cfg.run.device)
     if est is not None and have is not None and est.peak_bytes > have:
         step_is_larger = est.step_bytes >= est.eval_bytes
-        what = (f"a training step of {est.images_per_step} images" if step_is_larger
-                else f"an evaluation batch of {est.eval_images_per_batch} images")
+        what = (
+            f"a training step of {est.images_per_step} images"
+            if step_is_larger
+            else f"an evaluation batch of {est.eval_images_per_batch} images"
+        )
         lower = LOWER_STEP if step_is_larger else LOWER_EVAL
-        raise ConfigError(f"{what} needs about {size(est.peak_bytes)}, more than the {size(have)} available; "
-                          f"lower {lower} ({est.summary()})")
+        raise ConfigError(
+            f"{what} needs about {size(est.peak_bytes)}, more than the {size(have)} available; "
+            f"lower {lower} ({est.summary()})"
+        )
     return est
 
 
@@ -251,11 +262,15 @@ def check_parameters(build: Callable[[], nn.Module], what: str, device: str = "c
         return
     if not isinstance(model, nn.Module):
         return
-    n = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
+    n = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+        b.numel() * b.element_size() for b in model.buffers()
+    )
     have = available_memory(device)
     if have is not None and 4 * n > have:
-        raise ConfigError(f"{what} has {size(n)} of parameters, {size(4 * n)} with gradients and optimizer state, more than "
-                          f"the {size(have)} available; lower model.hidden / model.layers (or the model's options)")
+        raise ConfigError(
+            f"{what} has {size(n)} of parameters, {size(4 * n)} with gradients and optimizer state, more than "
+            f"the {size(have)} available; lower model.hidden / model.layers (or the model's options)"
+        )
 
 
 def check_conversion(data: Any, image_size: int | None, channels: int, name: str) -> None:
@@ -272,5 +287,7 @@ def check_conversion(data: Any, image_size: int | None, channels: int, name: str
     need = (m * c * h * w * 4 if size_changes else 0) + m * out_c * side_h * side_w * (4 + x.element_size())
     have = available_memory("cpu")
     if have is not None and need > have:
-        raise ConfigError(f"converting {name}'s {m} images of {c}x{h}x{w} to {out_c}x{side_h}x{side_w} needs about {size(need)}, "
-                          f"more than the {size(have)} available; lower data.image_size (or set data.channels=0)")
+        raise ConfigError(
+            f"converting {name}'s {m} images of {c}x{h}x{w} to {out_c}x{side_h}x{side_w} needs about {size(need)}, "
+            f"more than the {size(have)} available; lower data.image_size (or set data.channels=0)"
+        )

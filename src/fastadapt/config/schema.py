@@ -53,12 +53,16 @@ class DataConfig:
     image_size: int = 28  # side of the square images fed to the model (resized if different)
     episode_scope: str = "dataset"  # where a task's classes come from: "dataset" (any), "alphabet" (one Omniglot alphabet per task: Lake's within-alphabet tasks)
     channels: int = 0  # image channels fed to the model: 0 = as the data has them, 1 = grey (RGB by ITU-R 601 luma), 3 = RGB (grey replicated)
-    augment: tuple[str, ...] = ()  # training tasks only, seeded per task: "flip" (per image), "crop" (per image: zero-pad 1/8 of the side, random crop), "shift" (per image, up to 1/8 of the side), "jitter" (per image: brightness, contrast, saturation, +-40%), "rotate90" (per class: a new class, as Omniglot's rotations)
+    augment: tuple[
+        str, ...
+    ] = ()  # training tasks only, seeded per task: "flip" (per image), "crop" (per image: zero-pad 1/8 of the side, random crop), "shift" (per image, up to 1/8 of the side), "jitter" (per image: brightness, contrast, saturation, +-40%), "rotate90" (per class: a new class, as Omniglot's rotations)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "conv4"  # a registered model: "conv4", "mlp", "flatten" (the raw pixels as a vector: MANN's input), or yours
+    name: str = (
+        "conv4"  # a registered model: "conv4", "mlp", "flatten" (the raw pixels as a vector: MANN's input), or yours
+    )
     target: str = ""  # instead of name: a model class or factory named by import path, "package.module:Class"
     hidden: int = 64  # conv4: filters per layer
     layers: tuple[int, ...] = (40, 40)  # mlp: hidden widths
@@ -89,14 +93,21 @@ class EvalConfig:
     test_episodes: int = 1000  # fixed test episodes (0: train without testing)
     batch: int = 50  # episodes per evaluation batch
     seed: int = 1234  # seed of the fixed validation / test episodes
-    test_settings: tuple[tuple[int, int], ...] = ()  # extra (ways, shots) settings to test on; () = test_ways/test_shots only
+    test_settings: tuple[
+        tuple[int, int], ...
+    ] = ()  # extra (ways, shots) settings to test on; () = test_ways/test_shots only
     level: float = 0.95  # confidence level of the reported interval
     finetune: str = "none"  # test-time fine-tuning of embedding-based algorithms on each support set: "none", "head" (a prototype-initialised linear head on frozen features), "encoder" (that head and the encoder)
     finetune_steps: int = 50  # fine-tuning steps per task (SGD, momentum 0.9, full support set)
     finetune_lr: float = 0.01  # fine-tuning learning rate
     select: str = "fixed"  # gradient-based algorithms: "fixed" (the run's inner rate and steps) or "support_cv" (chosen per task from a grid by validation on its support set alone; fastadapt/eval/select.py)
     select_lr_scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # support_cv: multipliers of the run's inner rates to try
-    select_steps: tuple[int, ...] = (1, 3, 5, 10)  # support_cv: inner step counts to try (the run's own is always tried too)
+    select_steps: tuple[int, ...] = (
+        1,
+        3,
+        5,
+        10,
+    )  # support_cv: inner step counts to try (the run's own is always tried too)
 
 
 @dataclass(frozen=True)
@@ -111,8 +122,12 @@ class RunConfig:
     checkpoint_every: int = 200  # write checkpoint.pt every N steps
     progress: bool = True  # show a progress bar
     dist_timeout_s: float = 60.0  # under torchrun: seconds a collective (or the start-up rendezvous) waits for the other ranks before failing
-    imports: tuple[str, ...] = ()  # Python modules imported before the config is checked (they may register task sources, models, algorithms)
-    loggers: tuple[str, ...] = ("jsonl",)  # where training metrics go, live: "jsonl" (metrics.jsonl, always written), "csv" (metrics.csv), "tensorboard" (extra [tensorboard]), "wandb" (offline, extra [wandb])
+    imports: tuple[
+        str, ...
+    ] = ()  # Python modules imported before the config is checked (they may register task sources, models, algorithms)
+    loggers: tuple[str, ...] = (
+        "jsonl",
+    )  # where training metrics go, live: "jsonl" (metrics.jsonl, always written), "csv" (metrics.csv), "tensorboard" (extra [tensorboard]), "wandb" (offline, extra [wandb])
     precision: str = "fp32"  # "fp32", or "bf16": autocast around meta_loss and evaluation (parameters, gradients and optimizer state stay float32)
     compile: bool = False  # torch.compile the per-task function of MAML/FOMAML/Meta-SGD on the loop path (fastadapt/algorithms/compiled.py; cold start logged as a "compile" row)
     keep_freed_memory: bool = True  # the fastadapt command only: glibc keeps freed memory for reuse (ProtoNets 1.47x faster, <= 1.28x peak memory; fastadapt/runtime/allocator.py)
@@ -139,7 +154,11 @@ class Range:
         low = f"> {self.lo:g}" if self.lo_open else f">= {_num(self.lo)}"
         high = f"< {self.hi:g}" if self.hi_open else f"<= {_num(self.hi)}"
         if not math.isfinite(v):
-            whole = low if self.hi == math.inf else f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+            whole = (
+                low
+                if self.hi == math.inf
+                else f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+            )
             text = f"a finite number {whole}"
         else:
             text = low if v <= self.lo else high
@@ -156,22 +175,30 @@ _LR = "a rate above 10 makes every step diverge; meta-learning uses 1e-4 to 1, R
 
 # Every numeric key of every section, with its range (checked by _validate; NaN and infinities are refused everywhere).
 RANGES: dict[str, Range] = {
-    "data.ways": Range(1, INT_MAX), "data.shots": Range(1, INT_MAX), "data.queries": Range(1, INT_MAX),
+    "data.ways": Range(1, INT_MAX),
+    "data.shots": Range(1, INT_MAX),
+    "data.queries": Range(1, INT_MAX),
     "data.meta_batch": Range(1, INT_MAX),
-    "data.test_ways": Range(0, INT_MAX), "data.test_shots": Range(0, INT_MAX), "data.test_queries": Range(0, INT_MAX),
+    "data.test_ways": Range(0, INT_MAX),
+    "data.test_shots": Range(0, INT_MAX),
+    "data.test_queries": Range(0, INT_MAX),
     "data.image_size": Range(1, 65536, why="a side in pixels"),
     "data.channels": Range(0, 3, why="0: as stored, 1: grey, 3: RGB"),
     "model.hidden": Range(1, 65536, why="filters per layer"),
     "optim.lr": Range(0, 10, lo_open=True, why=_LR),
     "optim.weight_decay": Range(0, 1, why="an L2 coefficient; above 1 the decay outweighs every gradient"),
-    "optim.momentum": Range(0, 1, hi_open=True, why="SGD momentum; at 1 or more it never forgets a gradient and diverges"),
+    "optim.momentum": Range(
+        0, 1, hi_open=True, why="SGD momentum; at 1 or more it never forgets a gradient and diverges"
+    ),
     "optim.step_size": Range(1, INT_MAX, why="steps between two decays of the step schedule"),
     "optim.gamma": Range(0, 1, lo_open=True, why="the step schedule's decay factor"),
     "optim.clip_grad": Range(0, why="0: no clipping"),
     "optim.steps": Range(1, INT_MAX),
     "optim.max_minutes": Range(0, why="0: no limit"),
     "optim.task_chunk": Range(0, INT_MAX, why="0: the whole meta-batch at once"),
-    "eval.val_every": Range(0, INT_MAX), "eval.val_episodes": Range(0, INT_MAX), "eval.test_episodes": Range(0, INT_MAX),
+    "eval.val_every": Range(0, INT_MAX),
+    "eval.val_episodes": Range(0, INT_MAX),
+    "eval.test_episodes": Range(0, INT_MAX),
     "eval.batch": Range(1, INT_MAX),
     "eval.seed": Range(0, SEED_MAX, why="a 64-bit seed"),
     "eval.level": Range(0, 1, lo_open=True, hi_open=True, why="a confidence level, e.g. 0.95"),
@@ -179,7 +206,8 @@ RANGES: dict[str, Range] = {
     "eval.finetune_lr": Range(0, 10, lo_open=True, why=_LR),
     "run.seed": Range(0, SEED_MAX, why="a 64-bit seed"),
     "run.threads": Range(0, 1024, why="0: torch's default; more threads than a machine's cores only slows it down"),
-    "run.log_every": Range(1, INT_MAX), "run.checkpoint_every": Range(1, INT_MAX),
+    "run.log_every": Range(1, INT_MAX),
+    "run.checkpoint_every": Range(1, INT_MAX),
     "run.dist_timeout_s": Range(0, 86400, lo_open=True, why="seconds; a collective that waits a day is hung"),
 }
 LAYER_WIDTH = Range(1, 2**20, why="units of one mlp layer")  # each entry of model.layers
@@ -187,7 +215,13 @@ AUGMENTATIONS = ("flip", "rotate90", "crop", "shift", "jitter")  # data.augment 
 LOGGERS = ("jsonl", "csv", "tensorboard", "wandb")  # run.loggers (fastadapt/training/loggers.py)
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "eval": EvalConfig, "run": RunConfig}
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "eval": EvalConfig,
+    "run": RunConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -197,7 +231,9 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    algorithm: str = "protonet"  # registered name, or an import path "package.module:Class" (a config's algorithm.target)
+    algorithm: str = (
+        "protonet"  # registered name, or an import path "package.module:Class" (a config's algorithm.target)
+    )
     algorithm_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the algorithm's constructor
 
     @property
@@ -222,7 +258,10 @@ class Config:
             del out["model"]["name"]
         if self.data.target:
             del out["data"]["dataset"]
-        out["algorithm"] = {"target" if is_target(self.algorithm) else "name": self.algorithm, **_plain(self.algorithm_options)}
+        out["algorithm"] = {
+            "target" if is_target(self.algorithm) else "name": self.algorithm,
+            **_plain(self.algorithm_options),
+        }
         return out
 
 
@@ -275,7 +314,9 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         try:
             return float(value)
         except OverflowError:
-            raise ConfigError(f"{key}={_short(value)} is too large for a number; write it as a float, e.g. 1e3") from None
+            raise ConfigError(
+                f"{key}={_short(value)} is too large for a number; write it as a float, e.g. 1e3"
+            ) from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}={_short(value)} has the wrong type; expected an integer")
@@ -330,7 +371,9 @@ def _check_algorithm_options(name: str, options: dict[str, Any]) -> dict[str, An
             elif want in (tuple, list) and isinstance(v, (list, tuple)):
                 v = want(v)
             elif not isinstance(v, want) or (want is int and isinstance(v, bool)):
-                raise ConfigError(f"algorithm.{k}={_short(v)} has the wrong type; expected {want.__name__} (default {default!r})")
+                raise ConfigError(
+                    f"algorithm.{k}={_short(v)} has the wrong type; expected {want.__name__} (default {default!r})"
+                )
         if not _all_finite(v):
             raise ConfigError(f"algorithm.{k}={_short(v)} is invalid; a number must be finite (no nan or inf)")
         out[k] = v
@@ -359,7 +402,9 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("model.layers=[] is invalid; give at least one hidden width, e.g. [40, 40]")
     for width in cfg.model.layers:
         if not LAYER_WIDTH.contains(width):
-            raise ConfigError(f"model.layers={_short(list(cfg.model.layers))} is invalid; each width must be {LAYER_WIDTH.describe(width)}")
+            raise ConfigError(
+                f"model.layers={_short(list(cfg.model.layers))} is invalid; each width must be {LAYER_WIDTH.describe(width)}"
+            )
     check_device_name(r.device)
     choices = {
         "optim.optimizer": (o.optimizer, ("adam", "sgd", "adamw", "rmsprop")),
@@ -373,30 +418,44 @@ def _validate(cfg: Config) -> Config:
         if not is_target(cfg.model.target):
             raise ConfigError(f"model.target={cfg.model.target!r} is not an import path; write package.module:Class")
     elif cfg.model.name not in MODELS:
-        raise ConfigError(f"model.name={cfg.model.name!r} is not registered; choose one of {', '.join(MODELS.available())} "
-                          f"or name a class with model.target = \"package.module:Class\"")
+        raise ConfigError(
+            f"model.name={cfg.model.name!r} is not registered; choose one of {', '.join(MODELS.available())} "
+            f'or name a class with model.target = "package.module:Class"'
+        )
     if d.target:
         if not is_target(d.target):
             raise ConfigError(f"data.target={d.target!r} is not an import path; write package.module:function")
     elif dataset_name(d.dataset) not in TASK_SOURCES:
-        raise ConfigError(f"data.dataset={d.dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())} "
-                          f"(e.g. folder:<path>) or name a builder with data.target = \"package.module:function\"")
+        raise ConfigError(
+            f"data.dataset={d.dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())} "
+            f'(e.g. folder:<path>) or name a builder with data.target = "package.module:function"'
+        )
     if d.test_dataset and dataset_name(d.test_dataset) not in TASK_SOURCES:
-        raise ConfigError(f"data.test_dataset={d.test_dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())}")
+        raise ConfigError(
+            f"data.test_dataset={d.test_dataset!r} is not registered; choose one of {', '.join(TASK_SOURCES.available())}"
+        )
     if e.finetune not in ("none", "head", "encoder"):
         raise ConfigError(f"eval.finetune={e.finetune!r} is not allowed; choose none, head or encoder")
     if e.select not in ("fixed", "support_cv"):
         raise ConfigError(f"eval.select={e.select!r} is not allowed; choose fixed or support_cv")
     if not e.select_lr_scales or not all(math.isfinite(s) and s > 0 for s in e.select_lr_scales):
-        raise ConfigError(f"eval.select_lr_scales={_short(list(e.select_lr_scales))} is invalid; give one or more finite numbers > 0, e.g. [0.5, 1, 2]")
+        raise ConfigError(
+            f"eval.select_lr_scales={_short(list(e.select_lr_scales))} is invalid; give one or more finite numbers > 0, e.g. [0.5, 1, 2]"
+        )
     if not e.select_steps or not all(0 <= k <= 10000 for k in e.select_steps):
-        raise ConfigError(f"eval.select_steps={_short(list(e.select_steps))} is invalid; give one or more integers in [0, 10000], e.g. [1, 3, 5, 10]")
+        raise ConfigError(
+            f"eval.select_steps={_short(list(e.select_steps))} is invalid; give one or more integers in [0, 10000], e.g. [1, 3, 5, 10]"
+        )
     if e.select != "fixed" and e.finetune != "none":
-        raise ConfigError("eval.select and eval.finetune are both set; fine-tuning is for embedding-based algorithms, selection for gradient-based ones")
+        raise ConfigError(
+            "eval.select and eval.finetune are both set; fine-tuning is for embedding-based algorithms, selection for gradient-based ones"
+        )
     if d.episode_scope not in ("dataset", "alphabet"):
         raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset or alphabet")
     if d.channels not in (0, 1, 3):
-        raise ConfigError(f"data.channels={d.channels} is not allowed; choose 0 (as the data has them), 1 (grey) or 3 (RGB)")
+        raise ConfigError(
+            f"data.channels={d.channels} is not allowed; choose 0 (as the data has them), 1 (grey) or 3 (RGB)"
+        )
     for key, values, allowed in (("data.augment", d.augment, AUGMENTATIONS), ("run.loggers", r.loggers, LOGGERS)):
         bad = [v for v in values if v not in allowed]
         if bad or len(set(values)) != len(values):
@@ -404,9 +463,13 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError(f"{key}={_short(list(values))}: {what} {', '.join(allowed)}")
     for ways, shots in e.test_settings:
         if not (RANGES["data.ways"].contains(ways) and RANGES["data.shots"].contains(shots)):
-            raise ConfigError(f"eval.test_settings entry [{ways}, {shots}] is invalid; ways and shots must be in [1, {INT_MAX}]")
+            raise ConfigError(
+                f"eval.test_settings entry [{ways}, {shots}] is invalid; ways and shots must be in [1, {INT_MAX}]"
+            )
     if e.test_episodes and e.test_episodes < 2:
-        raise ConfigError(f"eval.test_episodes={e.test_episodes} is too few for a confidence interval; use >= 2 (or 0 to skip testing)")
+        raise ConfigError(
+            f"eval.test_episodes={e.test_episodes} is too few for a confidence interval; use >= 2 (or 0 to skip testing)"
+        )
     return cfg
 
 
@@ -434,7 +497,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     for section, key in (("model", "name"), ("data", "dataset")):
         table = raw.get(section, {})
         if isinstance(table, dict) and table.get("target") and key in table:
-            raise ConfigError(f"{section}.{key} and {section}.target are both set; give one (a registered name, or an import path)")
+            raise ConfigError(
+                f"{section}.{key} and {section}.target are both set; give one (a registered name, or an import path)"
+            )
     sections = {}
     for name, cls in SECTIONS.items():
         values = raw.pop(name, {})
@@ -443,7 +508,9 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         sections[name] = _build_section(name, cls, values)
     algo = raw.pop("algorithm", {"name": "protonet"})
     if not isinstance(algo, dict) or ("name" in algo) == ("target" in algo):
-        raise ConfigError("[algorithm] needs a name (registered, e.g. name = \"protonet\") or a target (\"package.module:Class\"), not both")
+        raise ConfigError(
+            '[algorithm] needs a name (registered, e.g. name = "protonet") or a target ("package.module:Class"), not both'
+        )
     if raw:
         raise ConfigError(f"unknown section [{next(iter(raw))}]; allowed: {', '.join([*SECTIONS, 'algorithm'])}")
     algo = dict(algo)
@@ -452,8 +519,10 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
     if not isinstance(name, str):
         raise ConfigError(f"algorithm.{key}={name!r} has the wrong type; expected a string")
     if key == "name" and name not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS.available())} "
-                          f"or name a class with algorithm.target = \"package.module:Class\"")
+        raise ConfigError(
+            f"unknown algorithm {name!r}; choose one of {', '.join(ALGORITHMS.available())} "
+            f'or name a class with algorithm.target = "package.module:Class"'
+        )
     if key == "target" and not is_target(name):
         raise ConfigError(f"algorithm.target={name!r} is not an import path; write package.module:Class")
     options = _check_algorithm_options(name, algo)
@@ -476,7 +545,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.name[: -len(".toml")] for p in resources.files("fastadapt.config.presets").iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name[: -len(".toml")]
+        for p in resources.files("fastadapt.config.presets").iterdir()
+        if p.name.endswith(".toml")
+    )
 
 
 def read_toml(preset_or_path: str) -> dict[str, Any]:
@@ -487,10 +560,14 @@ def read_toml(preset_or_path: str) -> dict[str, Any]:
     try:
         is_file = path.suffix == ".toml" or path.exists()
     except OSError as e:  # a name too long for the file system, ...
-        raise ConfigError(f"config {_short(preset_or_path)}: {e.strerror or e}; pass a preset name or a TOML file") from None
+        raise ConfigError(
+            f"config {_short(preset_or_path)}: {e.strerror or e}; pass a preset name or a TOML file"
+        ) from None
     if is_file:
         if not path.is_file():
-            raise ConfigError(f"config file {path} not found; pass a preset name ({', '.join(preset_names())}) or a TOML file")
+            raise ConfigError(
+                f"config file {path} not found; pass a preset name ({', '.join(preset_names())}) or a TOML file"
+            )
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -498,12 +575,16 @@ def read_toml(preset_or_path: str) -> dict[str, Any]:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                              f"save it as UTF-8, as TOML requires") from None
+            raise ConfigError(
+                f"config file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                f"save it as UTF-8, as TOML requires"
+            ) from None
     elif preset_or_path in preset_names():
         text = (resources.files("fastadapt.config.presets") / f"{preset_or_path}.toml").read_text(encoding="utf-8")
     else:
-        raise ConfigError(f"unknown preset {preset_or_path!r}; choose one of {', '.join(preset_names())} or pass a .toml file")
+        raise ConfigError(
+            f"unknown preset {preset_or_path!r}; choose one of {', '.join(preset_names())} or pass a .toml file"
+        )
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -511,8 +592,14 @@ def read_toml(preset_or_path: str) -> dict[str, Any]:
 
 
 # An override of one of these keys replaces the other: model.target=... on a preset that names conv4.
-_EXCLUSIVE = {("model", "name"): "target", ("model", "target"): "name", ("data", "dataset"): "target", ("data", "target"): "dataset",
-              ("algorithm", "name"): "target", ("algorithm", "target"): "name"}
+_EXCLUSIVE = {
+    ("model", "name"): "target",
+    ("model", "target"): "name",
+    ("data", "dataset"): "target",
+    ("data", "target"): "dataset",
+    ("algorithm", "name"): "target",
+    ("algorithm", "target"): "name",
+}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -547,8 +634,13 @@ def field_comments(cls: type) -> dict[str, str]:
             lines.setdefault(tok.start[0], []).append(tok)
     out = {}
     for toks in lines.values():
-        if (len(toks) > 2 and toks[0].type == tokenize.NAME and toks[0].string in names and toks[1].string == ":"
-                and toks[-1].type == tokenize.COMMENT):
+        if (
+            len(toks) > 2
+            and toks[0].type == tokenize.NAME
+            and toks[0].string in names
+            and toks[1].string == ":"
+            and toks[-1].type == tokenize.COMMENT
+        ):
             out[toks[0].string] = toks[-1].string.lstrip("#").strip()
     return out
 
@@ -558,7 +650,11 @@ _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 def _toml_string(text: str) -> str:
     escapes = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-    return '"' + "".join(escapes.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in text) + '"'
+    return (
+        '"'
+        + "".join(escapes.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in text)
+        + '"'
+    )
 
 
 def _toml_value(v: Any) -> str | None:
@@ -576,7 +672,11 @@ def _toml_value(v: Any) -> str | None:
         return None if None in items else "[" + ", ".join(items) + "]"  # type: ignore[arg-type]
     if isinstance(v, dict):
         pairs = [(k if _BARE_KEY.fullmatch(str(k)) else _toml_string(str(k)), _toml_value(x)) for k, x in v.items()]
-        return None if any(x is None for _, x in pairs) else ("{ " + ", ".join(f"{k} = {x}" for k, x in pairs) + " }" if pairs else "{}")
+        return (
+            None
+            if any(x is None for _, x in pairs)
+            else ("{ " + ", ".join(f"{k} = {x}" for k, x in pairs) + " }" if pairs else "{}")
+        )
     return None
 
 

@@ -140,7 +140,9 @@ def check_algorithm(algo: Any, name: str) -> None:
         raise ConfigError(f"algorithm {name}: expected an nn.Module, found {type(algo).__name__}")
     missing = [m for m in ("meta_loss", "adapt", "predict") if not callable(getattr(algo, m, None))]
     if missing:
-        raise ConfigError(f"algorithm {name}: expected methods meta_loss, adapt and predict; {type(algo).__name__} lacks {', '.join(missing)}")
+        raise ConfigError(
+            f"algorithm {name}: expected methods meta_loss, adapt and predict; {type(algo).__name__} lacks {', '.join(missing)}"
+        )
 
 
 def check_task_source(source: Any, name: str) -> None:
@@ -148,7 +150,9 @@ def check_task_source(source: Any, name: str) -> None:
     missing = [m for m in ("sample_tasks", "fixed") if not callable(getattr(source, m, None))]
     missing += [a for a in ("shots", "queries") if not isinstance(getattr(source, a, None), int)]
     if missing:
-        raise ConfigError(f"task source {name}: expected sample_tasks, fixed, shots and queries; {type(source).__name__} lacks {', '.join(missing)}")
+        raise ConfigError(
+            f"task source {name}: expected sample_tasks, fixed, shots and queries; {type(source).__name__} lacks {', '.join(missing)}"
+        )
 
 
 def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int) -> None:
@@ -157,7 +161,9 @@ def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int)
         check_env_tasks(batch, name)
         return
     if not isinstance(batch, TaskBatch):
-        raise ConfigError(f"task source {name}: sample_tasks must return a TaskBatch (or EnvTasks), found {type(batch).__name__}")
+        raise ConfigError(
+            f"task source {name}: sample_tasks must return a TaskBatch (or EnvTasks), found {type(batch).__name__}"
+        )
     t = batch.num_tasks
     classification = not batch.support_y.is_floating_point()
     n = ways if classification else 1
@@ -165,24 +171,32 @@ def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int)
     for key, want in expected.items():
         found = tuple(getattr(batch, key).shape[:2])
         if found != want:
-            raise ConfigError(f"task source {name}: {key} has leading shape {list(found)}, expected {list(want)} "
-                              f"(tasks, {'ways*shots' if key == 'support_x' else 'ways*queries'}) for {ways}-way {shots}-shot {queries}-query tasks")
+            raise ConfigError(
+                f"task source {name}: {key} has leading shape {list(found)}, expected {list(want)} "
+                f"(tasks, {'ways*shots' if key == 'support_x' else 'ways*queries'}) for {ways}-way {shots}-shot {queries}-query tasks"
+            )
     if classification:
         for key in ("support_y", "query_y"):
             y = getattr(batch, key)
             if y.ndim != 2 or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= ways)):
-                raise ConfigError(f"task source {name}: {key} must hold labels 0..{ways - 1} of shape [tasks, examples], "
-                                  f"found shape {list(y.shape)} with values {int(y.min()) if y.numel() else '-'}..{int(y.max()) if y.numel() else '-'}")
+                raise ConfigError(
+                    f"task source {name}: {key} must hold labels 0..{ways - 1} of shape [tasks, examples], "
+                    f"found shape {list(y.shape)} with values {int(y.min()) if y.numel() else '-'}..{int(y.max()) if y.numel() else '-'}"
+                )
 
 
 def check_env_tasks(batch: EnvTasks, name: str) -> None:
     """One-line error unless ``batch`` holds at least one task with finite parameters, a family and model shapes."""
     if batch.num_tasks < 1 or not bool(batch.params.isfinite().all()):
-        raise ConfigError(f"task source {name}: EnvTasks needs >= 1 task with finite parameters; found {batch.num_tasks} tasks, "
-                          f"params {batch.params.tolist()[:3]}")
+        raise ConfigError(
+            f"task source {name}: EnvTasks needs >= 1 task with finite parameters; found {batch.num_tasks} tasks, "
+            f"params {batch.params.tolist()[:3]}"
+        )
     if batch.family is None or not batch.observation_shape or batch.action_size < 1:
-        raise ConfigError(f"task source {name}: EnvTasks needs a family, an observation shape and an action size >= 1; found "
-                          f"{type(batch.family).__name__}, {list(batch.observation_shape)}, {batch.action_size}")
+        raise ConfigError(
+            f"task source {name}: EnvTasks needs a family, an observation shape and an action size >= 1; found "
+            f"{type(batch.family).__name__}, {list(batch.observation_shape)}, {batch.action_size}"
+        )
 
 
 def model_input_shape(batch: Any) -> tuple[int, ...]:
@@ -199,8 +213,12 @@ def check_model_output(output: Any, name: str, algorithm: str, expected_width: i
     if not isinstance(output, Tensor):
         raise ConfigError(f"model {name} returned {type(output).__name__}; {algorithm} expects a tensor")
     if output.ndim != 2 or output.shape[0] != examples:
-        raise ConfigError(f"model {name} returned shape {list(output.shape)} for {examples} inputs; {algorithm} expects [{examples}, "
-                          f"{expected_width if expected_width is not None else 'features'}]")
+        raise ConfigError(
+            f"model {name} returned shape {list(output.shape)} for {examples} inputs; {algorithm} expects [{examples}, "
+            f"{expected_width if expected_width is not None else 'features'}]"
+        )
     if expected_width is not None and output.shape[1] != expected_width:
-        raise ConfigError(f"model {name} returned {output.shape[1]} outputs per input; {algorithm} expects {expected_width} "
-                          f"(a {expected_width}-way head{'' if expected_width > 1 else ' / one regression output'})")
+        raise ConfigError(
+            f"model {name} returned {output.shape[1]} outputs per input; {algorithm} expects {expected_width} "
+            f"(a {expected_width}-way head{'' if expected_width > 1 else ' / one regression output'})"
+        )

@@ -55,7 +55,9 @@ class TaskBatch:
         for f in fields(self):
             v = getattr(self, f.name)
             if v is not None and v.shape[0] != t:
-                raise ValueError(f"TaskBatch.{f.name} has {v.shape[0]} tasks, support_x has {t}; all fields need the same T")
+                raise ValueError(
+                    f"TaskBatch.{f.name} has {v.shape[0]} tasks, support_x has {t}; all fields need the same T"
+                )
         if self.support_x.shape[1] != self.support_y.shape[1] or self.query_x.shape[1] != self.query_y.shape[1]:
             raise ValueError("TaskBatch: x and y disagree on the number of examples per task")
 
@@ -89,15 +91,20 @@ class TaskBatch:
             return v.to(device=device, dtype=cast)
 
         return TaskBatch(
-            move(self.support_x, True), move(self.support_y, False),  # type: ignore[arg-type]
-            move(self.query_x, True), move(self.query_y, False),  # type: ignore[arg-type]
+            move(self.support_x, True),
+            move(self.support_y, False),  # type: ignore[arg-type]
+            move(self.query_x, True),
+            move(self.query_y, False),  # type: ignore[arg-type]
             move(self.classes, False),
         )
 
     def task(self, i: int) -> Episode:
         """Task ``i`` as an :class:`Episode`."""
         return Episode(
-            self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i],
+            self.support_x[i],
+            self.support_y[i],
+            self.query_x[i],
+            self.query_y[i],
             None if self.classes is None else self.classes[i],
         )
 
@@ -105,8 +112,10 @@ class TaskBatch:
         """The tasks picked by ``index`` (a slice or an index tensor) as a new batch."""
         return replace(
             self,
-            support_x=self.support_x[index], support_y=self.support_y[index],
-            query_x=self.query_x[index], query_y=self.query_y[index],
+            support_x=self.support_x[index],
+            support_y=self.support_y[index],
+            query_x=self.query_x[index],
+            query_y=self.query_y[index],
             classes=None if self.classes is None else self.classes[index],
         )
 
@@ -117,8 +126,10 @@ class TaskBatch:
             raise ValueError("TaskBatch.cat needs at least one batch")
         cls = batches[0].classes
         return TaskBatch(
-            torch.cat([b.support_x for b in batches]), torch.cat([b.support_y for b in batches]),
-            torch.cat([b.query_x for b in batches]), torch.cat([b.query_y for b in batches]),
+            torch.cat([b.support_x for b in batches]),
+            torch.cat([b.support_y for b in batches]),
+            torch.cat([b.query_x for b in batches]),
+            torch.cat([b.query_y for b in batches]),
             None if cls is None else torch.cat([b.classes for b in batches]),  # type: ignore[misc]
         )
 
@@ -171,7 +182,9 @@ class EnvTasks:
 
     def __post_init__(self) -> None:
         if self.params.ndim != 2 or self.seeds.shape != (self.params.shape[0],):
-            raise ValueError(f"EnvTasks: params must be [T, P] and seeds [T]; found {list(self.params.shape)} and {list(self.seeds.shape)}")
+            raise ValueError(
+                f"EnvTasks: params must be [T, P] and seeds [T]; found {list(self.params.shape)} and {list(self.seeds.shape)}"
+            )
 
     def __len__(self) -> int:
         return self.params.shape[0]

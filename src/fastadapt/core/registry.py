@@ -49,14 +49,18 @@ class Registry:
     def register(self, name: str, obj: Any, description: str = "", replace: bool = False) -> Any:
         """Add ``obj`` as ``name``; a built-in name is refused, a user's name needs ``replace=True`` to change."""
         if not isinstance(name, str) or not _NAME.match(name):
-            raise ConfigError(f"{self.kind} name {name!r} is invalid; use lower-case letters, digits, '-' and '_' (no ':')")
+            raise ConfigError(
+                f"{self.kind} name {name!r} is invalid; use lower-case letters, digits, '-' and '_' (no ':')"
+            )
         if not callable(obj):
             raise ConfigError(f"{self.kind} {name!r}: expected a class or function, found {type(obj).__name__}")
         old = self._entries.get(name)
         if old is not None and old.builtin:
             raise ConfigError(f"{self.kind} {name!r} is built in; register yours under another name")
         if old is not None and not replace and old.target is not obj:
-            raise ConfigError(f"{self.kind} {name!r} is already registered (by {describe_object(old.target)}); pass replace=True to change it")
+            raise ConfigError(
+                f"{self.kind} {name!r} is already registered (by {describe_object(old.target)}); pass replace=True to change it"
+            )
         self._entries[name] = Entry(name, obj, description or first_line(obj.__doc__), False)
         return obj
 
@@ -72,7 +76,9 @@ class Registry:
 
     def names(self) -> list[str]:
         """Every registered name, built-ins first."""
-        return [e.name for e in self._entries.values() if e.builtin] + sorted(e.name for e in self._entries.values() if not e.builtin)
+        return [e.name for e in self._entries.values() if e.builtin] + sorted(
+            e.name for e in self._entries.values() if not e.builtin
+        )
 
     def entry(self, name: str) -> Entry:
         if name not in self._entries:
@@ -99,7 +105,9 @@ class Registry:
             return import_target(entry.target, f"{self.kind} {name!r}")
         except ConfigError:
             if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"{self.kind} {name!r} is not available in this version; choose one of {', '.join(self.available())}") from None
+                raise ConfigError(
+                    f"{self.kind} {name!r} is not available in this version; choose one of {', '.join(self.available())}"
+                ) from None
             raise
 
 
@@ -121,13 +129,17 @@ def is_target(text: str) -> bool:
 def import_target(target: str, what: str = "target") -> Any:
     """The object ``"package.module:attribute"`` names (one-line :class:`ConfigError` when it does not import)."""
     if not is_target(target):
-        raise ConfigError(f"{what}={target!r} is not an import path; write package.module:object, e.g. mypkg.nets:ResNet12")
+        raise ConfigError(
+            f"{what}={target!r} is not an import path; write package.module:object, e.g. mypkg.nets:ResNet12"
+        )
     module_name, attr = target.split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise ConfigError(f"{what}={target!r}: module {e.name!r} not found; install it or add its folder to PYTHONPATH") from None
+            raise ConfigError(
+                f"{what}={target!r}: module {e.name!r} not found; install it or add its folder to PYTHONPATH"
+            ) from None
         raise ConfigError(f"{what}={target!r}: importing {module_name} failed: {e}") from None
     except Exception as e:  # the user's module raised while importing
         raise ConfigError(f"{what}={target!r}: importing {module_name} failed: {type(e).__name__}: {e}") from None
@@ -146,56 +158,135 @@ def import_modules(modules: tuple[str, ...] | list[str]) -> None:
             importlib.import_module(name)
         except ModuleNotFoundError as e:
             if e.name is not None and (name == e.name or name.startswith(e.name + ".")):
-                raise ConfigError(f"run.imports: module {name!r} not found; install it or add its folder to PYTHONPATH") from None
+                raise ConfigError(
+                    f"run.imports: module {name!r} not found; install it or add its folder to PYTHONPATH"
+                ) from None
             raise ConfigError(f"run.imports: importing {name} failed: {e}") from None
         except Exception as e:
             raise ConfigError(f"run.imports: importing {name} failed: {type(e).__name__}: {e}") from None
 
 
-TASK_SOURCES = Registry("task source", {
-    "omniglot": ("fastadapt.data.sources:omniglot", "Omniglot, bundled 28x28 (data.split = vinyals | lake)"),
-    "sinusoid": ("fastadapt.data.sources:sinusoid", "sinusoid regression tasks of the MAML paper (generated)"),
-    "folder": ("fastadapt.data.sources:folder", "folder:<path>: <path>/<part>/<class>/<image> (your own images)"),
-    "idx": ("fastadapt.data.sources:idx", "idx:<dir>: MNIST-family IDX files (train-/t10k-images-idx3-ubyte[.gz] and labels)"),
-    "fashion-mnist": ("fastadapt.data.sources:fashion_mnist", "Fashion-MNIST from Debian's dataset-fashion-mnist (10 classes: 5-way tasks)"),
-    "sinusoid-stream": ("fastadapt.data.streams:sinusoid_stream", "drifting, switching sinusoid streams; episodes are windows (support: points before a step, query: after)"),
-    "omniglot-stream": ("fastadapt.data.streams:omniglot_stream", "Omniglot streams: characters appear and retire at change points, images rotate gradually"),
-    "stream-folder": ("fastadapt.data.streams:folder_stream", "stream-folder:<path>: <path>/<phase>/<class>/<image> (your data split into phases)"),
-    "nav2d": ("fastadapt.rl.envs:nav2d", "2D navigation to a goal in [-0.5, 0.5]^2 (MAML sec. 5.3; Gymnasium, fastadapt[rl])"),
-    "pendulum-dynamics": ("fastadapt.rl.envs:pendulum_dynamics", "Pendulum-v1 whose mass and length change per task (Gymnasium, fastadapt[rl])"),
-    "copy": ("fastadapt.data.sequences:copy_source", "the NTM copy task (Graves et al. 2014, 4.1): data.options bits, min_length, max_length, test_length"),
-    "recall": ("fastadapt.data.sequences:recall_source", "associative recall (Graves et al. 2014, 4.3): data.options bits, item_length, min_items, max_items, test_items"),
-})
-MODELS = Registry("model", {
-    "conv4": ("fastadapt.nn.backbones:conv4", "4 conv blocks (Vinyals et al.), optional linear head"),
-    "resnet12": ("fastadapt.nn.resnet:resnet12", "ResNet-12 (TADAM, MetaOptNet): 4 residual blocks, 64-160-320-640; options channels, width, drop_prob"),
-    "mlp": ("fastadapt.nn.backbones:mlp", "fully connected ReLU network over the flattened input"),
-    "flatten": ("fastadapt.nn.backbones:flatten", "the raw input as a vector (MANN's input); no weights"),
-    "ntm": ("fastadapt.nn.sequence:ntm", "Neural Turing Machine over a sequence (LSTM or transformer controller); for copy / recall tasks"),
-    "lstm-seq": ("fastadapt.nn.sequence:lstm_seq", "plain LSTM over a sequence (the NTM's baseline)"),
-    "transformer-seq": ("fastadapt.nn.sequence:transformer_seq", "plain causal transformer over a sequence (the NTM's baseline)"),
-    "gaussian-mlp": ("fastadapt.rl.policy:gaussian_mlp", "Gaussian MLP policy: mean from a ReLU MLP, state-independent log_std (reinforcement learning)"),
-})
-ALGORITHMS = Registry("algorithm", {
-    "protonet": ("fastadapt.algorithms.protonet:ProtoNet", "Prototypical Networks (Snell et al. 2017)"),
-    "maml": ("fastadapt.algorithms.maml:MAML", "MAML, second order, MAML++ options (Finn et al. 2017; Antoniou et al. 2019)"),
-    "fomaml": ("fastadapt.algorithms.maml:FOMAML", "first-order MAML"),
-    "metasgd": ("fastadapt.algorithms.metasgd:MetaSGD", "Meta-SGD: learnt per-parameter inner rates (Li et al. 2017)"),
-    "anil": ("fastadapt.algorithms.anil:ANIL", "ANIL: adapt the head only (Raghu et al. 2020)"),
-    "reptile": ("fastadapt.algorithms.reptile:Reptile", "Reptile (Nichol et al. 2018)"),
-    "matching": ("fastadapt.algorithms.matching:MatchingNet", "Matching Networks with full context embeddings (Vinyals et al. 2016)"),
-    "meta_lstm": ("fastadapt.algorithms.meta_lstm:MetaLSTM", "LSTM meta-learner (Ravi & Larochelle 2017)"),
-    "mann": ("fastadapt.algorithms.mann:MANN", "memory-augmented network (Santoro et al. 2016)"),
-    "ntm": ("fastadapt.algorithms.ntm:NTMLearner", "sequence tasks (copy, recall) through a memory network: NTM or its baselines (Graves et al. 2014)"),
-    "baseline": ("fastadapt.algorithms.baseline:Baseline", "Baseline / Baseline++: a classifier on all training classes, a new head per task (Chen et al. 2019)"),
-    "grbal": ("fastadapt.algorithms.grbal:GrBAL", "GrBAL: meta-learnt adaptation on a recent window of a stream (Nagabandi et al. 2019)"),
-    "alfa": ("fastadapt.algorithms.alfa:ALFA", "ALFA: meta-learnt per-step, per-layer inner rates and weight decay (Baik et al. 2020)"),
-    "linear_probe": ("fastadapt.algorithms.linear_probe:LinearProbe", "linear probe on frozen features: logistic regression per task (Tian et al. 2020, RFS)"),
-    "maml-rl": ("fastadapt.algorithms.maml_rl:MAMLRL", "MAML for policies, clipped outer surrogate (ProMP), first-order and Reptile options (Finn et al. 2017; Rothfuss et al. 2019)"),
-})
+TASK_SOURCES = Registry(
+    "task source",
+    {
+        "omniglot": ("fastadapt.data.sources:omniglot", "Omniglot, bundled 28x28 (data.split = vinyals | lake)"),
+        "sinusoid": ("fastadapt.data.sources:sinusoid", "sinusoid regression tasks of the MAML paper (generated)"),
+        "folder": ("fastadapt.data.sources:folder", "folder:<path>: <path>/<part>/<class>/<image> (your own images)"),
+        "idx": (
+            "fastadapt.data.sources:idx",
+            "idx:<dir>: MNIST-family IDX files (train-/t10k-images-idx3-ubyte[.gz] and labels)",
+        ),
+        "fashion-mnist": (
+            "fastadapt.data.sources:fashion_mnist",
+            "Fashion-MNIST from Debian's dataset-fashion-mnist (10 classes: 5-way tasks)",
+        ),
+        "sinusoid-stream": (
+            "fastadapt.data.streams:sinusoid_stream",
+            "drifting, switching sinusoid streams; episodes are windows (support: points before a step, query: after)",
+        ),
+        "omniglot-stream": (
+            "fastadapt.data.streams:omniglot_stream",
+            "Omniglot streams: characters appear and retire at change points, images rotate gradually",
+        ),
+        "stream-folder": (
+            "fastadapt.data.streams:folder_stream",
+            "stream-folder:<path>: <path>/<phase>/<class>/<image> (your data split into phases)",
+        ),
+        "nav2d": (
+            "fastadapt.rl.envs:nav2d",
+            "2D navigation to a goal in [-0.5, 0.5]^2 (MAML sec. 5.3; Gymnasium, fastadapt[rl])",
+        ),
+        "pendulum-dynamics": (
+            "fastadapt.rl.envs:pendulum_dynamics",
+            "Pendulum-v1 whose mass and length change per task (Gymnasium, fastadapt[rl])",
+        ),
+        "copy": (
+            "fastadapt.data.sequences:copy_source",
+            "the NTM copy task (Graves et al. 2014, 4.1): data.options bits, min_length, max_length, test_length",
+        ),
+        "recall": (
+            "fastadapt.data.sequences:recall_source",
+            "associative recall (Graves et al. 2014, 4.3): data.options bits, item_length, min_items, max_items, test_items",
+        ),
+    },
+)
+MODELS = Registry(
+    "model",
+    {
+        "conv4": ("fastadapt.nn.backbones:conv4", "4 conv blocks (Vinyals et al.), optional linear head"),
+        "resnet12": (
+            "fastadapt.nn.resnet:resnet12",
+            "ResNet-12 (TADAM, MetaOptNet): 4 residual blocks, 64-160-320-640; options channels, width, drop_prob",
+        ),
+        "mlp": ("fastadapt.nn.backbones:mlp", "fully connected ReLU network over the flattened input"),
+        "flatten": ("fastadapt.nn.backbones:flatten", "the raw input as a vector (MANN's input); no weights"),
+        "ntm": (
+            "fastadapt.nn.sequence:ntm",
+            "Neural Turing Machine over a sequence (LSTM or transformer controller); for copy / recall tasks",
+        ),
+        "lstm-seq": ("fastadapt.nn.sequence:lstm_seq", "plain LSTM over a sequence (the NTM's baseline)"),
+        "transformer-seq": (
+            "fastadapt.nn.sequence:transformer_seq",
+            "plain causal transformer over a sequence (the NTM's baseline)",
+        ),
+        "gaussian-mlp": (
+            "fastadapt.rl.policy:gaussian_mlp",
+            "Gaussian MLP policy: mean from a ReLU MLP, state-independent log_std (reinforcement learning)",
+        ),
+    },
+)
+ALGORITHMS = Registry(
+    "algorithm",
+    {
+        "protonet": ("fastadapt.algorithms.protonet:ProtoNet", "Prototypical Networks (Snell et al. 2017)"),
+        "maml": (
+            "fastadapt.algorithms.maml:MAML",
+            "MAML, second order, MAML++ options (Finn et al. 2017; Antoniou et al. 2019)",
+        ),
+        "fomaml": ("fastadapt.algorithms.maml:FOMAML", "first-order MAML"),
+        "metasgd": (
+            "fastadapt.algorithms.metasgd:MetaSGD",
+            "Meta-SGD: learnt per-parameter inner rates (Li et al. 2017)",
+        ),
+        "anil": ("fastadapt.algorithms.anil:ANIL", "ANIL: adapt the head only (Raghu et al. 2020)"),
+        "reptile": ("fastadapt.algorithms.reptile:Reptile", "Reptile (Nichol et al. 2018)"),
+        "matching": (
+            "fastadapt.algorithms.matching:MatchingNet",
+            "Matching Networks with full context embeddings (Vinyals et al. 2016)",
+        ),
+        "meta_lstm": ("fastadapt.algorithms.meta_lstm:MetaLSTM", "LSTM meta-learner (Ravi & Larochelle 2017)"),
+        "mann": ("fastadapt.algorithms.mann:MANN", "memory-augmented network (Santoro et al. 2016)"),
+        "ntm": (
+            "fastadapt.algorithms.ntm:NTMLearner",
+            "sequence tasks (copy, recall) through a memory network: NTM or its baselines (Graves et al. 2014)",
+        ),
+        "baseline": (
+            "fastadapt.algorithms.baseline:Baseline",
+            "Baseline / Baseline++: a classifier on all training classes, a new head per task (Chen et al. 2019)",
+        ),
+        "grbal": (
+            "fastadapt.algorithms.grbal:GrBAL",
+            "GrBAL: meta-learnt adaptation on a recent window of a stream (Nagabandi et al. 2019)",
+        ),
+        "alfa": (
+            "fastadapt.algorithms.alfa:ALFA",
+            "ALFA: meta-learnt per-step, per-layer inner rates and weight decay (Baik et al. 2020)",
+        ),
+        "linear_probe": (
+            "fastadapt.algorithms.linear_probe:LinearProbe",
+            "linear probe on frozen features: logistic regression per task (Tian et al. 2020, RFS)",
+        ),
+        "maml-rl": (
+            "fastadapt.algorithms.maml_rl:MAMLRL",
+            "MAML for policies, clipped outer surrogate (ProMP), first-order and Reptile options (Finn et al. 2017; Rothfuss et al. 2019)",
+        ),
+    },
+)
 
 
-def register_task_source(name: str, build: Callable[..., Any], description: str = "", replace: bool = False) -> Callable[..., Any]:
+def register_task_source(
+    name: str, build: Callable[..., Any], description: str = "", replace: bool = False
+) -> Callable[..., Any]:
     """Register ``build(request: SourceRequest) -> ClassDataset | TaskSource`` as ``data.dataset = name``.
 
     ``data.dataset = "name:argument"`` passes ``argument`` in ``request.argument`` (e.g. a path).
@@ -203,7 +294,9 @@ def register_task_source(name: str, build: Callable[..., Any], description: str 
     return TASK_SOURCES.register(name, build, description, replace)
 
 
-def register_model(name: str, build: Callable[..., Any], description: str = "", replace: bool = False) -> Callable[..., Any]:
+def register_model(
+    name: str, build: Callable[..., Any], description: str = "", replace: bool = False
+) -> Callable[..., Any]:
     """Register a model factory (a class or function returning an ``nn.Module``) as ``model.name = name``.
 
     It is called with the keyword arguments it names among ``in_channels``, ``input_shape``,

@@ -114,8 +114,15 @@ def jitter(x: Tensor, g: torch.Generator, strength: float = JITTER, clamp: bool 
     return bound(s * x + (1.0 - s) * greyscale(x))
 
 
-def augment_task(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, ways: int, ops: tuple[str, ...],
-                 g: torch.Generator) -> tuple[Tensor, Tensor]:
+def augment_task(
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    query_y: Tensor,
+    ways: int,
+    ops: tuple[str, ...],
+    g: torch.Generator,
+) -> tuple[Tensor, Tensor]:
     """One task's support and query images (``[N*K, C, H, W]``, ``[N*Q, C, H, W]``) transformed by ``ops`` with ``g``."""
     x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
     for op in OPERATIONS:
@@ -131,7 +138,7 @@ def augment_task(support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y:
             x = shift(x, g)
         else:
             x = jitter(x, g, clamp=bool(x.min() >= 0 and x.max() <= 1))
-    return x[: len(support_x)], x[len(support_x):]
+    return x[: len(support_x)], x[len(support_x) :]
 
 
 class AugmentedTasks:
@@ -152,14 +159,20 @@ class AugmentedTasks:
         """The source's tasks ``start .. start+count-1`` of ``step``, task ``i`` augmented with the generator of ``(seed, step, i)``."""
         batch = self.source.sample_tasks(step, start, count)
         if batch.support_x.ndim != 5 or not batch.support_x.is_floating_point() or batch.classes is None:
-            raise ConfigError(f"data.augment works on classification tasks of images [C, H, W]; this source gives examples of shape "
-                              f"{list(batch.support_x.shape[2:])}: set data.augment = []")
+            raise ConfigError(
+                f"data.augment works on classification tasks of images [C, H, W]; this source gives examples of shape "
+                f"{list(batch.support_x.shape[2:])}: set data.augment = []"
+            )
         if "rotate90" in self.ops and batch.support_x.shape[-1] != batch.support_x.shape[-2]:
-            raise ConfigError(f"data.augment rotate90 needs square images; these are {list(batch.support_x.shape[-2:])}")
+            raise ConfigError(
+                f"data.augment rotate90 needs square images; these are {list(batch.support_x.shape[-2:])}"
+            )
         sx, qx = [], []
         for t in range(len(batch)):
             g = torch.Generator().manual_seed(_mix(self.seed, step, start + t, _SALT))
-            s, q = augment_task(batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t], batch.ways, self.ops, g)
+            s, q = augment_task(
+                batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.query_y[t], batch.ways, self.ops, g
+            )
             sx.append(s)
             qx.append(q)
         return TaskBatch(torch.stack(sx), batch.support_y, torch.stack(qx), batch.query_y, batch.classes)
@@ -170,5 +183,16 @@ def augmented(source: Any, ops: tuple[str, ...] | list[str], seed: int) -> Any:
     return AugmentedTasks(source, ops, seed) if ops else source
 
 
-__all__ = ["JITTER", "OPERATIONS", "AugmentedTasks", "augment_task", "augmented", "crop", "flip", "greyscale", "jitter",
-           "rotate90_per_class", "shift"]
+__all__ = [
+    "JITTER",
+    "OPERATIONS",
+    "AugmentedTasks",
+    "augment_task",
+    "augmented",
+    "crop",
+    "flip",
+    "greyscale",
+    "jitter",
+    "rotate90_per_class",
+    "shift",
+]

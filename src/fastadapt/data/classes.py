@@ -41,7 +41,9 @@ class ClassDataset:
 
     def __post_init__(self) -> None:
         if self.offsets.ndim != 1 or len(self.offsets) != len(self.names) + 1:
-            raise DataError(f"{self.name}: offsets has {len(self.offsets)} entries for {len(self.names)} classes; need classes + 1")
+            raise DataError(
+                f"{self.name}: offsets has {len(self.offsets)} entries for {len(self.names)} classes; need classes + 1"
+            )
         if int(self.offsets[0]) != 0 or int(self.offsets[-1]) != len(self.data):
             raise DataError(f"{self.name}: offsets must run from 0 to {len(self.data)} (the number of examples)")
         if len(self.names) and int(self.counts.min()) < 1:
@@ -74,12 +76,18 @@ class ClassDataset:
         """A new dataset holding only ``classes`` (in that order)."""
         idx = torch.as_tensor(classes, dtype=torch.long)
         counts = self.counts[idx]
-        rows = torch.cat([torch.arange(int(self.offsets[c]), int(self.offsets[c + 1])) for c in idx.tolist()]) if len(idx) else torch.zeros(0, dtype=torch.long)
+        rows = (
+            torch.cat([torch.arange(int(self.offsets[c]), int(self.offsets[c + 1])) for c in idx.tolist()])
+            if len(idx)
+            else torch.zeros(0, dtype=torch.long)
+        )
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
         return ClassDataset(self.data[rows], offsets, tuple(self.names[c] for c in idx.tolist()), name or self.name)
 
     @staticmethod
-    def from_arrays(x: np.ndarray | Tensor, y: np.ndarray | Tensor, name: str = "arrays", class_names: Sequence[str] | None = None) -> ClassDataset:
+    def from_arrays(
+        x: np.ndarray | Tensor, y: np.ndarray | Tensor, name: str = "arrays", class_names: Sequence[str] | None = None
+    ) -> ClassDataset:
         """Build from examples ``x [M, ...]`` and integer labels ``y [M]`` (any order, any label values).
 
         Classes are the sorted distinct labels; names are ``str(label)`` unless given.
@@ -87,7 +95,9 @@ class ClassDataset:
         xt = torch.as_tensor(np.asarray(x)) if not isinstance(x, Tensor) else x
         yt = torch.as_tensor(np.asarray(y)) if not isinstance(y, Tensor) else y
         if yt.ndim != 1 or len(yt) != len(xt):
-            raise DataError(f"{name}: labels have shape {tuple(yt.shape)} for {len(xt)} examples; need one integer label per example")
+            raise DataError(
+                f"{name}: labels have shape {tuple(yt.shape)} for {len(xt)} examples; need one integer label per example"
+            )
         if yt.is_floating_point():
             raise DataError(f"{name}: labels are {yt.dtype}; need integer class labels")
         labels, inverse = torch.unique(yt, sorted=True, return_inverse=True)
@@ -100,7 +110,9 @@ class ClassDataset:
         return ClassDataset(xt[order].contiguous(), offsets, names, name)
 
     @staticmethod
-    def from_folder(root: str | Path, size: tuple[int, int] | None = None, channels: int | None = None, name: str | None = None) -> ClassDataset:
+    def from_folder(
+        root: str | Path, size: tuple[int, int] | None = None, channels: int | None = None, name: str | None = None
+    ) -> ClassDataset:
         """Load ``root/<class>/<image>`` (one subfolder per class) into memory as uint8 ``[M, C, H, W]``.
 
         Args:
@@ -121,20 +133,26 @@ class ClassDataset:
             raise DataError(f"image folder {root} does not exist; pass a folder with one subfolder per class")
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
         if not class_dirs:
-            raise DataError(f"image folder {root} has no class subfolders; put each class's images in its own subfolder")
+            raise DataError(
+                f"image folder {root} has no class subfolders; put each class's images in its own subfolder"
+            )
         if channels not in (None, 1, 3):
             raise DataError(f"channels={channels!r} is invalid; use 1 (grey), 3 (RGB) or None (from the images)")
         files_of: list[list[Path]] = []
         for d in class_dirs:
             files = sorted(f for f in d.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
             if not files:
-                raise DataError(f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)}); remove it or add images")
+                raise DataError(
+                    f"class folder {d} holds no images ({', '.join(IMAGE_SUFFIXES)}); remove it or add images"
+                )
             files_of.append(files)
         if channels is None:
             channels = 1 if all(_image_mode(f) in GREY_MODES for files in files_of for f in files) else 3
         if len(class_dirs) == 1:  # after the header pass (an unreadable file is named first), before decoding
-            raise DataError(f"image folder {root} has one class subfolder ({class_dirs[0].name}); episodes need at least 2 classes: "
-                            f"add a subfolder per class")
+            raise DataError(
+                f"image folder {root} has one class subfolder ({class_dirs[0].name}); episodes need at least 2 classes: "
+                f"add a subfolder per class"
+            )
         mode = "L" if channels == 1 else "RGB"
         images: list[np.ndarray] = []
         for files in files_of:
@@ -145,18 +163,28 @@ class ClassDataset:
                 except OSError as e:
                     raise DataError(f"cannot read image {f}: {e}; remove or replace the file") from None
                 if images and arr.shape != images[0].shape:
-                    raise DataError(f"image {f} is {arr.shape[:2]}, others are {images[0].shape[:2]}; pass size=(H, W) to resize all")
+                    raise DataError(
+                        f"image {f} is {arr.shape[:2]}, others are {images[0].shape[:2]}; pass size=(H, W) to resize all"
+                    )
                 images.append(arr)
         stack = np.stack(images)
         stack = stack[:, None] if channels == 1 else stack.transpose(0, 3, 1, 2)
         counts = [len(files) for files in files_of]
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(counts).cumsum(0)])
-        return ClassDataset(torch.from_numpy(np.ascontiguousarray(stack)), offsets, tuple(d.name for d in class_dirs), name or root.name)
-
+        return ClassDataset(
+            torch.from_numpy(np.ascontiguousarray(stack)), offsets, tuple(d.name for d in class_dirs), name or root.name
+        )
 
     @staticmethod
-    def from_dataset(dataset: Any, name: str | None = None, channels: int | None = None, size: tuple[int, int] | None = None,
-                     max_per_class: int | None = None, image_key: str | None = None, label_key: str | None = None) -> ClassDataset:
+    def from_dataset(
+        dataset: Any,
+        name: str | None = None,
+        channels: int | None = None,
+        size: tuple[int, int] | None = None,
+        max_per_class: int | None = None,
+        image_key: str | None = None,
+        label_key: str | None = None,
+    ) -> ClassDataset:
         """Load a map-style dataset of ``(image, label)`` pairs (``torch.utils.data.Dataset``, torchvision,
         a Hugging Face ``datasets.Dataset`` of dicts, a list) into memory as ``[M, C, H, W]`` images.
 
@@ -195,7 +223,9 @@ class ClassDataset:
             cfg = fastadapt.load_config("protonet-quick", ["data.ways=5", "data.image_size=28"])
             fastadapt.train(cfg, tasks={"train": train, "test": test})
         """
-        return _dataset_to_classes(dataset, name or type(dataset).__name__, channels, size, max_per_class, image_key, label_key)
+        return _dataset_to_classes(
+            dataset, name or type(dataset).__name__, channels, size, max_per_class, image_key, label_key
+        )
 
 
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
@@ -217,8 +247,10 @@ def _open_image(path: Path) -> Any:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             return Image.open(path)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise DataError(f"image {path} is too large for Pillow ({e}); shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS "
-                        f"if you trust the file") from None
+        raise DataError(
+            f"image {path} is too large for Pillow ({e}); shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+            f"if you trust the file"
+        ) from None
     except OSError as e:
         raise DataError(f"cannot read image {path}: {e}; remove or replace the file") from None
 
@@ -246,7 +278,9 @@ def conform_images(data: ClassDataset, image_size: int | None = None, channels: 
     x = data.data
     if x.ndim != 4:
         if channels:
-            raise DataError(f"{data.name}: data.channels={channels} applies to images [M, C, H, W]; this data has shape {list(x.shape)}")
+            raise DataError(
+                f"{data.name}: data.channels={channels} applies to images [M, C, H, W]; this data has shape {list(x.shape)}"
+            )
         return data
     changed = False
     c = x.shape[1]
@@ -258,10 +292,14 @@ def conform_images(data: ClassDataset, image_size: int | None = None, channels: 
         elif (c, channels) == (1, 3):
             x = x.expand(-1, 3, -1, -1).contiguous()
         else:
-            raise DataError(f"{data.name}: images have {c} channels; data.channels={channels} converts only between 1 (grey) and 3 (RGB)")
+            raise DataError(
+                f"{data.name}: images have {c} channels; data.channels={channels} converts only between 1 (grey) and 3 (RGB)"
+            )
         changed = True
     if image_size and (x.shape[-1] != image_size or x.shape[-2] != image_size):
-        y = torch.nn.functional.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        y = torch.nn.functional.interpolate(
+            x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
         x = y.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y.to(x.dtype)
         changed = True
     return ClassDataset(x, data.offsets, data.names, data.name) if changed else data
@@ -270,10 +308,19 @@ def conform_images(data: ClassDataset, image_size: int | None = None, channels: 
 # --- from_dataset: items of a map-style dataset to one stacked array ---------------------------------
 
 
-def _dataset_to_classes(dataset: Any, name: str, channels: int | None, size: tuple[int, int] | None, max_per_class: int | None,
-                        image_key: str | None, label_key: str | None) -> ClassDataset:
+def _dataset_to_classes(
+    dataset: Any,
+    name: str,
+    channels: int | None,
+    size: tuple[int, int] | None,
+    max_per_class: int | None,
+    image_key: str | None,
+    label_key: str | None,
+) -> ClassDataset:
     if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise DataError(f"{name}: a {type(dataset).__name__} has no len() and [index]; pass a map-style dataset of (image, label) pairs")
+        raise DataError(
+            f"{name}: a {type(dataset).__name__} has no len() and [index]; pass a map-style dataset of (image, label) pairs"
+        )
     if channels not in (None, 1, 3):
         raise DataError(f"channels={channels!r} is invalid; use 1 (grey), 3 (RGB) or None (from the images)")
     if max_per_class is not None and max_per_class < 1:
@@ -287,8 +334,12 @@ def _dataset_to_classes(dataset: Any, name: str, channels: int | None, size: tup
         data, targets = fast
         rows = _first_per_class(targets, max_per_class)
         x = _stack_rows(data, rows, channels, size)
-        if x is not None and _same(x[0], _stack_items([_split_item(dataset[0], 0, name, keys)[0]], [0], name, channels, size)[0]):
-            return ClassDataset.from_arrays(x, torch.from_numpy(targets[rows]), name, _class_names(dataset, targets[rows], keys[1]))
+        if x is not None and _same(
+            x[0], _stack_items([_split_item(dataset[0], 0, name, keys)[0]], [0], name, channels, size)[0]
+        ):
+            return ClassDataset.from_arrays(
+                x, torch.from_numpy(targets[rows]), name, _class_names(dataset, targets[rows], keys[1])
+            )
     images: list[Any] = []
     labels: list[int] = []
     indices: list[int] = []
@@ -385,8 +436,10 @@ def _split_item(item: Any, i: int, name: str, keys: list[str | None]) -> tuple[A
     else:
         raise DataError(f"{name}[{i}] is a {type(item).__name__}; need an (image, label) pair or a dict holding both")
     if not _is_label(label):
-        raise DataError(f"{name}[{i}]: label {label!r} is a {type(label).__name__}; need an integer class label "
-                        f"(int, numpy integer or 0-d integer tensor)")
+        raise DataError(
+            f"{name}[{i}]: label {label!r} is a {type(label).__name__}; need an integer class label "
+            f"(int, numpy integer or 0-d integer tensor)"
+        )
     return image, int(label)
 
 
@@ -405,7 +458,9 @@ def _as_hwc(image: Any, where: str) -> Any:
         if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
             a = a.transpose(1, 2, 0)
     else:
-        raise DataError(f"{where}: image is a {type(image).__name__}; need a PIL image, a numpy array or a torch tensor")
+        raise DataError(
+            f"{where}: image is a {type(image).__name__}; need a PIL image, a numpy array or a torch tensor"
+        )
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
@@ -419,19 +474,29 @@ def _as_hwc(image: Any, where: str) -> Any:
     raise DataError(f"{where}: image is {a.dtype.name}; need uint8, floats, or integers in 0..255")
 
 
-def _stack_items(images: list[Any], indices: list[int], name: str, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+def _stack_items(
+    images: list[Any], indices: list[int], name: str, channels: int | None, size: tuple[int, int] | None
+) -> np.ndarray:
     """Images (PIL, arrays, tensors) as one ``[M, C, H, W]`` array: one channel count, one size, one dtype."""
     hwc = [_as_hwc(im, f"{name}[{i}]") for im, i in zip(images, indices)]
     if channels is None:
-        channels = 1 if all((im.mode in GREY_MODES) if not isinstance(im, np.ndarray) else im.shape[-1] == 1 for im in hwc) else 3
+        channels = (
+            1
+            if all((im.mode in GREY_MODES) if not isinstance(im, np.ndarray) else im.shape[-1] == 1 for im in hwc)
+            else 3
+        )
     out: list[np.ndarray] = []
     for im, i in zip(hwc, indices):
         a = _conform_one(im, channels, size)
         if out and a.dtype != out[0].dtype:
-            raise DataError(f"{name}[{i}] is a {a.dtype.name} image, earlier ones are {out[0].dtype.name}; give images of one type (uint8 or float)")
+            raise DataError(
+                f"{name}[{i}] is a {a.dtype.name} image, earlier ones are {out[0].dtype.name}; give images of one type (uint8 or float)"
+            )
         if out and a.shape != out[0].shape:
-            raise DataError(f"{name}[{i}] is {a.shape[1]}x{a.shape[2]}, earlier images are {out[0].shape[1]}x{out[0].shape[2]}; "
-                            f"pass size=(H, W) to resize all")
+            raise DataError(
+                f"{name}[{i}] is {a.shape[1]}x{a.shape[2]}, earlier images are {out[0].shape[1]}x{out[0].shape[2]}; "
+                f"pass size=(H, W) to resize all"
+            )
         out.append(a)
     return np.stack(out)
 
@@ -454,7 +519,9 @@ def _conform_one(im: Any, channels: int, size: tuple[int, int] | None) -> np.nda
     elif x.shape[0] == 1 and channels == 3:
         x = x.expand(3, -1, -1)
     if size is not None and tuple(x.shape[1:]) != tuple(size):
-        x = torch.nn.functional.interpolate(x[None], size=tuple(size), mode="bilinear", antialias=True, align_corners=False)[0]
+        x = torch.nn.functional.interpolate(
+            x[None], size=tuple(size), mode="bilinear", antialias=True, align_corners=False
+        )[0]
     return np.ascontiguousarray(x.numpy())
 
 

@@ -43,8 +43,13 @@ class CopyBatch(NamedTuple):
         return outputs[self.length + 1 :]
 
 
-def copy_batch(length: int, batch_size: int, bits: int = 8, generator: torch.Generator | None = None,
-               dtype: torch.dtype = torch.float32) -> CopyBatch:
+def copy_batch(
+    length: int,
+    batch_size: int,
+    bits: int = 8,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> CopyBatch:
     """A batch of ``batch_size`` copy sequences of ``length`` random ``bits``-bit vectors (layout above)."""
     for name, v in (("length", length), ("batch_size", batch_size), ("bits", bits)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -65,7 +70,9 @@ class CopyTask:
 
     def __init__(self, bits: int = 8, min_length: int = 1, max_length: int = 20, seed: int = 0) -> None:
         if not isinstance(min_length, int) or not isinstance(max_length, int) or not 1 <= min_length <= max_length:
-            raise ConfigError(f"copy task lengths {min_length!r}..{max_length!r} are invalid; need integers 1 <= min_length <= max_length")
+            raise ConfigError(
+                f"copy task lengths {min_length!r}..{max_length!r} are invalid; need integers 1 <= min_length <= max_length"
+            )
         if not isinstance(bits, int) or bits < 1:
             raise ConfigError(f"copy task bits={bits!r} is invalid; it must be a positive integer")
         self.bits, self.min_length, self.max_length, self.seed = bits, min_length, max_length, int(seed)
@@ -78,7 +85,9 @@ class CopyTask:
     def output_size(self) -> int:
         return self.bits
 
-    def batch(self, step: int, batch_size: int, length: int | None = None, dtype: torch.dtype = torch.float32) -> CopyBatch:
+    def batch(
+        self, step: int, batch_size: int, length: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> CopyBatch:
         """Batch number ``step``; ``length`` overrides the drawn length (for generalisation tests)."""
         g = torch.Generator().manual_seed((self.seed * 1_000_003 + int(step)) % (2**63))
         drawn = int(torch.randint(self.min_length, self.max_length + 1, (1,), generator=g))

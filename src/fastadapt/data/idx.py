@@ -32,11 +32,27 @@ IDX_TYPES: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-IDX_PARTS = {"train": "train", "test": "t10k"}  # part -> file prefix (train-images-idx3-ubyte, t10k-labels-idx1-ubyte, ...)
+IDX_PARTS = {
+    "train": "train",
+    "test": "t10k",
+}  # part -> file prefix (train-images-idx3-ubyte, t10k-labels-idx1-ubyte, ...)
 GZIP_MAGIC = b"\x1f\x8b"
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian's dataset-fashion-mnist puts the four files
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_DIR = Path(
+    "/usr/share/datasets/fashion-mnist"
+)  # where Debian's dataset-fashion-mnist puts the four files
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -56,32 +72,46 @@ def read_idx(path: str | Path) -> np.ndarray:
         except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"IDX file {path} is a corrupt gzip file ({e}); download it again") from None
     if len(raw) < 4:
-        raise DataError(f"IDX file {path} is truncated: {len(raw)} bytes, fewer than the 4-byte header; download it again")
+        raise DataError(
+            f"IDX file {path} is truncated: {len(raw)} bytes, fewer than the 4-byte header; download it again"
+        )
     zero, kind, ndim = raw[:2], raw[2], raw[3]
     if zero != b"\x00\x00":
-        raise DataError(f"{path} is not an IDX file: it starts with bytes {raw[:2].hex()}, not 0000; pass an IDX file (plain or .gz)")
+        raise DataError(
+            f"{path} is not an IDX file: it starts with bytes {raw[:2].hex()}, not 0000; pass an IDX file (plain or .gz)"
+        )
     if kind not in IDX_TYPES:
         known = ", ".join(f"0x{k:02X}" for k in IDX_TYPES)
-        raise DataError(f"{path} is not an IDX file: type code 0x{kind:02X} is none of {known}; pass an IDX file (plain or .gz)")
+        raise DataError(
+            f"{path} is not an IDX file: type code 0x{kind:02X} is none of {known}; pass an IDX file (plain or .gz)"
+        )
     if ndim == 0:
         raise DataError(f"{path} is not an IDX file: its header gives 0 dimensions; pass an IDX file (plain or .gz)")
     start = 4 + 4 * ndim
     if len(raw) < start:
-        raise DataError(f"IDX file {path} is truncated: its {ndim}-dimension header needs {start} bytes, found {len(raw)}; download it again")
+        raise DataError(
+            f"IDX file {path} is truncated: its {ndim}-dimension header needs {start} bytes, found {len(raw)}; download it again"
+        )
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_TYPES[kind]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     found = len(raw) - start
     if found < expected:
-        raise DataError(f"IDX file {path} is truncated: shape {list(shape)} of {dtype.name} needs {expected} data bytes, "
-                        f"found {found}; download it again")
+        raise DataError(
+            f"IDX file {path} is truncated: shape {list(shape)} of {dtype.name} needs {expected} data bytes, "
+            f"found {found}; download it again"
+        )
     if found > expected:
-        raise DataError(f"IDX file {path} has {found - expected} bytes of trailing garbage after the {expected} data bytes "
-                        f"of shape {list(shape)}; download it again")
+        raise DataError(
+            f"IDX file {path} has {found - expected} bytes of trailing garbage after the {expected} data bytes "
+            f"of shape {list(shape)}; download it again"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=start).astype(dtype.newbyteorder("="), copy=True).reshape(shape)
 
 
-def load_idx(images: str | Path, labels: str | Path, name: str | None = None, class_names: Sequence[str] | None = None) -> ClassDataset:
+def load_idx(
+    images: str | Path, labels: str | Path, name: str | None = None, class_names: Sequence[str] | None = None
+) -> ClassDataset:
     """A :class:`ClassDataset` from an IDX image file and its IDX label file.
 
     Args:
@@ -98,7 +128,9 @@ def load_idx(images: str | Path, labels: str | Path, name: str | None = None, cl
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise DataError(f"IDX labels {labels} are {y.dtype.name} of shape {list(y.shape)}; need [N] integers")
     if len(x) != len(y):
-        raise DataError(f"IDX images {images} hold {len(x)} examples but labels {labels} hold {len(y)}; pass the label file of these images")
+        raise DataError(
+            f"IDX images {images} hold {len(x)} examples but labels {labels} hold {len(y)}; pass the label file of these images"
+        )
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
             raise DataError(f"IDX images {images} hold values {x.min()}..{x.max()}; integer images must lie in 0..255")
@@ -140,6 +172,8 @@ def load_fashion_mnist(part: str = "train", root: str | Path | None = None) -> C
     files = idx_files(folder, part)
     if files is None:
         prefix = IDX_PARTS[part]
-        raise DataError(f"Fashion-MNIST's {prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte (.gz) are not in {folder}; "
-                        f"apt-get install dataset-fashion-mnist (or pass root= a folder with the four IDX files)")
+        raise DataError(
+            f"Fashion-MNIST's {prefix}-images-idx3-ubyte and {prefix}-labels-idx1-ubyte (.gz) are not in {folder}; "
+            f"apt-get install dataset-fashion-mnist (or pass root= a folder with the four IDX files)"
+        )
     return load_idx(*files, name=f"fashion-mnist-{part}", class_names=FASHION_MNIST_CLASSES)

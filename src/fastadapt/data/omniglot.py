@@ -35,7 +35,12 @@ from fastadapt.data.classes import ClassDataset
 SPLITS: dict[str, dict[str, tuple[int, int]]] = {
     # split -> part -> inclusive range of original character ids
     "vinyals": {"train": (1, 1028), "val": (1029, 1200), "trainval": (1, 1200), "test": (1201, 1623)},
-    "lake": {"background": (1, 964), "background_train": (1, 803), "background_val": (804, 964), "evaluation": (965, 1623)},
+    "lake": {
+        "background": (1, 964),
+        "background_train": (1, 803),
+        "background_val": (804, 964),
+        "evaluation": (965, 1623),
+    },
 }
 _DEFAULT_ROTATIONS = {"vinyals": True, "lake": False}
 BUNDLED_FILE = "omniglot28.npz"
@@ -48,11 +53,15 @@ def _bundled() -> dict[str, np.ndarray]:
         with resources.as_file(ref) as path, np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("images", "char_ids", "characters", "png_sha256")}
     except FileNotFoundError:
-        raise DataError(f"the bundled Omniglot file {BUNDLED_FILE} is missing; reinstall fastadapt (pip install --force-reinstall fastadapt)") from None
+        raise DataError(
+            f"the bundled Omniglot file {BUNDLED_FILE} is missing; reinstall fastadapt (pip install --force-reinstall fastadapt)"
+        ) from None
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"the bundled Omniglot file {BUNDLED_FILE} is corrupted ({e}); reinstall fastadapt") from None
     if arrays["images"].shape != (1623, 20, 28, 28):
-        raise DataError(f"the bundled Omniglot file has images of shape {arrays['images'].shape}, expected (1623, 20, 28, 28); reinstall fastadapt")
+        raise DataError(
+            f"the bundled Omniglot file has images of shape {arrays['images'].shape}, expected (1623, 20, 28, 28); reinstall fastadapt"
+        )
     return arrays
 
 

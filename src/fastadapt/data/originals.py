@@ -53,7 +53,9 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
-def download_file(url: str, target: Path, sha256: str | None = None, md5: str | None = None, progress: bool = True) -> Path:
+def download_file(
+    url: str, target: Path, sha256: str | None = None, md5: str | None = None, progress: bool = True
+) -> Path:
     """Download ``url`` to ``target`` atomically; verify ``sha256`` (or ``md5``) before keeping it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
@@ -91,15 +93,24 @@ def _verify_digest(path: Path, sha256: str | None, md5: str | None, what: str) -
     if sha256 is not None:
         got = file_digest(path, "sha256")
         if got != sha256.lower():
-            raise DataError(f"SHA-256 of {what} is {got}, expected {sha256}; the file is corrupted or not the official archive, delete it and retry")
+            raise DataError(
+                f"SHA-256 of {what} is {got}, expected {sha256}; the file is corrupted or not the official archive, delete it and retry"
+            )
     elif md5 is not None:
         got = file_digest(path, "md5")
         if got != md5.lower():
-            raise DataError(f"MD5 of {what} is {got}, expected {md5}; the file is corrupted or not the official archive, delete it and retry")
+            raise DataError(
+                f"MD5 of {what} is {got}, expected {md5}; the file is corrupted or not the official archive, delete it and retry"
+            )
 
 
-def safe_extract(archive: Path, target: Path, check: Callable[[str, bytes], None] | None = None,
-                 max_entry_bytes: int | None = None, max_total_bytes: int | None = None) -> list[str]:
+def safe_extract(
+    archive: Path,
+    target: Path,
+    check: Callable[[str, bytes], None] | None = None,
+    max_entry_bytes: int | None = None,
+    max_total_bytes: int | None = None,
+) -> list[str]:
     """Extract ``archive`` into ``target`` (created; must not exist), refusing entries outside it.
 
     ``check(name, data)`` is called on every file before anything is written and may raise.
@@ -153,11 +164,15 @@ def _check_sizes(archive: Path, infos: list[zipfile.ZipInfo], max_entry: int | N
     total = 0
     for info in infos:
         if max_entry is not None and info.file_size > max_entry:
-            raise DataError(f"archive entry {info.filename!r} of {archive} would extract to {info.file_size} bytes, more than the "
-                            f"{max_entry} allowed for one image; refusing the archive, use the official one")
+            raise DataError(
+                f"archive entry {info.filename!r} of {archive} would extract to {info.file_size} bytes, more than the "
+                f"{max_entry} allowed for one image; refusing the archive, use the official one"
+            )
         total += info.file_size
     if max_total is not None and total > max_total:
-        raise DataError(f"{archive} would extract to {total} bytes, more than the {max_total} allowed; refusing the archive, use the official one")
+        raise DataError(
+            f"{archive} would extract to {total} bytes, more than the {max_total} allowed; refusing the archive, use the official one"
+        )
 
 
 def _read_entry(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_bytes: int | None) -> bytes:
@@ -166,9 +181,13 @@ def _read_entry(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_b
         with zf.open(info) as f:
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:  # a bad CRC, a lying size, a broken stream
-        raise DataError(f"archive entry {info.filename!r} of {archive} cannot be read ({e}); delete the archive and download again") from None
+        raise DataError(
+            f"archive entry {info.filename!r} of {archive} cannot be read ({e}); delete the archive and download again"
+        ) from None
     if max_bytes is not None and len(data) > max_bytes:
-        raise DataError(f"archive entry {info.filename!r} of {archive} holds more than {max_bytes} bytes; refusing the archive, use the official one")
+        raise DataError(
+            f"archive entry {info.filename!r} of {archive} holds more than {max_bytes} bytes; refusing the archive, use the official one"
+        )
     return data
 
 
@@ -183,7 +202,9 @@ def _manifest_check(manifest: Mapping[str, str]) -> Callable[[str, bytes], None]
             raise DataError(f"archive entry {name!r} is not an Omniglot original; refusing the archive")
         got = hashlib.sha256(data).hexdigest()
         if got != want:
-            raise DataError(f"SHA-256 of {name} is {got}, expected {want}; the archive is corrupted, delete it and download again")
+            raise DataError(
+                f"SHA-256 of {name} is {got}, expected {want}; the archive is corrupted, delete it and download again"
+            )
 
     return check
 
@@ -240,7 +261,9 @@ def load_omniglot_originals(
         if not archive.is_file():
             if not download:
                 raise DataError(f"{archive} not found; put the official archive there or pass download=True")
-            download_file(url.format(name=name), archive, sha256=sha256, md5=None if sha256 else PUBLISHED_MD5.get(name))
+            download_file(
+                url.format(name=name), archive, sha256=sha256, md5=None if sha256 else PUBLISHED_MD5.get(name)
+            )
         else:
             _verify_digest(archive, sha256, None if sha256 else PUBLISHED_MD5.get(name), str(archive))
         safe_extract(archive, folder, _manifest_check(manifest), MAX_IMAGE_BYTES, MAX_ARCHIVE_BYTES)
@@ -250,8 +273,10 @@ def load_omniglot_originals(
     expected = {k for k in manifest if k.startswith(f"{name}/")}
     missing = expected - {f.relative_to(folder).as_posix() for f in files}  # the archive's paths start with <name>/ too
     if missing:
-        raise DataError(f"{folder} lacks {len(missing)} of its {len(expected)} images (e.g. {min(missing)}); "
-                        f"delete the folder to extract the archive again")
+        raise DataError(
+            f"{folder} lacks {len(missing)} of its {len(expected)} images (e.g. {min(missing)}); "
+            f"delete the folder to extract the archive again"
+        )
     groups: dict[str, list[Path]] = {}
     for f in files:
         groups.setdefault(f"{f.parent.parent.name}/{f.parent.name}", []).append(f)

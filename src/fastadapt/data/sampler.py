@@ -43,7 +43,9 @@ def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: i
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise DataError(f"{label}={v!r} is invalid; it must be a positive integer")
     if ways > dataset.num_classes:
-        raise DataError(f"ways={ways} exceeds the {dataset.num_classes} classes of {dataset.name}; use ways <= {dataset.num_classes}")
+        raise DataError(
+            f"ways={ways} exceeds the {dataset.num_classes} classes of {dataset.name}; use ways <= {dataset.num_classes}"
+        )
     need = shots + queries
     counts = dataset.counts
     enough = int((counts >= need).sum())
@@ -90,8 +92,16 @@ class EpisodeSampler:
     with at least ``ways`` classes.
     """
 
-    def __init__(self, dataset: ClassDataset, ways: int, shots: int, queries: int, seed: int = 0, strict: bool = False,
-                 groups: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        dataset: ClassDataset,
+        ways: int,
+        shots: int,
+        queries: int,
+        seed: int = 0,
+        strict: bool = False,
+        groups: list[str] | None = None,
+    ) -> None:
         check_episode_shape(dataset, ways, shots, queries, strict)
         self.dataset, self.ways, self.shots, self.queries, self.seed = dataset, ways, shots, queries, int(seed)
         need = shots + queries
@@ -104,14 +114,18 @@ class EpisodeSampler:
         self._groups: list[list[int]] | None = None  # positions in the eligible list, per usable group
         if groups is not None:
             if len(groups) != dataset.num_classes:
-                raise DataError(f"{len(groups)} group labels for the {dataset.num_classes} classes of {dataset.name}; give one per class")
+                raise DataError(
+                    f"{len(groups)} group labels for the {dataset.num_classes} classes of {dataset.name}; give one per class"
+                )
             members: dict[str, list[int]] = {}
             for pos, c in enumerate(self._eligible_list):
                 members.setdefault(groups[c], []).append(pos)
             self._groups = [m for m in members.values() if len(m) >= ways]
             if not self._groups:
-                raise DataError(f"no group of {dataset.name} has {ways} classes with >= {need} examples (largest: "
-                                f"{max(map(len, members.values()), default=0)}); lower ways or widen the episode scope")
+                raise DataError(
+                    f"no group of {dataset.name} has {ways} classes with >= {need} examples (largest: "
+                    f"{max(map(len, members.values()), default=0)}); lower ways or widen the episode scope"
+                )
         self.step = 0
 
     def _task_indices(self, step: int, index: int) -> tuple[list[int], list[int]]:
@@ -149,7 +163,9 @@ class EpisodeSampler:
                 query_rows += r[j * need + k : (j + 1) * need]
             classes += c
         rows = torch.frombuffer(array("q", support_rows + query_rows), dtype=torch.int64)
-        return self._gather(rows, num_tasks, torch.frombuffer(array("q", classes), dtype=torch.int64).view(num_tasks, -1))
+        return self._gather(
+            rows, num_tasks, torch.frombuffer(array("q", classes), dtype=torch.int64).view(num_tasks, -1)
+        )
 
     def sample(self, num_tasks: int) -> TaskBatch:
         """The next ``num_tasks`` tasks of the stream (advances :attr:`step`)."""
@@ -180,7 +196,9 @@ class EpisodeSampler:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if int(state["seed"]) != self.seed:
-            raise DataError(f"sampler state has seed {state['seed']}, this sampler has {self.seed}; build it with the same seed")
+            raise DataError(
+                f"sampler state has seed {state['seed']}, this sampler has {self.seed}; build it with the same seed"
+            )
         self.step = int(state["step"])
 
 

@@ -76,7 +76,12 @@ def recall_sequence(items: int, bits: int, item_length: int, generator: torch.Ge
     qdelim = torch.zeros(1, c)
     qdelim[0, bits + 1] = 1
     steps += [qdelim, torch.cat([data[query], torch.zeros(item_length, 2)], dim=1), qdelim.clone()]
-    return torch.cat(steps), data.reshape(items * item_length, bits), torch.zeros(item_length, c), data[query + 1].clone()
+    return (
+        torch.cat(steps),
+        data.reshape(items * item_length, bits),
+        torch.zeros(item_length, c),
+        data[query + 1].clone(),
+    )
 
 
 class SequenceTasks:
@@ -92,7 +97,11 @@ class SequenceTasks:
     ways, shots, queries = 1, 1, 1
 
     def __init__(
-        self, make: Callable[[int, torch.Generator], SequenceParts], sizes: tuple[int, int], seed: int = 0, name: str = "sequence"
+        self,
+        make: Callable[[int, torch.Generator], SequenceParts],
+        sizes: tuple[int, int],
+        seed: int = 0,
+        name: str = "sequence",
     ) -> None:
         lo, hi = sizes
         if not (isinstance(lo, int) and isinstance(hi, int)) or isinstance(lo, bool) or not 1 <= lo <= hi:
@@ -124,7 +133,9 @@ class SequenceTasks:
 def _options(request: Any, defaults: dict[str, int], task: str) -> dict[str, int]:
     unknown = sorted(set(request.options) - set(defaults))
     if unknown:
-        raise ConfigError(f"data.options.{unknown[0]}: the {task} task takes no option {unknown[0]!r}; it takes {', '.join(defaults)}")
+        raise ConfigError(
+            f"data.options.{unknown[0]}: the {task} task takes no option {unknown[0]!r}; it takes {', '.join(defaults)}"
+        )
     out = {**defaults, **request.options}
     for k, v in out.items():
         if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
@@ -145,7 +156,10 @@ def copy_source(request: Any) -> SequenceTasks:
     o = _options(request, {"bits": 8, "min_length": 1, "max_length": 20, "test_length": None}, "copy")  # type: ignore[dict-item]
     bits = o["bits"]
     return SequenceTasks(
-        lambda n, g: copy_sequence(n, bits, g), _sizes(request, o["min_length"], o["max_length"], o["test_length"]), request.seed, "copy"
+        lambda n, g: copy_sequence(n, bits, g),
+        _sizes(request, o["min_length"], o["max_length"], o["test_length"]),
+        request.seed,
+        "copy",
     )
 
 
@@ -154,7 +168,9 @@ def recall_source(request: Any) -> SequenceTasks:
     o = _options(request, {"bits": 6, "item_length": 3, "min_items": 2, "max_items": 6, "test_items": None}, "recall")  # type: ignore[dict-item]
     bits, length = o["bits"], o["item_length"]
     if o["min_items"] < 2:
-        raise ConfigError(f"data.options.min_items={o['min_items']} is invalid; associative recall needs at least 2 items")
+        raise ConfigError(
+            f"data.options.min_items={o['min_items']} is invalid; associative recall needs at least 2 items"
+        )
     return SequenceTasks(
         lambda n, g: recall_sequence(n, bits, length, g),
         _sizes(request, o["min_items"], o["max_items"], o["test_items"]),

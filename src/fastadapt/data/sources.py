@@ -30,7 +30,9 @@ def omniglot(request: Any) -> ClassDataset:
     rotations = options.pop("rotations", None)
     train_rotations = options.pop("train_rotations", None)
     if options:
-        raise DataError(f"data.options.{next(iter(options))} is not an option of omniglot; it takes rotations and train_rotations")
+        raise DataError(
+            f"data.options.{next(iter(options))} is not an option of omniglot; it takes rotations and train_rotations"
+        )
     if request.role == "train" and train_rotations is not None:
         rotations = bool(train_rotations)
     return load_omniglot(request.split, request.part, rotations=rotations)
@@ -44,33 +46,47 @@ def sinusoid(request: Any) -> SinusoidTasks:
 def folder(request: Any) -> ClassDataset:
     """``folder:<path>``: ``<path>/<part>/<class>/<image>`` (``<path>/<class>/<image>`` when the part is empty)."""
     if not request.argument:
-        raise DataError("data.dataset='folder:' names no folder; write folder:<path>, a folder with train/, val/ and test/ holding one subfolder per class")
+        raise DataError(
+            "data.dataset='folder:' names no folder; write folder:<path>, a folder with train/, val/ and test/ holding one subfolder per class"
+        )
     root = Path(request.argument)
     path = root / request.part if request.part else root
     if request.part and root.is_dir() and not path.is_dir():
-        raise DataError(f"image folder {root} has no {request.part}/ subfolder; give it {request.part}/<class>/<image> "
-                        f"(or set data.{'train' if request.part == 'train' else 'test'}_part to a subfolder it has)")
+        raise DataError(
+            f"image folder {root} has no {request.part}/ subfolder; give it {request.part}/<class>/<image> "
+            f"(or set data.{'train' if request.part == 'train' else 'test'}_part to a subfolder it has)"
+        )
     size = (request.image_size, request.image_size)
-    return ClassDataset.from_folder(path, size=size)  # channels as the images have them; the engine converts (data.channels) and says so
+    return ClassDataset.from_folder(
+        path, size=size
+    )  # channels as the images have them; the engine converts (data.channels) and says so
 
 
 def idx(request: Any) -> ClassDataset:
     """``idx:<dir>``: MNIST-family IDX files in ``<dir>``: part ``train`` reads ``train-images-idx3-ubyte``
     and ``train-labels-idx1-ubyte``, part ``test`` the ``t10k-`` pair (each plain or ``.gz``)."""
     if not request.argument:
-        raise DataError("data.dataset='idx:' names no folder; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (.gz)")
+        raise DataError(
+            "data.dataset='idx:' names no folder; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (.gz)"
+        )
     root = Path(request.argument)
     if not root.is_dir():
-        raise DataError(f"IDX folder {root} does not exist; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (.gz)")
+        raise DataError(
+            f"IDX folder {root} does not exist; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (.gz)"
+        )
     if request.part not in IDX_PARTS:
         there = [p for p in IDX_PARTS if idx_files(root, p) is not None]
-        raise DataError(f"IDX folder {root} has no part {request.part!r}; it has {', '.join(there) or 'none'} "
-                        f"(set data.train_part/data.test_part to one of them, data.val_part=\"\" to skip validation)")
+        raise DataError(
+            f"IDX folder {root} has no part {request.part!r}; it has {', '.join(there) or 'none'} "
+            f'(set data.train_part/data.test_part to one of them, data.val_part="" to skip validation)'
+        )
     files = idx_files(root, request.part)
     if files is None:
         prefix = IDX_PARTS[request.part]
-        raise DataError(f"IDX folder {root} lacks {prefix}-images-idx3-ubyte or {prefix}-labels-idx1-ubyte (plain or .gz) for part "
-                        f"{request.part!r}; add them or choose another part")
+        raise DataError(
+            f"IDX folder {root} lacks {prefix}-images-idx3-ubyte or {prefix}-labels-idx1-ubyte (plain or .gz) for part "
+            f"{request.part!r}; add them or choose another part"
+        )
     return load_idx(*files, name=f"{root.name}-{request.part}")
 
 
@@ -79,9 +95,13 @@ def fashion_mnist(request: Any) -> ClassDataset:
     four IDX files): parts ``train`` and ``test``, 10 classes, so tasks of at most 10 ways (5 is usual)."""
     classes = len(FASHION_MNIST_CLASSES)
     if request.part not in IDX_PARTS:
-        raise DataError(f"Fashion-MNIST has no part {request.part!r}; it has train and test (no val: set data.val_part=\"\" "
-                        f"or validate on Omniglot); its {classes} classes allow 5-way tasks (test ways <= {classes})")
+        raise DataError(
+            f'Fashion-MNIST has no part {request.part!r}; it has train and test (no val: set data.val_part="" '
+            f"or validate on Omniglot); its {classes} classes allow 5-way tasks (test ways <= {classes})"
+        )
     if request.ways > classes:
-        raise DataError(f"{request.ways}-way tasks on Fashion-MNIST's {request.part} part: it has {classes} classes; "
-                        f"set data.ways and data.test_ways to at most {classes} (5 is usual)")
+        raise DataError(
+            f"{request.ways}-way tasks on Fashion-MNIST's {request.part} part: it has {classes} classes; "
+            f"set data.ways and data.test_ways to at most {classes} (5 is usual)"
+        )
     return load_fashion_mnist(request.part, request.options.get("root"))

@@ -80,8 +80,15 @@ def _positive(name: str, v: Any, minimum: int = 1) -> int:
 
 
 def _finite(name: str, v: Any, minimum: float | None = None) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (minimum is not None and v < minimum):
-        raise DataError(f"{name}={v!r} is invalid; it must be a finite number{f' >= {minimum}' if minimum is not None else ''}")
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or not math.isfinite(v)
+        or (minimum is not None and v < minimum)
+    ):
+        raise DataError(
+            f"{name}={v!r} is invalid; it must be a finite number{f' >= {minimum}' if minimum is not None else ''}"
+        )
     return float(v)
 
 
@@ -95,8 +102,10 @@ def check_change_points(change_points: Sequence[int], length: int, name: str = "
             raise DataError(f"{name}: change point {c!r} is not an integer step")
     for i in range(len(bounds) - 1):
         if bounds[i + 1] <= bounds[i]:
-            raise DataError(f"{name}: phase {i} runs from step {bounds[i]} to {bounds[i + 1]}, a phase of length {bounds[i + 1] - bounds[i]}; "
-                            f"change points must increase strictly within 1..{length - 1} (every phase at least one step)")
+            raise DataError(
+                f"{name}: phase {i} runs from step {bounds[i]} to {bounds[i + 1]}, a phase of length {bounds[i + 1] - bounds[i]}; "
+                f"change points must increase strictly within 1..{length - 1} (every phase at least one step)"
+            )
     return points
 
 
@@ -118,18 +127,24 @@ def check_update(x: Tensor, y: Tensor, like_x: Tensor, like_y: Tensor, what: str
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise DataError(f"{what}: x and y must be tensors, found {type(x).__name__} and {type(y).__name__}")
     if tuple(x.shape[1:]) != tuple(like_x.shape[1:]):
-        raise DataError(f"{what}: inputs have shape {list(x.shape[1:])} per example; this predictor was adapted on {list(like_x.shape[1:])} "
-                        f"(the shape its run was trained for); convert the data to that shape")
+        raise DataError(
+            f"{what}: inputs have shape {list(x.shape[1:])} per example; this predictor was adapted on {list(like_x.shape[1:])} "
+            f"(the shape its run was trained for); convert the data to that shape"
+        )
     if y.shape[:1] != x.shape[:1] or tuple(y.shape[1:]) != tuple(like_y.shape[1:]):
-        raise DataError(f"{what}: {x.shape[0]} inputs with targets of shape {list(y.shape)}; expected [{x.shape[0]}"
-                        f"{''.join(f', {s}' for s in like_y.shape[1:])}]")
+        raise DataError(
+            f"{what}: {x.shape[0]} inputs with targets of shape {list(y.shape)}; expected [{x.shape[0]}"
+            f"{''.join(f', {s}' for s in like_y.shape[1:])}]"
+        )
     if like_y.is_floating_point():
         if not y.is_floating_point():
             raise DataError(f"{what}: targets are {y.dtype}; this predictor regresses float targets")
         bad = ~torch.isfinite(y)
         if bool(bad.any()):
-            raise DataError(f"{what}: target {int(bad.flatten().nonzero()[0])} is {float(y.flatten()[bad.flatten()][0])}; targets must be finite "
-                            f"(the predictor's state is unchanged)")
+            raise DataError(
+                f"{what}: target {int(bad.flatten().nonzero()[0])} is {float(y.flatten()[bad.flatten()][0])}; targets must be finite "
+                f"(the predictor's state is unchanged)"
+            )
     else:
         if y.is_floating_point() or y.dtype == torch.bool:
             raise DataError(f"{what}: labels are {y.dtype}; this predictor classifies: use integer labels")
@@ -169,8 +184,18 @@ class SinusoidStream:
 
     classification = False
 
-    def __init__(self, seed: int = 0, length: int = 400, phase_length: int = 100, change_points: Sequence[int] | None = None,
-                 points: int = 1, amplitude_drift: float = 0.005, phase_drift: float = 0.005, noise: float = 0.0, probe_points: int = 50) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        length: int = 400,
+        phase_length: int = 100,
+        change_points: Sequence[int] | None = None,
+        points: int = 1,
+        amplitude_drift: float = 0.005,
+        phase_drift: float = 0.005,
+        noise: float = 0.0,
+        probe_points: int = 50,
+    ) -> None:
         self.seed = int(seed)
         self.length = _positive("length", length)
         if change_points is None:
@@ -247,7 +272,9 @@ def stream_window(stream: Any, t: int, before: int, after: int) -> tuple[Tensor,
     s, n = t, 0
     while n < after:
         if s >= stream.length:
-            raise DataError(f"a window of {after} points from step {t} runs past the stream's end (steps 0..{stream.length - 1})")
+            raise DataError(
+                f"a window of {after} points from step {t} runs past the stream's end (steps 0..{stream.length - 1})"
+            )
         future.append(stream.step(s))
         n += len(future[-1][1])
         s += 1
@@ -294,13 +321,25 @@ class ClassStream:
 
     classification = True
 
-    def __init__(self, dataset: ClassDataset, phases: Sequence[Sequence[int | str]], lengths: Sequence[int], seed: int = 0,
-                 per_class: int = 1, rotation: float = 0.0, holdout: int = 0, labels: str = "class", name: str | None = None) -> None:
+    def __init__(
+        self,
+        dataset: ClassDataset,
+        phases: Sequence[Sequence[int | str]],
+        lengths: Sequence[int],
+        seed: int = 0,
+        per_class: int = 1,
+        rotation: float = 0.0,
+        holdout: int = 0,
+        labels: str = "class",
+        name: str | None = None,
+    ) -> None:
         self.name = name or f"{dataset.name}-stream"
         self.dataset, self.seed = dataset, int(seed)
         self.lengths = phase_lengths(lengths, self.name)
         if len(phases) != len(self.lengths):
-            raise DataError(f"{self.name}: {len(phases)} phases of classes for {len(self.lengths)} phase lengths; give one length per phase")
+            raise DataError(
+                f"{self.name}: {len(phases)} phases of classes for {len(self.lengths)} phase lengths; give one length per phase"
+            )
         index = {n: i for i, n in enumerate(dataset.names)}
         self.phases: tuple[tuple[int, ...], ...] = tuple(tuple(self._class_index(c, index) for c in p) for p in phases)
         for i, p in enumerate(self.phases):
@@ -314,7 +353,9 @@ class ClassStream:
         if labels not in LABEL_MODES:
             raise DataError(f"labels={labels!r} is unknown; choose one of {', '.join(LABEL_MODES)}")
         if self.rotation and dataset.data.ndim != 4:
-            raise DataError(f"{self.name}: rotation applies to images [M, C, H, W]; this data has shape {list(dataset.data.shape)}")
+            raise DataError(
+                f"{self.name}: rotation applies to images [M, C, H, W]; this data has shape {list(dataset.data.shape)}"
+            )
         self.labels = labels
         counts = dataset.counts.tolist()
         self._counts: list[int] = counts
@@ -323,8 +364,10 @@ class ClassStream:
         for c in sorted({c for p in self.phases for c in p}):
             usable = counts[c] - self.holdout
             if usable < 1:
-                raise DataError(f"{self.name}: class {dataset.names[c]!r} has {counts[c]} examples; with holdout={self.holdout} none is left "
-                                f"for the stream; lower holdout or drop the class")
+                raise DataError(
+                    f"{self.name}: class {dataset.names[c]!r} has {counts[c]} examples; with holdout={self.holdout} none is left "
+                    f"for the stream; lower holdout or drop the class"
+                )
             self._usable[c] = usable
         self.length = sum(self.lengths)
         starts = [0]
@@ -351,8 +394,15 @@ class ClassStream:
     # -- constructors ----------------------------------------------------------------------------
 
     @staticmethod
-    def replacing(dataset: ClassDataset, seed: int = 0, length: int = 500, ways: int = 5, phase_length: int = 50, replace: int = 2,
-                  **options: Any) -> ClassStream:
+    def replacing(
+        dataset: ClassDataset,
+        seed: int = 0,
+        length: int = 500,
+        ways: int = 5,
+        phase_length: int = 50,
+        replace: int = 2,
+        **options: Any,
+    ) -> ClassStream:
         """A stream of ``ways`` active classes in which, at every change point (each ``phase_length``
         steps), ``replace`` of them retire and as many classes never seen before appear in their slots.
         The classes are drawn from ``dataset`` by ``seed``; ``options`` as :class:`ClassStream`."""
@@ -365,8 +415,10 @@ class ClassStream:
         phases = -(-length // phase_length)
         need = ways + replace * (phases - 1)
         if need > dataset.num_classes:
-            raise DataError(f"a stream of {length} steps with a change every {phase_length} steps replacing {replace} of {ways} classes needs "
-                            f"{need} classes; {dataset.name} has {dataset.num_classes}: shorten the stream or replace fewer")
+            raise DataError(
+                f"a stream of {length} steps with a change every {phase_length} steps replacing {replace} of {ways} classes needs "
+                f"{need} classes; {dataset.name} has {dataset.num_classes}: shorten the stream or replace fewer"
+            )
         rng = random.Random(_mix(seed, _SCHEDULE_TAG))
         fresh = iter(rng.sample(range(dataset.num_classes), need))
         current = [next(fresh) for _ in range(ways)]
@@ -379,16 +431,25 @@ class ClassStream:
         return ClassStream(dataset, schedule, lengths, seed=seed, **options)
 
     @staticmethod
-    def phased(data: ClassDataset | Sequence[ClassDataset], lengths: Sequence[int], phases: Sequence[Sequence[int | str]] | None = None,
-               seed: int = 0, **options: Any) -> ClassStream:
+    def phased(
+        data: ClassDataset | Sequence[ClassDataset],
+        lengths: Sequence[int],
+        phases: Sequence[Sequence[int | str]] | None = None,
+        seed: int = 0,
+        **options: Any,
+    ) -> ClassStream:
         """A user's data as a stream: one :class:`ClassDataset` per phase (a class is the same class in
         every phase it appears in, by name), or one dataset and ``phases`` (its classes per phase)."""
         if isinstance(data, ClassDataset):
             if phases is None:
-                raise DataError("ClassStream.phased: one dataset needs phases=[[classes of phase 0], [classes of phase 1], ...]")
+                raise DataError(
+                    "ClassStream.phased: one dataset needs phases=[[classes of phase 0], [classes of phase 1], ...]"
+                )
             return ClassStream(data, phases, lengths, seed=seed, **options)
         if phases is not None:
-            raise DataError("ClassStream.phased: give phases only with one dataset; with one dataset per phase the phases are the datasets")
+            raise DataError(
+                "ClassStream.phased: give phases only with one dataset; with one dataset per phase the phases are the datasets"
+            )
         merged, names = merge_by_name(list(data))
         return ClassStream(merged, names, lengths, seed=seed, **options)
 
@@ -443,7 +504,11 @@ class ClassStream:
         """``per_class`` examples of each active class (shuffled): ``x [B, *x_shape]``, ``y [B]``."""
         active = self.classes(t)
         rng = random.Random(_mix(self.seed, _CLASS_STEP_TAG, t))
-        pairs = [(self._starts_of[c] + rng.randrange(self._usable[c]), self.label(c, pos)) for pos, c in enumerate(active) for _ in range(self.per_class)]
+        pairs = [
+            (self._starts_of[c] + rng.randrange(self._usable[c]), self.label(c, pos))
+            for pos, c in enumerate(active)
+            for _ in range(self.per_class)
+        ]
         rng.shuffle(pairs)
         return self._images([r for r, _ in pairs], t), torch.tensor([y for _, y in pairs], dtype=torch.long)
 
@@ -462,18 +527,22 @@ class ClassStream:
         Episodes draw from every example of a class (the holdout matters to the online probes only)."""
         active = self.classes(t)
         if ways > len(active):
-            raise DataError(f"{self.name}: {ways}-way tasks need {ways} active classes; phase {self.phase(t)} has {len(active)}")
+            raise DataError(
+                f"{self.name}: {ways}-way tasks need {ways} active classes; phase {self.phase(t)} has {len(active)}"
+            )
         pick = rng.sample(active, ways)
         need = shots + queries
         support, query = [], []
         for c in pick:
             if self._counts[c] < need:
-                raise DataError(f"{self.name}: class {self.dataset.names[c]!r} has {self._counts[c]} examples, fewer than shots + queries = {need}")
+                raise DataError(
+                    f"{self.name}: class {self.dataset.names[c]!r} has {self._counts[c]} examples, fewer than shots + queries = {need}"
+                )
             rows = [self._starts_of[c] + j for j in rng.sample(range(self._counts[c]), need)]
             support += rows[:shots]
             query += rows[shots:]
         x = self._images(support + query, t)
-        return x[: len(support)], x[len(support):], torch.tensor(pick, dtype=torch.long)
+        return x[: len(support)], x[len(support) :], torch.tensor(pick, dtype=torch.long)
 
 
 def merge_by_name(datasets: Sequence[ClassDataset]) -> tuple[ClassDataset, list[list[str]]]:
@@ -486,8 +555,10 @@ def merge_by_name(datasets: Sequence[ClassDataset]) -> tuple[ClassDataset, list[
     names: list[list[str]] = []
     for i, d in enumerate(datasets):
         if d.example_shape != shape or d.data.dtype != dtype:
-            raise DataError(f"phase {i} ({d.name}) has examples of shape {list(d.example_shape)} ({d.data.dtype}); phase 0 has "
-                            f"{list(shape)} ({dtype}); give every phase the same shape (e.g. size=(H, W) when loading)")
+            raise DataError(
+                f"phase {i} ({d.name}) has examples of shape {list(d.example_shape)} ({d.data.dtype}); phase 0 has "
+                f"{list(shape)} ({dtype}); give every phase the same shape (e.g. size=(H, W) when loading)"
+            )
         names.append(list(d.names))
         for c, n in enumerate(d.names):
             parts.setdefault(n, []).append(d.examples(c))
@@ -497,15 +568,21 @@ def merge_by_name(datasets: Sequence[ClassDataset]) -> tuple[ClassDataset, list[
     return ClassDataset(data, offsets, tuple(parts), "+".join(d.name for d in datasets)), names
 
 
-def load_phase_folder(root: str | Path, size: tuple[int, int] | None = None, channels: int | None = None) -> tuple[ClassDataset, list[list[str]]]:
+def load_phase_folder(
+    root: str | Path, size: tuple[int, int] | None = None, channels: int | None = None
+) -> tuple[ClassDataset, list[list[str]]]:
     """``<root>/<phase>/<class>/<image>``: phases in sorted folder order; a class folder name in two
     phases is one class. Returns the merged dataset and the class names of each phase."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"stream folder {root} does not exist; give a folder with one subfolder per phase, each with one per class")
+        raise DataError(
+            f"stream folder {root} does not exist; give a folder with one subfolder per phase, each with one per class"
+        )
     dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not dirs:
-        raise DataError(f"stream folder {root} has no phase subfolders; put each phase's class folders in <root>/<phase>/")
+        raise DataError(
+            f"stream folder {root} has no phase subfolders; put each phase's class folders in <root>/<phase>/"
+        )
     return merge_by_name([ClassDataset.from_folder(d, size=size, channels=channels, name=d.name) for d in dirs])
 
 
@@ -525,18 +602,24 @@ class StreamTasks:
         name: for messages.
     """
 
-    def __init__(self, make: Callable[[int], Any], ways: int, shots: int, queries: int, seed: int = 0, name: str = "stream") -> None:
+    def __init__(
+        self, make: Callable[[int], Any], ways: int, shots: int, queries: int, seed: int = 0, name: str = "stream"
+    ) -> None:
         self.make, self.seed, self.name = make, int(seed), name
         self.shots, self.queries = _positive("shots", shots), _positive("queries", queries)
         probe = make(self.seed)
         if not isinstance(probe, TaskStream):
-            raise DataError(f"{name}: make(seed) returned {type(probe).__name__}, not a TaskStream (length, change_points, step, probe)")
+            raise DataError(
+                f"{name}: make(seed) returned {type(probe).__name__}, not a TaskStream (length, change_points, step, probe)"
+            )
         self.classification = bool(probe.classification)
         self.ways = _positive("ways", ways) if self.classification else 1
         if not self.classification:
             points = getattr(probe, "points", 1)
             if -(-shots // points) + -(-queries // points) > probe.length:
-                raise DataError(f"{name}: windows of {shots} + {queries} points do not fit in a stream of {probe.length} steps of {points} points")
+                raise DataError(
+                    f"{name}: windows of {shots} + {queries} points do not fit in a stream of {probe.length} steps of {points} points"
+                )
         self.step = 0
 
     def stream(self, i: int) -> Any:
@@ -566,8 +649,13 @@ class StreamTasks:
         _positive("num_tasks", num_tasks)
         tasks = [self._task(step, start + i) for i in range(num_tasks)]
         sx, sy, qx, qy, classes = zip(*tasks)
-        return TaskBatch(torch.stack(sx), torch.stack(sy), torch.stack(qx), torch.stack(qy),
-                         None if classes[0] is None else torch.stack(classes))  # type: ignore[arg-type]
+        return TaskBatch(
+            torch.stack(sx),
+            torch.stack(sy),
+            torch.stack(qx),
+            torch.stack(qy),
+            None if classes[0] is None else torch.stack(classes),
+        )  # type: ignore[arg-type]
 
     def sample(self, num_tasks: int) -> TaskBatch:
         batch = self.sample_tasks(self.step, 0, num_tasks)
@@ -589,10 +677,25 @@ def _options(given: Mapping[str, Any], allowed: Mapping[str, Any], source: str) 
     return {**allowed, **given}
 
 
-SINUSOID_OPTIONS = {"length": 400, "phase_length": 100, "points": 1, "amplitude_drift": 0.005, "phase_drift": 0.005, "noise": 0.0,
-                    "probe_points": 50}
-CLASS_OPTIONS = {"length": 500, "phase_length": 50, "replace": 2, "active": 0, "rotation": 0.1, "per_class": 1, "holdout": 5,
-                 "labels": "class"}
+SINUSOID_OPTIONS = {
+    "length": 400,
+    "phase_length": 100,
+    "points": 1,
+    "amplitude_drift": 0.005,
+    "phase_drift": 0.005,
+    "noise": 0.0,
+    "probe_points": 50,
+}
+CLASS_OPTIONS = {
+    "length": 500,
+    "phase_length": 50,
+    "replace": 2,
+    "active": 0,
+    "rotation": 0.1,
+    "per_class": 1,
+    "holdout": 5,
+    "labels": "class",
+}
 FOLDER_OPTIONS = {"phase_length": 50, "lengths": [], "rotation": 0.0, "per_class": 1, "holdout": 0, "labels": "class"}
 
 
@@ -602,7 +705,9 @@ def sinusoid_stream(request: Any) -> StreamTasks:
     points, amplitude_drift, phase_drift, noise, probe_points."""
     opts = _options(request.options, SINUSOID_OPTIONS, "sinusoid-stream")
     SinusoidStream(0, **opts)  # checks the options once, here
-    return StreamTasks(lambda s: SinusoidStream(s, **opts), 1, request.shots, request.queries, request.seed, "sinusoid-stream")
+    return StreamTasks(
+        lambda s: SinusoidStream(s, **opts), 1, request.shots, request.queries, request.seed, "sinusoid-stream"
+    )
 
 
 def omniglot_stream(request: Any) -> StreamTasks:
@@ -615,10 +720,18 @@ def omniglot_stream(request: Any) -> StreamTasks:
         raise DataError(f"data.split={request.split!r} is not an Omniglot split; choose one of {', '.join(SPLITS)}")
     opts = _options(request.options, CLASS_OPTIONS, "omniglot-stream")
     active = opts.pop("active") or request.ways
-    data = conform_images(load_omniglot(request.split, request.part, rotations=False), request.image_size, request.channels)
+    data = conform_images(
+        load_omniglot(request.split, request.part, rotations=False), request.image_size, request.channels
+    )
     ClassStream.replacing(data, 0, ways=active, **opts)  # checks the options once, here
-    return StreamTasks(lambda s: ClassStream.replacing(data, s, ways=active, **opts), request.ways, request.shots, request.queries,
-                       request.seed, "omniglot-stream")
+    return StreamTasks(
+        lambda s: ClassStream.replacing(data, s, ways=active, **opts),
+        request.ways,
+        request.shots,
+        request.queries,
+        request.seed,
+        "omniglot-stream",
+    )
 
 
 def folder_stream(request: Any) -> StreamTasks:
@@ -626,7 +739,9 @@ def folder_stream(request: Any) -> StreamTasks:
     there is no ``<part>`` folder), phases in folder order, ``phase_length`` steps each (or ``lengths``
     per phase); other options as :class:`ClassStream`."""
     if not request.argument:
-        raise DataError("data.dataset='stream-folder:' names no folder; write stream-folder:<path>, a folder of phase folders of class folders")
+        raise DataError(
+            "data.dataset='stream-folder:' names no folder; write stream-folder:<path>, a folder of phase folders of class folders"
+        )
     root = Path(request.argument)
     path = root / request.part if request.part and (root / request.part).is_dir() else root
     opts = _options(request.options, FOLDER_OPTIONS, "stream-folder")
@@ -635,8 +750,14 @@ def folder_stream(request: Any) -> StreamTasks:
     lengths = list(opts.pop("lengths")) or [opts["phase_length"]] * len(phases)
     opts.pop("phase_length")
     ClassStream.phased(data, lengths, phases, 0, **opts)
-    return StreamTasks(lambda s: ClassStream.phased(data, lengths, phases, s, **opts), request.ways, request.shots, request.queries,
-                       request.seed, f"stream-folder:{root}")
+    return StreamTasks(
+        lambda s: ClassStream.phased(data, lengths, phases, s, **opts),
+        request.ways,
+        request.shots,
+        request.queries,
+        request.seed,
+        f"stream-folder:{root}",
+    )
 
 
 __all__ = [

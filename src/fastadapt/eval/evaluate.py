@@ -50,8 +50,17 @@ def batchnorm_setting(model: nn.Module) -> str:
     return "running statistics (eval mode)"
 
 
-def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.device | str = "cpu", progress: bool = False,
-             desc: str = "eval", settings: dict[str, Any] | None = None, distributed: bool = False, precision: str = "fp32") -> EvalResult:
+def evaluate(
+    algo: nn.Module,
+    episodes,
+    level: float = 0.95,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    desc: str = "eval",
+    settings: dict[str, Any] | None = None,
+    distributed: bool = False,
+    precision: str = "fp32",
+) -> EvalResult:
     """Score ``algo`` on every :class:`TaskBatch` of ``episodes`` (an iterable, e.g. ``sampler.fixed(n)``).
 
     ``distributed=True`` (every rank of the process group must call it): rank ``r`` of ``W`` scores
@@ -79,7 +88,9 @@ def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.devic
             batch = batch.to(device)
             with autocast(precision, batch.params.device if isinstance(batch, EnvTasks) else batch.query_x.device):
                 out = algo.predict(batch)
-            if isinstance(batch, EnvTasks):  # reinforcement learning: predict gives each task's mean return after adaptation
+            if isinstance(
+                batch, EnvTasks
+            ):  # reinforcement learning: predict gives each task's mean return after adaptation
                 metric, s = "return", out.detach().double().reshape(-1)
             else:
                 metric = "acc" if not batch.query_y.is_floating_point() else "mse"
@@ -101,6 +112,14 @@ def evaluate(algo: nn.Module, episodes, level: float = 0.95, device: torch.devic
     diverged = sum(1 for s in scores if not math.isfinite(s))
     if diverged:  # e.g. inner steps beyond what learnt rates were trained for: report it, don't crash
         settings["diverged_episodes"] = diverged
-        return EvalResult(metric, float("inf") if metric == "mse" else float("nan"), float("nan"), level, len(scores), scores, settings)
+        return EvalResult(
+            metric,
+            float("inf") if metric == "mse" else float("nan"),
+            float("nan"),
+            level,
+            len(scores),
+            scores,
+            settings,
+        )
     mean, ci = mean_ci(scores, level)
     return EvalResult(metric, mean, ci, level, len(scores), scores, settings)

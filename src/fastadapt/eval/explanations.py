@@ -110,11 +110,19 @@ class Explanation:
     def to_dict(self, maps: bool = True) -> dict[str, Any]:
         """JSON-ready: lists of floats, one entry per query under ``queries``; ``maps=False`` leaves the attribution maps out."""
         q = self.outputs.shape[0]
-        out: dict[str, Any] = {"algorithm": self.algorithm, "kind": self.kind, "support_labels": self.support_y.tolist(),
-                               "notes": list(self.notes)}
+        out: dict[str, Any] = {
+            "algorithm": self.algorithm,
+            "kind": self.kind,
+            "support_labels": self.support_y.tolist(),
+            "notes": list(self.notes),
+        }
         queries = []
         for i in range(q):
-            item: dict[str, Any] = {"index": i, "outputs": _floats(self.outputs[i]), "predicted": _scalar(self.predicted[i])}
+            item: dict[str, Any] = {
+                "index": i,
+                "outputs": _floats(self.outputs[i]),
+                "predicted": _scalar(self.predicted[i]),
+            }
             if self.probabilities is not None:
                 item["probabilities"] = _floats(self.probabilities[i])
             for key in ("distances", "attention"):
@@ -122,8 +130,12 @@ class Explanation:
                     item[key] = _floats(self.parts[key][i])
             if self.attribution is not None:
                 a = self.attribution
-                item["attribution"] = {"method": a.method, "target": int(a.target[i]), "output": float(a.output[i]),
-                                       "sum": float(a.maps[i].sum())}
+                item["attribution"] = {
+                    "method": a.method,
+                    "target": int(a.target[i]),
+                    "output": float(a.output[i]),
+                    "sum": float(a.maps[i].sum()),
+                }
                 if a.baseline_output is not None:
                     item["attribution"]["baseline_output"] = float(a.baseline_output[i])
                 if a.delta is not None:
@@ -138,10 +150,17 @@ class Explanation:
             out["layers"] = [{"name": c.name, "change": c.change, "relative": c.relative} for c in self.layers]
         if "gates" in self.parts:
             g = self.parts["gates"]
-            out["gates"] = {"names": list(g.names), "input_gate": _floats(g.input_gate), "forget_gate": _floats(g.forget_gate)}
+            out["gates"] = {
+                "names": list(g.names),
+                "input_gate": _floats(g.input_gate),
+                "forget_gate": _floats(g.forget_gate),
+            }
         if "read_weights" in self.parts:
-            out["memory"] = {"read_weights": _floats(self.parts["read_weights"]), "write_weights": _floats(self.parts["write_weights"]),
-                             "phase": list(self.parts["phase"])}
+            out["memory"] = {
+                "read_weights": _floats(self.parts["read_weights"]),
+                "write_weights": _floats(self.parts["write_weights"]),
+                "phase": list(self.parts["phase"]),
+            }
         return out
 
 
@@ -156,8 +175,14 @@ def _scalar(t: Tensor) -> Any:
 # --- the explanation ---------------------------------------------------------------------------------
 
 
-def explain(algo: nn.Module, task: Any, predictor: Any = None, attribution: str = "auto", steps: int = IG_STEPS,
-            classes: int | None = None) -> Explanation:
+def explain(
+    algo: nn.Module,
+    task: Any,
+    predictor: Any = None,
+    attribution: str = "auto",
+    steps: int = IG_STEPS,
+    classes: int | None = None,
+) -> Explanation:
     """Explain ``algo``'s predictions for ``task.query_x`` after adapting to ``task.support_x``, ``task.support_y``.
 
     Args:
@@ -202,22 +227,43 @@ def explain(algo: nn.Module, task: Any, predictor: Any = None, attribution: str 
     elif isinstance(algo, MANN) and isinstance(algo.core, LRUMemoryCore):
         kind, parts, own_state = "memory", mann_memory_trace(algo, sx, sy, qx), True
     else:
-        notes.append(f"{name} has no specific explanation: input attribution of the predicted output (the generic fallback)")
+        notes.append(
+            f"{name} has no specific explanation: input attribution of the predicted output (the generic fallback)"
+        )
     method = attribution
     if attribution == "auto":
         method = "none" if own_state else ("integrated_gradients" if captum_available() else "gradient")
         if method == "gradient":
-            notes.append("Captum is not installed (pip install fastadapt[explain]): plain input gradients instead of integrated gradients")
+            notes.append(
+                "Captum is not installed (pip install fastadapt[explain]): plain input gradients instead of integrated gradients"
+            )
     attr = None
     if method != "none" and qx.is_floating_point():
         forward = differentiable_forward(algo, predictor)
         target = predicted if classification else torch.zeros(len(qx), dtype=torch.long)
         model = getattr(algo, "model", None)
-        attr = input_attribution(forward, qx, target, method, steps, batch_free=isinstance(model, nn.Module) and not uses_batch_statistics(model))
+        attr = input_attribution(
+            forward,
+            qx,
+            target,
+            method,
+            steps,
+            batch_free=isinstance(model, nn.Module) and not uses_batch_statistics(model),
+        )
         if attr is None:
             notes.append(f"{name}'s predictor is not differentiable in its input: no attribution")
-    return Explanation(name, kind, sy, outputs.detach(), None if probs is None else probs.detach(), predicted, parts, tuple(layers), attr,
-                       tuple(notes))
+    return Explanation(
+        name,
+        kind,
+        sy,
+        outputs.detach(),
+        None if probs is None else probs.detach(),
+        predicted,
+        parts,
+        tuple(layers),
+        attr,
+        tuple(notes),
+    )
 
 
 def prototype_parts(predictor: PrototypePredictor, query_x: Tensor) -> dict[str, Tensor]:
@@ -285,16 +331,32 @@ def mann_memory_trace(algo: MANN, support_x: Tensor, support_y: Tensor, query_x:
         state = core.initial_state(1, feats)
         for t in range(s):
             _, new = core.step(feats[t : t + 1], prev[t : t + 1], state)
-            writes.append(lru_write_weights(state.read_weights, least_used(state.usage, core.read_heads), core.alpha(new.controller[0]))[0])
+            writes.append(
+                lru_write_weights(
+                    state.read_weights, least_used(state.usage, core.read_heads), core.alpha(new.controller[0])
+                )[0]
+            )
             reads.append(new.read_weights[0])
             state = new
         q = query_x.shape[0]
         last = F.one_hot(y[-1:], algo.ways).to(dtype).expand(q, -1)
-        rep = type(state)(*[v.expand(q, *v.shape[1:]) if isinstance(v, Tensor) else tuple(c.expand(q, *c.shape[1:]) for c in v) for v in state])
+        rep = type(state)(
+            *[
+                v.expand(q, *v.shape[1:]) if isinstance(v, Tensor) else tuple(c.expand(q, *c.shape[1:]) for c in v)
+                for v in state
+            ]
+        )
         out, qstate = core.step(algo.model(query_x), last, rep)
-        qw = lru_write_weights(rep.read_weights, least_used(rep.usage, core.read_heads), core.alpha(qstate.controller[0]))
-    return {"read_weights": torch.cat([torch.stack(reads), qstate.read_weights]), "write_weights": torch.cat([torch.stack(writes), qw]),
-            "phase": ["support"] * s + ["query"] * q, "order": order, "query_outputs": out}
+        qw = lru_write_weights(
+            rep.read_weights, least_used(rep.usage, core.read_heads), core.alpha(qstate.controller[0])
+        )
+    return {
+        "read_weights": torch.cat([torch.stack(reads), qstate.read_weights]),
+        "write_weights": torch.cat([torch.stack(writes), qw]),
+        "phase": ["support"] * s + ["query"] * q,
+        "order": order,
+        "query_outputs": out,
+    }
 
 
 def ntm_weightings(ntm: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -315,16 +377,26 @@ def differentiable_forward(algo: nn.Module, predictor: Any) -> Callable[[Tensor]
     """``x [B, *x] -> outputs [B, N]`` with a graph to ``x``: the predictor itself, or, where it runs under
     ``no_grad`` (ProtoNet, Baseline, linear probe), the same computation with grad."""
     if isinstance(predictor, PrototypePredictor):
+
         def proto(x: Tensor) -> Tensor:
             state = predictor.state
-            logits = prototype_logits(predictor.model(x).unsqueeze(0), state.prototypes.unsqueeze(0), state.distance, state.scale)[0]
-            return logits.masked_fill(predictor.counts == 0, float("-inf")) if bool((predictor.counts == 0).any()) else logits
+            logits = prototype_logits(
+                predictor.model(x).unsqueeze(0), state.prototypes.unsqueeze(0), state.distance, state.scale
+            )[0]
+            return (
+                logits.masked_fill(predictor.counts == 0, float("-inf"))
+                if bool((predictor.counts == 0).any())
+                else logits
+            )
+
         return proto
     if isinstance(predictor, HeadPredictor):
+
         def head(x: Tensor) -> Tensor:
             model = predictor.model
             z = inner_forward(model, x).flatten(1)
             return head_logits(F.normalize(z, dim=-1) if predictor.normalize else z, predictor.head)
+
         return head
     return predictor
 
@@ -338,11 +410,20 @@ def inner_forward(model: nn.Module, x: Tensor) -> Tensor:
 
 def uses_batch_statistics(model: nn.Module) -> bool:
     """Whether a BatchNorm layer of ``model`` normalises with the statistics of the batch it sees (outputs depend on the batch)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats) for m in model.modules())
+    return any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
+        for m in model.modules()
+    )
 
 
-def input_attribution(forward: Callable[[Tensor], Tensor], x: Tensor, target: Tensor, method: str = "gradient",
-                      steps: int = IG_STEPS, batch_free: bool = False) -> Attribution | None:
+def input_attribution(
+    forward: Callable[[Tensor], Tensor],
+    x: Tensor,
+    target: Tensor,
+    method: str = "gradient",
+    steps: int = IG_STEPS,
+    batch_free: bool = False,
+) -> Attribution | None:
     """Attribution of output ``target[q]`` of ``forward(x[q:q+1])`` to the input, query by query (see the module docstring).
 
     ``method``: ``integrated_gradients`` (Captum, zero baseline, with the convergence delta) or
@@ -375,16 +456,27 @@ def input_attribution(forward: Callable[[Tensor], Tensor], x: Tensor, target: Te
             if method == "integrated_gradients":
                 from captum.attr import IntegratedGradients
 
-                attr, delta = IntegratedGradients(one).attribute(xi, baselines=zero, target=t, n_steps=steps,
-                                                                 internal_batch_size=steps if batch_free else 1,
-                                                                 return_convergence_delta=True)
+                attr, delta = IntegratedGradients(one).attribute(
+                    xi,
+                    baselines=zero,
+                    target=t,
+                    n_steps=steps,
+                    internal_batch_size=steps if batch_free else 1,
+                    return_convergence_delta=True,
+                )
                 deltas.append(delta.reshape(()).detach())
             else:
                 xg = xi.clone().requires_grad_(True)
                 (attr,) = torch.autograd.grad(one(xg)[0, t], xg)
             maps.append(attr[0].detach())
-    return Attribution(method, torch.stack(maps), target.detach().long().clone(), torch.stack(outs), torch.stack(base_outs),
-                       torch.stack(deltas) if deltas else None)
+    return Attribution(
+        method,
+        torch.stack(maps),
+        target.detach().long().clone(),
+        torch.stack(outs),
+        torch.stack(base_outs),
+        torch.stack(deltas) if deltas else None,
+    )
 
 
 __all__ = [

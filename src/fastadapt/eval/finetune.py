@@ -38,7 +38,9 @@ def prototype_head(features: Tensor, labels: Tensor, ways: int) -> tuple[Tensor,
     return 2 * c, -(c * c).sum(1)
 
 
-def finetune_logits(model: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor, mode: str, steps: int, lr: float) -> Tensor:
+def finetune_logits(
+    model: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor, mode: str, steps: int, lr: float
+) -> Tensor:
     """Query logits ``[Q, N]`` after ``steps`` of fine-tuning ``mode`` on one task (see the module docstring)."""
     if mode not in MODES:
         raise ConfigError(f"fine-tuning mode {mode!r} is not supported; choose one of {', '.join(MODES)}")
@@ -78,8 +80,10 @@ class FineTuned(nn.Module):
     def __init__(self, algo: nn.Module, mode: str, steps: int, lr: float) -> None:
         super().__init__()
         if needs_head(type(algo)) or not isinstance(getattr(algo, "model", None), nn.Module):
-            raise ConfigError(f"eval.finetune applies to algorithms whose model is an embedding (ProtoNets, Matching Networks, Baseline, "
-                              f"linear probe); {type(algo).__name__} adapts by its own inner loop: set its inner steps instead")
+            raise ConfigError(
+                f"eval.finetune applies to algorithms whose model is an embedding (ProtoNets, Matching Networks, Baseline, "
+                f"linear probe); {type(algo).__name__} adapts by its own inner loop: set its inner steps instead"
+            )
         if mode not in MODES:
             raise ConfigError(f"eval.finetune={mode!r} is not supported; choose none or one of {', '.join(MODES)}")
         self.algo, self.mode, self.steps, self.lr = algo, mode, int(steps), float(lr)
@@ -88,8 +92,22 @@ class FineTuned(nn.Module):
         raise ConfigError("FineTuned is an evaluation wrapper; train the algorithm itself")
 
     def adapt(self, support_x: Tensor, support_y: Tensor):
-        return lambda query_x: finetune_logits(self.algo.model, support_x, support_y, query_x, self.mode, self.steps, self.lr)
+        return lambda query_x: finetune_logits(
+            self.algo.model, support_x, support_y, query_x, self.mode, self.steps, self.lr
+        )
 
     def predict(self, batch: TaskBatch) -> Tensor:
-        return torch.stack([finetune_logits(self.algo.model, batch.support_x[t], batch.support_y[t], batch.query_x[t], self.mode,
-                                            self.steps, self.lr) for t in range(batch.num_tasks)])
+        return torch.stack(
+            [
+                finetune_logits(
+                    self.algo.model,
+                    batch.support_x[t],
+                    batch.support_y[t],
+                    batch.query_x[t],
+                    self.mode,
+                    self.steps,
+                    self.lr,
+                )
+                for t in range(batch.num_tasks)
+            ]
+        )

@@ -132,11 +132,21 @@ class OnlineRun:
 
     def to_dict(self) -> dict[str, Any]:
         def plain(a: np.ndarray | None) -> Any:
-            return None if a is None else [None if not math.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64).ravel()]
+            return (
+                None
+                if a is None
+                else [None if not math.isfinite(v) else float(v) for v in np.asarray(a, dtype=np.float64).ravel()]
+            )
 
-        out: dict[str, Any] = {"error": plain(self.error), "loss": plain(self.loss), "probe_error": plain(self.probe_error),
-                               "change_points": list(self.change_points), "resets": list(self.resets), "classification": self.classification,
-                               "seconds": self.seconds}
+        out: dict[str, Any] = {
+            "error": plain(self.error),
+            "loss": plain(self.loss),
+            "probe_error": plain(self.probe_error),
+            "change_points": list(self.change_points),
+            "resets": list(self.resets),
+            "classification": self.classification,
+            "seconds": self.seconds,
+        }
         if self.probe_label_acc is not None:
             out["probe_label_acc"] = {"shape": list(self.probe_label_acc.shape), "values": plain(self.probe_label_acc)}
         return out
@@ -147,9 +157,16 @@ class OnlineRun:
             return np.array([math.nan if x is None else x for x in v], dtype=np.float64)
 
         acc = d.get("probe_label_acc")
-        return OnlineRun(arr(d["error"]), arr(d["loss"]), arr(d["probe_error"]), tuple(d["change_points"]), tuple(d.get("resets", ())),
-                         bool(d.get("classification", False)), None if acc is None else arr(acc["values"]).reshape(acc["shape"]),
-                         float(d.get("seconds", 0.0)))
+        return OnlineRun(
+            arr(d["error"]),
+            arr(d["loss"]),
+            arr(d["probe_error"]),
+            tuple(d["change_points"]),
+            tuple(d.get("resets", ())),
+            bool(d.get("classification", False)),
+            None if acc is None else arr(acc["values"]).reshape(acc["shape"]),
+            float(d.get("seconds", 0.0)),
+        )
 
 
 def _prior(algo: nn.Module, classification: bool) -> Callable[[Tensor], Tensor] | None:
@@ -190,8 +207,15 @@ def _label_accuracy(out: Tensor | None, y: Tensor) -> dict[int, float]:
     return {int(c): float((pred[y == c] == c).double().mean()) for c in labels}
 
 
-def online(algo: nn.Module, stream: Any, *, update: bool = True, options: Mapping[str, Any] | None = None, detector: LossJump | None = None,
-           probe: bool = True) -> OnlineRun:
+def online(
+    algo: nn.Module,
+    stream: Any,
+    *,
+    update: bool = True,
+    options: Mapping[str, Any] | None = None,
+    detector: LossJump | None = None,
+    probe: bool = True,
+) -> OnlineRun:
     """Run ``stream`` test-then-train with ``algo`` (a trained algorithm; it is never changed).
 
     Args:
@@ -238,8 +262,10 @@ def online(algo: nn.Module, stream: Any, *, update: bool = True, options: Mappin
         except (RuntimeError, ValueError) as e:
             if t:
                 raise
-            raise DataError(f"the stream's inputs of shape {list(x.shape[1:])} do not fit the model ({_first_line(e)}); "
-                            f"convert the stream to the input shape the run was trained for") from None
+            raise DataError(
+                f"the stream's inputs of shape {list(x.shape[1:])} do not fit the model ({_first_line(e)}); "
+                f"convert the stream to the input shape the run was trained for"
+            ) from None
         error[t], loss[t] = _score(out, y)
         if probe and callable(getattr(stream, "probe", None)):
             px, py = cast(*stream.probe(t))
@@ -260,12 +286,16 @@ def online(algo: nn.Module, stream: Any, *, update: bool = True, options: Mappin
             try:
                 predictor = algo.adapt(x, y)
             except (RuntimeError, ValueError) as e:
-                raise DataError(f"adapting on the stream's first step failed ({_first_line(e)}); check that its inputs "
-                                f"({list(x.shape[1:])}) and labels fit the model") from None
+                raise DataError(
+                    f"adapting on the stream's first step failed ({_first_line(e)}); check that its inputs "
+                    f"({list(x.shape[1:])}) and labels fit the model"
+                ) from None
             missing = [m for m in ("update", "reset") if not callable(getattr(predictor, m, None))]
             if missing:
-                raise ConfigError(f"{type(algo).__name__}.adapt returns a predictor without {' and '.join(missing)}; online adaptation needs "
-                                  f"predictor.update(x, y) (every built-in learner of examples has it; docs/CHANGE.md lists what each does)")
+                raise ConfigError(
+                    f"{type(algo).__name__}.adapt returns a predictor without {' and '.join(missing)}; online adaptation needs "
+                    f"predictor.update(x, y) (every built-in learner of examples has it; docs/CHANGE.md lists what each does)"
+                )
             if options:
                 predictor.configure(**options)
         else:
@@ -275,7 +305,16 @@ def online(algo: nn.Module, stream: Any, *, update: bool = True, options: Mappin
         acc = np.full((length, max(label_acc) + 1), math.nan)
         for c, a in label_acc.items():
             acc[:, c] = a
-    return OnlineRun(error, loss, probe_error, tuple(stream.change_points), tuple(resets), classification, acc, time.perf_counter() - start)
+    return OnlineRun(
+        error,
+        loss,
+        probe_error,
+        tuple(stream.change_points),
+        tuple(resets),
+        classification,
+        acc,
+        time.perf_counter() - start,
+    )
 
 
 def _first_line(e: BaseException) -> str:
@@ -326,8 +365,14 @@ def aligned(values: np.ndarray, change_points: Sequence[int], horizon: int) -> n
     return out
 
 
-def recovery_steps(values: np.ndarray, change_points: Sequence[int], pre: int = 10, tolerance: float = 0.1, hold: int = 3,
-                   smooth: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def recovery_steps(
+    values: np.ndarray,
+    change_points: Sequence[int],
+    pre: int = 10,
+    tolerance: float = 0.1,
+    hold: int = 3,
+    smooth: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
     """Steps to recover from each change, and whether each is censored.
 
     The level before change ``c`` is the mean of ``values`` over the ``pre`` steps before it (fewer when
@@ -369,7 +414,9 @@ def regret(values: np.ndarray) -> float:
 def _values(run: OnlineRun, metric: str) -> np.ndarray:
     if metric == "probe":
         if np.all(np.isnan(run.probe_error)):
-            raise DataError("the runs have no probe errors (the stream has no probes, or online(probe=False)); use metric='error'")
+            raise DataError(
+                "the runs have no probe errors (the stream has no probes, or online(probe=False)); use metric='error'"
+            )
         return run.probe_error
     if metric == "error":
         return run.error
@@ -383,8 +430,16 @@ def _ci(values: Sequence[float], level: float) -> list[float]:
     return list(mean_ci(v, level))
 
 
-def summarize(runs: Sequence[OnlineRun], metric: str = "probe", horizon: int = 50, pre: int = 10, tolerance: float = 0.1, hold: int = 3,
-              smooth: int = 1, level: float = 0.95) -> dict[str, Any]:
+def summarize(
+    runs: Sequence[OnlineRun],
+    metric: str = "probe",
+    horizon: int = 50,
+    pre: int = 10,
+    tolerance: float = 0.1,
+    hold: int = 3,
+    smooth: int = 1,
+    level: float = 0.95,
+) -> dict[str, Any]:
     """Over seeded streams: recovery steps (each stream's mean over its changes), the fraction censored,
     regret (cumulative ``error`` over the stream; the step errors, not the probes), each as
     ``[mean, half-width]`` of the ``level`` interval over streams, and the mean error against steps
@@ -400,7 +455,12 @@ def summarize(runs: Sequence[OnlineRun], metric: str = "probe", horizon: int = 5
             cens.append(float(censored.mean()))
             curves.append(np.nanmean(aligned(v, r.change_points, horizon), axis=0))
         reg.append(regret(r.error))
-    out: dict[str, Any] = {"streams": len(runs), "metric": metric, "regret": _ci(reg, level), "per_stream": {"regret": reg, "recovery": rec}}
+    out: dict[str, Any] = {
+        "streams": len(runs),
+        "metric": metric,
+        "regret": _ci(reg, level),
+        "per_stream": {"regret": reg, "recovery": rec},
+    }
     if rec:
         c = np.array(curves)
         out["recovery"] = _ci(rec, level)
@@ -410,8 +470,16 @@ def summarize(runs: Sequence[OnlineRun], metric: str = "probe", horizon: int = 5
     return out
 
 
-def paired(a: Sequence[OnlineRun], b: Sequence[OnlineRun], metric: str = "probe", pre: int = 10, tolerance: float = 0.1, hold: int = 3,
-           smooth: int = 1, level: float = 0.95) -> dict[str, list[float]]:
+def paired(
+    a: Sequence[OnlineRun],
+    b: Sequence[OnlineRun],
+    metric: str = "probe",
+    pre: int = 10,
+    tolerance: float = 0.1,
+    hold: int = 3,
+    smooth: int = 1,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
     """Per-stream differences ``a - b`` (the same seeded streams, in the same order) of recovery steps and
     regret, as ``[mean, half-width]``: an interval below 0 says ``a`` recovers faster / regrets less."""
     if len(a) != len(b) or not a:
@@ -433,7 +501,9 @@ def new_class_curves(run: OnlineRun, new_labels: Sequence[tuple[int, int]], hori
     ``(label, step)``, e.g. ``ClassStream.new_labels()``) ``j`` steps after it appeared, i.e. after
     ``j * per_class`` labelled examples of it (the probe comes before the step's update)."""
     if run.probe_label_acc is None:
-        raise DataError("the run has no per-label probe accuracy (a classification stream with holdout > 0, online(probe=True))")
+        raise DataError(
+            "the run has no per-label probe accuracy (a classification stream with holdout > 0, online(probe=True))"
+        )
     out = np.full((len(new_labels), horizon), math.nan)
     for i, (label, step) in enumerate(new_labels):
         if label < run.probe_label_acc.shape[1]:
@@ -457,7 +527,9 @@ def examples_to_fraction(curve: np.ndarray, fraction: float = 0.9, final: int = 
 # --- plots ---------------------------------------------------------------------------------------
 
 
-def plot_stream(runs: Mapping[str, OnlineRun], path: str | Path, metric: str = "probe", title: str = "", smooth: int = 1) -> Path:
+def plot_stream(
+    runs: Mapping[str, OnlineRun], path: str | Path, metric: str = "probe", title: str = "", smooth: int = 1
+) -> Path:
     """Error against step of one stream for each learner, change points as vertical lines, detector
     resets as ticks; saved to ``path`` (PNG). Needs matplotlib."""
     import matplotlib
@@ -476,7 +548,11 @@ def plot_stream(runs: Mapping[str, OnlineRun], path: str | Path, metric: str = "
         (line,) = ax.plot(np.arange(run.length), v, lw=1.2, label=label)
         if run.resets:
             ax.plot(run.resets, [ax.get_ylim()[0]] * len(run.resets), "|", color=line.get_color(), ms=10)
-    ax.set(xlabel="step", ylabel=("probe " if metric == "probe" else "") + ("error rate" if first.classification else "MSE"), title=title)
+    ax.set(
+        xlabel="step",
+        ylabel=("probe " if metric == "probe" else "") + ("error rate" if first.classification else "MSE"),
+        title=title,
+    )
     if not first.classification:
         ax.set_yscale("log")
     ax.legend(fontsize=8, ncol=3)
@@ -507,8 +583,9 @@ def save_runs(runs: Mapping[str, OnlineRun] | Mapping[str, Mapping[str, OnlineRu
 def is_streams_record(path: str | Path) -> bool:
     """Whether ``path`` is a record of online runs (a ``.json`` file or a folder holding ``streams.json``) rather than a run folder."""
     path = Path(path)
-    return (path.is_file() and path.suffix == ".json") or (path.is_dir() and (path / STREAMS_FILE).is_file()
-                                                           and not (path / "config.json").is_file())
+    return (path.is_file() and path.suffix == ".json") or (
+        path.is_dir() and (path / STREAMS_FILE).is_file() and not (path / "config.json").is_file()
+    )
 
 
 def plot_stream_record(path: str | Path) -> list[Path]:
@@ -525,18 +602,28 @@ def plot_stream_record(path: str | Path) -> list[Path]:
         return isinstance(v, Mapping) and "error" in v and "change_points" in v
 
     if not isinstance(data, Mapping) or not data:
-        raise DataError(f"{file}: expected {{learner: run}} or {{stream: {{learner: run}}}} as written by fastadapt.eval.online.save_runs")
+        raise DataError(
+            f"{file}: expected {{learner: run}} or {{stream: {{learner: run}}}} as written by fastadapt.eval.online.save_runs"
+        )
     groups = {"": data} if all(is_run(v) for v in data.values()) else data
     out = []
     for name, runs in groups.items():
         if not isinstance(runs, Mapping) or not runs or not all(is_run(v) for v in runs.values()):
-            raise DataError(f"{file}: stream {name!r} holds no online runs (each needs 'error' and 'change_points'; see save_runs)")
+            raise DataError(
+                f"{file}: stream {name!r} holds no online runs (each needs 'error' and 'change_points'; see save_runs)"
+            )
         target = file.parent / (f"stream_{name}.png" if name else "stream.png")
-        out.append(plot_stream({k: OnlineRun.from_dict(v) for k, v in runs.items()}, target, title=f"{file.name} {name}".strip()))
+        out.append(
+            plot_stream(
+                {k: OnlineRun.from_dict(v) for k, v in runs.items()}, target, title=f"{file.name} {name}".strip()
+            )
+        )
     return out
 
 
-def plot_recovery(summaries: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "", ylabel: str = "MSE", log: bool = True) -> Path:
+def plot_recovery(
+    summaries: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "", ylabel: str = "MSE", log: bool = True
+) -> Path:
     """Mean error against steps since a change (``summarize(...)["curve"]``) with its interval, one line per learner (PNG)."""
     import matplotlib
 

@@ -38,7 +38,9 @@ class AdaptationCurve:
         return self.mean[step] - self.ci[step] > other.mean[step] + other.ci[step]
 
 
-def adaptation_curve(algo: nn.Module, tasks: EnvTasks, steps: int = 3, trajectories: int = 20, level: float = 0.95) -> AdaptationCurve:
+def adaptation_curve(
+    algo: nn.Module, tasks: EnvTasks, steps: int = 3, trajectories: int = 20, level: float = 0.95
+) -> AdaptationCurve:
     """The Figure-4 curve of ``algo`` on ``tasks`` (which it does not change)."""
     was_training = algo.training
     algo.eval()
@@ -57,7 +59,9 @@ def compare(
     return {name: adaptation_curve(algo, tasks, steps, trajectories, level) for name, algo in policies.items()}
 
 
-def paths_before_and_after(algo: nn.Module, tasks: EnvTasks, trajectories: int = 20, shown: int = 5) -> dict[str, torch.Tensor]:
+def paths_before_and_after(
+    algo: nn.Module, tasks: EnvTasks, trajectories: int = 20, shown: int = 5
+) -> dict[str, torch.Tensor]:
     """Observations (2D navigation: positions) ``[T, shown, H, D]`` of the policy before adaptation and after one step
     on ``trajectories`` trajectories per task (the paper's rollout figure)."""
     fast, _, before = algo.adapt_tasks(tasks, 1, trajectories)

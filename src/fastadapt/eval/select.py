@@ -118,13 +118,17 @@ def candidates(lr_scales: Sequence[float], steps: Sequence[int], own_steps: int)
     return list(dict.fromkeys(grid))
 
 
-def _validation_loss(algo: nn.Module, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, lr_scale: float, steps: int) -> float:
+def _validation_loss(
+    algo: nn.Module, x: Tensor, y: Tensor, vx: Tensor, vy: Tensor, lr_scale: float, steps: int
+) -> float:
     with torch.no_grad():
         loss = float(task_loss(algo.adapt(x, y, steps=steps, lr_scale=lr_scale)(vx), vy))
     return loss if math.isfinite(loss) else math.inf
 
 
-def choose(algo: nn.Module, support_x: Tensor, support_y: Tensor, lr_scales: Sequence[float], steps: Sequence[int]) -> Choice:
+def choose(
+    algo: nn.Module, support_x: Tensor, support_y: Tensor, lr_scales: Sequence[float], steps: Sequence[int]
+) -> Choice:
     """The setting for one task, from ``support_x [S, *x]``, ``support_y [S]`` alone (see the module docstring)."""
     own = default_steps(algo)
     classification = not support_y.is_floating_point()
@@ -158,12 +162,18 @@ class SupportSelected(nn.Module):
     def __init__(self, algo: nn.Module, lr_scales: Sequence[float], steps: Sequence[int]) -> None:
         super().__init__()
         if not selectable(algo):
-            raise ConfigError(f"eval.select=support_cv chooses the inner rate and steps of gradient-based algorithms (maml, fomaml, "
-                              f"metasgd, anil, reptile, alfa); {type(algo).__name__} has no inner loop to tune: use eval.select=fixed")
+            raise ConfigError(
+                f"eval.select=support_cv chooses the inner rate and steps of gradient-based algorithms (maml, fomaml, "
+                f"metasgd, anil, reptile, alfa); {type(algo).__name__} has no inner loop to tune: use eval.select=fixed"
+            )
         if not lr_scales or any(not (isinstance(s, (int, float)) and 0 < s < math.inf) for s in lr_scales):
-            raise ConfigError(f"eval.select_lr_scales={list(lr_scales)} is invalid; give one or more finite numbers > 0, e.g. [0.5, 1, 2]")
+            raise ConfigError(
+                f"eval.select_lr_scales={list(lr_scales)} is invalid; give one or more finite numbers > 0, e.g. [0.5, 1, 2]"
+            )
         if not steps or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in steps):
-            raise ConfigError(f"eval.select_steps={list(steps)} is invalid; give one or more integers >= 0, e.g. [1, 3, 5, 10]")
+            raise ConfigError(
+                f"eval.select_steps={list(steps)} is invalid; give one or more integers >= 0, e.g. [1, 3, 5, 10]"
+            )
         self.algo, self.lr_scales, self.steps = algo, tuple(float(s) for s in lr_scales), tuple(int(k) for k in steps)
 
     def meta_loss(self, batch: TaskBatch):  # evaluation only
@@ -171,7 +181,9 @@ class SupportSelected(nn.Module):
 
     def choices(self, support_x: Tensor, support_y: Tensor) -> list[Choice]:
         """The choice for every task of ``support_x [T, S, *x]``, ``support_y [T, S]``."""
-        return [choose(self.algo, support_x[t], support_y[t], self.lr_scales, self.steps) for t in range(support_x.shape[0])]
+        return [
+            choose(self.algo, support_x[t], support_y[t], self.lr_scales, self.steps) for t in range(support_x.shape[0])
+        ]
 
     def adapt(self, support_x: Tensor, support_y: Tensor):
         c = choose(self.algo, support_x, support_y, self.lr_scales, self.steps)
@@ -188,6 +200,11 @@ class SupportSelected(nn.Module):
 
     def settings(self) -> dict[str, object]:
         """What to write beside the number."""
-        return {"mode": "support_cv", "lr_scales": list(self.lr_scales), "steps": list(self.steps), "own_steps": default_steps(self.algo),
-                "validation": "k-fold over shots (k >= 2, at most 5 folds) or points (regression); 1 shot: augmented copies "
-                              "(2-pixel shifts, +-10 degree rotations) of the support set"}
+        return {
+            "mode": "support_cv",
+            "lr_scales": list(self.lr_scales),
+            "steps": list(self.steps),
+            "own_steps": default_steps(self.algo),
+            "validation": "k-fold over shots (k >= 2, at most 5 folds) or points (regression); 1 shot: augmented copies "
+            "(2-pixel shifts, +-10 degree rotations) of the support set",
+        }

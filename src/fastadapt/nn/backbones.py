@@ -8,7 +8,9 @@ from torch import nn
 from fastadapt.core.errors import ConfigError
 
 
-def conv_block(in_channels: int, out_channels: int, batch_norm: bool = True, track_running_stats: bool = False, pool: bool = True) -> nn.Sequential:
+def conv_block(
+    in_channels: int, out_channels: int, batch_norm: bool = True, track_running_stats: bool = False, pool: bool = True
+) -> nn.Sequential:
     """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
     if batch_norm:
@@ -31,11 +33,20 @@ class Conv4(nn.Module):
     separately: the transductive setting of the MAML paper.
     """
 
-    def __init__(self, in_channels: int = 1, out_features: int | None = 5, hidden: int = 64, image_size: int = 28,
-                 batch_norm: bool = True, track_running_stats: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_features: int | None = 5,
+        hidden: int = 64,
+        image_size: int = 28,
+        batch_norm: bool = True,
+        track_running_stats: bool = False,
+    ) -> None:
         super().__init__()
         chans = [in_channels, hidden, hidden, hidden, hidden]
-        self.features = nn.Sequential(*[conv_block(chans[i], chans[i + 1], batch_norm, track_running_stats) for i in range(4)])
+        self.features = nn.Sequential(
+            *[conv_block(chans[i], chans[i + 1], batch_norm, track_running_stats) for i in range(4)]
+        )
         side = image_size
         for _ in range(4):
             side //= 2
@@ -63,20 +74,32 @@ class MLP(nn.Module):
         return self.net(x.flatten(1) if x.ndim > 2 else x)
 
 
-def conv4(in_channels: int, out_features: int | None, image_size: int, hidden: int = 64, batch_norm: bool = True,
-          input_shape: tuple[int, ...] | None = None) -> Conv4:
+def conv4(
+    in_channels: int,
+    out_features: int | None,
+    image_size: int,
+    hidden: int = 64,
+    batch_norm: bool = True,
+    input_shape: tuple[int, ...] | None = None,
+) -> Conv4:
     """Registered as ``model.name = "conv4"``: :class:`Conv4` for the task source's images.
 
     One-line errors for inputs it cannot take: not images ``[C, H, W]``, or a side below 16 (four
     2x2 poolings need at least 16 pixels).
     """
     if input_shape is not None and len(input_shape) != 3:
-        raise ConfigError(f"model.name=conv4 takes images [channels, height, width]; this data gives examples of shape {list(input_shape)}: "
-                          f"choose model.name=mlp for vectors")
+        raise ConfigError(
+            f"model.name=conv4 takes images [channels, height, width]; this data gives examples of shape {list(input_shape)}: "
+            f"choose model.name=mlp for vectors"
+        )
     if image_size < 16:
-        raise ConfigError(f"model.name=conv4 halves the image side four times; data.image_size={image_size} is too small, use >= 16")
+        raise ConfigError(
+            f"model.name=conv4 halves the image side four times; data.image_size={image_size} is too small, use >= 16"
+        )
     if in_channels < 1 or hidden < 1 or (out_features is not None and out_features < 1):
-        raise ConfigError(f"model.name=conv4 needs in_channels, model.hidden and outputs >= 1; got {in_channels}, {hidden}, {out_features}")
+        raise ConfigError(
+            f"model.name=conv4 needs in_channels, model.hidden and outputs >= 1; got {in_channels}, {hidden}, {out_features}"
+        )
     return Conv4(in_channels, out_features, hidden, image_size, batch_norm=batch_norm)
 
 
@@ -88,14 +111,18 @@ def mlp(input_shape: tuple[int, ...], out_features: int | None, layers: tuple[in
     if not layers or any(int(w) < 1 for w in layers):
         raise ConfigError(f"model.layers={list(layers)} is invalid; give one or more hidden widths >= 1, e.g. [40, 40]")
     if in_features < 1 or (out_features is not None and out_features < 1):
-        raise ConfigError(f"model.name=mlp needs inputs and outputs >= 1; got examples of shape {list(input_shape)} and {out_features} outputs")
+        raise ConfigError(
+            f"model.name=mlp needs inputs and outputs >= 1; got examples of shape {list(input_shape)} and {out_features} outputs"
+        )
     return MLP(in_features, out_features or layers[-1], tuple(layers))
 
 
 def flatten(out_features: int | None) -> nn.Flatten:
     """Registered as ``model.name = "flatten"``: the raw input as a vector (MANN's input); it has no head."""
     if out_features is not None:
-        raise ConfigError(f"model.name=flatten has no output layer; the algorithm needs a model with a {out_features}-output head (use conv4 or mlp)")
+        raise ConfigError(
+            f"model.name=flatten has no output layer; the algorithm needs a model with a {out_features}-output head (use conv4 or mlp)"
+        )
     return nn.Flatten()
 
 

@@ -109,16 +109,35 @@ class LRUMemoryCore(nn.Module):
         transformer_layers, transformer_heads: depth and attention heads of the transformer controller.
     """
 
-    def __init__(self, input_size: int, num_classes: int, memory_size: int = 128, memory_width: int = 40, read_heads: int = 4,
-                 controller_size: int = 200, gamma: float = 0.95, key_strength: bool = False, controller: str = "lstm",
-                 transformer_layers: int = 2, transformer_heads: int = 4) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        num_classes: int,
+        memory_size: int = 128,
+        memory_width: int = 40,
+        read_heads: int = 4,
+        controller_size: int = 200,
+        gamma: float = 0.95,
+        key_strength: bool = False,
+        controller: str = "lstm",
+        transformer_layers: int = 2,
+        transformer_heads: int = 4,
+    ) -> None:
         super().__init__()
-        for name, v in (("input_size", input_size), ("num_classes", num_classes), ("memory_size", memory_size),
-                        ("memory_width", memory_width), ("read_heads", read_heads), ("controller_size", controller_size)):
+        for name, v in (
+            ("input_size", input_size),
+            ("num_classes", num_classes),
+            ("memory_size", memory_size),
+            ("memory_width", memory_width),
+            ("read_heads", read_heads),
+            ("controller_size", controller_size),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"MANN {name}={v!r} is invalid; it must be a positive integer")
         if read_heads > memory_size:
-            raise ConfigError(f"MANN read_heads={read_heads} exceeds memory_size={memory_size}; use read_heads <= memory_size")
+            raise ConfigError(
+                f"MANN read_heads={read_heads} exceeds memory_size={memory_size}; use read_heads <= memory_size"
+            )
         if not 0.0 <= float(gamma) <= 1.0:
             raise ConfigError(f"MANN gamma={gamma!r} is invalid; the usage decay must be in [0, 1]")
         self.num_classes, self.memory_size, self.memory_width = num_classes, memory_size, memory_width
@@ -143,8 +162,13 @@ class LRUMemoryCore(nn.Module):
             ctrl: Any = (h, h)
         else:
             ctrl = self.controller.initial_state(batch_size, like)
-        return LRUState(like.new_full((batch_size, n, m), 1e-6), like.new_zeros(batch_size, r, n), like.new_zeros(batch_size, n),
-                        like.new_zeros(batch_size, r, m), ctrl)
+        return LRUState(
+            like.new_full((batch_size, n, m), 1e-6),
+            like.new_zeros(batch_size, r, n),
+            like.new_zeros(batch_size, n),
+            like.new_zeros(batch_size, r, m),
+            ctrl,
+        )
 
     def step(self, x: Tensor, y_prev: Tensor, state: LRUState) -> tuple[Tensor, LRUState]:
         """``x [B, F]``, ``y_prev [B, C]`` -> ``(logits [B, C], new state)``."""
@@ -198,7 +222,9 @@ class LSTMCore(nn.Module):
         h, c = self.controller(torch.cat([x, y_prev], dim=-1), state)
         return self.out(h), (h, c)
 
-    def forward(self, x: Tensor, y_prev: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(
+        self, x: Tensor, y_prev: Tensor, state: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         if state is None:
             state = self.initial_state(x.shape[1], x)
         outs = []

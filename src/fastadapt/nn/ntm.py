@@ -229,7 +229,11 @@ class _CausalBlock(nn.Module):
         super().__init__()
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.q, self.kv, self.proj = nn.Linear(d_model, d_model), nn.Linear(d_model, 2 * d_model), nn.Linear(d_model, d_model)
+        self.q, self.kv, self.proj = (
+            nn.Linear(d_model, d_model),
+            nn.Linear(d_model, 2 * d_model),
+            nn.Linear(d_model, d_model),
+        )
         self.mlp = nn.Sequential(nn.Linear(d_model, ff), nn.GELU(), nn.Linear(ff, d_model))
 
     def forward(self, x_new: Tensor, history: Tensor) -> Tensor:
@@ -252,7 +256,9 @@ class TransformerController(nn.Module):
     sinusoidal code, so sequences longer than any seen in training still have a position.
     """
 
-    def __init__(self, input_size: int, d_model: int = 64, heads: int = 4, layers: int = 2, ff: int | None = None) -> None:
+    def __init__(
+        self, input_size: int, d_model: int = 64, heads: int = 4, layers: int = 2, ff: int | None = None
+    ) -> None:
         super().__init__()
         for name, v in (("d_model", d_model), ("heads", heads), ("layers", layers)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -326,17 +332,36 @@ class NTM(nn.Module):
         transformer_layers, transformer_heads: depth and attention heads of the transformer controller.
     """
 
-    def __init__(self, input_size: int, output_size: int, memory_size: int = 128, memory_width: int = 20, read_heads: int = 1,
-                 write_heads: int = 1, controller: str = "lstm", controller_size: int = 100, shifts: Sequence[int] = (-1, 0, 1),
-                 transformer_layers: int = 2, transformer_heads: int = 4) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        memory_size: int = 128,
+        memory_width: int = 20,
+        read_heads: int = 1,
+        write_heads: int = 1,
+        controller: str = "lstm",
+        controller_size: int = 100,
+        shifts: Sequence[int] = (-1, 0, 1),
+        transformer_layers: int = 2,
+        transformer_heads: int = 4,
+    ) -> None:
         super().__init__()
-        for name, v in (("input_size", input_size), ("output_size", output_size), ("memory_size", memory_size),
-                        ("memory_width", memory_width), ("read_heads", read_heads), ("write_heads", write_heads),
-                        ("controller_size", controller_size)):
+        for name, v in (
+            ("input_size", input_size),
+            ("output_size", output_size),
+            ("memory_size", memory_size),
+            ("memory_width", memory_width),
+            ("read_heads", read_heads),
+            ("write_heads", write_heads),
+            ("controller_size", controller_size),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"NTM {name}={v!r} is invalid; it must be a positive integer")
         if not shifts or any(not isinstance(o, int) for o in shifts) or len(set(shifts)) != len(shifts):
-            raise ConfigError(f"NTM shifts={tuple(shifts)!r} is invalid; give distinct integer offsets such as (-1, 0, 1)")
+            raise ConfigError(
+                f"NTM shifts={tuple(shifts)!r} is invalid; give distinct integer offsets such as (-1, 0, 1)"
+            )
         self.memory_size, self.memory_width = memory_size, memory_width
         self.read_heads, self.write_heads = read_heads, write_heads
         self.shifts = tuple(int(o) for o in shifts)
@@ -354,7 +379,9 @@ class NTM(nn.Module):
         self.heads = nn.Linear(hidden, read_heads * self.read_size + write_heads * self.write_size)
         self.out = nn.Linear(hidden + read_heads * memory_width, output_size)
 
-    def initial_state(self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> NTMState:
+    def initial_state(
+        self, batch_size: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> NTMState:
         """The state before the first input (see the class docstring)."""
         like = self.out.weight.new_zeros((), dtype=dtype, device=device)
         memory = like.new_full((batch_size, self.memory_size, self.memory_width), 1e-6)

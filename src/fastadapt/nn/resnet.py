@@ -36,7 +36,9 @@ def drop_block(x: Tensor, drop_prob: float, block_size: int, training: bool = Tr
     gamma = drop_prob * h * w / (size**2 * valid)  # the centre rate giving drop_prob of the units dropped (eq. 1)
     centres = (torch.rand(x.shape[0], x.shape[1], h - size + 1, w - size + 1, device=x.device) < gamma).to(x.dtype)
     pad = size - 1
-    mask = F.max_pool2d(F.pad(centres, (pad, pad, pad, pad)), size, stride=1)  # each centre covers the block below-right of it
+    mask = F.max_pool2d(
+        F.pad(centres, (pad, pad, pad, pad)), size, stride=1
+    )  # each centre covers the block below-right of it
     keep = 1 - mask
     return x * keep * (keep.numel() / keep.sum().clamp_min(1.0))
 
@@ -44,16 +46,32 @@ def drop_block(x: Tensor, drop_prob: float, block_size: int, training: bool = Tr
 class ResidualBlock(nn.Module):
     """Three 3x3 convs with BatchNorm (LeakyReLU 0.1 after the first two), a 1x1 conv shortcut, LeakyReLU, 2x2 max-pool, DropBlock."""
 
-    def __init__(self, in_channels: int, out_channels: int, batch_norm: bool = True, track_running_stats: bool = False,
-                 drop_prob: float = 0.0, block_size: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        batch_norm: bool = True,
+        track_running_stats: bool = False,
+        drop_prob: float = 0.0,
+        block_size: int = 1,
+    ) -> None:
         super().__init__()
 
         def norm(c: int) -> nn.Module:
             return nn.BatchNorm2d(c, track_running_stats=track_running_stats) if batch_norm else nn.Identity()
 
-        self.conv1, self.bn1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm), norm(out_channels)
-        self.conv2, self.bn2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batch_norm), norm(out_channels)
-        self.conv3, self.bn3 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batch_norm), norm(out_channels)
+        self.conv1, self.bn1 = (
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batch_norm),
+            norm(out_channels),
+        )
+        self.conv2, self.bn2 = (
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batch_norm),
+            norm(out_channels),
+        )
+        self.conv3, self.bn3 = (
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=not batch_norm),
+            norm(out_channels),
+        )
         self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=not batch_norm), norm(out_channels))
         self.drop_prob, self.block_size = drop_prob, block_size
 
@@ -72,13 +90,32 @@ class ResNet12(nn.Module):
     miniImageNet's 84x84; 0 turns it off), and plain dropout of that rate in the first two.
     """
 
-    def __init__(self, in_channels: int = 3, out_features: int | None = None, channels: tuple[int, ...] = CHANNELS, width: float = 1.0,
-                 batch_norm: bool = True, track_running_stats: bool = False, drop_prob: float = 0.0, block_size: int = 5) -> None:
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_features: int | None = None,
+        channels: tuple[int, ...] = CHANNELS,
+        width: float = 1.0,
+        batch_norm: bool = True,
+        track_running_stats: bool = False,
+        drop_prob: float = 0.0,
+        block_size: int = 5,
+    ) -> None:
         super().__init__()
         chans = [in_channels, *(max(1, round(c * width)) for c in channels)]
-        self.blocks = nn.Sequential(*[
-            ResidualBlock(chans[i], chans[i + 1], batch_norm, track_running_stats, drop_prob if i >= 2 else 0.0, block_size if i >= 2 else 1)
-            for i in range(4)])
+        self.blocks = nn.Sequential(
+            *[
+                ResidualBlock(
+                    chans[i],
+                    chans[i + 1],
+                    batch_norm,
+                    track_running_stats,
+                    drop_prob if i >= 2 else 0.0,
+                    block_size if i >= 2 else 1,
+                )
+                for i in range(4)
+            ]
+        )
         self.dropout = drop_prob
         self.embedding_dim = chans[-1]
         self.head = nn.Linear(self.embedding_dim, out_features) if out_features is not None else None
@@ -92,20 +129,35 @@ class ResNet12(nn.Module):
         return self.head(z) if self.head is not None else z
 
 
-def resnet12(in_channels: int, out_features: int | None, image_size: int, batch_norm: bool = True, input_shape: tuple[int, ...] | None = None,
-             channels: tuple[int, ...] | list[int] = CHANNELS, width: float = 1.0, drop_prob: float = 0.0, block_size: int = 5) -> ResNet12:
+def resnet12(
+    in_channels: int,
+    out_features: int | None,
+    image_size: int,
+    batch_norm: bool = True,
+    input_shape: tuple[int, ...] | None = None,
+    channels: tuple[int, ...] | list[int] = CHANNELS,
+    width: float = 1.0,
+    drop_prob: float = 0.0,
+    block_size: int = 5,
+) -> ResNet12:
     """Registered as ``model.name = "resnet12"``: :class:`ResNet12` for the task source's images.
 
     ``model.options``: ``channels`` (4 widths, default 64-160-320-640), ``width`` (a factor on them),
     ``drop_prob`` and ``block_size`` (DropBlock). One-line errors for inputs it cannot take.
     """
     if input_shape is not None and len(input_shape) != 3:
-        raise ConfigError(f"model.name=resnet12 takes images [channels, height, width]; this data gives examples of shape {list(input_shape)}")
+        raise ConfigError(
+            f"model.name=resnet12 takes images [channels, height, width]; this data gives examples of shape {list(input_shape)}"
+        )
     if image_size < 16:
-        raise ConfigError(f"model.name=resnet12 halves the image side four times; data.image_size={image_size} is too small, use >= 16")
+        raise ConfigError(
+            f"model.name=resnet12 halves the image side four times; data.image_size={image_size} is too small, use >= 16"
+        )
     channels = tuple(channels)
     if len(channels) != 4 or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels):
-        raise ConfigError(f"model.options.channels={list(channels)} is invalid; give 4 widths >= 1, e.g. [64, 160, 320, 640]")
+        raise ConfigError(
+            f"model.options.channels={list(channels)} is invalid; give 4 widths >= 1, e.g. [64, 160, 320, 640]"
+        )
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width <= 16:
         raise ConfigError(f"model.options.width={width!r} is invalid; it must be a factor in (0, 16], e.g. 0.5 or 2")
     if isinstance(drop_prob, bool) or not isinstance(drop_prob, (int, float)) or not 0 <= drop_prob < 1:
@@ -114,7 +166,9 @@ def resnet12(in_channels: int, out_features: int | None, image_size: int, batch_
         raise ConfigError(f"model.options.block_size={block_size!r} is invalid; it must be an integer >= 1")
     if in_channels < 1 or (out_features is not None and out_features < 1):
         raise ConfigError(f"model.name=resnet12 needs in_channels and outputs >= 1; got {in_channels}, {out_features}")
-    return ResNet12(in_channels, out_features, channels, float(width), batch_norm, drop_prob=float(drop_prob), block_size=block_size)
+    return ResNet12(
+        in_channels, out_features, channels, float(width), batch_norm, drop_prob=float(drop_prob), block_size=block_size
+    )
 
 
 __all__ = ["CHANNELS", "ResNet12", "ResidualBlock", "drop_block", "resnet12"]

@@ -139,7 +139,9 @@ def ntm(
     )
 
 
-def lstm_seq(input_shape: Sequence[int], out_features: int | None = None, hidden_size: int = 120, num_layers: int = 1) -> LSTMSequence:
+def lstm_seq(
+    input_shape: Sequence[int], out_features: int | None = None, hidden_size: int = 120, num_layers: int = 1
+) -> LSTMSequence:
     """Model ``lstm-seq``: a plain LSTM over the sequence (default 120 units: 63,848 parameters on the copy task, the NTM preset has 62,660)."""
     i, o = _sizes(input_shape, out_features, "lstm-seq")
     return LSTMSequence(i, o, hidden_size, num_layers)

@@ -30,16 +30,28 @@ from fastadapt.core.errors import ConfigError, DataError
 
 # safetensors dtype names <-> torch dtypes
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 _NAMES = {v: k for k, v in DTYPES.items()}
-HEADER_LIMIT = 100 * 2**20  # a header larger than this is not a weights file (the safetensors package refuses past 100 MB too)
+HEADER_LIMIT = (
+    100 * 2**20
+)  # a header larger than this is not a weights file (the safetensors package refuses past 100 MB too)
 EXPORT_FORMAT = "fastadapt-weights/1"  # the metadata "format" of an exported run's weights (fastadapt export)
 HEAD_PREFIX = "head."  # the output head a model gets for its algorithm; a pretrained encoder may leave it out
 
 
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write ``tensors`` (name -> tensor, any device) to ``path`` in the safetensors format; returns the path.
 
     ``metadata``: string pairs kept in the header (``__metadata__``). Tensors are written in name order,
@@ -59,7 +71,9 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, meta
         if not isinstance(t, torch.Tensor):
             raise ConfigError(f"{name} is a {type(t).__name__}, not a tensor; safetensors holds tensors only")
         if t.dtype not in _NAMES:
-            raise ConfigError(f"{name} has dtype {t.dtype}, which safetensors has no name for here; convert it (e.g. to float32)")
+            raise ConfigError(
+                f"{name} has dtype {t.dtype}, which safetensors has no name for here; convert it (e.g. to float32)"
+            )
         data = _le_bytes(t.detach().to("cpu").contiguous())
         header[name] = {"dtype": _NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
         blobs.append(data)
@@ -92,25 +106,29 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if n > min(HEADER_LIMIT, len(raw) - 8):
         raise DataError(f"{path} is not a safetensors file (header length {n} does not fit its {len(raw)} bytes)")
     try:
-        header = json.loads(raw[8:8 + n])
+        header = json.loads(raw[8 : 8 + n])
     except ValueError:
         raise DataError(f"{path} is not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):
         raise DataError(f"{path} is not a safetensors file (its header is not a table)")
     metadata = header.pop("__metadata__", None) or {}
-    data = memoryview(raw)[8 + n:]
+    data = memoryview(raw)[8 + n :]
     out = {}
     for name, info in header.items():
         try:
             dtype, shape, (begin, end) = DTYPES[info["dtype"]], [int(s) for s in info["shape"]], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: tensor {name!r} has an unreadable entry {str(info)[:80]}; the file is damaged or not safetensors") from None
+            raise DataError(
+                f"{path}: tensor {name!r} has an unreadable entry {str(info)[:80]}; the file is damaged or not safetensors"
+            ) from None
         numel = 1
         for s in shape:
             numel *= s
         size = numel * torch.empty((), dtype=dtype).element_size()
         if not (0 <= begin <= end <= len(data)) or end - begin != size or min(shape, default=0) < 0:
-            raise DataError(f"{path}: tensor {name!r} ({info['dtype']} {shape}) does not fit its bytes [{begin}, {end}); the file is truncated or damaged")
+            raise DataError(
+                f"{path}: tensor {name!r} ({info['dtype']} {shape}) does not fit its bytes [{begin}, {end}); the file is truncated or damaged"
+            )
         buf = bytearray(data[begin:end])
         t = torch.frombuffer(buf, dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
         t = t.view(dtype).reshape(shape) if size else torch.empty(shape, dtype=dtype)
@@ -134,24 +152,36 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         tensors, metadata = read_safetensors(path)
         if metadata.get("format") == EXPORT_FORMAT:  # an exported run: the algorithm's model
-            tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+            tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         return tensors
     if not path.is_file():
-        raise DataError(f"weights file {path} not found; check the path (model.weights takes a .safetensors or a torch .pt/.pth file)")
+        raise DataError(
+            f"weights file {path} not found; check the path (model.weights takes a .safetensors or a torch .pt/.pth file)"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, a pickle that asks for code
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise DataError(f"{path} is not a readable torch weights file ({reason}); pass a state dict saved with torch.save or a .safetensors file") from None
-    if isinstance(obj, dict) and isinstance(obj.get("algorithm"), dict):  # a fastadapt checkpoint: the algorithm's model
-        obj = {k[len("model."):]: v for k, v in obj["algorithm"].items() if k.startswith("model.")}
+        raise DataError(
+            f"{path} is not a readable torch weights file ({reason}); pass a state dict saved with torch.save or a .safetensors file"
+        ) from None
+    if isinstance(obj, dict) and isinstance(
+        obj.get("algorithm"), dict
+    ):  # a fastadapt checkpoint: the algorithm's model
+        obj = {k[len("model.") :]: v for k, v in obj["algorithm"].items() if k.startswith("model.")}
     elif isinstance(obj, dict):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise DataError(f"{path} holds no state dict (name -> tensor); save one with torch.save(model.state_dict(), path)")
+    if (
+        not isinstance(obj, dict)
+        or not obj
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    ):
+        raise DataError(
+            f"{path} holds no state dict (name -> tensor); save one with torch.save(model.state_dict(), path)"
+        )
     return obj
 
 
@@ -165,17 +195,23 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     own = model.state_dict()
     for key, mine in own.items():  # in the model's order: the first layer that differs is named
         if key in state and tuple(state[key].shape) != tuple(mine.shape):
-            raise ConfigError(f"model.weights={str(path)!r}: {key!r} has shape {list(state[key].shape)} in the file and {list(mine.shape)} "
-                              f"in the model; pass weights of a model built with the same options")
+            raise ConfigError(
+                f"model.weights={str(path)!r}: {key!r} has shape {list(state[key].shape)} in the file and {list(mine.shape)} "
+                f"in the model; pass weights of a model built with the same options"
+            )
     for key in state:
         if key not in own:
-            raise ConfigError(f"model.weights={str(path)!r}: the file has {key!r}, which the model lacks "
-                              f"(it has {', '.join(list(own)[:4])}{', ...' if len(own) > 4 else ''}); pass weights of this model")
+            raise ConfigError(
+                f"model.weights={str(path)!r}: the file has {key!r}, which the model lacks "
+                f"(it has {', '.join(list(own)[:4])}{', ...' if len(own) > 4 else ''}); pass weights of this model"
+            )
     missing = [k for k in own if k not in state]
     needed = [k for k in missing if not k.startswith(HEAD_PREFIX)]
     if needed:
-        raise ConfigError(f"model.weights={str(path)!r}: the file has no {needed[0]!r} ({len(needed)} model tensor(s) missing); "
-                          f"pass weights of this model")
+        raise ConfigError(
+            f"model.weights={str(path)!r}: the file has no {needed[0]!r} ({len(needed)} model tensor(s) missing); "
+            f"pass weights of this model"
+        )
     with torch.no_grad():
         for key, t in state.items():
             own[key].copy_(t)
@@ -189,4 +225,13 @@ def exported_payload(path: str | Path) -> dict[str, Any]:
     return {"algorithm": tensors, "step": int(step) if step.isdigit() else None}
 
 
-__all__ = ["DTYPES", "EXPORT_FORMAT", "exported_payload", "load_pretrained", "load_safetensors", "read_safetensors", "read_state_file", "save_safetensors"]
+__all__ = [
+    "DTYPES",
+    "EXPORT_FORMAT",
+    "exported_payload",
+    "load_pretrained",
+    "load_safetensors",
+    "read_safetensors",
+    "read_state_file",
+    "save_safetensors",
+]

@@ -41,7 +41,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax1.set_yscale("log")
     ax2.plot([r["step"] for r in train], [r.get(metric, np.nan) for r in train], lw=1, label="train (query)")
     if metric == "return":  # reinforcement learning: the return before adaptation beside the one after
-        ax2.plot([r["step"] for r in train], [r.get("return_pre", np.nan) for r in train], lw=1, label="train, before adaptation")
+        ax2.plot(
+            [r["step"] for r in train],
+            [r.get("return_pre", np.nan) for r in train],
+            lw=1,
+            label="train, before adaptation",
+        )
     if val:
         m = np.array([r[metric] for r in val])
         ci = np.array([r.get("ci", 0.0) for r in val])
@@ -80,7 +85,10 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(names)), 4))
         ax.bar(range(len(names)), [rates[n]["mean"] for n in names], yerr=[rates[n]["std"] for n in names], capsize=2)
         ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-        ax.set(ylabel="learnt inner rate (mean +- std over coordinates)", title=f"{cfg.algorithm}: learnt inner learning rates per tensor")
+        ax.set(
+            ylabel="learnt inner rate (mean +- std over coordinates)",
+            title=f"{cfg.algorithm}: learnt inner learning rates per tensor",
+        )
         fig.tight_layout()
         outs.append(run / "inner_lrs.png")
         fig.savefig(outs[-1], dpi=110)
@@ -90,12 +98,24 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         colours = plt.get_cmap("tab20").colors  # 20 distinct colours; a line style per further 20 tensors
         for i, (name, r) in enumerate(per_step.items()):
-            ax.plot(range(1, len(r) + 1), r, marker="o", lw=1, label=name, color=colours[i % 20], ls=("-", "--", ":")[i // 20 % 3])
+            ax.plot(
+                range(1, len(r) + 1),
+                r,
+                marker="o",
+                lw=1,
+                label=name,
+                color=colours[i % 20],
+                ls=("-", "--", ":")[i // 20 % 3],
+            )
         initial = getattr(algo, "inner_lr", None)
         if isinstance(initial, float):
             ax.axhline(initial, color="grey", ls="--", lw=1, label=f"initial rate {initial:g}")
         ax.set_xticks(range(1, max(len(r) for r in per_step.values()) + 1))
-        ax.set(xlabel="inner step", ylabel="learnt inner rate", title=f"{cfg.algorithm}: learnt rate per layer and inner step")
+        ax.set(
+            xlabel="inner step",
+            ylabel="learnt inner rate",
+            title=f"{cfg.algorithm}: learnt rate per layer and inner step",
+        )
         ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
         fig.tight_layout()
         outs.append(run / "step_rates.png")
@@ -135,9 +155,13 @@ def markdown_report(run_dirs: list[str] | list[Path]) -> str:
             if t["metric"] == "acc":
                 score = f"{100 * t['mean']:.2f} +- {100 * t['ci']:.2f} %"
             else:  # mse (regression) or return (reinforcement learning)
-                score = f"{t['metric'].upper() if t['metric'] == 'mse' else t['metric']} {t['mean']:.4f} +- {t['ci']:.4f}"
-            lines.append(f"| {Path(run).name} | {s.get('algorithm', '?')} | {key} ({s.get('queries', '?')} queries) | {score} | "
-                         f"{t['episodes']} | {res['steps']} | {res['train_seconds'] / 60:.1f} | {s.get('batchnorm', '?')} |")
+                score = (
+                    f"{t['metric'].upper() if t['metric'] == 'mse' else t['metric']} {t['mean']:.4f} +- {t['ci']:.4f}"
+                )
+            lines.append(
+                f"| {Path(run).name} | {s.get('algorithm', '?')} | {key} ({s.get('queries', '?')} queries) | {score} | "
+                f"{t['episodes']} | {res['steps']} | {res['train_seconds'] / 60:.1f} | {s.get('batchnorm', '?')} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -77,10 +77,14 @@ class EnvFamily:
         values = self.sampler(np.random.default_rng(seed))
         if not isinstance(values, Mapping) or set(values) != set(self.param_names):
             found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise DataError(f"task family {self.name}: the sampler must return a dict with keys {list(self.param_names)}; found {found}")
+            raise DataError(
+                f"task family {self.name}: the sampler must return a dict with keys {list(self.param_names)}; found {found}"
+            )
         row = [float(values[n]) for n in self.param_names]
         if not all(math.isfinite(v) for v in row):
-            raise DataError(f"task family {self.name}: the sampler returned non-finite parameters {dict(zip(self.param_names, row))}")
+            raise DataError(
+                f"task family {self.name}: the sampler returned non-finite parameters {dict(zip(self.param_names, row))}"
+            )
         return row
 
 
@@ -100,13 +104,20 @@ def check_spaces(env: Any, name: str) -> tuple[tuple[int, ...], int, tuple[float
     gym = require_gymnasium()
     obs, act = env.observation_space, env.action_space
     if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
-        raise ConfigError(f"environment {name}: observation space {obs} is not supported; the policy takes a vector (a 1-D Box)")
+        raise ConfigError(
+            f"environment {name}: observation space {obs} is not supported; the policy takes a vector (a 1-D Box)"
+        )
     if not isinstance(act, gym.spaces.Box) or len(act.shape) != 1:
         raise ConfigError(
             f"environment {name}: action space {act} is not supported; the Gaussian policy needs continuous "
             f"actions (a 1-D Box), e.g. Pendulum-v1 or MountainCarContinuous-v0"
         )
-    return tuple(int(s) for s in obs.shape), int(act.shape[0]), tuple(float(v) for v in act.low), tuple(float(v) for v in act.high)
+    return (
+        tuple(int(s) for s in obs.shape),
+        int(act.shape[0]),
+        tuple(float(v) for v in act.low),
+        tuple(float(v) for v in act.high),
+    )
 
 
 def task_family(
@@ -129,14 +140,18 @@ def task_family(
     elif callable(env):
         make_base, label = env, getattr(env, "__name__", type(env).__name__)
     else:
-        raise ConfigError(f"task_family: env must be a Gymnasium id or a function making the environment, found {type(env).__name__}")
+        raise ConfigError(
+            f"task_family: env must be a Gymnasium id or a function making the environment, found {type(env).__name__}"
+        )
     label = name or label
     probe = make_base()
     try:
         obs_shape, action_size, low, high = check_spaces(probe, label)
         values = sampler(np.random.default_rng(0))
         if not isinstance(values, Mapping) or not values:
-            raise ConfigError(f"task family {label}: the sampler must return a non-empty dict {{attribute: value}}, found {values!r}")
+            raise ConfigError(
+                f"task family {label}: the sampler must return a non-empty dict {{attribute: value}}, found {values!r}"
+            )
         missing = [k for k in values if not hasattr(probe.unwrapped, k)]
         if missing:
             raise ConfigError(
@@ -145,7 +160,9 @@ def task_family(
             )
         steps = horizon if horizon is not None else getattr(getattr(probe, "spec", None), "max_episode_steps", None)
         if not isinstance(steps, int) or steps < 1:
-            raise ConfigError(f"task family {label}: the environment sets no max_episode_steps; pass horizon=N (N >= 1)")
+            raise ConfigError(
+                f"task family {label}: the environment sets no max_episode_steps; pass horizon=N (N >= 1)"
+            )
     finally:
         probe.close()
     return EnvFamily(label, make_base, sampler, tuple(values), obs_shape, action_size, low, high, steps)
@@ -157,7 +174,10 @@ class EnvTaskSource:
     ways = 1
 
     def __init__(self, family: EnvFamily, shots: int, queries: int, seed: int = 0) -> None:
-        for label, v in (("shots (trajectories per adaptation step)", shots), ("queries (trajectories after adaptation)", queries)):
+        for label, v in (
+            ("shots (trajectories per adaptation step)", shots),
+            ("queries (trajectories after adaptation)", queries),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise DataError(f"{label}={v!r} is invalid; it must be a positive integer")
         self.family, self.shots, self.queries, self.seed = family, shots, queries, int(seed)
@@ -169,7 +189,15 @@ class EnvTaskSource:
         seeds = [_mix(self.seed, step, start + i) for i in range(num_tasks)]
         params = torch.tensor([self.family.draw(s) for s in seeds], dtype=torch.float64)
         f = self.family
-        return EnvTasks(params, torch.tensor(seeds, dtype=torch.int64), f.observation_shape, f.action_size, f, self.shots, self.queries)
+        return EnvTasks(
+            params,
+            torch.tensor(seeds, dtype=torch.int64),
+            f.observation_shape,
+            f.action_size,
+            f,
+            self.shots,
+            self.queries,
+        )
 
     def fixed(self, num_episodes: int, batch_size: int = 100) -> Iterator[EnvTasks]:
         """The same ``num_episodes`` evaluation tasks every time for a seed."""
@@ -208,7 +236,9 @@ def pendulum_family(
     for label, (lo, hi) in (("mass", mass), ("length", length)):
         if not (0 < lo <= hi and math.isfinite(hi)):
             raise ConfigError(f"data.options.{label}={[lo, hi]} is invalid; give [low, high] with 0 < low <= high")
-    return task_family("Pendulum-v1", pendulum_sampler(tuple(mass), tuple(length)), horizon=horizon, name="pendulum-dynamics")
+    return task_family(
+        "Pendulum-v1", pendulum_sampler(tuple(mass), tuple(length)), horizon=horizon, name="pendulum-dynamics"
+    )
 
 
 def _options(request: Any, allowed: dict[str, Any], source: str) -> dict[str, Any]:
@@ -234,11 +264,19 @@ def nav2d(request: Any) -> EnvTaskSource:
 def pendulum_dynamics(request: Any) -> EnvTaskSource:
     """Registered as ``data.dataset = "pendulum-dynamics"``: Pendulum-v1 with mass and length per task
     (``data.options``: ``mass = [0.5, 2.0]``, ``length = [0.5, 1.5]``, ``horizon = 200``)."""
-    opts = _options(request, {"mass": list(PENDULUM_MASS), "length": list(PENDULUM_LENGTH), "horizon": 200}, "pendulum-dynamics")
+    opts = _options(
+        request, {"mass": list(PENDULUM_MASS), "length": list(PENDULUM_LENGTH), "horizon": 200}, "pendulum-dynamics"
+    )
     ranges = []
     for key in ("mass", "length"):
         v = opts[key]
-        if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        if (
+            not isinstance(v, (list, tuple))
+            or len(v) != 2
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        ):
             raise ConfigError(f"data.options.{key}={v!r} is invalid; give [low, high]")
         ranges.append((float(v[0]), float(v[1])))
-    return EnvTaskSource(pendulum_family(ranges[0], ranges[1], _horizon(opts["horizon"])), request.shots, request.queries, request.seed)
+    return EnvTaskSource(
+        pendulum_family(ranges[0], ranges[1], _horizon(opts["horizon"])), request.shots, request.queries, request.seed
+    )

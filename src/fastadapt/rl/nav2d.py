@@ -29,13 +29,17 @@ class Navigation2D(gym.Env):
         self.action_space = gym.spaces.Box(-ACTION_LIMIT, ACTION_LIMIT, shape=(2,), dtype=np.float32)
         self._pos = np.zeros(2)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._pos = np.zeros(2)
         return self._pos.astype(np.float32), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        x = self._pos[0] + min(max(float(action[0]), -ACTION_LIMIT), ACTION_LIMIT)  # plain floats: 3x faster than numpy here
+        x = self._pos[0] + min(
+            max(float(action[0]), -ACTION_LIMIT), ACTION_LIMIT
+        )  # plain floats: 3x faster than numpy here
         y = self._pos[1] + min(max(float(action[1]), -ACTION_LIMIT), ACTION_LIMIT)
         self._pos = np.array((x, y))
         reward = -math.hypot(x - self.goal_x, y - self.goal_y)

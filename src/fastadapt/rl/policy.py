@@ -21,7 +21,9 @@ LOG_2PI = math.log(2 * math.pi)
 class GaussianMLPPolicy(nn.Module):
     """``obs [B, D] -> mean [B, A]`` through ReLU hidden layers ``hidden``; ``log_std [A]`` starts at ``log(init_std)``."""
 
-    def __init__(self, obs_size: int, action_size: int, hidden: tuple[int, ...] = (100, 100), init_std: float = 1.0) -> None:
+    def __init__(
+        self, obs_size: int, action_size: int, hidden: tuple[int, ...] = (100, 100), init_std: float = 1.0
+    ) -> None:
         super().__init__()
         dims = [obs_size, *hidden]
         layers: list[nn.Module] = []
@@ -49,7 +51,9 @@ def gaussian_mlp(
             "model.name=gaussian-mlp is a policy: the algorithm must ask for an action size (use a reinforcement-learning algorithm such as maml-rl)"
         )
     if not layers or any(int(w) < 1 for w in layers):
-        raise ConfigError(f"model.layers={list(layers)} is invalid; give one or more hidden widths >= 1, e.g. [100, 100]")
+        raise ConfigError(
+            f"model.layers={list(layers)} is invalid; give one or more hidden widths >= 1, e.g. [100, 100]"
+        )
     if not (isinstance(init_std, (int, float)) and 0 < init_std < math.inf):
         raise ConfigError(f"model.options.init_std={init_std!r} is invalid; give a standard deviation > 0")
     return GaussianMLPPolicy(int(input_shape[0]), int(out_features), tuple(int(w) for w in layers), float(init_std))

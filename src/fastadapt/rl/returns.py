@@ -46,13 +46,19 @@ def fit_linear_baseline(features: Tensor, returns: Tensor, mask: Tensor, reg: fl
     eye = torch.eye(x.shape[1], dtype=torch.float64, device=x.device)
     a, b = x.T @ x, x.T @ y
     for k in range(6):
-        w = torch.linalg.solve(a + reg * 10**k * eye, b) if reg > 0 else torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)
+        w = (
+            torch.linalg.solve(a + reg * 10**k * eye, b)
+            if reg > 0
+            else torch.linalg.lstsq(x, y.unsqueeze(-1)).solution.squeeze(-1)
+        )
         if bool(torch.isfinite(w).all()):
             return w.to(features.dtype)
     return torch.zeros(x.shape[1], dtype=features.dtype, device=features.device)
 
 
-def advantages(obs: Tensor, rewards: Tensor, mask: Tensor, discount: float, reg: float = 1e-5, normalize: bool = True) -> Tensor:
+def advantages(
+    obs: Tensor, rewards: Tensor, mask: Tensor, discount: float, reg: float = 1e-5, normalize: bool = True
+) -> Tensor:
     """``A_t = R_t - b(s_t)`` with the baseline fitted on these trajectories, ``[N, H]`` (0 on padding);
     ``normalize``: zero mean and unit variance over the valid steps (rllab's ``center_adv``)."""
     with torch.no_grad():

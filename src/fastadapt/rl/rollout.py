@@ -50,7 +50,12 @@ def _seed32(*values: int) -> int:
 
 
 def rollout(
-    tasks: EnvTasks, policy: Policy, per_task: int, phase: int = 0, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+    tasks: EnvTasks,
+    policy: Policy,
+    per_task: int,
+    phase: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
 ) -> Trajectories:
     """``per_task`` trajectories of every task with ``policy`` (called without a graph)."""
     gym = require_gymnasium()
@@ -61,7 +66,9 @@ def rollout(
         )
     t_count, n, h = tasks.num_tasks, per_task, family.horizon
     seeds = [int(s) for s in tasks.seeds]
-    envs = gym.vector.SyncVectorEnv([partial(family.make, tasks.params[t].tolist()) for t in range(t_count) for _ in range(n)])
+    envs = gym.vector.SyncVectorEnv(
+        [partial(family.make, tasks.params[t].tolist()) for t in range(t_count) for _ in range(n)]
+    )
     gens = [torch.Generator().manual_seed(_seed32(seeds[t], phase, 1)) for t in range(t_count)]
     low = torch.tensor(family.action_low, dtype=dtype)
     high = torch.tensor(family.action_high, dtype=dtype)
@@ -81,7 +88,9 @@ def rollout(
             noise = torch.stack([torch.randn(n, a, generator=g, dtype=dtype) for g in gens])
             act = mean + std[:, None, :] * noise
             obs_out[:, :, step], act_out[:, :, step], mask[:, :, step] = o, act, alive.to(dtype)
-            obs, reward, terminated, truncated, _ = envs.step(torch.minimum(torch.maximum(act, low), high).reshape(t_count * n, a).numpy())
+            obs, reward, terminated, truncated, _ = envs.step(
+                torch.minimum(torch.maximum(act, low), high).reshape(t_count * n, a).numpy()
+            )
             reward = np.asarray(reward, dtype=np.float64)
             if not np.all(np.isfinite(reward)):
                 bad = int(np.flatnonzero(~np.isfinite(reward))[0])

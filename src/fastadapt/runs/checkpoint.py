@@ -38,7 +38,9 @@ from fastadapt.core.errors import FastAdaptError
 
 FORMAT = "fastadapt-checkpoint-v1"
 FAULT_SLEEP_ENV = "FASTADAPT_FAULT_SLEEP_IN_SAVE"  # test hook: seconds to sleep before renaming a checkpoint into place
-TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes
+TEMP_PATTERN = re.compile(
+    r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$"
+)  # what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes
 
 
 class CheckpointError(FastAdaptError):
@@ -68,7 +70,13 @@ def write_error(path: str | Path, e: OSError, elsewhere: str = "choose another r
     return WriteError(f"cannot write {path}: {cause}; " + " or ".join(x for x in (fix, elsewhere) if x))
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], *, sync: bool = False, elsewhere: str = "choose another run.out") -> Path:
+def atomic_write(
+    path: str | Path,
+    write: Callable[[IO[bytes]], None],
+    *,
+    sync: bool = False,
+    elsewhere: str = "choose another run.out",
+) -> Path:
     """Write ``path`` atomically: ``write(f)`` fills a temporary file beside it, which is then renamed over it.
 
     On any failure the temporary file is removed and ``path`` keeps its old content; a full disk,
@@ -163,7 +171,13 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": list(random.getstate()[1]) + [random.getstate()[0]] + [random.getstate()[2]],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -190,12 +204,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint written by :func:`save_checkpoint`; never executes code from the file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found; train first or pass the run folder that holds checkpoint.pt")
+        raise CheckpointError(
+            f"checkpoint {path} not found; train first or pass the run folder that holds checkpoint.pt"
+        )
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle refusing a global, not a torch file...
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable fastadapt checkpoint ({reason}); it may be truncated or foreign: use another checkpoint") from None
+        raise CheckpointError(
+            f"{path} is not a readable fastadapt checkpoint ({reason}); it may be truncated or foreign: use another checkpoint"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fastadapt checkpoint (format tag missing); use a checkpoint written by fastadapt train")
+        raise CheckpointError(
+            f"{path} is not a fastadapt checkpoint (format tag missing); use a checkpoint written by fastadapt train"
+        )
     return payload

@@ -43,8 +43,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str = "s
     target.mkdir(parents=True, exist_ok=True)
     step = payload.get("step")
     if fmt == "safetensors":
-        metadata = {"format": EXPORT_FORMAT, "algorithm": cfg.algorithm, "step": "" if step is None else str(int(step)),
-                    "source": weights.name, "fastadapt": __version__}
+        metadata = {
+            "format": EXPORT_FORMAT,
+            "algorithm": cfg.algorithm,
+            "step": "" if step is None else str(int(step)),
+            "source": weights.name,
+            "fastadapt": __version__,
+        }
         written = save_safetensors(state, target / EXPORTED, metadata)
     else:
         written = target / "weights.pt"

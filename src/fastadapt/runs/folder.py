@@ -72,10 +72,19 @@ from fastadapt.runs.checkpoint import (
     write_error,
 )
 
-CONFIG, CHECKPOINT, BEST, METRICS, RESULTS, EVALS = "config.json", "checkpoint.pt", "best.pt", "metrics.jsonl", "results.json", "evals"
+CONFIG, CHECKPOINT, BEST, METRICS, RESULTS, EVALS = (
+    "config.json",
+    "checkpoint.pt",
+    "best.pt",
+    "metrics.jsonl",
+    "results.json",
+    "evals",
+)
 LOCK = ".lock"
 EXPORTED = "weights.safetensors"  # the weights of an exported run (fastadapt/runs/export.py); load_run reads them too
-UNREADABLE_LOCK_STALE_S = 30.0  # a lock file that is not JSON (its writer was killed between creating and filling it) is stale after this
+UNREADABLE_LOCK_STALE_S = (
+    30.0  # a lock file that is not JSON (its writer was killed between creating and filling it) is stale after this
+)
 
 
 class RunFolderLocked(FastAdaptError):
@@ -108,16 +117,22 @@ class RunFolder:
     def require(self) -> None:
         """One-line error unless this is a run folder (it has config.json)."""
         if not self.config_file.is_file():
-            raise FastAdaptError(f"{self.path} is not a run folder (no {CONFIG}); pass a folder written by fastadapt train")
+            raise FastAdaptError(
+                f"{self.path} is not a run folder (no {CONFIG}); pass a folder written by fastadapt train"
+            )
 
     def _read_json_config(self) -> dict[str, Any]:
         self.require()
         try:
             raw = json.loads(self.config_file.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise FastAdaptError(f"{self.config_file} is not valid JSON ({e}); restore it or train the run again") from None
+            raise FastAdaptError(
+                f"{self.config_file} is not valid JSON ({e}); restore it or train the run again"
+            ) from None
         if not isinstance(raw, dict):
-            raise FastAdaptError(f"{self.config_file} holds a JSON {type(raw).__name__}, not a config table; restore it or train the run again")
+            raise FastAdaptError(
+                f"{self.config_file} holds a JSON {type(raw).__name__}, not a config table; restore it or train the run again"
+            )
         return raw
 
     def raw_config(self) -> dict[str, Any]:
@@ -148,7 +163,9 @@ class RunFolder:
             return self.checkpoint_file
         if (self.path / EXPORTED).is_file():  # a folder written by `fastadapt export RUN --format safetensors`
             return self.path / EXPORTED
-        raise CheckpointError(f"{self.path} holds no {BEST} or {CHECKPOINT}; train the run first (fastadapt train ... run.out={self.path})")
+        raise CheckpointError(
+            f"{self.path} holds no {BEST} or {CHECKPOINT}; train the run first (fastadapt train ... run.out={self.path})"
+        )
 
     # -- records --------------------------------------------------------------------------
 
@@ -167,7 +184,9 @@ class RunFolder:
             except json.JSONDecodeError:
                 if i == len(lines) - 1:  # no newline after it: cut short by a crash
                     break
-                raise FastAdaptError(f"{self.metrics_file} line {i + 1} is not JSON; restore the file or train the run again") from None
+                raise FastAdaptError(
+                    f"{self.metrics_file} line {i + 1} is not JSON; restore the file or train the run again"
+                ) from None
         return rows
 
     def append_metrics(self, record: dict[str, Any]) -> None:
@@ -257,7 +276,11 @@ class RunFolder:
                     pass
 
     def _take_lock(self) -> dict[str, Any]:
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         data = json.dumps(record).encode()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -295,7 +318,9 @@ class RunFolder:
                     raise
                 raise err from None
             return record
-        raise RunFolderLocked(f"{self.path} is locked by processes starting at the same time ({self.lock_file}); start one training at a time")
+        raise RunFolderLocked(
+            f"{self.path} is locked by processes starting at the same time ({self.lock_file}); start one training at a time"
+        )
 
     def _read_lock(self) -> tuple[bytes, dict[str, Any] | None] | None:
         """The lock's bytes and record (None if not a JSON record); None when there is no lock file."""
@@ -320,7 +345,9 @@ class RunFolder:
             return f"its file is not a lock record and {age:.0f} s old" if age > UNREADABLE_LOCK_STALE_S else None
         if holder.get("host") != socket.gethostname() or not isinstance(holder.get("pid"), int):
             return None  # another machine's process: it cannot be checked from here
-        gone = f"pid {holder['pid']} on {holder['host']}, which took it at {holder.get('started')}, is no longer running"
+        gone = (
+            f"pid {holder['pid']} on {holder['host']}, which took it at {holder.get('started')}, is no longer running"
+        )
         try:
             os.kill(holder["pid"], 0)
         except ProcessLookupError:
@@ -328,18 +355,24 @@ class RunFolder:
         except PermissionError:  # alive, another user's
             pass
         began, took = _process_start(holder["pid"]), _timestamp(holder.get("started"))
-        if began is not None and took is not None and began > took + 2:  # the pid now names a process started after the lock was taken
+        if (
+            began is not None and took is not None and began > took + 2
+        ):  # the pid now names a process started after the lock was taken
             return gone + " (its pid was reused)"
         return None
 
     def _locked_message(self, holder: dict[str, Any] | None) -> str:
         if holder is None:
-            return (f"{self.path} is being locked by another process ({self.lock_file} is being written); "
-                    f"wait for it or choose another run.out")
+            return (
+                f"{self.path} is being locked by another process ({self.lock_file} is being written); "
+                f"wait for it or choose another run.out"
+            )
         who = f"pid {holder.get('pid')} on {holder.get('host')} (since {holder.get('started')})"
         if holder.get("host") != socket.gethostname():
-            return (f"{self.path} is being written by {who}; wait for that training to end or choose another run.out "
-                    f"(it runs on another host: if it is gone, delete {self.lock_file})")
+            return (
+                f"{self.path} is being written by {who}; wait for that training to end or choose another run.out "
+                f"(it runs on another host: if it is gone, delete {self.lock_file})"
+            )
         return f"{self.path} is being written by {who}; wait for that training to end or stop it, or choose another run.out"
 
     def _break_lock(self, raw: bytes) -> bool:
@@ -400,7 +433,9 @@ def _process_start(pid: int) -> float | None:
     """When process ``pid`` started (seconds since the epoch), where Linux's /proc says; else None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime ")
+        )
         ticks = int(stat[stat.rindex(")") + 2 :].split()[19])  # field 22, starttime, counted after "pid (comm) "
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, StopIteration, IndexError):
@@ -423,7 +458,13 @@ def git_commit(start: Path | None = None) -> str | None:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here.parent, capture_output=True, text=True, timeout=5)
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here.parent, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here.parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return sha.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
@@ -431,11 +472,22 @@ def git_commit(start: Path | None = None) -> str | None:
 
 def provenance(batch: TaskBatch | None = None, **extra: Any) -> dict[str, Any]:
     """Versions, the git commit and (from one training task) the shapes the model was built for."""
-    out: dict[str, Any] = {"fastadapt": __version__, "torch": torch.__version__, "python": platform.python_version(), "git_commit": git_commit()}
+    out: dict[str, Any] = {
+        "fastadapt": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "git_commit": git_commit(),
+    }
     if isinstance(batch, EnvTasks):  # reinforcement learning: the policy's input and output
-        out["task_shapes"] = {"observation": list(batch.observation_shape), "action_size": batch.action_size, "labels": "environment"}
+        out["task_shapes"] = {
+            "observation": list(batch.observation_shape),
+            "action_size": batch.action_size,
+            "labels": "environment",
+        }
     elif batch is not None:
-        out["task_shapes"] = {k: list(getattr(batch, k).shape[1:]) for k in ("support_x", "support_y", "query_x", "query_y")}
+        out["task_shapes"] = {
+            k: list(getattr(batch, k).shape[1:]) for k in ("support_x", "support_y", "query_x", "query_y")
+        }
         out["task_shapes"]["ways"] = batch.ways
         out["task_shapes"]["labels"] = "classes" if not batch.support_y.is_floating_point() else "float"
     out.update(extra)
@@ -445,8 +497,12 @@ def provenance(batch: TaskBatch | None = None, **extra: Any) -> dict[str, Any]:
 def batch_from_shapes(shapes: dict[str, Any]) -> TaskBatch | EnvTasks:
     """A one-task zero batch of recorded shapes (labels 0..N-1): enough to rebuild a model."""
     if shapes.get("labels") == "environment":  # shapes only: no family, so it cannot be rolled out
-        return EnvTasks(torch.zeros(1, 0, dtype=torch.float64), torch.zeros(1, dtype=torch.int64), tuple(shapes["observation"]),
-                        int(shapes["action_size"]))
+        return EnvTasks(
+            torch.zeros(1, 0, dtype=torch.float64),
+            torch.zeros(1, dtype=torch.int64),
+            tuple(shapes["observation"]),
+            int(shapes["action_size"]),
+        )
     ways = int(shapes["ways"])
     classes = shapes.get("labels") == "classes"
 
@@ -456,8 +512,13 @@ def batch_from_shapes(shapes: dict[str, Any]) -> TaskBatch | EnvTasks:
             return (torch.arange(n) * ways // max(n, 1)).unsqueeze(0)
         return torch.zeros(1, *shapes[key])
 
-    return TaskBatch(torch.zeros(1, *shapes["support_x"]), labels("support_y"), torch.zeros(1, *shapes["query_x"]), labels("query_y"),
-                     torch.arange(ways).unsqueeze(0) if classes else None)
+    return TaskBatch(
+        torch.zeros(1, *shapes["support_x"]),
+        labels("support_y"),
+        torch.zeros(1, *shapes["query_x"]),
+        labels("query_y"),
+        torch.arange(ways).unsqueeze(0) if classes else None,
+    )
 
 
 @dataclass
@@ -472,8 +533,13 @@ class Run:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, model: nn.Module | None = None,
-             device: str | torch.device = "cpu") -> Run:
+def load_run(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    model: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+) -> Run:
     """The config of the run in ``path`` (with ``overrides``) and its trained algorithm (best, else last weights), in eval mode.
 
     ``model``: the run's ``nn.Module``, needed again when the run was trained with a model given in
@@ -486,14 +552,18 @@ def load_run(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, m
     prov = folder.provenance()
     given = prov.get("model_given")
     if given and model is None:
-        raise FastAdaptError(f"{folder.path} was trained with a model given in Python ({given}); pass it again: load_run(path, model=...)")
+        raise FastAdaptError(
+            f"{folder.path} was trained with a model given in Python ({given}); pass it again: load_run(path, model=...)"
+        )
     shapes = prov.get("task_shapes")
     if shapes:
         batch, classes = batch_from_shapes(shapes), prov.get("train_classes")
     else:  # runs written before provenance: look at the data
         sources = task_sources(cfg)
         batch, classes = probe_batch(sources, cfg), train_classes(sources)
-    algo = build_algorithm(cfg, batch, model=model, num_classes=classes, check_memory=False, pretrained=False)  # its training fitted
+    algo = build_algorithm(
+        cfg, batch, model=model, num_classes=classes, check_memory=False, pretrained=False
+    )  # its training fitted
     weights = folder.weights_file()
     payload = exported_payload(weights) if weights.name == EXPORTED else load_checkpoint(weights, "cpu")
     load_weights(algo, payload, weights)
@@ -512,4 +582,6 @@ def load_weights(algo: nn.Module, payload: dict[str, Any], path: Path) -> None:
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         reason = " ".join(x.strip() for x in first[:2])[:200]
-        raise CheckpointError(f"{path} does not fit the run's {type(algo).__name__} ({reason}); it is from another config or algorithm") from None
+        raise CheckpointError(
+            f"{path} does not fit the run's {type(algo).__name__} ({reason}); it is from another config or algorithm"
+        ) from None

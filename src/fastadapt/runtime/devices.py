@@ -22,7 +22,9 @@ def check_device_name(device: str) -> None:
         return
     kind, _, index = device.partition(":")
     if kind not in DEVICE_TYPES or (index and not (index.isascii() and index.isdigit() and len(index) <= 4)):
-        raise ConfigError(f"run.device={_short(device)} is not a device; write auto, {', '.join(DEVICE_TYPES)}, or a type with an index: cuda:1")
+        raise ConfigError(
+            f"run.device={_short(device)} is not a device; write auto, {', '.join(DEVICE_TYPES)}, or a type with an index: cuda:1"
+        )
 
 
 def resolve_device(device: str) -> str:
@@ -56,7 +58,9 @@ def check_device(device: str) -> None:
         if count == 0:
             raise ConfigError(f"run.device={device!r}: no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver); {fix}")
         if index and int(index) >= count:
-            raise ConfigError(f"run.device={device!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}; choose one of them")
+            raise ConfigError(
+                f"run.device={device!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}; choose one of them"
+            )
     elif kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"run.device={device!r}: MPS (Apple GPUs) is not available here; {fix}")
     elif kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):

@@ -62,7 +62,9 @@ def env_world_size() -> int:
     try:
         return int(os.environ.get("WORLD_SIZE", "1"))
     except ValueError:
-        raise FastAdaptError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun") from None
+        raise FastAdaptError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun"
+        ) from None
 
 
 def is_distributed() -> bool:
@@ -114,16 +116,30 @@ def _is_comm_failure(e: BaseException) -> bool:
     if isinstance(e, dist.DistError):
         return True
     text = str(e)
-    return isinstance(e, RuntimeError) and any(s in text for s in ("gloo", "Gloo", "NCCL", "Connection closed", "Connection reset",
-                                                                     "Broken pipe", "Timed out", "timed out", "ProcessGroup"))
+    return isinstance(e, RuntimeError) and any(
+        s in text
+        for s in (
+            "gloo",
+            "Gloo",
+            "NCCL",
+            "Connection closed",
+            "Connection reset",
+            "Broken pipe",
+            "Timed out",
+            "timed out",
+            "ProcessGroup",
+        )
+    )
 
 
 def peer_lost(e: BaseException, timeout_s: float = DEFAULT_TIMEOUT_S, hint: str = "") -> PeerLost:
     """The one-line error for a failed collective ``e`` (``hint``: what the user can do, appended)."""
     r, w = rank(), world_size()
     peer = f"rank {1 - r}" if w == 2 else "another rank (torchrun's summary names it)"
-    return PeerLost(f"rank {r} of {w} lost {peer} ({_reason(e)}): a process died, hung for more than run.dist_timeout_s={timeout_s:g} s, "
-                    f"or the network failed" + (f"; {hint}" if hint else ""))
+    return PeerLost(
+        f"rank {r} of {w} lost {peer} ({_reason(e)}): a process died, hung for more than run.dist_timeout_s={timeout_s:g} s, "
+        f"or the network failed" + (f"; {hint}" if hint else "")
+    )
 
 
 @contextmanager
@@ -140,15 +156,22 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, hi
         return
     missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise FastAdaptError(f"WORLD_SIZE={size} but {', '.join(missing)} not set; launch with torchrun (see docs/DISTRIBUTED.md)")
+        raise FastAdaptError(
+            f"WORLD_SIZE={size} but {', '.join(missing)} not set; launch with torchrun (see docs/DISTRIBUTED.md)"
+        )
     if device.type == "cuda":
         torch.cuda.set_device(device)
     try:
-        dist.init_process_group(backend_for(device), timeout=timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend_for(device),
+            timeout=timedelta(seconds=timeout_s),
+            device_id=device if device.type == "cuda" else None,
+        )
     except Exception as e:  # rendezvous timed out, port taken, ...
-        raise PeerLost(f"rank {os.environ['RANK']} of {size} could not join the process group at "
-                       f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within run.dist_timeout_s={timeout_s:g} s ({_reason(e)})") from None
+        raise PeerLost(
+            f"rank {os.environ['RANK']} of {size} could not join the process group at "
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within run.dist_timeout_s={timeout_s:g} s ({_reason(e)})"
+        ) from None
     try:
         yield
     except Exception as e:
@@ -182,7 +205,9 @@ def task_weight(local_tasks: int, global_tasks: int) -> float:
     return local_tasks / global_tasks
 
 
-def all_reduce_gradients(params: Iterable[Tensor], local_tasks: int | None = None, global_tasks: int | None = None) -> None:
+def all_reduce_gradients(
+    params: Iterable[Tensor], local_tasks: int | None = None, global_tasks: int | None = None
+) -> None:
     """Sum the gradients of ``params`` over ranks, in place (one collective per dtype and device).
 
     Each rank's ``.grad`` must hold the gradient of its loss scaled by :func:`task_weight` (what the
@@ -321,8 +346,9 @@ class _GlobalBatchNorm(torch.autograd.Function):
     def backward(ctx, grad: Tensor, _mean: Tensor, _var: Tensor, _count: Tensor):  # type: ignore[override]
         x, weight, g_mean, g_var = ctx.saved_tensors
         w = weight if weight is not None else torch.ones_like(g_mean)
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(grad.contiguous(), x, w, g_mean, g_var, None, None, False, ctx.eps,
-                                                               [True, True, True])
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad.contiguous(), x, w, g_mean, g_var, None, None, False, ctx.eps, [True, True, True]
+        )
         sums = torch.cat([gb, gw])
         dist.all_reduce(sums)
         c = g_mean.numel()
@@ -336,8 +362,15 @@ class _GlobalBatchNorm(torch.autograd.Function):
         return gx, (gw if ctx.needs_input_grad[1] else None), (gb if ctx.needs_input_grad[2] else None), None
 
 
-def global_batch_norm(x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, weight: Tensor | None, bias: Tensor | None,
-                      momentum: float | None, eps: float) -> Tensor:
+def global_batch_norm(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float | None,
+    eps: float,
+) -> Tensor:
     """``F.batch_norm(..., training=True)`` with the statistics of every rank's batch (see :class:`_GlobalBatchNorm`).
 
     Running statistics, when given, are updated from the global mean and unbiased variance, so
@@ -363,7 +396,9 @@ class _GlobalBatchNormMode(TorchFunctionMode):
             bound.apply_defaults()
             a = bound.arguments
             if a["training"]:
-                return global_batch_norm(a["input"], a["running_mean"], a["running_var"], a["weight"], a["bias"], a["momentum"], a["eps"])
+                return global_batch_norm(
+                    a["input"], a["running_mean"], a["running_var"], a["weight"], a["bias"], a["momentum"], a["eps"]
+                )
         return func(*args, **kwargs)
 
 

@@ -41,8 +41,11 @@ _PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "
 def scalars(row: dict[str, Any]) -> dict[str, float]:
     """The numbers of a metrics row as ``{"<split>/<name>": value}`` (``step``, strings, tables and non-finite values left out)."""
     split = str(row.get("split", "train"))
-    return {f"{split}/{k}": float(v) for k, v in row.items()
-            if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        f"{split}/{k}": float(v)
+        for k, v in row.items()
+        if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def check_installed(names: tuple[str, ...] | list[str]) -> None:
@@ -51,8 +54,10 @@ def check_installed(names: tuple[str, ...] | list[str]) -> None:
         if name in _PACKAGES:
             module, extra = _PACKAGES[name]
             if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"run.loggers: {name!r} needs the {module} package; pip install 'fastadapt[{extra}]' "
-                                  f"(or remove {name!r} from run.loggers)")
+                raise ConfigError(
+                    f"run.loggers: {name!r} needs the {module} package; pip install 'fastadapt[{extra}]' "
+                    f"(or remove {name!r} from run.loggers)"
+                )
 
 
 class CSVLogger:
@@ -108,8 +113,16 @@ class WandbLogger:
 
         run_id = "fastadapt-" + hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:12]
         (out / WANDB_DIR).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(mode="offline", dir=str(out), project="fastadapt", name=name, id=run_id, config=config,
-                              resume="allow" if start else None, reinit="finish_previous")
+        self.run = wandb.init(
+            mode="offline",
+            dir=str(out),
+            project="fastadapt",
+            name=name,
+            id=run_id,
+            config=config,
+            resume="allow" if start else None,
+            reinit="finish_previous",
+        )
         self.last = start
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -124,8 +137,14 @@ class WandbLogger:
 class Loggers:
     """The loggers of ``run.loggers`` for a run folder; ``log(row)`` takes a ``metrics.jsonl`` row."""
 
-    def __init__(self, names: tuple[str, ...] | list[str], out: str | Path, start: int = 0, config: dict[str, Any] | None = None,
-                 name: str = "run") -> None:
+    def __init__(
+        self,
+        names: tuple[str, ...] | list[str],
+        out: str | Path,
+        start: int = 0,
+        config: dict[str, Any] | None = None,
+        name: str = "run",
+    ) -> None:
         check_installed(names)
         out = Path(out)
         self._loggers: list[Any] = []
@@ -162,4 +181,14 @@ class Loggers:
         self.close()
 
 
-__all__ = ["CSV_FILE", "TENSORBOARD_DIR", "WANDB_DIR", "CSVLogger", "Loggers", "TensorBoardLogger", "WandbLogger", "check_installed", "scalars"]
+__all__ = [
+    "CSV_FILE",
+    "TENSORBOARD_DIR",
+    "WANDB_DIR",
+    "CSVLogger",
+    "Loggers",
+    "TensorBoardLogger",
+    "WandbLogger",
+    "check_installed",
+    "scalars",
+]

@@ -49,7 +49,14 @@ from torch import nn
 
 from fastadapt.algorithms import compiled
 from fastadapt.config import Config, OptimConfig, config_from_dict, load_config
-from fastadapt.config.build import TaskSources, build_algorithm, build_optimizer, probe_batch, task_sources, train_classes
+from fastadapt.config.build import (
+    TaskSources,
+    build_algorithm,
+    build_optimizer,
+    probe_batch,
+    task_sources,
+    train_classes,
+)
 from fastadapt.core import contract
 from fastadapt.core.errors import FastAdaptError
 from fastadapt.core.registry import describe_object
@@ -141,8 +148,15 @@ def _deterministic(on: bool):
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, model: nn.Module | None = None, tasks: Any = None,
-          resume: bool = True, step_hook: Callable[[int], None] | None = None) -> TrainResult:
+def train(
+    config: Config | str,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    model: nn.Module | None = None,
+    tasks: Any = None,
+    resume: bool = True,
+    step_hook: Callable[[int], None] | None = None,
+) -> TrainResult:
     """Train in ``config.out_dir``; resume from its ``checkpoint.pt`` when there is one.
 
     Args:
@@ -166,7 +180,11 @@ def train(config: Config | str, overrides: list[str] | tuple[str, ...] = (), *, 
     check_device(cfg.run.device)
     device = distributed.local_device(cfg.run.device)
     hint = f"the last checkpoint in {cfg.out_dir} is kept: rerun the same command to resume"
-    with distributed.process_group(device, cfg.run.dist_timeout_s, hint), _threads(cfg.run.threads), _deterministic(cfg.run.deterministic):
+    with (
+        distributed.process_group(device, cfg.run.dist_timeout_s, hint),
+        _threads(cfg.run.threads),
+        _deterministic(cfg.run.deterministic),
+    ):
         return _train(cfg, resume, step_hook, device, model, tasks)
 
 
@@ -182,13 +200,17 @@ def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
             state = load_checkpoint(ckpt_path, "cpu")
             saved = config_from_dict(state["config"])
             if saved.to_dict() | {"run": None, "optim": None} != cfg.to_dict() | {"run": None, "optim": None}:
-                raise FastAdaptError(f"{cfg.out_dir} holds a run with another config; pass a new run.name/run.out or the same config to resume")
+                raise FastAdaptError(
+                    f"{cfg.out_dir} holds a run with another config; pass a new run.name/run.out or the same config to resume"
+                )
             for key in REFUSED_ON_RESUME:
                 was, now = getattr(saved.optim, key), getattr(cfg.optim, key)
                 if was != now:
-                    raise FastAdaptError(f"optim.{key} changed from {was!r} to {now!r} since the checkpoint in {cfg.out_dir}, and the "
-                                         f"optimizer's state cannot carry over; keep optim.{key}={was!r} to resume, or start a new run "
-                                         f"(another run.out, or --restart)")
+                    raise FastAdaptError(
+                        f"optim.{key} changed from {was!r} to {now!r} since the checkpoint in {cfg.out_dir}, and the "
+                        f"optimizer's state cannot carry over; keep optim.{key}={was!r} to resume, or start a new run "
+                        f"(another run.out, or --restart)"
+                    )
         except FastAdaptError as e:
             state, error = None, e
     state, error = distributed.broadcast_object((state, error))
@@ -199,12 +221,19 @@ def _load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:
 
 def _optim_changes(old: OptimConfig, new: OptimConfig) -> dict[str, list[Any]]:
     """``{"optim.<key>": [old, new]}`` for every ``[optim]`` key that differs."""
-    return {f"optim.{f.name}": [getattr(old, f.name), getattr(new, f.name)] for f in fields(OptimConfig)
-            if getattr(old, f.name) != getattr(new, f.name)}
+    return {
+        f"optim.{f.name}": [getattr(old, f.name), getattr(new, f.name)]
+        for f in fields(OptimConfig)
+        if getattr(old, f.name) != getattr(new, f.name)
+    }
 
 
-def _apply_optim_changes(cfg: Config, state: dict[str, Any], optimizer: torch.optim.Optimizer,
-                         scheduler: torch.optim.lr_scheduler.LRScheduler) -> dict[str, list[Any]]:
+def _apply_optim_changes(
+    cfg: Config,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> dict[str, list[Any]]:
     """Load the optimizer and scheduler states of ``state``, then apply ``cfg.optim`` where it changed; returns the changes.
 
     ``load_state_dict`` brings back the saved hyperparameters of every param group and the scheduler's
@@ -246,11 +275,19 @@ def _set_rates(cfg: Config, optimizer: torch.optim.Optimizer, scheduler: torch.o
     for group, factor in zip(optimizer.param_groups, factors):
         group["initial_lr"] = cfg.optim.lr
         group["lr"] = cfg.optim.lr * factor
-    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports until the next step
+    scheduler._last_lr = [
+        group["lr"] for group in optimizer.param_groups
+    ]  # what get_last_lr() reports until the next step
 
 
-def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, device: torch.device, model: nn.Module | None,
-           tasks: Any) -> TrainResult:
+def _train(
+    cfg: Config,
+    resume: bool,
+    step_hook: Callable[[int], None] | None,
+    device: torch.device,
+    model: nn.Module | None,
+    tasks: Any,
+) -> TrainResult:
     """Hold the run folder's lock (rank 0) for the whole training; the other ranks wait for rank 0 to have it."""
     folder = RunFolder(cfg.out_dir)
     with ExitStack() as held:
@@ -266,15 +303,24 @@ def _train(cfg: Config, resume: bool, step_hook: Callable[[int], None] | None, d
         return _train_locked(cfg, folder, resume, step_hook, device, model, tasks)
 
 
-def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Callable[[int], None] | None, device: torch.device,
-                  model: nn.Module | None, tasks: Any) -> TrainResult:
+def _train_locked(
+    cfg: Config,
+    folder: RunFolder,
+    resume: bool,
+    step_hook: Callable[[int], None] | None,
+    device: torch.device,
+    model: nn.Module | None,
+    tasks: Any,
+) -> TrainResult:
     out = folder.path
     main = distributed.is_main()
     torch.manual_seed(cfg.run.seed)
     world = distributed.world_size()
     if cfg.data.meta_batch < world:
-        raise FastAdaptError(f"data.meta_batch={cfg.data.meta_batch} is smaller than the {world} processes; use data.meta_batch >= {world} "
-                             f"or fewer processes")
+        raise FastAdaptError(
+            f"data.meta_batch={cfg.data.meta_batch} is smaller than the {world} processes; use data.meta_batch >= {world} "
+            f"or fewer processes"
+        )
     task_start, task_count = distributed.shard(cfg.data.meta_batch)
     weight = distributed.task_weight(task_count, cfg.data.meta_batch)
 
@@ -322,7 +368,9 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
         if tasks is not None:
             given["tasks_given"] = describe_object(type(tasks))
         folder.write_config(cfg, provenance(probe, **given))
-    loggers = Loggers(cfg.run.loggers if main else (), out, start, cfg.to_dict(), cfg.run.name)  # run.loggers, beside metrics.jsonl
+    loggers = Loggers(
+        cfg.run.loggers if main else (), out, start, cfg.to_dict(), cfg.run.name
+    )  # run.loggers, beside metrics.jsonl
 
     def record(row: dict[str, Any]) -> None:
         folder.append_metrics(row)
@@ -331,19 +379,30 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
     def checkpoint(step: int) -> None:
         nonlocal saved_at
         if main:
-            save_checkpoint(ckpt_path, {
-                "algorithm": algo.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "config": cfg.to_dict(), "rng": rng_state(), "best_val": best_val, "train_seconds": train_seconds,
-                "world_size": world,
-            })
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "algorithm": algo.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "step": step,
+                    "config": cfg.to_dict(),
+                    "rng": rng_state(),
+                    "best_val": best_val,
+                    "train_seconds": train_seconds,
+                    "world_size": world,
+                },
+            )
         saved_at = step
 
     def diverged(objective: float, step: int) -> TrainingDiverged:
         if saved_at is not None:
             kept = f"the last good checkpoint, step {saved_at}, is kept in {ckpt_path}: rerun with the fix to resume from it"
         else:
-            kept = (f"no checkpoint of this run was saved yet (the first comes at step {cfg.run.checkpoint_every}); "
-                    f"check the data and the model too")
+            kept = (
+                f"no checkpoint of this run was saved yet (the first comes at step {cfg.run.checkpoint_every}); "
+                f"check the data and the model too"
+            )
         return TrainingDiverged(f"loss is {objective} at step {step}; lower optim.lr or set optim.clip_grad ({kept})")
 
     bar = None
@@ -361,26 +420,38 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
 
     def validate(step: int, best_val: float | None) -> float | None:
         """Score the fixed validation episodes, log them, keep ``best.pt``; returns the new best score."""
-        res = evaluate(algo, sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch), cfg.eval.level, device, distributed=True,
-                       precision=cfg.run.precision)
+        res = evaluate(
+            algo,
+            sources.val.fixed(cfg.eval.val_episodes, cfg.eval.batch),
+            cfg.eval.level,
+            device,
+            distributed=True,
+            precision=cfg.run.precision,
+        )
         score = res.mean if res.metric in ("acc", "return") else -res.mean  # higher is better, lower for mse
         if main:
             record({"step": step, "split": "val", "time": train_seconds, res.metric: res.mean, "ci": res.ci})
         if best_val is None or score > best_val:
             best_val = score
             if main:
-                save_checkpoint(best_path, {"algorithm": algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean})
+                save_checkpoint(
+                    best_path, {"algorithm": algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean}
+                )
         return best_val
 
     window: list[dict[str, float]] = []
     with _StopFlag() as stop:
         try:
-            while step < cfg.optim.steps and not budget_spent():  # a resumed run whose budget is spent goes straight to testing
+            while (
+                step < cfg.optim.steps and not budget_spent()
+            ):  # a resumed run whose budget is spent goes straight to testing
                 t0 = time.perf_counter()
                 algo.train()
                 batch = sources.train.sample_tasks(step, task_start, task_count).to(device)
                 optimizer.zero_grad(set_to_none=True)
-                local, local_metrics = meta_gradient(algo, batch, cfg.optim.task_chunk, None if world == 1 else weight, step_context)
+                local, local_metrics = meta_gradient(
+                    algo, batch, cfg.optim.task_chunk, None if world == 1 else weight, step_context
+                )
                 metrics = distributed.reduce_metrics({**local_metrics, "_objective": local}, weight)
                 objective = metrics.pop("_objective")
                 if not math.isfinite(objective):
@@ -391,16 +462,26 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                compile_row = compile_session.step_done(time.perf_counter() - t0) if compile_session is not None else None
+                compile_row = (
+                    compile_session.step_done(time.perf_counter() - t0) if compile_session is not None else None
+                )
                 if main and compile_row is not None:
                     record({"step": step, "split": "compile", **compile_row})
                 train_seconds = time.perf_counter() - t_start
                 window.append(metrics | {"tasks_per_s": cfg.data.meta_batch / (time.perf_counter() - t0)})
                 if main and (step % cfg.run.log_every == 0 or step == cfg.optim.steps):
                     avg = {k: sum(m[k] for m in window) / len(window) for k in window[0]}
-                    record({"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg})
+                    record(
+                        {"step": step, "split": "train", "lr": scheduler.get_last_lr()[0], "time": train_seconds, **avg}
+                    )
                     if bar is not None:
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in avg.items() if k in ("loss", "acc", "mse", "return", "tasks_per_s")})
+                        bar.set_postfix(
+                            {
+                                k: f"{v:.3g}"
+                                for k, v in avg.items()
+                                if k in ("loss", "acc", "mse", "return", "tasks_per_s")
+                            }
+                        )
                     window = []
                 if bar is not None:
                     bar.update(1)
@@ -413,7 +494,9 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
                 train_seconds = time.perf_counter() - t_start  # the validation and checkpoint above count in the budget
                 if distributed.any_rank(stop.signal is not None or budget_spent()):
                     interrupted = distributed.any_rank(stop.signal is not None)
-                    if not interrupted and validating and step % cfg.eval.val_every:  # budget spent: validate the last weights too
+                    if (
+                        not interrupted and validating and step % cfg.eval.val_every
+                    ):  # budget spent: validate the last weights too
                         best_val = validate(step, best_val)
                     break
         finally:
@@ -431,17 +514,26 @@ def _train_locked(cfg: Config, folder: RunFolder, resume: bool, step_hook: Calla
     return result_obj
 
 
-def write_results(folder: RunFolder, steps: int, train_seconds: float, best_val: float | None, tests: dict[str, EvalResult]) -> Path:
+def write_results(
+    folder: RunFolder, steps: int, train_seconds: float, best_val: float | None, tests: dict[str, EvalResult]
+) -> Path:
     """The training's test files (``eval_<setting>.json``, per-episode scores) and ``results.json``
     (training length and every test's mean, CI and settings), written once every setting is scored:
     all of them or none (:meth:`RunFolder.write_test_records`)."""
-    return folder.write_test_records({key: res.to_dict() for key, res in tests.items()}, {
-        "steps": steps, "train_seconds": train_seconds, "best_val": best_val,
-        "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in tests.items()},
-    })
+    return folder.write_test_records(
+        {key: res.to_dict() for key, res in tests.items()},
+        {
+            "steps": steps,
+            "train_seconds": train_seconds,
+            "best_val": best_val,
+            "tests": {k: {key: v for key, v in r.to_dict().items() if key != "scores"} for k, r in tests.items()},
+        },
+    )
 
 
-def test(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu") -> dict[str, EvalResult]:
+def test(
+    cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu"
+) -> dict[str, EvalResult]:
     """Evaluate the best checkpoint (else the current model) on every test setting.
 
     Under a process group every rank calls it: rank 0 reads best.pt and sends it, the episodes are

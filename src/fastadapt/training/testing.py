@@ -19,13 +19,23 @@ from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
 
 
-def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int, conversion: str = "none") -> dict[str, Any]:
+def eval_settings(
+    cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int, conversion: str = "none"
+) -> dict[str, Any]:
     """What changes the number, to be written beside it."""
     e = cfg.eval
     settings = {
-        "algorithm": cfg.algorithm, "algorithm_options": cfg.algorithm_options, "dataset": cfg.data.target or cfg.data.dataset,
-        "split": cfg.data.split, "part": cfg.data.test_part, "ways": ways, "shots": shots, "queries": queries,
-        "batchnorm": batchnorm_setting(algo), "eval_seed": e.seed, "model": cfg.model.target or cfg.model.name,
+        "algorithm": cfg.algorithm,
+        "algorithm_options": cfg.algorithm_options,
+        "dataset": cfg.data.target or cfg.data.dataset,
+        "split": cfg.data.split,
+        "part": cfg.data.test_part,
+        "ways": ways,
+        "shots": shots,
+        "queries": queries,
+        "batchnorm": batchnorm_setting(algo),
+        "eval_seed": e.seed,
+        "model": cfg.model.target or cfg.model.name,
     }
     if cfg.data.test_dataset and cfg.data.test_dataset != cfg.data.dataset:
         settings["test_dataset"] = cfg.data.test_dataset
@@ -36,7 +46,12 @@ def eval_settings(cfg: Config, algo: torch.nn.Module, ways: int, shots: int, que
     if conversion != "none":
         settings["conversion"] = conversion
     if e.finetune != "none":
-        settings["finetune"] = {"mode": e.finetune, "steps": e.finetune_steps, "lr": e.finetune_lr, "optimizer": "SGD, momentum 0.9"}
+        settings["finetune"] = {
+            "mode": e.finetune,
+            "steps": e.finetune_steps,
+            "lr": e.finetune_lr,
+            "optimizer": "SGD, momentum 0.9",
+        }
     if e.select != "fixed":
         settings["select"] = SupportSelected(algo, e.select_lr_scales, e.select_steps).settings()
     return settings
@@ -52,8 +67,9 @@ def evaluated(cfg: Config, algo: torch.nn.Module) -> torch.nn.Module:
     return FineTuned(algo, cfg.eval.finetune, cfg.eval.finetune_steps, cfg.eval.finetune_lr)
 
 
-def run_tests(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu",
-              progress: bool = False) -> dict[str, EvalResult]:
+def run_tests(
+    cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: torch.device | str = "cpu", progress: bool = False
+) -> dict[str, EvalResult]:
     """Score ``algo`` as it is on ``cfg.eval.test_episodes`` fixed episodes of every test setting.
 
     Under a process group every rank calls it and the episodes are split across ranks.
@@ -63,13 +79,26 @@ def run_tests(cfg: Config, algo: torch.nn.Module, sources: TaskSources, device: 
     results: dict[str, EvalResult] = {}
     model = evaluated(cfg, algo)
     for key, sampler in sources.tests.items():
-        settings = eval_settings(cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries, sources.conversions.get(key, "none"))
-        results[key] = evaluate(model, sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch), cfg.eval.level, device,
-                                progress=progress, desc=f"test {key}", settings=settings, distributed=True, precision=cfg.run.precision)
+        settings = eval_settings(
+            cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries, sources.conversions.get(key, "none")
+        )
+        results[key] = evaluate(
+            model,
+            sampler.fixed(cfg.eval.test_episodes, cfg.eval.batch),
+            cfg.eval.level,
+            device,
+            progress=progress,
+            desc=f"test {key}",
+            settings=settings,
+            distributed=True,
+            precision=cfg.run.precision,
+        )
     return results
 
 
-def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progress: bool = False) -> dict[str, tuple[EvalResult, str]]:
+def evaluate_run(
+    path: str, overrides: list[str] | tuple[str, ...] = (), progress: bool = False
+) -> dict[str, tuple[EvalResult, str]]:
     """``fastadapt eval``: test the run's trained weights with ``overrides`` applied to its config.
 
     Writes ``evals/<setting>.json`` (the result, the overrides and the weights used) for every test
@@ -84,23 +113,38 @@ def evaluate_run(path: str, overrides: list[str] | tuple[str, ...] = (), progres
     """
     cfg = RunFolder(path).read_config(overrides)
     if not cfg.eval.test_episodes:
-        raise FastAdaptError("eval.test_episodes=0: nothing to evaluate; pass eval.test_episodes=N with N >= 1 (or leave the run's own)")
+        raise FastAdaptError(
+            "eval.test_episodes=0: nothing to evaluate; pass eval.test_episodes=N with N >= 1 (or leave the run's own)"
+        )
     run = load_run(path, overrides, device="cpu")
     if run.provenance.get("tasks_given"):
-        raise FastAdaptError(f"{path} was trained on task sources given in Python ({run.provenance['tasks_given']}); "
-                             f"evaluate it from Python: fastadapt.evaluate(fastadapt.load_run(path).algorithm, source.fixed(n))")
+        raise FastAdaptError(
+            f"{path} was trained on task sources given in Python ({run.provenance['tasks_given']}); "
+            f"evaluate it from Python: fastadapt.evaluate(fastadapt.load_run(path).algorithm, source.fixed(n))"
+        )
     cfg = run.config
     check_device(cfg.run.device)
     device = distributed.local_device(cfg.run.device)
     algo = run.algorithm.to(device)
     shapes = run.provenance.get("task_shapes") or {}
-    sources = task_sources(cfg, tests_only=True, input_shape=tuple(shapes["support_x"][1:]) if shapes.get("support_x") else None)
+    sources = task_sources(
+        cfg, tests_only=True, input_shape=tuple(shapes["support_x"][1:]) if shapes.get("support_x") else None
+    )
     with distributed.process_group(device, cfg.run.dist_timeout_s):
         results = run_tests(cfg, algo, sources, device, progress=progress and distributed.is_main())
     out = {key: (res, str(run.folder.eval_file(key, overrides))) for key, res in results.items()}
     if distributed.is_main():
-        files = {run.folder.eval_file(key, overrides): {**res.to_dict(), "overrides": list(overrides), "weights": run.weights,
-                                                        "weights_step": run.step} for key, res in results.items()}
-        atomic_write_many({file: (json.dumps(record, indent=2) + "\n").encode() for file, record in files.items()},
-                          elsewhere="evaluate a copy of the run folder on another disk")
+        files = {
+            run.folder.eval_file(key, overrides): {
+                **res.to_dict(),
+                "overrides": list(overrides),
+                "weights": run.weights,
+                "weights_step": run.step,
+            }
+            for key, res in results.items()
+        }
+        atomic_write_many(
+            {file: (json.dumps(record, indent=2) + "\n").encode() for file, record in files.items()},
+            elsewhere="evaluate a copy of the run folder on another disk",
+        )
     return out

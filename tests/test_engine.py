@@ -207,6 +207,7 @@ def test_resume_after_interrupt_is_bit_identical_to_a_straight_run(tmp_path):
     assert sa == sb == 6
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
     # validation history after resume equals the straight run's
     def val(c):
         return [json.loads(x)["acc"] for x in (c.out_dir / "metrics.jsonl").read_text().splitlines() if '"val"' in x]

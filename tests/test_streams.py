@@ -12,13 +12,13 @@ import torch
 
 import fastadapt
 from fastadapt import ClassDataset, DataError
+from fastadapt.algorithms.predictors import check_update
 from fastadapt.config.build import SourceRequest
 from fastadapt.core.contract import check_task_batch, check_task_source
 from fastadapt.data.streams import (
     ClassStream,
     SinusoidStream,
     TaskStream,
-    check_update,
     folder_stream,
     load_phase_folder,
     omniglot_stream,

@@ -51,9 +51,9 @@ from torch.func import functional_call
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.algorithms.maml import DEFAULT_WINDOW
+from fastadapt.algorithms.predictors import check_update
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
-from fastadapt.data.streams import check_update
 
 HEADS = ("linear", "cosine")
 FINETUNE_EPOCHS = 100  # passes over the support set when finetune_steps is None (Chen et al.'s code)
@@ -287,7 +287,7 @@ class HeadPredictor:
 
     Bounded memory: the window (at most ``window`` examples) and one head, whatever the number of
     updates; bounded work: one encoder pass over the window and one fit on it. The predictor holds no
-    graph. A rejected update (:func:`~fastadapt.data.streams.check_update`) leaves the state as it was;
+    graph. A rejected update (:func:`~fastadapt.algorithms.predictors.check_update`) leaves the state as it was;
     the algorithm module is only read.
     """
 

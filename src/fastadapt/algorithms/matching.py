@@ -58,9 +58,9 @@ from torch.func import functional_call, vmap
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
+from fastadapt.algorithms.predictors import check_update
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
-from fastadapt.data.streams import check_update
 
 DISTANCES = ("cosine", "dot", "euclidean")
 ENCODE_MODES = ("meta_batch", "per_task")

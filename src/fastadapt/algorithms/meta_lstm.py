@@ -47,9 +47,9 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
 from fastadapt.algorithms.maml import DEFAULT_WINDOW, configure_window
+from fastadapt.algorithms.predictors import check_update
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
-from fastadapt.data.streams import check_update
 
 BATCHNORM_SETTING = "transductive"  # what every number from this algorithm is measured with
 

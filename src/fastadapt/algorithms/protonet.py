@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.algorithms.predictors import check_update
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
-from fastadapt.data.streams import check_update
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -80,7 +80,7 @@ class PrototypePredictor:
     A label beyond the known ones is a new class: its prototype is added (labels never seen score
     ``-inf``, so they are never predicted). The embeddings of a batch come from one encoder pass, so
     with batch-statistics BatchNorm they depend on the batch they arrived in. A rejected update
-    (:func:`~fastadapt.data.streams.check_update`) leaves the state as it was. The algorithm module is only read.
+    (:func:`~fastadapt.algorithms.predictors.check_update`) leaves the state as it was. The algorithm module is only read.
     """
 
     model: nn.Module

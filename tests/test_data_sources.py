@@ -15,6 +15,7 @@ from fastadapt import ClassDataset, DataError
 from fastadapt.config.build import task_sources
 from fastadapt.data import load_fashion_mnist, load_idx, read_idx
 from fastadapt.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files
+from helpers import needs_package
 
 IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 
@@ -137,10 +138,7 @@ def test_load_idx_with_mismatched_files_is_a_one_line_error(tmp_path):
 
 # --- Fashion-MNIST from Debian's dataset-fashion-mnist ---------------------------------------------------
 
-needs_fashion = pytest.mark.skipif(
-    idx_files(FASHION_MNIST_DIR, "train") is None or idx_files(FASHION_MNIST_DIR, "test") is None,
-    reason="Debian's dataset-fashion-mnist is not installed (.ci/run installs it)",
-)
+needs_fashion = needs_package("dataset-fashion-mnist")
 
 
 @needs_fashion
@@ -196,6 +194,7 @@ def test_fashion_mnist_task_source_gives_5_way_tasks_of_28x28_grey_images():
         ),
     ],
 )
+@needs_fashion
 def test_fashion_mnist_task_source_refuses_a_val_part_and_too_many_ways_in_one_line(overrides, expected):
     cfg = fastadapt.load_config("protonet-quick", ["data.dataset=fashion-mnist", *overrides, *QUICK])
     msg = one_line_error(task_sources, cfg)

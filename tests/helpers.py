@@ -1,0 +1,141 @@
+"""Builders and checks that several test modules share: ``from helpers import ...`` (pytest puts tests/ on sys.path,
+also under pytest-xdist), plus the mark for tests that need a Debian package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fastadapt import TaskBatch
+from fastadapt.config import load_config
+from fastadapt.data.idx import FASHION_MNIST_DIR, idx_files
+from fastadapt.nn import MLP, Conv4
+
+WAYS, SHOTS, QUERIES, SIDE = 3, 2, 2, 16
+
+# --- data and models ---------------------------------------------------------------------------------------------
+
+
+def images(
+    seed: int = 0,
+    tasks: int = 3,
+    *,
+    ways: int = WAYS,
+    shots: int = SHOTS,
+    queries: int = QUERIES,
+    side: int = SIDE,
+    channels: int = 1,
+    dtype: torch.dtype = torch.float64,
+    draw: Callable[..., torch.Tensor] = torch.randn,
+) -> TaskBatch:
+    """``tasks`` random image tasks, ``ways``-way ``shots``-shot with ``queries`` queries a class, labels in class
+    order; pixels from ``draw`` (``torch.randn``, or ``torch.rand`` for images in [0, 1]) with a generator at ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(ways)
+    return TaskBatch(
+        draw(tasks, ways * shots, channels, side, side, generator=g, dtype=dtype),
+        labels.repeat_interleave(shots).repeat(tasks, 1),
+        draw(tasks, ways * queries, channels, side, side, generator=g, dtype=dtype),
+        labels.repeat_interleave(queries).repeat(tasks, 1),
+        torch.arange(ways).repeat(tasks, 1),
+    )
+
+
+def mlp(seed: int = 0, hidden: tuple[int, ...] = (8, 8), inp: int = 1, out: int = 1) -> MLP:
+    """A float64 MLP ``inp -> hidden -> out``, initialised after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return MLP(inp, out, hidden).double()
+
+
+def conv4(
+    seed: int = 0, out: int | None = WAYS, *, hidden: int = 6, side: int = SIDE, perturb: bool = True, **kw
+) -> Conv4:
+    """Conv4 in float64 after ``torch.manual_seed(seed)``; with ``perturb``, its BatchNorm affine parameters are moved
+    away from their (1, 0) initialisation (a gradient check at (1, 0) would miss terms)."""
+    torch.manual_seed(seed)
+    model = Conv4(1, out, hidden=hidden, image_size=side, **kw).double()
+    if perturb:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.add_(0.3 * torch.randn_like(m.weight))
+                    m.bias.add_(0.3 * torch.randn_like(m.bias))
+    return model
+
+
+# --- checks ------------------------------------------------------------------------------------------------------
+
+
+def grads(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every ``.grad`` of ``module``'s parameters, by name (parameters without one left out)."""
+    return {k: p.grad.clone() for k, p in module.named_parameters() if p.grad is not None}
+
+
+def assert_same_grads(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-9) -> None:
+    """Equal to ``tol`` relative to the largest entry of ``a`` (a conv bias before BatchNorm has a ~0 gradient)."""
+    assert a.keys() == b.keys() and a
+    scale = max(float(v.abs().max()) for v in a.values())
+    assert scale > 0
+    for k in a:
+        assert float((a[k] - b[k]).abs().max()) <= tol * scale, k
+
+
+# --- tiny training runs ------------------------------------------------------------------------------------------
+
+TINY = [  # protonet-quick in seconds: 6 steps of 2 tasks, validation at step 3, a checkpoint every 2 steps
+    "data.ways=5",
+    "data.shots=1",
+    "data.queries=2",
+    "data.meta_batch=2",
+    "data.test_queries=3",
+    "model.hidden=8",
+    "optim.steps=6",
+    "eval.val_every=3",
+    "eval.val_episodes=6",
+    "eval.test_episodes=6",
+    "eval.batch=3",
+    "run.checkpoint_every=2",
+    "run.log_every=1",
+    "run.progress=false",
+    "run.threads=1",
+]
+
+
+def tiny(tmp_path: Path, *extra: str, name: str = "run"):
+    """protonet-quick with ``TINY`` and then ``extra`` overrides, writing to ``tmp_path / name``."""
+    return load_config("protonet-quick", [*TINY, f"run.out={tmp_path / name}", *extra])
+
+
+# --- tests that need a Debian package ----------------------------------------------------------------------------
+
+REQUIRE_PACKAGES_ENV = "FASTADAPT_REQUIRE_SYSTEM_PACKAGES"  # =1 (.ci/run): a missing package fails, never skips
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what the tests use there?
+    "dataset-fashion-mnist": lambda: all(idx_files(FASHION_MNIST_DIR, part) is not None for part in ("train", "test")),
+    "chromium": lambda: Path(CHROMIUM).exists(),
+}
+
+
+def needs_package(name: str) -> pytest.MarkDecorator:
+    """Mark a test (or a module, as ``pytestmark``) that needs Debian package ``name``; conftest.py skips it when the
+    package is missing, naming the install command, or fails it when ``FASTADAPT_REQUIRE_SYSTEM_PACKAGES=1``."""
+    if name not in SYSTEM_PACKAGES:
+        raise KeyError(f"no presence check for the Debian package {name!r}: add one to SYSTEM_PACKAGES")
+    return pytest.mark.needs_package(name)
+
+
+def missing_package(name: str) -> str | None:
+    """None when Debian package ``name`` is there, else what to run to install it."""
+    if SYSTEM_PACKAGES[name]():
+        return None
+    return f"needs Debian's {name}: apt-get install {name} (.ci/run installs it)"
+
+
+def packages_required() -> bool:
+    return os.environ.get(REQUIRE_PACKAGES_ENV, "") not in ("", "0")

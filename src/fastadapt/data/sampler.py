@@ -74,6 +74,14 @@ def fixed_episodes(source, num_episodes: int, batch_size: int = 100) -> Iterator
         yield source.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
 
 
+def next_tasks(source, num_tasks: int) -> TaskBatch:
+    """The next ``num_tasks`` tasks of a stateful task source: tasks ``0..num_tasks-1`` of its current
+    ``step``, which then advances by one."""
+    batch = source.sample_tasks(source.step, 0, num_tasks)
+    source.step += 1
+    return batch
+
+
 class EpisodeSampler:
     """Draws :class:`TaskBatch` es of ``ways``-way ``shots``-shot ``queries``-query tasks.
 
@@ -169,9 +177,7 @@ class EpisodeSampler:
 
     def sample(self, num_tasks: int) -> TaskBatch:
         """The next ``num_tasks`` tasks of the stream (advances :attr:`step`)."""
-        batch = self.sample_tasks(self.step, 0, num_tasks)
-        self.step += 1
-        return batch
+        return next_tasks(self, num_tasks)
 
     def fixed(self, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:
         """``num_episodes`` fixed evaluation tasks in batches of ``batch_size`` (same for the same seed)."""

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import DataError
-from fastadapt.data.sampler import _mix, fixed_episodes
+from fastadapt.data.sampler import _mix, fixed_episodes, next_tasks
 
 AMPLITUDE = (0.1, 5.0)
 PHASE = (0.0, math.pi)
@@ -63,9 +63,7 @@ class SinusoidTasks:
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], None)
 
     def sample(self, num_tasks: int) -> TaskBatch:
-        batch = self.sample_tasks(self.step, 0, num_tasks)
-        self.step += 1
-        return batch
+        return next_tasks(self, num_tasks)
 
     def fixed(self, num_episodes: int, batch_size: int = 100):
         return fixed_episodes(self, num_episodes, batch_size)

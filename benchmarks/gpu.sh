@@ -5,8 +5,8 @@
 #
 # 1. environment: nvidia-smi, torch/CUDA versions; installs nothing unless fastadapt or pytest is missing, and then
 #    only `pip install -e .[test]` (the machine may be offline: a failed install is logged and the rest still runs);
-# 2. the GPU-relevant tests: tests/test_perf2.py's CUDA tests (run.device=auto -> cuda, every execution path on CUDA
-#    equal to the CPU loop in float64, bf16 autocast's meta-gradient error on CUDA, a short training on CUDA in fp32
+# 2. the GPU-relevant tests: tests/test_execution_paths.py's CUDA tests (run.device=auto -> cuda, every execution
+#    path on CUDA equal to the CPU loop in float64, bf16 autocast's meta-gradient error on CUDA, a short training on CUDA in fp32
 #    and bf16), the device and precision tests of tests/test_conventions.py and tests/test_perf.py;
 # 3. a short training on CUDA through the command line (maml-omniglot-5w1s, 30 meta-steps, meta-batch 32), its
 #    metrics.jsonl and results.json kept;
@@ -56,7 +56,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 # --- 2. GPU-relevant tests -----------------------------------------------------------------------------------------
-phase tests_cuda 150 "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" tests/test_perf2.py -k cuda
+phase tests_cuda 150 "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests_cuda.xml" tests/test_execution_paths.py -k cuda
 phase tests_device 150 "$PY" -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests_device.xml" \
     -k "device or cuda or bf16 or precision" tests/test_conventions.py tests/test_perf.py
 

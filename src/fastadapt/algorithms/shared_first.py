@@ -27,7 +27,7 @@ The model may use its parameters only through ``F.conv2d``, ``F.linear`` and ``F
 layers ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm*``), and its other operations must act on
 each example separately (activations, pooling, reshapes); anything else is a one-line
 :class:`~fastadapt.core.errors.ConfigError` that names ``execution="loop"``. Equal to the per-task loop
-to 1e-9 in float64 (``tests/test_perf2.py``).
+to 1e-9 in float64 (``tests/test_execution_paths.py``).
 """
 
 from __future__ import annotations

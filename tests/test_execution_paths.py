@@ -1,15 +1,17 @@
-"""Issue 17, second pass: ``execution="shared_first"`` (the first inner step of all tasks as one
-computation) against the plain per-task loop in float64, and ``run.compile`` against eager."""
+"""Execution paths against the plain per-task loop, in float64: ``execution="shared_first"`` (the first inner step
+of all tasks as one computation), ``run.compile`` against eager, and every path on CUDA (skipped without one)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
+import helpers
 from fastadapt import TaskBatch
 from fastadapt.algorithms import compiled, inner
 from fastadapt.algorithms.anil import ANIL
@@ -18,45 +20,9 @@ from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.config import load_config
 from fastadapt.core.errors import ConfigError
 from fastadapt.nn import MLP, Conv4
+from helpers import assert_same_grads, conv4, grads
 
-WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 5, 16
-
-
-def images(seed: int = 0, tasks: int = TASKS) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(WAYS)
-    return TaskBatch(
-        torch.randn(tasks, WAYS * SHOTS, 1, SIDE, SIDE, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(SHOTS).repeat(tasks, 1),
-        torch.randn(tasks, WAYS * QUERIES, 1, SIDE, SIDE, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(QUERIES).repeat(tasks, 1),
-        torch.arange(WAYS).repeat(tasks, 1),
-    )
-
-
-def conv4(seed: int = 0, **kw) -> Conv4:
-    """Conv4 in float64 with BatchNorm whose affine parameters are away from (1, 0)."""
-    torch.manual_seed(seed)
-    model = Conv4(1, WAYS, hidden=6, image_size=SIDE, **kw).double()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.add_(0.3 * torch.randn_like(m.weight))
-                m.bias.add_(0.3 * torch.randn_like(m.bias))
-    return model
-
-
-def grads(algo: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.grad.clone() for k, p in algo.named_parameters() if p.grad is not None}
-
-
-def assert_same_grads(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-9) -> None:
-    """Equal to ``tol`` relative to the largest entry of ``a`` (a conv bias before BatchNorm has a ~0 gradient)."""
-    assert a.keys() == b.keys() and a
-    scale = max(float(v.abs().max()) for v in a.values())
-    assert scale > 0
-    for k in a:
-        assert float((a[k] - b[k]).abs().max()) <= tol * scale, k
+images = partial(helpers.images, tasks=5)  # 3-way 2-shot, 2 queries, 16x16, float64
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

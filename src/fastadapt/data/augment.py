@@ -36,11 +36,11 @@ from torch import Tensor
 
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
+from fastadapt.data.convert import LUMA  # ITU-R 601-2 greyscale of RGB, as torchvision and PIL
 from fastadapt.data.sampler import _mix
 
 OPERATIONS = ("rotate90", "flip", "crop", "shift", "jitter")  # the order they are applied in
 JITTER = 0.4  # colour jitter strength: each factor is uniform in [1 - JITTER, 1 + JITTER]
-_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2 greyscale of RGB, as torchvision and PIL
 _SALT = 0xA6  # keeps the augmentation's draws apart from the sampler's own for the same (seed, step, index)
 
 
@@ -93,7 +93,7 @@ def crop(x: Tensor, g: torch.Generator, padding: int | None = None) -> Tensor:
 def greyscale(x: Tensor) -> Tensor:
     """``x [M, C, H, W]`` -> ``[M, 1, H, W]``: the ITU-R 601-2 luma for RGB, the image itself for one channel, else the channel mean."""
     if x.shape[1] == 3:
-        weights = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x * weights).sum(1, keepdim=True)
     return x.mean(1, keepdim=True)
 

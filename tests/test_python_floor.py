@@ -200,7 +200,7 @@ for path in sys.argv[1:]:
     compile(Path(path).read_text(encoding="utf-8"), path, "exec", dont_inherit=True)  # in memory: no .pyc written
 import fastadapt, fastadapt.cli, fastadapt.config
 fastadapt.cli.build_parser()
-assert fastadapt.config.schema.tomllib.__name__ == "tomli", fastadapt.config.schema.tomllib  # the 3.10 branch of the TOML import
+assert fastadapt.config.toml.tomllib.__name__ == "tomli", fastadapt.config.toml.tomllib  # 3.10's TOML import
 assert "torch" not in sys.modules
 print("ok", fastadapt.__version__, len(sys.argv) - 1)
 """

@@ -1,4 +1,4 @@
-"""Issue 17's execution paths against the plain ones, in float64: chunked meta-gradient accumulation
+"""Faster paths against the plain ones, in float64: chunked meta-gradient accumulation
 (``optim.task_chunk``), MAML++ schedules counting updates, Reptile without its logging forward pass,
 batched evaluation, and the bf16 precision's error bound."""
 
@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 
+import helpers
 from fastadapt import TaskBatch
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.anil import ANIL
@@ -26,6 +28,7 @@ from fastadapt.nn import Conv4
 from fastadapt.runtime.precision import autocast, check_precision
 from fastadapt.training.accumulate import check_task_chunk, meta_gradient, task_chunks
 from fastadapt.training.loop import train
+from helpers import assert_same_grads, conv4, grads
 
 WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 5, 16
 
@@ -33,41 +36,7 @@ WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 5, 16
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def images(seed: int = 0, tasks: int = TASKS, dtype: torch.dtype = torch.float64, side: int = SIDE) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(WAYS)
-    return TaskBatch(
-        torch.randn(tasks, WAYS * SHOTS, 1, side, side, generator=g, dtype=dtype),
-        labels.repeat_interleave(SHOTS).repeat(tasks, 1),
-        torch.randn(tasks, WAYS * QUERIES, 1, side, side, generator=g, dtype=dtype),
-        labels.repeat_interleave(QUERIES).repeat(tasks, 1),
-        torch.arange(WAYS).repeat(tasks, 1),
-    )
-
-
-def conv4(seed: int = 0, out: int | None = WAYS, **kw) -> Conv4:
-    """Conv4 in float64 with BatchNorm (per-task batch statistics) whose affine parameters are away from (1, 0)."""
-    torch.manual_seed(seed)
-    model = Conv4(1, out, hidden=6, image_size=SIDE, **kw).double()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.add_(0.3 * torch.randn_like(m.weight))
-                m.bias.add_(0.3 * torch.randn_like(m.bias))
-    return model
-
-
-def grads(algo: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: p.grad.clone() for k, p in algo.named_parameters() if p.grad is not None}
-
-
-def assert_same_grads(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-9) -> None:
-    """Equal to ``tol`` relative to the largest entry of ``a`` (a conv bias before BatchNorm has a ~0 gradient)."""
-    assert a.keys() == b.keys() and a
-    scale = max(float(v.abs().max()) for v in a.values())
-    assert scale > 0
-    for k in a:
-        assert float((a[k] - b[k]).abs().max()) <= tol * scale, k
+images = partial(helpers.images, tasks=TASKS)
 
 
 # --- chunked meta-gradient accumulation ------------------------------------------------------

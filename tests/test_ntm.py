@@ -23,7 +23,8 @@ from fastadapt.nn import (
     split_head_params,
     write_memory,
 )
-from fastadapt.nn.ntm import head_param_size, sinusoidal_position
+from fastadapt.nn.controllers import sinusoidal_position
+from fastadapt.nn.ntm import head_param_size
 
 D = torch.float64
 

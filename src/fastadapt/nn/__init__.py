@@ -2,6 +2,7 @@
 conveniences), the Neural Turing Machine and the MANN's memory, sequence models, and weights files."""
 
 from fastadapt.nn.backbones import MLP, Conv4, conv4, conv_block, flatten, mlp
+from fastadapt.nn.controllers import LSTMController, TransformerController
 from fastadapt.nn.mann_memory import (
     LRUMemoryCore,
     LRUState,
@@ -15,10 +16,8 @@ from fastadapt.nn.mann_memory import (
 from fastadapt.nn.ntm import (
     NTM,
     HeadParams,
-    LSTMController,
     NTMOutput,
     NTMState,
-    TransformerController,
     address,
     circular_shift,
     content_weighting,

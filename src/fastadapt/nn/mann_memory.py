@@ -1,23 +1,8 @@
 """The memory of the memory-augmented neural network (MANN) of Santoro et al. 2016, "Meta-Learning
 with Memory-Augmented Neural Networks" (ICML), with least-recently-used access (LRUA).
 
-An LSTM controller emits, per read head ``r``, a key ``k_r`` and a scalar gate ``alpha_r``. With
-memory ``M`` of ``N`` slots of width ``Mw``, usage weights ``w^u``, last read weights ``w^r``:
-
-* least used (from the previous usage): ``w^lu_{t-1}(i) = 1`` if ``w^u_{t-1}(i) <= m(w^u_{t-1}, n)``
-  else 0, with ``m(v, n)`` the n-th smallest element of ``v`` and ``n`` the number of read heads
-  (ties are broken by slot index, lowest first, so exactly ``n`` slots are least used);
-* write weights: ``w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}``  (eq. 6);
-* write: the single least used slot is zeroed first, then ``M_t(i) = M_{t-1}(i) + sum_r w^w_{t,r}(i) k_{t,r}``;
-* read: ``w^r_t(i) = softmax_i(K(k_t, M_t(i)))`` (cosine similarity, eq. 2-3), ``r_t = sum_i w^r_t(i) M_t(i)``
-  (optionally sharpened by a key strength, ``key_strength=True``: not in the paper);
-* usage: ``w^u_t = gamma w^u_{t-1} + sum_r w^r_{t,r} + sum_r w^w_{t,r}``  (eq. 5; gamma = 0.95 in the paper).
-
-The controller sees ``[x_t, y_{t-1}, r_{t-1}]`` (the input, the previous step's one-hot label, the
-previous reads) and the output is ``Linear([h_t, r_t])`` (class logits).
-
-Everything is state in, state out: ``core.step(x, y_prev, state) -> (logits, state)``.
-Shapes: ``B`` batch, ``N`` slots, ``Mw`` width, ``R`` read heads, ``C`` classes, ``F`` input features.
+State in, state out: ``core.step(x, y_prev, state) -> (logits, state)``. Shapes: ``B`` batch, ``N``
+slots, ``Mw`` width, ``R`` read heads, ``C`` classes, ``F`` input features.
 """
 
 from __future__ import annotations
@@ -29,20 +14,26 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.core.errors import ConfigError
-from fastadapt.nn.ntm import TransformerController, head_similarities, read_memory
+from fastadapt.nn.controllers import make_controller, positive_ints
+from fastadapt.nn.ntm import head_similarities, read_memory
 
 
 def least_used(usage: Tensor, n: int) -> Tensor:
-    """``w^lu [B, N]``: 1 at the ``n`` slots of smallest usage (ties: lowest index first), 0 elsewhere."""
+    """``w^lu [B, N]``: 1 at the ``n`` slots of smallest usage (ties: lowest index first), 0 elsewhere.
+
+    ``w^lu_{t-1}(i) = 1`` if ``w^u_{t-1}(i) <= m(w^u_{t-1}, n)`` else 0, with ``m(v, n)`` the n-th smallest
+    element of ``v`` and ``n`` the number of read heads; ties broken so that exactly ``n`` slots are least used.
+    """
     order = torch.sort(usage, dim=-1, stable=True).indices[..., :n]
     return torch.zeros_like(usage).scatter_(-1, order, 1.0)
 
 
 def lru_write_weights(read_weights_prev: Tensor, least_used_prev: Tensor, alpha: Tensor) -> Tensor:
-    """``w^w = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}``.
+    """``w^w = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}`` (eq. 6).
 
     Args:
-        read_weights_prev: ``[B, R, N]``; least_used_prev: ``[B, N]``; alpha: ``[B, R]`` (raw gate, before the sigmoid).
+        read_weights_prev: ``[B, R, N]``; least_used_prev: ``[B, N]``; alpha: ``[B, R]`` (raw gate, before
+            the sigmoid).
 
     Returns:
         ``[B, R, N]``.
@@ -52,12 +43,13 @@ def lru_write_weights(read_weights_prev: Tensor, least_used_prev: Tensor, alpha:
 
 
 def usage_update(usage: Tensor, read_weights: Tensor, write_weights: Tensor, gamma: float) -> Tensor:
-    """``w^u_t = gamma w^u_{t-1} + sum_r w^r_t + sum_r w^w_t``; usage ``[B, N]``, weights ``[B, R, N]``."""
+    """``w^u_t = gamma w^u_{t-1} + sum_r w^r_t + sum_r w^w_t`` (eq. 5); usage ``[B, N]``, weights ``[B, R, N]``."""
     return gamma * usage + read_weights.sum(1) + write_weights.sum(1)
 
 
 def lru_write(memory: Tensor, usage_prev: Tensor, write_weights: Tensor, keys: Tensor) -> Tensor:
-    """Zero the least used slot of ``memory [B, N, Mw]`` (by ``usage_prev [B, N]``), then add ``sum_r w^w_r k_r^T``.
+    """Zero the least used slot of ``memory [B, N, Mw]`` (by ``usage_prev [B, N]``), then add ``sum_r w^w_r k_r^T``:
+    ``M_t(i) = M_{t-1}(i) + sum_r w^w_{t,r}(i) k_{t,r}``.
 
     ``write_weights [B, R, N]``, ``keys [B, R, Mw]``; returns a new memory.
     """
@@ -67,7 +59,8 @@ def lru_write(memory: Tensor, usage_prev: Tensor, write_weights: Tensor, keys: T
 
 
 def content_read_weights(memory: Tensor, keys: Tensor, beta: Tensor | None = None) -> Tensor:
-    """``softmax_i(beta_r K(k_r, M(i)))`` for every head: memory ``[B, N, Mw]``, keys ``[B, R, Mw]`` -> ``[B, R, N]``.
+    """``softmax_i(beta_r K(k_r, M(i)))`` for every head (``K`` the cosine similarity, eq. 2-3): memory
+    ``[B, N, Mw]``, keys ``[B, R, Mw]`` -> ``[B, R, N]``.
 
     ``beta [B, R]`` is an optional key strength (the NTM's; the MANN paper has none, i.e. beta = 1).
     """
@@ -76,8 +69,8 @@ def content_read_weights(memory: Tensor, keys: Tensor, beta: Tensor | None = Non
 
 
 class LRUState(NamedTuple):
-    """memory ``[B, N, Mw]``; read_weights ``[B, R, N]``; usage ``[B, N]``; reads ``[B, R, Mw]``; controller: ``(h, c)``
-    (LSTM) or each transformer block's inputs so far ``[B, t, D]`` (transformer)."""
+    """memory ``[B, N, Mw]``; read_weights ``[B, R, N]``; usage ``[B, N]``; reads ``[B, R, Mw]``; controller:
+    ``(h, c)`` (LSTM) or each transformer block's inputs so far ``[B, t, D]`` (transformer)."""
 
     memory: Tensor
     read_weights: Tensor
@@ -88,6 +81,11 @@ class LRUState(NamedTuple):
 
 class LRUMemoryCore(nn.Module):
     """LSTM controller + LRUA memory (the MANN of Santoro et al. 2016).
+
+    At each step the controller sees ``[x_t, y_{t-1}, r_{t-1}]`` (the input, the previous step's one-hot
+    label, the previous reads) and emits per read head a key ``k_r`` and a gate ``alpha_r``; the write
+    (:func:`lru_write_weights`, :func:`lru_write`), the read (:func:`content_read_weights`) and the usage
+    (:func:`usage_update`) follow; the output is ``Linear([h_t, r_t])`` (class logits).
 
     The initial memory is the constant ``1e-6``, usage and read weights start at zero (so the first
     writes go to slots ``0..R-1``), the initial reads are zero.
@@ -104,7 +102,7 @@ class LRUMemoryCore(nn.Module):
             default): cosine similarities lie in [-1, 1], so over 128 slots the read can put at most
             ``e^2 / (e^2 + 127)`` ~ 5.5% of its weight on the best-matching slot.
         controller: ``"lstm"`` (the paper) or ``"transformer"``: the NTM's causal transformer
-            (:class:`~fastadapt.nn.ntm.TransformerController`, width ``controller_size``) over the
+            (:class:`~fastadapt.nn.controllers.TransformerController`, width ``controller_size``) over the
             controller inputs so far; everything else is unchanged.
         transformer_layers, transformer_heads: depth and attention heads of the transformer controller.
     """
@@ -124,16 +122,15 @@ class LRUMemoryCore(nn.Module):
         transformer_heads: int = 4,
     ) -> None:
         super().__init__()
-        for name, v in (
-            ("input_size", input_size),
-            ("num_classes", num_classes),
-            ("memory_size", memory_size),
-            ("memory_width", memory_width),
-            ("read_heads", read_heads),
-            ("controller_size", controller_size),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"MANN {name}={v!r} is invalid; it must be a positive integer")
+        positive_ints(
+            "MANN",
+            input_size=input_size,
+            num_classes=num_classes,
+            memory_size=memory_size,
+            memory_width=memory_width,
+            read_heads=read_heads,
+            controller_size=controller_size,
+        )
         if read_heads > memory_size:
             raise ConfigError(
                 f"MANN read_heads={read_heads} exceeds memory_size={memory_size}; use read_heads <= memory_size"
@@ -143,12 +140,9 @@ class LRUMemoryCore(nn.Module):
         self.num_classes, self.memory_size, self.memory_width = num_classes, memory_size, memory_width
         self.read_heads, self.gamma = read_heads, float(gamma)
         ctrl_in = input_size + num_classes + read_heads * memory_width
-        if controller == "lstm":
-            self.controller: nn.Module = nn.LSTMCell(ctrl_in, controller_size)
-        elif controller == "transformer":
-            self.controller = TransformerController(ctrl_in, controller_size, transformer_heads, transformer_layers)
-        else:
-            raise ConfigError(f"MANN controller={controller!r} is unknown; choose 'lstm' or 'transformer'")
+        self.controller = make_controller(
+            "MANN", controller, nn.LSTMCell, ctrl_in, controller_size, transformer_heads, transformer_layers
+        )
         self.controller_kind = controller
         self.keys = nn.Linear(controller_size, read_heads * memory_width)
         self.alpha = nn.Linear(controller_size, read_heads)
@@ -191,13 +185,7 @@ class LRUMemoryCore(nn.Module):
 
     def forward(self, x: Tensor, y_prev: Tensor, state: LRUState | None = None) -> tuple[Tensor, LRUState]:
         """Run over ``x [L, B, F]`` and ``y_prev [L, B, C]``: ``(logits [L, B, C], final state)``."""
-        if state is None:
-            state = self.initial_state(x.shape[1], x)
-        outs = []
-        for xt, yt in zip(x, y_prev):
-            o, state = self.step(xt, yt, state)
-            outs.append(o)
-        return torch.stack(outs), state
+        return unroll(self, x, y_prev, state)
 
 
 class LSTMCore(nn.Module):
@@ -225,10 +213,17 @@ class LSTMCore(nn.Module):
     def forward(
         self, x: Tensor, y_prev: Tensor, state: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        if state is None:
-            state = self.initial_state(x.shape[1], x)
-        outs = []
-        for xt, yt in zip(x, y_prev):
-            o, state = self.step(xt, yt, state)
-            outs.append(o)
-        return torch.stack(outs), state
+        """Run over ``x [L, B, F]`` and ``y_prev [L, B, C]``: ``(logits [L, B, C], final state)``."""
+        return unroll(self, x, y_prev, state)
+
+
+def unroll(core: Any, x: Tensor, y_prev: Tensor, state: Any) -> tuple[Tensor, Any]:
+    """``core.step`` over ``x [L, B, F]`` and ``y_prev [L, B, C]`` from ``state`` (None: the core's initial
+    state): ``(logits [L, B, C], final state)``."""
+    if state is None:
+        state = core.initial_state(x.shape[1], x)
+    outs = []
+    for xt, yt in zip(x, y_prev):
+        o, state = core.step(xt, yt, state)
+        outs.append(o)
+    return torch.stack(outs), state

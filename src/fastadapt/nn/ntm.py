@@ -1,23 +1,8 @@
 """Neural Turing Machine (Graves, Wayne & Danihelka 2014, "Neural Turing Machines", arXiv:1410.5401).
 
-A controller network reads from and writes to an external memory ``M`` of ``N`` slots of width
-``M_w`` through *heads*. Each head emits, from the controller output, the parameters of an
-addressing mechanism (section 3.3 of the paper) that turns the previous weighting ``w_{t-1}``
-into a new one ``w_t`` (a distribution over the N slots):
-
-1. content addressing   ``w^c(i) = softmax_i(beta * K(k, M(i)))``, ``K`` the cosine similarity (eq. 5-6)
-2. interpolation        ``w^g = g * w^c + (1 - g) * w_{t-1}``                               (eq. 7)
-3. convolutional shift  ``w~(i) = sum_j w^g(j) s(i - j)``, indices modulo N                (eq. 8)
-4. sharpening           ``w(i) = w~(i)^gamma / sum_j w~(j)^gamma``, ``gamma >= 1``          (eq. 9)
-
-Reading is ``r = sum_i w(i) M(i)`` (eq. 2); writing is an erase then an add (eq. 3-4):
-``M <- M * (1 - w e^T) + w a^T``; with several write heads the erases multiply and the adds sum.
-
-Everything is a free function of tensors, plus small modules that hold parameters; the machine
-itself is state in, state out: :meth:`NTM.step` maps ``(x_t, NTMState) -> (y_t, NTMState)``.
-
-Shapes: ``B`` batch, ``N`` memory slots, ``Mw`` slot width, ``R`` read heads, ``W`` write heads,
-``S`` number of allowed shifts.
+Addressing, reading and writing are free functions of tensors; :class:`NTM` holds the parameters and
+is state in, state out: :meth:`NTM.step` maps ``(x_t, NTMState) -> (y_t, NTMState)``. Shapes: ``B``
+batch, ``N`` memory slots, ``Mw`` slot width, ``R`` read heads, ``W`` write heads, ``S`` allowed shifts.
 """
 
 from __future__ import annotations
@@ -30,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.core.errors import ConfigError
+from fastadapt.nn.controllers import LSTMController, make_controller, positive_ints
 
 # --------------------------------------------------------------------------------------------------
 # addressing, reading and writing: free functions
@@ -53,7 +39,8 @@ def cosine_similarity(key: Tensor, memory: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def head_similarities(keys: Tensor, memory: Tensor, eps: float = 1e-8) -> Tensor:
-    """:func:`cosine_similarity` of every head's key with every slot: ``keys [B, H, Mw]``, ``memory [B, N, Mw]`` -> ``[B, H, N]``.
+    """:func:`cosine_similarity` of every head's key with every slot: ``keys [B, H, Mw]``, ``memory [B, N, Mw]``
+    -> ``[B, H, N]``.
 
     The same value as ``cosine_similarity(keys, memory.unsqueeze(1))``, as one batched matrix product
     (broadcasting the memory over the heads copies it H times, forward and backward: the MANN's step
@@ -79,7 +66,8 @@ def content_weighting(memory: Tensor, key: Tensor, beta: Tensor) -> Tensor:
 
 
 def interpolate(w_content: Tensor, w_prev: Tensor, gate: Tensor) -> Tensor:
-    """Interpolation (eq. 7): ``g * w^c + (1 - g) * w_{t-1}``; ``gate`` is ``[..., ]`` in [0, 1], weights ``[..., N]``."""
+    """Interpolation (eq. 7): ``g * w^c + (1 - g) * w_{t-1}``; ``gate`` is ``[...]`` in [0, 1], weights
+    ``[..., N]``."""
     g = gate.unsqueeze(-1)
     return g * w_content + (1 - g) * w_prev
 
@@ -156,7 +144,12 @@ def split_head_params(raw: Tensor, memory_width: int, num_shifts: int, write: bo
 
 
 def address(memory: Tensor, w_prev: Tensor, head: HeadParams, offsets: Sequence[int]) -> Tensor:
-    """The four addressing stages in order: content, interpolation, shift, sharpening.
+    """The four addressing stages of section 3.3, in order, from the previous weighting ``w_{t-1}``:
+
+    1. content addressing   ``w^c(i) = softmax_i(beta * K(k, M(i)))``, ``K`` the cosine similarity (eq. 5-6)
+    2. interpolation        ``w^g = g * w^c + (1 - g) * w_{t-1}``                               (eq. 7)
+    3. convolutional shift  ``w~(i) = sum_j w^g(j) s(i - j)``, indices modulo N                (eq. 8)
+    4. sharpening           ``w(i) = w~(i)^gamma / sum_j w~(j)^gamma``, ``gamma >= 1``          (eq. 9)
 
     Args:
         memory: ``[B, N, Mw]``; w_prev: ``[B, H, N]`` the heads' previous weightings.
@@ -192,99 +185,6 @@ def write_memory(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) ->
 
 
 # --------------------------------------------------------------------------------------------------
-# controllers: modules that hold parameters; state in, state out
-
-
-class LSTMController(nn.Module):
-    """One LSTM cell; state ``(h, c)``, each ``[B, hidden]``."""
-
-    def __init__(self, input_size: int, hidden_size: int) -> None:
-        super().__init__()
-        self.cell = nn.LSTMCell(input_size, hidden_size)
-        self.output_size = hidden_size
-
-    def initial_state(self, batch_size: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        z = like.new_zeros(batch_size, self.output_size)
-        return z, z
-
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        h, c = self.cell(x, state)
-        return h, (h, c)
-
-
-def sinusoidal_position(position: int, dim: int, like: Tensor) -> Tensor:
-    """The sinusoidal position code of Vaswani et al. 2017 for one position: ``[dim]``."""
-    i = torch.arange(0, dim, 2, dtype=like.dtype, device=like.device)
-    angle = position / torch.pow(torch.tensor(10000.0, dtype=like.dtype, device=like.device), i / dim)
-    out = like.new_zeros(dim)
-    out[0::2] = torch.sin(angle)
-    out[1::2] = torch.cos(angle[: dim // 2])
-    return out
-
-
-class _CausalBlock(nn.Module):
-    """Pre-norm transformer block applied to the newest position only, attending to all positions so far."""
-
-    def __init__(self, d_model: int, heads: int, ff: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.q, self.kv, self.proj = (
-            nn.Linear(d_model, d_model),
-            nn.Linear(d_model, 2 * d_model),
-            nn.Linear(d_model, d_model),
-        )
-        self.mlp = nn.Sequential(nn.Linear(d_model, ff), nn.GELU(), nn.Linear(ff, d_model))
-
-    def forward(self, x_new: Tensor, history: Tensor) -> Tensor:
-        """``x_new [B, D]`` the newest input to this block, ``history [B, t, D]`` all inputs so far (x_new last)."""
-        b, t, d = history.shape
-        hd = d // self.heads
-        q = self.q(self.norm1(x_new)).view(b, self.heads, 1, hd)
-        k, v = self.kv(self.norm1(history)).view(b, t, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v).reshape(b, d)
-        h = x_new + self.proj(att)
-        return h + self.mlp(self.norm2(h))
-
-
-class TransformerController(nn.Module):
-    """A small causal transformer over the controller inputs seen so far (an alternative to the LSTM).
-
-    The state is a tuple with, for each block, the inputs that block has seen so far ``[B, t, D]``
-    (a key/value cache of the layer inputs), so one step costs ``O(t)`` and the output at step t is
-    exactly that of a causally-masked transformer run over steps ``0..t``. Positions use the
-    sinusoidal code, so sequences longer than any seen in training still have a position.
-    """
-
-    def __init__(
-        self, input_size: int, d_model: int = 64, heads: int = 4, layers: int = 2, ff: int | None = None
-    ) -> None:
-        super().__init__()
-        for name, v in (("d_model", d_model), ("heads", heads), ("layers", layers)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"transformer {name}={v!r} is invalid; it must be a positive integer")
-        if d_model % heads or d_model % 2:
-            raise ConfigError(f"transformer d_model={d_model} must be even and divisible by heads={heads}")
-        self.embed = nn.Linear(input_size, d_model)
-        self.blocks = nn.ModuleList([_CausalBlock(d_model, heads, ff or 2 * d_model) for _ in range(layers)])
-        self.norm = nn.LayerNorm(d_model)
-        self.output_size = d_model
-
-    def initial_state(self, batch_size: int, like: Tensor) -> tuple[Tensor, ...]:
-        return tuple(like.new_zeros(batch_size, 0, self.output_size) for _ in self.blocks)
-
-    def forward(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
-        t = state[0].shape[1]
-        h = self.embed(x) + sinusoidal_position(t, self.output_size, x)
-        new_state = []
-        for block, hist in zip(self.blocks, state):
-            hist = torch.cat([hist, h.unsqueeze(1)], dim=1)
-            new_state.append(hist)
-            h = block(h, hist)
-        return self.norm(h), tuple(new_state)
-
-
-# --------------------------------------------------------------------------------------------------
 # the machine
 
 
@@ -316,9 +216,11 @@ class NTMOutput(NamedTuple):
 class NTM(nn.Module):
     """Neural Turing Machine with an LSTM (default) or causal transformer controller.
 
-    At each step: the controller sees ``[x_t, r_{t-1}]``; the write heads address the memory
-    ``M_{t-1}`` and erase/add to give ``M_t``; the read heads address ``M_t`` and read ``r_t``; the
-    output is ``Linear([controller output, r_t])`` (logits; use a sigmoid for bits).
+    At each step: the controller sees ``[x_t, r_{t-1}]``; the write heads address (:func:`address`) the
+    memory ``M_{t-1}`` and erase/add to give ``M_t`` (eq. 3-4: ``M <- M * (1 - w e^T) + w a^T``; with
+    several write heads the erases multiply and the adds sum); the read heads address ``M_t`` and read
+    ``r_t = sum_i w(i) M_t(i)`` (eq. 2); the output is ``Linear([controller output, r_t])`` (logits; use a
+    sigmoid for bits).
 
     The initial memory is the constant ``1e-6`` (Collier & Beel 2018 found a small constant the most
     reliable start), the initial weightings are all on slot 0, the initial reads are read from it.
@@ -347,17 +249,16 @@ class NTM(nn.Module):
         transformer_heads: int = 4,
     ) -> None:
         super().__init__()
-        for name, v in (
-            ("input_size", input_size),
-            ("output_size", output_size),
-            ("memory_size", memory_size),
-            ("memory_width", memory_width),
-            ("read_heads", read_heads),
-            ("write_heads", write_heads),
-            ("controller_size", controller_size),
-        ):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"NTM {name}={v!r} is invalid; it must be a positive integer")
+        positive_ints(
+            "NTM",
+            input_size=input_size,
+            output_size=output_size,
+            memory_size=memory_size,
+            memory_width=memory_width,
+            read_heads=read_heads,
+            write_heads=write_heads,
+            controller_size=controller_size,
+        )
         if not shifts or any(not isinstance(o, int) for o in shifts) or len(set(shifts)) != len(shifts):
             raise ConfigError(
                 f"NTM shifts={tuple(shifts)!r} is invalid; give distinct integer offsets such as (-1, 0, 1)"
@@ -366,12 +267,9 @@ class NTM(nn.Module):
         self.read_heads, self.write_heads = read_heads, write_heads
         self.shifts = tuple(int(o) for o in shifts)
         ctrl_in = input_size + read_heads * memory_width
-        if controller == "lstm":
-            self.controller: nn.Module = LSTMController(ctrl_in, controller_size)
-        elif controller == "transformer":
-            self.controller = TransformerController(ctrl_in, controller_size, transformer_heads, transformer_layers)
-        else:
-            raise ConfigError(f"NTM controller={controller!r} is unknown; choose 'lstm' or 'transformer'")
+        self.controller = make_controller(
+            "NTM", controller, LSTMController, ctrl_in, controller_size, transformer_heads, transformer_layers
+        )
         hidden = self.controller.output_size
         s = len(self.shifts)
         self.read_size = head_param_size(memory_width, s, write=False)

@@ -1,17 +1,7 @@
-"""Sequence models with a state: the NTM (LSTM or transformer controller) and its plain baselines.
-
-Every model here keeps one interface, which :class:`fastadapt.algorithms.ntm.NTMLearner` uses:
-
-* ``run(x [B, S, in], state=None, record=False) -> SequenceRun``: logits ``[B, S, out]`` of every
-  step and the state after the last one (``state=None``: the model's initial state); with
-  ``record=True`` the NTM also returns its read and write weightings ``[B, S, heads, N]``;
-* ``forward(x [B, S, in]) -> [B, out]``: the logits of the last step (what the engine's model
-  check runs: one vector per example).
-
-Registered as models (``model.name``): ``ntm`` (:class:`~fastadapt.nn.ntm.NTM`), ``lstm-seq``
-(stacked LSTM) and ``transformer-seq`` (the NTM's causal transformer controller with a linear
-read-out). Each factory takes the input shape ``(S, in)`` and ``out_features`` from the engine.
-"""
+"""Sequence models with a state, registered as models (``model.name``): ``ntm`` (the NTM), ``lstm-seq``
+(a stacked LSTM) and ``transformer-seq`` (the NTM's causal transformer controller with a linear read-out).
+Each keeps the interface :class:`SequenceRun` describes; each factory takes the input shape ``(S, in)``
+and ``out_features`` from the engine."""
 
 from __future__ import annotations
 
@@ -22,12 +12,19 @@ import torch
 from torch import Tensor, nn
 
 from fastadapt.core.errors import ConfigError
-from fastadapt.nn.ntm import NTM, TransformerController
+from fastadapt.nn.controllers import TransformerController, positive_ints
+from fastadapt.nn.ntm import NTM
 
 
 class SequenceRun(NamedTuple):
     """``outputs [B, S, out]`` logits; ``state`` after the last step; NTM with ``record``: ``read_weights
-    [B, S, R, N]``, ``write_weights [B, S, W, N]``."""
+    [B, S, R, N]``, ``write_weights [B, S, W, N]``.
+
+    Every sequence model keeps one interface, which :class:`fastadapt.algorithms.ntm.NTMLearner` uses:
+    ``run(x [B, S, in], state=None, record=False) -> SequenceRun`` (``state=None``: the model's initial
+    state; ``record`` matters to the NTM only) and ``forward(x [B, S, in]) -> [B, out]``, the logits of the
+    last step (what the engine's model check runs: one vector per example).
+    """
 
     outputs: Tensor
     state: Any
@@ -73,9 +70,7 @@ class LSTMSequence(nn.Module):
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 120, num_layers: int = 1) -> None:
         super().__init__()
-        for name, v in (("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"lstm-seq {name}={v!r} is invalid; it must be a positive integer")
+        positive_ints("lstm-seq", hidden_size=hidden_size, num_layers=num_layers)
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
         self.out = nn.Linear(hidden_size, output_size)
 
@@ -88,7 +83,7 @@ class LSTMSequence(nn.Module):
 
 
 class TransformerSequence(nn.Module):
-    """The NTM's causal transformer controller (:class:`~fastadapt.nn.ntm.TransformerController`,
+    """The NTM's causal transformer controller (:class:`~fastadapt.nn.controllers.TransformerController`,
     sinusoidal positions) and a linear read-out; state: each block's inputs so far (a key/value cache)."""
 
     def __init__(self, input_size: int, output_size: int, d_model: int = 60, heads: int = 4, layers: int = 2) -> None:
@@ -142,7 +137,8 @@ def ntm(
 def lstm_seq(
     input_shape: Sequence[int], out_features: int | None = None, hidden_size: int = 120, num_layers: int = 1
 ) -> LSTMSequence:
-    """Model ``lstm-seq``: a plain LSTM over the sequence (default 120 units: 63,848 parameters on the copy task, the NTM preset has 62,660)."""
+    """Model ``lstm-seq``: a plain LSTM over the sequence (default 120 units: 63,848 parameters on the copy
+    task, the NTM preset has 62,660)."""
     i, o = _sizes(input_shape, out_features, "lstm-seq")
     return LSTMSequence(i, o, hidden_size, num_layers)
 

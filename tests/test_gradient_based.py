@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import copy
 import inspect
+from functools import partial
 
 import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
 
+import helpers
 from fastadapt import ConfigError, SinusoidTasks, TaskBatch
 from fastadapt.algorithms import algorithm_class, inner
 from fastadapt.algorithms.anil import ANIL
@@ -18,7 +20,7 @@ from fastadapt.algorithms.base import task_loss
 from fastadapt.algorithms.maml import FOMAML, MAML, multi_step_loss_weights
 from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.algorithms.reptile import Reptile
-from fastadapt.nn import MLP, Conv4
+from helpers import mlp
 
 EXECUTIONS = inner.EXECUTIONS
 WAYS, SHOTS, QUERIES, TASKS, SIDE = 3, 2, 2, 3, 16
@@ -34,26 +36,8 @@ def sinusoids(tasks: int = 4, shots: int = 5, queries: int = 5) -> TaskBatch:
     return SinusoidTasks(shots, queries, seed=3).sample(tasks).to(dtype=torch.float64)
 
 
-def images(seed: int = 0, tasks: int = TASKS, channels: int = 1) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(WAYS)
-    return TaskBatch(
-        torch.randn(tasks, WAYS * SHOTS, channels, SIDE, SIDE, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(SHOTS).repeat(tasks, 1),
-        torch.randn(tasks, WAYS * QUERIES, channels, SIDE, SIDE, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(QUERIES).repeat(tasks, 1),
-        torch.arange(WAYS).repeat(tasks, 1),
-    )
-
-
-def mlp(seed: int = 0, hidden: tuple[int, ...] = (8, 8)) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(1, 1, hidden).double()
-
-
-def conv4(seed: int = 0, **kw) -> Conv4:
-    torch.manual_seed(seed)
-    return Conv4(1, WAYS, hidden=8, image_size=SIDE, **kw).double()
+images = partial(helpers.images, tasks=TASKS)  # 3-way 2-shot, 2 queries, 16x16, float64
+conv4 = partial(helpers.conv4, hidden=8, perturb=False)
 
 
 class NormNet(nn.Module):
@@ -79,14 +63,8 @@ class NormNet(nn.Module):
 
 def norm_net(kind: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    if kind == "batch":
-        model = conv4(seed)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.weight.add_(0.3 * torch.randn_like(m.weight))
-                    m.bias.add_(0.3 * torch.randn_like(m.bias))
-        return model
+    if kind == "batch":  # BatchNorm's affine parameters away from (1, 0)
+        return helpers.conv4(seed, hidden=8)
     if kind == "batch_running":  # eval-mode BatchNorm with running statistics
         model = conv4(seed, track_running_stats=True)
         with torch.no_grad():

@@ -1,5 +1,7 @@
-"""Training: one loop for every algorithm (:func:`fastadapt.training.loop.train`), with checkpoints, loggers and run-level tests."""
+"""Training: one loop for every algorithm (:func:`train`, a :class:`Trainer` with phases and callbacks),
+with checkpoints, loggers and run-level tests."""
 
-from fastadapt.training.loop import TrainingDiverged, TrainResult, train
+from fastadapt.training.callbacks import Callback
+from fastadapt.training.loop import Trainer, TrainingDiverged, TrainResult, train
 
-__all__ = ["TrainResult", "TrainingDiverged", "train"]
+__all__ = ["Callback", "TrainResult", "Trainer", "TrainingDiverged", "train"]

@@ -8,13 +8,13 @@ from typing import Any
 import torch
 
 from fastadapt.config import Config
-from fastadapt.config.build import TaskSources, task_sources
+from fastadapt.config.build import TaskSources
 from fastadapt.core.errors import FastAdaptError
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.eval.finetune import FineTuned
 from fastadapt.eval.select import SupportSelected
+from fastadapt.runs import RunFolder, load_run
 from fastadapt.runs.checkpoint import atomic_write_many
-from fastadapt.runs.folder import RunFolder, load_run
 from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
 
@@ -107,7 +107,7 @@ def evaluate_run(
     while writing leaves every previous file as it was). Under ``torchrun`` the episodes are split
     across ranks and rank 0 writes.
 
-    No lock is taken (:mod:`fastadapt.runs.folder`): the weights are only read (a training replaces
+    No lock is taken (:mod:`fastadapt.runs.lock`): the weights are only read (a training replaces
     them atomically), and each file is written atomically, so two evaluations of the same setting
     both write a complete file of the same fixed episodes.
     """
@@ -117,19 +117,11 @@ def evaluate_run(
             "eval.test_episodes=0: nothing to evaluate; pass eval.test_episodes=N with N >= 1 (or leave the run's own)"
         )
     run = load_run(path, overrides, device="cpu")
-    if run.provenance.get("tasks_given"):
-        raise FastAdaptError(
-            f"{path} was trained on task sources given in Python ({run.provenance['tasks_given']}); "
-            f"evaluate it from Python: fastadapt.evaluate(fastadapt.load_run(path).algorithm, source.fixed(n))"
-        )
+    sources = run.tasks("test")
     cfg = run.config
     check_device(cfg.run.device)
     device = distributed.local_device(cfg.run.device)
     algo = run.algorithm.to(device)
-    shapes = run.provenance.get("task_shapes") or {}
-    sources = task_sources(
-        cfg, tests_only=True, input_shape=tuple(shapes["support_x"][1:]) if shapes.get("support_x") else None
-    )
     with distributed.process_group(device, cfg.run.dist_timeout_s):
         results = run_tests(cfg, algo, sources, device, progress=progress and distributed.is_main())
     out = {key: (res, str(run.folder.eval_file(key, overrides))) for key, res in results.items()}

@@ -47,6 +47,13 @@ def images(
     )
 
 
+def labelled(n: int, seed: int, ways: int = WAYS, dim: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` float64 examples of ``dim`` features and their labels in ``0..ways-1``; class ``y`` is shifted by ``y``."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, ways, (n,), generator=g)
+    return torch.randn(n, dim, generator=g, dtype=torch.float64) + y[:, None].double(), y
+
+
 def mlp(seed: int = 0, hidden: tuple[int, ...] = (8, 8), inp: int = 1, out: int = 1) -> MLP:
     """A float64 MLP ``inp -> hidden -> out``, initialised after ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)

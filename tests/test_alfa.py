@@ -3,17 +3,19 @@ here, and, with its generator fixed to constant outputs, MAML with those rates e
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import helpers
 from fastadapt import ConfigError, SinusoidTasks, TaskBatch, config_from_dict
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.alfa import ALFA
 from fastadapt.algorithms.maml import FOMAML, MAML
 from fastadapt.core.contract import LearntRates
-from fastadapt.nn import MLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,9 +24,7 @@ def sinusoids(tasks: int = 3, shots: int = 5, queries: int = 4) -> TaskBatch:
     return SinusoidTasks(shots, queries, seed=7).sample(tasks).to(dtype=torch.float64)
 
 
-def mlp(seed: int = 0) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(1, 1, (6, 5)).double()
+mlp = partial(helpers.mlp, hidden=(6, 5))  # float64, 1 -> 6 -> 5 -> 1
 
 
 def alfa(seed: int = 0, **kw) -> ALFA:

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import helpers
 from fastadapt import ConfigError, SinusoidTasks, TaskBatch, config_from_dict
 from fastadapt.algorithms.alfa import ALFA
 from fastadapt.algorithms.anil import ANIL
@@ -17,7 +18,8 @@ from fastadapt.algorithms.protonet import ProtoNet
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.eval import evaluate
 from fastadapt.eval.select import SupportSelected, augmented_copies, candidates, choose, kfold_splits
-from fastadapt.nn import MLP, Conv4
+from fastadapt.nn import Conv4
+from helpers import mlp
 
 SCALES, STEPS = (0.5, 1.0, 2.0), (1, 3)
 
@@ -29,21 +31,9 @@ def sinusoids(tasks: int = 3, shots: int = 5) -> TaskBatch:
     return SinusoidTasks(shots, 6, seed=11).sample(tasks).to(dtype=torch.float64)
 
 
-def images(shots: int, tasks: int = 1, ways: int = 3, queries: int = 2, side: int = 16) -> TaskBatch:
-    g = torch.Generator().manual_seed(shots)
-    labels = torch.arange(ways)
-    return TaskBatch(
-        torch.rand(tasks, ways * shots, 1, side, side, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(shots).repeat(tasks, 1),
-        torch.rand(tasks, ways * queries, 1, side, side, generator=g, dtype=torch.float64),
-        labels.repeat_interleave(queries).repeat(tasks, 1),
-        torch.arange(ways).repeat(tasks, 1),
-    )
-
-
-def mlp(seed: int = 0) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(1, 1, (8, 8)).double()
+def images(shots: int) -> TaskBatch:
+    """One 3-way task of 16x16 images in [0, 1], 2 queries a class, drawn from a generator at ``shots``."""
+    return helpers.images(shots, tasks=1, shots=shots, draw=torch.rand)
 
 
 def conv(ways: int = 3) -> Conv4:

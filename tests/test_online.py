@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 import fastadapt
+import helpers
 from fastadapt import DataError, TaskBatch
 from fastadapt.algorithms.anil import ANIL
 from fastadapt.algorithms.base import task_loss
@@ -38,6 +39,7 @@ from fastadapt.eval.online import (
     summarize,
 )
 from fastadapt.nn import MLP, Conv4
+from helpers import labelled
 
 WAYS, DIM = 3, 4
 
@@ -46,14 +48,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(out: int, seed: int = 0, inp: int = DIM) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(inp, out, (8,)).double()
-
-
-def labelled(n: int, seed: int, ways: int = WAYS) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, ways, (n,), generator=g)
-    return torch.randn(n, DIM, generator=g, dtype=torch.float64) + y[:, None].double(), y
+    return helpers.mlp(seed, (8,), inp, out)
 
 
 ALGORITHMS = {

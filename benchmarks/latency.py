@@ -222,7 +222,7 @@ def load_main(args: argparse.Namespace) -> int:
     from fastadapt.apps.loadtest import load_test, multipart
     from fastadapt.apps.serve import free_port
     from fastadapt.apps.teach import load_pool
-    from fastadapt.runs.folder import load_run
+    from fastadapt.runs import load_run
 
     run = load_run(args.run_dir)
     shape = tuple(run.provenance["task_shapes"]["support_x"][1:])

@@ -16,7 +16,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 
 from fastadapt import ConfigError, FastAdaptError  # noqa: E402
-from fastadapt.apps.tune import parse_param, parse_spec, tune  # noqa: E402
+from fastadapt.apps.tuning import parse_param, parse_spec, tune  # noqa: E402
 
 TINY = """
 [data]

@@ -5,7 +5,7 @@
     fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
     fastadapt list                                algorithms, models, task sources, presets
     fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective, importance);
-                                                  a record of online runs (streams.json, fastadapt.eval.online.save_runs): the stream plot
+                                                  a record of online runs (streams.json, fastadapt.report.streams.save_runs): the stream plot
     fastadapt tune PRESET|FILE [key=value ...]    hyperparameter search with Optuna (resumes from TUNEDIR/study.db)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
@@ -165,9 +165,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from fastadapt.apps.tune import is_tune_folder, plot_study
-    from fastadapt.eval.online import is_streams_record, plot_stream_record
+    from fastadapt.apps.tuning import is_tune_folder, plot_study
     from fastadapt.report import plot_run
+    from fastadapt.report.streams import is_streams_record, plot_stream_record
 
     draw = (
         plot_study
@@ -220,7 +220,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from fastadapt.apps.tune import tune
+    from fastadapt.apps.tuning import tune
 
     res = tune(args.config, args.overrides, args.dir, args.space, args.trials, args.minutes)
     score = (
@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("--out", help="write the table to this file")
     r.set_defaults(fn=_cmd_report)
+    from fastadapt.apps.study import add_study_parser  # fastadapt study FILE (no torch at import)
+
+    add_study_parser(sub)
     s = sub.add_parser("sample", help="sample episodes from a preset's data and save a picture")
     s.add_argument("config", nargs="?", default="protonet-quick")
     s.add_argument("overrides", nargs="*")

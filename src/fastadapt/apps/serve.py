@@ -93,7 +93,7 @@ class App:
 
 def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -> Any:
     """The FastAPI application for ``run`` (from :func:`fastadapt.load_run`) with its state in ``folder``."""
-    shape = tuple(run.provenance["task_shapes"]["support_x"][1:])
+    shape = run.input_shape
     store = Store(folder)
     if store.get_meta("run") is None:
         store.set_meta("run", str(run.folder.path.resolve()))
@@ -365,7 +365,7 @@ def serve_command(
     """What ``fastadapt serve`` does: load the run, open (or create) the app's folder, print the URL, serve until interrupted."""
     import uvicorn
 
-    from fastadapt.runs.folder import load_run
+    from fastadapt.runs import load_run
 
     if host not in LOCAL_HOSTS and not allow_remote:
         raise ConfigError(
@@ -375,14 +375,12 @@ def serve_command(
         raise ConfigError(f"--port {port} is invalid; use 1..65535 (0: any free port)")
     torch.set_num_threads(1)
     run = load_run(run_dir)
-    if not run.provenance.get("task_shapes"):
-        raise FastAdaptError(f"{run_dir} records no input shape (a run from before provenance); retrain it")
-    if run.provenance["task_shapes"].get("labels") == "environment":
+    if run.on_environments:
         raise FastAdaptError(
             f"{run_dir} is a reinforcement-learning run (its tasks are environments): fastadapt serve teaches image "
             f"classes; adapt its policy from Python (fastadapt.load_run(path).algorithm.adapt(tasks))"
         )
-    shape = tuple(run.provenance["task_shapes"]["support_x"][1:])
+    shape = run.input_shape
     ways = int(run.provenance["task_shapes"].get("ways") or 5)
     app = create_app(
         run, folder or Path(run_dir) / "app", load_pool(pool, shape, ways=min(max(ways, 2), 5), invert=invert), invert

@@ -1,6 +1,9 @@
-"""A run folder and everything that reads or writes one: the folder and its lock (:mod:`.folder`),
-atomic checkpoints (:mod:`.checkpoint`), :func:`load_run`, and weights export (:mod:`.export`)."""
+"""A run folder and everything that reads or writes one: the folder (:mod:`.folder`) and its lock
+(:mod:`.lock`), atomic checkpoints (:mod:`.checkpoint`), :func:`load_run` (:mod:`.load`), and weights
+export (:mod:`.export`)."""
 
-from fastadapt.runs.folder import Run, RunFolder, load_run
+from fastadapt.runs.export import export_run
+from fastadapt.runs.folder import RunFolder, RunFolderLocked
+from fastadapt.runs.load import Run, load_run
 
-__all__ = ["Run", "RunFolder", "load_run"]
+__all__ = ["Run", "RunFolder", "RunFolderLocked", "export_run", "load_run"]

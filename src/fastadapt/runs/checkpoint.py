@@ -29,18 +29,17 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 import torch
+from torch import nn
 
 from fastadapt.core.errors import FastAdaptError
 
 FORMAT = "fastadapt-checkpoint-v1"
 FAULT_SLEEP_ENV = "FASTADAPT_FAULT_SLEEP_IN_SAVE"  # test hook: seconds to sleep before renaming a checkpoint into place
-TEMP_PATTERN = re.compile(
-    r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$"
-)  # what tempfile.mkstemp(prefix=".<name>.", suffix=".tmp") makes
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp(prefix=".<name>.", suffix=".tmp")
 
 
 class CheckpointError(FastAdaptError):
@@ -68,6 +67,14 @@ def write_error(path: str | Path, e: OSError, elsewhere: str = "choose another r
         return e
     cause, fix = _CAUSES[e.errno]
     return WriteError(f"cannot write {path}: {cause}; " + " or ".join(x for x in (fix, elsewhere) if x))
+
+
+def raise_write_error(path: str | Path, e: OSError, elsewhere: str = "choose another run.out") -> NoReturn:
+    """Raise :func:`write_error`'s one line for ``e`` (``e`` itself when it is not something a user fixes)."""
+    err = write_error(path, e, elsewhere)
+    if err is e:
+        raise e
+    raise err from None
 
 
 def atomic_write(
@@ -100,10 +107,7 @@ def atomic_write(
     except OSError as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
-        err = write_error(path, e, elsewhere)
-        if err is e:
-            raise
-        raise err from None
+        raise_write_error(path, e, elsewhere)
     except BaseException:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -134,10 +138,7 @@ def atomic_write_many(files: dict[Path, bytes], *, elsewhere: str = "choose anot
     except OSError as e:
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
-        err = write_error(current if current is not None else "", e, elsewhere)
-        if err is e:
-            raise
-        raise err from None
+        raise_write_error(current if current is not None else "", e, elsewhere)
     except BaseException:
         for tmp, _ in temps:
             Path(tmp).unlink(missing_ok=True)
@@ -212,10 +213,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # truncated zip, pickle refusing a global, not a torch file...
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"{path} is not a readable fastadapt checkpoint ({reason}); it may be truncated or foreign: use another checkpoint"
+            f"{path} is not a readable fastadapt checkpoint ({reason}); "
+            f"it may be truncated or foreign: use another checkpoint"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a fastadapt checkpoint (format tag missing); use a checkpoint written by fastadapt train"
         )
     return payload
+
+
+def load_weights(algo: nn.Module, payload: dict[str, Any], path: Path) -> None:
+    """``algo.load_state_dict(payload["algorithm"])`` with a one-line error when they do not match."""
+    state = payload.get("algorithm")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has no algorithm weights; use a checkpoint written by fastadapt train")
+    try:
+        algo.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        reason = " ".join(x.strip() for x in first[:2])[:200]
+        raise CheckpointError(
+            f"{path} does not fit the run's {type(algo).__name__} ({reason}); it is from another config or algorithm"
+        ) from None

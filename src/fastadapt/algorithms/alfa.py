@@ -35,11 +35,10 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
-from fastadapt.algorithms.maml import FastWeightsPredictor
+from fastadapt.algorithms.predictors import FastWeightsPredictor
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 
@@ -127,13 +126,9 @@ class ALFA(nn.Module):
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
-        self.inner_steps = inner.check_steps("inner_steps", inner_steps, 1)
-        self.inner_steps_eval = (
-            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
-        )
+        self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval, 1)
         self.first_order, self.random_init = bool(first_order), bool(random_init)
-        inner.check_execution(execution, chunk_size)
-        self.execution, self.chunk_size = execution, chunk_size
+        self.execution, self.chunk_size = inner.execution_options(execution, chunk_size)
         names = list(inner.trainable_params(model))
         if not names:
             raise ConfigError("ALFA needs a model with trainable parameters; this one has none")
@@ -170,17 +165,7 @@ class ALFA(nn.Module):
     def learning_rates(self) -> dict[str, dict[str, float]]:
         """Per parameter tensor: ``mean``, ``std`` (population), ``min``, ``max`` over steps of the learnt base rates ``alpha0``
         (the rates of a task are these times the generated multipliers)."""
-        out = {}
-        with torch.no_grad():
-            for i, name in enumerate(self.names):
-                a = self.alpha0[:, i].double()
-                out[name] = {
-                    "mean": float(a.mean()),
-                    "std": float(a.std(unbiased=False)),
-                    "min": float(a.min()),
-                    "max": float(a.max()),
-                }
-        return out
+        return {name: inner.rate_summary(self.alpha0[:, i]) for i, name in enumerate(self.names)}
 
     # --- the contract ----------------------------------------------------------------------
 
@@ -226,4 +211,4 @@ class ALFA(nn.Module):
         return self._run(batch, self.inner_steps_eval, True, train=False)[1].detach()
 
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
+        return inner.call(self.model, params, x)

@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import inner, shared_first
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
-from fastadapt.algorithms.maml import FastWeightsPredictor
+from fastadapt.algorithms.predictors import FastWeightsPredictor
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 
@@ -92,13 +92,9 @@ class ANIL(nn.Module):
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
-        self.inner_steps = inner.check_steps("inner_steps", inner_steps)
-        self.inner_steps_eval = (
-            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
-        )
+        self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval)
         self.first_order = bool(first_order)
-        inner.check_execution(execution, chunk_size)
-        self.execution, self.chunk_size = execution, chunk_size
+        self.execution, self.chunk_size = inner.execution_options(execution, chunk_size)
         names = dict(model.named_modules())
         if not head or head not in names:
             raise ConfigError(

@@ -50,8 +50,7 @@ from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
-from fastadapt.algorithms.maml import DEFAULT_WINDOW
-from fastadapt.algorithms.predictors import check_update
+from fastadapt.algorithms.predictors import DEFAULT_WINDOW, recent, resize_window, slide, window_size
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
 
@@ -310,19 +309,12 @@ class HeadPredictor:
         window: int = 0,
     ) -> HeadPredictor:
         """The head fitted on ``support_x, support_y`` (``int(max(support_y)) + 1`` classes), keeping them as its
-        window (``window`` examples: at least as many as the support set, :data:`~fastadapt.algorithms.maml.DEFAULT_WINDOW` by default)."""
+        window (``window`` examples: at least as many as the support set,
+        :data:`~fastadapt.algorithms.predictors.DEFAULT_WINDOW` by default)."""
         ways = int(support_y.max()) + 1
-        size = window or max(DEFAULT_WINDOW, support_y.shape[0])
-        return HeadPredictor(
-            model,
-            adapt_from(support_x, support_y, ways),
-            normalize,
-            adapt_from,
-            support_x.detach()[-size:].clone(),
-            support_y.detach()[-size:].clone(),
-            size,
-            ways,
-        )
+        size = window_size(support_y, window)
+        wx, wy = recent(support_x, support_y, size)
+        return HeadPredictor(model, adapt_from(support_x, support_y, ways), normalize, adapt_from, wx, wy, size, ways)
 
     def __call__(self, query_x: Tensor) -> Tensor:
         if self.head is None:
@@ -336,13 +328,14 @@ class HeadPredictor:
     def configure(self, window: int | None = None) -> HeadPredictor:
         """``window``: the examples the head is fitted on at each update (the last ones); returns the predictor."""
         if window is not None:
-            self.window = inner.check_steps("window", window, 1)
-            if self.window_x is not None and self.window_y is not None:
-                self.window_x, self.window_y = (
-                    self.window_x[-self.window :].clone(),
-                    self.window_y[-self.window :].clone(),
-                )
+            resize_window(self, window)
         return self
+
+    def grad_forward(self, x: Tensor) -> Tensor:
+        """``self(x)`` with a graph to ``x`` (for an input attribution): the encoder on copies of its buffers."""
+        model = self.model
+        z = functional_call(model, (dict(model.named_parameters()), inner.frozen_state(model)), (x,)).flatten(1)
+        return head_logits(F.normalize(z, dim=-1) if self.normalize else z, self.head)  # type: ignore[arg-type]
 
     def reset(self) -> None:
         """Forget the window and the head (the encoder is what was learnt before the task)."""
@@ -356,11 +349,9 @@ class HeadPredictor:
             raise ConfigError(
                 "this HeadPredictor was built with a fixed head and no fit; use algo.adapt(x, y) to get one that updates"
             )
-        check_update(x, y, self.window_x, self.window_y)
+        wx, wy = slide(self.window_x, self.window_y, x, y, self.window)
         if not y.numel():
             return
-        wx = torch.cat([self.window_x, x.detach().to(self.window_x.dtype)])[-self.window :].clone()
-        wy = torch.cat([self.window_y, y.detach()])[-self.window :].clone()
         ways = max(self.classes, int(wy.max()) + 1)
         head = self.adapt_from(wx, wy, ways)
         self.head, self.window_x, self.window_y, self.classes = head, wx, wy, ways

@@ -17,7 +17,7 @@ as in the paper's trajectories. ``meta_loss`` is the mean query loss over the ba
 order by default: the outer gradient differentiates through the inner gradients).
 
 At test time the predictor does what was meta-trained: ``update(x, y)`` re-adapts from theta on the
-sliding window of the last M points at every step (:class:`~fastadapt.algorithms.maml.FastWeightsPredictor`,
+sliding window of the last M points at every step (:class:`~fastadapt.algorithms.predictors.FastWeightsPredictor`,
 policy ``"window"``); M is ``window``, or by default the window the method was meta-trained with
 (recorded from the training episodes, saved with the weights). Shapes: see :class:`~fastadapt.TaskBatch`.
 """
@@ -28,11 +28,10 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from fastadapt.algorithms import inner
-from fastadapt.algorithms.base import MetaOutput, batch_metrics
-from fastadapt.algorithms.maml import DEFAULT_WINDOW, FastWeightsPredictor
+from fastadapt.algorithms.base import MetaOutput
+from fastadapt.algorithms.predictors import DEFAULT_WINDOW, FastWeightsPredictor
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 
@@ -48,7 +47,7 @@ class GrBAL(nn.Module):
         learn_inner_lr: learn psi, one step size per parameter tensor (``self.step_sizes[key]``).
         first_order: drop second derivatives through the inner gradient (psi still learns).
         window: M, the examples the predictor adapts on at test; 0: the support size of the training
-            episodes (:attr:`trained_window`), else :data:`~fastadapt.algorithms.maml.DEFAULT_WINDOW`.
+            episodes (:attr:`trained_window`), else :data:`~fastadapt.algorithms.predictors.DEFAULT_WINDOW`.
         execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`).
     """
 
@@ -69,14 +68,10 @@ class GrBAL(nn.Module):
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
-        self.inner_steps = inner.check_steps("inner_steps", inner_steps, 1)
-        self.inner_steps_eval = (
-            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
-        )
+        self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval, 1)
         self.first_order = bool(first_order)
         self.window = inner.check_steps("window", window)
-        inner.check_execution(execution, chunk_size)
-        self.execution, self.chunk_size = execution, chunk_size
+        self.execution, self.chunk_size = inner.execution_options(execution, chunk_size)
         if not inner.trainable_params(model):
             raise ConfigError("GrBAL needs a model with trainable parameters; this one has none")
         self.step_sizes: nn.ParameterDict | None = None
@@ -114,19 +109,8 @@ class GrBAL(nn.Module):
         """Mean over the batch's windows of the loss on the next points after ``inner_steps`` steps on the recent ones."""
         if self.training and torch.is_grad_enabled():
             self.trained_window.fill_(batch.support_x.shape[1])
-        k = self.inner_steps
-        losses, outputs = inner.evaluate_tasks(
-            self._forward,
-            inner.trainable_params(self.model),
-            batch,
-            self.rates(k),
-            self.first_order,
-            [k],
-            self.execution,
-            self.chunk_size,
-        )
-        loss = losses[:, 0].mean()
-        return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
+        params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps)
+        return inner.final_loss(self._forward, params, batch, rates, self.first_order, self.execution, self.chunk_size)
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> FastWeightsPredictor:
         """Fast weights after ``inner_steps_eval`` steps on ``support_x, support_y`` (the recent window); detached.
@@ -146,16 +130,12 @@ class GrBAL(nn.Module):
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every window after ``inner_steps_eval`` steps, ``[T, Q, *y]`` (``[T, N*Q, N]``); no graph."""
-        k = self.inner_steps_eval
-        params = inner.detached(inner.trainable_params(self.model))
-        rates = inner.detached_rates(self.rates(k))
-        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [k], self.execution, self.chunk_size)[
-            1
-        ].detach()
+        params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps_eval)
+        return inner.predict_after(self._forward, params, batch, rates, self.execution, self.chunk_size)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int) -> inner.Params:
         """``steps`` steps with psi from ``start`` on ``(x, y)``; detached."""
         return inner.fine_tune(self._forward, start, x, y, self.rates(steps))
 
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
+        return inner.call(self.model, params, x)

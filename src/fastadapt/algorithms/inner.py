@@ -14,45 +14,13 @@ is written for one task with ``torch.func.grad`` and mapped over the T tasks of 
 * first order: the gradient is taken at a detached copy of ``phi_k`` and detached, so
   ``d phi_K / d theta = I`` (first-order MAML, Finn et al. 2017 sec. 5.2).
 
-Execution paths (``execution=``) compute the same numbers; they differ only in speed and memory:
-
-* ``"vmap"``: all tasks in one ``torch.func.vmap`` call;
-* ``"chunks"``: ``vmap`` over ``chunk_size`` tasks at a time (bounds the peak of the forward pass);
-* ``"loop"``: a Python loop over tasks (native kernels, no vmap);
-* ``"shared_first"``: the first inner step of all tasks as one computation over all support
-  examples (they all start from theta; :mod:`fastadapt.algorithms.shared_first`), then ``"loop"``.
-  Used by :func:`evaluate_tasks` (MAML, FOMAML, Meta-SGD) with at least one inner step; elsewhere
-  (and with 0 steps) it is ``"loop"``. Opt-in.
-
-Measured default (``python benchmarks/inner_execution.py --iters 3``: the Omniglot workload, Conv4
-with 64 filters on 28x28, 5-way 1-shot, 5 queries per class, meta-batch 32, 1 second-order inner
-step, float32; forward + backward of ``MAML.meta_loss``; 1 thread; median CPU time of this process
-over 3 interleaved rounds, on a shared 2-core CPU whose load inflated wall time 2-3x)::
-
-    vmap      6814 ms CPU   (wall 16803 ms)
-    chunks    5431 ms CPU   (wall 11305 ms; chunk_size=8)
-    loop      4342 ms CPU   (wall 11230 ms)
-
-so for image tasks on the CPU ``"loop"`` wins: the per-task kernels are large enough that Python
-overhead is small, while vmap pays for grouped convolutions (batched fast weights) and for moving
-the task dimension into the channels for BatchNorm. For small vector tasks the opposite holds: the
-MAML sinusoid workload (2 x 40 MLP, 25 tasks, 10 shots, 1 step, second order, 1 thread, median of
-30 steps, shared CPU) measured vmap 44 ms, chunks 145 ms, loop 552 ms per meta-step. The default
-``"auto"`` (:func:`resolve_execution`) follows these measurements: ``"loop"`` for image inputs on
-the CPU, ``"vmap"`` otherwise (vector inputs, and any accelerator, where one kernel per layer
-instead of T matters; not measured here). All paths give the same numbers (tested to 1e-9 in
-float64).
-
-Normalisation layers under vmap
--------------------------------
-In this torch version the second derivative of the fused ``batch_norm``, ``instance_norm`` and
-``layer_norm`` kernels under ``torch.func.vmap`` is wrong when the layer has an affine weight
-(relative errors of about 1e-3 to 5e-2 in the meta-gradient); without the affine weight it is exact, and
-``group_norm`` and ``rms_norm`` are exact. The vmap paths therefore run the model inside
-:class:`SplitAffineNorms`, a ``TorchFunctionMode`` that calls these three functions without their
-weight and bias and applies ``* weight + bias`` as separate operations.
-``tests/test_gradient_based.py`` checks every execution path against a per-task autograd loop on
-BatchNorm, InstanceNorm and LayerNorm networks.
+Execution paths (``execution=``) compute the same numbers (tested to 1e-9 in float64); they differ
+only in speed and memory: ``"vmap"`` (all tasks in one ``torch.func.vmap`` call), ``"chunks"`` (vmap over
+``chunk_size`` tasks at a time), ``"loop"`` (a Python loop over tasks) and ``"shared_first"`` (the first
+inner step of all tasks as one computation, :mod:`fastadapt.algorithms.shared_first`, then ``"loop"``;
+opt-in). ``"auto"`` (:func:`resolve_execution`) follows the measurements in docs/PERFORMANCE.md ("The inner
+loop"): ``"loop"`` for images on the CPU, ``"vmap"`` otherwise. The vmap paths run the model inside
+:class:`~fastadapt.algorithms.norms.SplitAffineNorms` (exact second derivatives of normalisation layers).
 
 BatchNorm is transductive: a BatchNorm layer in training mode, or with ``track_running_stats=False``,
 normalises each task's support pass and query pass with that pass's own batch statistics (tasks
@@ -68,13 +36,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.overrides import TorchFunctionMode
 
 from fastadapt.algorithms import compiled, shared_first
-from fastadapt.algorithms.base import task_loss
+from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
+from fastadapt.algorithms.norms import (  # noqa: F401  (re-exported: inner.SplitAffineNorms, inner.split_*)
+    SplitAffineNorms,
+    split_batch_norm,
+    split_instance_norm,
+    split_layer_norm,
+)
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 
@@ -119,6 +91,19 @@ def check_positive(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ConfigError(f"{name}={value!r} is invalid; it must be a finite number > 0")
     return float(value)
+
+
+def step_counts(inner_steps: int, inner_steps_eval: int | None, minimum: int = 0) -> tuple[int, int]:
+    """``(inner_steps, inner_steps_eval)`` checked (each an integer >= ``minimum``, resp. >= 0); the evaluation
+    count defaults to the training one."""
+    steps = check_steps("inner_steps", inner_steps, minimum)
+    return steps, steps if inner_steps_eval is None else check_steps("inner_steps_eval", inner_steps_eval)
+
+
+def execution_options(execution: str, chunk_size: int) -> tuple[str, int]:
+    """``(execution, chunk_size)`` checked by :func:`check_execution`."""
+    check_execution(execution, chunk_size)
+    return execution, chunk_size
 
 
 # --- parameters and state --------------------------------------------------------------------
@@ -170,6 +155,17 @@ def scaled_rates(rates: Rates, scale: float) -> Rates:
 def constant_rates(names: Sequence[str], lr: Rate, steps: int) -> list[dict[str, Rate]]:
     """The same rate ``lr`` for every parameter at every one of ``steps`` steps."""
     return [dict.fromkeys(names, lr) for _ in range(steps)]
+
+
+def call(model: nn.Module, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """``model(x)`` under fast weights ``params`` (buffers are copies: a forward pass never writes the module's)."""
+    return functional_call(model, (params, frozen_state(model)), (x,))
+
+
+def rate_summary(rates: Tensor) -> dict[str, float]:
+    """``mean``, ``std`` (population), ``min`` and ``max`` of learnt rates, as floats (for inspection and plots)."""
+    a = rates.detach().double()
+    return {"mean": float(a.mean()), "std": float(a.std(unbiased=False)), "min": float(a.min()), "max": float(a.max())}
 
 
 def norm_mode(model: nn.Module) -> str:
@@ -405,6 +401,37 @@ def evaluate_tasks(
     return losses, outputs
 
 
+def final_loss(
+    forward: Callable[[Params, Tensor], Tensor],
+    params: Params,
+    batch: TaskBatch,
+    rates: Rates,
+    first_order: bool,
+    execution: str = DEFAULT_EXECUTION,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> MetaOutput:
+    """The meta-loss of MAML's kind: the mean query loss over tasks after the ``len(rates)`` steps of
+    :func:`evaluate_tasks`, with the metrics of the final outputs."""
+    losses, outputs = evaluate_tasks(forward, params, batch, rates, first_order, [len(rates)], execution, chunk_size)
+    loss = losses[:, 0].mean()
+    return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
+
+
+def predict_after(
+    forward: Callable[[Params, Tensor], Tensor],
+    params: Params,
+    batch: TaskBatch,
+    rates: Rates,
+    execution: str = DEFAULT_EXECUTION,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Tensor:
+    """Query outputs of every task after ``len(rates)`` steps from ``params`` (``[T, N*Q, N]`` or ``[T, Q, *y]``),
+    first order, with no graph to the parameters or the rates: an algorithm's ``predict``."""
+    steps = [len(rates)]
+    out = evaluate_tasks(forward, detached(params), batch, detached_rates(rates), True, steps, execution, chunk_size)
+    return out[1].detach()
+
+
 def fine_tune(
     forward: Callable[[Params, Tensor], Tensor],
     params: Params,
@@ -459,88 +486,3 @@ def map_tasks(
     mapped = vmap(fn, randomness="different", chunk_size=chunk_size if execution == "chunks" else None)
     with SplitAffineNorms():
         return mapped(*tensors)
-
-
-# --- normalisation layers with a separate affine step ---------------------------------------
-
-
-def _affine(out: Tensor, weight: Tensor | None, bias: Tensor | None, per_channel: bool = True) -> Tensor:
-    """``out * weight + bias``, with ``weight``/``bias`` ``[C]`` broadcast over dimension 1 when ``per_channel``."""
-    shape = [1, -1] + [1] * (out.ndim - 2) if per_channel else None
-    if weight is not None:
-        out = out * (weight.reshape(shape) if shape else weight)
-    if bias is not None:
-        out = out + (bias.reshape(shape) if shape else bias)
-    return out
-
-
-def split_batch_norm(
-    input: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    training: bool = False,
-    momentum: float | None = 0.1,
-    eps: float = 1e-5,
-) -> Tensor:
-    """``F.batch_norm`` as the fused normalisation without affine, then ``* weight + bias``.
-
-    ``training``: batch statistics (biased variance over all but dimension 1); running statistics
-    are neither used nor updated. Otherwise the running statistics normalise.
-    """
-    if training:
-        out = F.batch_norm(input, None, None, None, None, True, 0.0, eps)
-    else:
-        out = F.batch_norm(input, running_mean, running_var, None, None, False, 0.0, eps)
-    return _affine(out, weight, bias)
-
-
-def split_instance_norm(
-    input: Tensor,
-    running_mean: Tensor | None = None,
-    running_var: Tensor | None = None,
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    use_input_stats: bool = True,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-) -> Tensor:
-    """``F.instance_norm`` as the fused normalisation without affine, then ``* weight + bias``; running statistics are not updated."""
-    if use_input_stats:
-        out = F.instance_norm(input, None, None, None, None, True, 0.0, eps)
-    else:
-        out = F.instance_norm(input, running_mean, running_var, None, None, False, 0.0, eps)
-    return _affine(out, weight, bias)
-
-
-def split_layer_norm(
-    input: Tensor,
-    normalized_shape: Sequence[int],
-    weight: Tensor | None = None,
-    bias: Tensor | None = None,
-    eps: float = 1e-5,
-) -> Tensor:
-    """``F.layer_norm`` as the fused normalisation without affine, then ``* weight + bias``."""
-    return _affine(F.layer_norm(input, normalized_shape, None, None, eps), weight, bias, per_channel=False)
-
-
-_SPLIT: dict[Callable[..., Tensor], Callable[..., Tensor]] = {
-    F.batch_norm: split_batch_norm,
-    F.instance_norm: split_instance_norm,
-    F.layer_norm: split_layer_norm,
-}
-
-
-class SplitAffineNorms(TorchFunctionMode):
-    """Within this mode, ``F.batch_norm``, ``F.instance_norm`` and ``F.layer_norm`` (hence
-    ``nn.BatchNorm*``, ``nn.InstanceNorm*``, ``nn.LayerNorm``) run as the fused normalisation
-    without its affine parameters followed by a separate multiply and add.
-
-    Used around ``vmap``, where the fused kernels' second derivatives with respect to an affine
-    weight are wrong in this torch version (without the weight they are exact); every other function
-    runs unchanged, and nothing outside the ``with`` block is affected.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        return _SPLIT.get(func, func)(*args, **(kwargs or {}))

@@ -22,22 +22,20 @@ batch statistics (as in the MAML paper); see :mod:`fastadapt.algorithms.inner`.
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
-from fastadapt.algorithms.predictors import check_update
+from fastadapt.algorithms.predictors import DEFAULT_WINDOW, FastWeightsPredictor, configure_window
 from fastadapt.core import contract
 from fastadapt.core.episodes import TaskBatch
-from fastadapt.core.errors import ConfigError, DataError
+from fastadapt.core.errors import ConfigError
+
+__all__ = ["DEFAULT_WINDOW", "FOMAML", "MAML", "FastWeightsPredictor", "configure_window", "multi_step_loss_weights"]
 
 MSL_MIN_WEIGHT = 0.03  # MAML++: a non-final step's weight never falls below MSL_MIN_WEIGHT / K during annealing
 
@@ -61,139 +59,6 @@ def multi_step_loss_weights(steps: int, t: int, anneal_steps: int) -> Tensor:
     w[:-1] = max(1.0 / steps - decay, floor)
     w[-1] = 1.0 - float(w[:-1].sum())
     return w
-
-
-UPDATE_POLICIES = ("window", "continue")
-DEFAULT_WINDOW = 10  # examples a predictor keeps for update() unless adapt saw more or configure() says otherwise
-
-
-def configure_window(predictor: Any, window: int | None, policy: str | None, steps: int | None) -> Any:
-    """Set a window predictor's ``window`` (keeping its last examples), ``policy`` and ``steps`` (None: unchanged);
-    returns the predictor. Shared by the predictors that re-adapt on a sliding window (MAML's, the meta-LSTM's)."""
-    if window is not None:
-        predictor.window = inner.check_steps("window", window, 1)
-        predictor.window_x, predictor.window_y = (
-            predictor.window_x[-predictor.window :].clone(),
-            predictor.window_y[-predictor.window :].clone(),
-        )
-    if policy is not None:
-        if policy not in UPDATE_POLICIES:
-            raise ConfigError(f"policy={policy!r} is unknown; choose one of {', '.join(UPDATE_POLICIES)}")
-        predictor.policy = policy
-    if steps is not None:
-        predictor.steps = inner.check_steps("steps", steps)
-    return predictor
-
-
-AdaptFrom = Callable[
-    [inner.Params, Tensor, Tensor, int], inner.Params
-]  # (start weights, x, y, steps) -> detached fast weights
-
-
-@dataclass(eq=False)
-class FastWeightsPredictor:
-    """What the gradient-based algorithms' ``adapt`` returns (MAML, FOMAML, Meta-SGD, ANIL, Reptile,
-    GrBAL): the model under fast weights, ``query_x [B, *x] -> outputs [B, ...]``, that keeps adapting
-    as labels arrive with :meth:`update`.
-
-    ``update(x, y)`` appends the labelled batch to a sliding window of the last ``window`` examples and
-    runs the algorithm's own inner loop (``adapt_from``: the same steps, rates and optimiser as
-    ``adapt``) for ``steps`` steps on that window, from
-
-    * ``policy="window"`` (default): the meta-learnt weights ``init``: re-adaptation on a recent window
-      (Nagabandi et al. 2019). After :meth:`reset` (an empty window) ``update(x, y)`` equals
-      ``algo.adapt(x, y)``.
-    * ``policy="continue"``: the current weights: online fine-tuning, what a pretrained model does.
-
-    Bounded memory: the window (at most ``window`` examples) and two sets of weights, whatever the
-    number of updates; bounded work: one inner loop of ``steps`` steps on at most ``window`` examples.
-    The predictor holds no graph. Test-then-train: predict ``x`` before ``update(x, y)``. Labels must
-    fit the model's head (a fixed-width head cannot add classes: one-line :class:`DataError`); a
-    rejected update leaves the state as it was. The algorithm module is only read.
-    """
-
-    model: nn.Module
-    params: inner.Params  # current fast weights, every adapted parameter (detached)
-    buffers: inner.Params
-    init: inner.Params  # the meta-learnt weights the window policy restarts from (detached)
-    adapt_from: AdaptFrom
-    window_x: Tensor  # the last `window` inputs [W, *x_shape]
-    window_y: Tensor
-    steps: int  # inner steps per update
-    window: int = DEFAULT_WINDOW
-    policy: str = "window"
-    classes: int | None = None  # the head's width (classification), read on the first update
-
-    @staticmethod
-    def start(
-        model: nn.Module,
-        fast: inner.Params,
-        init: inner.Params,
-        adapt_from: AdaptFrom,
-        support_x: Tensor,
-        support_y: Tensor,
-        steps: int,
-        window: int = 0,
-    ) -> FastWeightsPredictor:
-        """A predictor adapted on ``support_x, support_y`` (already run: ``fast``) that keeps them as its window
-        (``window`` examples: at least as many as the support set, :data:`DEFAULT_WINDOW` by default)."""
-        size = window or max(DEFAULT_WINDOW, support_y.shape[0])
-        return FastWeightsPredictor(
-            model,
-            fast,
-            inner.frozen_state(model),
-            inner.detached(init),
-            adapt_from,
-            support_x.detach()[-size:].clone(),
-            support_y.detach()[-size:].clone(),
-            steps,
-            size,
-        )
-
-    @staticmethod
-    def adapted(
-        model: nn.Module, adapt_from: AdaptFrom, support_x: Tensor, support_y: Tensor, steps: int, lr_scale: float = 1.0
-    ) -> FastWeightsPredictor:
-        """``adapt_from`` (its rates times ``lr_scale``) run for ``steps`` steps from ``model``'s trainable weights on the
-        support set, as a predictor that keeps adapting with the same function: the body of a gradient-based ``adapt``."""
-        if lr_scale != 1.0:
-            adapt_from = functools.partial(adapt_from, lr_scale=float(lr_scale))
-        theta = inner.detached(inner.trainable_params(model))
-        fast = adapt_from(theta, support_x, support_y, steps)
-        return FastWeightsPredictor.start(model, fast, theta, adapt_from, support_x, support_y, steps)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return functional_call(self.model, (self.params, self.buffers), (x,))
-
-    def configure(
-        self, window: int | None = None, policy: str | None = None, steps: int | None = None
-    ) -> FastWeightsPredictor:
-        """Set the update policy (see the class docstring); returns the predictor."""
-        return configure_window(self, window, policy, steps)
-
-    def reset(self) -> None:
-        """Back to the meta-learnt weights with an empty window."""
-        self.params = dict(self.init)
-        self.window_x, self.window_y = self.window_x[:0].clone(), self.window_y[:0].clone()
-
-    def update(self, x: Tensor, y: Tensor) -> None:
-        """Learn from the labelled batch ``x [B, *x_shape]``, ``y [B]`` (or ``[B, *y_shape]``); returns nothing."""
-        check_update(x, y, self.window_x, self.window_y)
-        x, y = x.detach().to(self.window_x.dtype), y.detach()
-        if not y.is_floating_point():
-            if self.classes is None:
-                with torch.no_grad():
-                    self.classes = int(self(x[:1]).shape[-1])
-            if y.numel() and int(y.max()) >= self.classes:
-                raise DataError(
-                    f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
-                    f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)"
-                )
-        wx = torch.cat([self.window_x, x])[-self.window :].clone()
-        wy = torch.cat([self.window_y, y])[-self.window :].clone()
-        start = self.init if self.policy == "window" else self.params
-        params = self.adapt_from(start, wx, wy, self.steps)
-        self.params, self.window_x, self.window_y = params, wx, wy
 
 
 class MAML(nn.Module):
@@ -242,16 +107,12 @@ class MAML(nn.Module):
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
-        self.inner_steps = inner.check_steps("inner_steps", inner_steps)
-        self.inner_steps_eval = (
-            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
-        )
+        self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval)
         self.first_order = bool(first_order)
         self.first_order_until = inner.check_steps("first_order_until", first_order_until)
         self.multi_step_loss = bool(multi_step_loss)
         self.msl_anneal_steps = inner.check_steps("msl_anneal_steps", msl_anneal_steps, 1)
-        inner.check_execution(execution, chunk_size)
-        self.execution, self.chunk_size = execution, chunk_size
+        self.execution, self.chunk_size = inner.execution_options(execution, chunk_size)
         self.register_buffer("meta_step", torch.zeros((), dtype=torch.int64))
         names = list(inner.trainable_params(model))
         if not names:
@@ -350,16 +211,12 @@ class MAML(nn.Module):
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""
-        steps = self.inner_steps_eval
-        params = inner.detached(inner.trainable_params(self.model))
-        rates = inner.detached_rates(self.rates(steps))
-        return inner.evaluate_tasks(
-            self._forward, params, batch, rates, True, [steps], self.execution, self.chunk_size
-        )[1].detach()
+        params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps_eval)
+        return inner.predict_after(self._forward, params, batch, rates, self.execution, self.chunk_size)
 
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
-        """The model under fast weights ``params`` (buffers are copies: a forward pass never writes the module's)."""
-        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
+        """The model under fast weights ``params`` (:func:`~fastadapt.algorithms.inner.call`)."""
+        return inner.call(self.model, params, x)
 
 
 class FOMAML(MAML):

@@ -7,25 +7,9 @@ is therefore first revealed one step after its first instance, and the network h
 "this image" to "this label" in its memory to classify the next instance of the class. Labels are
 shuffled per episode so that no image-to-label mapping can be stored in the weights.
 
-Episodes from a :class:`~fastadapt.TaskBatch` (see :func:`episode_sequence`): the support and the
-query examples of each task are pooled (``N * (K + Q)`` examples, e.g. ways=5, shots=5, queries=5
-gives the paper's 5 classes x 10 instances = 50 steps), presented in a uniformly random order, and
-the task's labels ``0..N-1`` are relabelled by a random permutation. The loss is the cross-entropy
-at every step (the paper trains on all steps), averaged over steps and tasks.
-
-Accuracy by instance (the paper's table 1): :func:`instance_numbers` counts, for every step, the how
-many-th presentation of its class it is; :func:`instance_accuracy` averages correctness by that number.
-
-Options for the paper's recipe (issue 19), each defaulting to the behaviour before it:
-``controller = "transformer"`` (the NTM's causal transformer as the controller); ``translate = k``
-(training episodes only: every class of an episode is shifted by its own random offset of up to
-``k`` pixels in each direction, zeros filling in, drawn per episode; :func:`translate_classes`);
-``key_strength`` (a learnt read sharpening, not in the paper); ``label_encoding = "string"`` (the
-paper's labels for many classes: each class of an episode gets a distinct random string of 5
-characters from a 5-letter alphabet, fed back as 5 concatenated one-hots (25 values) and predicted
-by 5 softmaxes; the loss is the negative log-likelihood of the whole string, and a step counts as
-correct when its class's string is the most likely of the episode's N strings; :class:`StringLabels`).
-The paper's optimizer is ``optim.optimizer = "rmsprop"``, ``optim.lr = 1e-4``.
+Episodes, the paper's string labels, translations and accuracy by presentation number are in
+:mod:`fastadapt.algorithms.mann_episodes`; the options of the paper's recipe (issue 19) are the
+arguments of :class:`MANN`. The paper's optimizer is ``optim.optimizer = "rmsprop"``, ``optim.lr = 1e-4``.
 
 The contract (``fastadapt.algorithms.base``) is kept loosely: ``needs_head=False`` (``model`` is an
 encoder, default ``nn.Flatten``); ``adapt(support_x, support_y)`` runs the support set through the
@@ -43,162 +27,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput
+from fastadapt.algorithms.mann_episodes import (
+    STRING_ALPHABET,
+    STRING_LENGTH,
+    LabelSequence,
+    StringLabels,
+    episode_sequence,
+    fixed_order,
+    flatten_state,
+    instance_accuracy,
+    instance_numbers,
+    previous_onehot,
+    repeat_state,
+    translate_classes,
+    unflatten_state,
+)
 from fastadapt.algorithms.predictors import check_update
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
-from fastadapt.nn.mann_memory import LRUMemoryCore, LSTMCore
+from fastadapt.nn.mann_memory import LRUMemoryCore, LSTMCore, least_used, lru_write_weights
 
 REPORTED_INSTANCES = (1, 2, 3, 4, 5, 10)  # the columns of the paper's table 1
 LABEL_ENCODINGS = ("onehot", "string")
-STRING_LENGTH, STRING_ALPHABET = 5, 5  # the paper's string labels: 5 characters, each one of 5 letters (3125 strings)
-
-
-@dataclass(frozen=True)
-class LabelSequence:
-    """Episodes as sequences; ``T`` tasks of ``L`` steps, ``C`` classes.
-
-    x: ``[T, L, *x_shape]`` inputs in presentation order; labels: ``[T, L]`` (int64, after the per-episode
-    relabelling); prev_onehot: ``[T, L, C]`` the encoding of ``labels[:, t-1]`` (one-hot, or with string
-    labels 5 concatenated one-hots: ``C = 25``; zeros at t = 0); instance: ``[T, L]`` 1-based presentation
-    number of ``labels[:, t]`` within its episode; codes: ``[T, N, 5]`` each class's string (string labels only).
-    """
-
-    x: Tensor
-    labels: Tensor
-    prev_onehot: Tensor
-    instance: Tensor
-    codes: Tensor | None = None
-
-
-class StringLabels:
-    """The paper's string labels: ``N`` distinct strings of :data:`STRING_LENGTH` characters from
-    :data:`STRING_ALPHABET` letters per episode, one-hot per character.
-
-    ``codes(T, N, generator)`` draws ``[T, N, 5]`` (distinct within each episode); ``encode(labels, codes)``
-    gives ``[T, L, 25]``; ``log_likelihood(outputs [..., 25], codes)`` gives each class's string
-    log-likelihood ``sum_j log softmax(outputs_j)[code_j]`` as ``[T, L, N]``.
-    """
-
-    width = STRING_LENGTH * STRING_ALPHABET
-
-    @staticmethod
-    def codes(tasks: int, classes: int, generator: torch.Generator | None = None) -> Tensor:
-        ids = torch.rand(tasks, STRING_ALPHABET**STRING_LENGTH, generator=generator).argsort(dim=1)[
-            :, :classes
-        ]  # distinct strings
-        digits = [(ids // STRING_ALPHABET**j) % STRING_ALPHABET for j in range(STRING_LENGTH)]
-        return torch.stack(digits, dim=-1)
-
-    @staticmethod
-    def encode(labels: Tensor, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-        chars = codes.gather(1, labels.unsqueeze(-1).expand(*labels.shape, STRING_LENGTH))  # [T, L, 5]
-        return F.one_hot(chars, STRING_ALPHABET).to(dtype).flatten(-2)
-
-    @staticmethod
-    def log_likelihood(outputs: Tensor, codes: Tensor) -> Tensor:
-        logp = F.log_softmax(outputs.unflatten(-1, (STRING_LENGTH, STRING_ALPHABET)), dim=-1)  # [T, L, 5, 5]
-        idx = codes.unsqueeze(1).expand(-1, logp.shape[1], -1, -1)  # [T, L, N, 5]
-        return (
-            logp.unsqueeze(2).expand(-1, -1, codes.shape[1], -1, -1).gather(-1, idx.unsqueeze(-1)).squeeze(-1).sum(-1)
-        )
-
-
-def translate_classes(x: Tensor, labels: Tensor, shifts: Tensor) -> Tensor:
-    """Shift every image of class ``c`` of task ``t`` by ``shifts[t, c] = (dy, dx)`` pixels, zeros filling in.
-
-    ``x [T, M, C, H, W]``, ``labels [T, M]`` (0..N-1), ``shifts [T, N, 2]`` (int) -> ``[T, M, C, H, W]``;
-    ``dy > 0`` moves the image down, ``dx > 0`` to the right.
-    """
-    pad = int(shifts.abs().max()) if shifts.numel() else 0
-    if pad == 0:
-        return x
-    h, w = x.shape[-2:]
-    padded = F.pad(x, (pad, pad, pad, pad))
-    per_image = shifts.gather(1, labels.unsqueeze(-1).expand(*labels.shape, 2))  # [T, M, 2]
-    rows = (torch.arange(h) + pad).view(1, 1, h) - per_image[..., :1]  # [T, M, H]: source row of each output row
-    cols = (torch.arange(w) + pad).view(1, 1, w) - per_image[..., 1:]
-    out = padded.gather(-2, rows[:, :, None, :, None].expand(*x.shape[:3], h, padded.shape[-1]))
-    return out.gather(-1, cols[:, :, None, None, :].expand(*x.shape[:3], h, w))
-
-
-def instance_numbers(labels: Tensor, num_classes: int) -> Tensor:
-    """``[T, L]`` -> ``[T, L]``: at each step, how many times its label has appeared so far, this step included."""
-    onehot = F.one_hot(labels, num_classes)
-    return onehot.cumsum(dim=1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-
-
-def previous_onehot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``[T, L]`` -> ``[T, L, C]``: the one-hot label of the previous step; zeros at the first step."""
-    onehot = F.one_hot(labels, num_classes).to(dtype)
-    return torch.cat([torch.zeros_like(onehot[:, :1]), onehot[:, :-1]], dim=1)
-
-
-def episode_sequence(
-    batch: TaskBatch, generator: torch.Generator | None = None, shuffle_labels: bool = True
-) -> LabelSequence:
-    """Pool support and query of every task, shuffle the order, relabel the classes (see the module docstring).
-
-    ``generator`` drives both permutations (default: the global torch generator).
-    """
-    x = torch.cat([batch.support_x, batch.query_x], dim=1)
-    y = torch.cat([batch.support_y, batch.query_y], dim=1)
-    t, length = y.shape
-    n = batch.ways
-    order = torch.rand(t, length, generator=generator).argsort(dim=1)
-    if shuffle_labels:
-        relabel = torch.rand(t, n, generator=generator).argsort(dim=1)
-        y = relabel.gather(1, y)
-    y = y.gather(1, order)
-    x = x[torch.arange(t).unsqueeze(1), order]
-    dtype = x.dtype if x.is_floating_point() else torch.float32
-    return LabelSequence(x, y, previous_onehot(y, n, dtype), instance_numbers(y, n))
-
-
-def instance_accuracy(logits: Tensor, labels: Tensor, instance: Tensor, max_instance: int = 10) -> Tensor:
-    """Accuracy by presentation number, per episode: ``[T, max_instance]`` float64.
-
-    Entry ``[e, k-1]`` is the fraction of the k-th presentations (of any class) in episode ``e`` that
-    were classified correctly; NaN where episode ``e`` has no k-th presentation.
-    """
-    correct = (logits.argmax(-1) == labels).double()
-    out = torch.full((labels.shape[0], max_instance), float("nan"), dtype=torch.float64)
-    for k in range(1, max_instance + 1):
-        mask = (instance == k).double()
-        count = mask.sum(1)
-        acc = (correct * mask).sum(1) / count.clamp_min(1)
-        out[:, k - 1] = torch.where(count > 0, acc, torch.full_like(acc, float("nan")))
-    return out
-
-
-def _repeat_state(state: Any, repeats: int) -> Any:
-    """Repeat every tensor of a (nested, possibly named) tuple ``repeats`` times along dim 0, item by item."""
-    if isinstance(state, Tensor):
-        return state.repeat_interleave(repeats, dim=0)
-    items = [_repeat_state(s, repeats) for s in state]
-    return type(state)(*items) if hasattr(state, "_fields") else type(state)(items)
-
-
-def _flatten_state(state: Any, prefix: str = "") -> dict[str, Tensor]:
-    """A (nested, possibly named) tuple of tensors as ``{"0": ..., "4.1": ...}`` (paths of indices), detached."""
-    if isinstance(state, Tensor):
-        return {prefix[:-1]: state.detach()}
-    out: dict[str, Tensor] = {}
-    for i, s in enumerate(state):
-        out.update(_flatten_state(s, f"{prefix}{i}."))
-    return out
-
-
-def _unflatten_state(template: Any, flat: dict[str, Tensor], prefix: str = "") -> Any:
-    """The inverse of :func:`_flatten_state`, shaped like ``template``."""
-    if isinstance(template, Tensor):
-        return flat[prefix[:-1]]
-    items = [_unflatten_state(s, flat, f"{prefix}{i}.") for i, s in enumerate(template)]
-    return type(template)(*items) if hasattr(template, "_fields") else type(template)(items)
-
-
-def _fixed_order(n: int) -> Tensor:
-    """The fixed shuffle of ``n`` positions ``adapt`` presents a support set in (and ``update`` a batch)."""
-    return torch.rand(n, generator=torch.Generator().manual_seed(0)).argsort()
 
 
 @dataclass(eq=False)
@@ -223,13 +73,15 @@ class MemoryPredictor:
     net: MANN
     state: dict[
         str, Tensor
-    ]  # the core's state for one task (:func:`_flatten_state`); empty after reset(): the initial state
+    ]  # the core's state for one task (:func:`flatten_state`); empty after reset(): the initial state
     last: Tensor  # [1, width] the encoding of the last label fed (zeros: none yet)
     codes: Tensor | None  # string labels: the N strings [1, N, 5]
+    support_x: Tensor | None = None  # what adapt wrote, kept for explain() until the first update or reset
+    support_y: Tensor | None = None
 
     def _core_state(self, like: Tensor) -> Any:
         template = self.net.core.initial_state(1, like)
-        return template if not self.state else _unflatten_state(template, self.state)
+        return template if not self.state else unflatten_state(template, self.state)
 
     def __call__(self, query_x: Tensor) -> Tensor:
         return self.net._query_logits(self._core_state(self.last), self.last, query_x.unsqueeze(0), self.codes)[0]
@@ -241,6 +93,7 @@ class MemoryPredictor:
     def reset(self) -> None:
         """Back to the core's initial state (memory at its constant start, no previous label)."""
         self.state, self.last = {}, torch.zeros_like(self.last)
+        self.support_x = self.support_y = None
 
     def update(self, x: Tensor, y: Tensor) -> None:
         """Feed the labelled batch ``x [B, *input_shape]``, ``y [B]`` (labels ``0..ways-1``) into the memory; returns nothing."""
@@ -258,14 +111,78 @@ class MemoryPredictor:
                 f"update: label {int(y.max())} is outside the {net.ways} classes this MANN was built for (ways={net.ways}); its label "
                 f"input and output have a fixed width (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)"
             )
-        order = _fixed_order(y.shape[0])
+        order = fixed_order(y.shape[0])
         x, y = x.detach()[order].unsqueeze(0), y.detach()[order].unsqueeze(0)
         with torch.no_grad():
             feats = net._encode(x)
             enc = net._labels_in(y, self.codes, feats.dtype)
             prev = torch.cat([self.last.to(feats.dtype).unsqueeze(1), enc[:, :-1]], dim=1)
             _, state = net.core(feats, prev.transpose(0, 1), self._core_state(self.last) if self.state else None)
-        self.state, self.last = _flatten_state(state), enc[:, -1].clone()
+        self.state, self.last = flatten_state(state), enc[:, -1].clone()
+        self.support_x = self.support_y = None
+
+    def explain(self, x: Tensor) -> dict[str, Any] | None:
+        """The LRUA memory's read and write weightings while the support set is written and each query read
+        (:func:`memory_trace`); None for the LSTM baseline (``core="lstm"``: no memory to show)."""
+        core = self.net.core
+        if not isinstance(core, LRUMemoryCore):
+            return None
+        if self.support_x is None or self.support_y is None:  # updated since adapt: the current memory, read
+            with torch.no_grad():
+                state = self._core_state(self.last)
+            trace = memory_trace(self.net, state, self.last, x)
+            note = "the memory after the updates: query reads only (the support sequence is no longer kept)"
+            return {"kind": "memory", **trace, "attribute": False, "notes": [note]}
+        return {"kind": "memory", **memory_trace(self.net, None, self.last, x, self.support_x, self.support_y)}
+
+
+def memory_trace(
+    net: MANN,
+    state: Any,
+    last: Tensor,
+    query_x: Tensor,
+    support_x: Tensor | None = None,
+    support_y: Tensor | None = None,
+) -> dict[str, Any]:
+    """Read and write weightings of a MANN's LRUA memory: the support set written from the initial state (when
+    given, as :meth:`MANN.adapt` presents it, in its fixed shuffled order), then each query read from that memory
+    (else from ``state``, with ``last`` the label fed before).
+
+    Returns ``read_weights``, ``write_weights`` ``[S + Q, R, slots]`` (a row a step: the support steps, then one
+    per query), ``phase`` (``"support"`` / ``"query"`` per row), ``order [S]`` (the presentation order) and
+    ``query_outputs [Q, C]``, equal to the predictor's outputs; ``attribute``: False.
+    """
+    core: LRUMemoryCore = net.core  # type: ignore[assignment]
+    reads, writes, order = [], [], torch.zeros(0, dtype=torch.long)
+    with torch.no_grad():
+        if support_x is not None and support_y is not None:
+            s = support_y.shape[0]
+            order = fixed_order(s)
+            x, y = support_x[order], support_y[order]
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            prev = previous_onehot(y.unsqueeze(0), net.ways, dtype)[0]
+            feats = net.model(x)
+            state = core.initial_state(1, feats)
+            for t in range(s):
+                _, new = core.step(feats[t : t + 1], prev[t : t + 1], state)
+                alpha = core.alpha(new.controller[0])
+                writes.append(lru_write_weights(state.read_weights, least_used(state.usage, core.read_heads), alpha)[0])
+                reads.append(new.read_weights[0])
+                state = new
+            last = F.one_hot(y[-1:], net.ways).to(dtype)
+        q = query_x.shape[0]
+        rep = repeat_state(state, q)
+        out, qstate = core.step(net.model(query_x), last.expand(q, -1), rep)
+        alpha = core.alpha(qstate.controller[0])
+        qw = lru_write_weights(rep.read_weights, least_used(rep.usage, core.read_heads), alpha)
+    return {
+        "read_weights": torch.cat([*([torch.stack(reads)] if reads else []), qstate.read_weights]),
+        "write_weights": torch.cat([*([torch.stack(writes)] if writes else []), qw]),
+        "phase": ["support"] * len(reads) + ["query"] * q,
+        "order": order,
+        "query_outputs": out,
+        "attribute": False,
+    }
 
 
 class MANN(nn.Module):
@@ -463,7 +380,7 @@ class MANN(nn.Module):
         and the strings (or None)."""
         t, s = support_y.shape
         if generator is None:  # the same fixed shuffle of positions for every task, whatever the batch
-            order = _fixed_order(s).expand(t, s)
+            order = fixed_order(s).expand(t, s)
         else:
             order = torch.rand(t, s, generator=generator).argsort(dim=1)
         x = support_x[torch.arange(t).unsqueeze(1), order]
@@ -479,7 +396,7 @@ class MANN(nn.Module):
         """Each query of ``[T, Q, ...]`` classified from its task's memory state: ``[T, Q, C]``."""
         t, q = query_x.shape[:2]
         feats = self.model(query_x.flatten(0, 1))
-        outputs, _ = self.core.step(feats, last.repeat_interleave(q, dim=0), _repeat_state(state, q))
+        outputs, _ = self.core.step(feats, last.repeat_interleave(q, dim=0), repeat_state(state, q))
         return self._class_scores(outputs.view(t, q, -1), codes)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None = None) -> MemoryPredictor:
@@ -494,10 +411,29 @@ class MANN(nn.Module):
             raise ConfigError(f"MANN was built for ways={self.ways}; support labels must lie in 0..{self.ways - 1}")
         with torch.no_grad():
             state, last, codes = self._support_state(support_x.unsqueeze(0), support_y.unsqueeze(0), generator)
-        return MemoryPredictor(self, _flatten_state(state), last.clone(), codes)
+        return MemoryPredictor(
+            self, flatten_state(state), last.clone(), codes, support_x.detach().clone(), support_y.detach().clone()
+        )
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query logits ``[T, N*Q, N]`` of every task, each from its own support memory."""
         self._check(batch.support_x, batch.ways)
         state, last, codes = self._support_state(batch.support_x, batch.support_y, None)
         return self._query_logits(state, last, batch.query_x, codes)
+
+
+__all__ = [
+    "MANN",
+    "REPORTED_INSTANCES",
+    "STRING_ALPHABET",
+    "STRING_LENGTH",
+    "LabelSequence",
+    "MemoryPredictor",
+    "StringLabels",
+    "episode_sequence",
+    "instance_accuracy",
+    "instance_numbers",
+    "memory_trace",
+    "previous_onehot",
+    "translate_classes",
+]

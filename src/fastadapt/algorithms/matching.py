@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,7 @@ from torch.func import functional_call, vmap
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
-from fastadapt.algorithms.predictors import check_update
+from fastadapt.algorithms.predictors import recent, resize_window, slide, window_size
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
 
@@ -172,9 +172,7 @@ class MatchingState:
     onehot: Tensor
 
 
-DEFAULT_WINDOW = (
-    50  # support examples a predictor keeps for update() unless adapt saw more or configure() says otherwise
-)
+DEFAULT_WINDOW = 50  # support examples a predictor keeps for update() unless adapt saw more or configure() says so
 
 
 @dataclass(eq=False)
@@ -201,17 +199,13 @@ class MatchingPredictor:
             raise DataError(
                 "this Matching Networks predictor has no labelled example yet (after reset()); update it first"
             )
-        z = self.net.encode(query_x.unsqueeze(0))
-        batched = MatchingState(self.state.embeddings.unsqueeze(0), self.state.onehot.unsqueeze(0))
-        return self.net.query_log_probs(batched, z)[0]
+        return self.net.query_log_probs(_batched(self.state), self.net.encode(query_x.unsqueeze(0)))[0]
 
     def configure(self, window: int | None = None) -> MatchingPredictor:
         """``window``: support examples kept (>= 1)."""
         if window is not None:
-            if not _positive_int(window):
-                raise ConfigError(f"window={window!r} is invalid; it must be a positive integer")
-            self.window = window
-            self._set_window(self._window()[0][-window:], self._window()[1][-window:])
+            resize_window(self, window)
+            self._set_window(*self._window())
         return self
 
     def _window(self) -> tuple[Tensor, Tensor]:
@@ -235,9 +229,25 @@ class MatchingPredictor:
 
     def update(self, x: Tensor, y: Tensor) -> None:
         """Add the labelled batch ``x [B, *x]``, ``y [B]`` to the window and encode it again; returns nothing."""
-        wx, wy = self._window()
-        check_update(x, y, wx, wy)
-        self._set_window(torch.cat([wx, x.detach().to(wx.dtype)])[-self.window :], torch.cat([wy, y])[-self.window :])
+        self._set_window(*slide(*self._window(), x, y, self.window))
+
+    def explain(self, x: Tensor) -> dict[str, Any]:
+        """``attention [Q, S]``: the weights ``a(x_hat, x_i)`` of each query over the support examples (rows sum
+        to 1; after the full context embeddings when ``fce``): ``attention @ onehot`` is the output."""
+        if self.state is None:
+            raise ConfigError("this Matching Networks predictor holds no support example; adapt it first")
+        with torch.no_grad():
+            z = self.net.encode(x.unsqueeze(0))
+            attention = self.net.attention(_batched(self.state), z)[0]
+        notes = (
+            ["full context embeddings: attention after the support LSTM and the attention LSTM"] if self.net.fce else []
+        )
+        return {"kind": "attention", "attention": attention, "attribute": False, "notes": notes}
+
+
+def _batched(state: MatchingState) -> MatchingState:
+    """One task's state with a leading task dimension of 1."""
+    return MatchingState(state.embeddings.unsqueeze(0), state.onehot.unsqueeze(0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,10 +360,7 @@ class MatchingNet(nn.Module):
         Runs on per-task copies of the model's buffers, so the module (BatchNorm running statistics
         included) is never changed; dropout draws independent masks per task. ``execution``:
         ``"vmap"`` over tasks, ``"loop"`` over tasks, or ``"auto"``, which loops for images on the CPU
-        (:func:`fastadapt.algorithms.inner.resolve_execution`): there a Conv4 encoding 10 tasks of
-        300 images took 4.99 s of CPU under vmap against 3.35 s in a loop, 1.49x (20 images per
-        task: 0.26 vs 0.23 s; `python benchmarks/matching_encode.py`, median of 5, one thread, the
-        2-core development machine at load ~0.5).
+        (:func:`fastadapt.algorithms.inner.resolve_execution`; measured faster there: docs/PERFORMANCE.md).
         """
         t = x.shape[0]
         params = dict(self.model.named_parameters())
@@ -439,14 +446,9 @@ class MatchingNet(nn.Module):
         state = self.support_state(
             self.encode(support_x.unsqueeze(0)), support_y.unsqueeze(0), int(support_y.max()) + 1
         )
-        window = max(DEFAULT_WINDOW, len(support_y))
-        return MatchingPredictor(
-            self,
-            MatchingState(state.embeddings[0], state.onehot[0]),
-            support_x.detach()[-window:].clone(),
-            support_y.detach()[-window:].clone(),
-            window,
-        )
+        window = window_size(support_y, default=DEFAULT_WINDOW)
+        one = MatchingState(state.embeddings[0], state.onehot[0])
+        return MatchingPredictor(self, one, *recent(support_x, support_y, window), window)
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Log-probabilities ``[T, N*Q, N]`` of every task's queries; equal to ``adapt(support)(query)`` task by task."""

@@ -39,17 +39,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
-from fastadapt.algorithms.maml import DEFAULT_WINDOW, configure_window
-from fastadapt.algorithms.predictors import check_update
+from fastadapt.algorithms.predictors import (
+    DEFAULT_WINDOW,
+    check_head_width,
+    configure_window,
+    layer_changes,
+    recent,
+    slide,
+    window_size,
+)
 from fastadapt.core.episodes import TaskBatch
-from fastadapt.core.errors import ConfigError, DataError
+from fastadapt.core.errors import ConfigError
 
 BATCHNORM_SETTING = "transductive"  # what every number from this algorithm is measured with
 
@@ -152,21 +159,10 @@ class MetaLSTMPredictor:
 
     def update(self, x: Tensor, y: Tensor) -> None:
         """Learn from the labelled batch ``x [B, *x_shape]``, ``y [B]`` (or ``[B, *y_shape]``); returns nothing."""
-        check_update(x, y, self.window_x, self.window_y)
+        wx, wy = slide(self.window_x, self.window_y, x, y, self.window)
         if not y.shape[0]:
             return
-        x, y = x.detach().to(self.window_x.dtype), y.detach()
-        if not y.is_floating_point():
-            if self.classes is None:
-                with torch.no_grad():
-                    self.classes = int(self(x[:1]).shape[-1])
-            if int(y.max()) >= self.classes:
-                raise DataError(
-                    f"update: label {int(y.max())} is outside the {self.classes} classes of this model's head; a fixed-width head "
-                    f"cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)"
-                )
-        wx = torch.cat([self.window_x, x])[-self.window :].clone()
-        wy = torch.cat([self.window_y, y])[-self.window :].clone()
+        check_head_width(self, x.detach().to(self.window_x.dtype), y)
         start = (
             self.net.state_from(self.init_theta.unsqueeze(0))
             if self.policy == "window"
@@ -175,6 +171,16 @@ class MetaLSTMPredictor:
         with torch.no_grad():
             end, _ = self.net.unroll_from(start, wx.unsqueeze(0), wy.unsqueeze(0), self.steps)
         self.state, self.window_x, self.window_y = _state_dict(end), wx, wy
+
+    def explain(self, x: Tensor) -> dict[str, Any]:
+        """``gates``: the learnt optimiser's input and forget gates per step and parameter tensor while it adapts
+        on the window (:meth:`MetaLSTM.gate_trace`); ``layers``: how far it moved each of the learner's tensors."""
+        net = self.net
+        return {
+            "kind": "gates",
+            "gates": net.gate_trace(self.window_x, self.window_y),
+            "layers": layer_changes(net.unflatten(self.init_theta), net.unflatten(self.weights)),
+        }
 
 
 def _state_dict(state: MetaLSTMState) -> dict[str, Tensor]:
@@ -333,15 +339,9 @@ class MetaLSTM(nn.Module):
             end, _ = self.unroll_from(
                 self.state_from(theta0.unsqueeze(0)), support_x.unsqueeze(0), support_y.unsqueeze(0), self.inner_steps
             )
-        size = max(DEFAULT_WINDOW, support_y.shape[0])
+        size = window_size(support_y)
         return MetaLSTMPredictor(
-            self,
-            _state_dict(end),
-            theta0.clone(),
-            support_x.detach()[-size:].clone(),
-            support_y.detach()[-size:].clone(),
-            self.inner_steps,
-            size,
+            self, _state_dict(end), theta0.clone(), *recent(support_x, support_y, size), self.inner_steps, size
         )
 
     def predict(self, batch: TaskBatch) -> Tensor:

@@ -17,11 +17,10 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from fastadapt.algorithms import inner
-from fastadapt.algorithms.base import MetaOutput, batch_metrics
-from fastadapt.algorithms.maml import FastWeightsPredictor
+from fastadapt.algorithms.base import MetaOutput
+from fastadapt.algorithms.predictors import FastWeightsPredictor
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 
@@ -54,13 +53,9 @@ class MetaSGD(nn.Module):
         super().__init__()
         self.model = model
         init = inner.check_positive("init_lr", init_lr)
-        self.inner_steps = inner.check_steps("inner_steps", inner_steps)
-        self.inner_steps_eval = (
-            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
-        )
+        self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval)
         self.first_order = bool(first_order)
-        inner.check_execution(execution, chunk_size)
-        self.execution, self.chunk_size = execution, chunk_size
+        self.execution, self.chunk_size = inner.execution_options(execution, chunk_size)
         if not inner.trainable_params(model):
             raise ConfigError("MetaSGD needs a model with trainable parameters; this one has none")
         self.lrs = inner.rate_parameters(model, lambda p: torch.full_like(p, init))
@@ -72,33 +67,12 @@ class MetaSGD(nn.Module):
 
     def learning_rates(self) -> dict[str, dict[str, float]]:
         """Per parameter tensor: ``mean``, ``std`` (population), ``min``, ``max`` of its learnt rates, for inspection and plots."""
-        out = {}
-        with torch.no_grad():
-            for name in inner.trainable_params(self.model):
-                a = self.lrs[inner.param_key(name)].double()
-                out[name] = {
-                    "mean": float(a.mean()),
-                    "std": float(a.std(unbiased=False)),
-                    "min": float(a.min()),
-                    "max": float(a.max()),
-                }
-        return out
+        return {n: inner.rate_summary(self.lrs[inner.param_key(n)]) for n in inner.trainable_params(self.model)}
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """Mean query loss over tasks after ``inner_steps`` steps with the learnt rates."""
-        k = self.inner_steps
-        losses, outputs = inner.evaluate_tasks(
-            self._forward,
-            inner.trainable_params(self.model),
-            batch,
-            self.rates(k),
-            self.first_order,
-            [k],
-            self.execution,
-            self.chunk_size,
-        )
-        loss = losses[:, 0].mean()
-        return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
+        params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps)
+        return inner.final_loss(self._forward, params, batch, rates, self.first_order, self.execution, self.chunk_size)
 
     def adapt(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
@@ -117,12 +91,8 @@ class MetaSGD(nn.Module):
 
     def predict(self, batch: TaskBatch) -> Tensor:
         """Query outputs of every task after ``inner_steps_eval`` steps, ``[T, N*Q, N]``; no graph."""
-        k = self.inner_steps_eval
-        params = inner.detached(inner.trainable_params(self.model))
-        rates = inner.detached_rates(self.rates(k))
-        return inner.evaluate_tasks(self._forward, params, batch, rates, True, [k], self.execution, self.chunk_size)[
-            1
-        ].detach()
+        params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps_eval)
+        return inner.predict_after(self._forward, params, batch, rates, self.execution, self.chunk_size)
 
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
+        return inner.call(self.model, params, x)

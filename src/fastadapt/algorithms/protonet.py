@@ -19,7 +19,7 @@ of one episode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -103,10 +103,27 @@ class PrototypePredictor:
         if not bool((self.counts > 0).any()):
             raise DataError("this ProtoNet predictor has seen no labelled example yet (after reset()); update it first")
         with torch.no_grad():
-            logits = prototype_logits(
-                self.model(query_x).unsqueeze(0), self.state.prototypes.unsqueeze(0), self.distance, self.scale
-            )[0]
+            return self.grad_forward(query_x)
+
+    def grad_forward(self, query_x: Tensor) -> Tensor:
+        """The logits of :meth:`__call__` with a graph to ``query_x`` (for an input attribution)."""
+        logits = prototype_logits(
+            self.model(query_x).unsqueeze(0), self.state.prototypes.unsqueeze(0), self.distance, self.scale
+        )[0]
         return logits.masked_fill(self.counts == 0, float("-inf")) if bool((self.counts == 0).any()) else logits
+
+    def explain(self, x: Tensor) -> dict[str, Any]:
+        """``distances [Q, N]`` of the query embeddings to the prototypes (squared Euclidean, or ``1 - cos``) and
+        ``prototypes [N, D]``: the prediction is the nearest one. Labels with no example are at distance ``inf``."""
+        state = self.state
+        with torch.no_grad():
+            z = self.model(x)
+        if state.distance == "cosine":
+            d = 1 - F.normalize(z, dim=-1) @ F.normalize(state.prototypes, dim=-1).T
+        else:
+            d = -prototype_logits(z.unsqueeze(0), state.prototypes.unsqueeze(0), "euclidean")[0]
+        d = d.masked_fill(self.counts == 0, float("inf"))
+        return {"kind": "prototypes", "distances": d, "prototypes": state.prototypes, "attribute": False}
 
     def configure(self, decay: float | None = None) -> PrototypePredictor:
         """``decay`` in (0, 1]: the weight of what was seen before, per update (1: exact running means)."""

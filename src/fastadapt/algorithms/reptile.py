@@ -49,11 +49,10 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
-from fastadapt.algorithms.maml import FastWeightsPredictor
+from fastadapt.algorithms.predictors import FastWeightsPredictor
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 
@@ -104,10 +103,7 @@ class Reptile(nn.Module):
         super().__init__()
         self.model = model
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
-        self.inner_steps = inner.check_steps("inner_steps", inner_steps, 1)
-        self.inner_steps_eval = (
-            self.inner_steps if inner_steps_eval is None else inner.check_steps("inner_steps_eval", inner_steps_eval)
-        )
+        self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval, 1)
         if inner_optimizer not in inner.OPTIMIZERS:
             raise ConfigError(
                 f"inner_optimizer={inner_optimizer!r} is unknown; choose one of {', '.join(inner.OPTIMIZERS)}"
@@ -117,8 +113,7 @@ class Reptile(nn.Module):
             if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 <= b < 1:
                 raise ConfigError(f"{name}={b!r} is invalid; it must be in [0, 1)")
         self.betas = (float(adam_beta1), float(adam_beta2))
-        inner.check_execution(execution, chunk_size)
-        self.execution, self.chunk_size = execution, chunk_size
+        self.execution, self.chunk_size = inner.execution_options(execution, chunk_size)
         theta = inner.trainable_params(model)
         if not theta:
             raise ConfigError("Reptile needs a model with trainable parameters; this one has none")
@@ -153,7 +148,7 @@ class Reptile(nn.Module):
             self.adam_step.fill_(step)
 
     def _forward(self, params: inner.Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, (params, inner.frozen_state(self.model)), (x,))
+        return inner.call(self.model, params, x)
 
     def _minibatches(self, batch: TaskBatch) -> Tensor | None:
         """Training mini-batch indices ``[T, K, inner_batch]`` (task by task from torch's RNG), or None."""

@@ -8,8 +8,9 @@ registry (:mod:`fastadapt.core.registry`). The checks at the bottom turn a broke
 Algorithm (``cls(model, **options)``, an ``nn.Module``)
     ``meta_loss(batch) -> MetaOutput``: differentiable loss over the tasks of a
     :class:`~fastadapt.core.episodes.TaskBatch` and float metrics (``loss``; ``acc`` or ``mse``).
-    ``adapt(support_x, support_y) -> Predictor``: one task; a callable ``query_x -> outputs`` that
-    carries the adapted state and never changes the algorithm.
+    ``adapt(support_x, support_y) -> Predictor``: one task; a :class:`Predictor` (``query_x -> outputs``,
+    ``update``, ``reset``, ``configure``, optionally ``explain``) that carries the adapted state and never
+    changes the algorithm.
     ``predict(batch) -> Tensor``: query outputs of every task after adaptation, ``[T, N*Q, N]``
     (classification) or shaped like ``query_y`` (regression); used by evaluation.
     Class attribute ``needs_head`` (default False): the model must end in a ``ways``-way linear
@@ -34,7 +35,7 @@ Task source
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -45,7 +46,44 @@ from torch import Tensor, nn
 from fastadapt.core.episodes import EnvTasks, TaskBatch
 from fastadapt.core.errors import ConfigError
 
-Predictor = Callable[[Tensor], Tensor]
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """What ``Algorithm.adapt`` returns: one task's adapted state as a callable that keeps adapting.
+
+    ``predictor(query_x [Q, *x]) -> outputs [Q, N]`` (``[Q, *y]`` for regression); ``update(x, y)`` learns from a
+    labelled batch (test-then-train: predict ``x`` first); ``reset()`` goes back to what was meta-learnt, with
+    nothing seen; ``configure(**options)`` sets the update policy (``window``, ``policy``, ``steps``, ``decay``,
+    ... as the predictor documents) and returns the predictor. A user's predictor may implement
+    ``explain(x)`` too (:class:`ExplainablePredictor`). The engine reads these with ``getattr``, so a predictor
+    that only predicts still evaluates; online adaptation needs ``update`` and ``reset``.
+    """
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def update(self, x: Tensor, y: Tensor) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def configure(self, **options: Any) -> Any: ...
+
+
+@runtime_checkable
+class ExplainablePredictor(Predictor, Protocol):
+    """Optional: a predictor that explains its own outputs (``fastadapt.explain``, ``fastadapt explain RUN``).
+
+    ``explain(x [Q, *x])`` returns a mapping of named parts (tensors, numbers, strings, lists: the
+    predictor's evidence for its outputs on ``x``, e.g. ``distances [Q, N]``), or None for no explanation
+    of its own (the generic one is given). Reserved keys: ``kind`` (a word naming the explanation;
+    default ``"own"``), ``notes`` (sentences), ``layers`` (:class:`~fastadapt.algorithms.predictors.LayerChange`
+    per parameter tensor) and ``attribute`` (bool, default True: add an input attribution when asked for
+    ``"auto"``). Without ``explain`` a predictor gets the generic explanation (outputs, probabilities and
+    an input attribution). ``grad_forward(x)``, optional too, is ``predictor(x)`` with a graph to ``x``
+    for a predictor that runs under ``no_grad``.
+    """
+
+    def explain(self, x: Tensor) -> Mapping[str, Any] | None: ...
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,17 @@
 """The ``fastadapt`` command.
 
-    fastadapt train PRESET|FILE [key=value ...]   train (resumes when the run folder has a checkpoint; --dry-run: check only)
+    fastadapt train PRESET|FILE [key=value ...]   train (resumes from the run folder's checkpoint; --dry-run: check)
     fastadapt config PRESET|FILE [key=value ...]  the resolved config as TOML: every key, its value, its comment
     fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
     fastadapt list                                algorithms, models, task sources, presets
-    fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective, importance);
-                                                  a record of online runs (streams.json, fastadapt.report.streams.save_runs): the stream plot
+    fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective,
+                                                  importance); a record of online runs (streams.json): the stream plot
     fastadapt tune PRESET|FILE [key=value ...]    hyperparameter search with Optuna (resumes from TUNEDIR/study.db)
     fastadapt report RUN_DIR...                   a Markdown table comparing runs
+    fastadapt study FILE                          a study file: presets x overrides x evaluations (resumable)
     fastadapt sample [key=value ...]              sample episodes and save a picture of them
-    fastadapt export RUN_DIR [--format safetensors|torch] [--out DIR]   the trained weights + config.json (load_run reads it)
-    fastadapt explain RUN_DIR [--episode N | --support DIR --query FILE]   why a run predicts what it does (PNG + JSON)
+    fastadapt export RUN_DIR [--format F] [--out DIR]   the trained weights + config.json (load_run reads it)
+    fastadapt explain RUN_DIR [--episode N | --support DIR --query FILE]   why a run predicts what (PNG + JSON)
     fastadapt serve RUN_DIR [--port P]            a local web app: teach the run new classes with a person in the loop
     fastadapt --version                           fastadapt, torch and Python versions
     python -m fastadapt ...                       the same command
@@ -42,73 +43,10 @@ MEMORY_FIX = (
 )
 
 
-def _apply_process_settings(cfg) -> str:
-    """What the command line (not the library) sets for the whole process; returned in words."""
-    from fastadapt.runtime.allocator import keep_freed_memory
-
-    if cfg.run.keep_freed_memory and keep_freed_memory():
-        return "glibc keeps freed memory for reuse (run.keep_freed_memory=false to leave the allocator alone)"
-    return ""
-
-
-def _check_out_dir(out: Path) -> None:
-    """A one-line error when the run folder, or a folder above it, is an existing file."""
-    for p in (out, *out.parents):
-        if p.exists() and not p.is_dir():
-            raise ConfigError(f"run.out: {p} is an existing file, not a folder; choose another run.out (or run.name)")
-
-
-def _dry_run(cfg) -> int:
-    """Build what training builds (data, model, algorithm; every check, the memory estimate too) and write nothing."""
-    from torch import nn
-
-    from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes
-    from fastadapt.config.preflight import estimate_cost
-
-    sources = task_sources(cfg)
-    probe = probe_batch(sources, cfg)
-    algo = build_algorithm(cfg, probe, num_classes=train_classes(sources))
-    model = getattr(algo, "model", None)
-    found = estimate_cost(cfg, probe, model) if isinstance(model, nn.Module) else None
-    estimate = f"; {found.summary()}" if found is not None else ""
-    print(
-        f"dry run: {cfg.algorithm} on {cfg.data.target or cfg.data.dataset} builds{estimate}; nothing written to {cfg.out_dir}"
-    )
-    return 0
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fastadapt.config import load_config
-    from fastadapt.runtime import distributed
-    from fastadapt.runtime.devices import check_device
+    from fastadapt.training.commands import train_command
 
-    cfg = load_config(args.config, args.overrides)
-    check_device(cfg.run.device)
-    _check_out_dir(cfg.out_dir)
-    if args.dry_run:
-        return _dry_run(cfg)
-    from fastadapt.training.loop import train
-
-    main = distributed.is_main()  # under torchrun only rank 0 prints
-    note = _apply_process_settings(cfg)
-    if main:
-        print(
-            f"run folder: {cfg.out_dir}"
-            + (f" ({distributed.env_world_size()} processes)" if distributed.env_world_size() > 1 else "")
-            + (f"; {note}" if note else "")
-        )
-    result = train(cfg, resume=not args.restart)
-    if result.interrupted:
-        if main:
-            print(
-                f"interrupted at step {result.steps}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; run the same command to resume"
-            )
-        return 130
-    if main:
-        for key, res in result.tests.items():
-            print(f"test {key}: {res.summary()}")
-        print(f"trained {result.steps} steps in {result.train_seconds / 60:.1f} min; results in {cfg.out_dir}")
-    return 0
+    return train_command(args.config, args.overrides, restart=args.restart, check_only=args.dry_run)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -124,43 +62,15 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from fastadapt.runs.folder import RunFolder
-    from fastadapt.runtime import distributed
-    from fastadapt.runtime.devices import check_device
-    from fastadapt.training.testing import evaluate_run
+    from fastadapt.training.commands import eval_command
 
-    cfg = RunFolder(args.run_dir).read_config(args.overrides)
-    check_device(cfg.run.device)
-    _apply_process_settings(cfg)
-    results = evaluate_run(args.run_dir, args.overrides, progress=cfg.run.progress)
-    if distributed.is_main():
-        for key, (res, file) in results.items():
-            print(f"test {key}: {res.summary()} -> {file}")
-    return 0
+    return eval_command(args.run_dir, args.overrides)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from fastadapt.config import preset_names
-    from fastadapt.core.registry import ALGORITHMS, MODELS, TASK_SOURCES
-    from fastadapt.data import SPLITS
+    from fastadapt.config.toml import catalogue
 
-    for title, registry in (
-        ("algorithms", ALGORITHMS),
-        ("models", MODELS),
-        ("task sources (data.dataset)", TASK_SOURCES),
-    ):
-        have = set(registry.available())
-        print(f"{title}:")
-        for name in registry.names():
-            entry = registry.entry(name)
-            flag = "" if name in have else "  (not in this version)"
-            print(f"  {name:<10} {entry.description}{flag}")
-    print("omniglot parts:")
-    for split, parts in SPLITS.items():
-        print(f"  split={split}: {', '.join(parts)}")
-    print("presets:")
-    for name in preset_names():
-        print(f"  {name}")
+    print(catalogue(), end="")
     return 0
 
 
@@ -259,7 +169,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error as one line (a :class:`ConfigError`: exit 2) instead of the usage text and an error."""
+    """argparse, with a usage error as one line (a :class:`ConfigError`: exit 2) instead of the usage text."""
 
     def error(self, message: str) -> typing.NoReturn:
         raise ConfigError(f"{self.prog}: {message}; see {self.prog} --help")
@@ -288,6 +198,7 @@ class _Version(argparse.Action):
         parser.exit(0)
 
 
+INVERT: dict[str, typing.Any] = {"default": "auto", "choices": ["auto", "never", "always"]}  # explain, serve
 TRAIN_EPILOG = """\
 A config has the sections [data], [model], [algorithm], [optim], [eval] and [run]; override any key as
 section.key=value (data.ways=20 algorithm.inner_lr=0.1 run.device=cpu). To see every key of a preset, its
@@ -397,12 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--query", help="with --support: a query image (or a folder of them)")
     x.add_argument("--queries", type=int, default=5, help="queries of the episode to explain (one per class first)")
     x.add_argument("--attribution", default="auto", choices=["auto", "integrated_gradients", "gradient", "none"])
-    x.add_argument(
-        "--invert",
-        default="auto",
-        choices=["auto", "never", "always"],
-        help="make your images bright ink on dark (auto: invert mostly light images)",
-    )
+    x.add_argument("--invert", **INVERT, help="make your images bright ink on dark (auto: invert mostly light images)")
     x.add_argument(
         "--out", help="path stem of the files (default: <run>-episode<N> in this folder): STEM.png and STEM.json"
     )
@@ -419,9 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="omniglot",
         help="unlabelled examples to propose: 'omniglot' (test characters) or a folder <pool>/<class>/<image>",
     )
-    sv.add_argument(
-        "--invert", default="auto", choices=["auto", "never", "always"], help="uploads: make them bright ink on dark"
-    )
+    sv.add_argument("--invert", **INVERT, help="uploads: make them bright ink on dark")
     sv.add_argument(
         "--allow-remote", action="store_true", help="allow a --host other than 127.0.0.1/localhost (no authentication!)"
     )
@@ -451,7 +355,7 @@ def _os_error(e: OSError) -> str:
 
 
 def _out_of_memory(e: BaseException) -> str | None:
-    """The reason in a few words when ``e`` is running out of memory (Python's, torch's CPU or CUDA allocator), else None."""
+    """The reason in a few words when ``e`` is running out of memory (Python's, torch's CPU or CUDA allocator)."""
     if isinstance(e, MemoryError):
         return str(e) or "Python could not allocate"
     if not isinstance(e, RuntimeError):

@@ -1,30 +1,5 @@
-"""Data augmentation for training episodes, as tensor operations (no torchvision), seeded per task.
-
-``data.augment = ["flip", "rotate90", "crop", "shift", "jitter"]`` (any subset) wraps the training task
-source in :class:`AugmentedTasks`: task ``i`` of step ``s`` is drawn as before, then transformed with a
-generator seeded by ``(seed, s, i)``, so a training task stays a pure function of
-``(seed, step, index)`` (resume, ``torchrun`` shards and ``DataLoader`` workers see the same tasks).
-Validation and test episodes are never augmented.
-
-=============  ===========================================================================
-``rotate90``   per class: every image of a class is turned by the same multiple of 90 degrees
-               (a rotated class is another class, as in Omniglot's Vinyals split; square images)
-``flip``       per image: mirrored left-right with probability 1/2
-``crop``       per image: the standard few-shot random crop: zero-padded by ``p = max(1, side // 8)``
-               pixels on each side, then an ``H x W`` window taken at a uniform offset in ``0..2p``
-               (torchvision's ``RandomCrop(size, padding=p)``)
-``shift``      per image: moved by up to ``max(1, side // 8)`` pixels in each direction (edges replicated)
-``jitter``     per image: colour jitter, brightness, then contrast, then saturation, each factor uniform in
-               ``[0.6, 1.4]`` (torchvision's ``ColorJitter(0.4, 0.4, 0.4)`` in a fixed order). On grey
-               images (one channel) saturation is a no-op: a grey image is its own greyscale.
-               Results are clamped to [0, 1] after each step, as torchvision does, when the task's
-               images lie in [0, 1] (the sampler's images from uint8 data do); other value ranges
-               (normalised floats) are left unclamped.
-=============  ===========================================================================
-
-They are applied in that order, whatever the order of the list. :func:`augment_task` is the
-transformation of one task (support and query together) for a given generator.
-"""
+"""Data augmentation for training episodes, as tensor operations (no torchvision), seeded per task
+(``data.augment``; :class:`AugmentedTasks` says what each operation does)."""
 
 from __future__ import annotations
 
@@ -62,7 +37,8 @@ def flip(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 def _windows(padded: Tensor, top: Tensor, left: Tensor, h: int, w: int) -> Tensor:
-    """``padded [M, C, H', W']`` -> ``[M, C, h, w]``: image ``m``'s window whose top-left corner is ``(top[m], left[m])``."""
+    """``padded [M, C, H', W']`` -> ``[M, C, h, w]``: image ``m``'s window whose top-left corner is
+    ``(top[m], left[m])``."""
     m = padded.shape[0]
     rows = top.view(m, 1) + torch.arange(h)  # [M, h]: the padded row each output row reads
     cols = left.view(m, 1) + torch.arange(w)
@@ -91,7 +67,8 @@ def crop(x: Tensor, g: torch.Generator, padding: int | None = None) -> Tensor:
 
 
 def greyscale(x: Tensor) -> Tensor:
-    """``x [M, C, H, W]`` -> ``[M, 1, H, W]``: the ITU-R 601-2 luma for RGB, the image itself for one channel, else the channel mean."""
+    """``x [M, C, H, W]`` -> ``[M, 1, H, W]``: the ITU-R 601-2 luma for RGB, the image itself for one channel, else the
+    channel mean."""
     if x.shape[1] == 3:
         weights = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x * weights).sum(1, keepdim=True)
@@ -101,7 +78,8 @@ def greyscale(x: Tensor) -> Tensor:
 def jitter(x: Tensor, g: torch.Generator, strength: float = JITTER, clamp: bool = True) -> Tensor:
     """``x [M, C, H, W]`` colour-jittered per image: brightness ``x * b``, contrast ``c * x + (1 - c) * mean(grey(x))``,
     saturation ``s * x + (1 - s) * grey(x)`` (a no-op on one channel), in that order, with ``(b, c, s)`` of image ``m``
-    = ``1 + strength * (2 * u - 1)``, ``u = torch.rand(3, M)[:, m]`` drawn from ``g``; ``clamp``: to [0, 1] after each."""
+    = ``1 + strength * (2 * u - 1)``, ``u = torch.rand(3, M)[:, m]`` drawn from ``g``; ``clamp``: to [0, 1] after
+    each."""
     m = x.shape[0]
     factors = (1.0 + strength * (2.0 * torch.rand(3, m, generator=g) - 1.0)).to(x.dtype).view(3, m, 1, 1, 1)
     b, c, s = factors
@@ -123,7 +101,8 @@ def augment_task(
     ops: tuple[str, ...],
     g: torch.Generator,
 ) -> tuple[Tensor, Tensor]:
-    """One task's support and query images (``[N*K, C, H, W]``, ``[N*Q, C, H, W]``) transformed by ``ops`` with ``g``."""
+    """One task's support and query images (``[N*K, C, H, W]``, ``[N*Q, C, H, W]``) transformed by ``ops`` with
+    ``g``."""
     x, y = torch.cat([support_x, query_x]), torch.cat([support_y, query_y])
     for op in OPERATIONS:
         if op not in ops:
@@ -142,7 +121,32 @@ def augment_task(
 
 
 class AugmentedTasks:
-    """A training task source whose tasks are augmented (see the module docstring); everything else is the source's."""
+    """A training task source whose tasks are augmented; everything else is the source's.
+
+    ``data.augment = ["flip", "rotate90", "crop", "shift", "jitter"]`` (any subset) wraps the training
+    task source: task ``i`` of step ``s`` is drawn as before, then transformed with a generator seeded by
+    ``(seed, s, i)``, so a training task stays a pure function of ``(seed, step, index)`` (resume,
+    ``torchrun`` shards and ``DataLoader`` workers see the same tasks). Validation and test episodes are
+    never augmented. The operations are applied in this order, whatever the order of the list
+    (:func:`augment_task` transforms one task, support and query together):
+
+    =============  ===========================================================================
+    ``rotate90``   per class: every image of a class is turned by the same multiple of 90 degrees
+                   (a rotated class is another class, as in Omniglot's Vinyals split; square images)
+    ``flip``       per image: mirrored left-right with probability 1/2
+    ``crop``       per image: the standard few-shot random crop: zero-padded by ``p = max(1, side // 8)``
+                   pixels on each side, then an ``H x W`` window taken at a uniform offset in ``0..2p``
+                   (torchvision's ``RandomCrop(size, padding=p)``)
+    ``shift``      per image: moved by up to ``max(1, side // 8)`` pixels in each direction (edges
+                   replicated)
+    ``jitter``     per image: colour jitter, brightness, then contrast, then saturation, each factor
+                   uniform in ``[0.6, 1.4]`` (torchvision's ``ColorJitter(0.4, 0.4, 0.4)`` in a fixed
+                   order). On grey images (one channel) saturation is a no-op: a grey image is its own
+                   greyscale. Results are clamped to [0, 1] after each step, as torchvision does, when
+                   the task's images lie in [0, 1] (the sampler's images from uint8 data do); other
+                   value ranges (normalised floats) are left unclamped.
+    =============  ===========================================================================
+    """
 
     def __init__(self, source: Any, ops: tuple[str, ...] | list[str], seed: int) -> None:
         unknown = [op for op in ops if op not in OPERATIONS]
@@ -156,7 +160,8 @@ class AugmentedTasks:
         return getattr(self.source, name)
 
     def sample_tasks(self, step: int, start: int, count: int) -> TaskBatch:
-        """The source's tasks ``start .. start+count-1`` of ``step``, task ``i`` augmented with the generator of ``(seed, step, i)``."""
+        """The source's tasks ``start .. start+count-1`` of ``step``, task ``i`` augmented with the generator of
+        ``(seed, step, i)``."""
         batch = self.source.sample_tasks(step, start, count)
         if batch.support_x.ndim != 5 or not batch.support_x.is_floating_point() or batch.classes is None:
             raise ConfigError(

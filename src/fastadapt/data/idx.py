@@ -1,16 +1,6 @@
-"""The IDX format of MNIST and its family (Fashion-MNIST, KMNIST, EMNIST), plain or gzipped.
-
-An IDX file is a header and the data, big-endian (LeCun et al., http://yann.lecun.com/exdb/mnist/):
-
-* two zero bytes, a type byte (0x08 ubyte, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32,
-  0x0E float64) and a byte with the number of dimensions ``d``;
-* ``d`` sizes, each a 4-byte unsigned integer;
-* ``prod(sizes)`` values of the type, row-major.
-
-:func:`read_idx` returns one file as a numpy array; :func:`load_idx` pairs an image file with a label
-file as a :class:`~fastadapt.data.ClassDataset`; :func:`load_fashion_mnist` loads Fashion-MNIST
-(Xiao et al. 2017, MIT licence) from Debian's ``dataset-fashion-mnist`` package.
-"""
+"""The IDX format of MNIST and its family (Fashion-MNIST, KMNIST, EMNIST), plain or gzipped: one file
+as a numpy array (:func:`read_idx`), an image file and a label file as a class dataset (:func:`load_idx`),
+and Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package (:func:`load_fashion_mnist`)."""
 
 from __future__ import annotations
 
@@ -58,6 +48,11 @@ FASHION_MNIST_CLASSES = (
 def read_idx(path: str | Path) -> np.ndarray:
     """The array in the IDX file ``path`` (gzipped or not, told by its first bytes), in native byte order.
 
+    An IDX file is a header and the data, big-endian (LeCun et al., http://yann.lecun.com/exdb/mnist/): two
+    zero bytes, a type byte (0x08 ubyte, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32, 0x0E float64) and
+    a byte with the number of dimensions ``d``; ``d`` sizes, each a 4-byte unsigned integer;
+    ``prod(sizes)`` values of the type, row-major.
+
     Raises:
         DataError: one line naming the file, what is wrong and what to do (missing file, a header that
             is not IDX, fewer or more data bytes than the header promises, a corrupt gzip stream).
@@ -78,7 +73,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     zero, kind, ndim = raw[:2], raw[2], raw[3]
     if zero != b"\x00\x00":
         raise DataError(
-            f"{path} is not an IDX file: it starts with bytes {raw[:2].hex()}, not 0000; pass an IDX file (plain or .gz)"
+            f"{path} is not an IDX file: it starts with bytes {raw[:2].hex()}, not 0000; "
+            "pass an IDX file (plain or .gz)"
         )
     if kind not in IDX_TYPES:
         known = ", ".join(f"0x{k:02X}" for k in IDX_TYPES)
@@ -90,7 +86,8 @@ def read_idx(path: str | Path) -> np.ndarray:
     start = 4 + 4 * ndim
     if len(raw) < start:
         raise DataError(
-            f"IDX file {path} is truncated: its {ndim}-dimension header needs {start} bytes, found {len(raw)}; download it again"
+            f"IDX file {path} is truncated: its {ndim}-dimension header needs {start} bytes, found {len(raw)}; "
+            "download it again"
         )
     shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_TYPES[kind]
@@ -129,7 +126,8 @@ def load_idx(
         raise DataError(f"IDX labels {labels} are {y.dtype.name} of shape {list(y.shape)}; need [N] integers")
     if len(x) != len(y):
         raise DataError(
-            f"IDX images {images} hold {len(x)} examples but labels {labels} hold {len(y)}; pass the label file of these images"
+            f"IDX images {images} hold {len(x)} examples but labels {labels} hold {len(y)}; "
+            "pass the label file of these images"
         )
     if x.dtype.kind in "iu":
         if x.size and (x.min() < 0 or x.max() > 255):
@@ -142,7 +140,8 @@ def load_idx(
 
 
 def idx_files(root: str | Path, part: str) -> tuple[Path, Path] | None:
-    """The image and label files of ``part`` ("train" or "test") in ``root``, plain or ``.gz``; None if either is missing."""
+    """The image and label files of ``part`` ("train" or "test") in ``root``, plain or ``.gz``; None if either is
+    missing."""
     prefix = IDX_PARTS[part]
     found = []
     for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):

@@ -1,24 +1,7 @@
-"""Omniglot (Lake et al. 2015): 1623 handwritten characters of 50 alphabets, 20 drawings each.
-
-The package ships all of it at 28x28 (``omniglot28.npz``, built by ``scripts/build_omniglot.py``
-from the 105x105 originals: ink = 1, Lanczos-antialiased resize, as in the MAML / Matching Networks
-/ ProtoNets code). Splits:
-
-* ``vinyals`` (Vinyals et al. 2016; used by MAML, Matching and Prototypical Networks): characters
-  with original ids 1..1200 for training (``train`` = ids 1..1028, ``val`` = ids 1029..1200, the
-  ProtoNets sizes; ``trainval`` = both), ids 1201..1623 (423 characters, from Gurmukhi/character42
-  on) for ``test``. With ``rotations=True`` (the default for this split) each character rotated by
-  0/90/180/270 degrees is a class of its own: 4800 training classes, 1692 test classes.
-* ``lake`` (Lake et al. 2015): ``background`` = the 30 background alphabets (964 characters),
-  ``evaluation`` = the 20 evaluation alphabets (659 characters); no rotations by default.
-  ``background_train`` / ``background_val`` = the first 25 / last 5 background alphabets (803 / 161
-  characters, from N_Ko on), to validate without touching the evaluation alphabets.
-
-Class names are ``<Alphabet>/<characterNN>`` (``/rot90`` etc. appended for rotations), so the
-alphabet of a class is the part of its name before the first ``/`` (``data.episode_scope = "alphabet"``).
-
-The full-resolution originals load from the official archives with :func:`load_omniglot_originals`.
-"""
+"""Omniglot (Lake et al. 2015): 1623 handwritten characters of 50 alphabets, 20 drawings each, bundled at
+28x28 (``omniglot28.npz``, built by ``scripts/build_omniglot.py`` from the 105x105 originals: ink = 1,
+Lanczos-antialiased resize, as in the MAML / Matching Networks / ProtoNets code). The originals load
+from the official archives with :func:`~fastadapt.data.originals.load_omniglot_originals`."""
 
 from __future__ import annotations
 
@@ -54,13 +37,15 @@ def _bundled() -> dict[str, np.ndarray]:
             arrays = {k: z[k] for k in ("images", "char_ids", "characters", "png_sha256")}
     except FileNotFoundError:
         raise DataError(
-            f"the bundled Omniglot file {BUNDLED_FILE} is missing; reinstall fastadapt (pip install --force-reinstall fastadapt)"
+            f"the bundled Omniglot file {BUNDLED_FILE} is missing; reinstall fastadapt (pip install --force-reinstall "
+            "fastadapt)"
         ) from None
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"the bundled Omniglot file {BUNDLED_FILE} is corrupted ({e}); reinstall fastadapt") from None
     if arrays["images"].shape != (1623, 20, 28, 28):
         raise DataError(
-            f"the bundled Omniglot file has images of shape {arrays['images'].shape}, expected (1623, 20, 28, 28); reinstall fastadapt"
+            f"the bundled Omniglot file has images of shape {arrays['images'].shape}, expected (1623, 20, 28, 28); "
+            "reinstall fastadapt"
         )
     return arrays
 
@@ -89,10 +74,25 @@ def load_omniglot(split: str = "vinyals", part: str = "train", rotations: bool |
     """The bundled 28x28 Omniglot as a :class:`ClassDataset` of uint8 ``[M, 1, 28, 28]`` images (ink bright).
 
     Args:
-        split: ``"vinyals"`` or ``"lake"`` (see the module docstring).
+        split: ``"vinyals"`` or ``"lake"``.
         part: ``train``/``val``/``trainval``/``test`` (vinyals) or ``background``/``evaluation`` (lake).
         rotations: treat the 4 rotations of each character as classes; default True for vinyals,
             False for lake.
+
+    Splits:
+
+    * ``vinyals`` (Vinyals et al. 2016; used by MAML, Matching and Prototypical Networks): characters
+      with original ids 1..1200 for training (``train`` = ids 1..1028, ``val`` = ids 1029..1200, the
+      ProtoNets sizes; ``trainval`` = both), ids 1201..1623 (423 characters, from Gurmukhi/character42
+      on) for ``test``. With ``rotations=True`` (the default for this split) each character rotated by
+      0/90/180/270 degrees is a class of its own: 4800 training classes, 1692 test classes.
+    * ``lake`` (Lake et al. 2015): ``background`` = the 30 background alphabets (964 characters),
+      ``evaluation`` = the 20 evaluation alphabets (659 characters); no rotations by default.
+      ``background_train`` / ``background_val`` = the first 25 / last 5 background alphabets (803 / 161
+      characters, from N_Ko on), to validate without touching the evaluation alphabets.
+
+    Class names are ``<Alphabet>/<characterNN>`` (``/rot90`` etc. appended for rotations), so the
+    alphabet of a class is the part of its name before the first ``/`` (``data.episode_scope = "alphabet"``).
     """
     if split not in SPLITS:
         raise DataError(f"unknown Omniglot split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -1,22 +1,5 @@
-"""The full-resolution (105x105) Omniglot originals from the official archives.
-
-``images_background.zip`` and ``images_evaluation.zip`` are read from a local folder, or downloaded
-from their official location when asked (``download=True``). Before use:
-
-1. the archive is checked against a digest: a SHA-256 you pass, else the published MD5 (the only
-   digest published for these archives);
-2. every entry is checked to extract inside the target folder (no absolute paths, no ``..``,
-   no links) and to be no larger than :data:`MAX_IMAGE_BYTES` (a 105x105 PNG is a few hundred
-   bytes), with all entries together no larger than :data:`MAX_ARCHIVE_BYTES`, before anything is
-   extracted;
-3. every PNG is checked against the SHA-256 manifest bundled with the package (derived from a
-   verified copy of the originals) while extracting and again every time it is loaded: the bytes
-   hashed are the bytes decoded, so a wrong, altered, added or missing image never loads (hashing
-   costs about 1.5 us an image against 55 us to decode it, so no cache of verified files is kept).
-
-A download goes to a temporary file first and is renamed into place only once verified; a failed
-check deletes it. Extraction goes to a temporary folder, renamed when complete.
-"""
+"""The full-resolution (105x105) Omniglot originals from the official archives, verified before use
+(:func:`load_omniglot_originals` says how)."""
 
 from __future__ import annotations
 
@@ -94,13 +77,15 @@ def _verify_digest(path: Path, sha256: str | None, md5: str | None, what: str) -
         got = file_digest(path, "sha256")
         if got != sha256.lower():
             raise DataError(
-                f"SHA-256 of {what} is {got}, expected {sha256}; the file is corrupted or not the official archive, delete it and retry"
+                f"SHA-256 of {what} is {got}, expected {sha256}; the file is corrupted or not the official archive, "
+                "delete it and retry"
             )
     elif md5 is not None:
         got = file_digest(path, "md5")
         if got != md5.lower():
             raise DataError(
-                f"MD5 of {what} is {got}, expected {md5}; the file is corrupted or not the official archive, delete it and retry"
+                f"MD5 of {what} is {got}, expected {md5}; the file is corrupted or not the official archive, "
+                "delete it and retry"
             )
 
 
@@ -171,7 +156,8 @@ def _check_sizes(archive: Path, infos: list[zipfile.ZipInfo], max_entry: int | N
         total += info.file_size
     if max_total is not None and total > max_total:
         raise DataError(
-            f"{archive} would extract to {total} bytes, more than the {max_total} allowed; refusing the archive, use the official one"
+            f"{archive} would extract to {total} bytes, more than the {max_total} allowed; refusing the archive, "
+            "use the official one"
         )
 
 
@@ -186,7 +172,8 @@ def _read_entry(archive: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, max_b
         ) from None
     if max_bytes is not None and len(data) > max_bytes:
         raise DataError(
-            f"archive entry {info.filename!r} of {archive} holds more than {max_bytes} bytes; refusing the archive, use the official one"
+            f"archive entry {info.filename!r} of {archive} holds more than {max_bytes} bytes; refusing the archive, "
+            "use the official one"
         )
     return data
 
@@ -210,7 +197,8 @@ def _manifest_check(manifest: Mapping[str, str]) -> Callable[[str, bytes], None]
 
 
 def _verified_image(path: Path, key: str, manifest: Mapping[str, str], folder: Path) -> bytes:
-    """The bytes of the extracted image ``path`` (``key`` in the manifest), refused unless their SHA-256 is the manifest's."""
+    """The bytes of the extracted image ``path`` (``key`` in the manifest), refused unless their SHA-256 is the
+    manifest's."""
     want = manifest.get(key)
     again = f"delete {folder} to extract the archive again"
     if want is None:
@@ -246,6 +234,23 @@ def load_omniglot_originals(
         size: resize to ``size x size`` (Lanczos) if given.
 
     Returns a :class:`ClassDataset` of uint8 ``[M, 1, H, W]`` images, ink = 255, one class per character.
+
+    ``images_background.zip`` and ``images_evaluation.zip`` are read from ``root``, or downloaded from
+    their official location when asked (``download=True``). Before use:
+
+    1. the archive is checked against a digest: a SHA-256 you pass, else the published MD5 (the only
+       digest published for these archives);
+    2. every entry is checked to extract inside the target folder (no absolute paths, no ``..``,
+       no links) and to be no larger than :data:`MAX_IMAGE_BYTES` (a 105x105 PNG is a few hundred
+       bytes), with all entries together no larger than :data:`MAX_ARCHIVE_BYTES`, before anything is
+       extracted;
+    3. every PNG is checked against the SHA-256 manifest bundled with the package (derived from a
+       verified copy of the originals) while extracting and again every time it is loaded: the bytes
+       hashed are the bytes decoded, so a wrong, altered, added or missing image never loads (no cache
+       of verified files is kept: docs/PERFORMANCE.md gives the cost).
+
+    A download goes to a temporary file first and is renamed into place only once verified; a failed
+    check deletes it. Extraction goes to a temporary folder, renamed when complete.
     """
     from PIL import Image
 

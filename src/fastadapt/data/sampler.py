@@ -44,7 +44,8 @@ def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: i
             raise DataError(f"{label}={v!r} is invalid; it must be a positive integer")
     if ways > dataset.num_classes:
         raise DataError(
-            f"ways={ways} exceeds the {dataset.num_classes} classes of {dataset.name}; use ways <= {dataset.num_classes}"
+            f"ways={ways} exceeds the {dataset.num_classes} classes of {dataset.name}; "
+            f"use ways <= {dataset.num_classes}"
         )
     need = shots + queries
     counts = dataset.counts
@@ -52,7 +53,8 @@ def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: i
     if enough < ways or (strict and enough < dataset.num_classes):
         small = int(torch.argmin(counts))
         raise DataError(
-            f"class {dataset.names[small]!r} of {dataset.name} has {int(counts[small])} examples, fewer than shots + queries = {need} "
+            f"class {dataset.names[small]!r} of {dataset.name} has {int(counts[small])} examples, "
+            f"fewer than shots + queries = {need} "
             f"({enough} of {dataset.num_classes} classes have enough); lower shots or queries, or add examples"
         )
 
@@ -123,7 +125,8 @@ class EpisodeSampler:
         if groups is not None:
             if len(groups) != dataset.num_classes:
                 raise DataError(
-                    f"{len(groups)} group labels for the {dataset.num_classes} classes of {dataset.name}; give one per class"
+                    f"{len(groups)} group labels for the {dataset.num_classes} classes of {dataset.name}; "
+                    "give one per class"
                 )
             members: dict[str, list[int]] = {}
             for pos, c in enumerate(self._eligible_list):
@@ -209,14 +212,17 @@ class EpisodeSampler:
 
 
 class EpisodeDataset(IterableDataset):
-    """Training tasks as a ``torch.utils.data.IterableDataset``: one item per step, the :class:`TaskBatch` of that step's
-    ``tasks_per_step`` tasks (``[tasks_per_step, N*K, ...]``), for steps ``start_step .. start_step + steps - 1``.
+    """Training tasks as a ``torch.utils.data.IterableDataset``: one item per step, the :class:`TaskBatch` of
+    that step's ``tasks_per_step`` tasks (``[tasks_per_step, N*K, ...]``), for steps
+    ``start_step .. start_step + steps - 1``.
 
-    ``sampler`` is an :class:`EpisodeSampler` or any task source with ``sample_tasks(step, start, count)``. Item ``s`` is
-    ``sampler.sample_tasks(start_step + s, 0, tasks_per_step)``: a pure function of (seed, step, index), so DataLoader
-    workers (each takes every ``num_workers``-th step) give the same items in the same order as no workers:
+    ``sampler`` is an :class:`EpisodeSampler` or any task source with ``sample_tasks(step, start, count)``.
+    Item ``s`` is ``sampler.sample_tasks(start_step + s, 0, tasks_per_step)``: a pure function of (seed,
+    step, index), so DataLoader workers (each takes every ``num_workers``-th step) give the same items in
+    the same order as no workers:
     ``DataLoader(EpisodeDataset(sampler, 1000, 32), batch_size=None, num_workers=2)``. To join steps, pass
-    ``collate_fn=fastadapt.core.episodes.collate_tasks`` with ``batch_size=B`` (with workers, a worker joins its own steps).
+    ``collate_fn=fastadapt.core.episodes.collate_tasks`` with ``batch_size=B`` (with workers, a worker joins
+    its own steps).
     """
 
     def __init__(self, sampler: EpisodeSampler, steps: int, tasks_per_step: int, start_step: int = 0) -> None:

@@ -1,41 +1,6 @@
-"""The copy and associative-recall tasks of the Neural Turing Machine paper as task sources.
-
-Graves, Wayne & Danihelka 2014, "Neural Turing Machines" (arXiv:1410.5401), sections 4.1 (copy)
-and 4.3 (associative recall). A *task* is one sequence, split where the network starts to answer:
-
-* the **support** is what the network is shown (the sequence up to and including the last
-  delimiter): the network writes it into its memory, the "adaptation";
-* the **query** is the part it must answer: inputs are zero there, the targets are bits.
-
-As a :class:`~fastadapt.core.episodes.TaskBatch` (``ways = shots = queries = 1``, float targets, so the
-engine treats it as regression; every task of one step has the same length, a pure function of
-``(seed, step)``; the bits of task ``i`` are a pure function of ``(seed, step, i)``):
-
-==========  ===============================  ==================================================
-field       shape                            meaning
-==========  ===============================  ==================================================
-support_x   ``[T, 1, S, C]``                  the input sequence shown (``S`` steps, ``C`` channels)
-support_y   ``[T, 1, P, bits]``               the bit vectors shown, without delimiters (copy: the sequence;
-                                             recall: all items in order); no algorithm here reads it
-query_x     ``[T, 1, A, C]``                  zeros: the steps at which the network answers
-query_y     ``[T, 1, A, bits]``               the answer
-==========  ===============================  ==================================================
-
-Copy (``data.dataset = "copy"``): ``L`` random ``bits``-bit vectors (8 in the paper), then a
-delimiter step (only channel ``bits`` on); ``C = bits + 1``, ``S = L + 1``, ``A = L``, answer: the
-``L`` vectors. ``data.options``: ``bits`` (8), ``min_length``/``max_length`` (1/20: training lengths,
-uniform), ``test_length`` (validation and test sequences; default ``max_length``).
-
-Associative recall (``data.dataset = "recall"``): ``n`` items of ``item_length`` (3) random
-``bits``-bit vectors (6), each after an item delimiter (channel ``bits``); then a query delimiter
-(channel ``bits + 1``), one of the first ``n - 1`` items (uniform) and the query delimiter again;
-the answer is the item that followed the query item. ``C = bits + 2``, ``S = n (item_length + 1) +
-item_length + 2``, ``A = item_length``. ``data.options``: ``bits`` (6), ``item_length`` (3),
-``min_items``/``max_items`` (2/6, as in the paper), ``test_items`` (default ``max_items``).
-
-The engine's test metric on these sources is ``mse`` of the predicted bits (0/1) against the
-answer, i.e. the fraction of answer bits wrong; bits wrong per sequence is that times ``A * bits``.
-"""
+"""The copy and associative-recall tasks of the Neural Turing Machine paper (Graves, Wayne & Danihelka
+2014, arXiv:1410.5401, sections 4.1 and 4.3) as task sources: one sequence a task, split where the
+network starts to answer (layout in :class:`SequenceTasks`)."""
 
 from __future__ import annotations
 
@@ -47,13 +12,17 @@ from torch import Tensor
 
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
-from fastadapt.data.sampler import EVAL_STEP, _mix
+from fastadapt.data.sampler import _mix, fixed_episodes
 
 SequenceParts = tuple[Tensor, Tensor, Tensor, Tensor]  # support_x, support_y, query_x, query_y of one task
 
 
 def copy_sequence(length: int, bits: int, generator: torch.Generator) -> SequenceParts:
-    """One copy task: ``[L+1, bits+1]`` shown, ``[L, bits]`` vectors, ``[L, bits+1]`` zeros, ``[L, bits]`` answer."""
+    """One copy task: ``[L+1, bits+1]`` shown, ``[L, bits]`` vectors, ``[L, bits+1]`` zeros, ``[L, bits]`` answer.
+
+    ``L`` random ``bits``-bit vectors, then a delimiter step (only channel ``bits`` on): ``C = bits + 1``,
+    ``S = L + 1``, ``A = L``; the answer is the ``L`` vectors.
+    """
     seq = torch.randint(0, 2, (length, bits), generator=generator).float()
     shown = torch.zeros(length + 1, bits + 1)
     shown[:length, :bits] = seq
@@ -62,7 +31,13 @@ def copy_sequence(length: int, bits: int, generator: torch.Generator) -> Sequenc
 
 
 def recall_sequence(items: int, bits: int, item_length: int, generator: torch.Generator) -> SequenceParts:
-    """One associative-recall task of ``items`` items (layout in the module docstring)."""
+    """One associative-recall task of ``items`` items.
+
+    ``items`` items of ``item_length`` random ``bits``-bit vectors, each after an item delimiter (channel
+    ``bits``); then a query delimiter (channel ``bits + 1``), one of the first ``items - 1`` items (uniform)
+    and the query delimiter again; the answer is the item that followed the query item. ``C = bits + 2``,
+    ``S = items (item_length + 1) + item_length + 2``, ``A = item_length``.
+    """
     if items < 2:
         raise ConfigError(f"associative recall needs at least 2 items (a query item and the one after it), got {items}")
     data = torch.randint(0, 2, (items, item_length, bits), generator=generator).float()
@@ -86,6 +61,27 @@ def recall_sequence(items: int, bits: int, item_length: int, generator: torch.Ge
 
 class SequenceTasks:
     """A seeded stream of sequence tasks (the :class:`~fastadapt.core.contract.TaskSource` protocol).
+
+    A task is one sequence: the **support** is what the network is shown (the sequence up to and including
+    the last delimiter: the network writes it into its memory, the "adaptation"); the **query** is the part
+    it must answer (inputs are zero there, the targets are bits). As a
+    :class:`~fastadapt.core.episodes.TaskBatch` (``ways = shots = queries = 1``, float targets, so the
+    engine treats it as regression):
+
+    ==========  ===================  ================================================================
+    field       shape                meaning
+    ==========  ===================  ================================================================
+    support_x   ``[T, 1, S, C]``     the input sequence shown (``S`` steps, ``C`` channels)
+    support_y   ``[T, 1, P, bits]``  the bit vectors shown, without delimiters (copy: the sequence;
+                                     recall: all items in order); no algorithm here reads it
+    query_x     ``[T, 1, A, C]``     zeros: the steps at which the network answers
+    query_y     ``[T, 1, A, bits]``  the answer
+    ==========  ===================  ================================================================
+
+    Every task of one step has the same length, a pure function of ``(seed, step)``; the bits of task
+    ``i`` are a pure function of ``(seed, step, i)``. The engine's test metric on these sources is ``mse``
+    of the predicted bits (0/1) against the answer, i.e. the fraction of answer bits wrong; bits wrong per
+    sequence is that times ``A * bits``.
 
     Args:
         make: ``make(size, generator) -> (support_x, support_y, query_x, query_y)`` of one task.
@@ -126,11 +122,20 @@ class SequenceTasks:
         return TaskBatch(sx, sy, qx, qy, None)
 
     def fixed(self, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:
-        for start in range(0, num_episodes, batch_size):
-            yield self.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
+        return fixed_episodes(self, num_episodes, batch_size)
 
 
-def _options(request: Any, defaults: dict[str, int], task: str) -> dict[str, int]:
+COPY_OPTIONS: dict[str, int | None] = {"bits": 8, "min_length": 1, "max_length": 20, "test_length": None}
+RECALL_OPTIONS: dict[str, int | None] = {
+    "bits": 6,
+    "item_length": 3,
+    "min_items": 2,
+    "max_items": 6,
+    "test_items": None,
+}
+
+
+def _options(request: Any, defaults: dict[str, int | None], task: str) -> dict[str, Any]:
     unknown = sorted(set(request.options) - set(defaults))
     if unknown:
         raise ConfigError(
@@ -152,8 +157,10 @@ def _sizes(request: Any, lo: int, hi: int, test: int | None) -> tuple[int, int]:
 
 
 def copy_source(request: Any) -> SequenceTasks:
-    """The copy task (Graves et al. 2014, sec. 4.1); ``data.options``: bits, min_length, max_length, test_length."""
-    o = _options(request, {"bits": 8, "min_length": 1, "max_length": 20, "test_length": None}, "copy")  # type: ignore[dict-item]
+    """The copy task (Graves et al. 2014, sec. 4.1), ``data.dataset = "copy"``; ``data.options``: ``bits`` (8),
+    ``min_length``/``max_length`` (1/20: training lengths, uniform), ``test_length`` (validation and test
+    sequences; default ``max_length``)."""
+    o = _options(request, COPY_OPTIONS, "copy")
     bits = o["bits"]
     return SequenceTasks(
         lambda n, g: copy_sequence(n, bits, g),
@@ -164,8 +171,10 @@ def copy_source(request: Any) -> SequenceTasks:
 
 
 def recall_source(request: Any) -> SequenceTasks:
-    """Associative recall (Graves et al. 2014, sec. 4.3); ``data.options``: bits, item_length, min_items, max_items, test_items."""
-    o = _options(request, {"bits": 6, "item_length": 3, "min_items": 2, "max_items": 6, "test_items": None}, "recall")  # type: ignore[dict-item]
+    """Associative recall (Graves et al. 2014, sec. 4.3), ``data.dataset = "recall"``; ``data.options``:
+    ``bits`` (6), ``item_length`` (3), ``min_items``/``max_items`` (2/6, as in the paper), ``test_items``
+    (default ``max_items``)."""
+    o = _options(request, RECALL_OPTIONS, "recall")
     bits, length = o["bits"], o["item_length"]
     if o["min_items"] < 2:
         raise ConfigError(

@@ -47,7 +47,8 @@ def folder(request: Any) -> ClassDataset:
     """``folder:<path>``: ``<path>/<part>/<class>/<image>`` (``<path>/<class>/<image>`` when the part is empty)."""
     if not request.argument:
         raise DataError(
-            "data.dataset='folder:' names no folder; write folder:<path>, a folder with train/, val/ and test/ holding one subfolder per class"
+            "data.dataset='folder:' names no folder; write folder:<path>, a folder with train/, "
+            "val/ and test/ holding one subfolder per class"
         )
     root = Path(request.argument)
     path = root / request.part if request.part else root
@@ -67,12 +68,14 @@ def idx(request: Any) -> ClassDataset:
     and ``train-labels-idx1-ubyte``, part ``test`` the ``t10k-`` pair (each plain or ``.gz``)."""
     if not request.argument:
         raise DataError(
-            "data.dataset='idx:' names no folder; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (.gz)"
+            "data.dataset='idx:' names no folder; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and "
+            "-labels-idx1-ubyte (.gz)"
         )
     root = Path(request.argument)
     if not root.is_dir():
         raise DataError(
-            f"IDX folder {root} does not exist; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and -labels-idx1-ubyte (.gz)"
+            f"IDX folder {root} does not exist; write idx:<dir>, a folder with train-/t10k-images-idx3-ubyte and "
+            "-labels-idx1-ubyte (.gz)"
         )
     if request.part not in IDX_PARTS:
         there = [p for p in IDX_PARTS if idx_files(root, p) is not None]

@@ -19,7 +19,8 @@ from fastadapt.runtime.precision import autocast
 
 @dataclass(frozen=True)
 class EvalResult:
-    """``scores``: accuracy (classification), MSE (regression) or return (reinforcement learning) of each episode, in episode order."""
+    """``scores``: accuracy (classification), MSE (regression) or return (reinforcement learning) of each episode, in
+    episode order."""
 
     metric: str
     mean: float
@@ -31,9 +32,13 @@ class EvalResult:
 
     def summary(self) -> str:
         if "diverged_episodes" in self.settings:
-            return f"{self.metric} diverged (non-finite) on {self.settings['diverged_episodes']} of {self.episodes} episodes"
+            diverged = self.settings["diverged_episodes"]
+            return f"{self.metric} diverged (non-finite) on {diverged} of {self.episodes} episodes"
         if self.metric == "acc":
-            return f"{100 * self.mean:.2f} +- {100 * self.ci:.2f} % ({self.episodes} episodes, {int(100 * self.level)}% CI)"
+            return (
+                f"{100 * self.mean:.2f} +- {100 * self.ci:.2f} % "
+                f"({self.episodes} episodes, {int(100 * self.level)}% CI)"
+            )
         return f"{self.metric} {self.mean:.4f} +- {self.ci:.4f} ({self.episodes} episodes, {int(100 * self.level)}% CI)"
 
     def to_dict(self) -> dict[str, Any]:

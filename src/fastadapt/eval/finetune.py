@@ -1,21 +1,5 @@
-"""Test-time fine-tuning of embedding-based algorithms on each task's support set.
-
-Cross-domain studies (Chen et al. 2019; Triantafillou et al. 2020, Meta-Dataset) found that
-metric-based learners gain from a few gradient steps on the support set of a task from another
-domain. For an algorithm whose model is an embedding (``needs_head = False``: ProtoNets, Matching
-Networks, Baseline, the linear probe), :class:`FineTuned` predicts with
-
-    logits(x) = W f(x) + b,   W = 2 c,  b = -||c||^2   (c: the class means of the support features)
-
-which, before any step, ranks classes exactly as ProtoNets' negative squared distances do
-(``-||f(x) - c||^2 = 2 c.f(x) - ||c||^2 - ||f(x)||^2``; the last term is the same for every class).
-``mode = "head"`` trains ``W, b`` on the support set's cross-entropy with the features frozen;
-``mode = "encoder"`` trains the encoder's weights too. ``steps`` of SGD (momentum 0.9) on the whole
-support set, from the run's weights for every task: the algorithm is never changed. The support set
-and the query set go through the encoder as separate batches (BatchNorm with batch statistics sees
-one set at a time, as MAML's evaluation here does): fine-tuning steps cost a pass over the support
-images only, and no query image shapes the fitted head.
-"""
+"""Test-time fine-tuning of embedding-based algorithms on each task's support set (``eval.finetune``;
+:class:`FineTuned` says how)."""
 
 from __future__ import annotations
 
@@ -41,7 +25,7 @@ def prototype_head(features: Tensor, labels: Tensor, ways: int) -> tuple[Tensor,
 def finetune_logits(
     model: nn.Module, support_x: Tensor, support_y: Tensor, query_x: Tensor, mode: str, steps: int, lr: float
 ) -> Tensor:
-    """Query logits ``[Q, N]`` after ``steps`` of fine-tuning ``mode`` on one task (see the module docstring)."""
+    """Query logits ``[Q, N]`` after ``steps`` of fine-tuning ``mode`` on one task (see :class:`FineTuned`)."""
     if mode not in MODES:
         raise ConfigError(f"fine-tuning mode {mode!r} is not supported; choose one of {', '.join(MODES)}")
     ways = int(support_y.max()) + 1
@@ -73,7 +57,24 @@ def finetune_logits(
 
 
 class FineTuned(nn.Module):
-    """``algo`` evaluated with test-time fine-tuning of its embedding ``algo.model`` (see the module docstring)."""
+    """``algo`` evaluated with test-time fine-tuning of its embedding ``algo.model``.
+
+    Cross-domain studies (Chen et al. 2019; Triantafillou et al. 2020, Meta-Dataset) found that
+    metric-based learners gain from a few gradient steps on the support set of a task from another
+    domain. For an algorithm whose model is an embedding (``needs_head = False``: ProtoNets, Matching
+    Networks, Baseline, the linear probe), this predicts with
+
+        logits(x) = W f(x) + b,   W = 2 c,  b = -||c||^2   (c: the class means of the support features)
+
+    which, before any step, ranks classes exactly as ProtoNets' negative squared distances do
+    (``-||f(x) - c||^2 = 2 c.f(x) - ||c||^2 - ||f(x)||^2``; the last term is the same for every class).
+    ``mode = "head"`` trains ``W, b`` on the support set's cross-entropy with the features frozen;
+    ``mode = "encoder"`` trains the encoder's weights too. ``steps`` of SGD (momentum 0.9) on the whole
+    support set, from the run's weights for every task: the algorithm is never changed. The support set
+    and the query set go through the encoder as separate batches (BatchNorm with batch statistics sees
+    one set at a time, as MAML's evaluation here does): fine-tuning steps cost a pass over the support
+    images only, and no query image shapes the fitted head.
+    """
 
     needs_head = False
 
@@ -81,8 +82,9 @@ class FineTuned(nn.Module):
         super().__init__()
         if needs_head(type(algo)) or not isinstance(getattr(algo, "model", None), nn.Module):
             raise ConfigError(
-                f"eval.finetune applies to algorithms whose model is an embedding (ProtoNets, Matching Networks, Baseline, "
-                f"linear probe); {type(algo).__name__} adapts by its own inner loop: set its inner steps instead"
+                "eval.finetune applies to algorithms whose model is an embedding (ProtoNets, Matching Networks, "
+                f"Baseline, linear probe); {type(algo).__name__} adapts by its own inner loop: set its inner "
+                "steps instead"
             )
         if mode not in MODES:
             raise ConfigError(f"eval.finetune={mode!r} is not supported; choose none or one of {', '.join(MODES)}")

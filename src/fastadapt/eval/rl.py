@@ -1,12 +1,5 @@
-"""Evaluation of meta-reinforcement learning as in the MAML paper's Figure 4.
-
-For each policy (an algorithm with ``adaptation_curve``, e.g. :class:`~fastadapt.algorithms.maml_rl.MAMLRL`
-around the meta-learnt, the jointly pretrained or a randomly initialised policy): the mean return on
-fixed held-out tasks after 0, 1, ..., ``steps`` policy-gradient steps of ``trajectories``
-trajectories each, with the mean over tasks and its ``level`` confidence interval (Student's t,
-:func:`fastadapt.eval.stats.mean_ci`). The trajectories that score the policy after ``j`` steps make
-step ``j + 1``; every task's sampling is seeded, so the same tasks give the same numbers.
-"""
+"""Evaluation of meta-reinforcement learning as in the MAML paper's Figure 4: returns after 0, 1, ...
+policy-gradient steps on fixed held-out tasks (:func:`adaptation_curve`, :func:`compare`)."""
 
 from __future__ import annotations
 
@@ -41,7 +34,15 @@ class AdaptationCurve:
 def adaptation_curve(
     algo: nn.Module, tasks: EnvTasks, steps: int = 3, trajectories: int = 20, level: float = 0.95
 ) -> AdaptationCurve:
-    """The Figure-4 curve of ``algo`` on ``tasks`` (which it does not change)."""
+    """The Figure-4 curve of ``algo`` on ``tasks`` (which it does not change).
+
+    ``algo`` has ``adaptation_curve`` (e.g. :class:`~fastadapt.algorithms.maml_rl.MAMLRL` around the
+    meta-learnt, the jointly pretrained or a randomly initialised policy): the mean return on the tasks
+    after 0, 1, ..., ``steps`` policy-gradient steps of ``trajectories`` trajectories each, with the mean
+    over tasks and its ``level`` confidence interval (Student's t, :func:`fastadapt.eval.stats.mean_ci`).
+    The trajectories that score the policy after ``j`` steps make step ``j + 1``; every task's sampling is
+    seeded, so the same tasks give the same numbers.
+    """
     was_training = algo.training
     algo.eval()
     try:

@@ -1,30 +1,5 @@
-"""Test-time selection of the inner learning rate and number of steps from a task's support set alone.
-
-``fastadapt eval RUN eval.select=support_cv``: for every test task, each candidate of a small grid,
-``lr_scale`` in ``eval.select_lr_scales`` (multipliers of the run's own inner rates: a number for
-MAML / ANIL / Reptile, the learnt rates of Meta-SGD and MAML++, the generated rates of ALFA) times
-``steps`` in ``eval.select_steps`` (plus the run's own setting: scale 1, ``inner_steps_eval``), is
-scored by a validation loss computed from the support set only, and the task is adapted with the
-best one (ties: the run's own setting, then fewer steps, then the scale nearest 1). The query set is
-never read before the choice is made: :func:`choose` takes the support set and nothing else, and
-:class:`SupportSelected` hands the query inputs only to the chosen predictor.
-
-How the support set is split (a validation scheme per task, recorded in the result's settings):
-
-* classification with ``k >= 2`` shots: k-fold over shots (``min(k, 5)`` folds): fold ``j`` holds out
-  the ``j``-th example of every class and adapts on the rest (``k - 1`` shots per class; a candidate
-  is judged on slightly less data than it will get, the usual bias of cross-validation);
-* classification with 1 shot: leave-one-out would leave a class without an example, so it is
-  **augmentation-based validation** instead: adapt on the whole support set, validate on shifted
-  (2 pixels in each of 4 directions) and rotated (+-10 degrees) copies of it, with their labels.
-  This measures robustness to small deformations, not generalisation to new drawings: it favours
-  candidates that fit the support set firmly, and it is the only signal one example per class gives;
-* regression with ``n >= 2`` points: k-fold over points (``min(n, 5)`` interleaved folds);
-* otherwise (one example of a non-image task) there is nothing to validate on: the run's own setting.
-
-Cost per task: (folds) x (sum of the candidate step counts) inner steps, against ``inner_steps_eval``
-for the fixed setting; ``scripts/results_hyper.py`` measures the seconds.
-"""
+"""Test-time selection of the inner learning rate and number of steps from a task's support set alone
+(``fastadapt eval RUN eval.select=support_cv``; :func:`choose` says how)."""
 
 from __future__ import annotations
 
@@ -49,8 +24,9 @@ ROTATION_DEGREES = 10.0
 
 @dataclass(frozen=True)
 class Choice:
-    """The setting chosen for one task: ``lr_scale`` times the run's rates, ``steps`` inner steps; ``loss`` its validation loss;
-    ``scheme``: ``"kfold"``, ``"augment"`` or ``"none"`` (nothing to validate on: the run's own setting)."""
+    """The setting chosen for one task: ``lr_scale`` times the run's rates, ``steps`` inner steps; ``loss``
+    its validation loss; ``scheme``: ``"kfold"``, ``"augment"`` or ``"none"`` (nothing to validate on: the
+    run's own setting)."""
 
     lr_scale: float
     steps: int
@@ -73,7 +49,8 @@ def default_steps(algo: nn.Module) -> int:
 
 
 def kfold_splits(support_y: Tensor, classification: bool) -> list[tuple[Tensor, Tensor]]:
-    """``[(train_idx, val_idx), ...]`` over the support set; ``[]`` when no split leaves every class an example (1 shot)."""
+    """``[(train_idx, val_idx), ...]`` over the support set; ``[]`` when no split leaves every class an example (1
+    shot)."""
     n = support_y.shape[0]
     if classification:
         per_class = [torch.nonzero(support_y == c).flatten() for c in torch.unique(support_y)]
@@ -129,7 +106,32 @@ def _validation_loss(
 def choose(
     algo: nn.Module, support_x: Tensor, support_y: Tensor, lr_scales: Sequence[float], steps: Sequence[int]
 ) -> Choice:
-    """The setting for one task, from ``support_x [S, *x]``, ``support_y [S]`` alone (see the module docstring)."""
+    """The setting for one task, from ``support_x [S, *x]``, ``support_y [S]`` alone.
+
+    Each candidate of a small grid, ``lr_scale`` in ``lr_scales`` (multipliers of the run's own inner
+    rates: a number for MAML / ANIL / Reptile, the learnt rates of Meta-SGD and MAML++, the generated rates
+    of ALFA) times ``steps`` (plus the run's own setting: scale 1, ``inner_steps_eval``), is scored by a
+    validation loss computed from the support set only, and the best one is chosen (ties: the run's own
+    setting, then fewer steps, then the scale nearest 1). The query set is never read before the choice is
+    made: this takes the support set and nothing else, and :class:`SupportSelected` hands the query inputs
+    only to the chosen predictor.
+
+    How the support set is split (a validation scheme per task, recorded in the result's settings):
+
+    * classification with ``k >= 2`` shots: k-fold over shots (``min(k, 5)`` folds): fold ``j`` holds out
+      the ``j``-th example of every class and adapts on the rest (``k - 1`` shots per class; a candidate
+      is judged on slightly less data than it will get, the usual bias of cross-validation);
+    * classification with 1 shot: leave-one-out would leave a class without an example, so it is
+      **augmentation-based validation** instead: adapt on the whole support set, validate on shifted
+      (2 pixels in each of 4 directions) and rotated (+-10 degrees) copies of it, with their labels.
+      This measures robustness to small deformations, not generalisation to new drawings: it favours
+      candidates that fit the support set firmly, and it is the only signal one example per class gives;
+    * regression with ``n >= 2`` points: k-fold over points (``min(n, 5)`` interleaved folds);
+    * otherwise (one example of a non-image task) there is nothing to validate on: the run's own setting.
+
+    Cost per task: (folds) x (sum of the candidate step counts) inner steps, against ``inner_steps_eval``
+    for the fixed setting (the hyper study, ``studies/hyper.toml``, measures the seconds: docs/HYPERPARAMETERS.md).
+    """
     own = default_steps(algo)
     classification = not support_y.is_floating_point()
     splits = kfold_splits(support_y, classification)
@@ -152,7 +154,7 @@ def choose(
 
 
 class SupportSelected(nn.Module):
-    """``algo`` evaluated with the inner rate and steps chosen per task from its support set (see the module docstring).
+    """``algo`` evaluated with the inner rate and steps chosen per task from its support set (:func:`choose`).
 
     The algorithm is never changed; ``predict`` holds no state between calls.
     """
@@ -168,7 +170,8 @@ class SupportSelected(nn.Module):
             )
         if not lr_scales or any(not (isinstance(s, (int, float)) and 0 < s < math.inf) for s in lr_scales):
             raise ConfigError(
-                f"eval.select_lr_scales={list(lr_scales)} is invalid; give one or more finite numbers > 0, e.g. [0.5, 1, 2]"
+                f"eval.select_lr_scales={list(lr_scales)} is invalid; give one or more finite numbers > 0, e.g. [0.5, "
+                "1, 2]"
             )
         if not steps or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in steps):
             raise ConfigError(
@@ -205,6 +208,6 @@ class SupportSelected(nn.Module):
             "lr_scales": list(self.lr_scales),
             "steps": list(self.steps),
             "own_steps": default_steps(self.algo),
-            "validation": "k-fold over shots (k >= 2, at most 5 folds) or points (regression); 1 shot: augmented copies "
-            "(2-pixel shifts, +-10 degree rotations) of the support set",
+            "validation": "k-fold over shots (k >= 2, at most 5 folds) or points (regression); "
+            "1 shot: augmented copies (2-pixel shifts, +-10 degree rotations) of the support set",
         }

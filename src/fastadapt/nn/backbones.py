@@ -58,17 +58,23 @@ class Conv4(nn.Module):
         return self.head(z) if self.head is not None else z
 
 
+def relu_mlp(in_features: int, out_features: int, hidden: tuple[int, ...]) -> nn.Sequential:
+    """``Linear -> ReLU`` for each width of ``hidden``, then ``Linear`` to ``out_features``."""
+    dims = [in_features, *hidden]
+    layers: list[nn.Module] = []
+    for a, b in zip(dims[:-1], dims[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(dims[-1], out_features))
+    return nn.Sequential(*layers)
+
+
 class MLP(nn.Module):
-    """Fully connected ReLU network: ``in -> hidden[0] -> ... -> out`` (the MAML sinusoid net is ``MLP(1, 1, (40, 40))``)."""
+    """Fully connected ReLU network: ``in -> hidden[0] -> ... -> out`` (the MAML sinusoid net is
+    ``MLP(1, 1, (40, 40))``)."""
 
     def __init__(self, in_features: int, out_features: int, hidden: tuple[int, ...] = (40, 40)) -> None:
         super().__init__()
-        dims = [in_features, *hidden]
-        layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:]):
-            layers += [nn.Linear(a, b), nn.ReLU()]
-        layers.append(nn.Linear(dims[-1], out_features))
-        self.net = nn.Sequential(*layers)
+        self.net = relu_mlp(in_features, out_features, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.flatten(1) if x.ndim > 2 else x)
@@ -89,7 +95,8 @@ def conv4(
     """
     if input_shape is not None and len(input_shape) != 3:
         raise ConfigError(
-            f"model.name=conv4 takes images [channels, height, width]; this data gives examples of shape {list(input_shape)}: "
+            "model.name=conv4 takes images [channels, height, width]; this data gives examples of shape "
+            f"{list(input_shape)}: "
             f"choose model.name=mlp for vectors"
         )
     if image_size < 16:
@@ -98,7 +105,8 @@ def conv4(
         )
     if in_channels < 1 or hidden < 1 or (out_features is not None and out_features < 1):
         raise ConfigError(
-            f"model.name=conv4 needs in_channels, model.hidden and outputs >= 1; got {in_channels}, {hidden}, {out_features}"
+            f"model.name=conv4 needs in_channels, model.hidden and outputs >= 1; got {in_channels}, {hidden}, "
+            f"{out_features}"
         )
     return Conv4(in_channels, out_features, hidden, image_size, batch_norm=batch_norm)
 
@@ -112,7 +120,8 @@ def mlp(input_shape: tuple[int, ...], out_features: int | None, layers: tuple[in
         raise ConfigError(f"model.layers={list(layers)} is invalid; give one or more hidden widths >= 1, e.g. [40, 40]")
     if in_features < 1 or (out_features is not None and out_features < 1):
         raise ConfigError(
-            f"model.name=mlp needs inputs and outputs >= 1; got examples of shape {list(input_shape)} and {out_features} outputs"
+            f"model.name=mlp needs inputs and outputs >= 1; got examples of shape {list(input_shape)} and "
+            f"{out_features} outputs"
         )
     return MLP(in_features, out_features or layers[-1], tuple(layers))
 
@@ -121,7 +130,8 @@ def flatten(out_features: int | None) -> nn.Flatten:
     """Registered as ``model.name = "flatten"``: the raw input as a vector (MANN's input); it has no head."""
     if out_features is not None:
         raise ConfigError(
-            f"model.name=flatten has no output layer; the algorithm needs a model with a {out_features}-output head (use conv4 or mlp)"
+            f"model.name=flatten has no output layer; the algorithm needs a model with a {out_features}-output head "
+            "(use conv4 or mlp)"
         )
     return nn.Flatten()
 

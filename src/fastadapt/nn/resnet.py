@@ -1,15 +1,5 @@
-"""ResNet-12, the few-shot backbone of TADAM (Oreshkin et al. 2018) and MetaOptNet (Lee et al. 2019).
-
-Four residual blocks; each is three 3x3 convolutions (BatchNorm, LeakyReLU 0.1 after the first two),
-a 1x1 convolution + BatchNorm shortcut, the sum, LeakyReLU 0.1, a 2x2 max-pool and, optionally,
-DropBlock (Ghiasi et al. 2018). Channels 64-160-320-640 (MetaOptNet, RFS) by default; TADAM's narrower
-64-128-256-512 is ``channels=(64, 128, 256, 512)``, and ``width`` scales them all (``width=2``: a wide
-ResNet-12; ``width=0.5``: a small one for CPUs). The embedding is the global average of the last
-feature map (``[B, channels[-1] * width]``), then a linear head when the algorithm wants one.
-
-BatchNorm keeps no running statistics by default, as :class:`~fastadapt.nn.Conv4`: it normalises with
-the statistics of the batch it is given (the transductive setting every reported number names).
-"""
+"""ResNet-12, the few-shot backbone of TADAM (Oreshkin et al. 2018) and MetaOptNet (Lee et al. 2019), with
+DropBlock (Ghiasi et al. 2018)."""
 
 from __future__ import annotations
 
@@ -23,8 +13,9 @@ CHANNELS = (64, 160, 320, 640)  # MetaOptNet's ResNet-12
 
 
 def drop_block(x: Tensor, drop_prob: float, block_size: int, training: bool = True) -> Tensor:
-    """DropBlock (Ghiasi et al. 2018) on ``x [B, C, H, W]``: zero ``block_size`` x ``block_size`` squares so that about
-    ``drop_prob`` of the units are dropped, then rescale the rest by ``numel / kept``. Identity when not training or at 0.
+    """DropBlock (Ghiasi et al. 2018) on ``x [B, C, H, W]``: zero ``block_size`` x ``block_size`` squares so
+    that about ``drop_prob`` of the units are dropped, then rescale the rest by ``numel / kept``. Identity
+    when not training or at 0.
 
     The block centres are drawn from torch's global generator (seeded by ``run.seed``, saved in checkpoints).
     """
@@ -44,7 +35,8 @@ def drop_block(x: Tensor, drop_prob: float, block_size: int, training: bool = Tr
 
 
 class ResidualBlock(nn.Module):
-    """Three 3x3 convs with BatchNorm (LeakyReLU 0.1 after the first two), a 1x1 conv shortcut, LeakyReLU, 2x2 max-pool, DropBlock."""
+    """Three 3x3 convs with BatchNorm (LeakyReLU 0.1 after the first two), a 1x1 conv shortcut, LeakyReLU, 2x2 max-pool,
+    DropBlock."""
 
     def __init__(
         self,
@@ -84,7 +76,18 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet12(nn.Module):
-    """ResNet-12 (see the module docstring): ``[B, C, H, W] -> [B, out_features]``, or the embedding when ``out_features`` is None.
+    """ResNet-12: ``[B, C, H, W] -> [B, out_features]``, or the embedding when ``out_features`` is None.
+
+    Four residual blocks (:class:`ResidualBlock`); each is three 3x3 convolutions (BatchNorm, LeakyReLU
+    0.1 after the first two), a 1x1 convolution + BatchNorm shortcut, the sum, LeakyReLU 0.1, a 2x2
+    max-pool and, optionally, DropBlock. Channels 64-160-320-640 (MetaOptNet, RFS) by default; TADAM's
+    narrower 64-128-256-512 is ``channels=(64, 128, 256, 512)``, and ``width`` scales them all
+    (``width=2``: a wide ResNet-12; ``width=0.5``: a small one for CPUs). The embedding is the global
+    average of the last feature map (``[B, channels[-1] * width]``), then a linear head when the
+    algorithm wants one.
+
+    BatchNorm keeps no running statistics by default, as :class:`~fastadapt.nn.Conv4`: it normalises
+    with the statistics of the batch it is given (the transductive setting every reported number names).
 
     ``drop_prob``: DropBlock's rate in the last two blocks (MetaOptNet uses 0.1 with ``block_size`` 5 on
     miniImageNet's 84x84; 0 turns it off), and plain dropout of that rate in the first two.
@@ -147,11 +150,13 @@ def resnet12(
     """
     if input_shape is not None and len(input_shape) != 3:
         raise ConfigError(
-            f"model.name=resnet12 takes images [channels, height, width]; this data gives examples of shape {list(input_shape)}"
+            "model.name=resnet12 takes images [channels, height, width]; "
+            f"this data gives examples of shape {list(input_shape)}"
         )
     if image_size < 16:
         raise ConfigError(
-            f"model.name=resnet12 halves the image side four times; data.image_size={image_size} is too small, use >= 16"
+            f"model.name=resnet12 halves the image side four times; data.image_size={image_size} is too small, "
+            "use >= 16"
         )
     channels = tuple(channels)
     if len(channels) != 4 or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels):

@@ -1,18 +1,5 @@
-"""Weights files: safetensors read and written without a dependency, and pretrained weights loaded into a model.
-
-The `safetensors <https://huggingface.co/docs/safetensors>`_ format is an 8-byte little-endian header
-length ``n``, ``n`` bytes of JSON header ``{name: {"dtype", "shape", "data_offsets": [begin, end]},
-"__metadata__": {str: str}}``, then the tensors' bytes, little-endian, row-major. It holds no code, so
-loading one runs nothing from the file. :func:`save_safetensors` and :func:`load_safetensors` write
-and read it here in plain Python (the ``safetensors`` package reads what they write and the other way
-round: ``tests/test_weights.py``).
-
-Pretrained weights (``model.weights = "encoder.safetensors"`` or a torch file) are loaded by
-:func:`load_pretrained`, strictly: every tensor of the file must name a parameter or buffer of the model
-with the same shape, and every tensor of the model must be in the file, except the output head's
-(``head.*``, which the algorithm sizes for its tasks: an encoder trained elsewhere has none). Anything
-else is one line naming the key.
-"""
+"""Weights files: safetensors read and written without a dependency, and pretrained weights loaded into a
+model (:func:`load_pretrained`)."""
 
 from __future__ import annotations
 
@@ -53,6 +40,12 @@ def save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None
 ) -> Path:
     """Write ``tensors`` (name -> tensor, any device) to ``path`` in the safetensors format; returns the path.
+
+    The `safetensors <https://huggingface.co/docs/safetensors>`_ format is an 8-byte little-endian header
+    length ``n``, ``n`` bytes of JSON header ``{name: {"dtype", "shape", "data_offsets": [begin, end]},
+    "__metadata__": {str: str}}``, then the tensors' bytes, little-endian, row-major. It holds no code, so
+    loading one runs nothing from the file. Written and read here in plain Python (the ``safetensors``
+    package reads what this writes and the other way round: ``tests/test_weights.py``).
 
     ``metadata``: string pairs kept in the header (``__metadata__``). Tensors are written in name order,
     each one contiguous and on its own (shared storage is copied).
@@ -95,7 +88,8 @@ def _le_bytes(t: torch.Tensor) -> bytes:
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors (name -> CPU tensor) and the metadata of a safetensors file; one-line :class:`DataError` for anything else."""
+    """The tensors (name -> CPU tensor) and the metadata of a safetensors file; one-line :class:`DataError` for anything
+    else."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"weights file {path} not found; check the path")
@@ -119,7 +113,8 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
             dtype, shape, (begin, end) = DTYPES[info["dtype"]], [int(s) for s in info["shape"]], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise DataError(
-                f"{path}: tensor {name!r} has an unreadable entry {str(info)[:80]}; the file is damaged or not safetensors"
+                f"{path}: tensor {name!r} has an unreadable entry {str(info)[:80]}; "
+                "the file is damaged or not safetensors"
             ) from None
         numel = 1
         for s in shape:
@@ -127,7 +122,8 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         size = numel * torch.empty((), dtype=dtype).element_size()
         if not (0 <= begin <= end <= len(data)) or end - begin != size or min(shape, default=0) < 0:
             raise DataError(
-                f"{path}: tensor {name!r} ({info['dtype']} {shape}) does not fit its bytes [{begin}, {end}); the file is truncated or damaged"
+                f"{path}: tensor {name!r} ({info['dtype']} {shape}) does not fit its bytes [{begin}, {end}); "
+                "the file is truncated or damaged"
             )
         buf = bytearray(data[begin:end])
         t = torch.frombuffer(buf, dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
@@ -142,9 +138,9 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a weights file: ``.safetensors``, or a torch file (``torch.save`` of a state dict, of a dict with
-    ``state_dict`` or ``model``, or a fastadapt checkpoint, whose ``algorithm.model.*`` tensors are the model's). An exported
-    run's ``weights.safetensors`` gives its model's tensors too.
+    """A state dict from a weights file: ``.safetensors``, or a torch file (``torch.save`` of a state dict, of a
+    dict with ``state_dict`` or ``model``, or a fastadapt checkpoint, whose ``algorithm.model.*`` tensors are
+    the model's). An exported run's ``weights.safetensors`` gives its model's tensors too.
 
     Torch files are read with ``weights_only=True``: no code runs from them.
     """
@@ -156,14 +152,16 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
         return tensors
     if not path.is_file():
         raise DataError(
-            f"weights file {path} not found; check the path (model.weights takes a .safetensors or a torch .pt/.pth file)"
+            f"weights file {path} not found; check the path (model.weights takes a .safetensors or a torch .pt/.pth "
+            "file)"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, truncated, a pickle that asks for code
         reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
         raise DataError(
-            f"{path} is not a readable torch weights file ({reason}); pass a state dict saved with torch.save or a .safetensors file"
+            f"{path} is not a readable torch weights file ({reason}); pass a state dict saved with torch.save or a "
+            ".safetensors file"
         ) from None
     if isinstance(obj, dict) and isinstance(
         obj.get("algorithm"), dict
@@ -186,17 +184,21 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
-    """Copy the weights of ``path`` into ``model`` (in place, before training); returns the model keys left as initialised.
+    """Copy the weights of ``path`` into ``model`` (in place, before training); returns the model keys left as
+    initialised.
 
-    Strict: a tensor of the file that the model lacks, a shape that differs, or a model tensor missing
-    from the file (other than the head's, ``head.*``) is a one-line :class:`ConfigError` naming the key.
+    ``model.weights = "encoder.safetensors"`` (or a torch file) in a config. Strict: a tensor of the file
+    that the model lacks, a shape that differs, or a model tensor missing from the file (other than the
+    output head's, ``head.*``, which the algorithm sizes for its tasks: an encoder trained elsewhere has
+    none) is a one-line :class:`ConfigError` naming the key.
     """
     state = read_state_file(path)
     own = model.state_dict()
     for key, mine in own.items():  # in the model's order: the first layer that differs is named
         if key in state and tuple(state[key].shape) != tuple(mine.shape):
             raise ConfigError(
-                f"model.weights={str(path)!r}: {key!r} has shape {list(state[key].shape)} in the file and {list(mine.shape)} "
+                f"model.weights={str(path)!r}: {key!r} has shape {list(state[key].shape)} in the file and "
+                f"{list(mine.shape)} "
                 f"in the model; pass weights of a model built with the same options"
             )
     for key in state:
@@ -219,7 +221,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
 
 
 def exported_payload(path: str | Path) -> dict[str, Any]:
-    """An exported run's weights file as :func:`fastadapt.runs.folder.load_run` reads a checkpoint: ``{"algorithm": state, "step": n}``."""
+    """An exported run's weights file as :func:`fastadapt.runs.folder.load_run` reads a checkpoint:
+    ``{"algorithm": state, "step": n}``."""
     tensors, metadata = read_safetensors(path)
     step = metadata.get("step", "")
     return {"algorithm": tensors, "step": int(step) if step.isdigit() else None}

@@ -1,25 +1,6 @@
-"""Task families of environments, through Gymnasium, and the task source that draws their tasks.
-
-A *task family* (:class:`EnvFamily`) is one Gymnasium environment whose parameters change from task
-to task: a goal (2D navigation), a mass and a length (Pendulum). A task is a parameter vector; the
-algorithm samples its trajectories with the policy it adapts (:mod:`fastadapt.rl.rollout`). Any
-Gymnasium environment with a continuous (Box) action space and a vector observation becomes a
-family in one call::
-
-    def sampler(rng):                       # numpy Generator -> {attribute of env.unwrapped: value}
-        return {"m": rng.uniform(0.5, 2.0), "l": rng.uniform(0.5, 1.5)}
-
-    family = fastadapt.rl.task_family("Pendulum-v1", sampler)
-    source = fastadapt.rl.EnvTaskSource(family, shots=20, queries=20, seed=0)
-
-Each task's parameters are set as attributes of ``env.unwrapped`` after ``gym.make``.
-``EnvTaskSource.sample_tasks(step, start, count)`` is pure (task ``i`` of step ``s`` from the seed
-``(seed, s, i)``) and returns an :class:`~fastadapt.core.episodes.EnvTasks`. The registered sources
-``nav2d`` and ``pendulum-dynamics`` are built by :func:`nav2d` and :func:`pendulum_dynamics`.
-
-Gymnasium is an extra (``pip install fastadapt[rl]``); it is imported on first use, and its absence
-is a one-line error.
-"""
+"""Task families of environments, through Gymnasium (:func:`task_family`), and the task source that draws
+their tasks (:class:`EnvTaskSource`; registered as ``nav2d`` and ``pendulum-dynamics``). Gymnasium is an
+extra (``pip install fastadapt[rl]``), imported on first use; its absence is a one-line error."""
 
 from __future__ import annotations
 
@@ -53,7 +34,12 @@ def require_gymnasium() -> Any:
 
 @dataclass(frozen=True)
 class EnvFamily:
-    """A family of tasks: one environment whose parameters (``param_names``) change per task."""
+    """A family of tasks: one environment whose parameters (``param_names``) change per task.
+
+    A task is a parameter vector, set as attributes of ``env.unwrapped`` after ``gym.make``: a goal (2D
+    navigation), a mass and a length (Pendulum). The algorithm samples its trajectories with the policy it
+    adapts (:mod:`fastadapt.rl.rollout`).
+    """
 
     name: str  # for messages and records, e.g. "Pendulum-v1"
     make_base: Callable[[], Any]  # a fresh Gymnasium environment with default parameters
@@ -73,17 +59,20 @@ class EnvFamily:
         return env
 
     def draw(self, seed: int) -> list[float]:
-        """One task's parameters from ``seed`` (a one-line error for a sampler that gives other names or non-finite values)."""
+        """One task's parameters from ``seed`` (a one-line error for a sampler that gives other names or non-finite
+        values)."""
         values = self.sampler(np.random.default_rng(seed))
         if not isinstance(values, Mapping) or set(values) != set(self.param_names):
             found = sorted(values) if isinstance(values, Mapping) else type(values).__name__
             raise DataError(
-                f"task family {self.name}: the sampler must return a dict with keys {list(self.param_names)}; found {found}"
+                f"task family {self.name}: the sampler must return a dict with keys {list(self.param_names)}; "
+                f"found {found}"
             )
         row = [float(values[n]) for n in self.param_names]
         if not all(math.isfinite(v) for v in row):
             raise DataError(
-                f"task family {self.name}: the sampler returned non-finite parameters {dict(zip(self.param_names, row))}"
+                f"task family {self.name}: the sampler returned non-finite parameters "
+                f"{dict(zip(self.param_names, row))}"
             )
         return row
 
@@ -127,7 +116,14 @@ def task_family(
     horizon: int | None = None,
     name: str | None = None,
 ) -> EnvFamily:
-    """A task family from a Gymnasium environment id (or a function making the environment) and a parameter sampler.
+    """A task family from a Gymnasium environment id (or a function making the environment) and a parameter
+    sampler. Any environment with a continuous (Box) action space and a vector observation works::
+
+        def sampler(rng):                       # numpy Generator -> {attribute of env.unwrapped: value}
+            return {"m": rng.uniform(0.5, 2.0), "l": rng.uniform(0.5, 1.5)}
+
+        family = fastadapt.rl.task_family("Pendulum-v1", sampler)
+        source = fastadapt.rl.EnvTaskSource(family, shots=20, queries=20, seed=0)
 
     ``sampler(rng)`` gets a ``numpy.random.Generator`` and returns ``{attribute: value}``: the
     attributes of ``env.unwrapped`` a task sets. ``horizon``: steps per trajectory (default: the
@@ -169,7 +165,9 @@ def task_family(
 
 
 class EnvTaskSource:
-    """Tasks of a family, seeded: ``shots`` trajectories per adaptation step, ``queries`` to score the adapted policy."""
+    """Tasks of a family, seeded: ``shots`` trajectories per adaptation step, ``queries`` to score the adapted
+    policy. ``sample_tasks(step, start, count)`` is pure (task ``i`` of step ``s`` from the seed
+    ``(seed, s, i)``) and returns an :class:`~fastadapt.core.episodes.EnvTasks`."""
 
     ways = 1
 

@@ -1,11 +1,5 @@
-"""2D navigation of the MAML paper (Finn et al. 2017, sec. 5.3) as a Gymnasium environment.
-
-A point agent starts at the origin and moves by its action, clipped to ``[-0.1, 0.1]`` per
-coordinate; the reward is the negative Euclidean distance to the task's goal ``(goal_x, goal_y)``
-(drawn uniformly from ``[-0.5, 0.5]^2`` by :func:`fastadapt.rl.envs.nav2d_family`). The episode has
-no terminal state; the horizon (100 steps) is the rollout's. This module imports Gymnasium: it is
-imported only after :func:`fastadapt.rl.envs.require_gymnasium`.
-"""
+"""2D navigation of the MAML paper (Finn et al. 2017, sec. 5.3) as a Gymnasium environment. This module
+imports Gymnasium: it is imported only after :func:`fastadapt.rl.envs.require_gymnasium`."""
 
 from __future__ import annotations
 
@@ -19,7 +13,13 @@ ACTION_LIMIT = 0.1
 
 
 class Navigation2D(gym.Env):
-    """Point agent in the plane; observation = position ``[2]``; action = displacement ``[2]``."""
+    """Point agent in the plane; observation = position ``[2]``; action = displacement ``[2]``.
+
+    The agent starts at the origin and moves by its action, clipped to ``[-0.1, 0.1]`` per coordinate; the
+    reward is the negative Euclidean distance to the task's goal ``(goal_x, goal_y)`` (drawn uniformly from
+    ``[-0.5, 0.5]^2`` by :func:`fastadapt.rl.envs.nav2d_family`). The episode has no terminal state; the
+    horizon (100 steps) is the rollout's.
+    """
 
     metadata: dict[str, Any] = {"render_modes": []}
 

@@ -2,11 +2,6 @@
 
 Shapes: ``rewards``, ``mask`` ``[N, H]`` (N trajectories padded to the horizon H; ``mask`` is 1 while
 the episode runs), ``obs`` ``[N, H, D]``.
-
-The baseline is Duan et al. (2016)'s linear feature baseline (rllab's ``LinearFeatureBaseline``,
-also MAML's and ProMP's): features ``[o, o^2, t, t^2, t^3, 1]`` with the observation ``o`` clipped to
-``[-10, 10]`` and ``t`` the time step / 100, fitted to the discounted returns-to-go by ridge least
-squares, ``w = argmin ||X w - R||^2 + reg ||w||^2``, on the same trajectories it is used on.
 """
 
 from __future__ import annotations
@@ -27,7 +22,9 @@ def discounted_returns(rewards: Tensor, mask: Tensor, discount: float) -> Tensor
 
 
 def baseline_features(obs: Tensor, mask: Tensor) -> Tensor:
-    """``[o, o^2, t, t^2, t^3, 1]`` per step, ``[N, H, 2D + 4]``, zero on padding."""
+    """``[o, o^2, t, t^2, t^3, 1]`` per step, ``[N, H, 2D + 4]``, zero on padding: the features of Duan et
+    al. (2016)'s linear feature baseline (rllab's ``LinearFeatureBaseline``, also MAML's and ProMP's), with
+    the observation ``o`` clipped to ``[-10, 10]`` and ``t`` the time step / 100."""
     n, h = obs.shape[:2]
     o = obs.reshape(n, h, -1).clamp(-10, 10)
     t = (torch.arange(h, dtype=obs.dtype, device=obs.device) / 100.0).expand(n, h).unsqueeze(-1)
@@ -36,7 +33,8 @@ def baseline_features(obs: Tensor, mask: Tensor) -> Tensor:
 
 
 def fit_linear_baseline(features: Tensor, returns: Tensor, mask: Tensor, reg: float = 1e-5) -> Tensor:
-    """Ridge least-squares weights ``[F]`` of ``features [N, H, F]`` on ``returns [N, H]`` over the valid steps.
+    """Ridge least-squares weights ``[F]`` of ``features [N, H, F]`` on ``returns [N, H]`` over the valid steps:
+    ``w = argmin ||X w - R||^2 + reg ||w||^2``, fitted on the same trajectories it is used on.
 
     Solves ``(X^T X + reg I) w = X^T R`` in float64; if that is not finite, ``reg`` is multiplied by
     10 (up to 5 times), as rllab does.

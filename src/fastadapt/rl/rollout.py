@@ -1,16 +1,4 @@
-"""Sampling trajectories of T tasks at once through Gymnasium's vector API.
-
-:func:`rollout` runs ``per_task`` trajectories of every task of an :class:`~fastadapt.core.episodes.EnvTasks`
-in one ``gymnasium.vector.SyncVectorEnv`` of ``T * per_task`` environments (one process: on one
-core the synchronous vector env is the fastest), stepping all of them together for the family's
-horizon. Everything is seeded: environment ``n`` of task ``t`` resets with a seed mixed from the
-task's seed, ``phase`` (which sampling of the task this is: adaptation step 0, 1, ..., or the
-evaluation after adaptation) and ``n``; the Gaussian action noise of task ``t`` comes from its own
-generator with the same mixing. The same tasks, phase and policy give the same trajectories.
-
-Actions are sampled unclipped (their log-likelihood is the policy's); the environment receives them
-clipped to its action space's bounds. A non-finite reward is a one-line error.
-"""
+"""Sampling trajectories of T tasks at once through Gymnasium's vector API (:func:`rollout`), seeded."""
 
 from __future__ import annotations
 
@@ -57,12 +45,24 @@ def rollout(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> Trajectories:
-    """``per_task`` trajectories of every task with ``policy`` (called without a graph)."""
+    """``per_task`` trajectories of every task with ``policy`` (called without a graph).
+
+    One ``gymnasium.vector.SyncVectorEnv`` of ``T * per_task`` environments (one process: on one core the
+    synchronous vector env is the fastest), stepping all of them together for the family's horizon.
+    Everything is seeded: environment ``n`` of task ``t`` resets with a seed mixed from the task's seed,
+    ``phase`` (which sampling of the task this is: adaptation step 0, 1, ..., or the evaluation after
+    adaptation) and ``n``; the Gaussian action noise of task ``t`` comes from its own generator with the
+    same mixing. The same tasks, phase and policy give the same trajectories.
+
+    Actions are sampled unclipped (their log-likelihood is the policy's); the environment receives them
+    clipped to its action space's bounds. A non-finite reward is a one-line error.
+    """
     gym = require_gymnasium()
     family = tasks.family
     if not isinstance(family, EnvFamily):
         raise DataError(
-            "these tasks carry no environment family (a run rebuilt from its shapes only); draw tasks from the run's task source"
+            "these tasks carry no environment family (a run rebuilt from its shapes only); "
+            "draw tasks from the run's task source"
         )
     t_count, n, h = tasks.num_tasks, per_task, family.horizon
     seeds = [int(s) for s in tasks.seeds]

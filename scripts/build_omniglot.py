@@ -79,7 +79,9 @@ def build(source: Path, out_dir: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data/omniglot")
+    parser.add_argument(
+        "--source", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared/data/omniglot"
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/fastadapt/data")
     args = parser.parse_args()
     target = build(args.source, args.out)

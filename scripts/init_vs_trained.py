@@ -38,15 +38,21 @@ def main() -> None:
     try:
         cfg = RunFolder(args.run).read_config()
         if "inner_steps_eval" not in inspect.signature(algorithm_class(cfg.algorithm)).parameters:
-            raise SystemExit(f"{args.run}: {cfg.algorithm} has no inner steps to vary; this script compares gradient-based runs")
+            raise SystemExit(
+                f"{args.run}: {cfg.algorithm} has no inner steps to vary; this script compares gradient-based runs"
+            )
         sources = task_sources(cfg)
         if sources.val is None:
             raise SystemExit(f"{args.run}: the run has no validation part (data.val_part) to score on")
         trained = {steps: load_run(args.run, [f"algorithm.inner_steps_eval={steps}"]) for steps in args.steps}
         first = trained[args.steps[0]]
-        print(f"{args.run} ({first.weights}, step {first.step}), {args.episodes} validation episodes, accuracy % mean +- 95% CI")
-        models = {"random init": {s: initial_algorithm(run.config) for s, run in trained.items()},
-                  "trained": {s: run.algorithm for s, run in trained.items()}}
+        print(
+            f"{args.run} ({first.weights}, step {first.step}), {args.episodes} validation episodes, accuracy % mean +- 95% CI"
+        )
+        models = {
+            "random init": {s: initial_algorithm(run.config) for s, run in trained.items()},
+            "trained": {s: run.algorithm for s, run in trained.items()},
+        }
         for name, by_steps in models.items():
             for steps, algo in by_steps.items():
                 res = evaluate(algo, sources.val.fixed(args.episodes, cfg.eval.batch), cfg.eval.level, "cpu")

@@ -75,7 +75,11 @@ def on_page_markdown(markdown, page, config, files):
             return m.group(0)
         if not (root / rel).exists():
             level = logging.INFO if rel.startswith(GENERATED) else logging.WARNING
-            log.log(level, f"{page.file.src_uri} links to {rel}, which does not exist" + (" (not generated yet)" if level == logging.INFO else ""))
+            log.log(
+                level,
+                f"{page.file.src_uri} links to {rel}, which does not exist"
+                + (" (not generated yet)" if level == logging.INFO else ""),
+            )
             if level == logging.INFO:  # shown as text on the site until its run writes it
                 return f"*({rel}: not generated yet)*"
             return m.group(0)

@@ -56,7 +56,10 @@ def main() -> None:
     for preset in ("mann-omniglot", "mann-lstm-omniglot"):
         overrides = args.override if preset == "mann-omniglot" else [o for o in args.override if "controller" not in o]
         per_step, table = profile_preset(preset, overrides, args.steps, args.rows)
-        lines += [f"== {preset} {' '.join(overrides)}: {per_step:.3f} s per training step (16 episodes x 50 steps, one thread)", table]
+        lines += [
+            f"== {preset} {' '.join(overrides)}: {per_step:.3f} s per training step (16 episodes x 50 steps, one thread)",
+            table,
+        ]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -39,7 +39,10 @@ def read_run(path: Path) -> tuple[str, str, list[dict], list[dict]] | None:
 
 
 def running_mean(values: list[float], width: int = 5) -> list[float]:
-    return [sum(values[max(0, i - width + 1):i + 1]) / len(values[max(0, i - width + 1):i + 1]) for i in range(len(values))]
+    return [
+        sum(values[max(0, i - width + 1) : i + 1]) / len(values[max(0, i - width + 1) : i + 1])
+        for i in range(len(values))
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"skipped {run}: no validation rows", file=sys.stderr)
             continue
         setting, trained_on, val, train = got
-        by_setting[setting].append((run.name if trained_on == setting else f"{run.name} (trains {trained_on})", val, train))
+        by_setting[setting].append(
+            (run.name if trained_on == setting else f"{run.name} (trains {trained_on})", val, train)
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     for setting, runs in sorted(by_setting.items()):
         fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
@@ -64,7 +69,9 @@ def main(argv: list[str] | None = None) -> None:
             train_acc = running_mean([100 * r["acc"] for r in train])
             for ax, key, scale in ((ax_t, "time", 1 / 60), (ax_s, "step", 1)):
                 ax.plot([r[key] * scale for r in train], train_acc, color=color, lw=0.8, alpha=0.6)
-                ax.errorbar([r[key] * scale for r in val], acc, yerr=ci, color=color, marker="o", ms=4, capsize=2, label=name)
+                ax.errorbar(
+                    [r[key] * scale for r in val], acc, yerr=ci, color=color, marker="o", ms=4, capsize=2, label=name
+                )
         ax_t.set_xlabel("training minutes (wall clock, one thread)")
         ax_s.set_xlabel("meta-steps")
         ax_s.set_xscale("log")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import time
 from pathlib import Path
 
@@ -34,28 +33,26 @@ import numpy as np
 import torch
 
 import fastadapt
-from fastadapt import EpisodeSampler, FastAdaptError
-from fastadapt.algorithms.mann import MANN, REPORTED_INSTANCES, instance_accuracy
+from fastadapt import FastAdaptError
 from fastadapt.algorithms.ntm import bits_wrong
+from fastadapt.apps.study_evals import mann_instance_accuracy as evaluate_mann
 from fastadapt.config.build import task_sources
 from fastadapt.eval import mean_ci
-from fastadapt.runs.folder import RunFolder
-
-MANN_PAPER = {1: 36.4, 2: 82.8, 3: 91.0, 4: 92.6, 5: 94.9, 10: 98.1}  # Santoro et al. 2016, table 1, MANN (LRUA), 5 classes
-LSTM_PAPER = {1: 24.4, 2: 49.5, 3: 55.3, 4: 61.0, 5: 63.6, 10: 62.5}  # the same table, LSTM baseline
+from fastadapt.report.figure import pyplot
+from fastadapt.report.model_based import (
+    LSTM_PAPER,
+    MANN_PAPER,
+    mann_curves,
+    mann_rows,
+    mann_table,
+    ntm_engine_table,
+    plot_mann,
+)
+from fastadapt.runs import RunFolder
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -115,7 +112,10 @@ def plot_weightings(out: Path, runs: dict[str, Path], length: int) -> None:
             rec = run.algorithm.model.run(x, record=True)
         ww, rw = rec.write_weights[0, :, 0].T.numpy(), rec.read_weights[0, :, 0].T.numpy()  # [N, steps]
         n_slots, half = ww.shape[0], ww.shape[0] // 2
-        ww, rw = np.roll(ww, half, axis=0), np.roll(rw, half, axis=0)  # row r: slot r - half (mod N); the heads start at slot 0
+        ww, rw = (
+            np.roll(ww, half, axis=0),
+            np.roll(rw, half, axis=0),
+        )  # row r: slot r - half (mod N); the heads start at slot 0
         rows = ((ww.max(1) > 0.05) | (rw.max(1) > 0.05)).nonzero()[0]
         lo, hi = (int(rows.min()), int(rows.max()) + 1) if len(rows) else (half - 2, half + 30)
         lo, hi = max(lo - 2, 0), min(hi + 2, n_slots)
@@ -124,26 +124,18 @@ def plot_weightings(out: Path, runs: dict[str, Path], length: int) -> None:
         row[0].axvline(length + 0.5, color="red", lw=0.8)
         row[0].set_title(f"{name}: outputs (copy after the red line)")
         for ax, w, title in ((row[1], ww, "write weightings"), (row[2], rw, "read weightings")):
-            ax.imshow(w[lo:hi], aspect="auto", cmap="gray_r", extent=(-0.5, w.shape[1] - 0.5, hi - half - 0.5, lo - half - 0.5))
+            ax.imshow(
+                w[lo:hi],
+                aspect="auto",
+                cmap="gray_r",
+                extent=(-0.5, w.shape[1] - 0.5, hi - half - 0.5, lo - half - 0.5),
+            )
             ax.set_title(f"{name}: {title}")
             ax.set_xlabel("time step")
             ax.set_ylabel(f"slot (offset from 0, mod {n_slots})")
     fig.tight_layout()
     fig.savefig(out / "ntm_weightings.png", dpi=110)
     plt.close(fig)
-
-
-def ntm_engine_table(result: dict) -> list[str]:
-    """Markdown: bits wrong per sequence by length, one column per model, then parameters, updates and minutes."""
-    names = list(result["models"])
-    md = ["| length | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for n in result["lengths"]:
-        cells = [f"{result['models'][m]['bits_wrong'][str(n)][0]:.2f} ± {result['models'][m]['bits_wrong'][str(n)][1]:.2f}" for m in names]
-        md.append(f"| {n}{' (unseen)' if n > 20 else ''} (of {8 * n} bits) | " + " | ".join(cells) + " |")
-    for key, label, fmt in (("parameters", "parameters", "{:,}"), ("steps", "updates (16 sequences)", "{:,}"),
-                            ("train_minutes", "training minutes", "{:.1f}")):
-        md.append(f"| {label} | " + " | ".join(fmt.format(result["models"][m][key]) for m in names) + " |")
-    return md
 
 
 def ntm_engine(args: argparse.Namespace) -> None:
@@ -161,13 +153,24 @@ def ntm_engine(args: argparse.Namespace) -> None:
         res = fastadapt.train(preset, overrides)
         log(f"ntm: {preset}: {res.steps} steps in {res.train_seconds / 60:.1f} min; scoring lengths {lengths}")
         run = fastadapt.load_run(path)
-        models[name] = {"preset": preset, "run": str(path), "steps": res.steps, "train_minutes": res.train_seconds / 60,
-                        "parameters": sum(p.numel() for p in run.algorithm.parameters()),
-                        "bits_wrong": copy_bits_by_length(path, lengths, args.eval_sequences, min(args.eval_sequences, 64))}
+        models[name] = {
+            "preset": preset,
+            "run": str(path),
+            "steps": res.steps,
+            "train_minutes": res.train_seconds / 60,
+            "parameters": sum(p.numel() for p in run.algorithm.parameters()),
+            "bits_wrong": copy_bits_by_length(path, lengths, args.eval_sequences, min(args.eval_sequences, 64)),
+        }
         paths[name] = path
-    result = {"task": "copy, 8-bit vectors, trained on lengths 1-20 (fastadapt train <preset>)", "minutes_per_model": args.minutes,
-              "eval_sequences_per_length": args.eval_sequences, "lengths": list(lengths), "models": models, "smoke": args.smoke,
-              "bits_wrong": "mean ± 95% CI over the fixed test sequences (eval.seed + 1) of each length"}
+    result = {
+        "task": "copy, 8-bit vectors, trained on lengths 1-20 (fastadapt train <preset>)",
+        "minutes_per_model": args.minutes,
+        "eval_sequences_per_length": args.eval_sequences,
+        "lengths": list(lengths),
+        "models": models,
+        "smoke": args.smoke,
+        "bits_wrong": "mean ± 95% CI over the fixed test sequences (eval.seed + 1) of each length",
+    }
     write_json(out / "results.json", result)
     plot_weightings(out, {n: p for n, p in paths.items() if n.startswith("NTM")}, min(20, max(lengths)))
     md = ntm_engine_table(result)
@@ -180,149 +183,8 @@ def ntm_engine(args: argparse.Namespace) -> None:
 # NTM associative recall
 
 
-RECALL_MODELS = {"NTM (LSTM)": "ntm-recall", "LSTM": "lstm-recall"}  # column -> run folder name (= preset)
-
-
-def recall_bits_by_items(folder: RunFolder, options: dict) -> dict[int, tuple[float, float]]:
-    """Bits wrong per answer (mean, 95% CI) of an associative-recall run (``options``: its ``data.options``) by test
-    item count: the run's own test (``test_items`` of its preset) and each
-    ``fastadapt eval RUN 'data.options={..., test_items=N}'`` record under ``evals/``."""
-    answer_bits = int(options["item_length"]) * int(options["bits"])
-    own = next(iter(folder.read_results()["tests"].values()))
-    out = {int(options.get("test_items") or options["max_items"]): (own["mean"], own["ci"])}
-    for path in sorted(folder.evals_dir.glob("*.json")) if folder.evals_dir.is_dir() else []:
-        record = json.loads(path.read_text())
-        items = [int(m) for o in record.get("overrides", []) for m in re.findall(r"test_items=(\d+)", o)]
-        if items:
-            out[items[-1]] = (record["mean"], record["ci"])
-    return {n: (answer_bits * m, answer_bits * h) for n, (m, h) in sorted(out.items())}
-
-
-def recall_table(root: Path) -> list[str]:
-    """Markdown: bits wrong per answer by item count, one column per model found under ``root`` (run folders named
-    as :data:`RECALL_MODELS`), then updates and training minutes."""
-    folders = {name: RunFolder(root / d) for name, d in RECALL_MODELS.items() if (root / d / "results.json").is_file()}
-    configs = {name: f.read_config() for name, f in folders.items()}
-    results = {name: f.read_results() for name, f in folders.items()}
-    scores = {name: recall_bits_by_items(f, configs[name].data.options) for name, f in folders.items()}
-    md = ["| items | " + " | ".join(folders) + " |", "|---|" + "---|" * len(folders)]
-    for n in sorted({n for s in scores.values() for n in s}):
-        unseen = " (unseen)" if all(n > c.data.options["max_items"] for c in configs.values()) else ""
-        cells = [f"{scores[m][n][0]:.2f} ± {scores[m][n][1]:.2f}" if n in scores[m] else "-" for m in folders]
-        md.append(f"| {n}{unseen} | " + " | ".join(cells) + " |")
-    md.append("| updates x sequences | " + " | ".join(f"{results[m]['steps']:,} x {configs[m].data.meta_batch}" for m in folders) + " |")
-    md.append("| training minutes | " + " | ".join(f"{results[m]['train_seconds'] / 60:.1f}" for m in folders) + " |")
-    return md
-
-
-NTM_TABLE_LENGTHS = (1, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80)
-
-
-def ntm_copy_table(results: list[dict]) -> list[str]:
-    """Markdown table of bits wrong per sequence by length, one column per model of each ``ntm-copy`` ``results.json``
-    ("NTM, 25 min"), then the updates and training sequences of each column."""
-    cols = [(f"{name}, {res['minutes']:g} min", res, name) for res in results for name in res["bits_wrong_per_sequence"]]
-    batches = {res["batch"] for res in results}
-    md = ["| length | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    for n in NTM_TABLE_LENGTHS:  # trained on lengths 1-20
-        md.append(f"| {n}{' (unseen)' if n > 20 else ''} | " + " | ".join(f"{res['bits_wrong_per_sequence'][name][str(n)]:.2f}" for _, res, name in cols) + " |")
-    md.append(f"| updates (batch {'/'.join(map(str, sorted(batches)))}) | " + " | ".join(f"{res['phases'][name]['steps']:,}" for _, res, name in cols) + " |")
-    md.append("| training sequences | " + " | ".join(f"{res['phases'][name]['sequences']:,}" for _, res, name in cols) + " |")
-    return md
-
-
 # --------------------------------------------------------------------------------------------------
 # MANN on Omniglot: runs trained by the engine (fastadapt train mann-omniglot / mann-lstm-omniglot)
-
-INSTANCE_NAMES = {1: "1st", 2: "2nd", 3: "3rd"}
-
-
-def evaluate_mann(algo: MANN, sampler: EpisodeSampler, episodes: int, seed: int) -> dict[str, list[float]]:
-    """Accuracy by instance on fixed test episodes: ``{"k": [mean %, ci95 %]}``."""
-    per_episode = []
-    algo.eval()
-    with torch.no_grad():
-        for i, batch in enumerate(sampler.fixed(episodes, batch_size=100)):
-            seq = algo.make_sequence(batch, torch.Generator().manual_seed(seed * 1000 + i))  # episode_sequence, the run's label encoding
-            per_episode.append(instance_accuracy(algo.sequence_logits(seq), seq.labels, seq.instance, max(REPORTED_INSTANCES)))
-    acc = torch.cat(per_episode)
-    out = {}
-    for k in range(1, acc.shape[1] + 1):
-        m, h = mean_ci(acc[:, k - 1].numpy() * 100)
-        out[str(k)] = [m, h]
-    return out
-
-
-def mann_table(rows: list[tuple[str, str, int, dict[str, list[float]]]]) -> list[str]:
-    """Markdown table of accuracy by instance: ``rows`` of (model, training, episodes, {"k": [mean %, ci %]}), then the paper's rows."""
-    cols = REPORTED_INSTANCES
-    md = ["| model | training | episodes | " + " | ".join(INSTANCE_NAMES.get(k, f"{k}th") for k in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
-    for model, training, episodes, accs in rows:
-        md.append(f"| {model} | {training} | {episodes:,} | " + " | ".join(f"{accs[str(k)][0]:.1f} ± {accs[str(k)][1]:.1f}" for k in cols) + " |")
-    for model, paper in (("**MANN (paper)**", MANN_PAPER), ("LSTM (paper)", LSTM_PAPER)):
-        md.append(f"| {model} | | 100,000 | " + " | ".join(f"{paper[k]}" for k in cols) + " |")
-    return md
-
-
-def mann_rows(result: dict) -> list[tuple[str, str, int, dict[str, list[float]]]]:
-    """The rows of :func:`mann_table` from a ``results.json`` of ``mann-runs`` (``runs``) or of the
-    session-1 ``mann`` command, which trained both models in one script (``phases``; removed since)."""
-    accs = result["instance_accuracy_percent_mean_ci95"]
-    if "runs" in result:
-        return [(f"{name} (ours)", engine_training(run), run["episodes"], accs[name]) for name, run in result["runs"].items()]
-    return [(f"{name} (ours)", f"{result['minutes']:g}-min run ({phase['train_seconds'] / 60:.1f} min each)", phase["episodes"], accs[name])
-            for name, phase in result["phases"].items()]
-
-
-def engine_training(run: dict) -> str:
-    """How long an engine run of ``mann-runs``' record trained, in words ("80 min, one core")."""
-    threads = run["config"]["run"]["threads"]
-    return f"{run['train_seconds'] / 60:.0f} min" + (", one core" if threads == 1 else f", {threads} threads" if threads else "")
-
-
-def mann_curves(result: dict) -> dict[str, list[tuple[int, dict[str, float]]]]:
-    """Training accuracy by instance against episodes, ``model -> [(episodes, {"inst1", "inst2", "inst10"}), ...]``:
-    from the runs' metrics.jsonl (``mann-runs``) or the recorded history (session 1)."""
-    if "runs" in result:
-        return {name: engine_curve(RunFolder(run["run"]).read_metrics(), run["config"]["data"]["meta_batch"]) for name, run in result["runs"].items()}
-    return {name: [(h[0] * result["batch"], h[3]) for h in phase["history"]] for name, phase in result["phases"].items()}
-
-
-def engine_curve(metrics: list[dict], meta_batch: int) -> list[tuple[int, dict[str, float]]]:
-    """The training rows of a run's metrics averaged over windows (100 points per curve), against episodes."""
-    rows = [r for r in metrics if r.get("split") == "train" and "inst10" in r]
-    window = max(1, len(rows) // 100)
-    return [(rows[i + window - 1]["step"] * meta_batch, {k: sum(r[k] for r in rows[i:i + window]) / window for k in ("inst1", "inst2", "inst10")})
-            for i in range(0, len(rows) - window + 1, window)]
-
-
-def plot_mann(out: Path, accs: dict[str, dict[str, list[float]]], curves: dict[str, list[tuple[int, dict[str, float]]]]) -> None:
-    """``mann_training_curves.png`` (training accuracy by instance) and ``mann_instance_accuracy.png`` (test, against the paper)."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
-    for ax, (name, curve) in zip(axes[0], curves.items()):
-        for key, label in (("inst1", "1st"), ("inst2", "2nd"), ("inst10", "10th")):
-            ax.plot([c[0] for c in curve], [c[1][key] * 100 for c in curve], label=f"{label} instance")
-        ax.set_title(f"{name}: training accuracy by instance")
-        ax.set_xlabel("episodes")
-        ax.set_ylabel("% correct")
-        ax.set_ylim(0, 100)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "mann_training_curves.png", dpi=120)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    ks = list(range(1, 11))
-    for name in accs:
-        ax.errorbar(ks, [accs[name][str(k)][0] for k in ks], yerr=[accs[name][str(k)][1] for k in ks], marker="o", ms=3, capsize=2, label=f"{name} (ours)")
-    ax.plot(list(MANN_PAPER), list(MANN_PAPER.values()), "k--", marker="x", label="MANN (paper, 100k episodes)")
-    ax.set_xlabel("instance")
-    ax.set_ylabel("% correct (held-out characters)")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "mann_instance_accuracy.png", dpi=120)
-    plt.close(fig)
 
 
 def write_mann_report(out: Path, result: dict) -> None:
@@ -353,12 +215,22 @@ def mann_runs(args: argparse.Namespace) -> None:
         log(f"mann-runs: {path} ({name}, {run.weights}, step {run.step}): evaluating")
         sampler = task_sources(cfg).tests[f"{cfg.test_ways}w{cfg.test_shots}s"]
         accs[name] = evaluate_mann(run.algorithm, sampler, args.eval_episodes, cfg.eval.seed)
-        runs[name] = {"run": str(path), "steps": run.step, "episodes": run.step * cfg.data.meta_batch,
-                      "train_seconds": float(run.folder.read_results()["train_seconds"]), "config": json.loads(run.folder.config_file.read_text())}
-    result = {"data": "the runs' own data settings (see runs.*.config); test: their test part, fixed episodes eval.seed + 1",
-              "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
-              "eval_episodes": args.eval_episodes, "runs": runs, "instance_accuracy_percent_mean_ci95": accs,
-              "paper": {"MANN": MANN_PAPER, "LSTM": LSTM_PAPER}, "threads": torch.get_num_threads()}
+        runs[name] = {
+            "run": str(path),
+            "steps": run.step,
+            "episodes": run.step * cfg.data.meta_batch,
+            "train_seconds": float(run.folder.read_results()["train_seconds"]),
+            "config": json.loads(run.folder.config_file.read_text()),
+        }
+    result = {
+        "data": "the runs' own data settings (see runs.*.config); test: their test part, fixed episodes eval.seed + 1",
+        "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
+        "eval_episodes": args.eval_episodes,
+        "runs": runs,
+        "instance_accuracy_percent_mean_ci95": accs,
+        "paper": {"MANN": MANN_PAPER, "LSTM": LSTM_PAPER},
+        "threads": torch.get_num_threads(),
+    }
     write_json(out / "results.json", result)
     write_mann_report(out, result)
     log("mann-runs: done")
@@ -367,20 +239,34 @@ def mann_runs(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("ntm", help="train the NTM (LSTM / transformer controller) and plain LSTM / transformer on copy through the engine; "
-                       "bits wrong by length, weighting figure")
-    p.add_argument("--minutes", type=float, default=20.0, help="training minutes per model (optim.max_minutes; rerun to resume)")
+    p = sub.add_parser(
+        "ntm",
+        help="train the NTM (LSTM / transformer controller) and plain LSTM / transformer on copy through the engine; "
+        "bits wrong by length, weighting figure",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=20.0, help="training minutes per model (optim.max_minutes; rerun to resume)"
+    )
     p.add_argument("--out", default="results/ntm", help="folder for results.json, results.md and ntm_weightings.png")
     p.add_argument("--runs", default="runs/ntm", help="folder of the four run folders (one per preset)")
     p.add_argument("--lengths", type=int, nargs="+", default=list(NTM_TEST_LENGTHS), help="test lengths")
     p.add_argument("--eval-sequences", type=int, default=256, help="fixed test sequences per length")
-    p.add_argument("--smoke", action="store_true", help="2 training steps per model, 8 sequences at lengths 20 and 40 (< 1 minute)")
-    p = sub.add_parser("mann-runs", help="instance table of engine runs (fastadapt train mann-omniglot / mann-lstm-omniglot)")
+    p.add_argument(
+        "--smoke", action="store_true", help="2 training steps per model, 8 sequences at lengths 20 and 40 (< 1 minute)"
+    )
+    p = sub.add_parser(
+        "mann-runs", help="instance table of engine runs (fastadapt train mann-omniglot / mann-lstm-omniglot)"
+    )
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", required=True, help="folder for results.json, results.md and PNGs")
     p.add_argument("--eval-episodes", type=int, default=1000, help="held-out test episodes")
-    p = sub.add_parser("mann-report", help="rewrite results.md and the figures of MANN results folders from their results.json (no evaluation)")
-    p.add_argument("folders", nargs="+", help="folders holding a results.json of mann-runs (or of the former mann command)")
+    p = sub.add_parser(
+        "mann-report",
+        help="rewrite results.md and the figures of MANN results folders from their results.json (no evaluation)",
+    )
+    p.add_argument(
+        "folders", nargs="+", help="folders holding a results.json of mann-runs (or of the former mann command)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.command in ("mann-runs", "mann-report"):

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from fastadapt.eval.stats import mean_ci
+from fastadapt.report.tables import training_speed_table as table
 
 LABELS = {"before": "before issue 17 (c0be784), fp32", "after": "now, fp32", "bf16": "now, bf16 (run.precision)"}
 
@@ -35,7 +36,9 @@ LABELS = {"before": "before issue 17 (c0be784), fp32", "after": "now, fp32", "bf
 def summarise(label: str, run: Path, out: Path) -> dict:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in rows if r.get("split") == "train"]
-    per_step = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(train, train[1:]) if b["step"] > a["step"]]
+    per_step = [
+        (b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(train, train[1:]) if b["step"] > a["step"]
+    ]
     results = json.loads((run / "results.json").read_text())
     config = json.loads((run / "config.json").read_text())
     evals = sorted((run / "evals").glob("*.json"))
@@ -48,25 +51,18 @@ def summarise(label: str, run: Path, out: Path) -> dict:
         shutil.copy(run / name, dest / name)
     shutil.copy(evals[0], dest / "evals" / evals[0].name)
     precision = config.get("run", {}).get("precision", "fp32")
-    return {"label": label, "what": LABELS.get(label, label), "precision": precision, "steps": results["steps"],
-            "train_seconds": results["train_seconds"], "seconds_per_step": statistics.median(per_step),
-            "test_mean": test["mean"], "test_ci": test["ci"], "test_episodes": test["episodes"], "scores": test["scores"]}
-
-
-def table(summary: dict) -> list[str]:
-    rows = {r["label"]: r for r in summary["rows"]}
-    base = rows.get("before")
-    lines = ["| run | meta-steps | training (min) | s per meta-step (median) | speed-up per step | test accuracy, 1000 fixed episodes (95% CI) |",
-             "|---|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        speed = f"{base['seconds_per_step'] / r['seconds_per_step']:.2f}x" if base else "-"
-        lines.append(f"| {r['what']} | {r['steps']} | {r['train_seconds'] / 60:.1f} | {r['seconds_per_step']:.3f} | {speed} | "
-                     f"{100 * r['test_mean']:.2f} +- {100 * r['test_ci']:.2f} % |")
-    if "paired" in summary:
-        p = summary["paired"]
-        lines += ["", f"bf16 minus fp32 (both today's code, {p['steps']} meta-steps each), paired over the same {p['episodes']} episodes: "
-                  f"{100 * p['mean']:+.2f} +- {100 * p['ci']:.2f} points (95% CI)."]
-    return lines
+    return {
+        "label": label,
+        "what": LABELS.get(label, label),
+        "precision": precision,
+        "steps": results["steps"],
+        "train_seconds": results["train_seconds"],
+        "seconds_per_step": statistics.median(per_step),
+        "test_mean": test["mean"],
+        "test_ci": test["ci"],
+        "test_episodes": test["episodes"],
+        "scores": test["scores"],
+    }
 
 
 def main() -> None:

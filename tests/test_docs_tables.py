@@ -1,4 +1,5 @@
-"""scripts/docs_tables.py: every generated table in docs/ equals what the JSON under results/ gives."""
+"""scripts/docs_tables.py: every generated table in docs/ equals what the records under results/ give through the
+library's report functions; the table functions' own rules."""
 
 from __future__ import annotations
 
@@ -40,9 +41,8 @@ def test_a_changed_number_is_reported_stale_and_rewritten(tmp_path):
     assert doc.read_text() == original
 
 
-def test_hyper_table_marks_diverged_runs_scored_or_not(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import results_hyper
+def test_hyper_table_marks_diverged_runs_scored_or_not():
+    from fastadapt.report.tables import hyper_table
 
     base = {"domain": "sinusoid-5shot", "method": "ALFA", "select": "fixed", "train_minutes": 0.5, "steps": 1900}
     scored = {
@@ -55,30 +55,28 @@ def test_hyper_table_marks_diverged_runs_scored_or_not(monkeypatch):
         "seconds_per_task": 0.002,
     }
     unscored = {**base, "select": "-", "diverged": "loss is inf", "metric": None, "episodes": 0}
-    header, _, row1, row2 = results_hyper.part1_table([scored, unscored])
+    header, _, row1, row2 = hyper_table([scored, unscored])
     assert "3.5000 +- 0.2500 (MSE) (diverged after step 1900: scored from its last good checkpoint)" in row1
     assert "diverged after step 1900, before its first checkpoint: nothing to score" in row2 and row2.count(
         "|"
     ) == header.count("|")
 
 
-def test_mann_ablation_passes_lstm_is_where_the_curve_stays_above(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import mann_ablation
+def test_mann_ablation_passes_lstm_is_where_the_curve_stays_above():
+    from fastadapt.report.model_based import passes_lstm
 
     lstm = [(e, {"inst2": 0.5, "inst10": 0.5 + e / 1000}) for e in (0, 100, 200, 300, 400)]
     # above at 100, below at 200, above from 300 on: it passes (for good) at 300, not at 100
     curve = [(e, {"inst2": a, "inst10": 0.0}) for e, a in ((0, 0.4), (100, 0.6), (200, 0.4), (300, 0.6), (400, 0.7))]
-    assert mann_ablation.passes_lstm(curve, lstm, "inst2") == 300
-    assert mann_ablation.passes_lstm(curve, lstm, "inst10") is None  # never above
+    assert passes_lstm(curve, lstm, "inst2") == 300
+    assert passes_lstm(curve, lstm, "inst10") is None  # never above
     # the LSTM's curve is interpolated between its points: 0.55 at episode 50 is not above 0.5 + 50/1000 = 0.55
     between = [(50, {"inst10": 0.55}), (150, {"inst10": 0.66})]
-    assert mann_ablation.passes_lstm(between, lstm, "inst10") == 150
+    assert passes_lstm(between, lstm, "inst10") == 150
 
 
-def test_matching_ablation_gap_to_protonets_is_paired_when_scores_are_there(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import matching_ablation
+def test_matching_ablation_gap_to_protonets_is_paired_when_scores_are_there():
+    from fastadapt.report.tables import MATCHING_REFERENCE, matching_ablation_table
 
     ref = {"acc": 0.9, "ci": 0.05, "steps": 10, "train_minutes": 1.0, "scores": [0.8, 0.9, 1.0, 0.9]}
     row = {
@@ -88,21 +86,19 @@ def test_matching_ablation_gap_to_protonets_is_paired_when_scores_are_there(monk
         "train_minutes": 1.0,
         "scores": [0.75, 0.85, 0.95, 0.85],
     }  # 5 points below on every episode
-    result = {"minutes_per_row": 1, "settings": {"5w1s": {"FCE": row, matching_ablation.REFERENCE: ref}}}
-    line = next(x for x in matching_ablation.table(result) if x.startswith("| FCE |"))
+    result = {"minutes_per_row": 1, "settings": {"5w1s": {"FCE": row, MATCHING_REFERENCE: ref}}}
+    line = next(x for x in matching_ablation_table(result) if x.startswith("| FCE |"))
     assert "| -5.00 ± 0.00 |" in line  # paired: the same difference on every episode has no spread
     del row["scores"]
-    line = next(x for x in matching_ablation.table(result) if x.startswith("| FCE |"))
+    line = next(x for x in matching_ablation_table(result) if x.startswith("| FCE |"))
     assert f"| -5.00 ± {100 * (2 * 0.05**2) ** 0.5:.2f} |" in line
 
 
-def test_recall_table_reads_the_runs_own_test_and_its_eval_records_in_bits(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+def test_recall_table_reads_the_runs_own_test_and_its_eval_records_in_bits(tmp_path):
     import json
 
-    import results_model_based
-
     from fastadapt.cli import main as cli_main
+    from fastadapt.report.model_based import recall_table
 
     run = tmp_path / "lstm-recall"
     train = [
@@ -121,7 +117,7 @@ def test_recall_table_reads_the_runs_own_test_and_its_eval_records_in_bits(monke
     assert cli_main(["eval", str(run), options, "eval.test_episodes=4", "run.progress=false"]) == 0
     own = next(iter(json.loads((run / "results.json").read_text())["tests"].values()))
     (record,) = [json.loads(p.read_text()) for p in (run / "evals").glob("*.json")]
-    header, _, six, nine, updates, minutes = results_model_based.recall_table(tmp_path)
+    header, _, six, nine, updates, minutes = recall_table(tmp_path)
     assert header == "| items | LSTM |"
     assert six == f"| 6 | {18 * own['mean']:.2f} ± {18 * own['ci']:.2f} |"  # 3 vectors of 6 bits per answer
     assert nine == f"| 9 (unseen) | {18 * record['mean']:.2f} ± {18 * record['ci']:.2f} |"

@@ -25,17 +25,14 @@ from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.algorithms.protonet import ProtoNet, prototypes
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.data.streams import ClassStream, SinusoidStream, StreamTasks
-from fastadapt.eval.online import (
-    LossJump,
-    OnlineRun,
+from fastadapt.eval.online import LossJump, OnlineRun, online, state_nbytes
+from fastadapt.eval.online_metrics import (
     aligned,
     examples_to_fraction,
     new_class_curves,
-    online,
     paired,
     recovery_steps,
     regret,
-    state_nbytes,
     summarize,
 )
 from fastadapt.nn import MLP, Conv4
@@ -481,7 +478,7 @@ def test_protonet_runs_online_on_an_omniglot_stream():
 
 def test_fastadapt_plot_draws_a_saved_record_of_online_runs(tmp_path, capsys):
     from fastadapt.cli import main as cli_main
-    from fastadapt.eval.online import plot_stream_record, save_runs
+    from fastadapt.report.streams import plot_stream_record, save_runs
 
     torch.manual_seed(0)
     stream = SinusoidStream(3, length=30, phase_length=10)

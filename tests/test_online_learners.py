@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 import fastadapt
+import helpers
 from fastadapt import ConfigError, DataError
 from fastadapt.algorithms.base import task_loss
 from fastadapt.algorithms.baseline import Baseline, HeadPredictor
@@ -24,6 +25,7 @@ from fastadapt.core.registry import ALGORITHMS
 from fastadapt.data.streams import ClassStream, SinusoidStream
 from fastadapt.eval.online import online, state_nbytes
 from fastadapt.nn import MLP
+from helpers import labelled
 
 WAYS, DIM = 3, 4
 
@@ -32,14 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mlp(out: int, seed: int = 0, inp: int = DIM) -> MLP:
-    torch.manual_seed(seed)
-    return MLP(inp, out, (8,)).double()
-
-
-def labelled(n: int, seed: int, ways: int = WAYS) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, ways, (n,), generator=g)
-    return torch.randn(n, DIM, generator=g, dtype=torch.float64) + y[:, None].double(), y
+    return helpers.mlp(seed, (8,), inp, out)
 
 
 def tiny_mann(**options) -> MANN:

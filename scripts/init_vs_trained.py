@@ -47,7 +47,8 @@ def main() -> None:
         trained = {steps: load_run(args.run, [f"algorithm.inner_steps_eval={steps}"]) for steps in args.steps}
         first = trained[args.steps[0]]
         print(
-            f"{args.run} ({first.weights}, step {first.step}), {args.episodes} validation episodes, accuracy % mean +- 95% CI"
+            f"{args.run} ({first.weights}, step {first.step}), {args.episodes} validation episodes, "
+            "accuracy % mean +- 95% CI"
         )
         models = {
             "random init": {s: initial_algorithm(run.config) for s, run in trained.items()},

@@ -57,7 +57,8 @@ def main() -> None:
         overrides = args.override if preset == "mann-omniglot" else [o for o in args.override if "controller" not in o]
         per_step, table = profile_preset(preset, overrides, args.steps, args.rows)
         lines += [
-            f"== {preset} {' '.join(overrides)}: {per_step:.3f} s per training step (16 episodes x 50 steps, one thread)",
+            f"== {preset} {' '.join(overrides)}: {per_step:.3f} s per training step "
+            "(16 episodes x 50 steps, one thread)",
             table,
         ]
     text = "\n".join(lines)

@@ -1,7 +1,8 @@
 """Results for the model-based family: the NTM copy task and the MANN on Omniglot, each against an LSTM.
 
     python scripts/results_model_based.py ntm --minutes 20 --out results/ntm --runs runs/ntm
-    python scripts/results_model_based.py mann-runs results/runs/mann-omniglot results/runs/mann-lstm-omniglot --out results/mann_engine
+    python scripts/results_model_based.py mann-runs results/runs/mann-omniglot results/runs/mann-lstm-omniglot \
+        --out results/mann_engine
     python scripts/results_model_based.py mann-report results/mann results/mann_50min results/mann_engine
 
 ``ntm`` trains four models on the copy task through the engine, one after the other, one thread
@@ -11,7 +12,8 @@ scores each at the test lengths (bits wrong per sequence on the engine's fixed t
 that length) and writes ``results.json``, ``results.md`` and ``ntm_weightings.png`` (read / write
 weightings of both NTM controllers) under ``--out``; ``--smoke`` checks the whole path in < 1 minute.
 The associative-recall runs (presets ``ntm-recall``, ``lstm-recall``) train and evaluate through the command
-line; :func:`recall_table` makes their table from the run folders. The former ``ntm-copy`` command (its own training loop, session 1) is gone; its folders
+line; ``fastadapt.report.model_based.recall_table`` makes their table from the run folders. The former ``ntm-copy``
+command (its own training loop, session 1) is gone; its folders
 ``results/ntm_copy*`` stay readable by :func:`ntm_copy_table`.
 
 The MANN and its LSTM baseline train through the engine (``fastadapt train mann-omniglot``,
@@ -196,7 +198,8 @@ def write_mann_report(out: Path, result: dict) -> None:
 
 
 def mann_runs(args: argparse.Namespace) -> None:
-    """The instance table of MANN / LSTM runs trained by the engine (``fastadapt train mann-omniglot``, ``mann-lstm-omniglot``).
+    """The instance table of MANN / LSTM runs trained by the engine (``fastadapt train mann-omniglot``,
+    ``mann-lstm-omniglot``).
 
     Each run is scored on ``--eval-episodes`` fixed episodes of its test part (the engine's test
     episodes: ``eval.seed + 1``), 5 classes x 10 instances as in training.
@@ -224,7 +227,8 @@ def mann_runs(args: argparse.Namespace) -> None:
         }
     result = {
         "data": "the runs' own data settings (see runs.*.config); test: their test part, fixed episodes eval.seed + 1",
-        "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, label of step t-1 given at step t",
+        "episode": "5 classes x 10 instances (shots 5 + queries 5 pooled), shuffled order and labels, "
+        "label of step t-1 given at step t",
         "eval_episodes": args.eval_episodes,
         "runs": runs,
         "instance_accuracy_percent_mean_ci95": accs,

@@ -9,7 +9,8 @@ today's, meta-steps counted, and a bf16-trained model tested against the fp32 on
         run.threads=1 eval.test_episodes=0 run.out=runs17/bf16
     for r in before after bf16; do fastadapt eval runs17/$r eval.test_episodes=1000; done
     # the summary (copies the records under --out and writes summary.json; docs_tables renders it):
-    python scripts/results_training_speed.py --runs before=runs17/before after=runs17/after bf16=runs17/bf16 --out results/perf17
+    python scripts/results_training_speed.py --runs before=runs17/before after=runs17/after bf16=runs17/bf16 \
+        --out results/perf17
 
 Seconds per meta-step are the median over the logged training rows of (time difference / steps between
 them), so the validation passes (every 500 steps, the same in every run) do not count. The bf16 row is

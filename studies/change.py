@@ -80,9 +80,15 @@ def sinusoid_study(cells: dict, opts: dict) -> tuple[dict[str, Any], dict[str, O
         print(f"  {name}: {len(test)} streams in {time.perf_counter() - t0:.1f} s", flush=True)
     horizon = stream_opts["phase_length"]
     fine_tuning = {"steps": opts["ft_steps"], "lrs": opts["ft_lrs"], **chosen}
-    out: dict[str, Any] = {"streams": len(test), "stream_options": stream_opts, "window": opts["window"],
-                           "recovery_rule": recovery, "detector": opts["detector"], "fine_tuning": fine_tuning,
-                           "learners": {name: summarize(rs, "probe", horizon, **recovery) for name, rs in runs.items()}}  # fmt: skip
+    out: dict[str, Any] = {
+        "streams": len(test),
+        "stream_options": stream_opts,
+        "window": opts["window"],
+        "recovery_rule": recovery,
+        "detector": opts["detector"],
+        "fine_tuning": fine_tuning,
+        "learners": {n: summarize(rs, "probe", horizon, **recovery) for n, rs in runs.items()},
+    }
     pairs = {
         "GrBAL, window - pretrained + fine-tuning": ("GrBAL, window", "pretrained + fine-tuning"),
         "GrBAL + change detection - GrBAL, window": ("GrBAL, window + change detection", "GrBAL, window"),

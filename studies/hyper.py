@@ -84,7 +84,8 @@ def tune_part(study: Study) -> dict:
         result[label] = score(run_out, testing_overrides(study, True))
     a, b = np.asarray(result["default"]["scores"], float), np.asarray(result["tuned"]["scores"], float)
     mean, ci = mean_ci(b - a)
-    result["paired"] = {"mean": mean, "ci": ci, "median_default": float(np.median(a)), "median_tuned": float(np.median(b)),
+    result["paired"] = {"mean": mean, "ci": ci, "median_default": float(np.median(a)),
+                        "median_tuned": float(np.median(b)),
                         "tuned_lower": float((b < a).mean()), "worst_default": float(a.max()),
                         "worst_tuned": float(b.max()), "episodes": int(a.size)}  # fmt: skip
     return result

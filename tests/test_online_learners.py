@@ -321,7 +321,8 @@ def _sequence_algo():
     return NTMLearner(lstm_seq((4, 5), 3, hidden_size=8))
 
 
-EVERY = {  # every registered algorithm: a tiny instance (or None: checked on its predictor below), and whether it updates
+# every registered algorithm: a tiny instance (or None: checked on its predictor below), and whether it updates
+EVERY = {
     "protonet": (lambda: ALGORITHMS.get("protonet")(mlp(5)), True),
     "maml": (lambda: ALGORITHMS.get("maml")(mlp(WAYS), inner_lr=0.3), True),
     "fomaml": (lambda: ALGORITHMS.get("fomaml")(mlp(WAYS), inner_lr=0.3), True),

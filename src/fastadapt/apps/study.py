@@ -92,7 +92,8 @@ class Study:
         return self.file.stem
 
     def resolve(self, ref: str, builtins: Mapping[str, Callable] = {}) -> Callable:  # noqa: B006 (read only)
-        """The function ``ref`` names: a built-in name, ``file.py:function`` (beside the study file) or ``module:function``."""
+        """The function ``ref`` names: a built-in name, ``file.py:function`` (beside the study file) or
+        ``module:function``."""
         if ref in builtins:
             return builtins[ref]
         where, _, attr = ref.partition(":")

@@ -116,7 +116,8 @@ INSTANCE_NAMES = {1: "1st", 2: "2nd", 3: "3rd"}
 
 
 def mann_table(rows: list[tuple[str, str, int, dict[str, list[float]]]]) -> list[str]:
-    """Markdown table of accuracy by instance: ``rows`` of (model, training, episodes, {"k": [mean %, ci %]}), then the paper's rows."""
+    """Markdown table of accuracy by instance: ``rows`` of (model, training, episodes, {"k": [mean %, ci %]}), then
+    the paper's rows."""
     cols = REPORTED_INSTANCES
     md = [
         "| model | training | episodes | " + " | ".join(INSTANCE_NAMES.get(k, f"{k}th") for k in cols) + " |",
@@ -190,7 +191,8 @@ def engine_curve(metrics: list[dict], meta_batch: int) -> list[tuple[int, dict[s
 def plot_mann(
     out: Path, accs: dict[str, dict[str, list[float]]], curves: dict[str, list[tuple[int, dict[str, float]]]]
 ) -> None:
-    """``mann_training_curves.png`` (training accuracy by instance) and ``mann_instance_accuracy.png`` (test, against the paper)."""
+    """``mann_training_curves.png`` (training accuracy by instance) and ``mann_instance_accuracy.png`` (test,
+    against the paper)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     for ax, (name, curve) in zip(axes[0], curves.items()):
@@ -231,7 +233,8 @@ LSTM_ROW = "LSTM baseline"
 
 def passes_lstm(curve: list, lstm: list, key: str) -> int | None:
     """The episode count from which ``curve``'s training accuracy (``key``: "inst2" / "inst10") stays above the LSTM
-    baseline's at the same episode count (the LSTM's curve interpolated linearly); None when it never does by its last point."""
+    baseline's at the same episode count (the LSTM's curve interpolated linearly); None when it never does by its
+    last point."""
     xs, ys = np.array([c[0] for c in lstm], dtype=float), np.array([c[1][key] for c in lstm])
     points = [(e, acc[key]) for e, acc in curve if xs[0] <= e <= xs[-1]]
     above = [acc > np.interp(e, xs, ys) for e, acc in points]
@@ -244,7 +247,7 @@ def passes_lstm(curve: list, lstm: list, key: str) -> int | None:
 
 
 def mann_ablation_table(result: dict) -> list[str]:
-    """Markdown: accuracy by instance of every row (``results_model_based.mann_table``, the paper's rows last), then, when
+    """Markdown: accuracy by instance of every row (:func:`mann_table`, the paper's rows last), then, when
     the LSTM baseline is a row, the episode count from which each memory row's training curve stays above the LSTM's."""
     rows = [(name, f"{r['train_minutes']:.0f} min", r["episodes"], r["accuracy"]) for name, r in result["rows"].items()]
     md = mann_table(rows)

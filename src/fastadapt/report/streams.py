@@ -67,7 +67,8 @@ def save_runs(runs: Mapping[str, OnlineRun] | Mapping[str, Mapping[str, OnlineRu
 
 
 def is_streams_record(path: str | Path) -> bool:
-    """Whether ``path`` is a record of online runs (a ``.json`` file or a folder holding ``streams.json``) rather than a run folder."""
+    """Whether ``path`` is a record of online runs (a ``.json`` file or a folder holding ``streams.json``) rather
+    than a run folder."""
     path = Path(path)
     return (path.is_file() and path.suffix == ".json") or (
         path.is_dir() and (path / STREAMS_FILE).is_file() and not (path / "config.json").is_file()
@@ -75,15 +76,16 @@ def is_streams_record(path: str | Path) -> bool:
 
 
 def plot_stream_record(path: str | Path) -> list[Path]:
-    """``fastadapt plot`` of a :func:`save_runs` record: one PNG per stream (``stream_<name>.png``, or ``stream.png``) beside it,
-    every learner's probe error along the stream with the change points. A file that is not such a record is one line."""
+    """``fastadapt plot`` of a :func:`save_runs` record: one PNG per stream (``stream_<name>.png``, or
+    ``stream.png``) beside it, every learner's probe error along the stream with the change points. A file that is
+    not such a record is one line."""
     path = Path(path)
     file = path / STREAMS_FILE if path.is_dir() else path
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError) as e:
         raise DataError(
-            f"{file}: not a readable record of online runs ({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+            f"{file}: not a readable record of online runs ({(str(e).strip() or type(e).__name__).splitlines()[0]})"
         ) from None
 
     def is_run(v: Any) -> bool:
@@ -91,7 +93,8 @@ def plot_stream_record(path: str | Path) -> list[Path]:
 
     if not isinstance(data, Mapping) or not data:
         raise DataError(
-            f"{file}: expected {{learner: run}} or {{stream: {{learner: run}}}} as written by fastadapt.report.streams.save_runs"
+            f"{file}: expected {{learner: run}} or {{stream: {{learner: run}}}} "
+            "as written by fastadapt.report.streams.save_runs"
         )
     groups = {"": data} if all(is_run(v) for v in data.values()) else data
     out = []
@@ -112,7 +115,8 @@ def plot_stream_record(path: str | Path) -> list[Path]:
 def plot_recovery(
     summaries: Mapping[str, Mapping[str, Any]], path: str | Path, title: str = "", ylabel: str = "MSE", log: bool = True
 ) -> Path:
-    """Mean error against steps since a change (``summarize(...)["curve"]``) with its interval, one line per learner (PNG)."""
+    """Mean error against steps since a change (``summarize(...)["curve"]``) with its interval, one line per
+    learner (PNG)."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, s in summaries.items():
@@ -161,10 +165,12 @@ def change_tables(results: Mapping[str, Any]) -> list[str]:
 
 
 def change_sinusoid_table(results: dict[str, Any]) -> list[str]:
-    """Markdown table of results.json's sinusoid study: recovery steps, censored share and regret per learner, then the paired differences."""
+    """The change study's sinusoid table: recovery steps, censored share and regret per learner, then the paired
+    differences."""
     s = results["sinusoid"]
     lines = [
-        f"| learner ({s['streams']} streams) | recovery steps (95 % CI) | censored | regret, cumulative MSE (95 % CI) |",
+        f"| learner ({s['streams']} streams) | recovery steps (95 % CI) | censored "
+        "| regret, cumulative MSE (95 % CI) |",
         "|---|---|---|---|",
     ]
     for name, r in s["learners"].items():
@@ -177,10 +183,12 @@ def change_sinusoid_table(results: dict[str, Any]) -> list[str]:
 
 
 def change_omniglot_table(results: dict[str, Any]) -> list[str]:
-    """Markdown table of results.json's Omniglot study: recovery, regret (errors) and the new classes' accuracy by examples seen."""
+    """The change study's Omniglot table: recovery, regret (errors) and the new classes' accuracy by examples
+    seen."""
     o = results["omniglot"]
     lines = [
-        f"| learner ({o['streams']} streams) | recovery steps (95 % CI) | regret, errors (95 % CI) | new classes: acc. after 1 / 5 examples, final "
+        f"| learner ({o['streams']} streams) | recovery steps (95 % CI) | regret, errors (95 % CI) "
+        "| new classes: acc. after 1 / 5 examples, final "
         f"| examples to 90 % of final (95 % CI) | classes within 5 examples |",
         "|---|---|---|---|---|---|",
     ]

@@ -18,7 +18,9 @@ from fastadapt.eval.stats import mean_ci
 
 
 def omniglot_table(paths: list[str]) -> list[str]:
-    """The Markdown lines of the table, from the run folders in ``paths`` (folders without metrics.jsonl are skipped)."""
+    """The Omniglot table of docs/RESULTS.md, from the run folders in ``paths`` (those without metrics.jsonl are
+    skipped): each ``eval_<setting>.json``, and the paired difference against the first run tested on the same
+    fixed episodes (on their common prefix)."""
     rows = []
     for p in map(Path, paths):
         metrics = p / "metrics.jsonl"
@@ -33,7 +35,8 @@ def omniglot_table(paths: list[str]) -> list[str]:
             d = json.loads(ev.read_text())
             rows.append((ev.stem[5:], p.name, d, steps, seconds / 60))
     lines = [
-        "| setting | run | algorithm | test accuracy (fixed episodes: 1000 unless said) | meta-steps | train min | paired diff. vs first row |",
+        "| setting | run | algorithm | test accuracy (fixed episodes: 1000 unless said) | meta-steps | train min "
+        "| paired diff. vs first row |",
         "|---|---|---|---|---|---|---|",
     ]
     first: dict[tuple, np.ndarray] = {}
@@ -65,7 +68,9 @@ def omniglot_table(paths: list[str]) -> list[str]:
         label = setting if d["settings"]["queries"] == 15 else f"{setting} ({d['settings']['queries']} queries)"
         count = "" if len(scores) == 1000 else f" ({len(scores)} episodes)"
         lines.append(
-            f"| {label} | {name} | {d['settings']['algorithm']} | {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} %{count} | {steps} | {minutes:.1f} | {diff} |"
+            f"| {label} | {name} | {d['settings']['algorithm']} "
+            f"| {100 * d['mean']:.2f} +- {100 * d['ci']:.2f} %{count} "
+            f"| {steps} | {minutes:.1f} | {diff} |"
         )
     return lines
 
@@ -80,7 +85,8 @@ SHOTS = (5, 10)
 
 
 def sinusoid_table(table: dict) -> list[str]:
-    """The Markdown table of ``results.json`` (model -> meta-steps, minutes and MSE after each step count), one row per model and K."""
+    """The sinusoid study's table (``results.json``: model -> meta-steps, minutes and MSE after each step count),
+    one row per model and K."""
     lines = [
         "| model | meta-steps (train min) | K | MSE 0 steps | 1 step | 5 steps | 10 steps | paper (1/5/10) |",
         "|---|---|---|---|---|---|---|---|",
@@ -95,7 +101,8 @@ def sinusoid_table(table: dict) -> list[str]:
             ]
             paper = " / ".join(f"{v:.2f}" for v in PAPER_5SHOT[label]) if label in PAPER_5SHOT and shots == 5 else "-"
             lines.append(
-                f"| {label} | {row['meta_steps']} ({row['train_minutes']:.1f}) | {shots} | {' | '.join(cells)} | {paper} |"
+                f"| {label} | {row['meta_steps']} ({row['train_minutes']:.1f}) | {shots} | {' | '.join(cells)} "
+                f"| {paper} |"
             )
     return lines
 
@@ -104,7 +111,8 @@ def training_speed_table(summary: dict) -> list[str]:
     rows = {r["label"]: r for r in summary["rows"]}
     base = rows.get("before")
     lines = [
-        "| run | meta-steps | training (min) | s per meta-step (median) | speed-up per step | test accuracy, 1000 fixed episodes (95% CI) |",
+        "| run | meta-steps | training (min) | s per meta-step (median) | speed-up per step "
+        "| test accuracy, 1000 fixed episodes (95% CI) |",
         "|---|---|---|---|---|---|",
     ]
     for r in summary["rows"]:
@@ -117,7 +125,8 @@ def training_speed_table(summary: dict) -> list[str]:
         p = summary["paired"]
         lines += [
             "",
-            f"bf16 minus fp32 (both today's code, {p['steps']} meta-steps each), paired over the same {p['episodes']} episodes: "
+            f"bf16 minus fp32 (both today's code, {p['steps']} meta-steps each), "
+            f"paired over the same {p['episodes']} episodes: "
             f"{100 * p['mean']:+.2f} +- {100 * p['ci']:.2f} points (95% CI).",
         ]
     return lines
@@ -175,9 +184,12 @@ def hyper_study_table(study: dict) -> list[str]:
         p = study["paired"]
         lines += [
             "",
-            f"Paired over the same {p['episodes']} episodes, tuned minus default: {p['mean']:+.4f} +- {p['ci']:.4f} MSE (95% CI); "
-            f"median MSE {p['median_tuned']:.4f} tuned vs {p['median_default']:.4f} default; the tuned model is lower on "
-            f"{100 * p['tuned_lower']:.1f} % of the episodes; worst episode {p['worst_tuned']:.2f} tuned vs {p['worst_default']:.2f} default.",
+            f"Paired over the same {p['episodes']} episodes, tuned minus default: "
+            f"{p['mean']:+.4f} +- {p['ci']:.4f} MSE (95% CI); "
+            f"median MSE {p['median_tuned']:.4f} tuned vs {p['median_default']:.4f} default; "
+            "the tuned model is lower on "
+            f"{100 * p['tuned_lower']:.1f} % of the episodes; "
+            f"worst episode {p['worst_tuned']:.2f} tuned vs {p['worst_default']:.2f} default.",
         ]
     return lines
 
@@ -196,8 +208,9 @@ def rl_table(results: dict) -> list[str]:
                 + " |"
             )
     notes = [
-        f"{family}: {r['tasks']} held-out tasks, {r['trajectories']} trajectories per step, 95 % CI over tasks; MAML above both after "
-        f"one step with non-overlapping intervals: {r['maml_above_both_after_one_step']}; total {r['total_minutes']:.1f} min"
+        f"{family}: {r['tasks']} held-out tasks, {r['trajectories']} trajectories per step, 95 % CI over tasks; "
+        f"MAML above both after one step with non-overlapping intervals: {r['maml_above_both_after_one_step']}; "
+        f"total {r['total_minutes']:.1f} min"
         for family, r in results.items()
     ]
     return [*lines, "", *notes]
@@ -211,7 +224,8 @@ def matching_ablation_table(result: dict) -> list[str]:
     (points, paired over the same test episodes when the rows carry their per-episode ``scores``,
     otherwise the root sum of squares of the two intervals), meta-steps and training minutes."""
     md = [
-        f"{result['minutes_per_row']:g} training minutes per row, one thread; the same training and test episodes within a setting.",
+        f"{result['minutes_per_row']:g} training minutes per row, one thread; "
+        "the same training and test episodes within a setting.",
         "",
     ]
     for setting, rows in result["settings"].items():
@@ -231,7 +245,8 @@ def matching_ablation_table(result: dict) -> list[str]:
             else:
                 gap = f"{100 * (r['acc'] - ref['acc']):+.2f} ± {100 * (r['ci'] ** 2 + ref['ci'] ** 2) ** 0.5:.2f}"
             md.append(
-                f"| {name} | {100 * r['acc']:.2f} ± {100 * r['ci']:.2f} | {gap} | {r['steps']:,} | {r['train_minutes']:.1f} |"
+                f"| {name} | {100 * r['acc']:.2f} ± {100 * r['ci']:.2f} | {gap} | {r['steps']:,} "
+                f"| {r['train_minutes']:.1f} |"
             )
         md.append("")
     return md[:-1]

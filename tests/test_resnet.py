@@ -1,4 +1,5 @@
-"""ResNet-12 (shapes, options, a training step through fastadapt.train) and the seeded augmentation of training episodes."""
+"""ResNet-12 (shapes, options, a training step through fastadapt.train) and the seeded augmentation of training
+episodes."""
 
 from __future__ import annotations
 
@@ -166,7 +167,8 @@ def test_augment_task_keeps_support_and_query_apart_and_config_refuses_unknown_n
 
 
 def _reference_crop(img, padding, top, left):
-    """A plain loop: output pixel (i, j) is pixel (top + i, left + j) of the image zero-padded by ``padding`` on each side."""
+    """A plain loop: output pixel (i, j) is pixel (top + i, left + j) of the image zero-padded by ``padding`` on
+    each side."""
     _, h, w = img.shape
     out = torch.zeros_like(img)
     for i in range(h):

@@ -62,8 +62,9 @@ class MeanPolicy(nn.Module):
 
 
 def test_policy_gradient_is_unbiased_on_a_bandit():
-    """E[r] = -((mu - c)^2 + sigma^2): d/dmu = -2 (mu - c), d/dlog sigma = -2 sigma^2. The estimate from 4000 sampled
-    actions (fixed seed) must lie within 4 standard errors of the closed form (standard errors from the analytic score)."""
+    """E[r] = -((mu - c)^2 + sigma^2): d/dmu = -2 (mu - c), d/dlog sigma = -2 sigma^2. The estimate from 4000
+    sampled actions (fixed seed) must lie within 4 standard errors of the closed form (standard errors from the
+    analytic score)."""
     mu, std, c = 0.5, 0.8, -0.3
     family = task_family(Bandit, lambda rng: {"centre": c}, horizon=1, name="bandit")
     tasks = EnvTaskSource(family, shots=1, queries=1, seed=3).sample_tasks(0, 0, 40)

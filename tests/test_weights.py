@@ -1,5 +1,6 @@
-"""Weights files: safetensors written and read without a dependency (checked against the safetensors package),
-``fastadapt export`` loaded back by ``load_run`` with identical outputs, and strict pretrained weights (``model.weights``)."""
+"""Weights files: safetensors written and read without a dependency (checked against the safetensors
+package), ``fastadapt export`` loaded back by ``load_run`` with identical outputs, and strict pretrained
+weights (``model.weights``)."""
 
 from __future__ import annotations
 

@@ -73,20 +73,17 @@ def _progress(total: int | None, desc: str):
 
 
 def _verify_digest(path: Path, sha256: str | None, md5: str | None, what: str) -> None:
-    if sha256 is not None:
-        got = file_digest(path, "sha256")
-        if got != sha256.lower():
+    """Check ``path`` against ``sha256`` when given, else against ``md5`` when given."""
+    for algorithm, label, expected in (("sha256", "SHA-256", sha256), ("md5", "MD5", md5)):
+        if expected is None:
+            continue
+        got = file_digest(path, algorithm)
+        if got != expected.lower():
             raise DataError(
-                f"SHA-256 of {what} is {got}, expected {sha256}; the file is corrupted or not the official archive, "
-                "delete it and retry"
+                f"{label} of {what} is {got}, expected {expected}; the file is corrupted or not the official "
+                "archive, delete it and retry"
             )
-    elif md5 is not None:
-        got = file_digest(path, "md5")
-        if got != md5.lower():
-            raise DataError(
-                f"MD5 of {what} is {got}, expected {md5}; the file is corrupted or not the official archive, "
-                "delete it and retry"
-            )
+        return
 
 
 def safe_extract(

@@ -254,8 +254,9 @@ def test_pendulum_tasks_change_the_dynamics():
     assert not np.allclose(outs[0], outs[1])
 
 
-def _cfg(tmp_path, preset="maml-rl-nav2d", **over):
-    base = [
+def _quick(tmp_path) -> list[str]:
+    """Overrides for a two-step run of 2 tasks of 2 + 2 trajectories of 5 steps into ``tmp_path / "run"``."""
+    return [
         f"run.out={tmp_path / 'run'}",
         "run.progress=false",
         "optim.steps=2",
@@ -265,7 +266,10 @@ def _cfg(tmp_path, preset="maml-rl-nav2d", **over):
         "eval.test_episodes=2",
         "data.options={horizon=5}",
     ]
-    return fastadapt.load_config(preset, base + [f"{k}={v}" for k, v in over.items()])
+
+
+def _cfg(tmp_path, preset="maml-rl-nav2d", **over):
+    return fastadapt.load_config(preset, _quick(tmp_path) + [f"{k}={v}" for k, v in over.items()])
 
 
 def test_train_two_steps_through_the_engine_then_report_plot_and_load_the_run(tmp_path, capsys):
@@ -305,16 +309,9 @@ def test_the_command_trains_the_preset(tmp_path):
         "fastadapt",
         "train",
         "pretrain-rl-pendulum",
-        f"run.out={tmp_path / 'run'}",
-        "run.progress=false",
-        "optim.steps=2",
-        "data.meta_batch=2",
-        "data.shots=2",
-        "data.queries=2",
+        *_quick(tmp_path),
         "data.test_shots=2",
         "data.test_queries=2",
-        "eval.test_episodes=2",
-        "data.options={horizon=5}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

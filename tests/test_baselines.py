@@ -203,7 +203,8 @@ def test_fit_head_defaults_to_100_passes_and_the_scale_of_chen_et_al():
 
 
 def sklearn_objective(theta, u, y, ways, C):
-    """scikit-learn's multinomial L2 logistic regression: C * sum_i CE + ||W||^2 / 2 (bias not penalised), and its gradient."""
+    """scikit-learn's multinomial L2 logistic regression: C * sum_i CE + ||W||^2 / 2 (bias not penalised), and its
+    gradient."""
     n, d = u.shape
     w, b = theta[: ways * d].reshape(ways, d), theta[ways * d :]
     logits = u @ w.T + b

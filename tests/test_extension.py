@@ -35,7 +35,8 @@ from fastadapt import ClassDataset, MetaOutput
 
 def make_blobs(request):
     """12 classes of 8-d Gaussian blobs, 20 examples each; another draw per part."""
-    g = torch.Generator().manual_seed({"train": 0, "val": 1, "test": 2}[request.part] + int(request.options.get("offset", 0)))
+    g = torch.Generator().manual_seed({"train": 0, "val": 1, "test": 2}[request.part] +
+    int(request.options.get("offset", 0)))
     centers = torch.randn(12, 8, generator=g) * 2
     x = centers.repeat_interleave(20, 0) + torch.randn(240, 8, generator=g)
     return ClassDataset.from_arrays(x, torch.arange(12).repeat_interleave(20), name=f"blobs-{request.part}")
@@ -201,9 +202,10 @@ def write_toml(path: Path, raw: dict) -> Path:
     for section, values in raw.items():
         lines.append(f"[{section}]")
         for k, v in values.items():
-            lines.append(
-                f"{k} = {json.dumps(v) if not isinstance(v, dict) else '{ ' + ', '.join(f'{a} = {json.dumps(b)}' for a, b in v.items()) + ' }'}"
+            inline = (
+                "{ " + ", ".join(f"{a} = {json.dumps(b)}" for a, b in v.items()) + " }" if isinstance(v, dict) else ""
             )
+            lines.append(f"{k} = {inline or json.dumps(v)}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -264,7 +266,8 @@ class Short:
     ways, shots, queries = 5, 1, 2
 
     def sample_tasks(self, step, start, n):
-        return TaskBatch(torch.zeros(n, 4, 1, 28, 28), torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, 10, 1, 28, 28),
+        return TaskBatch(torch.zeros(n, 4, 1, 28, 28), torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, 10, 1, 28,
+        28),
                          torch.zeros(n, 10, dtype=torch.long))
 
     def fixed(self, n, batch_size=10):
@@ -477,10 +480,12 @@ SCRIPT_ALLOCATOR = textwrap.dedent('''
 
     what = sys.argv[1]
     if what == "import":
-        import fastadapt, fastadapt.cli, fastadapt.training.loop, fastadapt.training.testing, fastadapt.report  # noqa: F401
+        import fastadapt, fastadapt.cli, fastadapt.training.loop, fastadapt.training.testing, fastadapt.report  # noqa:
+        F401
     else:
         from fastadapt.cli import main
-        code = main(["train", "protonet-quick", "optim.steps=1", "eval.val_every=0", "eval.test_episodes=0", "model.hidden=4",
+        code = main(["train", "protonet-quick", "optim.steps=1", "eval.val_every=0", "eval.test_episodes=0",
+        "model.hidden=4",
                      "run.progress=false", "run.out=" + sys.argv[2], *sys.argv[3:]])
         assert code == 0
     print("returned" if freed_memory_returned() else "kept")

@@ -106,7 +106,8 @@ def grads_of(loss: torch.Tensor, params: list[torch.Tensor]) -> list[torch.Tenso
 
 
 def assert_grads_close(got: list[torch.Tensor], want: list[torch.Tensor], rtol: float) -> None:
-    """Every tensor within ``rtol`` relative to the largest gradient entry (conv biases before BatchNorm have zero gradient)."""
+    """Every tensor within ``rtol`` relative to the largest gradient entry (conv biases before BatchNorm have zero
+    gradient)."""
     scale = max(float(w.abs().max()) for w in want)
     assert scale > 0
     for g, w in zip(got, want):

@@ -1,4 +1,5 @@
-"""Matching Networks: the attention classifier against the paper's formula, FCE against its recurrences, the contract."""
+"""Matching Networks: the attention classifier against the paper's formula, FCE against its recurrences, the
+contract."""
 
 from __future__ import annotations
 

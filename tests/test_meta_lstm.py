@@ -1,4 +1,5 @@
-"""LSTM meta-learner: reduces to SGD with fixed gates, drops second derivatives, trains every parameter, records gates."""
+"""LSTM meta-learner: reduces to SGD with fixed gates, drops second derivatives, trains every parameter, records
+gates."""
 
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ Hyper = Callable[
 
 
 class HyperGenerator(nn.Module):
-    """``g_psi``: ``tau [2L] -> (a [L], b [L])``, a 3-layer MLP with ReLU, width ``2L``; outputs ``1 + h`` (see the module docstring)."""
+    """``g_psi``: ``tau [2L] -> (a [L], b [L])``, a 3-layer MLP with ReLU, width ``2L``; outputs ``1 + h`` (see the
+    module docstring)."""
 
     def __init__(self, layers: int) -> None:
         super().__init__()
@@ -143,7 +144,8 @@ class ALFA(nn.Module):
     def _hyper(
         self, j: int, phi: inner.Params, grads: inner.Params, lr_scale: float = 1.0, detach: bool = False
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Step ``j``'s ``alpha`` and ``beta`` per tensor from ``tau(phi, grads)``; ``lr_scale`` multiplies every alpha."""
+        """Step ``j``'s ``alpha`` and ``beta`` per tensor from ``tau(phi, grads)``; ``lr_scale`` multiplies every
+        alpha."""
         tau = layer_summary(phi, grads)
         k = min(j, self.inner_steps - 1)
         if detach:
@@ -163,7 +165,8 @@ class ALFA(nn.Module):
         return inner.detached(theta) if self.random_init else theta
 
     def learning_rates(self) -> dict[str, dict[str, float]]:
-        """Per parameter tensor: ``mean``, ``std`` (population), ``min``, ``max`` over steps of the learnt base rates ``alpha0``
+        """Per parameter tensor: ``mean``, ``std`` (population), ``min``, ``max`` over steps of the learnt base rates
+        ``alpha0``
         (the rates of a task are these times the generated multipliers)."""
         return {name: inner.rate_summary(self.alpha0[:, i]) for i, name in enumerate(self.names)}
 
@@ -199,7 +202,8 @@ class ALFA(nn.Module):
         return FastWeightsPredictor.adapted(self.model, self._adapt_from, support_x, support_y, steps, lr_scale)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
-        """``steps`` ALFA steps from ``start`` on ``(x, y)`` (first order, no graph to the meta-parameters); detached."""
+        """``steps`` ALFA steps from ``start`` on ``(x, y)`` (first order, no graph to the meta-parameters);
+        detached."""
         hyper = partial(self._hyper, lr_scale=lr_scale, detach=True)
         with torch.enable_grad():
             return inner.detached(

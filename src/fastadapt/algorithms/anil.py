@@ -56,7 +56,8 @@ def head_input(model: nn.Module, head: str, state: tuple[inner.Params, ...], x: 
             h.remove()
     if "input" not in seen or seen["output"] is not out:
         raise ConfigError(
-            f"ANIL needs the head {head!r} to produce the model's output (nothing after it); this model's forward differs"
+            f"ANIL needs the head {head!r} to produce the model's output (nothing after it); this model's forward "
+            "differs"
         )
     return seen["input"]  # type: ignore[return-value]
 
@@ -142,7 +143,8 @@ class ANIL(nn.Module):
         return losses[:, 0], outputs
 
     def _shared_body(self, body: inner.Params, x: Tensor) -> Tensor:
-        """The head's input for every task of ``x [T, B, *x]`` in one body pass, ``[T, B, *z]`` (:mod:`~fastadapt.algorithms.shared_first`)."""
+        """The head's input for every task of ``x [T, B, *x]`` in one body pass, ``[T, B, *z]``
+        (:mod:`~fastadapt.algorithms.shared_first`)."""
         tasks, per = x.shape[:2]
         with shared_first.TaskGroups(tasks, ()):
             z = head_input(
@@ -159,7 +161,8 @@ class ANIL(nn.Module):
     def adapt(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
     ) -> FastWeightsPredictor:
-        """The model with an adapted head for one task (``params``: all trainable parameters; the body's are theta) after
+        """The model with an adapted head for one task (``params``: all trainable parameters; the body's are theta)
+        after
         ``steps`` (default ``inner_steps_eval``) head steps at ``inner_lr * lr_scale``; detached.
 
         ``update(x, y)`` keeps adapting the head alone on a sliding window (:class:`FastWeightsPredictor`).

@@ -54,7 +54,8 @@ class CompileSession:
 
     def step_done(self, seconds: float) -> dict[str, Any] | None:
         """Record one training step's wall ``seconds``; after the second step of the session, the row to log:
-        ``compile_seconds`` (first step minus second: compiling the forward and backward graphs), both step times and the cache."""
+        ``compile_seconds`` (first step minus second: compiling the forward and backward graphs), both step times and
+        the cache."""
         self.step_seconds.append(seconds)
         if len(self.step_seconds) != 2:
             return None

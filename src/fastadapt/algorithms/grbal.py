@@ -106,7 +106,8 @@ class GrBAL(nn.Module):
     # --- the contract ----------------------------------------------------------------------
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        """Mean over the batch's windows of the loss on the next points after ``inner_steps`` steps on the recent ones."""
+        """Mean over the batch's windows of the loss on the next points after ``inner_steps`` steps on the recent
+        ones."""
         if self.training and torch.is_grad_enabled():
             self.trained_window.fill_(batch.support_x.shape[1])
         params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps)
@@ -129,7 +130,8 @@ class GrBAL(nn.Module):
         )
 
     def predict(self, batch: TaskBatch) -> Tensor:
-        """Query outputs of every window after ``inner_steps_eval`` steps, ``[T, Q, *y]`` (``[T, N*Q, N]``); no graph."""
+        """Query outputs of every window after ``inner_steps_eval`` steps, ``[T, Q, *y]`` (``[T, N*Q, N]``); no
+        graph."""
         params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps_eval)
         return inner.predict_after(self._forward, params, batch, rates, self.execution, self.chunk_size)
 

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput
-from fastadapt.algorithms.baseline import Head, HeadPredictor, embed, model_embedding_dim, predict_tasks, pretrain_loss
+from fastadapt.algorithms.baseline import model_embedding_dim, predict_tasks, pretrain_loss
+from fastadapt.algorithms.heads import Head, HeadPredictor, embed
 from fastadapt.core.episodes import TaskBatch
 
 
@@ -41,7 +42,8 @@ def logistic_objective(features: Tensor, labels: Tensor, weight: Tensor, bias: T
 def fit_logistic_regression(
     features: Tensor, labels: Tensor, ways: int, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-9
 ) -> Head:
-    """Multinomial L2 logistic regression on ``features [S, D]``, ``labels [S]`` -> a linear :class:`Head` ``[ways, D]``.
+    """Multinomial L2 logistic regression on ``features [S, D]``, ``labels [S]`` -> a linear :class:`Head` ``[ways,
+    D]``.
 
     Minimises :func:`logistic_objective` by L-BFGS (module docstring) in float64; the head has the
     features' dtype. Works under ``torch.no_grad()`` and ``torch.inference_mode()``.
@@ -111,11 +113,13 @@ class LinearProbe(nn.Module):
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> HeadPredictor:
         """One task: logistic regression on the L2-normalised frozen support features; the module is not changed.
-        ``update(x, y)`` on the result refits it on a sliding window of the last examples (:class:`~fastadapt.algorithms.baseline.HeadPredictor`)."""
+        ``update(x, y)`` on the result refits it on a sliding window of the last examples
+        (:class:`~fastadapt.algorithms.baseline.HeadPredictor`)."""
         return HeadPredictor.start(self.model, self._fit, support_x, support_y, normalize=True)
 
     def _fit(self, x: Tensor, y: Tensor, ways: int) -> Head:
-        """The per-task logistic regression on ``x, y`` with ``ways`` classes; what the predictor's ``update`` re-runs on its window."""
+        """The per-task logistic regression on ``x, y`` with ``ways`` classes; what the predictor's ``update`` re-runs
+        on its window."""
         return fit_logistic_regression(
             F.normalize(embed(self.model, x), dim=-1), y, ways, self.C, self.max_iter, self.tol
         )

@@ -158,7 +158,8 @@ class MAML(nn.Module):
         return [{n: self.inner_lrs[inner.param_key(n)][min(k, last)] for n in names} for k in range(steps)]
 
     def step_rates(self) -> dict[str, list[float]]:
-        """MAML++ LSLR: per parameter tensor, its learnt rate at each training inner step; ``{}`` without ``learn_inner_lr``."""
+        """MAML++ LSLR: per parameter tensor, its learnt rate at each training inner step; ``{}`` without
+        ``learn_inner_lr``."""
         if self.inner_lrs is None:
             return {}
         return {
@@ -196,7 +197,8 @@ class MAML(nn.Module):
     def adapt(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
     ) -> FastWeightsPredictor:
-        """The model with fast weights for one task (``support_x [N*K, *x]``) after ``steps`` (default ``inner_steps_eval``)
+        """The model with fast weights for one task (``support_x [N*K, *x]``) after ``steps`` (default
+        ``inner_steps_eval``)
         steps, every inner rate times ``lr_scale``; detached.
 
         ``update(x, y)`` on the result keeps adapting (:class:`FastWeightsPredictor`: MAML's inner loop on a
@@ -220,7 +222,8 @@ class MAML(nn.Module):
 
 
 class FOMAML(MAML):
-    """First-order MAML (Finn et al. 2017, sec. 5.2): :class:`MAML` with ``first_order=True``; takes MAML's other options."""
+    """First-order MAML (Finn et al. 2017, sec. 5.2): :class:`MAML` with ``first_order=True``; takes MAML's other
+    options."""
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
         if "first_order" in options:

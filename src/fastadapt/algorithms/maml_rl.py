@@ -78,14 +78,16 @@ def log_probs(model: nn.Module, params: Params, obs: Tensor, actions: Tensor) ->
 def inner_loss(
     model: nn.Module, params: Params, obs: Tensor, actions: Tensor, adv: Tensor, mask: Tensor, objective: str = "lvc"
 ) -> Tensor:
-    """The policy-gradient surrogate of one task's trajectories (``[N, H, ...]``): ``-mean_valid(w_t A_t)`` (module docstring)."""
+    """The policy-gradient surrogate of one task's trajectories (``[N, H, ...]``): ``-mean_valid(w_t A_t)`` (module
+    docstring)."""
     logp = log_probs(model, params, obs, actions)
     w = torch.exp(logp - logp.detach()) if objective == "lvc" else logp
     return -(w * adv * mask).sum() / mask.sum().clamp_min(1)
 
 
 def clipped_surrogate(logp: Tensor, logp_old: Tensor, adv: Tensor, mask: Tensor, clip: float) -> Tensor:
-    """``-mean_valid(min(r A, clip(r, 1-clip, 1+clip) A))`` with ``r = exp(logp - logp_old)`` (PPO's objective, as a loss)."""
+    """``-mean_valid(min(r A, clip(r, 1-clip, 1+clip) A))`` with ``r = exp(logp - logp_old)`` (PPO's objective, as a
+    loss)."""
     ratio = torch.exp(logp - logp_old.detach())
     obj = torch.minimum(ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv)
     return -(obj * mask).sum() / mask.sum().clamp_min(1)
@@ -108,7 +110,8 @@ class PolicyPredictor:
             return functional_call(self.model, self.params, (obs,))
 
     def update(self, x: Tensor, y: Tensor) -> None:
-        """Refused in one line: a policy adapts from the rewards of trajectories it collects, not from labelled (x, y) batches."""
+        """Refused in one line: a policy adapts from the rewards of trajectories it collects, not from labelled (x, y)
+        batches."""
         raise ConfigError(ONLINE_REFUSAL)
 
     def reset(self) -> None:
@@ -155,7 +158,8 @@ class MAMLRL(nn.Module):
         names = dict(model.named_parameters())
         if "log_std" not in names:
             raise ConfigError(
-                f"{type(model).__name__} has no parameter log_std; maml-rl needs a Gaussian policy (model.name = gaussian-mlp)"
+                f"{type(model).__name__} has no parameter log_std; maml-rl needs a Gaussian policy (model.name = "
+                "gaussian-mlp)"
             )
         if outer not in OUTERS:
             raise ConfigError(f"algorithm.outer={outer!r} is invalid; choose one of {', '.join(OUTERS)}")
@@ -263,7 +267,8 @@ class MAMLRL(nn.Module):
     def meta_loss(self, batch: EnvTasks) -> MetaOutput:
         if not isinstance(batch, EnvTasks):
             raise ConfigError(
-                f"maml-rl trains on environment tasks (EnvTasks, e.g. data.dataset = nav2d), found {type(batch).__name__}"
+                "maml-rl trains on environment tasks (EnvTasks, e.g. data.dataset = nav2d), found "
+                f"{type(batch).__name__}"
             )
         theta = self._theta()
         mode = "none" if self.outer == "reptile" else ("first" if self.first_order else "second")
@@ -302,14 +307,16 @@ class MAMLRL(nn.Module):
         return PolicyPredictor(self.model, fast[0])
 
     def predict(self, batch: EnvTasks) -> Tensor:
-        """``[T]``: each task's mean return over ``batch.queries`` trajectories after ``inner_steps_eval`` adaptation steps."""
+        """``[T]``: each task's mean return over ``batch.queries`` trajectories after ``inner_steps_eval`` adaptation
+        steps."""
         fast, _, _ = self.adapt_tasks(batch, self.inner_steps_eval, batch.shots)
         with torch.no_grad():
             post = self.sample(batch, fast, batch.queries, phase=self.inner_steps_eval)
         return post.returns().mean(1).detach()
 
     def adaptation_curve(self, tasks: EnvTasks, steps: int, per_task: int) -> Tensor:
-        """``[T, steps + 1]``: each task's mean return after 0, 1, ..., ``steps`` adaptation steps of ``per_task`` trajectories
+        """``[T, steps + 1]``: each task's mean return after 0, 1, ..., ``steps`` adaptation steps of ``per_task``
+        trajectories
         (the MAML paper's Figure 4: the trajectories of step j score the policy after j steps and make step j + 1)."""
         fast, curve, _ = self.adapt_tasks(tasks, steps, per_task)
         with torch.no_grad():

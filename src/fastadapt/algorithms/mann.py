@@ -96,11 +96,13 @@ class MemoryPredictor:
         self.support_x = self.support_y = None
 
     def update(self, x: Tensor, y: Tensor) -> None:
-        """Feed the labelled batch ``x [B, *input_shape]``, ``y [B]`` (labels ``0..ways-1``) into the memory; returns nothing."""
+        """Feed the labelled batch ``x [B, *input_shape]``, ``y [B]`` (labels ``0..ways-1``) into the memory; returns
+        nothing."""
         net = self.net
         if getattr(net.core, "controller_kind", "lstm") == "transformer":
             raise ConfigError(
-                "MANN update: the transformer controller's state (its cache of every step) grows with each example, so online "
+                "MANN update: the transformer controller's state (its cache of every step) grows with each example, so "
+                "online "
                 "updates would not keep bounded memory; use controller='lstm' for online adaptation"
             )
         check_update(x, y, torch.empty(0, *net.input_shape), torch.empty(0, dtype=torch.long))
@@ -108,8 +110,10 @@ class MemoryPredictor:
             return
         if int(y.max()) >= net.ways:
             raise DataError(
-                f"update: label {int(y.max())} is outside the {net.ways} classes this MANN was built for (ways={net.ways}); its label "
-                f"input and output have a fixed width (use a metric-based learner, e.g. ProtoNet, or a stream with slot labels)"
+                f"update: label {int(y.max())} is outside the {net.ways} classes this MANN was built for "
+                f"(ways={net.ways}); its label "
+                "input and output have a fixed width (use a metric-based learner, e.g. ProtoNet, or a stream with "
+                "slot labels)"
             )
         order = fixed_order(y.shape[0])
         x, y = x.detach()[order].unsqueeze(0), y.detach()[order].unsqueeze(0)
@@ -194,13 +198,15 @@ class MANN(nn.Module):
         ways: C, the number of classes per episode (5 in the paper's one-hot experiments).
         input_shape: shape of one input (default ``(1, 20, 20)``: Omniglot at the paper's 20x20).
         core: ``"mann"`` (controller + LRUA memory) or ``"lstm"`` (the baseline).
-        memory_size, memory_width, read_heads, controller_size, gamma: see :class:`~fastadapt.nn.mann_memory.LRUMemoryCore`
+        memory_size, memory_width, read_heads, controller_size, gamma: see
+        :class:`~fastadapt.nn.mann_memory.LRUMemoryCore`
             (paper: 128, 40, 4, 200, 0.95).
         shuffle_labels: relabel the classes with a random permutation in every training episode (the paper does).
         key_strength: sharpen the content reads with a learnt key strength (not in the paper; see
             :class:`~fastadapt.nn.mann_memory.LRUMemoryCore`).
         controller: the MANN's controller, ``"lstm"`` (the paper) or ``"transformer"`` (``core="mann"`` only).
-        transformer_layers, transformer_heads: the transformer controller's depth and heads (width: ``controller_size``).
+        transformer_layers, transformer_heads: the transformer controller's depth and heads (width:
+        ``controller_size``).
         translate: training episodes only: shift each class of an episode by its own random offset of up
             to this many pixels (per axis), drawn per episode (0: off).
         label_encoding: ``"onehot"`` or ``"string"`` (the paper's 5-character strings; see the module docstring).
@@ -289,7 +295,8 @@ class MANN(nn.Module):
     def _check(self, x: Tensor, ways: int) -> None:
         if tuple(x.shape[-len(self.input_shape) :]) != self.input_shape:
             raise ConfigError(
-                f"MANN was built for inputs {self.input_shape}, got {tuple(x.shape[2:])}; resize the images or pass input_shape"
+                f"MANN was built for inputs {self.input_shape}, got {tuple(x.shape[2:])}; resize the images or pass "
+                "input_shape"
             )
         if ways != self.ways:
             raise ConfigError(
@@ -308,11 +315,13 @@ class MANN(nn.Module):
         return StringLabels.codes(1, self.ways, torch.Generator().manual_seed(0)).expand(tasks, -1, -1)
 
     def _labels_in(self, labels: Tensor, codes: Tensor | None, dtype: torch.dtype) -> Tensor:
-        """What the network is fed for ``labels [T, L]``: one-hot ``[T, L, C]`` or the strings' one-hots ``[T, L, 25]``."""
+        """What the network is fed for ``labels [T, L]``: one-hot ``[T, L, C]`` or the strings' one-hots ``[T, L,
+        25]``."""
         return F.one_hot(labels, self.ways).to(dtype) if codes is None else StringLabels.encode(labels, codes, dtype)
 
     def _class_scores(self, outputs: Tensor, codes: Tensor | None) -> Tensor:
-        """Network outputs ``[T, L, width]`` -> scores of the episode's classes ``[T, L, C]`` (strings: log-likelihoods)."""
+        """Network outputs ``[T, L, width]`` -> scores of the episode's classes ``[T, L, C]`` (strings:
+        log-likelihoods)."""
         return outputs if codes is None else StringLabels.log_likelihood(outputs, codes)
 
     def make_sequence(
@@ -376,7 +385,8 @@ class MANN(nn.Module):
     def _support_state(
         self, support_x: Tensor, support_y: Tensor, generator: torch.Generator | None
     ) -> tuple[Any, Tensor, Tensor | None]:
-        """Run ``[T, S, ...]`` support sequences (shuffled, labels kept); returns the state, the last label's encoding ``[T, width]``
+        """Run ``[T, S, ...]`` support sequences (shuffled, labels kept); returns the state, the last label's encoding
+        ``[T, width]``
         and the strings (or None)."""
         t, s = support_y.shape
         if generator is None:  # the same fixed shuffle of positions for every task, whatever the batch

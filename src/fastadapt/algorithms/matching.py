@@ -10,39 +10,16 @@ A query ``x_hat`` is classified by attention over the encoded support set ``S = 
 with ``y_i`` one-hot, ``c`` the cosine similarity (eq. 1-2 of the paper) and ``s`` a scale (1 in the
 paper). ``log(max(y_hat, eps))`` is the log-likelihood the cross-entropy is taken of.
 
-Full context embeddings (FCE, appendix A), on the embeddings ``g'(x_i)`` and ``f'(x_hat)`` of the
-encoder (the user's model):
-
-* support, A.2: ``g(x_i, S) = h_fw_i + h_bw_i + g'(x_i)``: a bidirectional LSTM read over the support
-  sequence (in the order given; the sampler's order is class-major), plus a skip connection.
-* query, A.1: ``f(x_hat, S) = attLSTM(f'(x_hat), g(S), K)``, ``K`` "processing" steps of
-
-  .. math::
-
-      \\hat h_k, c_k = \\operatorname{LSTM}(f'(\\hat x), [h_{k-1}, r_{k-1}], c_{k-1}), \\quad
-      h_k = \\hat h_k + f'(\\hat x), \\quad
-      r_k = \\sum_i \\operatorname{softmax}_i(h_k^\\top g(x_i))\\, g(x_i)
-
-  and ``f = h_K``. Here ``h_0 = f'(x_hat)`` (``hat h_0 = 0``, the skip connection alone), ``c_0 = 0``
-  and ``r_0`` is read with ``h_0``. An LSTM whose hidden state is ``[h, r]`` has gates linear in
-  ``[f', h, r]``, so it is an ``nn.LSTMCell`` with input ``[f', r]`` (size 2D) and hidden ``h`` (size D).
-
+Full context embeddings (FCE, appendix A) on the encoder's embeddings ``g'(x_i)``, ``f'(x_hat)``: the
+support set read by a bidirectional LSTM plus a skip connection (A.2, :func:`full_context_support`) and
+each query refined by ``K`` steps of an attention LSTM over it (A.1, :func:`attention_lstm_queries`).
 Without FCE, ``f = f'`` and ``g = g'``: a cosine-attention classifier over the encoder's outputs.
 
-BatchNorm. The encoder's BatchNorm (``track_running_stats=False`` in :class:`fastadapt.nn.Conv4`)
-normalises with the statistics of whatever it is fed, so which images are encoded together is part
-of the method; it is the ``encode`` option of ``meta_loss``:
-
-* ``"meta_batch"`` (default, the usual choice for metric methods): one encoder forward over every
-  support and query image of every task of the meta-batch; statistics of the whole meta-batch.
-* ``"per_task"``: each task's support set, and each task's query set, is encoded on its own
-  (vectorized over tasks with ``torch.func.vmap``); the same statistics ``adapt`` and ``predict`` use.
-
-``adapt`` and ``predict`` always encode per task, support set and query set separately (``adapt``
-sees only the support set; its predictor only the queries), so an evaluation never depends on which
-tasks share a batch. A model in ``eval()`` mode with running statistics gives the same embeddings
-either way. ``adapt``/``predict`` run the encoder on copies of its buffers: they never update
-running statistics.
+BatchNorm. Which images the encoder sees together sets batch statistics (``track_running_stats=False``),
+so it is the ``encode`` option of ``meta_loss``: ``"meta_batch"`` (default: one forward over every image
+of the meta-batch) or ``"per_task"`` (each task's support set and query set on their own, as ``adapt`` and
+``predict`` always encode, so an evaluation never depends on which tasks share a batch). ``adapt`` and
+``predict`` run the encoder on copies of its buffers: they never update running statistics.
 """
 
 from __future__ import annotations
@@ -65,12 +42,12 @@ from fastadapt.core.errors import ConfigError, DataError
 DISTANCES = ("cosine", "dot", "euclidean")
 ENCODE_MODES = ("meta_batch", "per_task")
 FCE_INITS = ("pytorch", "orthogonal")
+DEFAULT_WINDOW = 50  # support examples a predictor keeps for update() unless adapt saw more or configure() says so
+_AFTER_RESET = "(after reset()); update it first"
 LOG_EPS = 1e-8  # floor of the attention probability before its log: log(max(y_hat, LOG_EPS))
 
 
-# ----------------------------------------------------------------------------------------------
-# The math, as free functions. Leading dimensions ``...`` (tasks) broadcast.
-# ----------------------------------------------------------------------------------------------
+# --- the math, as free functions (leading dimensions ``...``, tasks, broadcast) ---------------------
 
 
 def similarity(queries: Tensor, support: Tensor, distance: str = "cosine") -> Tensor:
@@ -93,7 +70,8 @@ def similarity(queries: Tensor, support: Tensor, distance: str = "cosine") -> Te
 
 
 def cosine_attention(queries: Tensor, support: Tensor, scale: float | Tensor = 1.0) -> Tensor:
-    """The paper's attention kernel ``a(q, s_i) = softmax_i(scale * cos(q, s_i))``: ``[..., Q, D], [..., S, D] -> [..., Q, S]``.
+    """The paper's attention kernel ``a(q, s_i) = softmax_i(scale * cos(q, s_i))``: ``[..., Q, D], [..., S, D] -> [...,
+    Q, S]``.
 
     Each row sums to 1 over the support items.
     """
@@ -136,7 +114,8 @@ def attention_lstm_queries(queries: Tensor, support: Tensor, cell: nn.LSTMCell, 
     Starting from ``h_0 = f'(x_hat)``, ``c_0 = 0``, each step computes
     ``hat h_k, c_k = cell([f', r_{k-1}], (h_{k-1}, c_{k-1}))``, ``h_k = hat h_k + f'`` and the read
     ``r_k = sum_i softmax_i(h_k . g_i) g_i`` (dot-product attention over the task's own support).
-    Returns ``h_K`` as ``[T, Q, D]``.
+    Returns ``h_K`` as ``[T, Q, D]``. (The paper's LSTM with hidden state ``[h, r]`` has gates linear in
+    ``[f', h, r]``: an ``nn.LSTMCell`` with input ``[f', r]`` and hidden ``h``.)
     """
     t, q, d = queries.shape
     f = queries.reshape(t * q, d)
@@ -154,25 +133,15 @@ def attention_lstm_queries(queries: Tensor, support: Tensor, cell: nn.LSTMCell, 
     return h.view(t, q, d)
 
 
-# ----------------------------------------------------------------------------------------------
-# State and predictor of one task.
-# ----------------------------------------------------------------------------------------------
+# --- state and predictor of one task --------------------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
 class MatchingState:
-    """The encoded support set of one task (or ``T`` tasks, with a leading dimension).
+    """The encoded support set of one task (or ``T`` tasks, with a leading dimension)."""
 
-    Attributes:
-        embeddings: ``[S, D]`` support embeddings ``g(x_i, S)`` (full context when FCE is on).
-        onehot: ``[S, N]`` one-hot support labels ``y_i`` in the embeddings' dtype.
-    """
-
-    embeddings: Tensor
-    onehot: Tensor
-
-
-DEFAULT_WINDOW = 50  # support examples a predictor keeps for update() unless adapt saw more or configure() says so
+    embeddings: Tensor  # [S, D] support embeddings g(x_i, S) (full context when FCE is on)
+    onehot: Tensor  # [S, N] one-hot support labels y_i in the embeddings' dtype
 
 
 @dataclass(eq=False)
@@ -196,9 +165,7 @@ class MatchingPredictor:
 
     def __call__(self, query_x: Tensor) -> Tensor:
         if self.state is None:
-            raise DataError(
-                "this Matching Networks predictor has no labelled example yet (after reset()); update it first"
-            )
+            raise DataError(f"this Matching Networks predictor has no labelled example yet {_AFTER_RESET}")
         return self.net.query_log_probs(_batched(self.state), self.net.encode(query_x.unsqueeze(0)))[0]
 
     def configure(self, window: int | None = None) -> MatchingPredictor:
@@ -250,9 +217,7 @@ def _batched(state: MatchingState) -> MatchingState:
     return MatchingState(state.embeddings.unsqueeze(0), state.onehot.unsqueeze(0))
 
 
-# ----------------------------------------------------------------------------------------------
-# The algorithm.
-# ----------------------------------------------------------------------------------------------
+# --- the algorithm --------------------------------------------------------------------------------------
 
 
 class MatchingNet(nn.Module):
@@ -307,16 +272,12 @@ class MatchingNet(nn.Module):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model={type(model).__name__} is not an nn.Module; pass the encoder network")
-        if distance not in DISTANCES:
-            raise ConfigError(f"distance={distance!r} is not supported; choose one of {', '.join(DISTANCES)}")
-        if encode not in ENCODE_MODES:
-            raise ConfigError(f"encode={encode!r} is not supported; choose one of {', '.join(ENCODE_MODES)}")
-        if not _positive_int(lstm_layers):
-            raise ConfigError(f"lstm_layers={lstm_layers!r} is invalid; it must be a positive integer")
-        if process_steps is not None and not _positive_int(process_steps):
-            raise ConfigError(
-                f"process_steps={process_steps!r} is invalid; it must be a positive integer or None (one step per support example)"
-            )
+        for name, value, options in (("distance", distance, DISTANCES), ("encode", encode, ENCODE_MODES)):
+            if value not in options:
+                raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(options)}")
+        inner.check_steps("lstm_layers", lstm_layers, 1)
+        if process_steps is not None:
+            inner.check_steps("process_steps", process_steps, 1)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ConfigError(f"scale={scale!r} is invalid; it must be a finite number > 0")
         if fce_init not in FCE_INITS:
@@ -325,10 +286,11 @@ class MatchingNet(nn.Module):
             embedding_dim = getattr(model, "embedding_dim", None)
             if fce and embedding_dim is None:
                 raise ConfigError(
-                    f"MatchingNet(fce=True) needs embedding_dim: {type(model).__name__} has no embedding_dim attribute; pass embedding_dim=<features of model(x)>"
+                    f"MatchingNet(fce=True) needs embedding_dim: {type(model).__name__} has no embedding_dim "
+                    "attribute; pass embedding_dim=<features of model(x)>"
                 )
-        if embedding_dim is not None and not _positive_int(embedding_dim):
-            raise ConfigError(f"embedding_dim={embedding_dim!r} is invalid; it must be a positive integer")
+        if embedding_dim is not None:
+            inner.check_steps("embedding_dim", embedding_dim, 1)
         self.model = model
         self.fce, self.process_steps, self.distance, self.encode_mode = bool(fce), process_steps, distance, encode
         self.embedding_dim, self.normalize = embedding_dim, bool(normalize)
@@ -364,18 +326,8 @@ class MatchingNet(nn.Module):
         """
         t = x.shape[0]
         params = dict(self.model.named_parameters())
-        if inner.resolve_execution(execution, x) == "loop":
-            buffers = dict(self.model.named_buffers())
-            return self._checked(
-                torch.stack(
-                    [
-                        functional_call(
-                            self.model, (params, {k: b.clone() for k, b in buffers.items()}), (xt,)
-                        ).flatten(1)
-                        for xt in x
-                    ]
-                )
-            )
+        if inner.resolve_execution(execution, x) == "loop":  # buffers copied per task: the module is never written
+            return self._checked(torch.stack([inner.call(self.model, params, xt).flatten(1) for xt in x]))
         buffers = {k: b.unsqueeze(0).expand(t, *b.shape).clone() for k, b in self.model.named_buffers()}
 
         def one(bufs: dict[str, Tensor], xt: Tensor) -> Tensor:
@@ -393,21 +345,24 @@ class MatchingNet(nn.Module):
     def _checked(self, z: Tensor) -> Tensor:
         if self.embedding_dim is not None and z.shape[-1] != self.embedding_dim:
             raise ConfigError(
-                f"the model outputs {z.shape[-1]} features but embedding_dim={self.embedding_dim}; pass embedding_dim={z.shape[-1]}"
+                f"the model outputs {z.shape[-1]} features but embedding_dim={self.embedding_dim}; pass "
+                f"embedding_dim={z.shape[-1]}"
             )
         return z
 
     # -- the classifier on embeddings --------------------------------------------------------
 
     def support_state(self, support: Tensor, support_y: Tensor, ways: int) -> MatchingState:
-        """Encoded support sets ``[T, S, D]`` (``g'``) and labels ``[T, S]`` -> batched :class:`MatchingState` (``g``)."""
+        """Encoded support sets ``[T, S, D]`` (``g'``) and labels ``[T, S]`` -> batched :class:`MatchingState`
+        (``g``)."""
         if self.normalize:
             support = F.normalize(support, dim=-1, eps=1e-12)
         g = full_context_support(support, self.support_lstm) if self.fce else support
         return MatchingState(g, F.one_hot(support_y.long(), ways).to(g.dtype))
 
     def attention(self, state: MatchingState, queries: Tensor) -> Tensor:
-        """``a(x_hat, x_i)``: query embeddings ``[T, Q, D]`` (``f'``) -> attention weights ``[T, Q, S]``, rows summing to 1."""
+        """``a(x_hat, x_i)``: query embeddings ``[T, Q, D]`` (``f'``) -> attention weights ``[T, Q, S]``, rows summing
+        to 1."""
         g = state.embeddings
         if self.normalize:
             queries = F.normalize(queries, dim=-1, eps=1e-12)
@@ -431,13 +386,13 @@ class MatchingNet(nn.Module):
         else:
             zs, zq = self.encode(batch.support_x), self.encode(batch.query_x)
         logp = self.query_log_probs(self.support_state(zs, batch.support_y, ways), zq)
-        loss = F.nll_loss(
-            logp.flatten(0, 1), batch.query_y.flatten()
-        )  # equal query counts: mean over tasks of task means
+        # equal query counts: the mean over tasks of the task means
+        loss = F.nll_loss(logp.flatten(0, 1), batch.query_y.flatten())
         return MetaOutput(loss, batch_metrics(logp, batch.query_y, loss))
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> MatchingPredictor:
-        """One task: ``support_x [N*K, *x_shape]``, ``support_y [N*K]`` -> predictor ``query_x -> [NQ, N]`` log-probabilities.
+        """One task: ``support_x [N*K, *x_shape]``, ``support_y [N*K]`` -> predictor ``query_x -> [NQ, N]``
+        log-probabilities.
 
         The state is the encoded support set; the module is not changed. Differentiable (the state
         keeps its graph); wrap in ``torch.no_grad()`` to evaluate.
@@ -451,7 +406,8 @@ class MatchingNet(nn.Module):
         return MatchingPredictor(self, one, *recent(support_x, support_y, window), window)
 
     def predict(self, batch: TaskBatch) -> Tensor:
-        """Log-probabilities ``[T, N*Q, N]`` of every task's queries; equal to ``adapt(support)(query)`` task by task."""
+        """Log-probabilities ``[T, N*Q, N]`` of every task's queries; equal to ``adapt(support)(query)`` task by
+        task."""
         _check_labels(batch.support_y)
         with torch.no_grad():
             state = self.support_state(self.encode(batch.support_x), batch.support_y, int(batch.support_y.max()) + 1)
@@ -472,10 +428,6 @@ def _orthogonal_lstm_init(lstm: nn.Module) -> None:
                 if name.startswith("bias_ih"):
                     h = p.shape[0] // 4
                     p[h : 2 * h] = 1.0  # torch's gate order: input, forget, cell, output
-
-
-def _positive_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def _check_labels(y: Tensor) -> None:

@@ -223,7 +223,8 @@ class MetaLSTM(nn.Module):
         for mod in model.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
                 raise ConfigError(
-                    "meta_lstm uses batch statistics (transductive BatchNorm); build the model's BatchNorm with track_running_stats=False"
+                    "meta_lstm uses batch statistics (transductive BatchNorm); build the model's BatchNorm with "
+                    "track_running_stats=False"
                 )
         self.model = model
         self.names = tuple(name for name, p in model.named_parameters() if p.requires_grad)
@@ -314,7 +315,8 @@ class MetaLSTM(nn.Module):
     def unroll_from(
         self, state: MetaLSTMState, support_x: Tensor, support_y: Tensor, steps: int
     ) -> tuple[MetaLSTMState, list[MetaLSTMState]]:
-        """``steps`` updates from ``state`` on the support sets ``[T, S, ...]``: ``(the last state, the states after each step)``."""
+        """``steps`` updates from ``state`` on the support sets ``[T, S, ...]``: ``(the last state, the states after
+        each step)``."""
         states = []
         for _ in range(steps):
             grad, loss = self.learner_gradients(state.theta, support_x, support_y)
@@ -325,7 +327,8 @@ class MetaLSTM(nn.Module):
     # -- the contract -------------------------------------------------------------------------------
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        """Adapt on every task's support set, cross-entropy of the adapted learner on its query set (mean over tasks)."""
+        """Adapt on every task's support set, cross-entropy of the adapted learner on its query set (mean over
+        tasks)."""
         theta, _ = self.unroll(batch.support_x, batch.support_y)
         out = self.learner_outputs(theta, batch.query_x)
         loss = task_loss(out, batch.query_y)

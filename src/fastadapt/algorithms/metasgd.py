@@ -66,7 +66,8 @@ class MetaSGD(nn.Module):
         return [alpha] * steps
 
     def learning_rates(self) -> dict[str, dict[str, float]]:
-        """Per parameter tensor: ``mean``, ``std`` (population), ``min``, ``max`` of its learnt rates, for inspection and plots."""
+        """Per parameter tensor: ``mean``, ``std`` (population), ``min``, ``max`` of its learnt rates, for inspection
+        and plots."""
         return {n: inner.rate_summary(self.lrs[inner.param_key(n)]) for n in inner.trainable_params(self.model)}
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
@@ -77,7 +78,8 @@ class MetaSGD(nn.Module):
     def adapt(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
     ) -> FastWeightsPredictor:
-        """The model with fast weights for one task after ``steps`` (default ``inner_steps_eval``) steps, the learnt rates
+        """The model with fast weights for one task after ``steps`` (default ``inner_steps_eval``) steps, the learnt
+        rates
         times ``lr_scale``; detached.
 
         ``update(x, y)`` keeps adapting: the learnt-rate steps on a sliding window (:class:`FastWeightsPredictor`).

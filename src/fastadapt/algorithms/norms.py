@@ -56,7 +56,8 @@ def split_instance_norm(
     momentum: float = 0.1,
     eps: float = 1e-5,
 ) -> Tensor:
-    """``F.instance_norm`` as the fused normalisation without affine, then ``* weight + bias``; running statistics are not updated."""
+    """``F.instance_norm`` as the fused normalisation without affine, then ``* weight + bias``; running statistics are
+    not updated."""
     if use_input_stats:
         out = F.instance_norm(input, None, None, None, None, True, 0.0, eps)
     else:

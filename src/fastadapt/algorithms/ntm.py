@@ -37,7 +37,8 @@ def bits_wrong(logits: Tensor, targets: Tensor) -> Tensor:
 
 ONLINE_REFUSAL = (
     "ntm: a task is one sequence that the network is shown and then answers; the targets are never fed back to it, so "
-    "there are no labelled examples to learn from online (predictor.update does not apply: call adapt on the new sequence)"
+    "there are no labelled examples to learn from online (predictor.update does not apply: call adapt on the new "
+    "sequence)"
 )
 
 
@@ -72,7 +73,8 @@ class NTMLearner(nn.Module):
         super().__init__()
         if not callable(getattr(model, "run", None)):
             raise ConfigError(
-                f"algorithm ntm needs a sequence model with run(x, state) (model.name = ntm, lstm-seq or transformer-seq); "
+                "algorithm ntm needs a sequence model with run(x, state) (model.name = ntm, lstm-seq or "
+                "transformer-seq); "
                 f"got {type(model).__name__}"
             )
         self.model = model
@@ -85,7 +87,8 @@ class NTMLearner(nn.Module):
             or batch.support_x.shape[1] != 1
         ):
             raise ConfigError(
-                f"algorithm ntm takes sequence tasks (data.dataset = copy or recall: support_x [T, 1, steps, channels]); "
+                "algorithm ntm takes sequence tasks (data.dataset = copy or recall: support_x [T, 1, steps, "
+                "channels]); "
                 f"got support_x of shape {list(batch.support_x.shape)}"
             )
 
@@ -114,7 +117,8 @@ class NTMLearner(nn.Module):
         return MetaOutput(loss, metrics)
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> SequencePredictor:
-        """One task: ``support_x [1, S, C]`` shown; the predictor maps ``query_x [1, A, C]`` to predicted bits ``[1, A, bits]`` (0/1).
+        """One task: ``support_x [1, S, C]`` shown; the predictor maps ``query_x [1, A, C]`` to predicted bits ``[1, A,
+        bits]`` (0/1).
         It does not update online (:class:`SequencePredictor`)."""
         return SequencePredictor(self, self.remember(support_x))
 

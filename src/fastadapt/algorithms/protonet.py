@@ -80,7 +80,8 @@ class PrototypePredictor:
     A label beyond the known ones is a new class: its prototype is added (labels never seen score
     ``-inf``, so they are never predicted). The embeddings of a batch come from one encoder pass, so
     with batch-statistics BatchNorm they depend on the batch they arrived in. A rejected update
-    (:func:`~fastadapt.algorithms.predictors.check_update`) leaves the state as it was. The algorithm module is only read.
+    (:func:`~fastadapt.algorithms.predictors.check_update`) leaves the state as it was. The algorithm module is only
+    read.
     """
 
     model: nn.Module

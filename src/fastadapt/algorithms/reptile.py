@@ -166,7 +166,8 @@ class Reptile(nn.Module):
         return lambda p, k: task_loss(self._forward(p, sx[idx[k]]), sy[idx[k]])
 
     def _scored_support_loss(self, sx: Tensor, sy: Tensor, idx: Tensor | None):
-        """:meth:`_support_loss` returning ``(loss, (loss, outputs, targets))`` for ``torch.func.grad(..., has_aux=True)``."""
+        """:meth:`_support_loss` returning ``(loss, (loss, outputs, targets))`` for ``torch.func.grad(...,
+        has_aux=True)``."""
 
         def scored(p: inner.Params, x: Tensor, y: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
             out = self._forward(p, x)
@@ -187,7 +188,8 @@ class Reptile(nn.Module):
         per_step: bool,
         plain_autograd: bool = False,
     ) -> tuple[inner.Params, tuple[inner.Params, inner.Params] | None, tuple[Tensor, Tensor, Tensor]]:
-        """The inner optimiser's steps in training, from ``theta`` (Adam from ``state`` after ``step`` steps; SGD: ``state`` None).
+        """The inner optimiser's steps in training, from ``theta`` (Adam from ``state`` after ``step`` steps; SGD:
+        ``state`` None).
 
         The same operations as :func:`~fastadapt.algorithms.inner.adam_steps` and the first-order
         :func:`~fastadapt.algorithms.inner.inner_loop`; ``loss_of`` is :meth:`_scored_support_loss`'s, and the
@@ -248,7 +250,8 @@ class Reptile(nn.Module):
         self, batch: TaskBatch, idx: Tensor | None = None
     ) -> tuple[inner.Params, tuple[Tensor, Tensor, Tensor]]:
         """Training without the persistent Adam state (tasks independent, any ``execution``): adapted weights of every
-        task (``[T, *shape]`` per parameter, no graph) and the last inner step's support ``(losses [T], outputs, targets)``."""
+        task (``[T, *shape]`` per parameter, no graph) and the last inner step's support ``(losses [T], outputs,
+        targets)``."""
         theta = inner.detached(inner.trainable_params(self.model))
         names = list(theta)
         rates = inner.constant_rates(names, self.inner_lr, self.inner_steps)
@@ -290,7 +293,8 @@ class Reptile(nn.Module):
         )  # type: ignore[return-value]
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the last inner step on the support
+        """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the last inner step on the
+        support
         examples it used (no forward pass only for logging; see the module docstring)."""
         idx = self._minibatches(batch)
         finals, (losses, outputs, targets) = (
@@ -304,7 +308,8 @@ class Reptile(nn.Module):
     def adapt(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0
     ) -> FastWeightsPredictor:
-        """The model fine-tuned for ``steps`` (default ``inner_steps_eval``) steps at ``inner_lr * lr_scale`` on one task's
+        """The model fine-tuned for ``steps`` (default ``inner_steps_eval``) steps at ``inner_lr * lr_scale`` on one
+        task's
         support set; detached.
 
         ``update(x, y)`` keeps adapting: the same fine-tuning on a sliding window (:class:`FastWeightsPredictor`).
@@ -313,7 +318,8 @@ class Reptile(nn.Module):
         return FastWeightsPredictor.adapted(self.model, self._adapt_from, support_x, support_y, steps, lr_scale)
 
     def _adapt_from(self, start: inner.Params, x: Tensor, y: Tensor, steps: int, lr_scale: float = 1.0) -> inner.Params:
-        """``steps`` steps of the inner optimiser from ``start`` on ``(x, y)`` (the persistent Adam state, unchanged, when kept),
+        """``steps`` steps of the inner optimiser from ``start`` on ``(x, y)`` (the persistent Adam state, unchanged,
+        when kept),
         at ``inner_lr * lr_scale``; detached."""
         rates = inner.constant_rates(list(start), self.inner_lr * lr_scale, steps)
         if self.persistent:

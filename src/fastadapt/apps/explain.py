@@ -20,7 +20,7 @@ from torch import Tensor
 from fastadapt.apps.inputs import decode_image
 from fastadapt.core.episodes import Episode
 from fastadapt.core.errors import ConfigError, DataError, FastAdaptError
-from fastadapt.eval.explanations import Explanation, explain
+from fastadapt.eval.explanations import SHOWN, Explanation, explain
 
 QUERY_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -147,7 +147,7 @@ def explain_command(
     invert: str = "auto",
 ) -> tuple[Path, Path]:
     """What ``fastadapt explain`` does; returns the PNG and JSON paths written."""
-    from fastadapt.runs.folder import load_run
+    from fastadapt.runs import load_run
 
     if (support is None) != (query is None):
         raise ConfigError("--support and --query go together: a folder of class folders and a query image")
@@ -200,7 +200,8 @@ def _show(ax: Any, x: Tensor) -> None:
 
 def draw_explanation(expl: Explanation, named: NamedTask, path: str | Path) -> Path:
     """One figure: the support images by class (top), then per query its image, its attribution map and
-    the algorithm's evidence (distances, attention or probabilities); then layer changes, gates or memory."""
+    the algorithm's evidence (distances, attention or probabilities); then layer changes, gates or memory; a
+    predictor's own parts are named in the title."""
     plt = _pyplot()
     task = named.task
     images = task.support_x.ndim == 4
@@ -246,6 +247,9 @@ def draw_explanation(expl: Explanation, named: NamedTask, path: str | Path) -> P
         _evidence(ax_bar, expl, named, i)
     if extra:
         _adaptation(fig.add_subplot(grid[rows - 1, :]), expl)
+    own = [k for k in expl.parts if k not in SHOWN]  # a predictor's own parts (a user's explain)
+    if own:
+        fig.suptitle(f"{expl.algorithm}: {expl.kind}; its own parts {', '.join(own)} are in the JSON file", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

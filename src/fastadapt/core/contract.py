@@ -47,7 +47,6 @@ from fastadapt.core.episodes import EnvTasks, TaskBatch
 from fastadapt.core.errors import ConfigError
 
 
-
 @runtime_checkable
 class Predictor(Protocol):
     """What ``Algorithm.adapt`` returns: one task's adapted state as a callable that keeps adapting.
@@ -129,7 +128,8 @@ class LearntRates(Protocol):
 
 @runtime_checkable
 class StepRates(Protocol):
-    """Optional: inner rates that may be learnt per inner step (MAML++ LSLR); ``{}`` when they are not learnt (``fastadapt plot``)."""
+    """Optional: inner rates that may be learnt per inner step (MAML++ LSLR); ``{}`` when they are not learnt
+    (``fastadapt plot``)."""
 
     def step_rates(self) -> dict[str, list[float]]: ...
 
@@ -179,7 +179,8 @@ def check_algorithm(algo: Any, name: str) -> None:
     missing = [m for m in ("meta_loss", "adapt", "predict") if not callable(getattr(algo, m, None))]
     if missing:
         raise ConfigError(
-            f"algorithm {name}: expected methods meta_loss, adapt and predict; {type(algo).__name__} lacks {', '.join(missing)}"
+            f"algorithm {name}: expected methods meta_loss, adapt and predict; {type(algo).__name__} lacks "
+            f"{', '.join(missing)}"
         )
 
 
@@ -189,12 +190,14 @@ def check_task_source(source: Any, name: str) -> None:
     missing += [a for a in ("shots", "queries") if not isinstance(getattr(source, a, None), int)]
     if missing:
         raise ConfigError(
-            f"task source {name}: expected sample_tasks, fixed, shots and queries; {type(source).__name__} lacks {', '.join(missing)}"
+            f"task source {name}: expected sample_tasks, fixed, shots and queries; {type(source).__name__} lacks "
+            f"{', '.join(missing)}"
         )
 
 
 def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int) -> None:
-    """One-line error unless ``batch`` is a :class:`TaskBatch` of ``ways``-way ``shots``-shot ``queries``-query tasks."""
+    """One-line error unless ``batch`` is a :class:`TaskBatch` of ``ways``-way ``shots``-shot ``queries``-query
+    tasks."""
     if isinstance(batch, EnvTasks):  # reinforcement learning: tasks are environments, given by parameters
         check_env_tasks(batch, name)
         return
@@ -211,7 +214,8 @@ def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int)
         if found != want:
             raise ConfigError(
                 f"task source {name}: {key} has leading shape {list(found)}, expected {list(want)} "
-                f"(tasks, {'ways*shots' if key == 'support_x' else 'ways*queries'}) for {ways}-way {shots}-shot {queries}-query tasks"
+                f"(tasks, {'ways*shots' if key == 'support_x' else 'ways*queries'}) for {ways}-way {shots}-shot "
+                f"{queries}-query tasks"
             )
     if classification:
         for key in ("support_y", "query_y"):
@@ -219,7 +223,8 @@ def check_task_batch(batch: Any, name: str, ways: int, shots: int, queries: int)
             if y.ndim != 2 or (y.numel() and (int(y.min()) < 0 or int(y.max()) >= ways)):
                 raise ConfigError(
                     f"task source {name}: {key} must hold labels 0..{ways - 1} of shape [tasks, examples], "
-                    f"found shape {list(y.shape)} with values {int(y.min()) if y.numel() else '-'}..{int(y.max()) if y.numel() else '-'}"
+                    f"found shape {list(y.shape)} with values "
+                    f"{int(y.min()) if y.numel() else '-'}..{int(y.max()) if y.numel() else '-'}"
                 )
 
 
@@ -238,7 +243,8 @@ def check_env_tasks(batch: EnvTasks, name: str) -> None:
 
 
 def model_input_shape(batch: Any) -> tuple[int, ...]:
-    """One example's shape, the model's input: an observation (:class:`EnvTasks`) or a support input (:class:`TaskBatch`)."""
+    """One example's shape, the model's input: an observation (:class:`EnvTasks`) or a support input
+    (:class:`TaskBatch`)."""
     return tuple(batch.observation_shape) if isinstance(batch, EnvTasks) else tuple(batch.support_x.shape[2:])
 
 

@@ -261,7 +261,8 @@ def explain(
 
 
 def ntm_weightings(ntm: nn.Module, inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """A Neural Turing Machine's ``(outputs [T, B, out], read_weights [T, B, R, N], write_weights [T, B, W, N])`` over ``inputs [T, B, in]``."""
+    """A Neural Turing Machine's ``(outputs [T, B, out], read_weights [T, B, R, N], write_weights [T, B, W, N])`` over
+    ``inputs [T, B, in]``."""
     with torch.no_grad():
         out = ntm(inputs, record=True)
     return out.outputs, out.read_weights, out.write_weights
@@ -281,7 +282,8 @@ def differentiable_forward(algo: nn.Module, predictor: Any) -> Callable[[Tensor]
 
 
 def uses_batch_statistics(model: nn.Module) -> bool:
-    """Whether a BatchNorm layer of ``model`` normalises with the statistics of the batch it sees (outputs depend on the batch)."""
+    """Whether a BatchNorm layer of ``model`` normalises with the statistics of the batch it sees (outputs depend on
+    the batch)."""
     return any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats)
         for m in model.modules()
@@ -296,7 +298,8 @@ def input_attribution(
     steps: int = IG_STEPS,
     batch_free: bool = False,
 ) -> Attribution | None:
-    """Attribution of output ``target[q]`` of ``forward(x[q:q+1])`` to the input, query by query (see the module docstring).
+    """Attribution of output ``target[q]`` of ``forward(x[q:q+1])`` to the input, query by query (see the module
+    docstring).
 
     ``method``: ``integrated_gradients`` (Captum, zero baseline, with the convergence delta) or
     ``gradient`` (``d F / d x``). None when ``forward`` gives no gradient with respect to ``x``.

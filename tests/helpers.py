@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import fastadapt
 from fastadapt import TaskBatch
 from fastadapt.config import load_config
 from fastadapt.data.idx import FASHION_MNIST_DIR, idx_files
@@ -117,6 +118,15 @@ TINY = [  # protonet-quick in seconds: 6 steps of 2 tasks, validation at step 3,
 def tiny(tmp_path: Path, *extra: str, name: str = "run"):
     """protonet-quick with ``TINY`` and then ``extra`` overrides, writing to ``tmp_path / name``."""
     return load_config("protonet-quick", [*TINY, f"run.out={tmp_path / name}", *extra])
+
+
+SMOKE = ["optim.steps=2", "model.hidden=8", "eval.val_every=0", "eval.test_episodes=0", "run.progress=false"]
+
+
+def smoke_run(out: Path, preset: str = "protonet-quick") -> Path:
+    """Train ``preset`` for ``SMOKE``'s 2 steps into the run folder ``out`` (about a second); returns ``out``."""
+    fastadapt.train(load_config(preset, [*SMOKE, f"run.out={out}"]))
+    return out
 
 
 # --- tests that need a Debian package ----------------------------------------------------------------------------

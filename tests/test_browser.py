@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,15 +19,13 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (.ci/run installs it)"
-)
+from helpers import CHROMIUM, needs_package, smoke_run
+
+pytestmark = needs_package("chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python: pip install 'fastadapt[test]'")
 
 from PIL import Image  # noqa: E402
 
-import fastadapt  # noqa: E402
 from fastadapt.apps.serve import free_port  # noqa: E402
 
 SHAPES = {  # strokes in canvas pixels (280 x 280): what the person draws for each class
@@ -42,26 +39,14 @@ SHAPES = {  # strokes in canvas pixels (280 x 280): what the person draws for ea
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "proto"
-    fastadapt.train(
-        fastadapt.load_config(
-            "protonet-quick",
-            [
-                "optim.steps=2",
-                "model.hidden=8",
-                "eval.val_every=0",
-                "eval.test_episodes=0",
-                "run.progress=false",
-                f"run.out={out}",
-            ],
-        )
-    )
-    return out
+    """A run folder served by its relative name ``runs/proto`` (the app's header, and the screenshots, show it)."""
+    return smoke_run(tmp_path_factory.mktemp("browser") / "runs" / "proto")
 
 
 def serve(run_dir, folder, port):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fastadapt.cli", "serve", str(run_dir), "--port", str(port), "--dir", str(folder)],
+        [sys.executable, "-m", "fastadapt.cli", "serve", "runs/proto", "--port", str(port), "--dir", str(folder)],
+        cwd=run_dir.parent.parent,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

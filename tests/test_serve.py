@@ -31,25 +31,12 @@ from fastadapt.apps.loadtest import load_test, multipart  # noqa: E402
 from fastadapt.apps.serve import STATIC, create_app, free_port  # noqa: E402
 from fastadapt.apps.teach import entropy, load_pool  # noqa: E402
 from fastadapt.core.errors import DataError  # noqa: E402
+from helpers import smoke_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "proto"
-    fastadapt.train(
-        fastadapt.load_config(
-            "protonet-quick",
-            [
-                "optim.steps=2",
-                "model.hidden=8",
-                "eval.val_every=0",
-                "eval.test_episodes=0",
-                "run.progress=false",
-                f"run.out={out}",
-            ],
-        )
-    )
-    return out
+    return smoke_run(tmp_path_factory.mktemp("runs") / "proto")
 
 
 @pytest.fixture(scope="module")

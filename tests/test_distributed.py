@@ -62,7 +62,8 @@ TINY = [
     "run.dist_timeout_s=30",
 ]
 CASES = {
-    # Conv4 with BatchNorm over the meta-batch (statistics shared across ranks); the ranks train it 3 steps, then resume to 5
+    # Conv4 with BatchNorm over the meta-batch (statistics shared across ranks); the ranks train it 3 steps, then
+    # resume to 5
     "protonet": ["algorithm.name=protonet"],
     "protonet-uneven": [
         "algorithm.name=protonet",
@@ -220,12 +221,10 @@ def ranks(tmp_path_factory):
                 try:
                     codes.append(p.wait(timeout=max(1.0, deadline - time.monotonic())))
                 except subprocess.TimeoutExpired:
-                    pytest.fail(
-                        f"ranks did not finish in {WORKER_TIMEOUT_S} s; rank 0 stderr:\n{(root / 'rank0.err').read_text()[-2000:]}"
-                    )
-        assert codes == [0, -signal.SIGKILL], (
-            f"return codes {codes}\n{(root / 'rank0.err').read_text()[-3000:]}\n{(root / 'rank1.err').read_text()[-3000:]}"
-        )
+                    err = (root / "rank0.err").read_text()[-2000:]
+                    pytest.fail(f"ranks did not finish in {WORKER_TIMEOUT_S} s; rank 0 stderr:\n{err}")
+        errs = [(root / f"rank{r}.err").read_text()[-3000:] for r in (0, 1)]
+        assert codes == [0, -signal.SIGKILL], f"return codes {codes}\n{errs[0]}\n{errs[1]}"
         return root
 
     yield finished

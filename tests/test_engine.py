@@ -19,28 +19,7 @@ from fastadapt.config import config_from_dict, load_config, preset_names, read_t
 from fastadapt.core.errors import ConfigError
 from fastadapt.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fastadapt.training.loop import TrainingDiverged, train
-
-TINY = [
-    "data.ways=5",
-    "data.shots=1",
-    "data.queries=2",
-    "data.meta_batch=2",
-    "data.test_queries=3",
-    "model.hidden=8",
-    "optim.steps=6",
-    "eval.val_every=3",
-    "eval.val_episodes=6",
-    "eval.test_episodes=6",
-    "eval.batch=3",
-    "run.checkpoint_every=2",
-    "run.log_every=1",
-    "run.progress=false",
-    "run.threads=1",
-]
-
-
-def tiny(tmp_path, *extra, name="run"):
-    return load_config("protonet-quick", [*TINY, f"run.out={tmp_path / name}", *extra])
+from helpers import TINY, tiny
 
 
 def params(cfg):

@@ -1,4 +1,5 @@
-"""run.loggers: CSV and TensorBoard files hold the logged steps, live and across a resume; a missing package is one line."""
+"""run.loggers: CSV and TensorBoard files hold the logged steps, live and across a resume; a missing package is
+one line."""
 
 from __future__ import annotations
 
@@ -9,26 +10,19 @@ import json
 import pytest
 
 import fastadapt
+import helpers
 from fastadapt.config import load_config
 from fastadapt.core.errors import ConfigError
 from fastadapt.training import loggers as loggers_module
 from fastadapt.training.loggers import Loggers, scalars
 
-TINY = [
-    "data.ways=5",
-    "data.shots=1",
-    "data.queries=2",
-    "data.meta_batch=2",
+TINY = [  # helpers.TINY with 2 test queries, validation every 2 steps on 4 episodes, no test
+    *helpers.TINY,
     "data.test_queries=2",
-    "model.hidden=8",
     "eval.val_every=2",
     "eval.val_episodes=4",
     "eval.batch=2",
     "eval.test_episodes=0",
-    "run.progress=false",
-    "run.threads=1",
-    "run.log_every=1",
-    "run.checkpoint_every=2",
 ]
 
 

@@ -187,7 +187,10 @@ def test_ntm_trains_through_fastadapt_train_and_longer_lengths_evaluate(tmp_path
 )
 def test_sequence_presets_train_two_steps_from_the_cli(preset, tmp_path):
     shrink = {
-        "ntm-copy-transformer": 'model.options={controller="transformer", controller_size=8, transformer_heads=2, memory_size=16, memory_width=6}',
+        "ntm-copy-transformer": (
+            'model.options={controller="transformer", controller_size=8, transformer_heads=2, memory_size=16, '
+            "memory_width=6}"
+        ),
         "ntm-recall": 'model.options={controller="lstm", controller_size=12, memory_size=16, memory_width=6}',
         "lstm-copy": "model.options={hidden_size=10}",
         "lstm-recall": "model.options={hidden_size=10}",

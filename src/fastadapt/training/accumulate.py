@@ -1,25 +1,5 @@
-"""Chunked meta-gradient accumulation: one optimizer update from several ``meta_loss`` calls.
-
-With ``optim.task_chunk = k`` (0: the whole batch at once) the step's ``T`` tasks are split into
-chunks of at most ``k`` tasks; each chunk's mean loss is back-propagated at once with the weight
-``T_c / T``, so only one chunk's graph is alive (peak memory falls with ``k``) and the accumulated
-gradient is the gradient of the mean over all tasks:
-
-    grad (1/T sum_i L_i) = sum_c (T_c / T) grad (1/T_c sum_{i in c} L_i).
-
-Metrics are the same weighted means of the chunks' metrics (exact for per-task means: loss,
-accuracy). This holds for every algorithm whose tasks are independent in ``meta_loss``: the
-gradient-based ones (each task's BatchNorm statistics are its own) and those whose encoder sees a
-task at a time. An algorithm that encodes the whole meta-batch at once (``encodes_meta_batch``)
-is chunked only when its model has no BatchNorm layer (then nothing couples the tasks); otherwise
-chunking would change the statistics and :func:`check_task_chunk` refuses it in one line.
-
-Chunks after the first run inside :func:`fastadapt.core.contract.update_part`, so algorithms that count
-meta-updates (MAML++'s derivative-order and multi-step-loss schedules) count one per update.
-Reptile's persistent inner Adam state carries from chunk to chunk as from task to task; its
-mini-batches are drawn task by task in the same order, so chunking changes no number but the
-logged ``surrogate`` (a weighted mean of the chunks' surrogates; its gradient is unchanged).
-"""
+"""Chunked meta-gradient accumulation (``optim.task_chunk``): one optimizer update from several ``meta_loss``
+calls, so that only one chunk's graph is alive; the accumulated gradient is the whole batch's."""
 
 from __future__ import annotations
 
@@ -35,20 +15,28 @@ from fastadapt.core.errors import ConfigError
 
 
 def check_task_chunk(algo: nn.Module, task_chunk: int, tasks: int) -> None:
-    """One-line :class:`ConfigError` unless chunks of ``task_chunk`` tasks give ``algo`` the same gradient as one pass over ``tasks``."""
+    """One-line :class:`ConfigError` unless chunks of ``task_chunk`` tasks give ``algo`` the same gradient as one
+    pass over ``tasks``.
+
+    Tasks are independent in ``meta_loss`` for the gradient-based algorithms (each task's BatchNorm statistics
+    are its own) and those whose encoder sees a task at a time. An algorithm that encodes the whole meta-batch
+    at once (``encodes_meta_batch``) is chunked only when its model has no BatchNorm layer (then nothing
+    couples the tasks); otherwise chunks would change the statistics.
+    """
     if not task_chunk or task_chunk >= tasks or not contract.encodes_meta_batch(algo):
         return
     norms = [name for name, m in algo.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if norms:
         raise ConfigError(
-            f"optim.task_chunk={task_chunk}: {type(algo).__name__} encodes the whole meta-batch at once and its BatchNorm "
-            f"layer {norms[0]} normalises over every task, so chunks would change the gradient; use optim.task_chunk=0 "
-            f"(or a model without BatchNorm)"
+            f"optim.task_chunk={task_chunk}: {type(algo).__name__} encodes the whole meta-batch at once and its "
+            f"BatchNorm layer {norms[0]} normalises over every task, so chunks would change the gradient; use "
+            f"optim.task_chunk=0 (or a model without BatchNorm)"
         )
 
 
 def task_chunks(tasks: int, task_chunk: int) -> list[slice]:
-    """The task slices of one update: ``[0:k], [k:2k], ...``; one slice of all tasks when ``task_chunk`` is 0 or >= ``tasks``."""
+    """The task slices of one update: ``[0:k], [k:2k], ...``; one slice of all tasks when ``task_chunk`` is 0 or
+    >= ``tasks``."""
     if not task_chunk or task_chunk >= tasks:
         return [slice(0, tasks)]
     return [slice(s, min(s + task_chunk, tasks)) for s in range(0, tasks, task_chunk)]
@@ -72,11 +60,25 @@ def meta_gradient(
     Returns the objective (``loss`` of the output, a float) and the metrics, each the task-weighted
     mean over chunks. A non-finite chunk loss stops the accumulation: the caller sees a non-finite
     objective and must not step.
+
+    The ``T`` tasks are split into chunks of at most ``task_chunk``; each chunk's mean loss is
+    back-propagated at once with the weight ``T_c / T``, so only one chunk's graph is alive (peak memory
+    falls with ``task_chunk``) and the accumulated gradient is the gradient of the mean over all tasks:
+    ``grad (1/T sum_i L_i) = sum_c (T_c / T) grad (1/T_c sum_{i in c} L_i)``. The metrics are the same
+    weighted means (exact for per-task means: loss, accuracy); see :func:`check_task_chunk` for which
+    algorithms may be chunked.
+
+    Chunks after the first run inside :func:`fastadapt.core.contract.update_part`, so algorithms that count
+    meta-updates (MAML++'s derivative-order and multi-step-loss schedules) count one per update.
+    Reptile's persistent inner Adam state carries from chunk to chunk as from task to task; its
+    mini-batches are drawn task by task in the same order, so chunking changes no number but the
+    logged ``surrogate`` (a weighted mean of the chunks' surrogates; its gradient is unchanged).
     """
     parts = task_chunks(len(batch), task_chunk)
     if len(parts) > 1 and not isinstance(batch, TaskBatch):
         raise ConfigError(
-            f"optim.task_chunk={task_chunk}: chunks split a TaskBatch; {type(batch).__name__} tasks cannot be split, use optim.task_chunk=0"
+            f"optim.task_chunk={task_chunk}: chunks split a TaskBatch; {type(batch).__name__} tasks cannot be split, "
+            f"use optim.task_chunk=0"
         )
     if len(parts) == 1:
         with around():

@@ -1,26 +1,5 @@
-"""Training metrics, live, to the loggers ``run.loggers`` names; ``metrics.jsonl`` stays the record.
-
-The training loop writes every row of ``metrics.jsonl`` (``{"step", "split", <metric>: value, ...}``)
-and hands the same row to :meth:`Loggers.log`. Each logger gets the row's numbers as scalars named
-``<split>/<metric>`` (``train/loss``, ``train/acc``, ``val/acc``, ``val/ci``, ...) at the row's step:
-
-===============  ===============================================================================
-``jsonl``        nothing more: ``metrics.jsonl`` is always written (:mod:`fastadapt.runs.folder`)
-``csv``          ``RUN/metrics.csv``, one line per scalar: ``step,split,name,value`` (long format:
-                 ``pandas.read_csv(...).pivot_table(index="step", columns=["split", "name"])``)
-``tensorboard``  event files in ``RUN/tensorboard`` (``torch.utils.tensorboard``; extra ``[tensorboard]``):
-                 ``tensorboard --logdir RUN/tensorboard``
-``wandb``        Weights & Biases in offline mode only, in ``RUN/wandb`` (extra ``[wandb]``); ``wandb sync``
-                 uploads it if you want to
-===============  ===============================================================================
-
-A resumed run appends to the same logs: the CSV is cut back to the checkpoint's step (as
-``metrics.jsonl`` is), TensorBoard purges the events after it (``purge_step``), and W&B continues the run
-of the same id (derived from the run folder's path; each resumed process writes one more offline folder
-with that id, which ``wandb sync`` appends to the same run; steps below the last one logged are skipped). A fresh run (no checkpoint,
-or ``--restart``) starts them empty. A logger whose package is missing is a one-line error naming
-the extra to install, before the first step.
-"""
+"""Training metrics, live, to the loggers ``run.loggers`` names (CSV, TensorBoard, offline W&B), beside
+``metrics.jsonl``, which stays the record (:class:`Loggers`)."""
 
 from __future__ import annotations
 
@@ -39,7 +18,8 @@ _PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "
 
 
 def scalars(row: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a metrics row as ``{"<split>/<name>": value}`` (``step``, strings, tables and non-finite values left out)."""
+    """The numbers of a metrics row as ``{"<split>/<name>": value}`` (``step``, strings, tables and non-finite
+    values left out)."""
     split = str(row.get("split", "train"))
     return {
         f"{split}/{k}": float(v)
@@ -106,7 +86,8 @@ class TensorBoardLogger:
 
 
 class WandbLogger:
-    """Weights & Biases, offline (``mode="offline"``), in ``RUN/wandb``; the run's id comes from the run folder's path."""
+    """Weights & Biases, offline (``mode="offline"``), in ``RUN/wandb``; the run's id comes from the run folder's
+    path."""
 
     def __init__(self, out: Path, start: int, config: dict[str, Any], name: str) -> None:
         import wandb
@@ -135,7 +116,29 @@ class WandbLogger:
 
 
 class Loggers:
-    """The loggers of ``run.loggers`` for a run folder; ``log(row)`` takes a ``metrics.jsonl`` row."""
+    """The loggers of ``run.loggers`` for a run folder; ``log(row)`` takes a ``metrics.jsonl`` row.
+
+    The trainer writes every row of ``metrics.jsonl`` (``{"step", "split", <metric>: value, ...}``) and
+    hands the same row to :meth:`log`. Each logger gets the row's numbers as scalars named
+    ``<split>/<metric>`` (``train/loss``, ``train/acc``, ``val/acc``, ``val/ci``, ...) at the row's step:
+
+    ===============  ===========================================================================
+    ``jsonl``        nothing more: ``metrics.jsonl`` is always written (:mod:`fastadapt.runs.folder`)
+    ``csv``          ``RUN/metrics.csv``, one line per scalar: ``step,split,name,value`` (long format:
+                     ``pandas.read_csv(...).pivot_table(index="step", columns=["split", "name"])``)
+    ``tensorboard``  event files in ``RUN/tensorboard`` (``torch.utils.tensorboard``; extra
+                     ``[tensorboard]``): ``tensorboard --logdir RUN/tensorboard``
+    ``wandb``        Weights & Biases in offline mode only, in ``RUN/wandb`` (extra ``[wandb]``);
+                     ``wandb sync`` uploads it if you want to
+    ===============  ===========================================================================
+
+    A resumed run appends to the same logs: the CSV is cut back to the checkpoint's step (as
+    ``metrics.jsonl`` is), TensorBoard purges the events after it (``purge_step``), and W&B continues the
+    run of the same id (derived from the run folder's path; each resumed process writes one more offline
+    folder with that id, which ``wandb sync`` appends to the same run; steps below the last one logged
+    are skipped). A fresh run (no checkpoint, or ``--restart``) starts them empty. A logger whose package
+    is missing is a one-line error naming the extra to install, before the first step.
+    """
 
     def __init__(
         self,

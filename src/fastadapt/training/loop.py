@@ -223,7 +223,7 @@ class Trainer:
             self._bar.update(1)
         if self.validating and (step % cfg.eval.val_every == 0 or last):
             self.validate()
-        self._stop(run_hooks(self.callbacks, "on_step", self, step, metrics))
+        self._stop(run_hooks(self.callbacks, "on_step", self, step, dict(metrics)))  # a copy: the log keeps its own
         if step % cfg.run.checkpoint_every == 0:
             self.checkpoint()
         self.train_seconds = time.perf_counter() - self._t_start  # validation and checkpoint count in the budget

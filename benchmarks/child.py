@@ -18,7 +18,6 @@ import json
 import os
 import resource
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +36,7 @@ def _contender_library(argv: list[str]) -> str:
 
 import torch  # noqa: E402
 from contenders import WORKLOADS, flat_grad, keep_freed_memory, make_model, parse_contender, supports, synthetic_batch  # noqa: E402
+from timing import interleaved, timed  # noqa: E402
 
 # fastadapt as users run it: the `fastadapt` command keeps freed memory for reuse (run.keep_freed_memory,
 # fastadapt/runtime/allocator.py); importing the library does not. Other contenders run under the allocator
@@ -64,17 +64,18 @@ def matmul_rate(n: int, repeats: int) -> dict:
     """Best and median GFLOP/s (wall and CPU time) of ``torch.mm`` on two ``n x n`` float32 matrices."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    walls, cpus = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        torch.mm(a, b)
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    times = interleaved({"mm": lambda: torch.mm(a, b)}, repeats, warmup=0)
+    walls, cpus = times.wall["mm"], times.cpu["mm"]
     flops = 2 * n**3
     walls.sort()
     cpus.sort()
-    return {"matmul_n": n, "gflops_wall_best": flops / walls[0] / 1e9, "gflops_wall_median": flops / walls[len(walls) // 2] / 1e9,
-            "gflops_cpu_best": flops / max(cpus[0], 1e-9) / 1e9, "gflops_cpu_median": flops / max(cpus[len(cpus) // 2], 1e-9) / 1e9}
+    return {
+        "matmul_n": n,
+        "gflops_wall_best": flops / walls[0] / 1e9,
+        "gflops_wall_median": flops / walls[len(walls) // 2] / 1e9,
+        "gflops_cpu_best": flops / max(cpus[0], 1e-9) / 1e9,
+        "gflops_cpu_median": flops / max(cpus[len(cpus) // 2], 1e-9) / 1e9,
+    }
 
 
 def main() -> None:
@@ -87,9 +88,13 @@ def main() -> None:
     parser.add_argument("--algo", default=None, help="override the workload's algorithm (sweeps: maml / fomaml)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--grad-out", default=None, help="save the warm-up meta-gradient (flattened) here")
-    parser.add_argument("--float64", action="store_true", help="run in float64 (the Reptile gradient check; see compare.py)")
+    parser.add_argument(
+        "--float64", action="store_true", help="run in float64 (the Reptile gradient check; see compare.py)"
+    )
     parser.add_argument("--flops", action="store_true", help="count the FLOPs of one meta-gradient instead of timing")
-    parser.add_argument("--matmul", type=int, default=0, help="measure the fp32 matmul rate with n x n matrices instead")
+    parser.add_argument(
+        "--matmul", type=int, default=0, help="measure the fp32 matmul rate with n x n matrices instead"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -100,7 +105,12 @@ def main() -> None:
     contender = parse_contender(args.contender)
     mallopt_ok = keep_freed_memory() if contender.mallopt else None
     w = WORKLOADS[args.workload]
-    w = replace(w, meta_batch=args.meta_batch or w.meta_batch, inner_steps=args.inner_steps or w.inner_steps, algo=args.algo or w.algo)
+    w = replace(
+        w,
+        meta_batch=args.meta_batch or w.meta_batch,
+        inner_steps=args.inner_steps or w.inner_steps,
+        algo=args.algo or w.algo,
+    )
 
     reason = supports(contender.library, w)
     if reason:
@@ -121,7 +131,10 @@ def main() -> None:
     if args.float64:
         model.double()
         first = first.to(dtype=torch.float64)
-    sums = {"init": checksum(*model.parameters()), "batch": checksum(first.support_x, first.query_x, first.support_y, first.query_y)}
+    sums = {
+        "init": checksum(*model.parameters()),
+        "batch": checksum(first.support_x, first.query_x, first.support_y, first.query_y),
+    }
     step = contender.build(w, model)
 
     if args.flops:
@@ -135,28 +148,36 @@ def main() -> None:
 
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     rss0 = rss_mb()
-    t0, c0 = time.perf_counter(), time.process_time()
-    step(first)  # warm-up, and the meta-gradient for the agreement check
-    warm = (time.perf_counter() - t0, time.process_time() - c0)
+    warm = timed(lambda: step(first))[:2]  # warm-up, and the meta-gradient for the agreement check
     if args.grad_out:
         torch.save(flat_grad(model), args.grad_out)
     opt.step()
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    walls, cpus = [], []
-    for _ in range(args.iters):
-        t0, c0 = time.perf_counter(), time.process_time()
-        batch = next_batch()
-        step(batch)
-        opt.step()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
+    times = interleaved({"step": lambda: (step(next_batch()), opt.step())}, args.iters, warmup=0)
+    walls, cpus = times.wall["step"], times.cpu["step"]
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({
-        "workload": w.name, "contender": contender.name, "meta_batch": w.meta_batch, "inner_steps": w.inner_steps, "algo": w.algo,
-        "threads": args.threads, "wall": walls, "cpu": cpus, "warmup_wall": warm[0], "warmup_cpu": warm[1],
-        "maxrss_mb": usage.ru_maxrss / 1024, "rss_before_mb": rss0, "minflt_per_iter": (usage.ru_minflt - faults0) / max(args.iters, 1),
-        "mallopt": mallopt_ok, "checksums": sums, "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "workload": w.name,
+                "contender": contender.name,
+                "meta_batch": w.meta_batch,
+                "inner_steps": w.inner_steps,
+                "algo": w.algo,
+                "threads": args.threads,
+                "wall": walls,
+                "cpu": cpus,
+                "warmup_wall": warm[0],
+                "warmup_cpu": warm[1],
+                "maxrss_mb": usage.ru_maxrss / 1024,
+                "rss_before_mb": rss0,
+                "minflt_per_iter": (usage.ru_minflt - faults0) / max(args.iters, 1),
+                "mallopt": mallopt_ok,
+                "checksums": sums,
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,11 +29,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from compare_report import plot_sweeps, render  # noqa: E402
 from contenders import WORKLOADS, parse_contender, supports  # noqa: E402
+from timing import median  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "child.py"
-BASELINES = ("learn2learn", "higher", "torchopt")  # the libraries of the 2x targets
 FASTADAPT = ("fastadapt", "fastadapt+mallopt+accum4")  # as shipped, and with proposals A + B
 OTHERS = ("learn2learn", "higher", "torchopt", "plain")
 RTOL = 1e-4  # gradient agreement: |g - g_fastadapt| <= RTOL * |g_fastadapt| + RTOL * max|g_fastadapt|, elementwise
@@ -64,16 +64,25 @@ def library_status() -> dict[str, str | None]:
     out: dict[str, str | None] = {"fastadapt": None, "plain": None}
     for lib, code in probes.items():
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        out[lib] = None if proc.returncode == 0 else f"does not import ({(proc.stderr.strip().splitlines() or ['?'])[-1]}); see benchmarks/install_contenders.sh"
+        out[lib] = (
+            None
+            if proc.returncode == 0
+            else f"does not import ({(proc.stderr.strip().splitlines() or ['?'])[-1]}); see benchmarks/install_contenders.sh"
+        )
     return out
 
 
 def compare_grads(ref: torch.Tensor, g: torch.Tensor, mask: torch.Tensor | None) -> dict:
     """Relative error of ``g`` against ``ref`` (whole vector, and on ``mask`` if given) and the elementwise check."""
+
     def stats(a: torch.Tensor, b: torch.Tensor) -> dict:
         tol = RTOL * a.abs() + RTOL * a.abs().max()
-        return {"rel_err": float((b - a).norm() / a.norm().clamp_min(1e-30)), "max_abs": float((b - a).abs().max()),
-                "agree": bool(((b - a).abs() <= tol).all())}
+        return {
+            "rel_err": float((b - a).norm() / a.norm().clamp_min(1e-30)),
+            "max_abs": float((b - a).abs().max()),
+            "agree": bool(((b - a).abs() <= tol).all()),
+        }
+
     out = {"all": stats(ref, g)}
     if mask is not None:
         out["checked"] = stats(ref[mask], g[mask])
@@ -99,10 +108,6 @@ def reptile_mask() -> tuple[torch.Tensor, list[str]]:
     return torch.cat(parts), skipped
 
 
-def median(xs: list[float]) -> float:
-    return statistics.median(xs) if xs else float("nan")
-
-
 def summarise(records: list[dict]) -> dict:
     """Medians over all timed iterations of all repetitions of one (workload, contender)."""
     ok = [r for r in records if "wall" in r]
@@ -111,33 +116,63 @@ def summarise(records: list[dict]) -> dict:
     walls = [x for r in ok for x in r["wall"]]
     cpus = [x for r in ok for x in r["cpu"]]
     return {
-        "it_s_wall": 1 / median(walls), "it_s_cpu": 1 / median(cpus), "sec_wall": median(walls), "sec_cpu": median(cpus),
-        "rep_medians_cpu": [median(r["cpu"]) for r in ok], "maxrss_mb": max(r["maxrss_mb"] for r in ok),
-        "rss_before_mb": median([r["rss_before_mb"] for r in ok]), "minflt_per_iter": median([r["minflt_per_iter"] for r in ok]),
-        "iterations": len(walls), "repetitions": len(ok),
+        "it_s_wall": 1 / median(walls),
+        "it_s_cpu": 1 / median(cpus),
+        "sec_wall": median(walls),
+        "sec_cpu": median(cpus),
+        "rep_medians_cpu": [median(r["cpu"]) for r in ok],
+        "maxrss_mb": max(r["maxrss_mb"] for r in ok),
+        "rss_before_mb": median([r["rss_before_mb"] for r in ok]),
+        "minflt_per_iter": median([r["minflt_per_iter"] for r in ok]),
+        "iterations": len(walls),
+        "repetitions": len(ok),
     }
 
 
 def main() -> None:  # noqa: C901
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="~2 min idle: workloads a,b,d, one repetition, meta-batch 8, two fastadapt variants, no sweeps (--sweeps: small ones)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="~2 min idle: workloads a,b,d, one repetition, meta-batch 8, two fastadapt variants, no sweeps (--sweeps: small ones)",
+    )
     parser.add_argument("--reps", type=int, default=None, help="repetitions of every measurement (default 2; quick 1)")
-    parser.add_argument("--iters", type=int, default=None, help="timed iterations per process after one warm-up (default 1)")
+    parser.add_argument(
+        "--iters", type=int, default=None, help="timed iterations per process after one warm-up (default 1)"
+    )
     parser.add_argument("--workloads", default=None, help="comma-separated (default: all; quick: a,b,d)")
-    parser.add_argument("--fastadapt", default=None, help=f"fastadapt variants, comma-separated (default: {','.join(FASTADAPT)})")
+    parser.add_argument(
+        "--fastadapt", default=None, help=f"fastadapt variants, comma-separated (default: {','.join(FASTADAPT)})"
+    )
     parser.add_argument("--others", default=",".join(OTHERS))
-    parser.add_argument("--meta-batch", type=int, default=None,
-                        help="tasks per update for the gradient-based workloads instead of 32 (quick: 8; per-task loops scale linearly)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in every child (default 1: the machine is shared)")
+    parser.add_argument(
+        "--meta-batch",
+        type=int,
+        default=None,
+        help="tasks per update for the gradient-based workloads instead of 32 (quick: 8; per-task loops scale linearly)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads in every child (default 1: the machine is shared)"
+    )
     parser.add_argument("--no-sweeps", action="store_true")
     parser.add_argument("--sweeps", action="store_true", help="run the (small) sweeps in quick mode too")
     parser.add_argument("--sweeps-only", action="store_true")
-    parser.add_argument("--deadline-min", type=float, default=0,
-                        help="start no new measurement of the main grid after this many minutes (0: none); the table says what was run")
-    parser.add_argument("--rotate", type=int, default=0, help="offset of the contender order (a second run started beside a first)")
-    parser.add_argument("--merge", nargs="+", default=None, metavar="RESULTS_JSON",
-                        help="pool the timings of several runs' results.json (gradients and FLOPs from the first) and render the table")
+    parser.add_argument(
+        "--deadline-min",
+        type=float,
+        default=0,
+        help="start no new measurement of the main grid after this many minutes (0: none); the table says what was run",
+    )
+    parser.add_argument(
+        "--rotate", type=int, default=0, help="offset of the contender order (a second run started beside a first)"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="RESULTS_JSON",
+        help="pool the timings of several runs' results.json (gradients and FLOPs from the first) and render the table",
+    )
     parser.add_argument("--timeout", type=float, default=600, help="seconds before a child is abandoned")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -163,10 +198,20 @@ def main() -> None:  # noqa: C901
         print(f"[contender] {lib}: {'ok' if why is None else 'SKIPPED: ' + why}", flush=True)
     contenders = [c for c in fastadapt + others if status.get(parse_contender(c).library) is None]
 
-    result: dict = {"command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]), "reps": reps, "iters": iters,
-                    "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
-                    "machine": {"cpus": _cpu_model(), "logical_cpus": _nproc(), "load_before": _load()}, "skipped": {},
-                    "workloads": {}, "matmul": [], "sweeps": {}, "meta_batch_override": args.meta_batch}
+    result: dict = {
+        "command": " ".join(["python", "benchmarks/compare.py", *sys.argv[1:]]),
+        "reps": reps,
+        "iters": iters,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": {"cpus": _cpu_model(), "logical_cpus": _nproc(), "load_before": _load()},
+        "skipped": {},
+        "workloads": {},
+        "matmul": [],
+        "sweeps": {},
+        "meta_batch_override": args.meta_batch,
+    }
     result["skipped"].update({lib: why for lib, why in status.items() if why})
 
     result["matmul"].append(run_child(["--matmul", "2048", *common], args.timeout))
@@ -183,17 +228,28 @@ def main() -> None:  # noqa: C901
     print(table)
     if result["sweeps"]:
         plot_sweeps(result, out_dir)
-    print(f"[done] {result['elapsed_s'] / 60:.1f} min; wrote {out_dir}/results.json, table.md" + (", sweep plots" if result["sweeps"] else ""))
+    print(
+        f"[done] {result['elapsed_s'] / 60:.1f} min; wrote {out_dir}/results.json, table.md"
+        + (", sweep plots" if result["sweeps"] else "")
+    )
 
 
-def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], contenders: list[str], reps: int, iters: int,
-               common: list[str]) -> None:
+def _main_grid(
+    args: argparse.Namespace,
+    result: dict,
+    workloads: list[str],
+    contenders: list[str],
+    reps: int,
+    iters: int,
+    common: list[str],
+) -> None:
     records: dict[str, dict[str, list[dict]]] = {w: {} for w in workloads}
     skipped: dict[str, dict[str, str]] = {w: {} for w in workloads}
     mask, masked_names = reptile_mask()
 
     def tasks(w: str) -> int:
         return args.meta_batch if args.meta_batch and WORKLOADS[w].algo != "protonet" else WORKLOADS[w].meta_batch
+
     with tempfile.TemporaryDirectory() as tmp:
         deadline = time.perf_counter() + args.deadline_min * 60 if args.deadline_min else float("inf")
         for rep in range(reps):
@@ -210,12 +266,32 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
                         break
                     extra = ["--grad-out", f"{tmp}/{w}-{c}.pt"] if rep == 0 else []
                     mb = ["--meta-batch", str(tasks(w))]
-                    r = run_child(["--workload", w, "--contender", c, "--iters", str(iters), *mb, *extra, *common], args.timeout)
+                    r = run_child(
+                        ["--workload", w, "--contender", c, "--iters", str(iters), *mb, *extra, *common], args.timeout
+                    )
                     if rep == 0 and WORKLOADS[w].algo == "reptile":  # the float64 gradient check (see reptile_mask)
-                        run_child(["--workload", w, "--contender", c, "--iters", "0", "--float64", "--grad-out", f"{tmp}/{w}-{c}-f64.pt",
-                                   *mb, *common], args.timeout)
+                        run_child(
+                            [
+                                "--workload",
+                                w,
+                                "--contender",
+                                c,
+                                "--iters",
+                                "0",
+                                "--float64",
+                                "--grad-out",
+                                f"{tmp}/{w}-{c}-f64.pt",
+                                *mb,
+                                *common,
+                            ],
+                            args.timeout,
+                        )
                     records[w].setdefault(c, []).append(r)
-                    cpu = f"{median(r['cpu']):.2f} s cpu, {median(r['wall']):.2f} s wall, {r['maxrss_mb']:.0f} MB" if "cpu" in r else r.get("error")
+                    cpu = (
+                        f"{median(r['cpu']):.2f} s cpu, {median(r['wall']):.2f} s wall, {r['maxrss_mb']:.0f} MB"
+                        if "cpu" in r
+                        else r.get("error")
+                    )
                     print(f"[rep {rep + 1}/{reps}] {w:10s} {c:28s} {cpu}", flush=True)
         for w in (w for w in workloads if records[w]):
             ref_path = Path(tmp) / f"{w}-fastadapt.pt"
@@ -227,18 +303,24 @@ def _main_grid(args: argparse.Namespace, result: dict, workloads: list[str], con
             for c, recs in records[w].items():
                 s = summarise(recs)
                 sums = {json.dumps(r.get("checksums")) for r in recs if "checksums" in r}
-                s["same_inputs_as_fastadapt"] = bool(sums) and sums == {json.dumps(r.get("checksums"))
-                                                                         for r in records[w].get("fastadapt", []) if "checksums" in r}
+                s["same_inputs_as_fastadapt"] = bool(sums) and sums == {
+                    json.dumps(r.get("checksums")) for r in records[w].get("fastadapt", []) if "checksums" in r
+                }
                 g_path = Path(tmp) / f"{w}-{c}.pt"
                 if ref is not None and g_path.exists():
                     s["grad"] = compare_grads(ref, torch.load(g_path), None)
                 f64, ref64 = Path(tmp) / f"{w}-{c}-f64.pt", Path(tmp) / f"{w}-fastadapt-f64.pt"
                 if WORKLOADS[w].algo == "reptile" and f64.exists() and ref64.exists():
-                    s.setdefault("grad", {})["checked"] = compare_grads(torch.load(ref64), torch.load(f64), mask)["checked"]
+                    s.setdefault("grad", {})["checked"] = compare_grads(torch.load(ref64), torch.load(f64), mask)[
+                        "checked"
+                    ]
                     s["grad"]["excluded"] = masked_names
                 entry["contenders"][c] = s
             counted = min(tasks(w), 2)
-            flops = run_child(["--workload", w, "--contender", "plain", "--flops", "--meta-batch", str(counted), *common], args.timeout)
+            flops = run_child(
+                ["--workload", w, "--contender", "plain", "--flops", "--meta-batch", str(counted), *common],
+                args.timeout,
+            )
             if "flops" in flops:
                 entry["flops"] = flops["flops"] * tasks(w) / counted  # linear in tasks
             result["workloads"][w] = entry
@@ -254,22 +336,49 @@ SWEEP_STEPS_T_QUICK = 4
 
 
 def _sweeps(args: argparse.Namespace, result: dict, common: list[str]) -> None:
-    contenders = ["fastadapt", "learn2learn"] if args.quick else ["fastadapt", "fastadapt+mallopt+accum4", "learn2learn"]
-    points = [("meta_batch", t, 1, algo) for t in (SWEEP_T_QUICK if args.quick else SWEEP_T) for algo in ("maml", "fomaml")]
+    contenders = (
+        ["fastadapt", "learn2learn"] if args.quick else ["fastadapt", "fastadapt+mallopt+accum4", "learn2learn"]
+    )
+    points = [
+        ("meta_batch", t, 1, algo) for t in (SWEEP_T_QUICK if args.quick else SWEEP_T) for algo in ("maml", "fomaml")
+    ]
     steps_t = SWEEP_STEPS_T_QUICK if args.quick else SWEEP_STEPS_T
-    points += [("inner_steps", steps_t, k, algo) for k in (SWEEP_STEPS_QUICK if args.quick else SWEEP_STEPS) for algo in ("maml", "fomaml")]
+    points += [
+        ("inner_steps", steps_t, k, algo)
+        for k in (SWEEP_STEPS_QUICK if args.quick else SWEEP_STEPS)
+        for algo in ("maml", "fomaml")
+    ]
     rows = []
     for axis, t, k, algo in points:
         for c in contenders:
-            r = run_child(["--workload", "a", "--contender", c, "--iters", "1", "--meta-batch", str(t), "--inner-steps", str(k),
-                           "--algo", algo, *common], args.timeout)
+            r = run_child(
+                [
+                    "--workload",
+                    "a",
+                    "--contender",
+                    c,
+                    "--iters",
+                    "1",
+                    "--meta-batch",
+                    str(t),
+                    "--inner-steps",
+                    str(k),
+                    "--algo",
+                    algo,
+                    *common,
+                ],
+                args.timeout,
+            )
             row = {"axis": axis, "meta_batch": t, "inner_steps": k, "algo": algo, "contender": c}
             if "cpu" in r:
                 row.update(sec_cpu=median(r["cpu"]), sec_wall=median(r["wall"]), maxrss_mb=r["maxrss_mb"])
             else:
                 row["error"] = r.get("error")
-            print(f"[sweep] {axis} T={t} K={k} {algo:6s} {c:22s} " + (f"{row['sec_cpu']:.2f} s cpu {row['maxrss_mb']:.0f} MB" if "sec_cpu" in row
-                                                                      else str(row["error"])), flush=True)
+            print(
+                f"[sweep] {axis} T={t} K={k} {algo:6s} {c:22s} "
+                + (f"{row['sec_cpu']:.2f} s cpu {row['maxrss_mb']:.0f} MB" if "sec_cpu" in row else str(row["error"])),
+                flush=True,
+            )
             rows.append(row)
     result["sweeps"] = {"contenders": contenders, "rows": rows, "inner_steps_meta_batch": steps_t}
 
@@ -278,7 +387,9 @@ def merge(paths: list[str], out_dir: Path) -> None:
     """Pool the raw timings of several runs into one table (gradient checks and FLOPs come from the first run)."""
     runs = [json.loads(Path(p).read_text()) for p in paths]
     result = runs[0]
-    result["command"] = " + ".join(r["command"] for r in runs) + f" (merged: python benchmarks/compare.py --merge {' '.join(paths)})"
+    result["command"] = (
+        " + ".join(r["command"] for r in runs) + f" (merged: python benchmarks/compare.py --merge {' '.join(paths)})"
+    )
     result["reps"] = sum(r["reps"] for r in runs)
     result["matmul"] = [m for r in runs for m in r["matmul"]]
     result["elapsed_s"] = max(r.get("elapsed_s", 0) for r in runs)
@@ -287,7 +398,11 @@ def merge(paths: list[str], out_dir: Path) -> None:
         for c in entry["contenders"]:
             recs = [rec for r in runs for rec in r.get("raw", {}).get(w, {}).get(c, [])]
             if recs:
-                keep = {k: entry["contenders"][c][k] for k in ("grad", "same_inputs_as_fastadapt") if k in entry["contenders"][c]}
+                keep = {
+                    k: entry["contenders"][c][k]
+                    for k in ("grad", "same_inputs_as_fastadapt")
+                    if k in entry["contenders"][c]
+                }
                 entry["contenders"][c] = {**summarise(recs), **keep}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(result, indent=1))
@@ -297,148 +412,6 @@ def merge(paths: list[str], out_dir: Path) -> None:
 
 
 # --- report -------------------------------------------------------------------------------------------------------------
-
-
-def ceiling(result: dict) -> float:
-    """Median over the session's measurements of the best fp32 matmul GFLOP/s (CPU time)."""
-    vals = [m["gflops_cpu_best"] for m in result["matmul"] if "gflops_cpu_best" in m]
-    return median(vals)
-
-
-def render(result: dict) -> str:
-    lines = [f"Command: `{result['command']}`  ",
-             *([f"Stopped at the deadline: no measurement started after {result['stopped_at_deadline']}; the last column "
-                "counts the repetitions each median covers.  "] if result.get("stopped_at_deadline") else []), f"torch {result['torch']}, Python {result['python']}, {result['threads']} thread(s) per process, "
-             f"{result['machine']['cpus']} ({result['machine']['logical_cpus']} logical CPUs), load average before/after "
-             f"{result['machine']['load_before']} / {result['machine'].get('load_after')}; {result['reps']} repetition(s) x {result['iters']} "
-             f"timed iteration(s) per contender; wall time of the run {result.get('elapsed_s', 0) / 60:.1f} min. No GPU.", ""]
-    peak = ceiling(result)
-    if peak == peak:
-        lines.append(f"fp32 matmul ceiling (2048x2048 `torch.mm`, best of 7, median over the session): {peak:.1f} GFLOP/s per process CPU time.")
-        lines.append("")
-    for lib, why in result["skipped"].items():
-        lines.append(f"- {lib} skipped: {why}")
-    for w, entry in result["workloads"].items():
-        lines += ["", f"### ({w}) {entry['description']}", ""]
-        flops = entry.get("flops")
-        if flops:
-            lines.append(f"Model FLOPs per meta-update (FlopCounterMode on the plain loop): {flops / 1e9:.1f} GFLOP.")
-            lines.append("")
-        lines.append("| contender | it/s (CPU) | it/s (wall) | peak RSS MB | faults/it | % matmul peak | grad rel. err | agree | "
-                     "fastadapt / it | fastadapt+best / it | reps |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
-        cs = entry["contenders"]
-        fa = cs.get("fastadapt", {}).get("it_s_cpu")
-        best_name = max((c for c in cs if c.startswith("fastadapt") and "it_s_cpu" in cs[c]), key=lambda c: cs[c]["it_s_cpu"], default=None)
-        best = cs[best_name]["it_s_cpu"] if best_name else None
-        for c, s in cs.items():
-            if "it_s_cpu" not in s:
-                lines.append(f"| {c} | {s.get('error')} | | | | | | | | | |")
-                continue
-            pct = f"{100 * flops * s['it_s_cpu'] / 1e9 / peak:.0f}%" if flops and peak == peak else "-"
-            g = s.get("grad", {})
-            gg = g.get("checked", g.get("all"))
-            err = f"{gg['rel_err']:.1e}" if gg else "-"
-            agree = ("yes" if gg["agree"] else "NO") if gg else "-"
-            r1 = f"{fa / s['it_s_cpu']:.2f}x" if fa else "-"
-            r2 = f"{best / s['it_s_cpu']:.2f}x" if best else "-"
-            lines.append(f"| {c} | {s['it_s_cpu']:.3f} | {s['it_s_wall']:.3f} | {s['maxrss_mb']:.0f} | {s['minflt_per_iter']:.0f} | {pct} | "
-                         f"{err} | {agree} | {r1} | {r2} | {s['repetitions']} |")
-        for c, why in entry.get("skipped", {}).items():
-            lines.append(f"| {c} | skipped: {why} | | | | | | | | | |")
-        if best_name:
-            lines.append("")
-            lines.append(f"fastadapt+best = {best_name}.")
-        ex = next((s["grad"].get("excluded") for s in cs.values() if s.get("grad", {}).get("excluded")), None)
-        if ex:
-            lines.append(f"Reptile's gradient check runs in float64 and excludes {', '.join(ex)}: their exact gradient is 0 (a BatchNorm follows), "
-                         "and Adam (beta1 = 0) turns the rounding noise into steps of +-lr. In float32 the surrogate gradient of 5 Adam steps is "
-                         "ill-conditioned (elementwise sign-like steps on near-zero gradients), so float32 runs of different libraries differ by "
-                         "~1e-3..1e-2 relative; see results.json, grad.all.")
-    targets = check_targets(result)
-    if targets:
-        lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"] + targets
-    return "\n".join(lines) + "\n"
-
-
-def check_targets(result: dict) -> list[str]:
-    rows = []
-    ws = result["workloads"]
-
-    def fastest_baseline(cs: dict) -> tuple[str, dict] | None:
-        cands = [(c, cs[c]) for c in BASELINES if "it_s_cpu" in cs.get(c, {})]
-        return max(cands, key=lambda x: x[1]["it_s_cpu"]) if cands else None
-
-    for w, label in (("a", "(a) MAML 2nd order"), ("b", "(b) MAML 1st order")):
-        if w not in ws:
-            continue
-        cs = ws[w]["contenders"]
-        base = fastest_baseline(cs)
-        if not base:
-            continue
-        for c in (c for c in cs if c.startswith("fastadapt") and "it_s_cpu" in cs[c]):
-            speed = cs[c]["it_s_cpu"] / base[1]["it_s_cpu"]
-            mem = cs[c]["maxrss_mb"] / base[1]["maxrss_mb"]
-            met = speed >= 2.0 and mem <= 1.25
-            rows.append(f"| {label}: {c} >= 2.0x fastest of learn2learn/higher/TorchOpt ({base[0]}), peak memory <= 1.25x | "
-                        f"{speed:.2f}x, memory {mem:.2f}x | {'yes' if met else 'NO'} |")
-    for w, label in (("d", "(d) ProtoNets"), ("e-protonet", "(e) ProtoNets end to end")):
-        cs = ws.get(w, {}).get("contenders", {})
-        if "it_s_cpu" in cs.get("plain", {}):
-            for c in (c for c in cs if c.startswith("fastadapt") and "it_s_cpu" in cs[c]):
-                speed = cs[c]["it_s_cpu"] / cs["plain"]["it_s_cpu"]
-                rows.append(f"| {label}: {c} >= 2.0x plain eager | {speed:.2f}x | {'yes' if speed >= 2.0 else 'NO'} |")
-    for e, k in (("e-maml", "a"), ("e-protonet", "d")):
-        if e in ws and k in ws:
-            ce, ck = ws[e]["contenders"], ws[k]["contenders"]
-            ref = "plain" if k == "d" else None
-            for c in (c for c in ce if c.startswith("fastadapt") and "it_s_cpu" in ce[c] and "it_s_cpu" in ck.get(c, {})):
-                if ref is None:
-                    be, bk = fastest_baseline(ce), fastest_baseline(ck)
-                    if not be or not bk:
-                        continue
-                    re_, rk = ce[c]["it_s_cpu"] / be[1]["it_s_cpu"], ck[c]["it_s_cpu"] / bk[1]["it_s_cpu"]
-                else:
-                    if "it_s_cpu" not in ce.get(ref, {}) or "it_s_cpu" not in ck.get(ref, {}):
-                        continue
-                    re_, rk = ce[c]["it_s_cpu"] / ce[ref]["it_s_cpu"], ck[c]["it_s_cpu"] / ck[ref]["it_s_cpu"]
-                rows.append(f"| ({e}) end-to-end ratio of {c} >= kernel-only ratio ({k}) | {re_:.2f}x vs {rk:.2f}x | "
-                            f"{'yes' if re_ >= rk * 0.95 else 'NO'} (5% noise allowance) |")
-    return rows
-
-
-def plot_sweeps(result: dict, out_dir: Path) -> None:
-    """Time and memory against meta-batch size and inner steps, first vs second order (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in result["sweeps"]["rows"] if "sec_cpu" in r]
-    for axis, xlabel, fname in (("meta_batch", "meta-batch size (tasks), 1 inner step", "sweep_meta_batch.png"),
-                                ("inner_steps", f"inner steps (meta-batch {result['sweeps']['inner_steps_meta_batch']})", "sweep_inner_steps.png")):
-        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
-        for c in result["sweeps"]["contenders"]:
-            for algo, style in (("maml", "-"), ("fomaml", "--")):
-                pts = sorted((r[axis], r["sec_cpu"], r["maxrss_mb"]) for r in rows if r["axis"] == axis and r["contender"] == c and r["algo"] == algo)
-                if not pts:
-                    continue
-                xs, ts, ms = zip(*pts)
-                label = f"{c} ({'2nd' if algo == 'maml' else '1st'} order)"
-                ax_t.plot(xs, ts, style, marker="o", label=label)
-                ax_m.plot(xs, ms, style, marker="o", label=label)
-        for ax, ylabel in ((ax_t, "CPU seconds per meta-update"), (ax_m, "peak RSS (MB)")):
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(ylabel)
-            if axis == "meta_batch":
-                ax.set_xscale("log", base=2)
-                ax.set_yscale("log")
-            ax.grid(True, alpha=0.3)
-        ax_t.legend(fontsize=7)
-        fig.suptitle(f"MAML on Conv4, 5-way 1-shot: {xlabel.split(',')[0].split(' (')[0]} sweep ({result['threads']} thread, shared machine)")
-        fig.tight_layout()
-        fig.savefig(out_dir / fname, dpi=80)
-        plt.close(fig)
 
 
 def _load() -> str:

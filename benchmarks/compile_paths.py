@@ -12,7 +12,6 @@ temporary folder, so the start is cold) is inductor's cache; run twice with the 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from shared_first import batch  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 from fastadapt.algorithms import compiled  # noqa: E402
 from fastadapt.algorithms.maml import MAML  # noqa: E402
@@ -61,17 +61,18 @@ def main() -> None:
             f"cold start (first compiled meta-gradient): {time.perf_counter() - t0:.1f} s wall, {time.process_time() - c0:.1f} s CPU "
             f"of this process; cache {session.cache}"
         )
-        times: dict[bool, list[float]] = {False: [], True: []}
         grads = {}
-        for _ in range(args.iters):
-            for mode in (False, True):
-                c0 = time.process_time()
-                grads[mode] = step(mode)
-                times[mode].append(time.process_time() - c0)
-    for mode, t in times.items():
-        print(f"{'compiled' if mode else 'eager':9s} {1000 * statistics.median(t):8.0f} ms CPU per meta-gradient (median of {len(t)})")
+
+        def run(mode: bool):
+            return lambda: grads.__setitem__(mode, step(mode))
+
+        times = interleaved({"eager": run(False), "compiled": run(True)}, args.iters, warmup=0)
+    for mode in ("eager", "compiled"):
+        n = len(times.cpu[mode])
+        print(f"{mode:9s} {1000 * times.median_cpu(mode):8.0f} ms CPU per meta-gradient (median of {n})")
     diff = max(float((a - b).abs().max()) for a, b in zip(grads[False], grads[True]))
-    print(f"speed-up {statistics.median(times[False]) / statistics.median(times[True]):.2f}x; max |grad difference| {diff:.2e}")
+    speed = times.median_cpu("eager") / times.median_cpu("compiled")
+    print(f"speed-up {speed:.2f}x; max |grad difference| {diff:.2e}")
 
 
 if __name__ == "__main__":

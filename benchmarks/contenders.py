@@ -64,14 +64,19 @@ class Workload:
     description: str = ""
 
 
-WORKLOADS: dict[str, Workload] = {w.name: w for w in (
-    Workload("a", "maml", 5, 1, 5, 32, 1, 0.4, description="MAML 2nd order, 5-way 1-shot, T=32, 1 step"),
-    Workload("b", "fomaml", 5, 1, 5, 32, 1, 0.4, description="MAML 1st order, 5-way 1-shot, T=32, 1 step"),
-    Workload("c", "reptile", 5, 1, 5, 32, 5, 1e-3, description="Reptile, 5-way 1-shot, T=32, 5 Adam steps"),
-    Workload("d", "protonet", 20, 5, 15, 1, description="ProtoNets, 20-way 5-shot 15-query, 1 episode"),
-    Workload("e-maml", "maml", 5, 1, 5, 32, 1, 0.4, real_data=True, description="(a) on sampled Omniglot episodes"),
-    Workload("e-protonet", "protonet", 20, 5, 15, 1, real_data=True, description="(d) on sampled Omniglot episodes"),
-)}
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload("a", "maml", 5, 1, 5, 32, 1, 0.4, description="MAML 2nd order, 5-way 1-shot, T=32, 1 step"),
+        Workload("b", "fomaml", 5, 1, 5, 32, 1, 0.4, description="MAML 1st order, 5-way 1-shot, T=32, 1 step"),
+        Workload("c", "reptile", 5, 1, 5, 32, 5, 1e-3, description="Reptile, 5-way 1-shot, T=32, 5 Adam steps"),
+        Workload("d", "protonet", 20, 5, 15, 1, description="ProtoNets, 20-way 5-shot 15-query, 1 episode"),
+        Workload("e-maml", "maml", 5, 1, 5, 32, 1, 0.4, real_data=True, description="(a) on sampled Omniglot episodes"),
+        Workload(
+            "e-protonet", "protonet", 20, 5, 15, 1, real_data=True, description="(d) on sampled Omniglot episodes"
+        ),
+    )
+}
 
 
 def supports(library: str, workload: Workload) -> str | None:
@@ -85,7 +90,9 @@ def supports(library: str, workload: Workload) -> str | None:
 
 def make_model(workload: Workload) -> nn.Module:
     """Conv4, 64 filters, BatchNorm without running statistics; a ``ways``-way head unless ProtoNets."""
-    return Conv4(in_channels=1, out_features=None if workload.algo == "protonet" else workload.ways, hidden=64, image_size=28)
+    return Conv4(
+        in_channels=1, out_features=None if workload.algo == "protonet" else workload.ways, hidden=64, image_size=28
+    )
 
 
 def synthetic_batch(workload: Workload, seed: int = 0) -> TaskBatch:
@@ -93,8 +100,13 @@ def synthetic_batch(workload: Workload, seed: int = 0) -> TaskBatch:
     g = torch.Generator().manual_seed(seed)
     t, n, k, q = workload.meta_batch, workload.ways, workload.shots, workload.queries
     labels = torch.arange(n)
-    return TaskBatch(torch.rand(t, n * k, 1, 28, 28, generator=g), labels.repeat_interleave(k).repeat(t, 1),
-                     torch.rand(t, n * q, 1, 28, 28, generator=g), labels.repeat_interleave(q).repeat(t, 1), labels.repeat(t, 1))
+    return TaskBatch(
+        torch.rand(t, n * k, 1, 28, 28, generator=g),
+        labels.repeat_interleave(k).repeat(t, 1),
+        torch.rand(t, n * q, 1, 28, 28, generator=g),
+        labels.repeat_interleave(q).repeat(t, 1),
+        labels.repeat(t, 1),
+    )
 
 
 # --- the proposed allocator setting (measured here, proposed for fastadapt.algorithms.inner) --------------------------
@@ -123,8 +135,9 @@ def keep_freed_memory() -> bool:
 # --- fastadapt --------------------------------------------------------------------------------------------------------
 
 
-def fastadapt_step(workload: Workload, model: nn.Module, accumulate: int = 0, execution: str | None = None,
-                   precision: str = "fp32") -> GradStep:
+def fastadapt_step(
+    workload: Workload, model: nn.Module, accumulate: int = 0, execution: str | None = None, precision: str = "fp32"
+) -> GradStep:
     """fastadapt's step: ``meta_loss(batch).loss.backward()``; with ``accumulate=N``, one backward per chunk of N tasks;
     with ``precision="bf16"``, ``meta_loss`` under bf16 autocast as ``run.precision = "bf16"`` runs it."""
     from fastadapt.algorithms.maml import FOMAML, MAML
@@ -137,7 +150,9 @@ def fastadapt_step(workload: Workload, model: nn.Module, accumulate: int = 0, ex
     elif workload.algo == "fomaml":
         algo = FOMAML(model, inner_lr=workload.inner_lr, inner_steps=workload.inner_steps, **options)
     elif workload.algo == "reptile":
-        algo = Reptile(model, inner_lr=workload.inner_lr, inner_steps=workload.inner_steps, inner_optimizer="adam", **options)
+        algo = Reptile(
+            model, inner_lr=workload.inner_lr, inner_steps=workload.inner_steps, inner_optimizer="adam", **options
+        )
     else:
         algo = ProtoNet(model)
 
@@ -284,7 +299,9 @@ def _torchopt_functional(workload: Workload, model: nn.Module, torchopt: types.M
             fast = tuple(p.detach().requires_grad_() for p in params) if reptile else params
             state = opt.init(fast)
             for _ in range(workload.inner_steps):
-                loss = F.cross_entropy(functional_call(model, dict(zip(names, fast)), (batch.support_x[i],)), batch.support_y[i])
+                loss = F.cross_entropy(
+                    functional_call(model, dict(zip(names, fast)), (batch.support_x[i],)), batch.support_y[i]
+                )
                 grads = torch.autograd.grad(loss, fast)
                 updates, state = opt.update(grads, state, inplace=False)
                 fast = torchopt.apply_updates(fast, updates, inplace=False)
@@ -384,8 +401,9 @@ class Contender:
     def build(self, workload: Workload, model: nn.Module) -> GradStep:
         if self.library == "fastadapt":
             return fastadapt_step(workload, model, self.accumulate, self.execution, self.precision)
-        return {"learn2learn": learn2learn_step, "higher": higher_step, "torchopt": torchopt_step, "plain": plain_step}[self.library](
-            workload, model)
+        return {"learn2learn": learn2learn_step, "higher": higher_step, "torchopt": torchopt_step, "plain": plain_step}[
+            self.library
+        ](workload, model)
 
 
 def parse_contender(spec: str) -> Contender:
@@ -410,4 +428,6 @@ def parse_contender(spec: str) -> Contender:
 
 def flat_grad(model: nn.Module) -> Tensor:
     """The model's ``.grad`` fields, flattened in ``named_parameters`` order (zeros where a grad is missing)."""
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten() for p in model.parameters()])
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().flatten() for p in model.parameters()]
+    )

@@ -53,8 +53,14 @@ def child(name: str, episodes: int, precision: str) -> None:
 
 def measure(src: Path, name: str, precision: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", name, "--precision", precision],
-                         env=env, capture_output=True, text=True, check=True, cwd=str(HERE.parent))
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", name, "--precision", precision],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=str(HERE.parent),
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -81,9 +87,14 @@ def main() -> None:
             runs["after fp32"].append(measure(after, name, "fp32"))
             runs["after bf16"].append(measure(after, name, "bf16"))
         med = {k: sorted(r["episodes_per_s"] for r in v)[len(v) // 2] for k, v in runs.items()}
-        row = {"setting": name, "episodes": SETTINGS[name], **{f"{k} ep/s": v for k, v in med.items()},
-               **{f"{k} acc": v[0]["acc"] for k, v in runs.items()},
-               "speed-up fp32": med["after fp32"] / med["before fp32"], "speed-up bf16": med["after bf16"] / med["before fp32"]}
+        row = {
+            "setting": name,
+            "episodes": SETTINGS[name],
+            **{f"{k} ep/s": v for k, v in med.items()},
+            **{f"{k} acc": v[0]["acc"] for k, v in runs.items()},
+            "speed-up fp32": med["after fp32"] / med["before fp32"],
+            "speed-up bf16": med["after bf16"] / med["before fp32"],
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from contenders import WORKLOADS, flat_grad, make_model, parse_contender, supports, synthetic_batch  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 # fastadapt's paths (exec=auto is vmap on an accelerator), bf16 autocast, and the contenders
 CONTENDERS = (
@@ -70,19 +69,12 @@ def one(workload: str, spec: str, meta_batch: int, iters: int, grad_out: str, de
     sync()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        sync()
-        t0 = time.perf_counter()
-        run()
-        optimizer.step()
-        sync()
-        times.append(time.perf_counter() - t0)
+    times = interleaved({"step": lambda: (run(), optimizer.step())}, iters, warmup=0, sync=sync)
     return {
         "workload": workload,
         "contender": spec,
-        "it_per_s": 1 / statistics.median(times),
-        "ms_median": 1000 * statistics.median(times),
+        "it_per_s": 1 / times.median_wall("step"),
+        "ms_median": 1000 * times.median_wall("step"),
         "peak_cuda_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan"),
         "meta_batch": meta_batch,
         "iters": iters,
@@ -101,7 +93,9 @@ def main() -> None:
     ap.add_argument("--one", nargs=3, metavar=("WORKLOAD", "CONTENDER", "GRAD_OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one[0], args.one[1], args.meta_batch, args.iters, args.one[2], args.device)), flush=True)
+        print(
+            json.dumps(one(args.one[0], args.one[1], args.meta_batch, args.iters, args.one[2], args.device)), flush=True
+        )
         return
     if not torch.cuda.is_available():
         raise SystemExit("gpu_compare.py: no CUDA device here")
@@ -156,7 +150,11 @@ def main() -> None:
     info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda}
     Path(args.out).write_text(json.dumps({"info": info, "rows": rows}, indent=1))
     for r in rows:
-        figure = f"{r['it_per_s']:8.2f} it/s  {r['peak_cuda_mb']:8.0f} MB" if "it_per_s" in r else r.get("skipped") or r.get("error")
+        figure = (
+            f"{r['it_per_s']:8.2f} it/s  {r['peak_cuda_mb']:8.0f} MB"
+            if "it_per_s" in r
+            else r.get("skipped") or r.get("error")
+        )
         ratio = f"  {r['vs_fastest_contender']:.2f}x" if "vs_fastest_contender" in r else ""
         print(f"({r['workload']}) {r['contender']:30s} {figure}{ratio}")
 

@@ -11,10 +11,9 @@ inflate; wall time alongside) sets ``fastadapt.algorithms.inner.DEFAULT_EXECUTIO
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import Timings, interleaved
 
 from fastadapt.algorithms.maml import MAML
 from fastadapt.data import EpisodeSampler, load_omniglot
@@ -33,23 +32,24 @@ def main() -> None:
     model = Conv4(in_channels=1, out_features=5, hidden=64, image_size=28)
     paths = ("vmap", "chunks", "loop")
     algos = {ex: MAML(model, inner_lr=0.4, inner_steps=1, execution=ex, chunk_size=args.chunk_size) for ex in paths}
-    wall: dict[str, list[float]] = {ex: [] for ex in paths}
-    cpu: dict[str, list[float]] = {ex: [] for ex in paths}
-    for i in range(args.iters + 1):  # paths interleaved, so that a busy machine slows them alike
-        for execution, algo in algos.items():
+
+    def step(algo):
+        def run():
             algo.zero_grad(set_to_none=True)
-            t0, c0 = time.perf_counter(), time.process_time()
             algo.meta_loss(batch).loss.backward()
-            if i:  # the first round warms up
-                wall[execution].append(time.perf_counter() - t0)
-                cpu[execution].append(time.process_time() - c0)
-        if i:
-            print(f"round {i}: " + ", ".join(f"{ex} {cpu[ex][-1] * 1000:.0f} ms CPU / {wall[ex][-1] * 1000:.0f} ms wall" for ex in paths), flush=True)
-    # CPU time of this process is the measure: other work on a shared machine inflates wall time, not it
+
+        return run
+
+    def show(i: int, t: Timings) -> None:
+        print(f"round {i}: " + ", ".join(f"{ex} {t.cpu[ex][-1] * 1000:.0f} ms CPU / {t.wall[ex][-1] * 1000:.0f} ms wall"
+                                         for ex in paths), flush=True)  # fmt: skip
+
+    timings = interleaved({ex: step(algo) for ex, algo in algos.items()}, args.iters, after_round=show)
     for execution in paths:
         label = f"{execution} (chunk_size={args.chunk_size})" if execution == "chunks" else execution
-        print(f"{label:24s} median {statistics.median(cpu[execution]) * 1000:6.0f} ms CPU, {statistics.median(wall[execution]) * 1000:6.0f} ms wall  "
-              f"({args.iters} iters, {args.threads} thread(s))")
+        print(f"{label:24s} median {timings.median_cpu(execution) * 1000:6.0f} ms CPU, "
+              f"{timings.median_wall(execution) * 1000:6.0f} ms wall  ({args.iters} iters, {args.threads} thread(s))")  # fmt: skip
+
 
 if __name__ == "__main__":
     main()

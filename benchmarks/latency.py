@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import os
 import platform
@@ -45,6 +46,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from timing import timed
 
 import fastadapt
 from fastadapt.config import load_config
@@ -61,12 +63,20 @@ PRESETS = {  # algorithm -> (preset, overrides): the evaluation settings that sh
     "anil": ("anil-omniglot-5w1s", []),
     "reptile": ("reptile-omniglot-5w1s", []),
     "meta_lstm": ("meta-lstm-omniglot-5w1s", []),
-    "mann": ("mann-omniglot", ["algorithm.key_strength=false"]),  # as measured in benchmarks/results (before the preset's key strength)
+    "mann": (
+        "mann-omniglot",
+        ["algorithm.key_strength=false"],
+    ),  # as measured in benchmarks/results (before the preset's key strength)
     "baseline": ("baseline-omniglot", []),
     "linear_probe": ("linear-probe-omniglot", []),
 }
 TARGETS = {("protonet", 1, 1): 5.0, ("maml", 1, 1): 40.0}  # (algorithm, shots, queries) -> p95 target in ms
-GRADIENT_FREE_ADAPT = {"protonet", "matching", "matching-fce", "mann"}  # adapt takes no gradient: inference mode covers it
+GRADIENT_FREE_ADAPT = {
+    "protonet",
+    "matching",
+    "matching-fce",
+    "mann",
+}  # adapt takes no gradient: inference mode covers it
 
 
 def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -75,16 +85,27 @@ def build(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     side = cfg.data.image_size or 28
     shape = (1, side, side)
     ways = 5
-    probe = TaskBatch(torch.zeros(1, ways, *shape), torch.arange(ways).unsqueeze(0), torch.zeros(1, ways, *shape),
-                      torch.arange(ways).unsqueeze(0), torch.arange(ways).unsqueeze(0))
+    probe = TaskBatch(
+        torch.zeros(1, ways, *shape),
+        torch.arange(ways).unsqueeze(0),
+        torch.zeros(1, ways, *shape),
+        torch.arange(ways).unsqueeze(0),
+        torch.arange(ways).unsqueeze(0),
+    )
     torch.manual_seed(0)
     algo = build_algorithm(cfg, probe, num_classes=64, check_memory=False)
     return algo.eval(), shape
 
 
-def task(shape: tuple[int, ...], shots: int, queries: int, ways: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def task(
+    shape: tuple[int, ...], shots: int, queries: int, ways: int = 5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.rand(ways * shots, *shape, generator=g), torch.arange(ways).repeat_interleave(shots), torch.rand(queries, *shape, generator=g)
+    return (
+        torch.rand(ways * shots, *shape, generator=g),
+        torch.arange(ways).repeat_interleave(shots),
+        torch.rand(queries, *shape, generator=g),
+    )
 
 
 def variant(algo: torch.nn.Module, name: str, mode: str, example: torch.Tensor) -> torch.nn.Module | None:
@@ -106,7 +127,9 @@ def variant(algo: torch.nn.Module, name: str, mode: str, example: torch.Tensor) 
     raise SystemExit(f"unknown mode {mode!r}")
 
 
-def one_call(algo: torch.nn.Module, name: str, mode: str, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor) -> torch.Tensor:
+def one_call(
+    algo: torch.nn.Module, name: str, mode: str, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor
+) -> torch.Tensor:
     if mode == "channels_last" and sx.dim() == 4:  # the conversion is part of the call
         sx, qx = sx.contiguous(memory_format=torch.channels_last), qx.contiguous(memory_format=torch.channels_last)
     whole = mode == "inference" and name in GRADIENT_FREE_ADAPT
@@ -134,9 +157,7 @@ def matmul_ceiling(n: int = 1024, repeats: int = 5) -> float:
 
 
 def _timed(fn) -> float:  # noqa: ANN001
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return timed(fn)[0]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -146,7 +167,9 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
-def measure(names: list[str], modes: list[str], calls: int, warmup: int, shots_list: list[int], queries_list: list[int]) -> list[dict]:
+def measure(
+    names: list[str], modes: list[str], calls: int, warmup: int, shots_list: list[int], queries_list: list[int]
+) -> list[dict]:
     ceiling = matmul_ceiling()
     print(f"fp32 matmul ceiling on one thread: {ceiling / 1e9:.1f} GFLOP/s", flush=True)
     rows = []
@@ -162,32 +185,57 @@ def measure(names: list[str], modes: list[str], calls: int, warmup: int, shots_l
                         continue
                     for _ in range(warmup):
                         one_call(algo, name, mode, sx, sy, qx)
-                    times = []
-                    for _ in range(calls):
-                        start = time.perf_counter()
-                        one_call(algo, name, mode, sx, sy, qx)
-                        times.append((time.perf_counter() - start) * 1e3)
+                    times = [
+                        1e3 * timed(functools.partial(one_call, algo, name, mode, sx, sy, qx))[0] for _ in range(calls)
+                    ]
                     p50, p95, p99 = (percentile(times, q) for q in (50, 95, 99))
                     target = TARGETS.get((name, shots, queries))
-                    row = {"algorithm": name, "shots": shots, "queries": queries, "mode": mode, "calls": calls, "p50_ms": p50, "p95_ms": p95,
-                           "p99_ms": p99, "mean_ms": statistics.fmean(times), "gflop": flops / 1e9,
-                           "ceiling_pct": 100 * flops / (p50 / 1e3) / ceiling, "target_p95_ms": target,
-                           "meets_target": None if target is None else p95 <= target}
+                    row = {
+                        "algorithm": name,
+                        "shots": shots,
+                        "queries": queries,
+                        "mode": mode,
+                        "calls": calls,
+                        "p50_ms": p50,
+                        "p95_ms": p95,
+                        "p99_ms": p99,
+                        "mean_ms": statistics.fmean(times),
+                        "gflop": flops / 1e9,
+                        "ceiling_pct": 100 * flops / (p50 / 1e3) / ceiling,
+                        "target_p95_ms": target,
+                        "meets_target": None if target is None else p95 <= target,
+                    }
                     rows.append(row)
-                    print(f"{name:13s} 5w{shots}s q={queries:<3d} {mode:13s} p50 {p50:8.2f}  p95 {p95:8.2f}  p99 {p99:8.2f} ms  "
-                          f"{flops / 1e9:7.3f} GFLOP  {row['ceiling_pct']:5.1f}% of ceiling"
-                          + ("" if target is None else f"  target p95 <= {target:g} ms: {'met' if row['meets_target'] else 'MISSED'}"), flush=True)
+                    print(
+                        f"{name:13s} 5w{shots}s q={queries:<3d} {mode:13s} p50 {p50:8.2f}  p95 {p95:8.2f}  p99 {p99:8.2f} ms  "
+                        f"{flops / 1e9:7.3f} GFLOP  {row['ceiling_pct']:5.1f}% of ceiling"
+                        + (
+                            ""
+                            if target is None
+                            else f"  target p95 <= {target:g} ms: {'met' if row['meets_target'] else 'MISSED'}"
+                        ),
+                        flush=True,
+                    )
     return rows
 
 
 def markdown(rows: list[dict], command: str, ceiling_note: str) -> str:
-    lines = [f"`{command}` ({ceiling_note})", "",
-             "| algorithm | task | queries | mode | p50 ms | p95 ms | p99 ms | GFLOP/call | % fp32 matmul ceiling | target (p95) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`{command}` ({ceiling_note})",
+        "",
+        "| algorithm | task | queries | mode | p50 ms | p95 ms | p99 ms | GFLOP/call | % fp32 matmul ceiling | target (p95) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        target = "" if r["target_p95_ms"] is None else f"<= {r['target_p95_ms']:g} ms: {'met' if r['meets_target'] else '**missed**'}"
-        lines.append(f"| {r['algorithm']} | 5-way {r['shots']}-shot | {r['queries']} | {r['mode']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
-                     f"{r['p99_ms']:.2f} | {r['gflop']:.3f} | {r['ceiling_pct']:.1f} | {target} |")
+        target = (
+            ""
+            if r["target_p95_ms"] is None
+            else f"<= {r['target_p95_ms']:g} ms: {'met' if r['meets_target'] else '**missed**'}"
+        )
+        lines.append(
+            f"| {r['algorithm']} | 5-way {r['shots']}-shot | {r['queries']} | {r['mode']} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['gflop']:.3f} | {r['ceiling_pct']:.1f} | {target} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -201,14 +249,22 @@ def summary(rows: list[dict]) -> list[str]:
             best[key] = r
         if r["mode"] == "eager":
             eager[key] = r
-    lines = ["| algorithm | task | queries | eager p50 / p95 ms | fastest mode | its p50 / p95 / p99 ms | % fp32 matmul ceiling | target (p95) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| algorithm | task | queries | eager p50 / p95 ms | fastest mode | its p50 / p95 / p99 ms | % fp32 matmul ceiling | target (p95) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, r in best.items():
         e = eager.get(key)
-        target = "" if r["target_p95_ms"] is None else f"<= {r['target_p95_ms']:g} ms: {'met' if r['meets_target'] else '**missed**'}"
+        target = (
+            ""
+            if r["target_p95_ms"] is None
+            else f"<= {r['target_p95_ms']:g} ms: {'met' if r['meets_target'] else '**missed**'}"
+        )
         plain = "-" if e is None else f"{e['p50_ms']:.2f} / {e['p95_ms']:.2f}"
-        lines.append(f"| {r['algorithm']} | 5-way {r['shots']}-shot | {r['queries']} | {plain} | {r['mode']} | "
-                     f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} / {r['p99_ms']:.2f} | {r['ceiling_pct']:.0f} | {target} |")
+        lines.append(
+            f"| {r['algorithm']} | 5-way {r['shots']}-shot | {r['queries']} | {plain} | {r['mode']} | "
+            f"{r['p50_ms']:.2f} / {r['p95_ms']:.2f} / {r['p99_ms']:.2f} | {r['ceiling_pct']:.0f} | {target} |"
+        )
     return lines
 
 
@@ -229,8 +285,13 @@ def load_main(args: argparse.Namespace) -> int:
     pool = load_pool("omniglot", shape)
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
-        proc = subprocess.Popen([sys.executable, "-m", "fastadapt.cli", "serve", args.run_dir, "--port", str(port), "--dir", folder],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fastadapt.cli", "serve", args.run_dir, "--port", str(port), "--dir", folder],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         try:
             print(proc.stdout.readline().strip(), flush=True)
             import http.client
@@ -239,7 +300,9 @@ def load_main(args: argparse.Namespace) -> int:
                 for _ in range(300):
                     con = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                     try:
-                        con.request("POST", path, body=body, headers={"Content-Type": ctype, "Content-Length": str(len(body))})
+                        con.request(
+                            "POST", path, body=body, headers={"Content-Type": ctype, "Content-Length": str(len(body))}
+                        )
                         return json.loads(con.getresponse().read())
                     except OSError:
                         time.sleep(0.2)
@@ -252,7 +315,13 @@ def load_main(args: argparse.Namespace) -> int:
                 first = next(int(i) for i in pool.proposable() if int(pool.y[i]) == k)
                 post(f"/api/classes/{cid}/examples", *multipart("file", "x.png", encode_png(pool.x[first])))
             path = "/api/predict?attribution=none" + ("&fresh=true" if args.adapt_each else "")
-            result = load_test(f"http://127.0.0.1:{port}/", encode_png(pool.x[int(pool.proposable()[-1])]), args.seconds, args.clients, path)
+            result = load_test(
+                f"http://127.0.0.1:{port}/",
+                encode_png(pool.x[int(pool.proposable()[-1])]),
+                args.seconds,
+                args.clients,
+                path,
+            )
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -266,7 +335,9 @@ def load_main(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "load":
-        lp = argparse.ArgumentParser(prog="latency.py load", description="the web app's predict endpoint under a bounded load")
+        lp = argparse.ArgumentParser(
+            prog="latency.py load", description="the web app's predict endpoint under a bounded load"
+        )
         lp.add_argument("run_dir")
         lp.add_argument("--seconds", type=float, default=60.0)
         lp.add_argument("--clients", type=int, default=4)
@@ -282,9 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="20 calls after 3 warm-ups: a smoke, not a result")
     p.add_argument("--out", help="write the rows as JSON")
     p.add_argument("--markdown", help="write the table as Markdown")
-    p.add_argument("--allocator", choices=("keep", "default"), default="keep",
-                   help="keep: glibc keeps freed memory for reuse, as the fastadapt command and app do (fastadapt.keep_freed_memory); "
-                        "default: glibc's defaults")
+    p.add_argument(
+        "--allocator",
+        choices=("keep", "default"),
+        default="keep",
+        help="keep: glibc keeps freed memory for reuse, as the fastadapt command and app do (fastadapt.keep_freed_memory); "
+        "default: glibc's defaults",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.calls, a.warmup = 20, 3
@@ -294,18 +369,31 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in PRESETS]
     if unknown:
         raise SystemExit(f"unknown algorithm(s) {unknown}; choose from {', '.join(PRESETS)}")
-    rows = measure(names, a.modes.split(","), a.calls, a.warmup, [int(s) for s in a.shots.split(",")], [int(q) for q in a.queries.split(",")])
+    rows = measure(
+        names,
+        a.modes.split(","),
+        a.calls,
+        a.warmup,
+        [int(s) for s in a.shots.split(",")],
+        [int(q) for q in a.queries.split(",")],
+    )
     command = "python benchmarks/latency.py " + " ".join(argv)
     load = os.getloadavg()
-    note = (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, "
-            f"allocator: {'glibc keeps freed memory' if kept else 'glibc defaults'}, load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    note = (
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, 1 thread, "
+        f"allocator: {'glibc keeps freed memory' if kept else 'glibc defaults'}, load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     if a.out:
-        Path(a.out).write_text(json.dumps({"command": command, "torch": torch.__version__, "note": note, "rows": rows}, indent=1) + "\n")
+        Path(a.out).write_text(
+            json.dumps({"command": command, "torch": torch.__version__, "note": note, "rows": rows}, indent=1) + "\n"
+        )
     if a.markdown:
         Path(a.markdown).write_text(markdown(rows, command.strip(), note))
     missed = [r for r in rows if r["meets_target"] is False]
     for r in missed:
-        print(f"target missed: {r['algorithm']} 5w{r['shots']}s q={r['queries']} {r['mode']}: p95 {r['p95_ms']:.2f} ms > {r['target_p95_ms']:g} ms")
+        print(
+            f"target missed: {r['algorithm']} 5w{r['shots']}s q={r['queries']} {r['mode']}: p95 {r['p95_ms']:.2f} ms > {r['target_p95_ms']:g} ms"
+        )
     return 0
 
 

@@ -12,10 +12,9 @@ shared machine does not inflate) and the median wall time; the result sets what
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import interleaved
 
 from fastadapt.algorithms.matching import MatchingNet
 from fastadapt.nn import Conv4
@@ -32,19 +31,11 @@ def main() -> None:
     algo = MatchingNet(Conv4(in_channels=1, out_features=None, hidden=64, image_size=28), fce=False)
     for per_task in (300, 20):
         x = torch.rand(args.tasks, per_task, 1, 28, 28)
-        cpu: dict[str, list[float]] = {"vmap": [], "loop": []}
-        wall: dict[str, list[float]] = {"vmap": [], "loop": []}
         with torch.no_grad():
-            for i in range(args.iters + 1):  # the first round warms up and is not counted
-                for path in cpu:
-                    c0, w0 = time.process_time(), time.perf_counter()
-                    algo.encode(x, path)
-                    if i:
-                        cpu[path].append(time.process_time() - c0)
-                        wall[path].append(time.perf_counter() - w0)
-        med = {p: (statistics.median(cpu[p]), statistics.median(wall[p])) for p in cpu}
+            t = interleaved({p: (lambda p=p, x=x: algo.encode(x, p)) for p in ("vmap", "loop")}, args.iters)
+        med = {p: (t.median_cpu(p), t.median_wall(p)) for p in t.cpu}
         print(f"{args.tasks} tasks x {per_task} images: " + ", ".join(f"{p} {c:.3f} s CPU ({w:.3f} s wall)" for p, (c, w) in med.items())
-              + f"; vmap / loop CPU = {med['vmap'][0] / med['loop'][0]:.2f} (median of {args.iters})", flush=True)
+              + f"; vmap / loop CPU = {med['vmap'][0] / med['loop'][0]:.2f} (median of {args.iters})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -27,9 +27,9 @@ import copy
 import resource
 import subprocess
 import sys
-import time
 
 import torch
+from timing import interleaved, timed
 
 from fastadapt.algorithms.maml import FOMAML, MAML
 from fastadapt.algorithms.matching import MatchingNet
@@ -46,11 +46,12 @@ def memory_child(algo_name: str, chunk: int) -> None:
     batch = EpisodeSampler(load_omniglot("vinyals", "train"), ways=5, shots=1, queries=5, seed=0).sample(32)
     algo = (MAML if algo_name == "maml" else FOMAML)(Conv4(1, 5, 64, 28), inner_lr=0.4, inner_steps=1)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    c0 = time.process_time()
-    meta_gradient(algo, batch, chunk)
-    cpu = time.process_time() - c0
+    cpu = timed(lambda: meta_gradient(algo, batch, chunk))[1]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"{algo_name} task_chunk={chunk}: peak RSS {peak:.0f} MB (before the step {before:.0f} MB), step CPU {cpu:.2f} s", flush=True)
+    print(
+        f"{algo_name} task_chunk={chunk}: peak RSS {peak:.0f} MB (before the step {before:.0f} MB), step CPU {cpu:.2f} s",
+        flush=True,
+    )
 
 
 def reptile_step(tasks: int, iters: int) -> None:
@@ -58,18 +59,14 @@ def reptile_step(tasks: int, iters: int) -> None:
     torch.manual_seed(0)
     batch = EpisodeSampler(load_omniglot("vinyals", "train"), ways=5, shots=1, queries=5, seed=0).sample(tasks)
     algo = Reptile(Conv4(1, 5, 64, 28), inner_lr=1e-3, inner_steps=5)
-    times = []
-    for i in range(iters + 1):
-        algo.zero_grad(set_to_none=True)
-        c0 = time.process_time()
-        meta_gradient(algo, batch)
-        if i:
-            times.append(time.process_time() - c0)
-    print(f"reptile (c) T={tasks}: {min(times):.2f} s CPU per meta-gradient (best of {iters}), {tasks / min(times):.1f} tasks/s")
+    times = interleaved({"reptile": lambda: (algo.zero_grad(set_to_none=True), meta_gradient(algo, batch))}, iters)
+    times = times.cpu["reptile"]
+    print(
+        f"reptile (c) T={tasks}: {min(times):.2f} s CPU per meta-gradient (best of {iters}), {tasks / min(times):.1f} tasks/s"
+    )
 
 
 def reptile_grad(tasks: int, iters: int) -> None:
-    import statistics
 
     from fastadapt.algorithms import inner
 
@@ -78,30 +75,44 @@ def reptile_grad(tasks: int, iters: int) -> None:
     batch = EpisodeSampler(load_omniglot("vinyals", "train"), ways=5, shots=1, queries=5, seed=0).sample(tasks)
     algo = Reptile(Conv4(1, 5, 64, 28), inner_lr=1e-3, inner_steps=5)
     library = inner.plain_grad
-    paths = {"plain_grad": library, "torch.func.grad": lambda loss_of, has_aux=False: torch.func.grad(loss_of, has_aux=has_aux)}
-    times: dict[str, list[float]] = {name: [] for name in paths}
+    paths = {
+        "plain_grad": library,
+        "torch.func.grad": lambda loss_of, has_aux=False: torch.func.grad(loss_of, has_aux=has_aux),
+    }
+
+    def with_grad(fn):
+        def run():
+            inner.plain_grad = fn
+            algo.zero_grad(set_to_none=True)
+            meta_gradient(algo, batch)
+
+        return run
+
     try:
-        for i in range(iters + 1):
-            for name, fn in paths.items():
-                inner.plain_grad = fn
-                algo.zero_grad(set_to_none=True)
-                c0 = time.process_time()
-                meta_gradient(algo, batch)
-                if i:  # the first round warms up
-                    times[name].append(time.process_time() - c0)
+        times = interleaved({name: with_grad(fn) for name, fn in paths.items()}, iters)
     finally:
         inner.plain_grad = library
-    med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"reptile T={tasks}: plain_grad {1000 * med['plain_grad']:.0f} ms, torch.func.grad {1000 * med['torch.func.grad']:.0f} ms CPU "
-          f"per meta-gradient (median of {iters}): {med['torch.func.grad'] / med['plain_grad']:.2f}x")
+    med = {name: times.median_cpu(name) for name in paths}
+    print(
+        f"reptile T={tasks}: plain_grad {1000 * med['plain_grad']:.0f} ms, torch.func.grad {1000 * med['torch.func.grad']:.0f} ms CPU "
+        f"per meta-gradient (median of {iters}): {med['torch.func.grad'] / med['plain_grad']:.2f}x"
+    )
 
 
 def eval_speed(which: list[str], episodes: int, batch: int) -> None:
     torch.set_num_threads(1)
     test = load_omniglot("vinyals", "test")
     settings = {
-        "maml": (5, 1, lambda ex: MAML(Conv4(1, 5, 64, 28), inner_lr=0.4, inner_steps=1, inner_steps_eval=10, execution=ex)),
-        "reptile": (5, 5, lambda ex: Reptile(Conv4(1, 5, 64, 28), inner_lr=1e-3, inner_steps=5, inner_steps_eval=50, execution=ex)),
+        "maml": (
+            5,
+            1,
+            lambda ex: MAML(Conv4(1, 5, 64, 28), inner_lr=0.4, inner_steps=1, inner_steps_eval=10, execution=ex),
+        ),
+        "reptile": (
+            5,
+            5,
+            lambda ex: Reptile(Conv4(1, 5, 64, 28), inner_lr=1e-3, inner_steps=5, inner_steps_eval=50, execution=ex),
+        ),
         "matching": (20, 5, lambda ex: MatchingNet(Conv4(1, None, 64, 28), fce=True)),
     }
     for name in which:
@@ -114,12 +125,16 @@ def eval_speed(which: list[str], episodes: int, batch: int) -> None:
             paths["vmap"].load_state_dict(paths["loop"].state_dict())
         else:
             paths = {"loop": paths["loop"]}
-        runs = {(ex, p): (algo if p == "fp32" else copy.deepcopy(algo)) for ex, algo in paths.items() for p in ("fp32", "bf16")}
+        runs = {
+            (ex, p): (algo if p == "fp32" else copy.deepcopy(algo))
+            for ex, algo in paths.items()
+            for p in ("fp32", "bf16")
+        }
         for (ex, precision), algo in runs.items():
             evaluate(algo, sampler.fixed(2, 2), precision=precision)  # warm-up (first calls allocate and pick kernels)
-            c0 = time.process_time()
-            res = evaluate(algo, sampler.fixed(episodes, batch), precision=precision)
-            cpu = time.process_time() - c0
+            _, cpu, res = timed(
+                lambda a=algo, s=sampler, p=precision: evaluate(a, s.fixed(episodes, batch), precision=p)
+            )
             print(
                 f"{name} {ways}-way {shots}-shot, execution={ex}, precision={precision}: {episodes / cpu:.2f} episodes/s "
                 f"(acc {100 * res.mean:.2f} %)",
@@ -143,7 +158,9 @@ def main() -> None:
         memory_child(args.algo, args.chunk)
     elif args.what == "memory":
         for chunk in (int(c) for c in args.chunks.split(",")):
-            subprocess.run([sys.executable, __file__, "_memory_child", "--algo", args.algo, "--chunk", str(chunk)], check=True)
+            subprocess.run(
+                [sys.executable, __file__, "_memory_child", "--algo", args.algo, "--chunk", str(chunk)], check=True
+            )
     elif args.what == "reptile":
         reptile_step(args.tasks, args.iters)
     elif args.what == "reptile-grad":

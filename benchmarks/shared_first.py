@@ -10,10 +10,9 @@ paths interleaved; median CPU time of this process per meta-gradient, and the la
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import interleaved
 
 from fastadapt import TaskBatch
 from fastadapt.algorithms.maml import MAML
@@ -45,24 +44,27 @@ def main() -> None:
     torch.manual_seed(0)
     model = Conv4(1, 5, hidden=args.hidden, image_size=28)
     algos = {
-        ex: MAML(model, inner_lr=0.4, inner_steps=args.steps, first_order=args.first_order, execution=ex) for ex in ("loop", "shared_first")
+        ex: MAML(model, inner_lr=0.4, inner_steps=args.steps, first_order=args.first_order, execution=ex)
+        for ex in ("loop", "shared_first")
     }
-    times: dict[str, list[float]] = {ex: [] for ex in algos}
     last: dict[str, list[torch.Tensor]] = {}
-    for i in range(args.iters + 1):  # the first round warms up
-        for ex, algo in algos.items():
+
+    def step(ex: str):
+        def run() -> None:
             model.zero_grad(set_to_none=True)
-            c0 = time.process_time()
-            algo.meta_loss(data).loss.backward()
-            if i:
-                times[ex].append(time.process_time() - c0)
-            last[ex] = [p.grad.clone() for p in model.parameters()]
+            algos[ex].meta_loss(data).loss.backward()
+
+        return run
+
+    times = interleaved({ex: step(ex) for ex in algos}, args.iters)
+    for ex in algos:  # the meta-gradients compared (not timed)
+        step(ex)()
+        last[ex] = [p.grad.clone() for p in model.parameters()]
     diff = max(float((a - b).abs().max()) for a, b in zip(last["loop"], last["shared_first"]))
-    for ex, t in times.items():
-        print(f"{ex:13s} {1000 * statistics.median(t):8.0f} ms CPU per meta-gradient (median of {len(t)})")
-    print(
-        f"speed-up {statistics.median(times['loop']) / statistics.median(times['shared_first']):.2f}x; max |grad difference| {diff:.2e} (float32)"
-    )
+    for ex in algos:
+        print(f"{ex:13s} {1000 * times.median_cpu(ex):8.0f} ms CPU per meta-gradient (median of {len(times.cpu[ex])})")
+    speed = times.median_cpu("loop") / times.median_cpu("shared_first")
+    print(f"speed-up {speed:.2f}x; max |grad difference| {diff:.2e} (float32)")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def record(study: Study, cells: dict) -> dict:
         }
     episodes = next(iter(cells.values()))["evals"]["test"]["episodes"] if cells else None
     return {
-        "minutes_per_row": study.options["minutes_per_row"],
+        "minutes_per_row": minutes_per_row(cells),
         "eval_episodes": episodes,
         "smoke": False,
         "rows": rows,
@@ -36,3 +36,10 @@ def record(study: Study, cells: dict) -> dict:
 
 def plot(results: dict, study: Study) -> list[Path]:
     return [plot_mann_ablation(study.out, results)]
+
+
+def minutes_per_row(cells: dict) -> float:
+    """The training budget of the rows (their ``optim.max_minutes``; the largest when they differ)."""
+    return max(
+        float(o.split("=", 1)[1]) for c in cells.values() for o in c["overrides"] if o.startswith("optim.max_minutes=")
+    )

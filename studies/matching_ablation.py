@@ -21,4 +21,11 @@ def record(study: Study, cells: dict) -> dict:
             "episodes": e["episodes"],
             "scores": [round(x, 6) for x in e["scores"]],
         }
-    return {"minutes_per_row": study.options["minutes_per_row"], "smoke": False, "settings": settings}
+    return {"minutes_per_row": minutes_per_row(cells), "smoke": False, "settings": settings}
+
+
+def minutes_per_row(cells: dict) -> float:
+    """The training budget of the rows (their ``optim.max_minutes``; the largest when they differ)."""
+    return max(
+        float(o.split("=", 1)[1]) for c in cells.values() for o in c["overrides"] if o.startswith("optim.max_minutes=")
+    )

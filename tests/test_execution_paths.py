@@ -25,6 +25,11 @@ from helpers import assert_same_grads, conv4, grads
 images = partial(helpers.images, tasks=5)  # 3-way 2-shot, 2 queries, 16x16, float64
 
 
+def images28() -> TaskBatch:
+    """4 random 5-way 1-shot tasks of 28x28 float32 images in [0, 1], 5 queries a class (Omniglot's sizes)."""
+    return images(tasks=4, ways=5, shots=1, queries=5, side=28, dtype=torch.float32, draw=torch.rand)
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -122,15 +127,7 @@ def test_shared_first_gives_each_task_its_own_first_gradient():
 def test_shared_first_under_bf16_autocast_keeps_float32_gradients_close_to_fp32():
     """bf16 autocast through the shared step (conv, its backward, BatchNorm in float32): meta-gradient float32,
     relative error to fp32 measured 0.21 (the loop's bf16: 0.21) on these random 28x28 tasks; bound 0.3."""
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(5)
-    batch = TaskBatch(
-        torch.rand(4, 5, 1, 28, 28, generator=g),
-        labels.repeat(4, 1),
-        torch.rand(4, 25, 1, 28, 28, generator=g),
-        labels.repeat_interleave(5).repeat(4, 1),
-        labels.repeat(4, 1),
-    )
+    batch = images28()
     flat = {}
     for ex, bf16 in (("loop", False), ("shared_first", True)):
         torch.manual_seed(0)
@@ -260,15 +257,7 @@ def test_cuda_bf16_autocast_meta_gradient_is_close_to_fp32():
     from fastadapt.runtime.precision import autocast
     from fastadapt.training.accumulate import meta_gradient
 
-    g = torch.Generator().manual_seed(0)
-    labels = torch.arange(5)
-    batch = TaskBatch(
-        torch.rand(4, 5, 1, 28, 28, generator=g),
-        labels.repeat(4, 1),
-        torch.rand(4, 25, 1, 28, 28, generator=g),
-        labels.repeat_interleave(5).repeat(4, 1),
-        labels.repeat(4, 1),
-    ).to("cuda")
+    batch = images28().to("cuda")
     torch.manual_seed(0)
     fp32 = MAML(Conv4(1, 5, 64, 28), inner_lr=0.4, inner_steps=1).cuda()
     bf16 = copy.deepcopy(fp32)

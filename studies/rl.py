@@ -12,7 +12,7 @@ import torch
 from fastadapt.apps.study import Study
 from fastadapt.config.build import build_algorithm, task_sources
 from fastadapt.eval.rl import compare, paths_before_and_after
-from fastadapt.report.figure import pyplot
+from fastadapt.report.figure import pyplot, save_figure
 from fastadapt.runs import load_run
 
 
@@ -72,10 +72,7 @@ def plot(results: dict, study: Study) -> list[Path]:
         ax.set(xlabel="policy-gradient steps", ylabel="average return", title=f"{family}: {r['tasks']} held-out tasks")
         ax.set_xticks(r["steps"])
         ax.legend()
-        fig.tight_layout()
-        out.append(study.out / f"{family}_return_vs_steps.png")
-        fig.savefig(out[-1], dpi=120)
-        plt.close(fig)
+        out.append(save_figure(fig, study.out / f"{family}_return_vs_steps.png", dpi=120))
     run = next((c.run for c in study.cells if c.label == "MAML nav2d"), None)
     if "nav2d" in results and run is not None and run.is_dir():
         out.append(draw_paths(load_run(run), study.options["trajectories"], study.out / "nav2d_trajectories.png"))
@@ -102,7 +99,5 @@ def draw_paths(run, trajectories: int, path: Path) -> Path:
         if t == 0:
             ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("2D navigation: MAML policy before and after one adaptation step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path

@@ -9,7 +9,7 @@ import torch
 
 from fastadapt.apps.study import Study
 from fastadapt.data import SinusoidTasks
-from fastadapt.report.figure import pyplot
+from fastadapt.report.figure import pyplot, save_figure
 from fastadapt.report.tables import PAPER_5SHOT, STEPS
 from fastadapt.runs import load_run
 
@@ -57,16 +57,12 @@ def plot(results: dict, study: Study) -> list[Path]:
             ax.set(title=f"{label}, K = {shots}", ylim=(-5.5, 5.5))
             if row == 0 and col == 0:
                 ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    fig.savefig(study.out / "fits.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, study.out / "fits.png", dpi=100)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, row in results.items():
         ax.plot(STEPS, [row["mse"][f"5shot_{k}steps"][0] for k in STEPS], marker="o", label=label)
     ax.plot([1, 5, 10], PAPER_5SHOT["MAML"], "k*", label="MAML (paper)")
     ax.set(xlabel="inner gradient steps at test", ylabel="query MSE (5-shot)", yscale="log", title="K = 5")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(study.out / "mse_vs_steps.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, study.out / "mse_vs_steps.png", dpi=100)
     return [study.out / "fits.png", study.out / "mse_vs_steps.png"]

@@ -246,7 +246,7 @@ def table_cells(results: Mapping[str, Any]) -> list[str]:
 
 def plot_cells(results: Mapping[str, Any], study: Study) -> list[Path]:
     """``results.png``: every evaluation's mean and interval per cell (bars)."""
-    from fastadapt.report.figure import pyplot
+    from fastadapt.report.figure import pyplot, save_figure
 
     plt = pyplot()
     cells = results["cells"]
@@ -257,11 +257,7 @@ def plot_cells(results: Mapping[str, Any], study: Study) -> list[Path]:
         ax.bar(range(len(got)), [e["mean"] for _, e in got], yerr=[e["ci"] for _, e in got], capsize=3)
         ax.set_xticks(range(len(got)), [label for label, _ in got], rotation=30, ha="right", fontsize=7)
         ax.set(title=name, ylabel=got[0][1]["metric"] if got else "")
-    fig.tight_layout()
-    path = study.out / "results.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, study.out / "results.png")]
 
 
 def _train_cell(cell: Cell, old: Mapping[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastadapt.core.errors import FastAdaptError
@@ -17,3 +18,13 @@ def pyplot() -> Any:
     except ImportError:
         raise FastAdaptError("plotting needs matplotlib; install it with: pip install 'fastadapt[plot]'") from None
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out ``fig``, write it to ``path`` (PNG) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from fastadapt.algorithms.mann import REPORTED_INSTANCES
-from fastadapt.report.figure import pyplot
+from fastadapt.report.figure import pyplot, save_figure
 from fastadapt.runs import RunFolder
 
 MANN_PAPER = {
@@ -203,9 +203,7 @@ def plot_mann(
         ax.set_ylabel("% correct")
         ax.set_ylim(0, 100)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "mann_training_curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "mann_training_curves.png", dpi=120)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ks = list(range(1, 11))
     for name in accs:
@@ -223,9 +221,7 @@ def plot_mann(
     ax.set_ylabel("% correct (held-out characters)")
     ax.set_ylim(0, 100)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "mann_instance_accuracy.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "mann_instance_accuracy.png", dpi=120)
 
 
 LSTM_ROW = "LSTM baseline"
@@ -281,7 +277,4 @@ def plot_mann_ablation(out: Path, result: dict) -> Path:
         ax.set_ylabel("% correct")
         ax.set_ylim(0, 100)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "mann_ablation_curves.png", dpi=110)
-    plt.close(fig)
-    return out / "mann_ablation_curves.png"
+    return save_figure(fig, out / "mann_ablation_curves.png", dpi=110)

@@ -10,7 +10,7 @@ import numpy as np
 from fastadapt.core.contract import GateTracing, LearntRates, StepRates
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import FastAdaptError
-from fastadapt.report.figure import pyplot
+from fastadapt.report.figure import pyplot, save_figure
 from fastadapt.runs import RunFolder, load_run
 
 
@@ -47,10 +47,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax2.set(xlabel="step", ylabel=metric, title=metric)
     ax2.legend()
     fig.suptitle(Path(run_dir).name)
-    fig.tight_layout()
-    out = Path(run_dir) / "curves.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    out = save_figure(fig, Path(run_dir) / "curves.png", dpi=110)
     return [out, *plot_learnt_learning(run_dir)]
 
 
@@ -80,10 +77,7 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
             ylabel="learnt inner rate (mean +- std over coordinates)",
             title=f"{cfg.algorithm}: learnt inner learning rates per tensor",
         )
-        fig.tight_layout()
-        outs.append(run / "inner_lrs.png")
-        fig.savefig(outs[-1], dpi=110)
-        plt.close(fig)
+        outs.append(save_figure(fig, run / "inner_lrs.png", dpi=110))
     per_step = algo.step_rates() if isinstance(algo, StepRates) else {}
     if per_step:
         fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -108,10 +102,7 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
             title=f"{cfg.algorithm}: learnt rate per layer and inner step",
         )
         ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        fig.tight_layout()
-        outs.append(run / "step_rates.png")
-        fig.savefig(outs[-1], dpi=110)
-        plt.close(fig)
+        outs.append(save_figure(fig, run / "step_rates.png", dpi=110))
     if isinstance(algo, GateTracing):
         from fastadapt.config.build import task_sources
 
@@ -126,10 +117,7 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
         a1.set(xlabel="inner step", ylabel="mean input gate i_t (a learnt step size)", title="input gate")
         a2.set(xlabel="inner step", ylabel="mean forget gate f_t (1 - weight decay)", title="forget gate")
         a2.legend(fontsize=6)
-        fig.tight_layout()
-        outs.append(run / "gates.png")
-        fig.savefig(outs[-1], dpi=110)
-        plt.close(fig)
+        outs.append(save_figure(fig, run / "gates.png", dpi=110))
     return outs
 
 

@@ -14,7 +14,7 @@ import numpy as np
 from fastadapt.core.errors import DataError
 from fastadapt.eval.online import OnlineRun
 from fastadapt.eval.online_metrics import run_values
-from fastadapt.report.figure import pyplot
+from fastadapt.report.figure import pyplot, save_figure
 
 
 def plot_stream(
@@ -42,11 +42,7 @@ def plot_stream(
     if not first.classification:
         ax.set_yscale("log")
     ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 STREAMS_FILE = "streams.json"  # what save_runs writes and fastadapt plot reads
@@ -130,11 +126,7 @@ def plot_recovery(
     if log:
         ax.set_yscale("log")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_new_classes(learners: Mapping[str, Mapping[str, Any]], path: str | Path) -> Path:
@@ -152,11 +144,7 @@ def plot_new_classes(learners: Mapping[str, Mapping[str, Any]], path: str | Path
         title="classes that appear at a change",
     )
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def change_tables(results: Mapping[str, Any]) -> list[str]:

@@ -3,6 +3,7 @@ also under pytest-xdist), plus the mark for tests that need a Debian package."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -75,6 +76,17 @@ def conv4(
                     m.weight.add_(0.3 * torch.randn_like(m.weight))
                     m.bias.add_(0.3 * torch.randn_like(m.bias))
     return model
+
+
+def fix_gates_to_sgd(algo: nn.Module, lr: float) -> None:
+    """A MetaLSTM whose update is SGD at ``lr``: i_t = lr and f_t = 1 exactly (zero gate weights, b_I = logit(lr),
+    b_F = 40; sigmoid(40) == 1.0 in float64)."""
+    with torch.no_grad():
+        algo.weight_input.zero_()
+        algo.weight_forget.zero_()
+        algo.bias_input.fill_(math.log(lr / (1 - lr)))
+        algo.bias_forget.fill_(40.0)
+    assert torch.sigmoid(torch.tensor(40.0, dtype=torch.float64)) == 1.0
 
 
 # --- checks ------------------------------------------------------------------------------------------------------

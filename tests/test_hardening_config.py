@@ -30,24 +30,8 @@ from fastadapt.config.build import build_model, head_width
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 from fastadapt.core.registry import ALGORITHMS, algorithm_class
+from helpers import TINY
 
-TINY = [
-    "data.ways=5",
-    "data.shots=1",
-    "data.queries=2",
-    "data.meta_batch=2",
-    "data.test_queries=3",
-    "model.hidden=8",
-    "optim.steps=6",
-    "eval.val_every=3",
-    "eval.val_episodes=6",
-    "eval.test_episodes=6",
-    "eval.batch=3",
-    "run.checkpoint_every=2",
-    "run.log_every=1",
-    "run.progress=false",
-    "run.threads=1",
-]
 GiB = 1 << 30
 
 

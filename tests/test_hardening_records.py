@@ -34,6 +34,7 @@ from PIL import Image
 import fastadapt.algorithms.protonet as protonet
 import fastadapt.data.originals as originals_module
 import fastadapt.training.testing as eval_tests
+import helpers
 from fastadapt import DataError, load_omniglot_originals
 from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
@@ -43,27 +44,12 @@ from fastadapt.runs.folder import RunFolder, RunFolderLocked
 from fastadapt.training.loop import TrainingDiverged, train
 from fastadapt.training.testing import evaluate_run
 
-TINY = [
-    "data.ways=5",
-    "data.shots=1",
-    "data.queries=2",
-    "data.meta_batch=2",
-    "data.test_queries=3",
-    "model.hidden=4",
-    "optim.steps=6",
-    "eval.val_every=3",
-    "eval.val_episodes=3",
-    "eval.test_episodes=3",
-    "eval.batch=3",
-    "run.checkpoint_every=2",
-    "run.log_every=1",
-    "run.progress=false",
-    "run.threads=1",
-]
+SMALLER = ["model.hidden=4", "eval.val_episodes=3", "eval.test_episodes=3"]
+TINY = [*helpers.TINY, *SMALLER]
 
 
 def tiny(tmp_path, *extra, name="run"):
-    return load_config("protonet-quick", [*TINY, f"run.out={tmp_path / name}", *extra])
+    return helpers.tiny(tmp_path, *SMALLER, *extra, name=name)
 
 
 def rows(cfg_or_path, split=None):

@@ -15,6 +15,7 @@ from fastadapt.algorithms import algorithm_class
 from fastadapt.algorithms.meta_lstm import MetaLSTM, preprocess
 from fastadapt.core.errors import ConfigError
 from fastadapt.nn import Conv4
+from helpers import fix_gates_to_sgd
 
 D = torch.float64
 
@@ -36,16 +37,6 @@ def _batch(tasks: int = 3, seed: int = 0) -> TaskBatch:
     )
 
 
-def _fix_gates_to_sgd(algo: MetaLSTM, lr: float) -> None:
-    """i_t = lr and f_t = 1 exactly: zero gate weights, b_I = logit(lr), b_F = 40 (sigmoid(40) == 1.0 in float64)."""
-    with torch.no_grad():
-        algo.weight_input.zero_()
-        algo.weight_forget.zero_()
-        algo.bias_input.fill_(math.log(lr / (1 - lr)))
-        algo.bias_forget.fill_(40.0)
-    assert torch.sigmoid(torch.tensor(40.0, dtype=D)) == 1.0
-
-
 def _hand_sgd(
     theta0: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, lr: float, steps: int
 ) -> list[torch.Tensor]:
@@ -63,7 +54,7 @@ def _hand_sgd(
 def test_fixed_gates_input_rate_forget_one_is_exactly_sgd(vectorize):
     torch.manual_seed(0)
     algo = MetaLSTM(_learner(), inner_steps=4, vectorize=vectorize).double()
-    _fix_gates_to_sgd(algo, 0.3)
+    fix_gates_to_sgd(algo, 0.3)
     batch = _batch()
     theta, _ = algo.unroll(batch.support_x, batch.support_y)
     theta0 = [p for _, p in algo.model.named_parameters()]
@@ -85,7 +76,7 @@ def test_meta_gradient_drops_second_derivatives():
     gradient of the query loss at the adapted weights (first-order MAML)."""
     torch.manual_seed(1)
     algo = MetaLSTM(_learner(), inner_steps=3).double()
-    _fix_gates_to_sgd(algo, 0.2)
+    fix_gates_to_sgd(algo, 0.2)
     batch = _batch(tasks=2, seed=4)
     algo.meta_loss(batch).loss.backward()
     theta0 = [p for _, p in algo.model.named_parameters()]
@@ -138,7 +129,7 @@ def test_gate_trace_records_per_step_per_tensor_means_and_is_pure():
     assert (trace.input_gate > 0.003).all() and (trace.input_gate < 0.03).all()
     assert all(torch.equal(before[k], v) for k, v in algo.state_dict().items())
     # the recorded gates are the ones the update used: with SGD gates the trace is exactly (lr, 1)
-    _fix_gates_to_sgd(algo, 0.1)
+    fix_gates_to_sgd(algo, 0.1)
     tr = algo.gate_trace(sx, sy)
     torch.testing.assert_close(tr.input_gate, torch.full_like(tr.input_gate, 0.1))
     assert (tr.forget_gate == 1).all()

@@ -3,8 +3,6 @@ transformer controller, translation augmentation, key strength, string labels, a
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,21 +16,12 @@ from fastadapt.config import load_config
 from fastadapt.config.build import build_optimizer
 from fastadapt.core.errors import ConfigError
 from fastadapt.data.sinusoid import SinusoidTasks
+from helpers import fix_gates_to_sgd
 
 D = torch.float64
 
 
 # -- the meta-LSTM on regression ------------------------------------------------------------------
-
-
-def _fix_gates_to_sgd(algo: MetaLSTM, lr: float) -> None:
-    """i_t = lr and f_t = 1 exactly: zero gate weights, b_I = logit(lr), b_F = 40 (sigmoid(40) == 1.0 in float64)."""
-    with torch.no_grad():
-        algo.weight_input.zero_()
-        algo.weight_forget.zero_()
-        algo.bias_input.fill_(math.log(lr / (1 - lr)))
-        algo.bias_forget.fill_(40.0)
-    assert torch.sigmoid(torch.tensor(40.0, dtype=D)) == 1.0
 
 
 @pytest.mark.parametrize("vectorize", [True, False])
@@ -41,7 +30,7 @@ def test_meta_lstm_with_fixed_gates_is_sgd_on_the_regression_loss(vectorize):
     algo = MetaLSTM(
         nn.Sequential(nn.Linear(1, 5), nn.Tanh(), nn.Linear(5, 1)), inner_steps=4, vectorize=vectorize
     ).double()
-    _fix_gates_to_sgd(algo, 0.05)
+    fix_gates_to_sgd(algo, 0.05)
     batch = SinusoidTasks(10, 7, seed=3).sample_tasks(0, 0, 3).to(dtype=D)
     theta, _ = algo.unroll(batch.support_x, batch.support_y)
     out = algo.meta_loss(batch)

@@ -37,7 +37,7 @@ def images(
     draw: Callable[..., torch.Tensor] = torch.randn,
 ) -> TaskBatch:
     """``tasks`` random image tasks, ``ways``-way ``shots``-shot with ``queries`` queries a class, labels in class
-    order; pixels from ``draw`` (``torch.randn``, or ``torch.rand`` for images in [0, 1]) with a generator at ``seed``."""
+    order; pixels from ``draw`` (``torch.randn``, or ``torch.rand`` for images in [0, 1]), a generator at ``seed``."""
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(ways)
     return TaskBatch(

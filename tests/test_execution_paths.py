@@ -70,12 +70,14 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 def test_shared_first_equals_the_per_task_loop_in_float64(case):
-    """Meta-loss, predictions and meta-gradient (theta, learnt rates) equal to 1e-9, BatchNorm with per-task batch statistics."""
+    """Meta-loss, predictions and meta-gradient (theta, learnt rates) equal to 1e-9, BatchNorm with per-task batch
+    statistics."""
     assert_paths_equal(CASES[case])
 
 
 def test_shared_first_with_batchnorm_tracking_running_statistics_in_training_mode():
-    """BatchNorm layers that keep running statistics, in training mode: still per-task batch statistics, buffers untouched."""
+    """BatchNorm layers that keep running statistics, in training mode: still per-task batch statistics, buffers
+    untouched."""
 
     def make(ex):
         model = conv4(track_running_stats=True)
@@ -176,7 +178,8 @@ def has_cxx() -> bool:
 )  # raised inside torch.compile
 def test_compiled_per_task_function_equals_eager_second_order(tmp_path):
     """One compile (a tiny MLP, second-order MAML, 1 step): loss, outputs and meta-gradient equal to eager in fp32,
-    the function really compiled (no silent eager fallback), the cache in the session's folder, the environment restored."""
+    the function really compiled (no silent eager fallback), the cache in the session's folder, the environment
+    restored."""
     from torch._dynamo.utils import counters
 
     g = torch.Generator().manual_seed(3)
@@ -240,7 +243,8 @@ def test_cuda_auto_device_is_cuda():
 @needs_cuda
 @pytest.mark.parametrize("execution", ["auto", "vmap", "loop", "shared_first"])
 def test_cuda_execution_paths_equal_the_cpu_loop_in_float64(execution):
-    """Second-order MAML, 2 steps, BatchNorm per task: every path on CUDA equals the CPU per-task loop (float64, 1e-9)."""
+    """Second-order MAML, 2 steps, BatchNorm per task: every path on CUDA equals the CPU per-task loop (float64,
+    1e-9)."""
     batch = images()
     ref = MAML(conv4(), inner_lr=0.3, inner_steps=2, execution="loop")
     ref.meta_loss(batch).loss.backward()
@@ -251,7 +255,8 @@ def test_cuda_execution_paths_equal_the_cpu_loop_in_float64(execution):
 
 @needs_cuda
 def test_cuda_bf16_autocast_meta_gradient_is_close_to_fp32():
-    """The CPU bound of tests/test_perf.py (relative error < 0.25, cosine > 0.97) on CUDA, random 28x28 images, Conv4-64."""
+    """The CPU bound of tests/test_perf.py (relative error < 0.25, cosine > 0.97) on CUDA, random 28x28 images,
+    Conv4-64."""
     import copy
 
     from fastadapt.runtime.precision import autocast

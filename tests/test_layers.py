@@ -78,9 +78,8 @@ def test_no_module_imports_a_higher_layer():
         for line, name in imports_of(path):
             other = component(name)
             if LAYERS[other] > LAYERS[me]:
-                upward.append(
-                    f"{path.relative_to(PACKAGE)}:{line} ({me}, layer {LAYERS[me]}) imports {name} (layer {LAYERS[other]})"
-                )
+                where = f"{path.relative_to(PACKAGE)}:{line} ({me}, layer {LAYERS[me]})"
+                upward.append(f"{where} imports {name} (layer {LAYERS[other]})")
     assert not upward, "\n".join(upward)
 
 

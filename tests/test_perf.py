@@ -167,7 +167,8 @@ TINY = [
 
 def test_training_with_task_chunks_follows_the_one_pass_run(tmp_path):
     """The loop with optim.task_chunk=1 (clipping after accumulation) ends at the weights of task_chunk=0 (float32
-    rounding; SGD, because Adam turns the rounding noise of a ~0 gradient into a full step), with the same logged loss."""
+    rounding; SGD, because Adam turns the rounding noise of a ~0 gradient into a full step), with the same logged
+    loss."""
     finals, logged = {}, {}
     for chunk in (0, 1):
         cfg = load_config("protonet-quick", [*TINY, f"optim.task_chunk={chunk}", f"run.out={tmp_path / str(chunk)}"])
@@ -208,7 +209,8 @@ def reference_reptile(
     eps: float = 1e-8,
 ):
     """Plain per-task loop with torch.autograd.grad and a hand-written Adam carrying ``state = (m, v, step)`` from
-    task to task (None: SGD). Returns theta - mean phi (the surrogate's gradient), the state and the mean last support loss."""
+    task to task (None: SGD). Returns theta - mean phi (the surrogate's gradient), the state and the mean last
+    support loss."""
     theta = {k: p.detach().clone() for k, p in model.named_parameters()}
     finals, last = [], []
     for t in range(batch.num_tasks):
@@ -240,8 +242,8 @@ def reference_reptile(
 
 @pytest.mark.parametrize(("optimizer", "inner_batch"), [("adam", 4), ("adam", None), ("sgd", None)])
 def test_reptile_update_and_metrics_against_a_plain_loop(optimizer, inner_batch):
-    """The meta-gradient (theta - mean phi), the carried Adam state over two meta-steps and the logged support loss of the
-    last inner step equal a plain loop's (float64, 1e-10; 1e-8 with Adam, see below)."""
+    """The meta-gradient (theta - mean phi), the carried Adam state over two meta-steps and the logged support loss
+    of the last inner step equal a plain loop's (float64, 1e-10; 1e-8 with Adam, see below)."""
     algo = Reptile(
         conv4(),
         inner_lr=0.01 if optimizer == "adam" else 0.05,
@@ -265,7 +267,8 @@ def test_reptile_update_and_metrics_against_a_plain_loop(optimizer, inner_batch)
         algo.zero_grad(set_to_none=True)
         out = algo.meta_loss(batch)
         out.loss.backward()
-        # Adam divides a conv bias's ~1e-16 gradient (BatchNorm follows it) by eps=1e-8: steps of ~1e-10 made of rounding noise
+        # Adam divides a conv bias's ~1e-16 gradient (BatchNorm follows it) by eps=1e-8: steps of ~1e-10 made of
+        # rounding noise
         assert_same_grads(
             ref,
             {k.removeprefix("model."): v for k, v in grads(algo).items()},
@@ -349,9 +352,9 @@ def omniglot_batch(tasks: int = 4) -> TaskBatch:
 
 @pytest.mark.parametrize(("cls", "bound", "cosine"), [(MAML, 0.25, 0.97), (FOMAML, 0.25, 0.97)])
 def test_bf16_meta_gradient_error_against_fp32_is_bounded(cls, bound, cosine):
-    """MAML on 4 fixed Omniglot 5-way 1-shot tasks, Conv4 with 64 filters, 1 step at 0.4, first weights of seed 0: the bf16
-    meta-gradient's relative error ||g_bf16 - g_fp32|| / ||g_fp32|| measured 0.167 (second order) and 0.172 (first order),
-    cosine 0.986 and 0.985; bounds 0.25 and 0.97. Parameters and gradients stay float32."""
+    """MAML on 4 fixed Omniglot 5-way 1-shot tasks, Conv4 with 64 filters, 1 step at 0.4, first weights of seed 0:
+    the bf16 meta-gradient's relative error ||g_bf16 - g_fp32|| / ||g_fp32|| measured 0.167 (second order) and 0.172
+    (first order), cosine 0.986 and 0.985; bounds 0.25 and 0.97. Parameters and gradients stay float32."""
     batch = omniglot_batch()
     torch.manual_seed(0)
     fp32 = cls(Conv4(1, 5, 64, 28), inner_lr=0.4, inner_steps=1)

@@ -13,7 +13,7 @@ ABSOLUTE = re.compile(rb"(?<![\w./-])/(?:work|tmp|root|home|Users)/")
 
 
 def absolute_paths(folder: Path) -> list[str]:
-    """``file:line: text`` of every line of the files below ``folder`` that names an absolute path (binary files too)."""
+    """``file:line: text`` of each line of the files below ``folder`` that names an absolute path (binary files too)."""
     found = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         for number, line in enumerate(path.read_bytes().splitlines(), 1):

@@ -35,8 +35,8 @@ from fastadapt import ClassDataset, MetaOutput
 
 def make_blobs(request):
     """12 classes of 8-d Gaussian blobs, 20 examples each; another draw per part."""
-    g = torch.Generator().manual_seed({"train": 0, "val": 1, "test": 2}[request.part] +
-    int(request.options.get("offset", 0)))
+    part = {"train": 0, "val": 1, "test": 2}[request.part]
+    g = torch.Generator().manual_seed(part + int(request.options.get("offset", 0)))
     centers = torch.randn(12, 8, generator=g) * 2
     x = centers.repeat_interleave(20, 0) + torch.randn(240, 8, generator=g)
     return ClassDataset.from_arrays(x, torch.arange(12).repeat_interleave(20), name=f"blobs-{request.part}")
@@ -266,9 +266,8 @@ class Short:
     ways, shots, queries = 5, 1, 2
 
     def sample_tasks(self, step, start, n):
-        return TaskBatch(torch.zeros(n, 4, 1, 28, 28), torch.zeros(n, 4, dtype=torch.long), torch.zeros(n, 10, 1, 28,
-        28),
-                         torch.zeros(n, 10, dtype=torch.long))
+        return TaskBatch(torch.zeros(n, 4, 1, 28, 28), torch.zeros(n, 4, dtype=torch.long),
+                         torch.zeros(n, 10, 1, 28, 28), torch.zeros(n, 10, dtype=torch.long))
 
     def fixed(self, n, batch_size=10):
         yield self.sample_tasks(-1, 0, n)
@@ -480,13 +479,12 @@ SCRIPT_ALLOCATOR = textwrap.dedent('''
 
     what = sys.argv[1]
     if what == "import":
-        import fastadapt, fastadapt.cli, fastadapt.training.loop, fastadapt.training.testing, fastadapt.report  # noqa:
-        F401
+        import fastadapt, fastadapt.cli, fastadapt.report  # noqa: F401
+        import fastadapt.training.loop, fastadapt.training.testing  # noqa: F401
     else:
         from fastadapt.cli import main
         code = main(["train", "protonet-quick", "optim.steps=1", "eval.val_every=0", "eval.test_episodes=0",
-        "model.hidden=4",
-                     "run.progress=false", "run.out=" + sys.argv[2], *sys.argv[3:]])
+                     "model.hidden=4", "run.progress=false", "run.out=" + sys.argv[2], *sys.argv[3:]])
         assert code == 0
     print("returned" if freed_memory_returned() else "kept")
 ''')

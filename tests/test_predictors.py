@@ -152,16 +152,16 @@ class Centroids(nn.Module):
     def meta_loss(self, batch):
         logits = torch.stack([self._logits(*t) for t in zip(batch.support_x, batch.support_y, batch.query_x)])
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
-        return MetaOutput(loss, {"loss": float(loss.detach()), "acc": float((logits.argmax(-1) ==
-        batch.query_y).float().mean())})
+        acc = float((logits.argmax(-1) == batch.query_y).float().mean())
+        return MetaOutput(loss, {"loss": float(loss.detach()), "acc": acc})
 
     def adapt(self, support_x, support_y):
         return CentroidPredictor(self.model, support_x, support_y)
 
     def predict(self, batch):
         with torch.no_grad():
-            return torch.stack([self.adapt(sx, sy)(qx) for sx, sy, qx in zip(batch.support_x, batch.support_y,
-            batch.query_x)])
+            tasks = zip(batch.support_x, batch.support_y, batch.query_x)
+            return torch.stack([self.adapt(sx, sy)(qx) for sx, sy, qx in tasks])
 '''
 
 CONFIG = """

@@ -56,8 +56,8 @@ def head_input(model: nn.Module, head: str, state: tuple[inner.Params, ...], x: 
             h.remove()
     if "input" not in seen or seen["output"] is not out:
         raise ConfigError(
-            f"ANIL needs the head {head!r} to produce the model's output (nothing after it); this model's forward "
-            "differs"
+            f"ANIL needs the head {head!r} to produce the model's output "
+            "(nothing after it); this model's forward differs"
         )
     return seen["input"]  # type: ignore[return-value]
 

@@ -67,8 +67,8 @@ def global_labels(batch: TaskBatch) -> tuple[Tensor, Tensor]:
     """Dataset class ids of every example: ``classes[t, y]``; ``([T, N*K], [T, N*Q])``."""
     if batch.classes is None or batch.support_y.is_floating_point():
         raise ConfigError(
-            "pretraining a classifier needs classification tasks with class ids (TaskBatch.classes); this batch has "
-            "none"
+            "pretraining a classifier needs classification tasks with class "
+            "ids (TaskBatch.classes); this batch has none"
         )
     return batch.classes.gather(1, batch.support_y), batch.classes.gather(1, batch.query_y)
 
@@ -100,8 +100,7 @@ def pretrain_loss(model: nn.Module, classifier: nn.Linear, kind: str, scale: flo
     if int(y.max()) >= classes:
         raise ConfigError(
             f"the batch holds class id {int(y.max())} but the classifier has num_classes={classes}; set "
-            "algorithm.num_classes "
-            f"to the training classes"
+            "algorithm.num_classes to the training classes"
         )
     z = model(x).flatten(1)
     if z.shape[1] != dim:

@@ -248,8 +248,8 @@ class HeadPredictor:
         """Learn from the labelled batch ``x [B, *x_shape]``, ``y [B]`` (integer labels); returns nothing."""
         if self.adapt_from is None or self.window_x is None or self.window_y is None:
             raise ConfigError(
-                "this HeadPredictor was built with a fixed head and no fit; use algo.adapt(x, y) to get one that "
-                "updates"
+                "this HeadPredictor was built with a fixed head and no fit; "
+                "use algo.adapt(x, y) to get one that updates"
             )
         wx, wy = slide(self.window_x, self.window_y, x, y, self.window)
         if not y.numel():

@@ -49,7 +49,7 @@ Reptile of the last inner step's), ``return_pre`` (before adaptation) and ``loss
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -118,6 +118,12 @@ class PolicyPredictor:
         """Refused in one line, as :meth:`update`."""
         raise ConfigError(ONLINE_REFUSAL)
 
+    def configure(self, **options: Any) -> PolicyPredictor:
+        """Nothing to set without online updates: returns the predictor; an option is refused in one line."""
+        if options:
+            raise ConfigError(ONLINE_REFUSAL)
+        return self
+
 
 class MAMLRL(nn.Module):
     """MAML / first-order MAML / Reptile for a Gaussian policy (a model with a ``log_std`` parameter).
@@ -158,8 +164,8 @@ class MAMLRL(nn.Module):
         names = dict(model.named_parameters())
         if "log_std" not in names:
             raise ConfigError(
-                f"{type(model).__name__} has no parameter log_std; maml-rl needs a Gaussian policy (model.name = "
-                "gaussian-mlp)"
+                f"{type(model).__name__} has no parameter log_std; maml-rl needs "
+                "a Gaussian policy (model.name = gaussian-mlp)"
             )
         if outer not in OUTERS:
             raise ConfigError(f"algorithm.outer={outer!r} is invalid; choose one of {', '.join(OUTERS)}")
@@ -267,8 +273,8 @@ class MAMLRL(nn.Module):
     def meta_loss(self, batch: EnvTasks) -> MetaOutput:
         if not isinstance(batch, EnvTasks):
             raise ConfigError(
-                "maml-rl trains on environment tasks (EnvTasks, e.g. data.dataset = nav2d), found "
-                f"{type(batch).__name__}"
+                "maml-rl trains on environment tasks (EnvTasks, e.g. "
+                f"data.dataset = nav2d), found {type(batch).__name__}"
             )
         theta = self._theta()
         mode = "none" if self.outer == "reptile" else ("first" if self.first_order else "second")

@@ -101,8 +101,8 @@ class MemoryPredictor:
         net = self.net
         if getattr(net.core, "controller_kind", "lstm") == "transformer":
             raise ConfigError(
-                "MANN update: the transformer controller's state (its cache of every step) grows with each example, so "
-                "online "
+                "MANN update: the transformer controller's state (its cache of "
+                "every step) grows with each example, so online "
                 "updates would not keep bounded memory; use controller='lstm' for online adaptation"
             )
         check_update(x, y, torch.empty(0, *net.input_shape), torch.empty(0, dtype=torch.long))
@@ -110,10 +110,10 @@ class MemoryPredictor:
             return
         if int(y.max()) >= net.ways:
             raise DataError(
-                f"update: label {int(y.max())} is outside the {net.ways} classes this MANN was built for "
-                f"(ways={net.ways}); its label "
-                "input and output have a fixed width (use a metric-based learner, e.g. ProtoNet, or a stream with "
-                "slot labels)"
+                f"update: label {int(y.max())} is outside the {net.ways} classes this "
+                f"MANN was built for (ways={net.ways}); its label "
+                "input and output have a fixed width (use a metric-based learner, "
+                "e.g. ProtoNet, or a stream with slot labels)"
             )
         order = fixed_order(y.shape[0])
         x, y = x.detach()[order].unsqueeze(0), y.detach()[order].unsqueeze(0)
@@ -295,8 +295,8 @@ class MANN(nn.Module):
     def _check(self, x: Tensor, ways: int) -> None:
         if tuple(x.shape[-len(self.input_shape) :]) != self.input_shape:
             raise ConfigError(
-                f"MANN was built for inputs {self.input_shape}, got {tuple(x.shape[2:])}; resize the images or pass "
-                "input_shape"
+                f"MANN was built for inputs {self.input_shape}, got {tuple(x.shape[2:])}; "
+                "resize the images or pass input_shape"
             )
         if ways != self.ways:
             raise ConfigError(

@@ -345,8 +345,8 @@ class MatchingNet(nn.Module):
     def _checked(self, z: Tensor) -> Tensor:
         if self.embedding_dim is not None and z.shape[-1] != self.embedding_dim:
             raise ConfigError(
-                f"the model outputs {z.shape[-1]} features but embedding_dim={self.embedding_dim}; pass "
-                f"embedding_dim={z.shape[-1]}"
+                f"the model outputs {z.shape[-1]} features but embedding_dim={self.embedding_dim}; "
+                f"pass embedding_dim={z.shape[-1]}"
             )
         return z
 

@@ -223,8 +223,8 @@ class MetaLSTM(nn.Module):
         for mod in model.modules():
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
                 raise ConfigError(
-                    "meta_lstm uses batch statistics (transductive BatchNorm); build the model's BatchNorm with "
-                    "track_running_stats=False"
+                    "meta_lstm uses batch statistics (transductive BatchNorm); build the "
+                    "model's BatchNorm with track_running_stats=False"
                 )
         self.model = model
         self.names = tuple(name for name, p in model.named_parameters() if p.requires_grad)

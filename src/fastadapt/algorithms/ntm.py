@@ -37,8 +37,8 @@ def bits_wrong(logits: Tensor, targets: Tensor) -> Tensor:
 
 ONLINE_REFUSAL = (
     "ntm: a task is one sequence that the network is shown and then answers; the targets are never fed back to it, so "
-    "there are no labelled examples to learn from online (predictor.update does not apply: call adapt on the new "
-    "sequence)"
+    "there are no labelled examples to learn from online (predictor.update "
+    "does not apply: call adapt on the new sequence)"
 )
 
 
@@ -59,6 +59,12 @@ class SequencePredictor:
     def reset(self) -> None:
         raise ConfigError(ONLINE_REFUSAL)
 
+    def configure(self, **options: Any) -> SequencePredictor:
+        """Nothing to set without online updates: returns the predictor; an option is refused in one line."""
+        if options:
+            raise ConfigError(ONLINE_REFUSAL)
+        return self
+
 
 class NTMLearner(nn.Module):
     """Sequence tasks through a memory network (see the module docstring).
@@ -73,9 +79,9 @@ class NTMLearner(nn.Module):
         super().__init__()
         if not callable(getattr(model, "run", None)):
             raise ConfigError(
-                "algorithm ntm needs a sequence model with run(x, state) (model.name = ntm, lstm-seq or "
-                "transformer-seq); "
-                f"got {type(model).__name__}"
+                "algorithm ntm needs a sequence model with run(x, state) "
+                "(model.name = ntm, lstm-seq or "
+                f"transformer-seq); got {type(model).__name__}"
             )
         self.model = model
 
@@ -87,8 +93,8 @@ class NTMLearner(nn.Module):
             or batch.support_x.shape[1] != 1
         ):
             raise ConfigError(
-                "algorithm ntm takes sequence tasks (data.dataset = copy or recall: support_x [T, 1, steps, "
-                "channels]); "
+                "algorithm ntm takes sequence tasks (data.dataset = copy or "
+                "recall: support_x [T, 1, steps, channels]); "
                 f"got support_x of shape {list(batch.support_x.shape)}"
             )
 

@@ -28,8 +28,8 @@ def check_update(x: Tensor, y: Tensor, like_x: Tensor, like_y: Tensor, what: str
         raise DataError(f"{what}: x and y must be tensors, found {type(x).__name__} and {type(y).__name__}")
     if tuple(x.shape[1:]) != tuple(like_x.shape[1:]):
         raise DataError(
-            f"{what}: inputs have shape {list(x.shape[1:])} per example; this predictor was adapted on "
-            f"{list(like_x.shape[1:])} "
+            f"{what}: inputs have shape {list(x.shape[1:])} per example; this "
+            f"predictor was adapted on {list(like_x.shape[1:])} "
             f"(the shape its run was trained for); convert the data to that shape"
         )
     if y.shape[:1] != x.shape[:1] or tuple(y.shape[1:]) != tuple(like_y.shape[1:]):
@@ -43,8 +43,8 @@ def check_update(x: Tensor, y: Tensor, like_x: Tensor, like_y: Tensor, what: str
         bad = ~torch.isfinite(y)
         if bool(bad.any()):
             raise DataError(
-                f"{what}: target {int(bad.flatten().nonzero()[0])} is {float(y.flatten()[bad.flatten()][0])}; targets "
-                "must be finite "
+                f"{what}: target {int(bad.flatten().nonzero()[0])} is {float(y.flatten()[bad.flatten()][0])}; "
+                "targets must be finite "
                 f"(the predictor's state is unchanged)"
             )
     else:
@@ -109,8 +109,8 @@ def check_head_width(predictor: Any, x: Tensor, y: Tensor) -> None:
     if y.numel() and int(y.max()) >= predictor.classes:
         raise DataError(
             f"update: label {int(y.max())} is outside the {predictor.classes} classes of this model's head; a "
-            "fixed-width head cannot add classes (use a metric-based learner, e.g. ProtoNet, or a stream with slot "
-            "labels)"
+            "fixed-width head cannot add classes (use a metric-based learner, "
+            "e.g. ProtoNet, or a stream with slot labels)"
         )
 
 

@@ -106,8 +106,8 @@ class TaskGroups(TorchFunctionMode):
         if any(self._ours(a) for a in (*args, *kwargs.values())):
             name = getattr(func, "__name__", str(func))
             raise ConfigError(
-                "execution='shared_first' needs a model that uses its parameters only in conv2d, linear and "
-                "batch_norm; "
+                "execution='shared_first' needs a model that uses its "
+                "parameters only in conv2d, linear and batch_norm; "
                 f"this one uses a parameter in {name}; use execution='loop'"
             )
         return func(*args, **kwargs)
@@ -125,8 +125,8 @@ class TaskGroups(TorchFunctionMode):
         if not self._ours(weight):
             if self._ours(bias):
                 raise ConfigError(
-                    "execution='shared_first': a conv2d whose bias adapts but weight does not is not supported; use "
-                    "execution='loop'"
+                    "execution='shared_first': a conv2d whose bias adapts but weight "
+                    "does not is not supported; use execution='loop'"
                 )
             return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
         if isinstance(padding, str):

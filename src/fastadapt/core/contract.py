@@ -179,8 +179,8 @@ def check_algorithm(algo: Any, name: str) -> None:
     missing = [m for m in ("meta_loss", "adapt", "predict") if not callable(getattr(algo, m, None))]
     if missing:
         raise ConfigError(
-            f"algorithm {name}: expected methods meta_loss, adapt and predict; {type(algo).__name__} lacks "
-            f"{', '.join(missing)}"
+            f"algorithm {name}: expected methods meta_loss, adapt and predict; {type(algo).__name__} "
+            f"lacks {', '.join(missing)}"
         )
 
 
@@ -190,8 +190,8 @@ def check_task_source(source: Any, name: str) -> None:
     missing += [a for a in ("shots", "queries") if not isinstance(getattr(source, a, None), int)]
     if missing:
         raise ConfigError(
-            f"task source {name}: expected sample_tasks, fixed, shots and queries; {type(source).__name__} lacks "
-            f"{', '.join(missing)}"
+            f"task source {name}: expected sample_tasks, fixed, shots and queries; {type(source).__name__} "
+            f"lacks {', '.join(missing)}"
         )
 
 

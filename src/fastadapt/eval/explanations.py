@@ -228,8 +228,8 @@ def explain(
         method = "none" if own_state else ("integrated_gradients" if captum_available() else "gradient")
         if method == "gradient":
             notes.append(
-                "Captum is not installed (pip install fastadapt[explain]): plain input gradients instead of "
-                "integrated gradients"
+                "Captum is not installed (pip install fastadapt[explain]): plain "
+                "input gradients instead of integrated gradients"
             )
     attr = None
     if method != "none" and qx.is_floating_point():

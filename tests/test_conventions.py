@@ -1,4 +1,5 @@
-"""What users of the PyTorch ecosystem expect: packaging metadata, command-line conventions, devices, DataLoader interop."""
+"""What users of the PyTorch ecosystem expect: packaging metadata, command-line conventions, devices, DataLoader
+interop."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def _image_folder(tmp_path, stdout):
 
 
 def _pretrained(tmp_path, stdout):
-    """The run started from the saved encoder: after 3 Adam steps of lr 1e-3 its weights are within 0.01 of the file's."""
+    """The run started from the saved encoder: after 3 Adam steps of lr 1e-3 its weights are within 0.01 of the
+    file's."""
     saved = load_safetensors(tmp_path / "run-encoder.safetensors")
     trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True, map_location="cpu")["algorithm"]
     assert saved and {f"model.{k}" for k in saved} == set(
@@ -69,7 +70,8 @@ def _pretrained(tmp_path, stdout):
 
 
 def _torchrun(tmp_path, stdout):
-    """Two ranks trained (the checkpoint says so); rank 0 alone printed and wrote the run folder (one record per logged step)."""
+    """Two ranks trained (the checkpoint says so); rank 0 alone printed and wrote the run folder (one record per logged
+    step)."""
     assert "torchrun --standalone --nproc-per-node=2" in stdout and stdout.count("processes, 4 steps") == 1
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True, map_location="cpu")["world_size"] == 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

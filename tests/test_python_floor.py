@@ -77,7 +77,8 @@ NEWER_METHODS = {"add_note"}  # BaseException.add_note (3.11)
 
 
 def _guarded(node: ast.AST) -> bool:
-    """Whether ``node`` (an ``if`` or ``try``) guards a version: ``if sys.version_info ...`` or ``try: ... except ImportError``."""
+    """Whether ``node`` (an ``if`` or ``try``) guards a version: ``if sys.version_info ...`` or ``try: ... except
+    ImportError``."""
     if isinstance(node, ast.If):
         return "version_info" in ast.unparse(node.test)
     if isinstance(node, ast.Try):

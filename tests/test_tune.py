@@ -1,4 +1,5 @@
-"""`fastadapt tune`: an Optuna study in an SQLite file that survives SIGKILL, pruned diverging trials, bad input in one line."""
+"""`fastadapt tune`: an Optuna study in an SQLite file that survives SIGKILL, pruned diverging trials, bad input in one
+line."""
 
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ FORMAT = "fastadapt-task/1"
 
 
 def adapted_state(predictor: Any) -> dict[str, Any]:
-    """The tensors of an adapted predictor: ``{"prototypes": ...}``, ``{"fast_weights": {...}}``, or ``{}`` (other algorithms)."""
+    """The tensors of an adapted predictor: ``{"prototypes": ...}``, ``{"fast_weights": {...}}``, or ``{}`` (other
+    algorithms)."""
     if isinstance(predictor, PrototypePredictor):
         return {"prototypes": predictor.state.prototypes.detach().clone()}
     if isinstance(predictor, FastWeightsPredictor):
@@ -48,7 +49,8 @@ def adapted_state(predictor: Any) -> dict[str, Any]:
 def task_record(
     run: Any, class_names: list[str], x: Tensor, y: Tensor, sources: list[str], predictor: Any = None
 ) -> dict[str, Any]:
-    """What an export holds (see the module docstring); ``x [M, *x]`` in [0, 1], ``y [M]`` positions in ``class_names``."""
+    """What an export holds (see the module docstring); ``x [M, *x]`` in [0, 1], ``y [M]`` positions in
+    ``class_names``."""
     return {
         "format": FORMAT,
         "run": str(run.folder.path.resolve()),
@@ -77,7 +79,8 @@ def read_task_record(data: bytes, shape: tuple[int, ...] | None = None) -> dict[
         raise DataError(f"not an exported fastadapt task ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise DataError(
-            f"not an exported fastadapt task (format {record.get('format') if isinstance(record, dict) else None!r}, expected {FORMAT})"
+            f"not an exported fastadapt task (format {record.get('format') if isinstance(record, dict) else None!r}, "
+            f"expected {FORMAT})"
         )
     x, y, names = record.get("x"), record.get("y"), record.get("classes")
     if (
@@ -151,7 +154,8 @@ def torchscript_predictor(predictor: Any, example: Tensor) -> bytes:
 
 
 def load_torchscript(data: bytes) -> Any:
-    """A module saved by :func:`torchscript_predictor` (``torch.jit.load``, its deprecation warning silenced as above)."""
+    """A module saved by :func:`torchscript_predictor` (``torch.jit.load``, its deprecation warning silenced as
+    above)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         return torch.jit.load(io.BytesIO(data), map_location="cpu")

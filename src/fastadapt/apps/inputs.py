@@ -28,7 +28,7 @@ INVERT = ("auto", "never", "always")
 
 
 def decode_image(data: bytes, shape: tuple[int, ...], invert: str = "auto") -> Tensor:
-    """``data`` (PNG or JPEG bytes) -> ``[C, H, W]`` float32 in [0, 1] for a model whose inputs are ``shape = (C, H, W)``.
+    """``data`` (PNG or JPEG bytes) -> ``[C, H, W]`` float32 in [0, 1], for a model whose inputs have ``shape``.
 
     Raises :class:`DataError` (one line) for anything else: too many bytes or pixels, another format,
     a file that does not decode.

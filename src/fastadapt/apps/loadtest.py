@@ -36,8 +36,10 @@ class LoadResult:
 
     def summary(self) -> str:
         return (
-            f"{self.clients} clients, {self.seconds:.1f} s: {self.requests} requests ({self.requests_per_second:.1f}/s), "
-            f"latency p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, {len(self.errors)} errors"
+            f"{self.clients} clients, {self.seconds:.1f} s: {self.requests} requests "
+            f"({self.requests_per_second:.1f}/s), "
+            f"latency p50 {self.p50_ms:.1f} ms, p95 {self.p95_ms:.1f} ms, p99 {self.p99_ms:.1f} ms, "
+            f"{len(self.errors)} errors"
         )
 
 

@@ -21,7 +21,7 @@ Endpoints (JSON unless said; every error is ``{"detail": "<one line>"}`` with a 
     POST   /api/rounds                open a round: the k most uncertain pool examples (?k=4); the open round if any
     POST   /api/rounds/{id}/close     score both arms on the held-out pool now
     GET    /api/pool/{index}.png      a pool image
-    POST   /api/pool/{index}/label    {"class_id"} -> the example; the round closes itself when all its examples are labelled
+    POST   /api/pool/{index}/label    {"class_id"} -> the example; a round closes when all its examples are labelled
     GET    /api/export                the adapted task (torch.save file, see export.py)
     POST   /api/import                multipart "file": an exported task replaces the classes and examples
     GET    /api/export/torchscript    the adapted predictor as TorchScript
@@ -77,7 +77,8 @@ class App:
     last: dict[str, float] = field(default_factory=dict)  # latencies of the last adaptation and prediction (ms)
 
     def adapted(self, fresh: bool = False) -> Any:
-        """The task adapted at the store's current revision (decoded and adapted again only when it changed, or ``fresh``)."""
+        """The task adapted at the store's current revision (decoded and adapted again only when it changed, or
+        ``fresh``)."""
         examples, pngs, rev = self.store.labelled_set()
         cached = self.learner.cached
         images = (
@@ -362,14 +363,16 @@ def serve_command(
     invert: str = "auto",
     allow_remote: bool = False,
 ) -> int:
-    """What ``fastadapt serve`` does: load the run, open (or create) the app's folder, print the URL, serve until interrupted."""
+    """What ``fastadapt serve`` does: load the run, open (or create) the app's folder, print the URL, serve until
+    interrupted."""
     import uvicorn
 
     from fastadapt.runs import load_run
 
     if host not in LOCAL_HOSTS and not allow_remote:
         raise ConfigError(
-            f"--host {host} would let other machines reach an app without authentication; pass --allow-remote to mean it"
+            f"--host {host} would let other machines reach an app without authentication; pass --allow-remote to mean "
+            "it"
         )
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is invalid; use 1..65535 (0: any free port)")

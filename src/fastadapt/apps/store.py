@@ -33,7 +33,9 @@ from fastadapt.core.errors import FastAdaptError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS classes (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS classes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE, created REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS examples (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     class_id INTEGER NOT NULL REFERENCES classes(id) ON DELETE CASCADE,
@@ -113,7 +115,8 @@ class Store:
 
     @contextmanager
     def write(self, bump: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction: committed (durably) when the block ends, rolled back on an error; bumps ``revision`` (unless not ``bump``)."""
+        """A write transaction: committed (durably) when the block ends, rolled back on an error; bumps ``revision``
+        (unless not ``bump``)."""
         con = self._connect()
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -249,7 +252,8 @@ class Store:
             if row[0] is not None:
                 raise Conflict(f"round {round_id} is closed already")
             con.execute(
-                "UPDATE rounds SET labelled = ?, acc_uncertainty = ?, acc_random = ?, evaluated = ?, closed = ? WHERE id = ?",
+                "UPDATE rounds SET labelled = ?, acc_uncertainty = ?, acc_random = ?, evaluated = ?, closed = ? WHERE "
+                "id = ?",
                 (labelled, acc_uncertainty, acc_random, evaluated, time.time(), round_id),
             )
 
@@ -274,7 +278,8 @@ class Store:
     # --- import --------------------------------------------------------------------------------------
 
     def replace_all(self, classes: list[str], examples: list[tuple[int, bytes, str, int | None]]) -> None:
-        """Replace every class and example (an import): ``examples`` are ``(class position, png, source, pool_index)``; rounds are kept."""
+        """Replace every class and example (an import): ``examples`` are ``(class position, png, source, pool_index)``;
+        rounds are kept."""
         names = [check_name(n) for n in classes]
         if len(set(names)) != len(names):
             raise Conflict("the imported task names a class twice")

@@ -61,7 +61,8 @@ class Pool:
 
 
 def load_pool(spec: str, shape: tuple[int, ...], ways: int = 5, invert: str = "auto", seed: int = POOL_SEED) -> Pool:
-    """``spec``: ``omniglot`` (``ways`` test characters, upright) or a folder ``<class>/<image>``; images fitted to ``shape``."""
+    """``spec``: ``omniglot`` (``ways`` test characters, upright) or a folder ``<class>/<image>``; images fitted to
+    ``shape``."""
     from fastadapt.data import ClassDataset, load_omniglot
     from fastadapt.data.classes import conform_images
 
@@ -126,7 +127,8 @@ class Learner:
     def adapt(
         self, examples: list[Example], images: list[Tensor], revision: int, class_order: list[int], fresh: bool = False
     ) -> Adapted:
-        """The task of ``examples`` (images ``[*x]`` each) adapted; reused while ``revision`` is unchanged (unless ``fresh``)."""
+        """The task of ``examples`` (images ``[*x]`` each) adapted; reused while ``revision`` is unchanged (unless
+        ``fresh``)."""
         with self.lock:
             if not fresh and self.cached is not None and self.cached.revision == revision:
                 return self.cached
@@ -184,7 +186,8 @@ def propose(learner: Learner, adapted: Adapted, pool: Pool, labelled: set[int], 
 
 
 def class_of_pool_class(pool: Pool, examples: list[Example], classes: list[dict[str, Any]]) -> dict[int, int]:
-    """Pool class -> the person's class id: by equal name, else the class given most of its examples (see the module docstring)."""
+    """Pool class -> the person's class id: by equal name, else the class given most of its examples (see the module
+    docstring)."""
     by_name = {c["name"]: c["id"] for c in classes}
     votes: dict[int, Counter[int]] = {}
     for e in examples:

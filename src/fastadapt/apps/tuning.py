@@ -85,14 +85,16 @@ def _optuna():
 
 
 def parse_param(key: str, value: Any) -> Param:
-    """A range ``{ low, high, log }`` or ``{ choices = [...] }`` (or a bare list of choices) for ``key``; one-line errors."""
+    """A range ``{ low, high, log }`` or ``{ choices = [...] }`` (or a bare list of choices) for ``key``; one-line
+    errors."""
     if not isinstance(key, str) or key.count(".") != 1 or not all(key.split(".")):
         raise ConfigError(f"tune key {key!r} must be section.key, e.g. optim.lr or algorithm.inner_steps")
     if isinstance(value, list):
         value = {"choices": value}
     if not isinstance(value, dict):
         raise ConfigError(
-            f"tune {key}={value!r} is not a range; write {{ low = 1e-4, high = 1e-2, log = true }} or {{ choices = [1, 3, 5] }}"
+            f"tune {key}={value!r} is not a range; write {{ low = 1e-4, high = 1e-2, log = true }} or "
+            f"{{ choices = [1, 3, 5] }}"
         )
     unknown = set(value) - {"low", "high", "log", "choices"}
     if unknown:
@@ -146,7 +148,8 @@ def parse_spec(
         space[f"{section}.{key}"] = parse_param(f"{section}.{key}", value)
     if not space:
         raise ConfigError(
-            'nothing to tune: give ranges in a [tune] section or with --space "optim.lr={ low = 1e-4, high = 1e-2, log = true }"'
+            "nothing to tune: give ranges in a [tune] section or with --space "
+            '"optim.lr={ low = 1e-4, high = 1e-2, log = true }"'
         )
     trials = settings.get("trials", 20) if trials is None else trials
     minutes = settings.get("minutes", 0.0) if minutes is None else minutes
@@ -169,7 +172,8 @@ def _overrides_of(params: dict[str, Any]) -> list[str]:
 def trial_config(
     raw: dict[str, Any], overrides: list[str] | tuple[str, ...], params: dict[str, Any], what: str = ""
 ) -> Config:
-    """The base config (``raw`` with ``overrides``) with ``params`` set; a bad key or value is one line naming ``what``."""
+    """The base config (``raw`` with ``overrides``) with ``params`` set; a bad key or value is one line naming
+    ``what``."""
     data = json.loads(json.dumps(raw))
     try:
         return config_from_dict(apply_overrides(data, [*overrides, *_overrides_of(params)]))
@@ -178,7 +182,8 @@ def trial_config(
 
 
 def check_space(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], spec: TuneSpec) -> None:
-    """Every end of every range (and every choice) must make a valid config: unknown keys and values out of range fail here."""
+    """Every end of every range (and every choice) must make a valid config: unknown keys and values out of range fail
+    here."""
     for p in spec.space:
         section, key = p.key.split(".")
         if section == "run" or (section, key) in (("eval", "val_every"), ("eval", "test_episodes")):
@@ -257,7 +262,8 @@ def tune(
     trials: int | None = None,
     minutes: float | None = None,
 ) -> TuneResult:
-    """Run (or resume) the study of ``preset`` with ``overrides`` in ``folder`` (default ``runs/tune-<name>``); see the module docstring."""
+    """Run (or resume) the study of ``preset`` with ``overrides`` in ``folder`` (default ``runs/tune-<name>``); see the
+    module docstring."""
     if distributed.env_world_size() > 1:
         raise FastAdaptError(
             "fastadapt tune runs in one process (one trial per rank is not implemented); run it without torchrun"
@@ -357,7 +363,8 @@ def summarise(folder: Path, raw: dict[str, Any], overrides: list[str] | tuple[st
         metric = best.user_attrs.get("metric", "acc")
         cfg = trial_config(raw, overrides, best_params)
         title = (
-            f"fastadapt tune: best of {len(complete)} finished trials (trial {best.number}, validation score {best_value:.6g}).\n"
+            f"fastadapt tune: best of {len(complete)} finished trials (trial {best.number}, validation score "
+            f"{best_value:.6g}).\n"
             f"Train it: fastadapt train {folder / 'best.toml'}"
         )
         best_file = folder / "best.toml"
@@ -381,7 +388,8 @@ def is_tune_folder(path: str | Path) -> bool:
 
 
 def plot_study(path: str | Path) -> list[Path]:
-    """``study.png``: every trial's objective (finished, pruned at its last report) and the best so far; parameter importances."""
+    """``study.png``: every trial's objective (finished, pruned at its last report) and the best so far; parameter
+    importances."""
     from fastadapt.report import _pyplot
 
     folder = Path(path)

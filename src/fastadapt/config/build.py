@@ -258,7 +258,8 @@ def call_with_named(
     unknown = [k for k in options if k not in named and not open_ended]
     if unknown:
         raise ConfigError(
-            f"{options_key}.{unknown[0]}: {what} takes no argument {unknown[0]!r}; it takes {', '.join(named) or 'none'}"
+            f"{options_key}.{unknown[0]}: {what} takes no argument {unknown[0]!r}; it takes "
+            f"{', '.join(named) or 'none'}"
         )
     kwargs = {k: v for k, v in available.items() if k in named and k not in options}
     kwargs.update(options)
@@ -271,7 +272,8 @@ def call_with_named(
 
 
 def build_model(cfg: Config, input_shape: tuple[int, ...], out_features: int | None) -> nn.Module:
-    """The model a config names, for inputs of ``input_shape`` (one example) and ``out_features`` outputs (None: an embedding)."""
+    """The model a config names, for inputs of ``input_shape`` (one example) and ``out_features`` outputs (None: an
+    embedding)."""
     m = cfg.model
     factory = import_target(m.target, "model.target") if m.target else MODELS.get(m.name)
     what = f"model {m.target or m.name}"
@@ -330,7 +332,8 @@ def build_algorithm(
     (built once on the meta device first), and a configuration whose training step or evaluation
     batch cannot fit (:func:`fastadapt.config.preflight.check_cost`); False for a run that is only evaluated.
 
-    ``pretrained``: load ``model.weights`` into the config's model (False when trained weights replace them: ``load_run``).
+    ``pretrained``: load ``model.weights`` into the config's model (False when trained weights replace them:
+    ``load_run``).
 
     An algorithm whose constructor takes ``num_classes`` (a classifier over every training class,
     e.g. Baseline) gets the training source's class count unless the config sets it.
@@ -414,7 +417,8 @@ def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.o
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ConfigError(
-            f"{cfg.algorithm} with model {cfg.model.target or cfg.model.name} has no trainable parameters; choose a model with weights (conv4 or mlp)"
+            f"{cfg.algorithm} with model {cfg.model.target or cfg.model.name} has no trainable parameters; choose a "
+            "model with weights (conv4 or mlp)"
         )
     if o.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)

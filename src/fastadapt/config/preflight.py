@@ -54,7 +54,10 @@ from fastadapt.config import Config, algorithm_signature
 from fastadapt.core.errors import ConfigError, FastAdaptError
 from fastadapt.runtime.devices import resolve_device
 
-LOWER_STEP = "optim.task_chunk (tasks back-propagated at once), data.meta_batch, data.ways, data.shots / data.queries or data.image_size"
+LOWER_STEP = (
+    "optim.task_chunk (tasks back-propagated at once), data.meta_batch, data.ways, data.shots / data.queries "
+    "or data.image_size"
+)
 LOWER_EVAL = "eval.batch, data.test_ways, data.test_shots / data.test_queries or data.image_size"
 
 
@@ -87,14 +90,16 @@ class CostEstimate:
 
     def summary(self) -> str:
         return (
-            f"{self.images_per_step} images per step, {self.eval_images_per_batch} per evaluation batch ({self.eval_images} "
-            f"evaluation images in all); about {size(self.step_bytes)} per step, {size(self.eval_bytes)} per evaluation batch, "
+            f"{self.images_per_step} images per step, {self.eval_images_per_batch} per evaluation batch "
+            f"({self.eval_images} evaluation images in all); about {size(self.step_bytes)} per step, "
+            f"{size(self.eval_bytes)} per evaluation batch, "
             f"{size(self.parameter_bytes)} for parameters and optimizer state"
         )
 
 
 def available_memory(device: str = "cpu") -> int | None:
-    """Bytes free for a run on ``device`` ("auto" resolved): a CUDA device's free memory, else ``MemAvailable`` (None when unknown)."""
+    """Bytes free for a run on ``device`` ("auto" resolved): a CUDA device's free memory, else ``MemAvailable`` (None
+    when unknown)."""
     device = resolve_device(device)
     if device.startswith("cuda") and torch.cuda.is_available():
         try:
@@ -159,7 +164,8 @@ def activation_bytes(model: nn.Module, x: torch.Tensor, meta: bool = True) -> tu
 
 
 def _measure(model: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
-    """:func:`activation_bytes` on two examples, on meta tensors, else for real; None when the model cannot take them."""
+    """:func:`activation_bytes` on two examples, on meta tensors, else for real; None when the model cannot take
+    them."""
     for meta in (True, False):
         try:
             return activation_bytes(model, x[:2], meta)
@@ -230,7 +236,8 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
 
 
 def check_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | None:
-    """The estimate, or a one-line :class:`ConfigError` naming the keys to lower when it exceeds the memory available."""
+    """The estimate, or a one-line :class:`ConfigError` naming the keys to lower when it exceeds the memory
+    available."""
     est = estimate_cost(cfg, batch, model)
     have = available_memory(cfg.run.device)
     if est is not None and have is not None and est.peak_bytes > have:
@@ -274,7 +281,8 @@ def check_parameters(build: Callable[[], nn.Module], what: str, device: str = "c
 
 
 def check_conversion(data: Any, image_size: int | None, channels: int, name: str) -> None:
-    """Refuse converting a :class:`~fastadapt.data.ClassDataset`'s images when it cannot fit (formula in the module docstring)."""
+    """Refuse converting a :class:`~fastadapt.data.ClassDataset`'s images when it cannot fit (formula in the module
+    docstring)."""
     x = data.data
     if x.ndim != 4:
         return

@@ -30,7 +30,8 @@ FORMATS = ("safetensors", "torch")
 
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str = "safetensors") -> list[Path]:
-    """Write the run's trained weights (``fmt``: ``safetensors`` or ``torch``) and ``config.json`` to ``out``; returns the files."""
+    """Write the run's trained weights (``fmt``: ``safetensors`` or ``torch``) and ``config.json`` to ``out``; returns
+    the files."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
     folder = RunFolder(run_dir)

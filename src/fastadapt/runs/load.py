@@ -94,7 +94,7 @@ class Run:
                 f"{self.folder.path} was trained on task sources given in Python ({given}); "
                 f"evaluate it from Python: fastadapt.evaluate(fastadapt.load_run(path).algorithm, source.fixed(n))"
             )
-        key = "all" if part != "test" or "all" in self._sources else "test"
+        key = "test" if part == "test" and ("test" in self._sources or "all" not in self._sources) else "all"
         if key not in self._sources:
             shapes = self.provenance.get("task_shapes") or {}
             shape = tuple(shapes["support_x"][1:]) if shapes.get("support_x") else None
@@ -123,7 +123,8 @@ def load_run(
     given = prov.get("model_given")
     if given and model is None:
         raise FastAdaptError(
-            f"{folder.path} was trained with a model given in Python ({given}); pass it again: load_run(path, model=...)"
+            f"{folder.path} was trained with a model given in Python ({given}); pass it again: load_run(path, "
+            "model=...)"
         )
     shapes, sources = prov.get("task_shapes"), None
     if shapes:

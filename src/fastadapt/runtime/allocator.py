@@ -1,15 +1,8 @@
 """Process-wide settings that entry points (the CLI, apps) may apply; importing fastadapt applies none.
 
-:func:`keep_freed_memory` asks glibc to keep freed memory mapped for reuse. A meta-update frees and
-re-allocates the same large activation buffers every step. By default glibc serves buffers above its
-mmap threshold with fresh ``mmap`` calls, returns them with ``munmap`` and trims the heap, so the next
-step faults them back page by page (benchmarks/README.md measured 180 k minor faults per ProtoNets
-update). Raising both thresholds keeps that memory mapped: ProtoNets ran 1.47x faster (20-way 5-shot,
-CPU time) at up to 1.28x the peak resident memory (benchmarks/README.md, proposal A).
-
-The ``fastadapt`` command applies it when ``run.keep_freed_memory`` is true (the default) and says
-so in its first line; a library user who wants it calls ``fastadapt.keep_freed_memory()`` once.
-Elsewhere than glibc/Linux it does nothing and returns False.
+:func:`keep_freed_memory` asks glibc to keep freed memory mapped for reuse, so that a meta-update does not
+fault its large activation buffers back page by page every step (measured in benchmarks/README.md,
+proposal A). The ``fastadapt`` command applies it when ``run.keep_freed_memory`` is true and says so.
 """
 
 from __future__ import annotations
@@ -23,7 +16,12 @@ KEEP_BYTES = 1 << 30  # buffers up to 1 GiB come from the heap; up to 1 GiB of f
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed memory for reuse (process-wide); True if it accepted both settings."""
+    """Ask glibc to keep freed memory for reuse (process-wide); True if it accepted both settings.
+
+    glibc serves buffers above its mmap threshold with fresh ``mmap`` calls, returns them with ``munmap`` and
+    trims the heap; raising both thresholds keeps that memory mapped (faster steps, a higher peak resident
+    memory). Elsewhere than glibc/Linux it does nothing and returns False.
+    """
     if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")

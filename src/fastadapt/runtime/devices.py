@@ -23,7 +23,8 @@ def check_device_name(device: str) -> None:
     kind, _, index = device.partition(":")
     if kind not in DEVICE_TYPES or (index and not (index.isascii() and index.isdigit() and len(index) <= 4)):
         raise ConfigError(
-            f"run.device={_short(device)} is not a device; write auto, {', '.join(DEVICE_TYPES)}, or a type with an index: cuda:1"
+            f"run.device={_short(device)} is not a device; write auto, {', '.join(DEVICE_TYPES)}, or a type with an "
+            "index: cuda:1"
         )
 
 
@@ -43,8 +44,8 @@ def resolve_device(device: str) -> str:
 
 
 def check_device(device: str) -> None:
-    """A one-line error unless this machine has ``device`` (``run.device``): CUDA built and visible, the index present, MPS available.
-    ``"auto"`` always passes (it resolves to what is there)."""
+    """A one-line error unless this machine has ``device`` (``run.device``): CUDA built and visible, the index
+    present, MPS available. ``"auto"`` always passes (it resolves to what is there)."""
     import torch
 
     check_device_name(device)
@@ -59,7 +60,8 @@ def check_device(device: str) -> None:
             raise ConfigError(f"run.device={device!r}: no CUDA device is visible (CUDA_VISIBLE_DEVICES, driver); {fix}")
         if index and int(index) >= count:
             raise ConfigError(
-                f"run.device={device!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}; choose one of them"
+                f"run.device={device!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}; choose "
+                "one of them"
             )
     elif kind == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"run.device={device!r}: MPS (Apple GPUs) is not available here; {fix}")

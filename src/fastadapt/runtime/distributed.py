@@ -90,8 +90,8 @@ def is_main() -> bool:
 
 
 def local_device(device: str) -> torch.device:
-    """``device`` for this rank: ``"auto"`` is resolved (:func:`fastadapt.runtime.devices.resolve_device`), then a bare ``"cuda"``
-    becomes ``cuda:LOCAL_RANK`` under torchrun."""
+    """``device`` for this rank: ``"auto"`` is resolved (:func:`fastadapt.runtime.devices.resolve_device`), then a
+    bare ``"cuda"`` becomes ``cuda:LOCAL_RANK`` under torchrun."""
     from fastadapt.runtime.devices import resolve_device
 
     device = resolve_device(device)
@@ -137,7 +137,8 @@ def peer_lost(e: BaseException, timeout_s: float = DEFAULT_TIMEOUT_S, hint: str 
     r, w = rank(), world_size()
     peer = f"rank {1 - r}" if w == 2 else "another rank (torchrun's summary names it)"
     return PeerLost(
-        f"rank {r} of {w} lost {peer} ({_reason(e)}): a process died, hung for more than run.dist_timeout_s={timeout_s:g} s, "
+        f"rank {r} of {w} lost {peer} ({_reason(e)}): a process died, hung for more than "
+        f"run.dist_timeout_s={timeout_s:g} s, "
         f"or the network failed" + (f"; {hint}" if hint else "")
     )
 
@@ -170,7 +171,8 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, hi
     except Exception as e:  # rendezvous timed out, port taken, ...
         raise PeerLost(
             f"rank {os.environ['RANK']} of {size} could not join the process group at "
-            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within run.dist_timeout_s={timeout_s:g} s ({_reason(e)})"
+            f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} within run.dist_timeout_s={timeout_s:g} s "
+            f"({_reason(e)})"
         ) from None
     try:
         yield

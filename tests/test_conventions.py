@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import fastadapt
+import helpers
 from fastadapt import cli
 from fastadapt.config import SECTIONS, RunConfig, field_comments, load_config, preset_names
 from fastadapt.core.episodes import TaskBatch, collate_tasks
@@ -180,19 +181,8 @@ def test_a_forced_cuda_device_is_a_one_line_error(capsys):
     assert err.startswith("fastadapt: error: run.device='cuda'") and err.count("\n") == 1
 
 
-TINY = [
-    "data.ways=5",
-    "data.shots=1",
-    "data.queries=2",
-    "data.meta_batch=2",
-    "model.hidden=8",
-    "optim.steps=2",
-    "eval.val_every=0",
-    "eval.test_episodes=0",
-    "run.progress=false",
-    "run.threads=1",
-    "run.keep_freed_memory=false",
-]
+TINY = [*helpers.SMOKE, "data.ways=5", "data.shots=1", "data.queries=2", "data.meta_batch=2", "run.threads=1"]
+TINY.append("run.keep_freed_memory=false")
 
 
 @pytest.mark.parametrize("deterministic", [True, False])

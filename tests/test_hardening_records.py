@@ -245,15 +245,20 @@ def test_an_eval_failing_in_its_second_setting_writes_nothing(trained, monkeypat
     assert not evals.exists() or list(evals.iterdir()) == []
 
 
-def test_an_eval_whose_second_file_hits_a_full_disk_writes_nothing(trained, monkeypatch):
+def _disk_full_writing(monkeypatch, name: str) -> None:
+    """The temporary file of ``name`` (a record written atomically) hits a full disk; every other file is written."""
     real = tempfile.mkstemp
 
     def mkstemp(*args, prefix="", **kwargs):
-        if prefix.startswith(".5w2s"):
+        if prefix.startswith(f".{name}"):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(*args, prefix=prefix, **kwargs)
 
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_an_eval_whose_second_file_hits_a_full_disk_writes_nothing(trained, monkeypatch):
+    _disk_full_writing(monkeypatch, "5w2s")
     with pytest.raises(
         FastAdaptError, match=r"cannot write .*5w2s__eval.test_episodes=2.json: no space left on the device; free space"
     ) as e:
@@ -275,14 +280,7 @@ def test_a_training_whose_testing_fails_leaves_no_test_records(tmp_path, monkeyp
 
 
 def test_test_records_and_results_are_written_together_or_not_at_all(tmp_path, monkeypatch):
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, prefix="", **kwargs):
-        if prefix.startswith(".results.json"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*args, prefix=prefix, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    _disk_full_writing(monkeypatch, "results.json")
     cfg = tiny(tmp_path, "eval.test_settings=[[5,1],[5,2]]")
     with pytest.raises(FastAdaptError, match="cannot write .*results.json: no space left on the device"):
         train(cfg)

@@ -151,7 +151,7 @@ class Store:
     # --- classes -------------------------------------------------------------------------------------
 
     def create_class(self, name: str) -> dict[str, Any]:
-        name = check_name(name)
+        name = _check_name(name)
         with self.write() as con:
             try:
                 cur = con.execute("INSERT INTO classes (name, created) VALUES (?, ?)", (name, time.time()))
@@ -280,7 +280,7 @@ class Store:
     def replace_all(self, classes: list[str], examples: list[tuple[int, bytes, str, int | None]]) -> None:
         """Replace every class and example (an import): ``examples`` are ``(class position, png, source, pool_index)``;
         rounds are kept."""
-        names = [check_name(n) for n in classes]
+        names = [_check_name(n) for n in classes]
         if len(set(names)) != len(names):
             raise Conflict("the imported task names a class twice")
         with self.write() as con:
@@ -297,7 +297,7 @@ class Store:
                 )
 
 
-def check_name(name: Any) -> str:
+def _check_name(name: Any) -> str:
     """A class name: a string of 1 to 64 printable characters after trimming (any script; the page escapes it)."""
     if not isinstance(name, str):
         raise InvalidName("a class name must be a string")

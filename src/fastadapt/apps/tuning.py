@@ -169,7 +169,7 @@ def _overrides_of(params: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in params.items()]
 
 
-def trial_config(
+def _trial_config(
     raw: dict[str, Any], overrides: list[str] | tuple[str, ...], params: dict[str, Any], what: str = ""
 ) -> Config:
     """The base config (``raw`` with ``overrides``) with ``params`` set; a bad key or value is one line naming
@@ -181,7 +181,7 @@ def trial_config(
         raise ConfigError(f"{what}{e}" if what else str(e)) from None
 
 
-def check_space(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], spec: TuneSpec) -> None:
+def _check_space(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], spec: TuneSpec) -> None:
     """Every end of every range (and every choice) must make a valid config: unknown keys and values out of range fail
     here."""
     for p in spec.space:
@@ -191,14 +191,14 @@ def check_space(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], spe
                 f"tune {p.key}: [run] keys, eval.val_every and eval.test_episodes are set by the tuner, not searched"
             )
         for v in p.choices or (p.low, p.high):
-            trial_config(raw, overrides, {p.key: v}, f"tune {p.key}={v!r}: ")
+            _trial_config(raw, overrides, {p.key: v}, f"tune {p.key}={v!r}: ")
 
 
 def _record(preset: str, raw: dict[str, Any], overrides: list[str] | tuple[str, ...], spec: TuneSpec) -> dict[str, Any]:
     return {
         "preset": preset,
         "overrides": list(overrides),
-        "config": trial_config(raw, overrides, {}).to_dict(),
+        "config": _trial_config(raw, overrides, {}).to_dict(),
         "space": {p.key: p.to_dict() for p in spec.space},
     }
 
@@ -271,12 +271,12 @@ def tune(
     raw = read_toml(preset)
     table = raw.pop("tune", {})
     spec = parse_spec(table, space, trials, minutes)
-    base = trial_config(raw, overrides, {})
+    base = _trial_config(raw, overrides, {})
     if not base.eval.val_every or not base.data.val_part:
         raise ConfigError(
             "tuning needs validation: set eval.val_every > 0 and data.val_part (the objective is the validation score)"
         )
-    check_space(raw, overrides, spec)
+    _check_space(raw, overrides, spec)
     folder = Path(folder) if folder else Path("runs") / f"tune-{base.run.name}"
     record = _record(preset, raw, overrides, spec)
     _check_folder(folder, record)
@@ -309,7 +309,7 @@ def tune(
     def objective(trial: Any) -> float:
         params = _sample(trial, spec)
         out = folder / "trials" / f"trial-{trial.number:04d}"
-        cfg = trial_config(
+        cfg = _trial_config(
             raw,
             [*overrides, f"run.out={json.dumps(str(out))}", "run.progress=false", "eval.test_episodes=0"],
             params,
@@ -361,7 +361,7 @@ def summarise(folder: Path, raw: dict[str, Any], overrides: list[str] | tuple[st
         best = max(complete, key=lambda t: t.value)
         best_value, best_params = float(best.value), dict(best.params)
         metric = best.user_attrs.get("metric", "acc")
-        cfg = trial_config(raw, overrides, best_params)
+        cfg = _trial_config(raw, overrides, best_params)
         title = (
             f"fastadapt tune: best of {len(complete)} finished trials (trial {best.number}, validation score "
             f"{best_value:.6g}).\n"

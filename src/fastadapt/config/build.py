@@ -63,7 +63,7 @@ class TaskSources:
     )  # test key -> how its data was converted to the model's input
 
 
-def describe_conversion(before: ClassDataset, after: ClassDataset) -> str:
+def _describe_conversion(before: ClassDataset, after: ClassDataset) -> str:
     """In words, how ``before`` became ``after`` (channels, size), or "none"."""
     if before is after or before.data.shape[1:] == after.data.shape[1:]:
         return "none"
@@ -83,7 +83,7 @@ def _source_builder(cfg: Config) -> tuple[Any, str]:
     return TASK_SOURCES.get(dataset_name(d.dataset)), d.dataset
 
 
-def as_task_source(
+def _as_task_source(
     obj: Any,
     name: str,
     ways: int,
@@ -152,10 +152,10 @@ def task_sources(
                 ) from None
             if isinstance(obj, ClassDataset):
                 made[dataset, part] = obj
-        src = as_task_source(
+        src = _as_task_source(
             obj, d.target or dataset, ways, shots, queries, seed, d.image_size, channels, d.episode_scope
         )
-        conversion = describe_conversion(obj, src.dataset) if isinstance(obj, ClassDataset) else "none"
+        conversion = _describe_conversion(obj, src.dataset) if isinstance(obj, ClassDataset) else "none"
         return src, conversion
 
     train, val = None, None
@@ -203,12 +203,12 @@ def user_task_sources(cfg: Config, tasks: Any) -> TaskSources:
         raise ConfigError(
             f"tasks: expected keys train (required), val and test; found {', '.join(map(str, tasks)) or 'none'}"
         )
-    train = as_task_source(
+    train = _as_task_source(
         tasks["train"], "tasks['train']", d.ways, d.shots, d.queries, cfg.run.seed, d.image_size, d.channels
     )
     val = None
     if tasks.get("val") is not None:
-        val = as_task_source(
+        val = _as_task_source(
             tasks["val"],
             "tasks['val']",
             cfg.test_ways,
@@ -223,7 +223,7 @@ def user_task_sources(cfg: Config, tasks: Any) -> TaskSources:
     if test is not None:
         items = test.items() if isinstance(test, Mapping) else [(f"{cfg.test_ways}w{cfg.test_shots}s", test)]
         for key, src in items:
-            tests[str(key)] = as_task_source(
+            tests[str(key)] = _as_task_source(
                 src,
                 f"tasks['test'][{key!r}]",
                 cfg.test_ways,
@@ -245,7 +245,7 @@ def probe_batch(sources: TaskSources, cfg: Config) -> Any:
     return batch
 
 
-def call_with_named(
+def _call_with_named(
     factory: Any, what: str, available: dict[str, Any], options: dict[str, Any], options_key: str
 ) -> Any:
     """``factory(**kwargs)``: the ``available`` values whose names it takes, plus every one of ``options``."""
@@ -286,7 +286,7 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], out_features: int | N
         "layers": tuple(m.layers),
         "batch_norm": m.batch_norm,
     }
-    model = call_with_named(factory, what, available, dict(m.options), "model.options")
+    model = _call_with_named(factory, what, available, dict(m.options), "model.options")
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{what} returned {type(model).__name__}; expected an nn.Module")
     return model
@@ -355,9 +355,9 @@ def build_algorithm(
         name = describe_object(type(model))
     if check_memory and not isinstance(
         batch, EnvTasks
-    ):  # before check_model, which runs the model on a whole support set
+    ):  # before _check_model, which runs the model on a whole support set
         cost.check_cost(cfg, batch, model)
-    check_model(model, name, cfg.algorithm, width, batch)
+    _check_model(model, name, cfg.algorithm, width, batch)
     options = dict(cfg.algorithm_options)
     if "num_classes" in inspect.signature(cls).parameters and "num_classes" not in options:
         if num_classes is None:
@@ -387,7 +387,7 @@ def build_algorithm(
     return algo
 
 
-def check_model(model: nn.Module, name: str, algorithm: str, width: int | None, batch: Any) -> None:
+def _check_model(model: nn.Module, name: str, algorithm: str, width: int | None, batch: Any) -> None:
     """Run ``model`` once (eval mode, no graph) on one task's support set and check its output's shape."""
     if not any(True for _ in model.parameters()) and not any(True for _ in model.buffers()) and width is not None:
         raise ConfigError(

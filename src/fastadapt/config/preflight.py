@@ -1,43 +1,8 @@
 """An up-front estimate of what a run costs, and a refusal of what cannot fit, before anything big is allocated.
 
-The estimate is rough but stated; it is meant to refuse the impossible (``data.meta_batch=200000``),
-not to predict a peak to the megabyte.
-
-Activations. The model runs once, in eval mode and without a graph, on two examples of the first
-training task, on meta tensors (shapes only: no memory, no arithmetic; a real forward pass for a
-model that cannot run on them); forward hooks on every leaf module add up the bytes of their
-outputs (what functions called inside a module's ``forward`` make is not seen). Per example::
-
-    a = input bytes + sum over leaf modules of output bytes          (what autograd keeps for backward)
-    f = max over leaf modules of (input bytes + output bytes)       (what a forward without a graph holds at once)
-
-A training step (``k`` = ``algorithm.inner_steps`` of a gradient-based algorithm, else 0; the
-support set goes through the model ``k + 1`` times, the query set once; the factor 2 is the
-backward pass's gradients, as large as the activations they flow through)::
-
-    images per step = meta_batch * ways * (shots + queries)
-    step bytes      = 2 * a * alive * ways * (shots * (k + 1) + queries)
-
-where ``alive`` is the number of tasks whose graph is alive at once: ``optim.task_chunk`` when it is
-between 1 and ``meta_batch`` (the loop back-propagates chunk by chunk), else ``meta_batch``.
-
-An evaluation batch (``k_eval`` = ``algorithm.inner_steps_eval``, else ``k``; adapting with
-gradients, ``k_eval > 0`` or ``eval.finetune``, keeps the support set's graph and gradients for one
-step at a time, ``s = 2a``, else the support set runs without a graph, ``s = f``; so does the query
-set; the largest test setting counts)::
-
-    eval images per batch = eval.batch * test_ways * (test_shots + test_queries)
-    eval bytes            = eval.batch * test_ways * (test_shots * s + test_queries * f)
-
-Parameters: ``4 * parameter bytes`` (weights, gradients, Adam's two moments). The run is refused
-when ``parameter bytes * 4 + max(step bytes, eval bytes)`` exceeds the memory available: the
-free memory of the CUDA device for ``run.device = "cuda..."``, else ``MemAvailable`` of
-``/proc/meminfo`` (elsewhere the check is skipped).
-
-Converting a dataset's images (resizing to ``data.image_size``, channels by ``data.channels``)
-holds the stored images as float32, the resized float32 images and the result at once::
-
-    conversion bytes = M * C * H * W * 4 + M * C' * S * S * (4 + element size)
+The estimate is rough but stated (the formulas are on :func:`estimate_cost`, :func:`check_cost` and
+:func:`check_conversion`); it is meant to refuse the impossible (``data.meta_batch=200000``), not to
+predict a peak to the megabyte.
 """
 
 from __future__ import annotations
@@ -200,8 +165,31 @@ def _inner_steps(cfg: Config) -> tuple[int, int]:
 
 
 def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | None:
-    """The estimate of the module docstring for ``cfg``, its first training task ``batch`` and its ``model``;
-    None when the model cannot run on two of the task's examples (the model check then says why)."""
+    """The estimate for ``cfg``, its first training task ``batch`` and its ``model``; None when the model cannot run
+    on two of the task's examples (the model check then says why).
+
+    Activations, per example (:func:`activation_bytes`, on two examples of the first training task)::
+
+        a = input bytes + sum over leaf modules of output bytes          (what autograd keeps for backward)
+        f = max over leaf modules of (input bytes + output bytes)       (what a forward without a graph holds)
+
+    A training step (``k`` = ``algorithm.inner_steps`` of a gradient-based algorithm, else 0; the support set
+    goes through the model ``k + 1`` times, the query set once; the factor 2 is the backward pass's
+    gradients)::
+
+        images per step = meta_batch * ways * (shots + queries)
+        step bytes      = 2 * a * alive * ways * (shots * (k + 1) + queries)
+
+    where ``alive`` is the number of tasks whose graph is alive at once: ``optim.task_chunk`` when it is
+    between 1 and ``meta_batch`` (the loop back-propagates chunk by chunk), else ``meta_batch``.
+
+    An evaluation batch (``k_eval`` = ``algorithm.inner_steps_eval``, else ``k``; adapting with gradients,
+    ``k_eval > 0`` or ``eval.finetune``, keeps the support set's graph for one step at a time, ``s = 2a``,
+    else ``s = f``; the largest test setting counts)::
+
+        eval images per batch = eval.batch * test_ways * (test_shots + test_queries)
+        eval bytes            = eval.batch * test_ways * (test_shots * s + test_queries * f)
+    """
     measured = _measure(model, batch.support_x[0])
     if measured is None:
         return None
@@ -237,7 +225,9 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
 
 def check_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | None:
     """The estimate, or a one-line :class:`ConfigError` naming the keys to lower when it exceeds the memory
-    available."""
+    available: ``4 * parameter bytes`` (weights, gradients, Adam's two moments) ``+ max(step bytes, eval bytes)``
+    against the free memory of the CUDA device for ``run.device = "cuda..."``, else ``MemAvailable`` of
+    ``/proc/meminfo`` (elsewhere the check is skipped)."""
     est = estimate_cost(cfg, batch, model)
     have = available_memory(cfg.run.device)
     if est is not None and have is not None and est.peak_bytes > have:
@@ -281,8 +271,12 @@ def check_parameters(build: Callable[[], nn.Module], what: str, device: str = "c
 
 
 def check_conversion(data: Any, image_size: int | None, channels: int, name: str) -> None:
-    """Refuse converting a :class:`~fastadapt.data.ClassDataset`'s images when it cannot fit (formula in the module
-    docstring)."""
+    """Refuse converting a :class:`~fastadapt.data.ClassDataset`'s images when it cannot fit. Resizing to
+    ``data.image_size`` and converting channels by ``data.channels`` holds the stored images as float32, the
+    resized float32 images and the result at once::
+
+        conversion bytes = M * C * H * W * 4 + M * C' * S * S * (4 + element size)
+    """
     x = data.data
     if x.ndim != 4:
         return

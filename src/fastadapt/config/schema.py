@@ -199,7 +199,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def field_ranges(cls: type) -> dict[str, Range]:
+def _field_ranges(cls: type) -> dict[str, Range]:
     """The :class:`Range` of every numeric field of the section ``cls``, in field order."""
     hints = typing.get_type_hints(cls, include_extras=True)
     out = {}
@@ -211,7 +211,7 @@ def field_ranges(cls: type) -> dict[str, Range]:
 
 
 # Every numeric key of every section with its range, read from the fields (NaN and infinities are refused everywhere).
-RANGES: dict[str, Range] = {f"{s}.{k}": rng for s, cls in SECTIONS.items() for k, rng in field_ranges(cls).items()}
+RANGES: dict[str, Range] = {f"{s}.{k}": rng for s, cls in SECTIONS.items() for k, rng in _field_ranges(cls).items()}
 
 
 @dataclass(frozen=True)

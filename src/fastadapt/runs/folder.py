@@ -261,7 +261,7 @@ def write_json(path: Path, obj: Any, elsewhere: str = "choose another run.out") 
     atomic_write(path, lambda f: f.write(data), elsewhere=elsewhere)
 
 
-def git_commit(start: Path | None = None) -> str | None:
+def _git_commit(start: Path | None = None) -> str | None:
     """The commit of the git checkout fastadapt runs from ("<sha>+dirty" with local changes), else None."""
     here = (start or Path(__file__)).resolve()
     if not any((p / ".git").exists() for p in here.parents):
@@ -288,7 +288,7 @@ def provenance(batch: TaskBatch | None = None, **extra: Any) -> dict[str, Any]:
         "fastadapt": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "git_commit": git_commit(),
+        "git_commit": _git_commit(),
     }
     if isinstance(batch, EnvTasks):  # reinforcement learning: the policy's input and output
         out["task_shapes"] = {
@@ -306,4 +306,4 @@ def provenance(batch: TaskBatch | None = None, **extra: Any) -> dict[str, Any]:
     return out
 
 
-__all__ = ["EXPORTED", "RunFolder", "RunFolderLocked", "git_commit", "provenance", "write_json"]
+__all__ = ["EXPORTED", "RunFolder", "RunFolderLocked", "provenance", "write_json"]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 PARTS = ("train", "val", "test")
 
 
-def batch_from_shapes(shapes: dict[str, Any]) -> TaskBatch | EnvTasks:
+def _batch_from_shapes(shapes: dict[str, Any]) -> TaskBatch | EnvTasks:
     """A one-task zero batch of recorded shapes (labels 0..N-1): enough to rebuild a model."""
     if shapes.get("labels") == "environment":  # shapes only: no family, so it cannot be rolled out
         return EnvTasks(
@@ -128,7 +128,7 @@ def load_run(
         )
     shapes, sources = prov.get("task_shapes"), None
     if shapes:
-        batch, classes = batch_from_shapes(shapes), prov.get("train_classes")
+        batch, classes = _batch_from_shapes(shapes), prov.get("train_classes")
     else:  # runs written before provenance: look at the data (kept for Run.tasks)
         sources = task_sources(cfg)
         batch, classes = probe_batch(sources, cfg), train_classes(sources)

@@ -100,7 +100,7 @@ def local_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def backend_for(device: torch.device) -> str:
+def _backend_for(device: torch.device) -> str:
     """NCCL for CUDA devices, gloo otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"
 
@@ -132,7 +132,7 @@ def _is_comm_failure(e: BaseException) -> bool:
     )
 
 
-def peer_lost(e: BaseException, timeout_s: float = DEFAULT_TIMEOUT_S, hint: str = "") -> PeerLost:
+def _peer_lost(e: BaseException, timeout_s: float = DEFAULT_TIMEOUT_S, hint: str = "") -> PeerLost:
     """The one-line error for a failed collective ``e`` (``hint``: what the user can do, appended)."""
     r, w = rank(), world_size()
     peer = f"rank {1 - r}" if w == 2 else "another rank (torchrun's summary names it)"
@@ -164,7 +164,7 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, hi
         torch.cuda.set_device(device)
     try:
         dist.init_process_group(
-            backend_for(device),
+            _backend_for(device),
             timeout=timedelta(seconds=timeout_s),
             device_id=device if device.type == "cuda" else None,
         )
@@ -178,13 +178,13 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, hi
         yield
     except Exception as e:
         if _is_comm_failure(e):
-            raise peer_lost(e, timeout_s, hint) from None
+            raise _peer_lost(e, timeout_s, hint) from None
         raise
     finally:
-        cleanup()
+        _cleanup()
 
 
-def cleanup() -> None:
+def _cleanup() -> None:
     """Leave the process group (safe to call when there is none or it is broken)."""
     if dist.is_available() and dist.is_initialized():
         try:
@@ -364,7 +364,7 @@ class _GlobalBatchNorm(torch.autograd.Function):
         return gx, (gw if ctx.needs_input_grad[1] else None), (gb if ctx.needs_input_grad[2] else None), None
 
 
-def global_batch_norm(
+def _global_batch_norm(
     x: Tensor,
     running_mean: Tensor | None,
     running_var: Tensor | None,
@@ -389,7 +389,7 @@ def global_batch_norm(
 
 
 class _GlobalBatchNormMode(TorchFunctionMode):
-    """Routes every training-mode ``F.batch_norm`` call inside the mode to :func:`global_batch_norm`."""
+    """Routes every training-mode ``F.batch_norm`` call inside the mode to :func:`_global_batch_norm`."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -398,7 +398,7 @@ class _GlobalBatchNormMode(TorchFunctionMode):
             bound.apply_defaults()
             a = bound.arguments
             if a["training"]:
-                return global_batch_norm(
+                return _global_batch_norm(
                     a["input"], a["running_mean"], a["running_var"], a["weight"], a["bias"], a["momentum"], a["eps"]
                 )
         return func(*args, **kwargs)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastadapt.config import Config, load_config
+from fastadapt.config import Config
 from fastadapt.core.errors import ConfigError
 from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
 
 
-def apply_process_settings(cfg: Config) -> str:
+def _apply_process_settings(cfg: Config) -> str:
     """What the command line (not the library) sets for the whole process; returned in words."""
     from fastadapt.runtime.allocator import keep_freed_memory
 
@@ -50,6 +50,8 @@ def dry_run(cfg: Config) -> str:
 
 def train_command(config: str, overrides: list[str], restart: bool = False, check_only: bool = False) -> int:
     """``fastadapt train``: the exit status (0 done, 130 interrupted with the checkpoint saved)."""
+    from fastadapt.config import load_config  # looked up at each call (a test interrupts it)
+
     cfg = load_config(config, overrides)
     check_device(cfg.run.device)
     _check_out_dir(cfg.out_dir)
@@ -59,7 +61,7 @@ def train_command(config: str, overrides: list[str], restart: bool = False, chec
     from fastadapt.training.loop import train
 
     main = distributed.is_main()  # under torchrun only rank 0 prints
-    note = apply_process_settings(cfg)
+    note = _apply_process_settings(cfg)
     world = distributed.env_world_size()
     if main:
         print(
@@ -89,7 +91,7 @@ def eval_command(run_dir: str, overrides: list[str]) -> int:
 
     cfg = RunFolder(run_dir).read_config(overrides)
     check_device(cfg.run.device)
-    apply_process_settings(cfg)
+    _apply_process_settings(cfg)
     results = evaluate_run(run_dir, overrides, progress=cfg.run.progress)
     if distributed.is_main():
         for key, (res, file) in results.items():

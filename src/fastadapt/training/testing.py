@@ -19,7 +19,7 @@ from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
 
 
-def eval_settings(
+def _eval_settings(
     cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int, conversion: str = "none"
 ) -> dict[str, Any]:
     """What changes the number, to be written beside it."""
@@ -79,7 +79,7 @@ def run_tests(
     results: dict[str, EvalResult] = {}
     model = evaluated(cfg, algo)
     for key, sampler in sources.tests.items():
-        settings = eval_settings(
+        settings = _eval_settings(
             cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries, sources.conversions.get(key, "none")
         )
         results[key] = evaluate(

@@ -30,9 +30,18 @@ def main() -> None:
     path = Path(args.run) if args.run else Path(args.out)
     if not args.run:
         steps = 3 if args.fast else 200
-        fastadapt.train("protonet-quick", [f"optim.steps={steps}", "model.hidden=16" if args.fast else "model.hidden=64",
-                                           "eval.val_every=0", "eval.test_episodes=0", f"run.out={path}", "run.progress=false"],
-                        resume=False)
+        fastadapt.train(
+            "protonet-quick",
+            [
+                f"optim.steps={steps}",
+                "model.hidden=16" if args.fast else "model.hidden=64",
+                "eval.val_every=0",
+                "eval.test_episodes=0",
+                f"run.out={path}",
+                "run.progress=false",
+            ],
+            resume=False,
+        )
     run = fastadapt.load_run(path)
     print(f"loaded {run.config.algorithm} from {path} ({run.weights}, step {run.step})")
 
@@ -40,8 +49,12 @@ def main() -> None:
     size = run.config.data.image_size
     task = fastadapt.EpisodeSampler(fastadapt.load_omniglot("vinyals", "test"), 5, 1, 4, seed=7).sample(1).task(0)
     if task.support_x.shape[-1] != size:
-        task = fastadapt.Episode(*(torch.nn.functional.interpolate(v, size=size, mode="bilinear", antialias=True) if v.ndim == 4 else v
-                                   for v in (task.support_x, task.support_y, task.query_x, task.query_y)))
+        task = fastadapt.Episode(
+            *(
+                torch.nn.functional.interpolate(v, size=size, mode="bilinear", antialias=True) if v.ndim == 4 else v
+                for v in (task.support_x, task.support_y, task.query_x, task.query_y)
+            )
+        )
     predictor = run.algorithm.adapt(task.support_x, task.support_y)
     with torch.no_grad():
         predicted = predictor(task.query_x).argmax(-1)

@@ -40,7 +40,12 @@ class CosineNearestMean(nn.Module):
         return cosine_logits(self.model(sx), sy, self.model(qx), ways, self.scale)
 
     def meta_loss(self, batch: fastadapt.TaskBatch) -> fastadapt.MetaOutput:
-        logits = torch.stack([self._task_logits(batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.ways) for t in range(len(batch))])
+        logits = torch.stack(
+            [
+                self._task_logits(batch.support_x[t], batch.support_y[t], batch.query_x[t], batch.ways)
+                for t in range(len(batch))
+            ]
+        )
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
         acc = float((logits.argmax(-1) == batch.query_y).float().mean())
         return fastadapt.MetaOutput(loss, {"loss": float(loss.detach()), "acc": acc})
@@ -52,7 +57,9 @@ class CosineNearestMean(nn.Module):
 
     def predict(self, batch: fastadapt.TaskBatch) -> torch.Tensor:
         with torch.no_grad():
-            return torch.stack([self.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(len(batch))])
+            return torch.stack(
+                [self.adapt(batch.support_x[t], batch.support_y[t])(batch.query_x[t]) for t in range(len(batch))]
+            )
 
 
 def main() -> None:
@@ -62,14 +69,22 @@ def main() -> None:
     args = parser.parse_args()
 
     fastadapt.register_algorithm("cosine-mean", CosineNearestMean)
-    cfg = fastadapt.config_from_dict({
-        "data": {"dataset": "omniglot", "ways": 5, "shots": 1, "queries": 2 if args.fast else 5, "meta_batch": 2 if args.fast else 8},
-        "model": {"name": "conv4", "hidden": 8 if args.fast else 32},
-        "algorithm": {"name": "cosine-mean", "scale": 5.0},
-        "optim": {"steps": 3 if args.fast else 200},
-        "eval": {"val_every": 0, "test_episodes": 10 if args.fast else 300},
-        "run": {"out": args.out, "progress": False},
-    })
+    cfg = fastadapt.config_from_dict(
+        {
+            "data": {
+                "dataset": "omniglot",
+                "ways": 5,
+                "shots": 1,
+                "queries": 2 if args.fast else 5,
+                "meta_batch": 2 if args.fast else 8,
+            },
+            "model": {"name": "conv4", "hidden": 8 if args.fast else 32},
+            "algorithm": {"name": "cosine-mean", "scale": 5.0},
+            "optim": {"steps": 3 if args.fast else 200},
+            "eval": {"val_every": 0, "test_episodes": 10 if args.fast else 300},
+            "run": {"out": args.out, "progress": False},
+        }
+    )
     result = fastadapt.train(cfg, resume=False)
     print(f"cosine nearest mean, Omniglot 5-way 1-shot: {result.tests['5w1s'].summary()}")
 

@@ -34,15 +34,28 @@ def main() -> None:
     args = parser.parse_args()
 
     fastadapt.register_task_source("patterns", noisy_patterns)
-    cfg = fastadapt.config_from_dict({
-        "data": {"dataset": "patterns", "ways": 4, "shots": 1, "queries": 3, "meta_batch": 4, "image_size": 16,
-                 "augment": ["flip", "shift"]},
-        "model": {"name": "conv4", "hidden": 8 if args.fast else 32},
-        "algorithm": {"name": "protonet"},
-        "optim": {"steps": 4 if args.fast else 300},
-        "eval": {"val_every": 2 if args.fast else 100, "val_episodes": 10, "test_episodes": 20 if args.fast else 500},
-        "run": {"out": args.out, "progress": False, "loggers": ["jsonl", "csv"]},
-    })
+    cfg = fastadapt.config_from_dict(
+        {
+            "data": {
+                "dataset": "patterns",
+                "ways": 4,
+                "shots": 1,
+                "queries": 3,
+                "meta_batch": 4,
+                "image_size": 16,
+                "augment": ["flip", "shift"],
+            },
+            "model": {"name": "conv4", "hidden": 8 if args.fast else 32},
+            "algorithm": {"name": "protonet"},
+            "optim": {"steps": 4 if args.fast else 300},
+            "eval": {
+                "val_every": 2 if args.fast else 100,
+                "val_episodes": 10,
+                "test_episodes": 20 if args.fast else 500,
+            },
+            "run": {"out": args.out, "progress": False, "loggers": ["jsonl", "csv"]},
+        }
+    )
     result = fastadapt.train(cfg, resume=False)
     print(f"4-way 1-shot on new patterns: {result.tests['4w1s'].summary()}")
     print(f"metrics: {cfg.out_dir / 'metrics.jsonl'} and {cfg.out_dir / 'metrics.csv'}")

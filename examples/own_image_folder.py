@@ -43,22 +43,37 @@ def write_folder(root: Path, size: int = 20, per_class: int = 8, seed: int = 0) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folder", help="your image folder (DIR/train|val|test/<class>/<image>); default: write a small one")
+    parser.add_argument(
+        "--folder", help="your image folder (DIR/train|val|test/<class>/<image>); default: write a small one"
+    )
     parser.add_argument("--fast", action="store_true", help="a few steps and episodes: checks that it runs")
     parser.add_argument("--out", default="runs/example-image-folder")
     args = parser.parse_args()
 
     folder = Path(args.folder) if args.folder else write_folder(Path(args.out).parent / f"{Path(args.out).name}-images")
     print(f"image folder: {folder}")
-    cfg = fastadapt.config_from_dict({
-        "data": {"dataset": f"folder:{folder}", "ways": 5, "shots": 1, "queries": 3, "meta_batch": 2 if args.fast else 4,
-                 "image_size": 16 if args.fast else 32, "augment": ["crop", "jitter"]},
-        "model": {"name": "conv4", "hidden": 8 if args.fast else 32},
-        "algorithm": {"name": "protonet"},
-        "optim": {"steps": 3 if args.fast else 300},
-        "eval": {"val_every": 0 if args.fast else 100, "val_episodes": 20, "test_episodes": 10 if args.fast else 300},
-        "run": {"out": args.out, "progress": False},
-    })
+    cfg = fastadapt.config_from_dict(
+        {
+            "data": {
+                "dataset": f"folder:{folder}",
+                "ways": 5,
+                "shots": 1,
+                "queries": 3,
+                "meta_batch": 2 if args.fast else 4,
+                "image_size": 16 if args.fast else 32,
+                "augment": ["crop", "jitter"],
+            },
+            "model": {"name": "conv4", "hidden": 8 if args.fast else 32},
+            "algorithm": {"name": "protonet"},
+            "optim": {"steps": 3 if args.fast else 300},
+            "eval": {
+                "val_every": 0 if args.fast else 100,
+                "val_episodes": 20,
+                "test_episodes": 10 if args.fast else 300,
+            },
+            "run": {"out": args.out, "progress": False},
+        }
+    )
     result = fastadapt.train(cfg, resume=False)
     print(f"5-way 1-shot on the folder's test classes: {result.tests['5w1s'].summary()}")
 

@@ -37,7 +37,12 @@ class SmallConvNet(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for i in range(3):
-            layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1), nn.BatchNorm2d(hidden), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
         self.body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Linear(hidden, out_features) if out_features else None
 
@@ -75,14 +80,22 @@ def pretrain(hidden: int, steps: int, classes: int = 64, batch: int = 64, seed: 
 
 
 def fine_tune(out: Path, hidden: int, steps: int, fast: bool, weights: str) -> fastadapt.EvalResult:
-    cfg = fastadapt.config_from_dict({
-        "data": {"dataset": "omniglot", "ways": 5, "shots": 1, "queries": 2 if fast else 5, "meta_batch": 2 if fast else 8},
-        "model": {"name": "small-cnn", "hidden": hidden, "weights": weights},
-        "algorithm": {"name": "protonet"},
-        "optim": {"steps": steps, "lr": 1e-3},
-        "eval": {"val_every": 0, "test_episodes": 10 if fast else 300},
-        "run": {"out": str(out), "progress": False},
-    })
+    cfg = fastadapt.config_from_dict(
+        {
+            "data": {
+                "dataset": "omniglot",
+                "ways": 5,
+                "shots": 1,
+                "queries": 2 if fast else 5,
+                "meta_batch": 2 if fast else 8,
+            },
+            "model": {"name": "small-cnn", "hidden": hidden, "weights": weights},
+            "algorithm": {"name": "protonet"},
+            "optim": {"steps": steps, "lr": 1e-3},
+            "eval": {"val_every": 0, "test_episodes": 10 if fast else 300},
+            "run": {"out": str(out), "progress": False},
+        }
+    )
     return fastadapt.train(cfg, resume=False).tests["5w1s"]
 
 
@@ -96,9 +109,13 @@ def main() -> None:
 
     fastadapt.register_model("small-cnn", small_cnn, "examples/pretrained_backbone.py: 3 conv blocks + global average")
     model = pretrain(hidden, pre_steps)
-    encoder = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}  # the head was for the 64 classes
+    encoder = {
+        k: v for k, v in model.state_dict().items() if not k.startswith("head.")
+    }  # the head was for the 64 classes
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = fastadapt.save_safetensors(encoder, out.parent / f"{out.name}-encoder.safetensors", metadata={"pretrained": "omniglot-64"})
+    path = fastadapt.save_safetensors(
+        encoder, out.parent / f"{out.name}-encoder.safetensors", metadata={"pretrained": "omniglot-64"}
+    )
     print(f"saved {len(encoder)} tensors to {path}")
 
     result = fine_tune(out, hidden, steps, args.fast, str(path))

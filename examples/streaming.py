@@ -25,18 +25,31 @@ def main() -> None:
     args = parser.parse_args()
 
     length, phase = (40, 10) if args.fast else (400, 100)
-    cfg = fastadapt.load_config("grbal-sinusoid-stream", [
-        f"optim.steps={5 if args.fast else 1500}", "eval.val_every=0", "eval.test_episodes=0", "data.meta_batch=25",
-        f"data.options={{ length = {length}, phase_length = {phase} }}", f"run.out={args.out}", "run.progress=false"])
+    cfg = fastadapt.load_config(
+        "grbal-sinusoid-stream",
+        [
+            f"optim.steps={5 if args.fast else 1500}",
+            "eval.val_every=0",
+            "eval.test_episodes=0",
+            "data.meta_batch=25",
+            f"data.options={{ length = {length}, phase_length = {phase} }}",
+            f"run.out={args.out}",
+            "run.progress=false",
+        ],
+    )
     fastadapt.train(cfg, resume=False)
     algo = fastadapt.load_run(args.out).algorithm
 
-    request = fastadapt.SourceRequest("test", 1, cfg.data.shots, cfg.data.queries, seed=99, options=dict(cfg.data.options))
+    request = fastadapt.SourceRequest(
+        "test", 1, cfg.data.shots, cfg.data.queries, seed=99, options=dict(cfg.data.options)
+    )
     stream = sinusoid_stream(request).stream(0)
     adapting = fastadapt.online(algo, stream, probe=False)
     frozen = fastadapt.online(algo, stream, update=False, probe=False)
     print(f"{stream.length} steps, changes at {list(stream.change_points)}")
-    print(f"mean squared error, adapting online: {np.nanmean(adapting.error):.3f}; without adapting: {np.nanmean(frozen.error):.3f}")
+    print(
+        f"mean squared error, adapting online: {np.nanmean(adapting.error):.3f}; without adapting: {np.nanmean(frozen.error):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,19 @@ from fastadapt.runtime import distributed
 
 def launch_torchrun(argv: list[str], processes: int = 2) -> int:
     """Run this script under ``torchrun --standalone --nproc-per-node processes`` (``python -m torch.distributed.run``)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", __file__, *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        __file__,
+        *argv,
+    ]
     print("running: " + " ".join(command[2:]).replace("torch.distributed.run", "torchrun", 1), flush=True)
-    return subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}).returncode
+    return subprocess.run(
+        command, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    ).returncode
 
 
 def main() -> None:
@@ -37,14 +47,25 @@ def main() -> None:
     if distributed.env_world_size() == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # not under torchrun: start it
         sys.exit(launch_torchrun(sys.argv[1:]))
 
-    cfg = fastadapt.load_config("protonet-quick", [
-        f"optim.steps={4 if args.fast else 600}", "data.meta_batch=4", f"model.hidden={8 if args.fast else 64}",
-        f"eval.val_every={0 if args.fast else 200}", f"eval.test_episodes={10 if args.fast else 600}",
-        f"run.out={args.out}", "run.progress=false", "run.threads=1"])
+    cfg = fastadapt.load_config(
+        "protonet-quick",
+        [
+            f"optim.steps={4 if args.fast else 600}",
+            "data.meta_batch=4",
+            f"model.hidden={8 if args.fast else 64}",
+            f"eval.val_every={0 if args.fast else 200}",
+            f"eval.test_episodes={10 if args.fast else 600}",
+            f"run.out={args.out}",
+            "run.progress=false",
+            "run.threads=1",
+        ],
+    )
     result = fastadapt.train(cfg, resume=False)
     if distributed.is_main():  # every rank has the result; one prints it
-        print(f"rank {distributed.rank()} of {distributed.env_world_size()} processes, {result.steps} steps: "
-              f"5-way 1-shot {result.tests['5w1s'].summary()}")
+        print(
+            f"rank {distributed.rank()} of {distributed.env_world_size()} processes, {result.steps} steps: "
+            f"5-way 1-shot {result.tests['5w1s'].summary()}"
+        )
 
 
 if __name__ == "__main__":

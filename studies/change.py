@@ -18,8 +18,8 @@ from fastadapt.apps.study import Study
 from fastadapt.config import load_config
 from fastadapt.config.build import SourceRequest, build_algorithm
 from fastadapt.data import streams
-from fastadapt.eval.online import LossJump, OnlineRun, online
-from fastadapt.eval.online_metrics import examples_to_fraction, new_class_curves, paired, summarize
+from fastadapt.eval.stream_metrics import examples_to_fraction, new_class_curves, paired, summarize
+from fastadapt.eval.streams import LossJump, OnlineRun, online
 from fastadapt.report.streams import STREAMS_FILE, plot_new_classes, plot_recovery, plot_stream, save_runs
 
 

@@ -25,8 +25,7 @@ from fastadapt.algorithms.metasgd import MetaSGD
 from fastadapt.algorithms.protonet import ProtoNet, prototypes
 from fastadapt.algorithms.reptile import Reptile
 from fastadapt.data.streams import ClassStream, SinusoidStream, StreamTasks
-from fastadapt.eval.online import LossJump, OnlineRun, online, state_nbytes
-from fastadapt.eval.online_metrics import (
+from fastadapt.eval.stream_metrics import (
     aligned,
     examples_to_fraction,
     new_class_curves,
@@ -35,6 +34,7 @@ from fastadapt.eval.online_metrics import (
     regret,
     summarize,
 )
+from fastadapt.eval.streams import LossJump, OnlineRun, online, state_nbytes
 from fastadapt.nn import MLP, Conv4
 from helpers import labelled
 

@@ -23,7 +23,7 @@ from fastadapt.algorithms.mann import MANN, MemoryPredictor
 from fastadapt.algorithms.meta_lstm import MetaLSTM, MetaLSTMState
 from fastadapt.core.registry import ALGORITHMS
 from fastadapt.data.streams import ClassStream, SinusoidStream
-from fastadapt.eval.online import online, state_nbytes
+from fastadapt.eval.streams import online, state_nbytes
 from fastadapt.nn import MLP
 from helpers import labelled
 

@@ -135,10 +135,11 @@ class TaskBatch:
 
 
 def collate_tasks(batches: list[TaskBatch]) -> TaskBatch:
-    """The ``collate_fn`` of a ``DataLoader`` whose items are :class:`TaskBatch` es: one batch of all their tasks, in order.
+    """The ``collate_fn`` of a ``DataLoader`` whose items are :class:`TaskBatch` es: one batch of all their tasks.
 
-    ``[T_1, ...] + [T_2, ...] + ... -> [T_1 + T_2 + ..., ...]`` for every field (:meth:`TaskBatch.cat`); the batches must
-    agree on N, K, Q and the input shape. ``DataLoader(dataset, batch_size=B, collate_fn=collate_tasks)``.
+    ``[T_1, ...] + [T_2, ...] + ... -> [T_1 + T_2 + ..., ...]`` for every field, in order (:meth:`TaskBatch.cat`);
+    the batches must agree on N, K, Q and the input shape.
+    ``DataLoader(dataset, batch_size=B, collate_fn=collate_tasks)``.
     """
     if not all(isinstance(b, TaskBatch) for b in batches):
         kinds = sorted({type(b).__name__ for b in batches})
@@ -183,7 +184,8 @@ class EnvTasks:
     def __post_init__(self) -> None:
         if self.params.ndim != 2 or self.seeds.shape != (self.params.shape[0],):
             raise ValueError(
-                f"EnvTasks: params must be [T, P] and seeds [T]; found {list(self.params.shape)} and {list(self.seeds.shape)}"
+                f"EnvTasks: params must be [T, P] and seeds [T]; "
+                f"found {list(self.params.shape)} and {list(self.seeds.shape)}"
             )
 
     def __len__(self) -> int:

@@ -59,7 +59,8 @@ class Registry:
             raise ConfigError(f"{self.kind} {name!r} is built in; register yours under another name")
         if old is not None and not replace and old.target is not obj:
             raise ConfigError(
-                f"{self.kind} {name!r} is already registered (by {describe_object(old.target)}); pass replace=True to change it"
+                f"{self.kind} {name!r} is already registered (by {describe_object(old.target)}); "
+                "pass replace=True to change it"
             )
         self._entries[name] = Entry(name, obj, description or first_line(obj.__doc__), False)
         return obj
@@ -106,7 +107,8 @@ class Registry:
         except ConfigError:
             if importlib.util.find_spec(module) is None:
                 raise ConfigError(
-                    f"{self.kind} {name!r} is not available in this version; choose one of {', '.join(self.available())}"
+                    f"{self.kind} {name!r} is not available in this version; "
+                    f"choose one of {', '.join(self.available())}"
                 ) from None
             raise
 
@@ -206,7 +208,8 @@ TASK_SOURCES = Registry(
         ),
         "recall": (
             "fastadapt.data.sequences:recall_source",
-            "associative recall (Graves et al. 2014, 4.3): data.options bits, item_length, min_items, max_items, test_items",
+            "associative recall (Graves et al. 2014, 4.3): "
+            "data.options bits, item_length, min_items, max_items, test_items",
         ),
     },
 )
@@ -278,7 +281,8 @@ ALGORITHMS = Registry(
         ),
         "maml-rl": (
             "fastadapt.algorithms.maml_rl:MAMLRL",
-            "MAML for policies, clipped outer surrogate (ProMP), first-order and Reptile options (Finn et al. 2017; Rothfuss et al. 2019)",
+            "MAML for policies, clipped outer surrogate (ProMP), first-order and Reptile options "
+            "(Finn et al. 2017; Rothfuss et al. 2019)",
         ),
     },
 )

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from fastadapt.core.errors import DataError
-from fastadapt.eval.online import OnlineRun
-from fastadapt.eval.online_metrics import run_values
+from fastadapt.eval.stream_metrics import run_values
+from fastadapt.eval.streams import OnlineRun
 from fastadapt.report.figure import pyplot, save_figure
 
 

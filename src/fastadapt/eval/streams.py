@@ -3,7 +3,7 @@
 :func:`online` runs a stream in River's order: at every step the predictor first predicts the step's
 data (the error is recorded), then learns from them (``predictor.update(x, y)``). A :class:`LossJump`
 detector may reset the predictor when the loss jumps. The metrics over runs are in
-:mod:`fastadapt.eval.online_metrics`; plots and the ``streams.json`` record in :mod:`fastadapt.report.streams`.
+:mod:`fastadapt.eval.stream_metrics`; plots and the ``streams.json`` record in :mod:`fastadapt.report.streams`.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import numpy as np
 
 from fastadapt.algorithms import inner
 from fastadapt.core.errors import ConfigError, DataError
-from fastadapt.eval.online import OnlineRun
 from fastadapt.eval.stats import mean_ci
+from fastadapt.eval.streams import OnlineRun
 
 
 def _bounds(change_points: Sequence[int], length: int) -> list[tuple[int, int, int]]:

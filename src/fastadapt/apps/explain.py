@@ -21,6 +21,7 @@ from fastadapt.apps.inputs import decode_image
 from fastadapt.core.episodes import Episode
 from fastadapt.core.errors import ConfigError, DataError, FastAdaptError
 from fastadapt.eval.explanations import SHOWN, Explanation, explain
+from fastadapt.report.figure import pyplot
 
 QUERY_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -37,24 +38,20 @@ class NamedTask:
 
 def input_shape(run: Any) -> tuple[int, ...]:
     """One example's shape, as the run was trained."""
-    shapes = run.provenance.get("task_shapes") or {}
-    if not shapes:
-        raise FastAdaptError(f"{run.folder.path} records no input shape (a run from before provenance); retrain it")
-    if shapes.get("labels") == "environment":
+    if run.on_environments:
         raise FastAdaptError(
             f"{run.folder.path} is a reinforcement-learning run (its tasks are environments, not labelled examples): "
-            f"nothing to explain per example; score it with fastadapt eval or scripts/results_rl.py"
+            f"nothing to explain per example; score it with fastadapt eval or fastadapt study studies/rl.toml"
         )
-    return tuple(shapes["support_x"][1:])
+    return run.input_shape
 
 
 def episode_task(run: Any, episode: int, queries: int = 5) -> NamedTask:
     """Episode ``episode`` of the run's first test setting, with ``queries`` of its queries (one per class first)."""
-    from fastadapt.config.build import task_sources
-
     if episode < 0:
         raise ConfigError(f"--episode={episode} is invalid; episodes count from 0")
-    sources = task_sources(run.config, tests_only=True, input_shape=input_shape(run))
+    input_shape(run)  # a one-line refusal for a reinforcement-learning run
+    sources = run.tasks("test")
     if not sources.tests:
         raise ConfigError(f"{run.folder.path} has no test setting; pass --support DIR --query FILE")
     key, source = next(iter(sources.tests.items()))
@@ -175,19 +172,6 @@ def explain_command(
 # --- the picture -------------------------------------------------------------------------------------
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise FastAdaptError(
-            "the explanation's picture needs matplotlib; install it with: pip install 'fastadapt[plot]'"
-        ) from None
-    return plt
-
-
 def _show(ax: Any, x: Tensor) -> None:
     img = x.detach().float().cpu()
     if img.ndim == 3 and img.shape[0] == 1:
@@ -202,7 +186,7 @@ def draw_explanation(expl: Explanation, named: NamedTask, path: str | Path) -> P
     """One figure: the support images by class (top), then per query its image, its attribution map and
     the algorithm's evidence (distances, attention or probabilities); then layer changes, gates or memory; a
     predictor's own parts are named in the title."""
-    plt = _pyplot()
+    plt = pyplot()
     task = named.task
     images = task.support_x.ndim == 4
     q = expl.outputs.shape[0]

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastadapt.algorithms.baseline import HeadPredictor, head_logits
-from fastadapt.algorithms.maml import FastWeightsPredictor
+from fastadapt.algorithms.heads import HeadPredictor, head_logits
+from fastadapt.algorithms.predictors import FastWeightsPredictor
 from fastadapt.algorithms.protonet import PrototypePredictor, prototype_logits
 from fastadapt.core.errors import DataError
 

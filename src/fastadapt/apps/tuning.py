@@ -390,7 +390,7 @@ def is_tune_folder(path: str | Path) -> bool:
 def plot_study(path: str | Path) -> list[Path]:
     """``study.png``: every trial's objective (finished, pruned at its last report) and the best so far; parameter
     importances."""
-    from fastadapt.report import _pyplot
+    from fastadapt.report.figure import pyplot
 
     folder = Path(path)
     if not is_tune_folder(folder):
@@ -401,7 +401,7 @@ def plot_study(path: str | Path) -> list[Path]:
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{(folder / 'study.db').resolve()}")
     state = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     done = [t for t in trials if t.state == state.COMPLETE]
     pruned = [t for t in trials if t.state == state.PRUNED and t.intermediate_values]

@@ -221,7 +221,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
 
 
 def exported_payload(path: str | Path) -> dict[str, Any]:
-    """An exported run's weights file as :func:`fastadapt.runs.folder.load_run` reads a checkpoint:
+    """An exported run's weights file as :func:`fastadapt.runs.load_run` reads a checkpoint:
     ``{"algorithm": state, "step": n}``."""
     tensors, metadata = read_safetensors(path)
     step = metadata.get("step", "")

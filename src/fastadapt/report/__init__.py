@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from fastadapt.report.figure import pyplot as _pyplot
 from fastadapt.report.model_based import mann_ablation_table
 from fastadapt.report.runs import markdown_report, plot_learnt_learning, plot_run, read_metrics, save_episode_grid
 from fastadapt.report.streams import change_tables
@@ -24,7 +23,6 @@ STUDY_TABLES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {  # a study
 
 __all__ = [
     "STUDY_TABLES",
-    "_pyplot",
     "markdown_report",
     "plot_learnt_learning",
     "plot_run",

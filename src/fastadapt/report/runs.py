@@ -104,9 +104,7 @@ def plot_learnt_learning(run_dir: str | Path) -> list[Path]:
         ax.legend(fontsize=6, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
         outs.append(save_figure(fig, run / "step_rates.png", dpi=110))
     if isinstance(algo, GateTracing):
-        from fastadapt.config.build import task_sources
-
-        sampler = next(iter(task_sources(cfg).tests.values()))
+        sampler = next(iter(loaded.tasks("test").tests.values()))
         batch = next(iter(sampler.fixed(20, 20)))
         trace = algo.gate_trace(batch.support_x, batch.support_y)
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))

@@ -168,3 +168,15 @@ def missing_package(name: str) -> str | None:
 
 def packages_required() -> bool:
     return os.environ.get(REQUIRE_PACKAGES_ENV, "") not in ("", "0")
+
+
+QUICK = ["data.shots=1", "data.queries=2", "data.test_queries=2", "data.meta_batch=2"]  # small episodes for data tests
+
+
+def one_line_error(fn, *args, **kwargs) -> str:
+    """The message of the :class:`fastadapt.DataError` that ``fn(*args, **kwargs)`` raises, checked to be one line."""
+    with pytest.raises(fastadapt.DataError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg

@@ -12,7 +12,7 @@ from PIL import Image
 
 import fastadapt
 from fastadapt import ClassDataset
-from test_data_sources import QUICK, one_line_error
+from helpers import QUICK, one_line_error
 
 # --- any map-style dataset ----------------------------------------------------------------------------
 

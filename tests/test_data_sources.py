@@ -11,11 +11,10 @@ import pytest
 import torch
 
 import fastadapt
-from fastadapt import DataError
 from fastadapt.config.build import task_sources
 from fastadapt.data import load_fashion_mnist, load_idx, read_idx
 from fastadapt.data.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, idx_files
-from helpers import needs_package
+from helpers import QUICK, needs_package, one_line_error
 
 IDX_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 
@@ -30,14 +29,6 @@ def write_idx(path: Path, a: np.ndarray) -> Path:
     raw = idx_bytes(a)
     path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
     return path
-
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(DataError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg, msg
-    return msg
 
 
 # --- the IDX reader ------------------------------------------------------------------------------------
@@ -158,9 +149,6 @@ def test_fashion_mnist_missing_is_a_one_line_error_saying_how_to_install_it(tmp_
     msg = one_line_error(load_fashion_mnist, "train", root=tmp_path)
     assert "apt-get install dataset-fashion-mnist" in msg and str(tmp_path) in msg and "root=" in msg
     assert "choose one of train, test" in one_line_error(load_fashion_mnist, "val", root=tmp_path)
-
-
-QUICK = ["data.shots=1", "data.queries=2", "data.test_queries=2", "data.meta_batch=2"]
 
 
 @needs_fashion

@@ -180,3 +180,29 @@ def one_line_error(fn, *args, **kwargs) -> str:
     msg = str(info.value)
     assert "\n" not in msg, msg
     return msg
+
+
+def bad_updates(x: torch.Tensor, non_finite: float = math.inf) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+    """Batches ``predictor.update`` must refuse for a classifier adapted on ``x [n, d]`` (float64), each with the
+    message it must give (a regular expression): a wrong example shape, a non-finite input, float labels."""
+    dim = x.shape[1]
+    return [
+        (
+            torch.zeros(2, dim + 1, dtype=torch.float64),
+            torch.zeros(2, dtype=torch.long),
+            f"shape \\[{dim + 1}\\] per example; this predictor was adapted on \\[{dim}\\]",
+        ),
+        (torch.full((2, dim), non_finite, dtype=torch.float64), torch.zeros(2, dtype=torch.long), "inputs hold NaN"),
+        (x[:2], torch.tensor([0.0, 1.0]), "labels are torch.float32; this predictor classifies"),
+    ]
+
+
+def assert_updates_refused(predictor, x: torch.Tensor, cases) -> None:
+    """Each ``(bx, by, match)`` of ``cases`` makes ``predictor.update`` raise a one-line DataError matching ``match``,
+    and the predictor's outputs on ``x`` stay exactly as they were."""
+    before = predictor(x).clone()
+    for bx, by, match in cases:
+        with pytest.raises(fastadapt.DataError, match=match) as e:
+            predictor.update(bx, by)
+        assert "\n" not in str(e.value)
+        torch.testing.assert_close(predictor(x), before, rtol=0, atol=0)

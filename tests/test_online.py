@@ -36,7 +36,7 @@ from fastadapt.eval.stream_metrics import (
 )
 from fastadapt.eval.streams import LossJump, OnlineRun, online, state_nbytes
 from fastadapt.nn import MLP, Conv4
-from helpers import labelled
+from helpers import assert_updates_refused, bad_updates, labelled
 
 WAYS, DIM = 3, 4
 
@@ -154,25 +154,7 @@ def test_bad_updates_are_one_line_errors_that_leave_the_state_as_it_was(name):
     algo = ALGORITHMS[name]()
     x, y = labelled(6, 1)
     predictor = algo.adapt(x, y)
-    before = predictor(x).clone()
-    bad = [
-        (
-            torch.zeros(2, DIM + 1, dtype=torch.float64),
-            torch.zeros(2, dtype=torch.long),
-            "shape \\[5\\] per example; this predictor was adapted on \\[4\\]",
-        ),
-        (
-            torch.full((2, DIM), math.inf, dtype=torch.float64),
-            torch.zeros(2, dtype=torch.long),
-            "inputs hold NaN or infinite",
-        ),
-        (x[:2], torch.tensor([0.0, 1.0]), "labels are torch.float32; this predictor classifies"),
-    ]
-    for bx, by, match in bad:
-        with pytest.raises(DataError, match=match) as e:
-            predictor.update(bx, by)
-        assert "\n" not in str(e.value)
-        torch.testing.assert_close(predictor(x), before, rtol=0, atol=0)
+    assert_updates_refused(predictor, x, bad_updates(x))
 
 
 def test_a_non_finite_target_is_refused_by_a_regressor():

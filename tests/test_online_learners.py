@@ -25,7 +25,7 @@ from fastadapt.core.registry import ALGORITHMS
 from fastadapt.data.streams import ClassStream, SinusoidStream
 from fastadapt.eval.streams import online, state_nbytes
 from fastadapt.nn import MLP
-from helpers import labelled
+from helpers import assert_updates_refused, bad_updates, labelled
 
 WAYS, DIM = 3, 4
 
@@ -208,28 +208,12 @@ def test_a_head_predictor_says_it_has_no_head_after_reset():
 def test_bad_updates_are_one_line_errors_that_leave_the_state_as_it_was(name):
     predictor = ALGORITHMS_MORE[name]().adapt(*labelled(6, 1))
     x = labelled(6, 1)[0]
-    before = predictor(x).clone()
     nbytes = state_nbytes(predictor)
-    bad = [
-        (
-            torch.zeros(2, DIM + 1, dtype=torch.float64),
-            torch.zeros(2, dtype=torch.long),
-            "shape \\[5\\] per example; this predictor was adapted on \\[4\\]",
-        ),
-        (
-            torch.full((2, DIM), math.nan, dtype=torch.float64),
-            torch.zeros(2, dtype=torch.long),
-            "inputs hold NaN or infinite",
-        ),
-        (x[:2], torch.tensor([0.0, 1.0]), "labels are torch.float32; this predictor classifies"),
+    bad = bad_updates(x, non_finite=math.nan) + [
         (x[:2], torch.tensor([0, -1]), "label -1 is negative"),
         (x[:2], torch.tensor([0, 1, 2]), "2 inputs with targets of shape \\[3\\]"),
     ]
-    for bx, by, match in bad:
-        with pytest.raises(DataError, match=match) as e:
-            predictor.update(bx, by)
-        assert "\n" not in str(e.value)
-        torch.testing.assert_close(predictor(x), before, rtol=0, atol=0)
+    assert_updates_refused(predictor, x, bad)
     assert state_nbytes(predictor) == nbytes
 
 

@@ -1,30 +1,7 @@
-"""The ``fastadapt`` command.
-
-    fastadapt train PRESET|FILE [key=value ...]   train (resumes from the run folder's checkpoint; --dry-run: check)
-    fastadapt config PRESET|FILE [key=value ...]  the resolved config as TOML: every key, its value, its comment
-    fastadapt eval RUN_DIR [key=value ...]        test a trained run (writes RUN_DIR/evals/<setting>.json)
-    fastadapt list                                algorithms, models, task sources, presets
-    fastadapt plot RUN_DIR                        learning curves (PNG); a tune folder: the study (objective,
-                                                  importance); a record of online runs (streams.json): the stream plot
-    fastadapt tune PRESET|FILE [key=value ...]    hyperparameter search with Optuna (resumes from TUNEDIR/study.db)
-    fastadapt report RUN_DIR...                   a Markdown table comparing runs
-    fastadapt study FILE                          a study file: presets x overrides x evaluations (resumable)
-    fastadapt sample [key=value ...]              sample episodes and save a picture of them
-    fastadapt export RUN_DIR [--format F] [--out DIR]   the trained weights + config.json (load_run reads it)
-    fastadapt explain RUN_DIR [--episode N | --support DIR --query FILE]   why a run predicts what (PNG + JSON)
-    fastadapt serve RUN_DIR [--port P]            a local web app: teach the run new classes with a person in the loop
-    fastadapt --version                           fastadapt, torch and Python versions
-    python -m fastadapt ...                       the same command
+"""The ``fastadapt`` command: :func:`build_parser` names the subcommands, :func:`main` runs one.
 
 Exit status: 0 done; 2 a usage, config, data or file error (one line on stderr); 130 interrupted (Ctrl-C; a
 training saves its checkpoint first). Anything else is a bug, with its traceback.
-
-Every failure a user or the machine can cause prints one line, ``fastadapt: error: <cause>; <fix>``,
-and exits with status 2: a bad config or input (:class:`~fastadapt.core.errors.FastAdaptError`), a file
-system error (no space, read-only, permission), running out of memory. An interrupt exits with 130.
-``FASTADAPT_DEBUG=1`` raises instead, with the traceback; any other exception is a bug and keeps its
-traceback. The command (not the library) applies the process settings of :mod:`fastadapt.runtime.allocator`
-when ``run.keep_freed_memory`` is true.
 """
 
 from __future__ import annotations
@@ -210,6 +187,30 @@ the same command resumes)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``fastadapt`` command, with its subcommands::
+
+        fastadapt train PRESET|FILE [key=value ...]    train (resumes from the run folder's checkpoint;
+                                                       --dry-run: check)
+        fastadapt config PRESET|FILE [key=value ...]   the resolved config as TOML: every key, its value, its comment
+        fastadapt eval RUN_DIR [key=value ...]         test a trained run (writes RUN_DIR/evals/<setting>.json)
+        fastadapt list                                 algorithms, models, task sources, presets
+        fastadapt plot RUN_DIR                         learning curves (PNG); a tune folder: the study (objective,
+                                                       importance); a record of online runs (streams.json): the
+                                                       stream plot
+        fastadapt tune PRESET|FILE [key=value ...]     hyperparameter search with Optuna (resumes from
+                                                       TUNEDIR/study.db)
+        fastadapt report RUN_DIR...                    a Markdown table comparing runs
+        fastadapt study FILE                           a study file: presets x overrides x evaluations (resumable)
+        fastadapt sample [key=value ...]               sample episodes and save a picture of them
+        fastadapt export RUN_DIR [--format F] [--out DIR]
+                                                       the trained weights + config.json (load_run reads it)
+        fastadapt explain RUN_DIR [--episode N | --support DIR --query FILE]
+                                                       why a run predicts what (PNG + JSON)
+        fastadapt serve RUN_DIR [--port P]             a local web app: teach the run new classes with a person
+                                                       in the loop
+        fastadapt --version                            fastadapt, torch and Python versions
+        python -m fastadapt ...                        the same command
+    """
     p = _Parser(
         prog="fastadapt",
         description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.",
@@ -371,6 +372,15 @@ def _out_of_memory(e: BaseException) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``fastadapt`` command on ``argv`` (default: ``sys.argv[1:]``); the exit status.
+
+    Every failure a user or the machine can cause prints one line, ``fastadapt: error: <cause>; <fix>``,
+    and exits with status 2: a bad config or input (:class:`~fastadapt.core.errors.FastAdaptError`), a file
+    system error (no space, read-only, permission), running out of memory. An interrupt exits with 130.
+    ``FASTADAPT_DEBUG=1`` raises instead, with the traceback; any other exception is a bug and keeps its
+    traceback. The command (not the library) applies the process settings of
+    :mod:`fastadapt.runtime.allocator` when ``run.keep_freed_memory`` is true.
+    """
     debug = os.environ.get("FASTADAPT_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)

@@ -1,49 +1,8 @@
 """MAML for policies (Finn et al. 2017, sec. 5.3) with a ProMP-style clipped outer objective
 (Rothfuss et al. 2019), first-order MAML, Reptile for policies, and the jointly pretrained policy.
 
-A task is an environment (:class:`~fastadapt.core.episodes.EnvTasks`). One meta-iteration (``meta_loss``):
-
-1. Inner step ``j = 0 .. inner_steps-1``, per task: sample ``K = tasks.shots`` trajectories with the
-   current weights ``phi_j`` (``phi_0 = theta``), compute advantages ``A_t = R_t - b(s_t)`` (discounted
-   returns-to-go minus the linear feature baseline fitted on those trajectories, normalised;
-   :mod:`fastadapt.rl.returns`), and take a vanilla policy-gradient step
-
-       phi_{j+1} = phi_j - inner_lr * grad L_in(phi_j),   L_in(phi) = -1/|valid| sum_t w_t(phi) A_t.
-
-   With ``inner_objective = "lvc"`` (default) ``w_t = pi_phi(a_t|s_t) / stopgrad(pi_phi(a_t|s_t))``:
-   the same gradient as ``log pi`` (value 1, derivative ``grad log pi``), and a Hessian that carries
-   the dependence of the sampled trajectories on ``phi``: ProMP's low-variance curvature estimator
-   ("LVC", Rothfuss et al. 2019, eq. 7). ``"logprob"`` uses ``w_t = log pi``, MAML's original
-   estimator, whose second derivative misses that term.
-2. Outer objective, per task: sample ``Q = tasks.queries`` trajectories with the adapted weights
-   ``phi`` (detached: the sampling policy ``pi_old``), advantages as above, and the clipped surrogate
-
-       L_out(theta) = -1/|valid| sum_t min(r_t A_t, clip(r_t, 1-clip, 1+clip) A_t),
-       r_t = pi_{phi(theta)}(a_t|s_t) / pi_old(a_t|s_t),
-
-   averaged over tasks. ``phi(theta)`` keeps the inner step's graph (second order); with
-   ``first_order=True`` the inner gradients are detached (``d phi / d theta = I``).
-
-Why the clipped surrogate rather than TRPO: it is a plain differentiable loss, so the engine's one
-loop (backward, clip, Adam step) runs it unchanged, as it runs every other algorithm; TRPO's
-conjugate-gradient step with a line search under a KL constraint is not a loss and would need its
-own optimizer. ProMP showed the clipped surrogate with the LVC inner estimator matching or beating
-MAML-TRPO on the same benchmarks. The loop takes one optimizer step per meta-iteration: at that
-step ``pi_old = pi_phi`` so ``r_t = 1`` and the clip does not bind; the gradient is the policy
-gradient through the inner step. ProMP's several PPO epochs on the same trajectories would need the
-loop to step the optimizer more than once per ``meta_loss``, which the contract does not offer;
-fresh trajectories every step cost a rollout each (measured in docs/RL.md).
-
-``outer = "reptile"``: Reptile for policies through the same code: ``inner_steps`` policy-gradient
-steps, each on fresh trajectories, then the surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``
-(:func:`fastadapt.algorithms.reptile.reptile_surrogate`); with SGD at rate epsilon the loop's step
-is Reptile's ``theta += epsilon (mean phi - theta)``.
-
-``inner_steps = 0``: no adaptation in training: the policy is trained on all tasks jointly (the
-paper's "pretrained" comparison), and adapted at test like the others.
-
-Metrics: ``return`` (mean undiscounted return of the trajectories sampled after adaptation; for
-Reptile of the last inner step's), ``return_pre`` (before adaptation) and ``loss``.
+A task is an environment (:class:`~fastadapt.core.episodes.EnvTasks`); the objectives, the choice of the clipped
+surrogate over TRPO and the metrics are on :class:`MAMLRL`.
 """
 
 from __future__ import annotations
@@ -78,8 +37,8 @@ def log_probs(model: nn.Module, params: Params, obs: Tensor, actions: Tensor) ->
 def inner_loss(
     model: nn.Module, params: Params, obs: Tensor, actions: Tensor, adv: Tensor, mask: Tensor, objective: str = "lvc"
 ) -> Tensor:
-    """The policy-gradient surrogate of one task's trajectories (``[N, H, ...]``): ``-mean_valid(w_t A_t)`` (module
-    docstring)."""
+    """The policy-gradient surrogate of one task's trajectories (``[N, H, ...]``): ``-mean_valid(w_t A_t)``
+    (:class:`MAMLRL`)."""
     logp = log_probs(model, params, obs, actions)
     w = torch.exp(logp - logp.detach()) if objective == "lvc" else logp
     return -(w * adv * mask).sum() / mask.sum().clamp_min(1)
@@ -128,6 +87,51 @@ class PolicyPredictor:
 class MAMLRL(nn.Module):
     """MAML / first-order MAML / Reptile for a Gaussian policy (a model with a ``log_std`` parameter).
 
+
+    A task is an environment (:class:`~fastadapt.core.episodes.EnvTasks`). One meta-iteration (``meta_loss``):
+
+    1. Inner step ``j = 0 .. inner_steps-1``, per task: sample ``K = tasks.shots`` trajectories with the
+       current weights ``phi_j`` (``phi_0 = theta``), compute advantages ``A_t = R_t - b(s_t)`` (discounted
+       returns-to-go minus the linear feature baseline fitted on those trajectories, normalised;
+       :mod:`fastadapt.rl.returns`), and take a vanilla policy-gradient step
+
+           phi_{j+1} = phi_j - inner_lr * grad L_in(phi_j),   L_in(phi) = -1/|valid| sum_t w_t(phi) A_t.
+
+       With ``inner_objective = "lvc"`` (default) ``w_t = pi_phi(a_t|s_t) / stopgrad(pi_phi(a_t|s_t))``:
+       the same gradient as ``log pi`` (value 1, derivative ``grad log pi``), and a Hessian that carries
+       the dependence of the sampled trajectories on ``phi``: ProMP's low-variance curvature estimator
+       ("LVC", Rothfuss et al. 2019, eq. 7). ``"logprob"`` uses ``w_t = log pi``, MAML's original
+       estimator, whose second derivative misses that term.
+    2. Outer objective, per task: sample ``Q = tasks.queries`` trajectories with the adapted weights
+       ``phi`` (detached: the sampling policy ``pi_old``), advantages as above, and the clipped surrogate
+
+           L_out(theta) = -1/|valid| sum_t min(r_t A_t, clip(r_t, 1-clip, 1+clip) A_t),
+           r_t = pi_{phi(theta)}(a_t|s_t) / pi_old(a_t|s_t),
+
+       averaged over tasks. ``phi(theta)`` keeps the inner step's graph (second order); with
+       ``first_order=True`` the inner gradients are detached (``d phi / d theta = I``).
+
+    Why the clipped surrogate rather than TRPO: it is a plain differentiable loss, so the engine's one
+    loop (backward, clip, Adam step) runs it unchanged, as it runs every other algorithm; TRPO's
+    conjugate-gradient step with a line search under a KL constraint is not a loss and would need its
+    own optimizer. ProMP showed the clipped surrogate with the LVC inner estimator matching or beating
+    MAML-TRPO on the same benchmarks. The loop takes one optimizer step per meta-iteration: at that
+    step ``pi_old = pi_phi`` so ``r_t = 1`` and the clip does not bind; the gradient is the policy
+    gradient through the inner step. ProMP's several PPO epochs on the same trajectories would need the
+    loop to step the optimizer more than once per ``meta_loss``, which the contract does not offer;
+    fresh trajectories every step cost a rollout each (measured in docs/RL.md).
+
+    ``outer = "reptile"``: Reptile for policies through the same code: ``inner_steps`` policy-gradient
+    steps, each on fresh trajectories, then the surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``
+    (:func:`fastadapt.algorithms.reptile.reptile_surrogate`); with SGD at rate epsilon the loop's step
+    is Reptile's ``theta += epsilon (mean phi - theta)``.
+
+    ``inner_steps = 0``: no adaptation in training: the policy is trained on all tasks jointly (the
+    paper's "pretrained" comparison), and adapted at test like the others.
+
+    Metrics: ``return`` (mean undiscounted return of the trajectories sampled after adaptation; for
+    Reptile of the last inner step's), ``return_pre`` (before adaptation) and ``loss``.
+
     Args:
         model: the policy: ``obs [B, D] -> mean [B, A]`` with a parameter ``log_std [A]``
             (:func:`fastadapt.rl.gaussian_mlp`).
@@ -140,7 +144,7 @@ class MAMLRL(nn.Module):
         discount: gamma of the returns.
         baseline_reg: ridge coefficient of the linear feature baseline.
         normalize_advantages: zero-mean, unit-variance advantages per task and sampling.
-        inner_objective: ``"lvc"`` (ProMP's low-variance curvature) or ``"logprob"`` (see the module docstring).
+        inner_objective: ``"lvc"`` (ProMP's low-variance curvature) or ``"logprob"`` (see above).
     """
 
     needs_head: ClassVar[bool] = False

@@ -1,46 +1,7 @@
 """Reptile (Nichol, Achiam & Schulman 2018, "On First-Order Meta-Learning Algorithms").
 
-For each task i, K steps of SGD or Adam on its support set from theta give phi_i (the whole support
-set at every step, or, in training, mini-batches of ``inner_batch`` examples); the meta-update moves
-theta towards the mean adapted weights,
-
-    theta <- theta + epsilon * (1/T sum_i phi_i - theta).
-
-That update is the gradient step of the surrogate loss
-
-    L(theta) = 1/2 * sum_params ||theta - stopgrad(mean_i phi_i)||^2,    grad L = theta - mean_i phi_i,
-
-which ``meta_loss`` returns, so the engine's loop and any torch optimiser run Reptile (plain SGD
-with learning rate epsilon is the paper's update; the paper's Omniglot runs use Adam in the inner
-loop with beta1 = 0).
-
-The inner Adam's state. In the authors' implementation (openai/supervised-reptile) only the
-model's weights are reset to theta before each task; the inner Adam's moments and step count are
-*not* reset: they carry over from task to task and from meta-step to meta-step, and evaluation
-starts from them without keeping its changes. ``inner_state="persistent"`` (the default) does the
-same: in training the tasks of a batch adapt one after the other, each from the state the previous
-one left, and the state is a buffer of this module (checkpointed with it); ``adapt`` / ``predict``
-start every task from that state and change nothing. ``inner_state="fresh"`` starts every task from
-zero moments (tasks independent, any ``execution``). Measured on Omniglot 5-way 1-shot (see
-docs/RESULTS.md): with fresh moments every inner step moves every weight by about ``inner_lr``
-whatever its gradient (the first bias-corrected Adam step is ``inner_lr * sign(g)``), and 1000
-meta-steps made the initialization worse than a random one; with the persistent state a shorter run
-scored 11 points higher on the same test episodes. Under torch.distributed each process carries its
-own state over its own tasks. ``out.metrics`` reports the support loss and accuracy (or MSE) of the
-last inner step, on the examples that step used, from the forward pass it runs anyway: no forward pass
-runs only for logging (in 5-way 1-shot training with 5 queries per class and 5 inner steps, the dropped
-query pass encoded 25 images against the support passes' 5 images x 5 steps, forward and backward); the
-query score of the adapted weights is what validation measures. The surrogate is
-``surrogate``. BatchNorm is transductive
-(per-task statistics, per mini-batch in training), as in MAML; see :mod:`fastadapt.algorithms.inner`.
-
-Mini-batches. The paper's analysis (sec. 5) credits Reptile's generalisation to the inner steps
-seeing *different* mini-batches of a task: the meta-gradient then rewards an initialization whose
-gradients on different batches of the same task agree. With the whole support set at every step
-that term only rewards fitting the support set faster. So the authors train on more examples per
-class than they test with (``--train-shots``, here ``data.shots`` > ``data.test_shots``) and take
-inner steps on mini-batches (``--inner-batch``, here ``inner_batch``) drawn by
-:func:`~fastadapt.algorithms.inner.minibatch_indices`. Evaluation always uses the whole support set.
+:class:`Reptile` holds the update, the inner Adam's state and the inner mini-batches; :func:`reptile_surrogate` is
+the loss whose gradient step is Reptile's meta-update.
 """
 
 from __future__ import annotations
@@ -67,6 +28,42 @@ def reptile_surrogate(theta: inner.Params, target: inner.Params) -> Tensor:
 class Reptile(nn.Module):
     """Reptile over any ``nn.Module`` ending in a ``ways``-way head (or a regression output).
 
+    For each task i, K steps of SGD or Adam on its support set from theta give phi_i (the whole support
+    set at every step, or, in training, mini-batches of ``inner_batch`` examples); the meta-update moves
+    theta towards the mean adapted weights,
+
+        theta <- theta + epsilon * (1/T sum_i phi_i - theta).
+
+    That update is the gradient step of the surrogate loss
+
+        L(theta) = 1/2 * sum_params ||theta - stopgrad(mean_i phi_i)||^2,    grad L = theta - mean_i phi_i,
+
+    which ``meta_loss`` returns, so the engine's loop and any torch optimiser run Reptile (plain SGD
+    with learning rate epsilon is the paper's update; the paper's Omniglot runs use Adam in the inner
+    loop with beta1 = 0). BatchNorm is transductive (per-task statistics, per mini-batch in training),
+    as in MAML; see :mod:`fastadapt.algorithms.inner`.
+
+    The inner Adam's state. In the authors' implementation (openai/supervised-reptile) only the
+    model's weights are reset to theta before each task; the inner Adam's moments and step count are
+    *not* reset: they carry over from task to task and from meta-step to meta-step, and evaluation
+    starts from them without keeping its changes. ``inner_state="persistent"`` (the default) does the
+    same: in training the tasks of a batch adapt one after the other, each from the state the previous
+    one left, and the state is a buffer of this module (checkpointed with it); ``adapt`` / ``predict``
+    start every task from that state and change nothing. ``inner_state="fresh"`` starts every task from
+    zero moments (tasks independent, any ``execution``). With fresh moments every inner step moves every
+    weight by about ``inner_lr`` whatever its gradient (the first bias-corrected Adam step is
+    ``inner_lr * sign(g)``), which made the initialization worse than a random one on Omniglot 5-way
+    1-shot (measured: docs/RESULTS.md, the Reptile notes). Under torch.distributed each process carries
+    its own state over its own tasks.
+
+    Mini-batches. The paper's analysis (sec. 5) credits Reptile's generalisation to the inner steps
+    seeing *different* mini-batches of a task: the meta-gradient then rewards an initialization whose
+    gradients on different batches of the same task agree. With the whole support set at every step
+    that term only rewards fitting the support set faster. So the authors train on more examples per
+    class than they test with (``--train-shots``, here ``data.shots`` > ``data.test_shots``) and take
+    inner steps on mini-batches (``--inner-batch``, here ``inner_batch``) drawn by
+    :func:`~fastadapt.algorithms.inner.minibatch_indices`. Evaluation always uses the whole support set.
+
     Args:
         model: the network; all its parameters that require grad are adapted.
         inner_lr: rate of the inner optimiser.
@@ -75,7 +72,7 @@ class Reptile(nn.Module):
         inner_optimizer: ``"adam"`` or ``"sgd"``.
         adam_beta1, adam_beta2: Adam's betas (the paper sets beta1 = 0).
         inner_state: ``"persistent"`` (Adam's state carried across tasks, as the authors' code) or
-            ``"fresh"`` (zero moments for every task); see the module docstring. Unused with SGD.
+            ``"fresh"`` (zero moments for every task); see above. Unused with SGD.
         inner_batch: in training, each inner step uses this many support examples, read from
             successive shuffles of the support set (may exceed its size); ``None``: the whole
             support set at every step. Evaluation always uses the whole support set.
@@ -294,8 +291,14 @@ class Reptile(nn.Module):
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """The Reptile surrogate ``1/2 ||theta - stopgrad(mean_i phi_i)||^2``; metrics of the last inner step on the
-        support
-        examples it used (no forward pass only for logging; see the module docstring)."""
+        support examples it used.
+
+        ``out.metrics`` reports the support loss and accuracy (or MSE) of the last inner step, on the examples that
+        step used, from the forward pass it runs anyway: no forward pass runs only for logging (in 5-way 1-shot
+        training with 5 queries per class and 5 inner steps, the dropped query pass encoded 25 images against the
+        support passes' 5 images x 5 steps, forward and backward); the query score of the adapted weights is what
+        validation measures. The surrogate's value is the metric ``surrogate``.
+        """
         idx = self._minibatches(batch)
         finals, (losses, outputs, targets) = (
             self._adapt_sequential(batch, idx) if self.persistent else self._train_all(batch, idx)

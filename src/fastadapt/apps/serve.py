@@ -5,31 +5,6 @@ of each, see the prediction for a new drawing live (confidences, latency, the ex
 :func:`fastadapt.eval.explanations.explain`), label the pool examples the model is least sure about
 (:mod:`fastadapt.apps.teach`), compare with random labelling round by round, and export or import the
 adapted task (:mod:`fastadapt.apps.export`). State lives in SQLite (:mod:`fastadapt.apps.store`).
-
-Endpoints (JSON unless said; every error is ``{"detail": "<one line>"}`` with a 4xx status)::
-
-    GET    /                          the page
-    GET    /api/state                 run, classes with example ids, pool, open round, rounds, revision
-    POST   /api/classes               {"name"} -> 201 {"id", "name"}; 409 a duplicate, 422 an invalid name
-    DELETE /api/classes/{id}          204; its examples go with it
-    POST   /api/classes/{id}/examples multipart "file" (PNG/JPEG; "source": draw | upload) -> 201 {"id", "adapt_ms"}
-    GET    /api/examples/{id}.png     the stored model-input image
-    PATCH  /api/examples/{id}         {"class_id"}: correct a label
-    DELETE /api/examples/{id}         204
-    POST   /api/predict               multipart "file" -> probabilities, prediction, latency, explanation
-                                      (?attribution=gradient|integrated_gradients|none; ?fresh=true adapts again)
-    POST   /api/rounds                open a round: the k most uncertain pool examples (?k=4); the open round if any
-    POST   /api/rounds/{id}/close     score both arms on the held-out pool now
-    GET    /api/pool/{index}.png      a pool image
-    POST   /api/pool/{index}/label    {"class_id"} -> the example; a round closes when all its examples are labelled
-    GET    /api/export                the adapted task (torch.save file, see export.py)
-    POST   /api/import                multipart "file": an exported task replaces the classes and examples
-    GET    /api/export/torchscript    the adapted predictor as TorchScript
-
-Security: bound to 127.0.0.1 unless ``--allow-remote``; request bodies over :data:`MAX_BODY` bytes are
-refused (413) before they are read; images are checked and decoded by :mod:`fastadapt.apps.inputs`;
-nothing is written under a name a client chooses (images live in SQLite); class names are shown with
-``textContent`` (never parsed as HTML). The command sets torch to one thread and says so.
 """
 
 from __future__ import annotations
@@ -93,7 +68,32 @@ class App:
 
 
 def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -> Any:
-    """The FastAPI application for ``run`` (from :func:`fastadapt.load_run`) with its state in ``folder``."""
+    """The FastAPI application for ``run`` (from :func:`fastadapt.load_run`) with its state in ``folder``.
+
+    Endpoints (JSON unless said; every error is ``{"detail": "<one line>"}`` with a 4xx status)::
+
+        GET    /                          the page
+        GET    /api/state                 run, classes with example ids, pool, open round, rounds, revision
+        POST   /api/classes               {"name"} -> 201 {"id", "name"}; 409 a duplicate, 422 an invalid name
+        DELETE /api/classes/{id}          204; its examples go with it
+        POST   /api/classes/{id}/examples multipart "file" (PNG/JPEG; "source": draw | upload) -> 201 {"id", "adapt_ms"}
+        GET    /api/examples/{id}.png     the stored model-input image
+        PATCH  /api/examples/{id}         {"class_id"}: correct a label
+        DELETE /api/examples/{id}         204
+        POST   /api/predict               multipart "file" -> probabilities, prediction, latency, explanation
+                                          (?attribution=gradient|integrated_gradients|none; ?fresh=true adapts again)
+        POST   /api/rounds                open a round: the k most uncertain pool examples (?k=4); the open round if any
+        POST   /api/rounds/{id}/close     score both arms on the held-out pool now
+        GET    /api/pool/{index}.png      a pool image
+        POST   /api/pool/{index}/label    {"class_id"} -> the example; a round closes when all its examples are labelled
+        GET    /api/export                the adapted task (torch.save file, see export.py)
+        POST   /api/import                multipart "file": an exported task replaces the classes and examples
+        GET    /api/export/torchscript    the adapted predictor as TorchScript
+
+    Security: request bodies over :data:`MAX_BODY` bytes are refused (413) before they are read; images are
+    checked and decoded by :mod:`fastadapt.apps.inputs`; nothing is written under a name a client chooses
+    (images live in SQLite); class names are shown with ``textContent`` (never parsed as HTML).
+    """
     shape = run.input_shape
     store = Store(folder)
     if store.get_meta("run") is None:
@@ -364,7 +364,11 @@ def serve_command(
     allow_remote: bool = False,
 ) -> int:
     """What ``fastadapt serve`` does: load the run, open (or create) the app's folder, print the URL, serve until
-    interrupted."""
+    interrupted.
+
+    The app is bound to 127.0.0.1 unless ``allow_remote`` (``--allow-remote``); the command sets torch to one
+    thread and says so.
+    """
     import uvicorn
 
     from fastadapt.runs import load_run

@@ -1,36 +1,10 @@
 """The typed contract between the engine and what plugs into it: algorithms and task sources.
 
-The engine (training loop, evaluation, reports, the CLI) reads nothing else from an algorithm or a
-task source than what the protocols here name; there is no table of algorithm names outside the
-registry (:mod:`fastadapt.core.registry`). The checks at the bottom turn a broken plug-in into a one-line
-:class:`~fastadapt.core.errors.ConfigError` naming what was expected and what was found.
-
-Algorithm (``cls(model, **options)``, an ``nn.Module``)
-    ``meta_loss(batch) -> MetaOutput``: differentiable loss over the tasks of a
-    :class:`~fastadapt.core.episodes.TaskBatch` and float metrics (``loss``; ``acc`` or ``mse``).
-    ``adapt(support_x, support_y) -> Predictor``: one task; a :class:`Predictor` (``query_x -> outputs``,
-    ``update``, ``reset``, ``configure``, optionally ``explain``) that carries the adapted state and never
-    changes the algorithm.
-    ``predict(batch) -> Tensor``: query outputs of every task after adaptation, ``[T, N*Q, N]``
-    (classification) or shaped like ``query_y`` (regression); used by evaluation.
-    Class attribute ``needs_head`` (default False): the model must end in a ``ways``-way linear
-    layer (gradient-based methods) rather than be an embedding (metric-based ones).
-    Attribute ``encodes_meta_batch`` (default False): ``meta_loss`` runs the model once over every
-    image of the meta-batch, so BatchNorm statistics span tasks (kept equal under ``torchrun``).
-    One optimizer update may call ``meta_loss`` several times, once per chunk of the step's tasks
-    (``optim.task_chunk``, :mod:`fastadapt.training.accumulate`); the calls after the first run inside
-    :func:`update_part` and :func:`continues_update` is then True: an algorithm that counts its
-    meta-updates (MAML++'s schedules) reads its schedule as the first call did and does not count again.
-
-Task source
-    ``ways``, ``shots``, ``queries`` (ints; ``ways = 1`` for regression),
-    ``sample_tasks(step, start, count) -> TaskBatch``: a pure function of its arguments (or
-    ``-> EnvTasks``: reinforcement-learning tasks given by parameters, whose trajectories the
-    algorithm samples; ``shots`` / ``queries`` are then trajectories per task before / after adaptation),
-    ``fixed(num_episodes, batch_size) -> Iterator[TaskBatch]``: the same evaluation episodes every time.
-    A registered task-source builder may instead return a
-    :class:`~fastadapt.data.ClassDataset`; the engine then draws episodes from it with an
-    :class:`~fastadapt.data.EpisodeSampler`.
+The engine (training loop, evaluation, reports, the CLI) reads nothing else from an algorithm or a task source
+than what the protocols here name (:class:`Algorithm`, :class:`TaskSource`, :class:`Predictor`); there is no
+table of algorithm names outside the registry (:mod:`fastadapt.core.registry`). The checks at the bottom turn
+a broken plug-in into a one-line :class:`~fastadapt.core.errors.ConfigError` naming what was expected and what
+was found.
 """
 
 from __future__ import annotations
@@ -95,7 +69,24 @@ class MetaOutput:
 
 @runtime_checkable
 class Algorithm(Protocol):
-    """What the engine calls on an algorithm (see the module docstring)."""
+    """What the engine calls on an algorithm: ``cls(model, **options)``, an ``nn.Module``.
+
+    - ``meta_loss(batch) -> MetaOutput``: differentiable loss over the tasks of a
+      :class:`~fastadapt.core.episodes.TaskBatch` and float metrics (``loss``; ``acc`` or ``mse``).
+    - ``adapt(support_x, support_y) -> Predictor``: one task; a :class:`Predictor` that carries the adapted
+      state and never changes the algorithm.
+    - ``predict(batch) -> Tensor``: query outputs of every task after adaptation, ``[T, N*Q, N]``
+      (classification) or shaped like ``query_y`` (regression); used by evaluation.
+    - Class attribute ``needs_head`` (default False): the model must end in a ``ways``-way linear layer
+      (gradient-based methods) rather than be an embedding (metric-based ones).
+    - Attribute ``encodes_meta_batch`` (default False): ``meta_loss`` runs the model once over every image of
+      the meta-batch, so BatchNorm statistics span tasks (kept equal under ``torchrun``).
+
+    One optimizer update may call ``meta_loss`` several times, once per chunk of the step's tasks
+    (``optim.task_chunk``, :mod:`fastadapt.training.accumulate`); the calls after the first run inside
+    :func:`update_part` and :func:`continues_update` is then True: an algorithm that counts its meta-updates
+    (MAML++'s schedules) reads its schedule as the first call did and does not count again.
+    """
 
     needs_head: ClassVar[bool]
 
@@ -108,7 +99,17 @@ class Algorithm(Protocol):
 
 @runtime_checkable
 class TaskSource(Protocol):
-    """What the engine calls on a source of tasks (EpisodeSampler, SinusoidTasks, a user's own)."""
+    """What the engine calls on a source of tasks (EpisodeSampler, SinusoidTasks, a user's own).
+
+    - ``ways``, ``shots``, ``queries``: ints; ``ways = 1`` for regression.
+    - ``sample_tasks(step, start, count) -> TaskBatch``: a pure function of its arguments (or ``-> EnvTasks``:
+      reinforcement-learning tasks given by parameters, whose trajectories the algorithm samples; ``shots`` /
+      ``queries`` are then trajectories per task before / after adaptation).
+    - ``fixed(num_episodes, batch_size) -> Iterator[TaskBatch]``: the same evaluation episodes every time.
+
+    A registered task-source builder may instead return a :class:`~fastadapt.data.ClassDataset`; the engine
+    then draws episodes from it with an :class:`~fastadapt.data.EpisodeSampler`.
+    """
 
     ways: int
     shots: int

@@ -1,24 +1,8 @@
-"""Typed episodes.
+"""Typed episodes: :class:`TaskBatch` (T tasks given by examples) and :class:`EnvTasks` (T environments).
 
 An *episode* (a task) is an N-way K-shot Q-query problem: a support set of K labelled examples of
 each of N classes, and a query set of Q examples of each class to predict. Labels inside a task are
 0..N-1; ``classes`` maps them back to the dataset's class ids.
-
-A :class:`TaskBatch` stacks T independent tasks along a leading dimension:
-
-============  =====================  ==========================================
-field         shape                  meaning
-============  =====================  ==========================================
-support_x     ``[T, N*K, *x_shape]``  support inputs, grouped by class (class-major)
-support_y     ``[T, N*K]`` (int64)    labels 0..N-1 (regression: ``[T, K, *y_shape]``, float)
-query_x       ``[T, N*Q, *x_shape]``  query inputs
-query_y       ``[T, N*Q]`` (int64)    labels 0..N-1 (regression: float targets)
-classes       ``[T, N]`` (int64)      dataset class id of each label, or ``None`` (regression)
-============  =====================  ==========================================
-
-With a ``torch.utils.data.DataLoader``, :func:`collate_tasks` is the ``collate_fn`` that joins batches
-(torch's default collation does not know a :class:`TaskBatch`); see
-:class:`fastadapt.data.sampler.EpisodeDataset` for training tasks as an ``IterableDataset``.
 """
 
 from __future__ import annotations
@@ -42,7 +26,18 @@ class Episode:
 
 @dataclass(frozen=True)
 class TaskBatch:
-    """T stacked tasks; see the module docstring for the shapes."""
+    """T independent tasks stacked along a leading dimension:
+
+    ============  =====================  ==========================================
+    field         shape                  meaning
+    ============  =====================  ==========================================
+    support_x     ``[T, N*K, *x_shape]``  support inputs, grouped by class (class-major)
+    support_y     ``[T, N*K]`` (int64)    labels 0..N-1 (regression: ``[T, K, *y_shape]``, float)
+    query_x       ``[T, N*Q, *x_shape]``  query inputs
+    query_y       ``[T, N*Q]`` (int64)    labels 0..N-1 (regression: float targets)
+    classes       ``[T, N]`` (int64)      dataset class id of each label, or ``None`` (regression)
+    ============  =====================  ==========================================
+    """
 
     support_x: Tensor
     support_y: Tensor
@@ -139,7 +134,9 @@ def collate_tasks(batches: list[TaskBatch]) -> TaskBatch:
 
     ``[T_1, ...] + [T_2, ...] + ... -> [T_1 + T_2 + ..., ...]`` for every field, in order (:meth:`TaskBatch.cat`);
     the batches must agree on N, K, Q and the input shape.
-    ``DataLoader(dataset, batch_size=B, collate_fn=collate_tasks)``.
+    ``DataLoader(dataset, batch_size=B, collate_fn=collate_tasks)``: torch's default collation does not know a
+    :class:`TaskBatch`. See :class:`fastadapt.data.sampler.EpisodeDataset` for training tasks as an
+    ``IterableDataset``.
     """
     if not all(isinstance(b, TaskBatch) for b in batches):
         kinds = sorted({type(b).__name__ for b in batches})

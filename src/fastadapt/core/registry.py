@@ -1,17 +1,9 @@
 """Registries: the extension points for task sources, models and algorithms.
 
-A name in a config (``data.dataset``, ``model.name``, ``algorithm.name``) is looked up here. The
-built-in entries are ``"module:attribute"`` strings, imported on first use, so that this module sits
-at the bottom of the package and one entry's import cost or failure never touches the others. A
-user adds an entry from outside the package, by a call::
-
-    fastadapt.register_model("resnet12", build_resnet12)
-    fastadapt.register_task_source("my-images", build_my_source)
-    fastadapt.register_algorithm("my-algo", MyAlgo)
-
-or by naming a Python object in a config (``model.target = "mypkg.nets:ResNet12"``,
-``algorithm.target = ...``, ``data.target = ...``), which is imported by :func:`import_target`.
-What each kind of object must be is in :mod:`fastadapt.core.contract`.
+A name in a config (``data.dataset``, ``model.name``, ``algorithm.name``) is looked up here. A user adds an
+entry from outside the package by a call (:func:`register_task_source`, :func:`register_model`,
+:func:`register_algorithm`; see :class:`Registry`) or by naming a Python object in a config
+(:func:`import_target`). What each kind of object must be is in :mod:`fastadapt.core.contract`.
 """
 
 from __future__ import annotations
@@ -40,7 +32,16 @@ class Entry:
 
 
 class Registry:
-    """Names of one kind of component (``kind`` is the word used in messages: "model", ...)."""
+    """Names of one kind of component (``kind`` is the word used in messages: "model", ...).
+
+    The built-in entries are ``"module:attribute"`` strings, imported on first use, so that this module sits at
+    the bottom of the package and one entry's import cost or failure never touches the others. A user adds an
+    entry from outside the package, by a call::
+
+        fastadapt.register_model("resnet12", build_resnet12)
+        fastadapt.register_task_source("my-images", build_my_source)
+        fastadapt.register_algorithm("my-algo", MyAlgo)
+    """
 
     def __init__(self, kind: str, builtins: dict[str, tuple[str, str]]) -> None:
         self.kind = kind
@@ -129,7 +130,11 @@ def is_target(text: str) -> bool:
 
 
 def import_target(target: str, what: str = "target") -> Any:
-    """The object ``"package.module:attribute"`` names (one-line :class:`ConfigError` when it does not import)."""
+    """The object ``"package.module:attribute"`` names (one-line :class:`ConfigError` when it does not import).
+
+    A config names a Python object this way instead of a registered name: ``model.target = "mypkg.nets:ResNet12"``,
+    ``algorithm.target = ...``, ``data.target = ...``.
+    """
     if not is_target(target):
         raise ConfigError(
             f"{what}={target!r} is not an import path; write package.module:object, e.g. mypkg.nets:ResNet12"

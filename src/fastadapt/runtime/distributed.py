@@ -1,34 +1,10 @@
 """Meta-training on several processes with ``torch.distributed``, launched by ``torchrun``.
 
-Each meta-batch of ``T`` tasks is sharded across the ``W`` ranks: rank ``r`` takes the contiguous
-block of task indices :func:`shard` gives it and draws them with ``sampler.sample_tasks(step, start,
-count)``, so task ``i`` of step ``s`` is the same task whatever ``W`` is. ``meta_loss`` returns the
-mean over a rank's ``T_r`` tasks, so the global objective is
-
-    L = 1/T sum_i L_i = sum_r (T_r / T) L_r
-
-and its gradient is the sum over ranks of the gradients of ``(T_r / T) L_r``: each rank
-back-propagates its loss scaled by :func:`task_weight` and :func:`all_reduce_gradients` sums. The
-result equals one process with the same global batch up to float rounding, also when ``T`` is not
-divisible by ``W``.
-
-BatchNorm across the meta-batch. Algorithms that say ``encodes_meta_batch`` (ProtoNets, Matching
-Networks with ``encode="meta_batch"``; :mod:`fastadapt.core.contract`) run the encoder once over every
-image of the meta-batch, and Conv4's
-BatchNorm (no running statistics) normalises with the statistics of that whole batch. Sharding
-would change those statistics; :func:`global_batchnorm` computes them over the images of every
-rank instead (an all-gather of per-channel moments forward, an all-reduce of two per-channel sums
-backward), so the distributed run stays equal to one process. Gradient-based algorithms normalise
-each task on its own and need nothing.
-
-Environment. ``torchrun`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``; :func:`process_group` joins the group they describe (gloo on CPU, NCCL on CUDA)
-with a timeout, and does nothing when ``WORLD_SIZE`` is absent or 1. Without it every helper here is
-the identity, so the training loop has one code path.
-
-Failure. A collective that fails (a rank died, hung past the timeout, or the network broke) raises
-:class:`PeerLost`, a one-line :class:`~fastadapt.core.errors.FastAdaptError` naming this rank and the
-lost one where it can be known.
+Each meta-batch is sharded across the ranks (:func:`shard`), each rank back-propagates its loss scaled by
+:func:`task_weight`, and :func:`all_reduce_gradients` sums; :func:`global_batchnorm` keeps BatchNorm statistics
+over the whole meta-batch. The result equals one process with the same global batch up to float rounding.
+:func:`process_group` joins the group ``torchrun`` describes; without it every helper here is the identity, so
+the training loop has one code path (docs/DISTRIBUTED.md).
 """
 
 from __future__ import annotations
@@ -54,7 +30,11 @@ DEFAULT_TIMEOUT_S = 60.0  # default of run.dist_timeout_s
 
 
 class PeerLost(FastAdaptError):
-    """A collective failed: another rank died, hung past ``run.dist_timeout_s``, or the network broke."""
+    """A collective failed: another rank died, hung past ``run.dist_timeout_s``, or the network broke.
+
+    A one-line :class:`~fastadapt.core.errors.FastAdaptError` naming this rank and the lost one where it can be
+    known.
+    """
 
 
 def env_world_size() -> int:
@@ -147,9 +127,10 @@ def _peer_lost(e: BaseException, timeout_s: float = DEFAULT_TIMEOUT_S, hint: str
 def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, hint: str = "") -> Iterator[None]:
     """Join the process group ``torchrun`` describes for the duration of the block.
 
-    Does nothing when ``WORLD_SIZE`` is absent or 1, or when a group is already initialised (the
-    caller then owns it). Failures of collectives inside the block become :class:`PeerLost`, with
-    ``hint`` appended to the message.
+    ``torchrun`` sets ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; the
+    group they describe is joined with a timeout (gloo on CPU, NCCL on CUDA). Does nothing when
+    ``WORLD_SIZE`` is absent or 1, or when a group is already initialised (the caller then owns it).
+    Failures of collectives inside the block become :class:`PeerLost`, with ``hint`` appended to the message.
     """
     size = env_world_size()
     if size <= 1 or (dist.is_available() and dist.is_initialized()):
@@ -195,7 +176,12 @@ def _cleanup() -> None:
 
 def shard(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:
     """Rank ``r``'s contiguous block ``(start, count)`` of ``n`` items among ``w`` ranks (default: this
-    rank, this group); the first ``n % w`` ranks take one more."""
+    rank, this group); the first ``n % w`` ranks take one more.
+
+    Each meta-batch of ``T`` tasks is sharded across the ``W`` ranks: rank ``r`` takes the block of task
+    indices this gives it and draws them with ``sampler.sample_tasks(step, start, count)``, so task ``i`` of
+    step ``s`` is the same task whatever ``W`` is.
+    """
     r = rank() if r is None else r
     w = world_size() if w is None else w
     base, extra = divmod(n, w)
@@ -203,7 +189,17 @@ def shard(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]
 
 
 def task_weight(local_tasks: int, global_tasks: int) -> float:
-    """``T_r / T``: the factor of this rank's mean loss in the global mean (1.0 on one process)."""
+    """``T_r / T``: the factor of this rank's mean loss in the global mean (1.0 on one process).
+
+    ``meta_loss`` returns the mean over a rank's ``T_r`` tasks, so the global objective is
+
+        L = 1/T sum_i L_i = sum_r (T_r / T) L_r
+
+    and its gradient is the sum over ranks of the gradients of ``(T_r / T) L_r``: each rank
+    back-propagates its loss scaled by this weight and :func:`all_reduce_gradients` sums. The
+    result equals one process with the same global batch up to float rounding, also when ``T`` is not
+    divisible by ``W``.
+    """
     return local_tasks / global_tasks
 
 
@@ -411,6 +407,14 @@ _BATCH_NORM_SIGNATURE = inspect.signature(F.batch_norm)
 def global_batchnorm(enabled: bool = True) -> Iterator[None]:
     """Inside the block, BatchNorm that normalises with batch statistics uses the statistics of the
     images of all ranks (every rank must run the same forward passes, and the backward after).
+
+    Algorithms that say ``encodes_meta_batch`` (ProtoNets, Matching Networks with
+    ``encode="meta_batch"``; :mod:`fastadapt.core.contract`) run the encoder once over every image of the
+    meta-batch, and Conv4's BatchNorm (no running statistics) normalises with the statistics of that whole
+    batch. Sharding would change those statistics; this computes them over the images of every rank instead
+    (an all-gather of per-channel moments forward, an all-reduce of two per-channel sums backward), so the
+    distributed run stays equal to one process. Gradient-based algorithms normalise each task on its own and
+    need nothing.
 
     A ``TorchFunctionMode`` intercepts ``F.batch_norm`` (what ``nn.BatchNorm*`` calls), so no module
     is changed and no work is done twice. No-op on one process or with ``enabled=False``.

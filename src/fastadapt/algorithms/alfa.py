@@ -1,30 +1,8 @@
 """ALFA (Baik, Choi, Kim, Cho, Min & Lee 2020, "Meta-Learning with Adaptive Hyperparameters", NeurIPS).
 
-MAML's inner loop with a learning rate and a weight decay that a small meta-learnt network sets at
-every inner step, per layer (here: per parameter tensor), from the task's current state. For task i,
-step j, with fast weights phi_j (phi_0 = theta) and support gradient g_j = grad L_{S_i}(phi_j):
-
-    tau_j     = [ mean(phi_j^1), ..., mean(phi_j^L), mean(g_j^1), ..., mean(g_j^L) ]      (layer-wise means, [2L])
-    (a_j, b_j) = g_psi(tau_j)                                                              (two [L] vectors)
-    alpha_j^l = alpha0[j, l] * a_j^l,     beta_j^l = beta0[j, l] * b_j^l
-    phi_{j+1}^l = beta_j^l * phi_j^l - alpha_j^l * g_j^l
-
-``g_psi`` is the paper's 3-layer MLP (ReLU between layers, hidden width 2L) and ``alpha0``/``beta0``
-the paper's learnt per-step, per-layer coefficients that the generated values multiply (initialised
-to ``inner_lr`` and 1). One choice of ours: the network outputs ``1 + h`` with its last layer
-initialised to zero, so that an untrained ALFA is MAML with per-step rates ``alpha0`` and no decay
-(the paper does not say how its outputs are initialised). The meta-loss is MAML's, the mean query
-loss after ``inner_steps`` steps, differentiated w.r.t. theta, psi, alpha0 and beta0 (second order
-by default; ``first_order`` detaches the support gradients and tau, so psi learns only through the
-update itself).
-
-``random_init=True`` is the paper's "ALFA + Random Init": theta is not meta-learnt; every task starts
-from the model's own random initialisation (drawn once, seeded by ``run.seed``, saved with the run)
-and only psi, alpha0 and beta0 learn: the adaptive rule alone has to make a random network fit the
-task. (The paper uses one random initialisation that is not meta-trained; it is not re-drawn per task.)
-
-Shapes: see :class:`~fastadapt.TaskBatch`. BatchNorm is transductive (per-task statistics), as in
-MAML; tasks are mapped by :func:`fastadapt.algorithms.inner.map_tasks` (``execution``).
+MAML's inner loop with a learning rate and a weight decay that a small meta-learnt network sets at every inner step:
+the update rule, our initialisation choice and "ALFA + Random Init" are on :class:`ALFA`; the network is
+:class:`HyperGenerator`.
 """
 
 from __future__ import annotations
@@ -48,8 +26,8 @@ Hyper = Callable[
 
 
 class HyperGenerator(nn.Module):
-    """``g_psi``: ``tau [2L] -> (a [L], b [L])``, a 3-layer MLP with ReLU, width ``2L``; outputs ``1 + h`` (see the
-    module docstring)."""
+    """``g_psi``: ``tau [2L] -> (a [L], b [L])``, a 3-layer MLP with ReLU, width ``2L``; outputs ``1 + h`` (see
+    :class:`ALFA`)."""
 
     def __init__(self, layers: int) -> None:
         super().__init__()
@@ -99,6 +77,32 @@ def alfa_loop(
 class ALFA(nn.Module):
     """ALFA over any ``nn.Module`` ending in a ``ways``-way head (or a regression output).
 
+    MAML's inner loop with a learning rate and a weight decay that a small meta-learnt network sets at
+    every inner step, per layer (here: per parameter tensor), from the task's current state. For task i,
+    step j, with fast weights phi_j (phi_0 = theta) and support gradient g_j = grad L_{S_i}(phi_j):
+
+        tau_j     = [ mean(phi_j^1), ..., mean(phi_j^L), mean(g_j^1), ..., mean(g_j^L) ]      (layer-wise means, [2L])
+        (a_j, b_j) = g_psi(tau_j)                                                              (two [L] vectors)
+        alpha_j^l = alpha0[j, l] * a_j^l,     beta_j^l = beta0[j, l] * b_j^l
+        phi_{j+1}^l = beta_j^l * phi_j^l - alpha_j^l * g_j^l
+
+    ``g_psi`` is the paper's 3-layer MLP (ReLU between layers, hidden width 2L) and ``alpha0``/``beta0``
+    the paper's learnt per-step, per-layer coefficients that the generated values multiply (initialised
+    to ``inner_lr`` and 1). One choice of ours: the network outputs ``1 + h`` with its last layer
+    initialised to zero, so that an untrained ALFA is MAML with per-step rates ``alpha0`` and no decay
+    (the paper does not say how its outputs are initialised). The meta-loss is MAML's, the mean query
+    loss after ``inner_steps`` steps, differentiated w.r.t. theta, psi, alpha0 and beta0 (second order
+    by default; ``first_order`` detaches the support gradients and tau, so psi learns only through the
+    update itself).
+
+    ``random_init=True`` is the paper's "ALFA + Random Init": theta is not meta-learnt; every task starts
+    from the model's own random initialisation (drawn once, seeded by ``run.seed``, saved with the run)
+    and only psi, alpha0 and beta0 learn: the adaptive rule alone has to make a random network fit the
+    task. (The paper uses one random initialisation that is not meta-trained; it is not re-drawn per task.)
+
+    Shapes: see :class:`~fastadapt.TaskBatch`. BatchNorm is transductive (per-task statistics), as in
+    MAML; tasks are mapped by :func:`fastadapt.algorithms.inner.map_tasks` (``execution``).
+
     Args:
         model: the network; all its parameters that require grad are adapted.
         inner_lr: initial value of the per-step, per-layer base rates ``alpha0`` (``beta0`` starts at 1).
@@ -107,7 +111,7 @@ class ALFA(nn.Module):
             ``inner_steps`` reuse the last step's ``alpha0`` and ``beta0``.
         first_order: drop second derivatives through the inner gradient (psi, alpha0, beta0 still learn).
         random_init: theta stays at the model's random initialisation and is not meta-learnt
-            ("ALFA + Random Init"; see the module docstring).
+            ("ALFA + Random Init"; see above).
         execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`).
     """
 

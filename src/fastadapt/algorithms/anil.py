@@ -1,21 +1,8 @@
 """ANIL, "almost no inner loop" (Raghu, Raghu, Bengio & Vinyals 2020, "Rapid Learning or Feature
 Reuse? Towards Understanding the Effectiveness of MAML").
 
-MAML with only the head adapted. The model is split at its head submodule: ``f_body`` is everything
-that computes the head's input, ``h`` the head (its parameters ``w``, the rest ``theta_b``). For task i
-the body runs once on the support and the query set,
-
-    z_S = f_body(x_S; theta_b),   z_Q = f_body(x_Q; theta_b),
-    w_i^0 = w,   w_i^{k+1} = w_i^k - alpha * grad_w L(h(z_S; w_i^k), y_S),
-
-and the meta-loss is 1/T sum_i L(h(z_Q; w_i^K), y_Q), differentiated w.r.t. w and theta_b (second
-order by default: theta_b also gets the path through the inner gradient). Shapes: see
-:class:`~fastadapt.TaskBatch`. BatchNorm in the body is transductive (per-task statistics), as in
-MAML; see :mod:`fastadapt.algorithms.inner`.
-
-The head's input is read with a forward pre-hook that is registered on the head submodule for the
-duration of one body pass and removed after it (not thread-safe across concurrent calls on one
-model); the head's output must be the model's output.
+MAML with only the head adapted: the model is split at its head submodule (:func:`head_input`); the update and the
+meta-loss are on :class:`ANIL`.
 """
 
 from __future__ import annotations
@@ -38,6 +25,10 @@ def head_input(model: nn.Module, head: str, state: tuple[inner.Params, ...], x: 
 
     Raises :class:`ConfigError` unless the head's output is the model's output (ANIL adapts the head
     on these features, so nothing may follow it).
+
+    The head's input is read with a forward pre-hook that is registered on the head submodule for the
+    duration of one body pass and removed after it (not thread-safe across concurrent calls on one
+    model); the head's output must be the model's output.
     """
     module = model.get_submodule(head)
     seen: dict[str, object] = {}
@@ -64,6 +55,18 @@ def head_input(model: nn.Module, head: str, state: tuple[inner.Params, ...], x: 
 
 class ANIL(nn.Module):
     """ANIL over any ``nn.Module`` whose last submodule call is its head.
+
+    MAML with only the head adapted. The model is split at its head submodule: ``f_body`` is everything
+    that computes the head's input, ``h`` the head (its parameters ``w``, the rest ``theta_b``). For task i
+    the body runs once on the support and the query set,
+
+        z_S = f_body(x_S; theta_b),   z_Q = f_body(x_Q; theta_b),
+        w_i^0 = w,   w_i^{k+1} = w_i^k - alpha * grad_w L(h(z_S; w_i^k), y_S),
+
+    and the meta-loss is 1/T sum_i L(h(z_Q; w_i^K), y_Q), differentiated w.r.t. w and theta_b (second
+    order by default: theta_b also gets the path through the inner gradient). Shapes: see
+    :class:`~fastadapt.TaskBatch`. BatchNorm in the body is transductive (per-task statistics), as in
+    MAML; see :mod:`fastadapt.algorithms.inner`.
 
     Args:
         model: the network.

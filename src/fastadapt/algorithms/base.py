@@ -1,17 +1,8 @@
-"""Free functions every algorithm shares; the contract itself is :mod:`fastadapt.core.contract`.
+"""Free functions every algorithm shares; the contract itself is :class:`fastadapt.core.contract.Algorithm`.
 
-An algorithm is an ``nn.Module`` that holds the user's model and its own meta-parameters (learnt
-inner rates, an LSTM meta-learner, ...); ``algo.parameters()`` is what the outer optimizer trains.
-
-* ``meta_loss(batch: TaskBatch) -> MetaOutput``: differentiable loss over all tasks of the batch
-  (mean over tasks) and float metrics (``loss``, and ``acc`` for classification / ``mse`` for
-  regression, measured on the query sets).
-* ``adapt(support_x, support_y) -> Predictor``: one task; returns a callable ``query_x -> logits``
-  carrying the adapted state (fast weights, prototypes, memory). It never changes the module.
-* ``predict(batch: TaskBatch) -> Tensor``: query outputs of every task ``[T, N*Q, N]`` (or
-  ``[T, Q, *y]`` for regression) after adaptation with the evaluation settings; used by evaluation.
-  Gradient-based algorithms may need autograd inside; no graph is kept to the meta-parameters.
-
+An algorithm is an ``nn.Module`` that holds the user's model and its own meta-parameters (learnt inner rates, an
+LSTM meta-learner, ...); ``algo.parameters()`` is what the outer optimizer trains. ``adapt`` never changes the module;
+``predict`` may need autograd inside (gradient-based algorithms) but keeps no graph to the meta-parameters.
 Algorithms share code by calling the free functions here and in their modules, not by inheritance.
 """
 

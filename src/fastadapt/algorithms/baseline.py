@@ -1,34 +1,7 @@
 """Baseline and Baseline++ (Chen, Liu, Kira, Wang & Huang 2019, "A Closer Look at Few-shot Classification", ICLR).
 
-No meta-learning: the encoder ``f`` is pretrained as an ordinary classifier over every training
-class, then frozen; each test task fits a *new* classifier on the features of its support set.
-
-Pretraining (``meta_loss``). Every image of the meta-batch (the support and the query sets of every
-task alike: the episodic sampler only serves as a source of labelled images) is classified among the
-``C = num_classes`` training classes by its global label ``classes[t, y]``:
-
-    loss = mean_i CE(h(f(x_i)), classes[t_i, y_i])
-
-with the head ``h``
-
-* ``head="linear"`` (Baseline): ``h(z) = W z + b``, ``W [C, D]``, ``b [C]`` (zero at the start);
-* ``head="cosine"`` (Baseline++, sec. 3.2): ``h(z)_c = s * cos(z, w_c)``, no bias; the scale ``s``
-  turns cosines in [-1, 1] into logits a softmax can use.
-
-Evaluation (``adapt``). The support features ``z_i = f(x_i)`` (computed once, no graph) train a
-new N-way head of the same kind from a random start: cross-entropy, SGD with momentum and weight
-decay, mini-batches of the shuffled support set (:func:`fit_head`).
-
-Defaults, from the paper and its code (github.com/wyharveychen/CloserLookFewShot): ``scale=None`` is 2
-for a head of at most 200 classes, 10 above (``backbone.distLinear``; on Omniglot the pretraining head
-has ``s = 10``, the 5-way head per task ``s = 2``; that code's learnt per-class norm is left out);
-fine-tuning (``methods/baselinefinetune.py``) with lr 0.01, momentum 0.9, dampening 0.9, weight decay
-1e-3, mini-batches of 4, 100 passes over the support set (200 steps at 5-way 1-shot, 700 at 5-way
-5-shot), the new linear head starting as ``nn.Linear`` does; the pretraining head's bias starts at zero
-(``methods/baselinetrain.py``), pretraining with Adam 1e-3 (the presets).
-
-The fit is deterministic: the start and the mini-batch order come from a generator seeded with
-``seed``, never torch's global one.
+No meta-learning: an encoder pretrained as an ordinary classifier, then frozen, and a new classifier per test task
+on its support features. The pretraining loss, the per-task fit and the paper's defaults are on :class:`Baseline`.
 """
 
 from __future__ import annotations
@@ -121,7 +94,37 @@ def predict_tasks(adapt: Callable[[Tensor, Tensor], Callable[[Tensor], Tensor]],
 
 
 class Baseline(nn.Module):
-    """Baseline (``head="linear"``) and Baseline++ (``head="cosine"``) of Chen et al. 2019 (module docstring).
+    """Baseline (``head="linear"``) and Baseline++ (``head="cosine"``) of Chen et al. 2019.
+
+    No meta-learning: the encoder ``f`` is pretrained as an ordinary classifier over every training
+    class, then frozen; each test task fits a *new* classifier on the features of its support set.
+
+    Pretraining (``meta_loss``). Every image of the meta-batch (the support and the query sets of every
+    task alike: the episodic sampler only serves as a source of labelled images) is classified among the
+    ``C = num_classes`` training classes by its global label ``classes[t, y]``:
+
+        loss = mean_i CE(h(f(x_i)), classes[t_i, y_i])
+
+    with the head ``h``
+
+    * ``head="linear"`` (Baseline): ``h(z) = W z + b``, ``W [C, D]``, ``b [C]`` (zero at the start);
+    * ``head="cosine"`` (Baseline++, sec. 3.2): ``h(z)_c = s * cos(z, w_c)``, no bias; the scale ``s``
+      turns cosines in [-1, 1] into logits a softmax can use.
+
+    Evaluation (``adapt``). The support features ``z_i = f(x_i)`` (computed once, no graph) train a
+    new N-way head of the same kind from a random start: cross-entropy, SGD with momentum and weight
+    decay, mini-batches of the shuffled support set (:func:`fit_head`).
+
+    Defaults, from the paper and its code (github.com/wyharveychen/CloserLookFewShot): ``scale=None`` is 2
+    for a head of at most 200 classes, 10 above (``backbone.distLinear``; on Omniglot the pretraining head
+    has ``s = 10``, the 5-way head per task ``s = 2``; that code's learnt per-class norm is left out);
+    fine-tuning (``methods/baselinefinetune.py``) with lr 0.01, momentum 0.9, dampening 0.9, weight decay
+    1e-3, mini-batches of 4, 100 passes over the support set (200 steps at 5-way 1-shot, 700 at 5-way
+    5-shot), the new linear head starting as ``nn.Linear`` does; the pretraining head's bias starts at zero
+    (``methods/baselinetrain.py``), pretraining with Adam 1e-3 (the presets).
+
+    The fit is deterministic: the start and the mini-batch order come from a generator seeded with
+    ``seed``, never torch's global one.
 
     Args:
         model: the encoder ``f``, ``[B, *x] -> [B, D]`` (an embedding: no head).

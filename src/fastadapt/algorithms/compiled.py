@@ -1,20 +1,8 @@
 """``run.compile``: ``torch.compile`` of the per-task function of MAML, FOMAML and Meta-SGD.
 
-What is compiled is :func:`fastadapt.algorithms.inner.adapt_and_evaluate` (one task's inner loop
-with ``torch.func.grad`` and its query pass) under ``execution="loop"`` (``"auto"`` on image tasks
-on the CPU): dynamo traces the inner gradient as ordinary operations, so second-order MAML needs no
-double backward through a compiled graph. The model's forward alone cannot be compiled here: it
-runs inside ``torch.func.grad`` called from eager code, which dynamo refuses (a graph break, so it
-would silently run eager). Other execution paths and evaluation stay eager.
-
-Nothing happens on import. Compilation is on only inside :func:`compiling` (the training loop
-enters it around each ``meta_loss`` call when ``run.compile = true``), which points inductor's
-caches (``TORCHINDUCTOR_CACHE_DIR``: the FX graph and kernel caches) at :func:`cache_dir` for
-the duration of the block and restores the variable after it; a warm cache shortens the cold start
-of the next run with the same shapes. :class:`CompileSession` measures the cold start: the first
-training step's wall time minus the second's, written to ``metrics.jsonl`` as a ``"compile"`` row.
-
-Whether it pays is measured by ``benchmarks/compile_paths.py``; it is off by default.
+What is compiled, and why not the model's forward alone, is on :func:`maybe_compiled`; :func:`compiling` turns it on
+and points inductor's caches at :func:`cache_dir`. Off by default; whether it pays: ``benchmarks/compile_paths.py``
+(measured: docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -73,7 +61,15 @@ _SESSION: ContextVar[CompileSession | None] = ContextVar("fastadapt_compile_sess
 
 @contextmanager
 def compiling(session: CompileSession) -> Iterator[CompileSession]:
-    """Within the block, :func:`maybe_compiled` returns compiled functions and inductor caches in ``session.cache``."""
+    """Within the block, :func:`maybe_compiled` returns compiled functions and inductor caches in ``session.cache``.
+
+    Nothing happens on import. Compilation is on only inside :func:`compiling` (the training loop
+    enters it around each ``meta_loss`` call when ``run.compile = true``), which points inductor's
+    caches (``TORCHINDUCTOR_CACHE_DIR``: the FX graph and kernel caches) at :func:`cache_dir` for
+    the duration of the block and restores the variable after it; a warm cache shortens the cold start
+    of the next run with the same shapes. :class:`CompileSession` measures the cold start: the first
+    training step's wall time minus the second's, written to ``metrics.jsonl`` as a ``"compile"`` row.
+    """
     session.cache.mkdir(parents=True, exist_ok=True)
     token = _SESSION.set(session)
     old = os.environ.get(_ENV)
@@ -89,6 +85,14 @@ def compiling(session: CompileSession) -> Iterator[CompileSession]:
 
 
 def maybe_compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled inside :func:`compiling`, ``fn`` itself outside it."""
+    """``fn`` compiled inside :func:`compiling`, ``fn`` itself outside it.
+
+    What is compiled is :func:`fastadapt.algorithms.inner.adapt_and_evaluate` (one task's inner loop
+    with ``torch.func.grad`` and its query pass) under ``execution="loop"`` (``"auto"`` on image tasks
+    on the CPU): dynamo traces the inner gradient as ordinary operations, so second-order MAML needs no
+    double backward through a compiled graph. The model's forward alone cannot be compiled here: it
+    runs inside ``torch.func.grad`` called from eager code, which dynamo refuses (a graph break, so it
+    would silently run eager). Other execution paths and evaluation stay eager.
+    """
     session = _SESSION.get()
     return fn if session is None else session.get(fn)

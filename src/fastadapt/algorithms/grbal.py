@@ -2,24 +2,8 @@
 Abbeel, Levine & Finn 2019, "Learning to Adapt in Dynamic, Real-World Environments through
 Meta-Reinforcement Learning", ICLR; the gradient-based adaptive learner, sec. 4.1).
 
-On a stream the task may change at any step, but it is locally consistent: the M most recent points
-come from (nearly) the task of the next K. GrBAL meta-learns the weights theta and the step sizes psi
-of an update rule so that adapting on the recent window predicts what comes next:
-
-    phi_0 = theta,   phi_{k+1} = phi_k - psi * grad L(phi_k; x_{t-M..t-1})      (k < K_inner)
-    min_{theta, psi}  E_{streams, t} [ L(phi_{K_inner}; x_{t..t+K-1}) ]
-
-``psi`` holds one learnt step size per parameter tensor, shared by the inner steps (``learn_inner_lr``;
-off: the fixed ``inner_lr``). The episodes come from a stream source
-(:class:`~fastadapt.data.streams.StreamTasks`): support = the M points before a step t in time order,
-query = the K points from t on; windows that straddle a change point are part of the distribution,
-as in the paper's trajectories. ``meta_loss`` is the mean query loss over the batch's windows (second
-order by default: the outer gradient differentiates through the inner gradients).
-
-At test time the predictor does what was meta-trained: ``update(x, y)`` re-adapts from theta on the
-sliding window of the last M points at every step (:class:`~fastadapt.algorithms.predictors.FastWeightsPredictor`,
-policy ``"window"``); M is ``window``, or by default the window the method was meta-trained with
-(recorded from the training episodes, saved with the weights). Shapes: see :class:`~fastadapt.TaskBatch`.
+Meta-learns the weights and the step sizes of an update rule so that adapting on the recent window of a stream
+predicts what comes next: the objective, the episodes and the test-time predictor are on :class:`GrBAL`.
 """
 
 from __future__ import annotations
@@ -38,6 +22,25 @@ from fastadapt.core.errors import ConfigError
 
 class GrBAL(nn.Module):
     """GrBAL over any ``nn.Module`` with a regression output (or a ``ways``-way head).
+
+    On a stream the task may change at any step, but it is locally consistent: the M most recent points
+    come from (nearly) the task of the next K. GrBAL meta-learns the weights theta and the step sizes psi
+    of an update rule so that adapting on the recent window predicts what comes next:
+
+        phi_0 = theta,   phi_{k+1} = phi_k - psi * grad L(phi_k; x_{t-M..t-1})      (k < K_inner)
+        min_{theta, psi}  E_{streams, t} [ L(phi_{K_inner}; x_{t..t+K-1}) ]
+
+    ``psi`` holds one learnt step size per parameter tensor, shared by the inner steps (``learn_inner_lr``;
+    off: the fixed ``inner_lr``). The episodes come from a stream source
+    (:class:`~fastadapt.data.streams.StreamTasks`): support = the M points before a step t in time order,
+    query = the K points from t on; windows that straddle a change point are part of the distribution,
+    as in the paper's trajectories. ``meta_loss`` is the mean query loss over the batch's windows (second
+    order by default: the outer gradient differentiates through the inner gradients).
+
+    At test time the predictor does what was meta-trained: ``update(x, y)`` re-adapts from theta on the
+    sliding window of the last M points at every step (:class:`~fastadapt.algorithms.predictors.FastWeightsPredictor`,
+    policy ``"window"``); M is ``window``, or by default the window the method was meta-trained with
+    (recorded from the training episodes, saved with the weights). Shapes: see :class:`~fastadapt.TaskBatch`.
 
     Args:
         model: the network; all its parameters that require grad are adapted.

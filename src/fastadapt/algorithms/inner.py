@@ -1,32 +1,9 @@
 """The inner loop shared by the gradient-based algorithms (MAML, first-order MAML, Meta-SGD, ANIL, Reptile).
 
 Fast weights are a plain ``dict`` name -> tensor; the model is called with them through
-``torch.func.functional_call``, so the user's ``nn.Module`` is never copied or changed. One task's
-inner loop (Finn et al. 2017, eq. 1, with per-step, per-parameter rates as in Meta-SGD and MAML++)
-
-    phi_0 = theta,    phi_{k+1} = phi_k - alpha_k * grad_phi L_support(phi_k),    k = 0 .. K-1
-
-is written for one task with ``torch.func.grad`` and mapped over the T tasks of a batch by
-:func:`map_tasks`:
-
-* second order: ``grad L_support(phi_k)`` stays a function of theta (the outer backward then
-  differentiates through it: the Hessian-vector products of MAML);
-* first order: the gradient is taken at a detached copy of ``phi_k`` and detached, so
-  ``d phi_K / d theta = I`` (first-order MAML, Finn et al. 2017 sec. 5.2).
-
-Execution paths (``execution=``) compute the same numbers (tested to 1e-9 in float64); they differ
-only in speed and memory: ``"vmap"`` (all tasks in one ``torch.func.vmap`` call), ``"chunks"`` (vmap over
-``chunk_size`` tasks at a time), ``"loop"`` (a Python loop over tasks) and ``"shared_first"`` (the first
-inner step of all tasks as one computation, :mod:`fastadapt.algorithms.shared_first`, then ``"loop"``;
-opt-in). ``"auto"`` (:func:`resolve_execution`) follows the measurements in docs/PERFORMANCE.md ("The inner
-loop"): ``"loop"`` for images on the CPU, ``"vmap"`` otherwise. The vmap paths run the model inside
-:class:`~fastadapt.algorithms.norms.SplitAffineNorms` (exact second derivatives of normalisation layers).
-
-BatchNorm is transductive: a BatchNorm layer in training mode, or with ``track_running_stats=False``,
-normalises each task's support pass and query pass with that pass's own batch statistics (tasks
-never see each other's examples), as in MAML. Running statistics are never updated by the inner
-loop: buffers are passed through ``functional_call`` as copies, so the module's own buffers are
-never written. :func:`norm_mode` names the setting of a model for reports.
+``torch.func.functional_call``, so the user's ``nn.Module`` is never copied or changed. The inner loop (Finn et al.
+2017, with per-step, per-parameter rates as in Meta-SGD and MAML++) is :func:`inner_loop`; the execution paths over
+the tasks of a batch are :func:`map_tasks`'s, and how BatchNorm normalises inside them is :func:`norm_mode`'s.
 """
 
 from __future__ import annotations
@@ -60,7 +37,7 @@ from fastadapt.core.errors import ConfigError
 Rates = Sequence[Mapping[str, Rate]]  # one mapping name -> rate per inner step
 
 EXECUTIONS = ("auto", "vmap", "chunks", "loop", "shared_first")
-DEFAULT_EXECUTION = "auto"  # measured per workload: see the module docstring and resolve_execution
+DEFAULT_EXECUTION = "auto"  # measured per workload: docs/PERFORMANCE.md ("The inner loop"), resolve_execution
 DEFAULT_CHUNK_SIZE = 8
 OPTIMIZERS = ("sgd", "adam")
 
@@ -176,7 +153,14 @@ def rate_summary(rates: Tensor) -> dict[str, float]:
 def norm_mode(model: nn.Module) -> str:
     """How the model's BatchNorm layers normalise inside the inner loop, for reports:
     ``"transductive"`` (per-task batch statistics, running statistics unused), ``"running"``
-    (eval-mode layers using running statistics), ``"mixed"`` (both kinds) or ``"none"`` (no BatchNorm)."""
+    (eval-mode layers using running statistics), ``"mixed"`` (both kinds) or ``"none"`` (no BatchNorm).
+
+    BatchNorm is transductive: a BatchNorm layer in training mode, or with ``track_running_stats=False``,
+    normalises each task's support pass and query pass with that pass's own batch statistics (tasks
+    never see each other's examples), as in MAML. Running statistics are never updated by the inner
+    loop: buffers are passed through ``functional_call`` as copies, so the module's own buffers are
+    never written.
+    """
     modes = set()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -215,6 +199,18 @@ def inner_loop(
 ) -> dict[int, Params]:
     """``{k: phi_k}`` for ``k`` in ``keep`` and the final ``K = len(rates)``, after gradient steps on ``loss_of`` for
     one task.
+
+    One task's inner loop (Finn et al. 2017, eq. 1, with per-step, per-parameter rates as in Meta-SGD and MAML++)
+
+        phi_0 = theta,    phi_{k+1} = phi_k - alpha_k * grad_phi L_support(phi_k),    k = 0 .. K-1
+
+    is written for one task with ``torch.func.grad`` and mapped over the T tasks of a batch by
+    :func:`map_tasks`:
+
+    * second order: ``grad L_support(phi_k)`` stays a function of theta (the outer backward then
+      differentiates through it: the Hessian-vector products of MAML);
+    * first order: the gradient is taken at a detached copy of ``phi_k`` and detached, so
+      ``d phi_K / d theta = I`` (first-order MAML, Finn et al. 2017 sec. 5.2).
 
     ``loss_of(phi)`` is the support loss of fast weights ``phi`` (a scalar); with ``per_step``,
     ``loss_of(phi, k)`` is the loss of inner step ``k`` (mini-batches). ``rates[k][name]``
@@ -421,8 +417,14 @@ def map_tasks(
     """``fn`` applied to every task: ``tensors`` are ``[T, ...]``, ``fn`` takes one slice of each
     (``[...]``) and returns a tuple of tensors; the results are stacked to ``[T, ...]``.
 
-    ``"vmap"`` / ``"chunks"`` run inside :class:`SplitAffineNorms` (exact higher derivatives of the
-    normalisation layers) with ``randomness="different"`` (dropout differs across tasks).
+    Execution paths (``execution=``) compute the same numbers (tested to 1e-9 in float64); they differ
+    only in speed and memory: ``"vmap"`` (all tasks in one ``torch.func.vmap`` call), ``"chunks"`` (vmap over
+    ``chunk_size`` tasks at a time), ``"loop"`` (a Python loop over tasks) and ``"shared_first"`` (the first
+    inner step of all tasks as one computation, :mod:`fastadapt.algorithms.shared_first`, then ``"loop"``;
+    opt-in). ``"auto"`` (:func:`resolve_execution`) follows the measurements in docs/PERFORMANCE.md ("The inner
+    loop"): ``"loop"`` for images on the CPU, ``"vmap"`` otherwise. The vmap paths (``"vmap"`` / ``"chunks"``) run
+    inside :class:`SplitAffineNorms` (exact higher derivatives of the normalisation layers) with
+    ``randomness="different"`` (dropout differs across tasks).
     """
     check_execution(execution, chunk_size)
     execution = resolve_execution(execution, tensors[0])

@@ -1,21 +1,9 @@
 """A linear probe on frozen features (Tian, Wang, Krishnan, Tenenbaum & Isola 2020, "Rethinking Few-Shot
 Image Classification: a Good Embedding Is All You Need?", ECCV; "RFS").
 
-Pretraining (``meta_loss``) is Baseline's (:mod:`fastadapt.algorithms.baseline`): every image of the
-meta-batch classified among all training classes by a linear head, cross-entropy.
-
-Evaluation (``adapt``): the frozen encoder's features are L2-normalised, ``u = f(x) / ||f(x)||``, and
-a multinomial logistic regression is fitted on the support set; its logits ``W u + b`` score the
-queries. RFS fits scikit-learn's ``LogisticRegression(solver="lbfgs", multinomial)`` with its default
-L2 penalty, ``C = 1`` (github.com/WangYueFt/rfs, ``eval/meta_eval.py``). The same problem,
-
-    min_{W, b}  C * sum_i CE(W u_i + b, y_i) + ||W||_F^2 / 2        (the bias is not penalised)
-
-is solved here in torch, divided by ``C * S`` (the same minimiser, an objective of order one):
-``mean_i CE + ||W||^2 / (2 C S)``, by full-batch L-BFGS (strong-Wolfe line search, 10 pairs of
-history as scipy's) from ``W = 0, b = 0`` until the largest gradient entry is below ``tol``, in
-float64 whatever the features' dtype. Softmax ignores a constant added to every class's bias; from
-``b = 0`` the gradient steps keep ``sum(b) = 0``, which picks the one minimiser.
+Baseline's pretraining, then a multinomial logistic regression on the L2-normalised frozen features of each task's
+support set: the problem and how it is solved are on :class:`LinearProbe`, the solver is
+:func:`fit_logistic_regression`.
 """
 
 from __future__ import annotations
@@ -45,7 +33,7 @@ def fit_logistic_regression(
     """Multinomial L2 logistic regression on ``features [S, D]``, ``labels [S]`` -> a linear :class:`Head` ``[ways,
     D]``.
 
-    Minimises :func:`logistic_objective` by L-BFGS (module docstring) in float64; the head has the
+    Minimises :func:`logistic_objective` by L-BFGS (see :class:`LinearProbe`) in float64; the head has the
     features' dtype. Works under ``torch.no_grad()`` and ``torch.inference_mode()``.
     """
     dim = features.shape[1]
@@ -75,7 +63,23 @@ def fit_logistic_regression(
 
 
 class LinearProbe(nn.Module):
-    """RFS's linear probe (module docstring): Baseline's pretraining, a logistic regression per task.
+    """RFS's linear probe: Baseline's pretraining, a logistic regression per task.
+
+    Pretraining (``meta_loss``) is Baseline's (:mod:`fastadapt.algorithms.baseline`): every image of the
+    meta-batch classified among all training classes by a linear head, cross-entropy.
+
+    Evaluation (``adapt``): the frozen encoder's features are L2-normalised, ``u = f(x) / ||f(x)||``, and
+    a multinomial logistic regression is fitted on the support set; its logits ``W u + b`` score the
+    queries. RFS fits scikit-learn's ``LogisticRegression(solver="lbfgs", multinomial)`` with its default
+    L2 penalty, ``C = 1`` (github.com/WangYueFt/rfs, ``eval/meta_eval.py``). The same problem,
+
+        min_{W, b}  C * sum_i CE(W u_i + b, y_i) + ||W||_F^2 / 2        (the bias is not penalised)
+
+    is solved here in torch, divided by ``C * S`` (the same minimiser, an objective of order one):
+    ``mean_i CE + ||W||^2 / (2 C S)``, by full-batch L-BFGS (strong-Wolfe line search, 10 pairs of
+    history as scipy's) from ``W = 0, b = 0`` until the largest gradient entry is below ``tol``, in
+    float64 whatever the features' dtype. Softmax ignores a constant added to every class's bias; from
+    ``b = 0`` the gradient steps keep ``sum(b) = 0``, which picks the one minimiser.
 
     Args:
         model: the encoder ``f``, ``[B, *x] -> [B, D]`` (an embedding: no head).

@@ -3,21 +3,8 @@ Networks"), first-order MAML (sec. 5.2), and the MAML++ options of Antoniou, Edw
 ("How to train your MAML"): learnt per-layer per-step inner rates (LSLR), the multi-step loss
 (MSL) and derivative-order annealing (DA).
 
-For each task i with support set S_i and query set Q_i, K inner steps from theta
-
-    phi_i^0 = theta,    phi_i^{k+1} = phi_i^k - alpha_k * grad L_{S_i}(phi_i^k)
-
-and the meta-loss is the mean query loss after adaptation
-
-    L(theta) = 1/T sum_i L_{Q_i}(phi_i^K)                          (MAML)
-    L(theta) = 1/T sum_i sum_k w_k(t) L_{Q_i}(phi_i^k)             (MAML++ multi-step loss)
-
-Second order: the outer gradient differentiates through the inner gradients (Hessian-vector
-products); first order drops them (d phi^K / d theta = I). Shapes: see :class:`~fastadapt.TaskBatch`;
-``predict`` returns ``[T, N*Q, N]`` (``[T, Q, *y]`` for regression).
-
-BatchNorm is transductive: each task's support pass and query pass are normalised with their own
-batch statistics (as in the MAML paper); see :mod:`fastadapt.algorithms.inner`.
+The inner loop, the meta-loss and the BatchNorm setting are on :class:`MAML`; :class:`FOMAML` is its first-order
+variant, :func:`multi_step_loss_weights` MAML++'s multi-step loss weights.
 """
 
 from __future__ import annotations
@@ -63,6 +50,22 @@ def multi_step_loss_weights(steps: int, t: int, anneal_steps: int) -> Tensor:
 
 class MAML(nn.Module):
     """MAML over any ``nn.Module`` ending in a ``ways``-way head (or a regression output).
+
+    For each task i with support set S_i and query set Q_i, K inner steps from theta
+
+        phi_i^0 = theta,    phi_i^{k+1} = phi_i^k - alpha_k * grad L_{S_i}(phi_i^k)
+
+    and the meta-loss is the mean query loss after adaptation
+
+        L(theta) = 1/T sum_i L_{Q_i}(phi_i^K)                          (MAML)
+        L(theta) = 1/T sum_i sum_k w_k(t) L_{Q_i}(phi_i^k)             (MAML++ multi-step loss)
+
+    Second order: the outer gradient differentiates through the inner gradients (Hessian-vector
+    products); first order drops them (d phi^K / d theta = I). Shapes: see :class:`~fastadapt.TaskBatch`;
+    ``predict`` returns ``[T, N*Q, N]`` (``[T, Q, *y]`` for regression).
+
+    BatchNorm is transductive: each task's support pass and query pass are normalised with their own
+    batch statistics (as in the MAML paper); see :mod:`fastadapt.algorithms.inner`.
 
     Args:
         model: the network; all its parameters that require grad are adapted.

@@ -1,20 +1,9 @@
 """Memory-augmented neural network (MANN), Santoro et al. 2016, "Meta-Learning with Memory-Augmented
 Neural Networks" (ICML), as a fastadapt algorithm.
 
-An episode is a *sequence*: at step t the network sees the input ``x_t`` together with the one-hot
-label of the *previous* step ``y_{t-1}`` (zeros at t = 0), and must output ``y_t``. A class's label
-is therefore first revealed one step after its first instance, and the network has to bind
-"this image" to "this label" in its memory to classify the next instance of the class. Labels are
-shuffled per episode so that no image-to-label mapping can be stored in the weights.
-
-Episodes, the paper's string labels, translations and accuracy by presentation number are in
-:mod:`fastadapt.algorithms.mann_episodes`; the options of the paper's recipe (issue 19) are the
-arguments of :class:`MANN`. The paper's optimizer is ``optim.optimizer = "rmsprop"``, ``optim.lr = 1e-4``.
-
-The contract (``fastadapt.algorithms.base``) is kept loosely: ``needs_head=False`` (``model`` is an
-encoder, default ``nn.Flatten``); ``adapt(support_x, support_y)`` runs the support set through the
-memory (in a fixed shuffled order) and returns a predictor that classifies each query from that memory
-state, the last support label being fed with the query; ``predict(batch)`` does that for every task.
+An episode is a sequence in which each label is shown one step after its image, so the network must bind images to
+labels in its memory: the protocol, the paper's recipe and the contract are on :class:`MANN`, the episodes in
+:mod:`fastadapt.algorithms.mann_episodes`.
 """
 
 from __future__ import annotations
@@ -192,6 +181,21 @@ def memory_trace(
 class MANN(nn.Module):
     """Memory-augmented network (``core="mann"``) or its LSTM baseline (``core="lstm"``) for few-shot sequences.
 
+    An episode is a *sequence*: at step t the network sees the input ``x_t`` together with the one-hot
+    label of the *previous* step ``y_{t-1}`` (zeros at t = 0), and must output ``y_t``. A class's label
+    is therefore first revealed one step after its first instance, and the network has to bind
+    "this image" to "this label" in its memory to classify the next instance of the class. Labels are
+    shuffled per episode so that no image-to-label mapping can be stored in the weights.
+
+    Episodes, the paper's string labels, translations and accuracy by presentation number are in
+    :mod:`fastadapt.algorithms.mann_episodes`; the options of the paper's recipe (issue 19) are the
+    arguments of :class:`MANN`. The paper's optimizer is ``optim.optimizer = "rmsprop"``, ``optim.lr = 1e-4``.
+
+    The contract (``fastadapt.algorithms.base``) is kept loosely: ``needs_head=False`` (``model`` is an
+    encoder, default ``nn.Flatten``); ``adapt(support_x, support_y)`` runs the support set through the
+    memory (in a fixed shuffled order) and returns a predictor that classifies each query from that memory
+    state, the last support label being fed with the query; ``predict(batch)`` does that for every task.
+
     Args:
         model: encoder applied to every image (``[*, *input_shape] -> [*, F]``); default ``nn.Flatten()``
             (the paper feeds the flattened 20x20 image).
@@ -199,17 +203,17 @@ class MANN(nn.Module):
         input_shape: shape of one input (default ``(1, 20, 20)``: Omniglot at the paper's 20x20).
         core: ``"mann"`` (controller + LRUA memory) or ``"lstm"`` (the baseline).
         memory_size, memory_width, read_heads, controller_size, gamma: see
-        :class:`~fastadapt.nn.mann_memory.LRUMemoryCore`
-            (paper: 128, 40, 4, 200, 0.95).
+            :class:`~fastadapt.nn.mann_memory.LRUMemoryCore` (paper: 128, 40, 4, 200, 0.95).
         shuffle_labels: relabel the classes with a random permutation in every training episode (the paper does).
         key_strength: sharpen the content reads with a learnt key strength (not in the paper; see
             :class:`~fastadapt.nn.mann_memory.LRUMemoryCore`).
         controller: the MANN's controller, ``"lstm"`` (the paper) or ``"transformer"`` (``core="mann"`` only).
         transformer_layers, transformer_heads: the transformer controller's depth and heads (width:
-        ``controller_size``).
+            ``controller_size``).
         translate: training episodes only: shift each class of an episode by its own random offset of up
             to this many pixels (per axis), drawn per episode (0: off).
-        label_encoding: ``"onehot"`` or ``"string"`` (the paper's 5-character strings; see the module docstring).
+        label_encoding: ``"onehot"`` or ``"string"`` (the paper's 5-character strings;
+            :class:`~fastadapt.algorithms.mann_episodes.StringLabels`).
     """
 
     needs_head = False

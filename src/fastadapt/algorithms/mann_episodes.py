@@ -1,11 +1,9 @@
 """Episodes as sequences for the memory-augmented network (:mod:`fastadapt.algorithms.mann`), and the
 nested state of its core as a flat dict (what its predictor keeps).
 
-An episode is pooled from a :class:`~fastadapt.TaskBatch` (:func:`episode_sequence`): the support and query
-examples of each task (``N * (K + Q)``, e.g. 5 ways x (5 + 5) = the paper's 50 steps) in a random order,
-the labels ``0..N-1`` relabelled by a random permutation; the loss is taken at every step. Accuracy by
-instance (the paper's table 1): :func:`instance_numbers`, :func:`instance_accuracy`. The paper's string
-labels: :class:`StringLabels`; per-class shifts of training episodes: :func:`translate_classes`.
+Episodes: :func:`episode_sequence`. Accuracy by instance (the paper's table 1): :func:`instance_numbers`,
+:func:`instance_accuracy`. The paper's string labels: :class:`StringLabels`; per-class shifts of training episodes:
+:func:`translate_classes`.
 """
 
 from __future__ import annotations
@@ -105,8 +103,11 @@ def previous_onehot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch
 def episode_sequence(
     batch: TaskBatch, generator: torch.Generator | None = None, shuffle_labels: bool = True
 ) -> LabelSequence:
-    """Pool support and query of every task, shuffle the order, relabel the classes (see the module docstring).
+    """Pool support and query of every task, shuffle the order, relabel the classes.
 
+    An episode is pooled from a :class:`~fastadapt.TaskBatch`: the support and query examples of each task
+    (``N * (K + Q)``, e.g. 5 ways x (5 + 5) = the paper's 50 steps) in a random order, the labels ``0..N-1``
+    relabelled by a random permutation; the loss is taken at every step.
     ``generator`` drives both permutations (default: the global torch generator).
     """
     x = torch.cat([batch.support_x, batch.query_x], dim=1)

@@ -1,25 +1,8 @@
 """Matching Networks (Vinyals et al. 2016, "Matching Networks for One Shot Learning", NeurIPS).
 
-A query ``x_hat`` is classified by attention over the encoded support set ``S = {(x_i, y_i)}``:
-
-.. math::
-
-    \\hat y = \\sum_i a(\\hat x, x_i)\\, y_i, \\qquad
-    a(\\hat x, x_i) = \\operatorname{softmax}_i\\big(s \\cdot c(f(\\hat x, S), g(x_i, S))\\big)
-
-with ``y_i`` one-hot, ``c`` the cosine similarity (eq. 1-2 of the paper) and ``s`` a scale (1 in the
-paper). ``log(max(y_hat, eps))`` is the log-likelihood the cross-entropy is taken of.
-
-Full context embeddings (FCE, appendix A) on the encoder's embeddings ``g'(x_i)``, ``f'(x_hat)``: the
-support set read by a bidirectional LSTM plus a skip connection (A.2, :func:`full_context_support`) and
-each query refined by ``K`` steps of an attention LSTM over it (A.1, :func:`attention_lstm_queries`).
-Without FCE, ``f = f'`` and ``g = g'``: a cosine-attention classifier over the encoder's outputs.
-
-BatchNorm. Which images the encoder sees together sets batch statistics (``track_running_stats=False``),
-so it is the ``encode`` option of ``meta_loss``: ``"meta_batch"`` (default: one forward over every image
-of the meta-batch) or ``"per_task"`` (each task's support set and query set on their own, as ``adapt`` and
-``predict`` always encode, so an evaluation never depends on which tasks share a batch). ``adapt`` and
-``predict`` run the encoder on copies of its buffers: they never update running statistics.
+A query is classified by cosine attention over the encoded support set, optionally with full context embeddings:
+the equations and the BatchNorm options are on :class:`MatchingNet`, the FCE pieces are
+:func:`full_context_support` and :func:`attention_lstm_queries`, the online predictor :class:`MatchingPredictor`.
 """
 
 from __future__ import annotations
@@ -223,6 +206,27 @@ def _batched(state: MatchingState) -> MatchingState:
 class MatchingNet(nn.Module):
     """Matching Networks with optional full context embeddings.
 
+    A query ``x_hat`` is classified by attention over the encoded support set ``S = {(x_i, y_i)}``:
+
+    .. math::
+
+        \\hat y = \\sum_i a(\\hat x, x_i)\\, y_i, \\qquad
+        a(\\hat x, x_i) = \\operatorname{softmax}_i\\big(s \\cdot c(f(\\hat x, S), g(x_i, S))\\big)
+
+    with ``y_i`` one-hot, ``c`` the cosine similarity (eq. 1-2 of the paper) and ``s`` a scale (1 in the
+    paper). ``log(max(y_hat, eps))`` is the log-likelihood the cross-entropy is taken of.
+
+    Full context embeddings (FCE, appendix A) on the encoder's embeddings ``g'(x_i)``, ``f'(x_hat)``: the
+    support set read by a bidirectional LSTM plus a skip connection (A.2, :func:`full_context_support`) and
+    each query refined by ``K`` steps of an attention LSTM over it (A.1, :func:`attention_lstm_queries`).
+    Without FCE, ``f = f'`` and ``g = g'``: a cosine-attention classifier over the encoder's outputs.
+
+    BatchNorm. Which images the encoder sees together sets batch statistics (``track_running_stats=False``),
+    so it is the ``encode`` option of ``meta_loss``: ``"meta_batch"`` (default: one forward over every image
+    of the meta-batch) or ``"per_task"`` (each task's support set and query set on their own, as ``adapt`` and
+    ``predict`` always encode, so an evaluation never depends on which tasks share a batch). ``adapt`` and
+    ``predict`` run the encoder on copies of its buffers: they never update running statistics.
+
     Args:
         model: the encoder ``f' = g'``, an embedding network ``[B, *x_shape] -> [B, D]`` (outputs
             are flattened to D features), e.g. ``Conv4(out_features=None)``.
@@ -240,7 +244,7 @@ class MatchingNet(nn.Module):
             paper). Must be > 0.
         learn_scale: learn ``s`` (as ``log s``, initialised from ``scale``) with the other parameters.
         encode: how ``meta_loss`` batches the encoder, i.e. which BatchNorm statistics it trains
-            with: ``meta_batch`` or ``per_task`` (see the module docstring).
+            with: ``meta_batch`` or ``per_task`` (see above).
         embedding_dim: D, needed with ``fce`` to build the LSTMs at construction (so the optimizer
             sees them). ``None``: ``model.embedding_dim``; an error if the model has no such attribute.
         normalize: L2-normalise the encoder's outputs ``f'``, ``g'`` before the FCE and the attention

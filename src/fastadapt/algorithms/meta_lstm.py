@@ -1,38 +1,7 @@
 """LSTM meta-learner, Ravi & Larochelle 2017, "Optimization as a Model for Few-Shot Learning" (ICLR).
 
-The learner's parameters ``theta`` (all of ``model``'s parameters, flattened: ``n`` coordinates) are
-the cell state of an LSTM that plays the optimizer. With ``grad_t`` the gradient of the learner's
-support loss ``L_t`` at ``theta_{t-1}``:
-
-    c_t = f_t * c_{t-1} + i_t * (-grad_t),          theta_t = c_t,        c_0 = theta_0 (learnt)
-    i_t = sigmoid(W_I [h_t, L~_t, c_{t-1}, i_{t-1}] + b_I)
-    f_t = sigmoid(W_F [h_t, L~_t, c_{t-1}, f_{t-1}] + b_F)
-
-So ``f_t = 1, i_t = lr`` is plain gradient descent; the meta-learner learns per-coordinate,
-per-step rates (``i_t``) and shrinkage (``f_t``). ``h_t`` is the output of a first, ordinary LSTM layer
-(``hidden_size`` = 20 in the paper) whose input is the preprocessed ``(grad_t, L_t)``, and ``L~_t``
-the preprocessed loss; the preprocessing is that of Andrychowicz et al. 2016 (:func:`preprocess`).
-
-Both layers are *coordinate-wise*: their parameters are shared by all ``n`` learner coordinates,
-which form the batch dimension of the LSTMs (``T * n`` rows for ``T`` tasks).
-
-Paper details kept here:
-
-* ``c_0`` is the learnt initialisation: it *is* ``model``'s parameters (flattened), so after
-  meta-training ``algo.model`` holds theta_0 and a checkpoint of it loads into the plain model.
-* ``b_F`` starts large (uniform in [4, 6]: ``f ~ 1``) and ``b_I`` small (uniform in [-5, -4]: ``i ~
-  0.01``), the other gate weights uniform in [-0.01, 0.01], as in the authors' code.
-* The meta-gradient ignores second derivatives: ``grad_t`` and ``L_t`` are inputs computed at a
-  detached ``theta_{t-1}`` (the meta-gradient flows along ``c_t`` and through the gates).
-* BatchNorm uses batch statistics at meta-training *and* at meta-test time (no running
-  statistics), i.e. transductively per task, as the paper does: the support set when learning,
-  the query set when predicting. A model whose BatchNorm tracks running statistics is rejected.
-  Metrics and reports should say ``batchnorm=transductive``.
-
-Tasks of a batch run together: with ``vectorize=True`` (default) the learner's forward/gradient
-runs for all tasks at once with ``torch.func.vmap``; ``vectorize=False`` loops over tasks (same
-numbers; the loop is there for models vmap cannot handle). The learner runs with the cell-state
-weights through ``torch.func.functional_call``; nothing of ``model`` is ever changed.
+:class:`MetaLSTM` holds the update rule, the paper's details and how tasks run together; :class:`MetaLSTMPredictor`
+is what ``adapt`` returns, :func:`preprocess` the gradient preprocessing of Andrychowicz et al. 2016.
 """
 
 from __future__ import annotations
@@ -189,6 +158,40 @@ def _state_dict(state: MetaLSTMState) -> dict[str, Tensor]:
 
 class MetaLSTM(nn.Module):
     """The LSTM meta-learner around ``model`` (the learner; Conv4 with hidden=32 in the paper).
+
+    The learner's parameters ``theta`` (all of ``model``'s parameters, flattened: ``n`` coordinates) are
+    the cell state of an LSTM that plays the optimizer. With ``grad_t`` the gradient of the learner's
+    support loss ``L_t`` at ``theta_{t-1}``:
+
+        c_t = f_t * c_{t-1} + i_t * (-grad_t),          theta_t = c_t,        c_0 = theta_0 (learnt)
+        i_t = sigmoid(W_I [h_t, L~_t, c_{t-1}, i_{t-1}] + b_I)
+        f_t = sigmoid(W_F [h_t, L~_t, c_{t-1}, f_{t-1}] + b_F)
+
+    So ``f_t = 1, i_t = lr`` is plain gradient descent; the meta-learner learns per-coordinate,
+    per-step rates (``i_t``) and shrinkage (``f_t``). ``h_t`` is the output of a first, ordinary LSTM layer
+    (``hidden_size`` = 20 in the paper) whose input is the preprocessed ``(grad_t, L_t)``, and ``L~_t``
+    the preprocessed loss; the preprocessing is that of Andrychowicz et al. 2016 (:func:`preprocess`).
+
+    Both layers are *coordinate-wise*: their parameters are shared by all ``n`` learner coordinates,
+    which form the batch dimension of the LSTMs (``T * n`` rows for ``T`` tasks).
+
+    Paper details kept here:
+
+    * ``c_0`` is the learnt initialisation: it *is* ``model``'s parameters (flattened), so after
+      meta-training ``algo.model`` holds theta_0 and a checkpoint of it loads into the plain model.
+    * ``b_F`` starts large (uniform in [4, 6]: ``f ~ 1``) and ``b_I`` small (uniform in [-5, -4]: ``i ~
+      0.01``), the other gate weights uniform in [-0.01, 0.01], as in the authors' code.
+    * The meta-gradient ignores second derivatives: ``grad_t`` and ``L_t`` are inputs computed at a
+      detached ``theta_{t-1}`` (the meta-gradient flows along ``c_t`` and through the gates).
+    * BatchNorm uses batch statistics at meta-training *and* at meta-test time (no running
+      statistics), i.e. transductively per task, as the paper does: the support set when learning,
+      the query set when predicting. A model whose BatchNorm tracks running statistics is rejected.
+      Metrics and reports should say ``batchnorm=transductive``.
+
+    Tasks of a batch run together: with ``vectorize=True`` (default) the learner's forward/gradient
+    runs for all tasks at once with ``torch.func.vmap``; ``vectorize=False`` loops over tasks (same
+    numbers; the loop is there for models vmap cannot handle). The learner runs with the cell-state
+    weights through ``torch.func.functional_call``; nothing of ``model`` is ever changed.
 
     Args:
         model: the learner, ending in a ``ways``-way head; its parameters are ``c_0``.

@@ -1,14 +1,7 @@
 """Meta-SGD (Li, Zhou, Chen & Li 2017, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning").
 
-Meta-SGD learns, together with the initialisation theta, a learning rate for every scalar
-parameter: alpha has the shape of theta, and the inner update is elementwise
-
-    phi_i = theta - alpha * grad L_{S_i}(theta)          (repeated ``inner_steps`` times, same alpha)
-
-The meta-loss is the mean query loss after adaptation, 1/T sum_i L_{Q_i}(phi_i), differentiated
-w.r.t. both theta and alpha (alpha gets ``-grad L_{S_i} * grad L_{Q_i}`` summed over tasks / T for one
-step). Shapes: see :class:`~fastadapt.TaskBatch`. BatchNorm is transductive (per-task statistics),
-as in MAML; see :mod:`fastadapt.algorithms.inner`.
+Meta-SGD learns, together with the initialisation theta, a learning rate for every scalar parameter: the update and
+the meta-gradient are on :class:`MetaSGD`.
 """
 
 from __future__ import annotations
@@ -27,6 +20,16 @@ from fastadapt.core.errors import ConfigError
 
 class MetaSGD(nn.Module):
     """Meta-SGD over any ``nn.Module`` ending in a ``ways``-way head (or a regression output).
+
+    Meta-SGD learns, together with the initialisation theta, a learning rate for every scalar
+    parameter: alpha has the shape of theta, and the inner update is elementwise
+
+        phi_i = theta - alpha * grad L_{S_i}(theta)          (repeated ``inner_steps`` times, same alpha)
+
+    The meta-loss is the mean query loss after adaptation, 1/T sum_i L_{Q_i}(phi_i), differentiated
+    w.r.t. both theta and alpha (alpha gets ``-grad L_{S_i} * grad L_{Q_i}`` summed over tasks / T for one
+    step). Shapes: see :class:`~fastadapt.TaskBatch`. BatchNorm is transductive (per-task statistics),
+    as in MAML; see :mod:`fastadapt.algorithms.inner`.
 
     Args:
         model: the network; all its parameters that require grad are adapted.

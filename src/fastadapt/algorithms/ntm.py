@@ -1,20 +1,7 @@
 """The Neural Turing Machine on its sequence tasks (Graves, Wayne & Danihelka 2014), as a fastadapt algorithm.
 
-A task of the copy or associative-recall source (:mod:`fastadapt.data.sequences`) is one sequence:
-the support is what the network is shown, the query the steps at which it answers. Adaptation is
-running the network over the support sequence; the adapted state is the network's state after it
-(the NTM's memory, weightings and controller state; an LSTM's ``(h, c)``; a transformer's cache).
-The predictor carries that state and runs the answer steps from it. Nothing of the module changes.
-
-The loss is the binary cross-entropy of the answer's bits (the paper trains on the output steps
-only), averaged over bits, steps and tasks. Metrics: ``loss``; ``mse``, the fraction of answer
-bits on the wrong side of 0.5 (what the engine's evaluation measures too: ``predict`` returns the
-predicted bits, 0 or 1); ``bits_wrong``, bits wrong per sequence (the paper's measure); ``length``,
-answer steps of the batch.
-
-The model is any sequence model of :mod:`fastadapt.nn.sequence` (``model.name = "ntm"``,
-``"lstm-seq"`` or ``"transformer-seq"``), so the NTM and its baselines train with the same algorithm,
-loss and episodes.
+A copy or associative-recall task is one sequence; adapting is running the network over the shown part, and the
+predictor answers from the state it left. The loss, the metrics and the models it takes are on :class:`NTMLearner`.
 """
 
 from __future__ import annotations
@@ -67,7 +54,23 @@ class SequencePredictor:
 
 
 class NTMLearner(nn.Module):
-    """Sequence tasks through a memory network (see the module docstring).
+    """Sequence tasks through a memory network.
+
+    A task of the copy or associative-recall source (:mod:`fastadapt.data.sequences`) is one sequence:
+    the support is what the network is shown, the query the steps at which it answers. Adaptation is
+    running the network over the support sequence; the adapted state is the network's state after it
+    (the NTM's memory, weightings and controller state; an LSTM's ``(h, c)``; a transformer's cache).
+    The predictor carries that state and runs the answer steps from it. Nothing of the module changes.
+
+    The loss is the binary cross-entropy of the answer's bits (the paper trains on the output steps
+    only), averaged over bits, steps and tasks. Metrics: ``loss``; ``mse``, the fraction of answer
+    bits on the wrong side of 0.5 (what the engine's evaluation measures too: ``predict`` returns the
+    predicted bits, 0 or 1); ``bits_wrong``, bits wrong per sequence (the paper's measure); ``length``,
+    answer steps of the batch.
+
+    The model is any sequence model of :mod:`fastadapt.nn.sequence` (``model.name = "ntm"``,
+    ``"lstm-seq"`` or ``"transformer-seq"``), so the NTM and its baselines train with the same algorithm,
+    loss and episodes.
 
     Args:
         model: a sequence model with ``run(x, state) -> SequenceRun`` (:mod:`fastadapt.nn.sequence`).

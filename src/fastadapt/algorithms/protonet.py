@@ -1,19 +1,8 @@
 """Prototypical Networks (Snell, Swersky & Zemel 2017, "Prototypical Networks for Few-shot Learning").
 
-A class is represented by the mean of its embedded support examples (its prototype)
-
-    c_n = 1/K sum_{i: y_i = n} f(x_i)                                        [N, D]
-
-and a query is classified by a softmax over negative squared Euclidean distances
-
-    logits[q, n] = -||f(x_q) - c_n||^2            (or scale * cos(f(x_q), c_n) with distance="cosine")
-
-In training (``meta_loss``) the encoder runs once over every support and query image of every task
-in the batch; Conv4's BatchNorm (no running statistics) then normalises with the statistics of the
-whole meta-batch (with one task per batch, as in the paper's presets, that is one episode, as the
-reference implementation does). In evaluation (``predict``) each task is encoded on its own, so a
-task's score never depends on which other tasks share its evaluation batch, and memory stays that
-of one episode.
+A class is the mean of its embedded support examples and a query is scored by its distance to each: the equations
+and how the encoder batches tasks in training and evaluation are on :class:`ProtoNet`; :class:`PrototypePredictor`
+keeps adapting online.
 """
 
 from __future__ import annotations
@@ -164,6 +153,21 @@ def accumulate(sums: Tensor, counts: Tensor, z: Tensor, y: Tensor, decay: float 
 class ProtoNet(nn.Module):
     """Prototypical Networks over any embedding network ``model`` (``[B, *x] -> [B, D]``).
 
+    A class is represented by the mean of its embedded support examples (its prototype)
+
+        c_n = 1/K sum_{i: y_i = n} f(x_i)                                        [N, D]
+
+    and a query is classified by a softmax over negative squared Euclidean distances
+
+        logits[q, n] = -||f(x_q) - c_n||^2            (or scale * cos(f(x_q), c_n) with distance="cosine")
+
+    In training (``meta_loss``) the encoder runs once over every support and query image of every task
+    in the batch; Conv4's BatchNorm (no running statistics) then normalises with the statistics of the
+    whole meta-batch (with one task per batch, as in the paper's presets, that is one episode, as the
+    reference implementation does). In evaluation (``predict``) each task is encoded on its own, so a
+    task's score never depends on which other tasks share its evaluation batch, and memory stays that
+    of one episode.
+
     Args:
         model: the encoder f.
         distance: ``"euclidean"`` (squared, as in the paper) or ``"cosine"``.
@@ -198,7 +202,7 @@ class ProtoNet(nn.Module):
         return MetaOutput(loss, batch_metrics(logits, batch.query_y, loss))
 
     def predict(self, batch: TaskBatch) -> Tensor:
-        """``[T, N*Q, N]`` logits, one task at a time (see the module docstring)."""
+        """``[T, N*Q, N]`` logits, one task at a time (see :class:`ProtoNet`)."""
         with torch.no_grad():
             return torch.cat([self._logits(batch.select(slice(i, i + 1))) for i in range(batch.num_tasks)])
 

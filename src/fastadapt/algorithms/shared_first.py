@@ -1,33 +1,8 @@
 """Shared work across tasks at the first inner step (``execution="shared_first"``).
 
-Every task of a meta-batch starts its inner loop from the same weights theta, so the support
-forward and backward of step 0 for all T tasks is one computation over all T*B support examples
-``[T*B, *x]``:
-
-* a convolution with the shared weight runs once on the whole batch (one large oneDNN call
-  instead of T small ones), and so does the gradient with respect to its input; only the weight
-  gradient is split by task (``T`` weight-gradient convolutions, the part that differs per task);
-* a linear layer is a batched matrix product over tasks;
-* BatchNorm with batch statistics normalises each task's group of B examples with that group's
-  own mean and (biased) variance (the fused kernel on ``[B, T*C, ...]``), as the per-task path does (transductive, see
-  :func:`fastadapt.algorithms.inner.norm_mode`); running statistics are used as they are.
-
-Per-task gradients come from one backward: each parameter enters the forward as
-``theta.expand(T, *theta.shape)`` (no copy), and ``torch.autograd.grad`` of the sum of the task
-losses with respect to these expanded tensors returns ``[T, *theta.shape]``, task t's gradient in row t.
-The convolution is :class:`SharedConv`, an autograd function whose backward is written with
-differentiable operations, so second-order MAML differentiates through it. Steps 1..K-1 and the
-query pass then run per task (:func:`fastadapt.algorithms.inner.inner_loop` from ``phi_1``).
-
-Speed: opt-in, because in a first quick check on a loaded CPU it was not faster than ``"loop"``
-(figures on a quiet machine: not run yet; ``python benchmarks/shared_first.py``). On a GPU, where one
-kernel instead of T matters, ``benchmarks/gpu_compare.py`` measures it.
-
-The model may use its parameters only through ``F.conv2d``, ``F.linear`` and ``F.batch_norm`` (the
-layers ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm*``), and its other operations must act on
-each example separately (activations, pooling, reshapes); anything else is a one-line
-:class:`~fastadapt.core.errors.ConfigError` that names ``execution="loop"``. Equal to the per-task loop
-to 1e-9 in float64 (``tests/test_execution_paths.py``).
+Every task of a meta-batch starts its inner loop from the same weights theta, so the support forward and backward
+of step 0 for all T tasks is one computation over all T*B support examples: :func:`first_step`, with the layers run
+by :class:`TaskGroups` and :class:`SharedConv`; opt-in (why: :func:`first_step`).
 """
 
 from __future__ import annotations
@@ -85,7 +60,21 @@ class SharedConv(torch.autograd.Function):
 
 class TaskGroups(TorchFunctionMode):
     """Within this mode a model called on ``[T*B, ...]`` with per-task parameters ``[T, ...]`` (the
-    tensors in ``per_task``) runs as T tasks of B examples each: see the module docstring."""
+    tensors in ``per_task``) runs as T tasks of B examples each:
+
+    * a convolution with the shared weight runs once on the whole batch (one large oneDNN call
+      instead of T small ones), and so does the gradient with respect to its input; only the weight
+      gradient is split by task (``T`` weight-gradient convolutions, the part that differs per task);
+    * a linear layer is a batched matrix product over tasks;
+    * BatchNorm with batch statistics normalises each task's group of B examples with that group's
+      own mean and (biased) variance (the fused kernel on ``[B, T*C, ...]``), as the per-task path does
+      (transductive, see :func:`fastadapt.algorithms.inner.norm_mode`); running statistics are used as they are.
+
+    The model may use its parameters only through ``F.conv2d``, ``F.linear`` and ``F.batch_norm`` (the
+    layers ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm*``), and its other operations must act on
+    each example separately (activations, pooling, reshapes); anything else is a one-line
+    :class:`~fastadapt.core.errors.ConfigError` that names ``execution="loop"``.
+    """
 
     def __init__(self, tasks: int, per_task: Sequence[Tensor]) -> None:
         super().__init__()
@@ -188,6 +177,18 @@ def first_step(
 
     Second order: the gradients are functions of ``params`` (``create_graph``); first order: taken
     at a detached copy and detached (``d phi_1 / d theta = I``; learnt rates still get a gradient).
+
+    Per-task gradients come from one backward: each parameter enters the forward as
+    ``theta.expand(T, *theta.shape)`` (no copy), and ``torch.autograd.grad`` of the sum of the task
+    losses with respect to these expanded tensors returns ``[T, *theta.shape]``, task t's gradient in row t.
+    The convolution is :class:`SharedConv`, an autograd function whose backward is written with
+    differentiable operations, so second-order MAML differentiates through it. Steps 1..K-1 and the
+    query pass then run per task (:func:`fastadapt.algorithms.inner.inner_loop` from ``phi_1``). Equal to the
+    per-task loop to 1e-9 in float64 (``tests/test_execution_paths.py``).
+
+    Speed: opt-in, because on the CPU it was not faster than ``"loop"`` (measured: docs/PERFORMANCE.md;
+    ``python benchmarks/shared_first.py``). On a GPU, where one kernel instead of T matters,
+    ``benchmarks/gpu_compare.py`` measures it.
     """
     tasks, per = support_x.shape[0], support_x.shape[1]
     base = {k: v.detach().requires_grad_() for k, v in params.items()} if first_order else params

@@ -187,7 +187,9 @@ the same command resumes)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of the ``fastadapt`` command, with its subcommands::
+    """The parser of the ``fastadapt`` command.
+
+    Its subcommands::
 
         fastadapt train PRESET|FILE [key=value ...]    train (resumes from the run folder's checkpoint;
                                                        --dry-run: check)

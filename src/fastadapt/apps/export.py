@@ -1,21 +1,9 @@
 """Export an adapted task, and load it back; export an adapted predictor for deployment (TorchScript).
 
 An adapted task (:func:`task_record`, a ``torch.save`` file) holds what the person taught and what it
-became: the run it came from (folder, weights file and step, algorithm), the class names, every
-example (the model-input images as uint8, their labels and sources), and the adapted state where it
-is tensors: ProtoNet's ``prototypes [N, D]``, or the gradient-based learners' ``fast_weights``
-(name -> tensor). :func:`read_task_record` loads one with ``torch.load(weights_only=True)`` (no
-code runs from the file) and checks its fields; adapting the run to its examples again gives its
-state back (tested).
-
-For deployment, :func:`torchscript_predictor` traces the adapted predictor (ProtoNet, MAML, FOMAML,
-Meta-SGD, ANIL, Reptile, GrBAL, Baseline, linear probe) into a TorchScript module ``x -> outputs``
-that needs neither fastadapt nor the run: ``torch.jit.load(path)(x)``. In torch 2.13
-``torch.jit.trace``, ``save`` and ``load`` warn that TorchScript is deprecated in favour of
-``torch.export``; the warnings are silenced here, on purpose (:func:`load_torchscript` loads a file
-back), while TorchScript still loads everywhere (C++, mobile) without fastadapt. ONNX is the
-successor to move to (``torch.onnx.export(..., dynamo=True)`` gave the same outputs to 5e-7 on a
-Conv4-like net here, but needs onnx, onnxscript and onnxruntime).
+became; :func:`read_task_record` loads one back without running code from the file.
+:func:`torchscript_predictor` traces the adapted predictor into a TorchScript module ``x -> outputs`` that
+needs neither fastadapt nor the run.
 """
 
 from __future__ import annotations
@@ -49,8 +37,13 @@ def adapted_state(predictor: Any) -> dict[str, Any]:
 def task_record(
     run: Any, class_names: list[str], x: Tensor, y: Tensor, sources: list[str], predictor: Any = None
 ) -> dict[str, Any]:
-    """What an export holds (see the module docstring); ``x [M, *x]`` in [0, 1], ``y [M]`` positions in
-    ``class_names``."""
+    """What an export holds; ``x [M, *x]`` in [0, 1], ``y [M]`` positions in ``class_names``.
+
+    What the person taught and what it became: the run it came from (folder, weights file and step,
+    algorithm), the class names, every example (the model-input images as uint8, their labels and sources),
+    and the adapted state where it is tensors: ProtoNet's ``prototypes [N, D]``, or the gradient-based
+    learners' ``fast_weights`` (name -> tensor).
+    """
     return {
         "format": FORMAT,
         "run": str(run.folder.path.resolve()),
@@ -72,7 +65,11 @@ def write_task_record(record: dict[str, Any]) -> bytes:
 
 
 def read_task_record(data: bytes, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """An exported task from its bytes, checked (one-line :class:`DataError` for anything else)."""
+    """An exported task from its bytes, checked (one-line :class:`DataError` for anything else).
+
+    Loaded with ``torch.load(weights_only=True)`` (no code runs from the file), its fields checked; adapting
+    the run to its examples again gives its state back (tested).
+    """
     try:
         record = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:  # a truncated file, another format, a pickle that asks for code
@@ -142,10 +139,19 @@ def deployable(predictor: Any) -> nn.Module:
 
 
 def torchscript_predictor(predictor: Any, example: Tensor) -> bytes:
-    """The adapted predictor traced on ``example [B, *x]`` and saved as TorchScript (bytes for ``torch.jit.load``)."""
+    """The adapted predictor traced on ``example [B, *x]`` and saved as TorchScript (bytes for ``torch.jit.load``).
+
+    For deployment: the predictor (ProtoNet, MAML, FOMAML, Meta-SGD, ANIL, Reptile, GrBAL, Baseline, linear
+    probe) becomes a TorchScript module ``x -> outputs`` that needs neither fastadapt nor the run:
+    ``torch.jit.load(path)(x)``. In torch 2.13 ``torch.jit.trace``, ``save`` and ``load`` warn that TorchScript
+    is deprecated in favour of ``torch.export``; the warnings are silenced here, on purpose
+    (:func:`load_torchscript` loads a file back), while TorchScript still loads everywhere (C++, mobile)
+    without fastadapt. ONNX is the successor to move to (``torch.onnx.export(..., dynamo=True)``; it needs
+    onnx, onnxscript and onnxruntime; docs/PERFORMANCE.md, "Export").
+    """
     module = deployable(predictor)
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace's deprecation (see the module docstring)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.trace's deprecation (see the docstring)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, (example,), check_trace=False)
         buf = io.BytesIO()

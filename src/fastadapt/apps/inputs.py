@@ -4,10 +4,6 @@ One rule for every path: the bytes must be a PNG or a JPEG of at most :data:`MAX
 :data:`MAX_PIXELS` pixels (checked from the header, before decoding; Pillow's decompression-bomb
 guard is an error too); the image is converted to the run's channels (grey by ITU-R 601 luma, as
 :class:`~fastadapt.ClassDataset` does), resized to the run's size (Lanczos) and scaled to [0, 1].
-
-Polarity: the bundled Omniglot, MNIST and Fashion-MNIST draw bright strokes on a dark ground, the
-way the app's canvas draws. ``invert="auto"`` turns a mostly light image (mean above 0.5: ink on
-paper, an Omniglot original) into that form; ``"never"`` and ``"always"`` force it.
 """
 
 from __future__ import annotations
@@ -64,7 +60,12 @@ def decode_image(data: bytes, shape: tuple[int, ...], invert: str = "auto") -> T
 
 
 def oriented(x: Tensor, invert: str = "auto") -> Tensor:
-    """``x`` in [0, 1], inverted when ``invert`` says so (``auto``: when its mean is above 0.5)."""
+    """``x`` in [0, 1], inverted when ``invert`` says so (``auto``: when its mean is above 0.5).
+
+    Polarity: the bundled Omniglot, MNIST and Fashion-MNIST draw bright strokes on a dark ground, the
+    way the app's canvas draws. ``invert="auto"`` turns a mostly light image (mean above 0.5: ink on
+    paper, an Omniglot original) into that form; ``"never"`` and ``"always"`` force it.
+    """
     if invert == "always" or (invert == "auto" and float(x.mean()) > 0.5):
         return 1.0 - x
     return x

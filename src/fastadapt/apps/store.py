@@ -5,17 +5,6 @@ One file, ``<app folder>/app.sqlite``, in WAL mode with ``synchronous=FULL``: a 
 was acknowledged. Every request opens its own connection; writers take the database's write lock
 at the start of their transaction (``BEGIN IMMEDIATE``), so two tabs that write at once are
 serialised, and every write bumps ``revision``, which the page polls to redraw what another tab did.
-
-Tables::
-
-    meta      key -> value (run, revision, created)
-    classes   id, name (unique), created
-    examples  id, class_id (-> classes, cascade), png (the model-input image, lossless), source
-              (draw | upload | pool | import), pool_index (unique: a pool example is labelled once), created
-    rounds    id, proposed (JSON list of pool indices), labelled (pool labels at close),
-              acc_uncertainty, acc_random, evaluated (held-out examples scored), closed, created
-
-Errors a client can cause are :class:`NotFound` (-> 404) and :class:`Conflict` (-> 409).
 """
 
 from __future__ import annotations
@@ -81,7 +70,19 @@ class Example:
 
 
 class Store:
-    """The app's state in ``folder/app.sqlite`` (created with its folder when missing)."""
+    """The app's state in ``folder/app.sqlite`` (created with its folder when missing).
+
+    Tables::
+
+        meta      key -> value (run, revision, created)
+        classes   id, name (unique), created
+        examples  id, class_id (-> classes, cascade), png (the model-input image, lossless), source
+                  (draw | upload | pool | import), pool_index (unique: a pool example is labelled once), created
+        rounds    id, proposed (JSON list of pool indices), labelled (pool labels at close),
+                  acc_uncertainty, acc_random, evaluated (held-out examples scored), closed, created
+
+    Errors a client can cause are :class:`NotFound` (-> 404) and :class:`Conflict` (-> 409).
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

@@ -1,25 +1,9 @@
 """Teaching with a person in the loop: the adapted task, the pool of unlabelled examples, uncertainty sampling.
 
-The task is every example the person gave (drawn, uploaded, or a pool example they labelled); labels
-are the person's classes in creation order (``0..n-1``, classes without an example left out). It is
-adapted again whenever the labelled set changes (:class:`Learner`, cached by the store's revision), and
-each adaptation's latency is kept for the page.
-
-The pool (:class:`Pool`) is a labelled set whose labels the person never sees: Omniglot's test
-characters (``pool="omniglot"``: ``ways`` characters at one rotation, 20 drawings each) or a folder
-``<pool>/<class>/<image>``. A seeded :data:`HELD_OUT` of each pool class is held out for scoring;
-the rest can be proposed. A round proposes the ``k`` proposable examples whose predicted class
-distribution has the highest entropy (uncertainty sampling). When the round is over, both arms are
-scored on the held-out part:
-
-* uncertainty: the task as the person taught it;
-* random: the person's own drawings and uploads, plus the same number of pool examples as the person
-  has labelled, drawn at random (a fixed seeded order), each labelled with the class the person gave
-  that pool class (a pool class's name if a person's class has that name, else the class the person
-  gave most of its examples; examples of a pool class the person never labelled are skipped).
-
-A held-out example counts where its pool class has a person's class (as above); accuracy is the
-fraction of those predicted as that class. Pool and held-out examples are predicted as one batch.
+The task is every example the person gave (drawn, uploaded, or a pool example they labelled), adapted again
+whenever the labelled set changes (:class:`Learner`). A round proposes the examples of the :class:`Pool` the
+model is least sure about (:func:`propose`); :func:`score_rounds` compares the task as taught with random
+labelling.
 """
 
 from __future__ import annotations
@@ -44,7 +28,13 @@ POOL_SEED = 0
 
 @dataclass(frozen=True)
 class Pool:
-    """Pool examples ``x [M, *x]`` with their hidden classes ``y [M]`` (names ``names``); ``held_out [M]`` bool."""
+    """Pool examples ``x [M, *x]`` with their hidden classes ``y [M]`` (names ``names``); ``held_out [M]`` bool.
+
+    The pool is a labelled set whose labels the person never sees: Omniglot's test characters
+    (``pool="omniglot"``: ``ways`` characters at one rotation, 20 drawings each) or a folder
+    ``<pool>/<class>/<image>``. A seeded :data:`HELD_OUT` of each pool class is held out for scoring; the rest
+    can be proposed.
+    """
 
     x: Tensor
     y: Tensor
@@ -117,7 +107,13 @@ class Adapted:
 
 @dataclass
 class Learner:
-    """The run's algorithm adapted to the app's task; thread-safe (one adaptation or prediction at a time)."""
+    """The run's algorithm adapted to the app's task; thread-safe (one adaptation or prediction at a time).
+
+    The task is every example the person gave (drawn, uploaded, or a pool example they labelled); labels are
+    the person's classes in creation order (``0..n-1``, classes without an example left out). It is adapted
+    again whenever the labelled set changes (cached by the store's revision), and each adaptation's latency is
+    kept for the page.
+    """
 
     algorithm: Any
     shape: tuple[int, ...]
@@ -167,7 +163,11 @@ class Learner:
 
 
 def propose(learner: Learner, adapted: Adapted, pool: Pool, labelled: set[int], k: int) -> list[dict[str, Any]]:
-    """The ``k`` proposable, unlabelled pool examples of highest predictive entropy, with the model's guess."""
+    """The ``k`` proposable, unlabelled pool examples of highest predictive entropy, with the model's guess.
+
+    A round proposes these: the examples whose predicted class distribution has the highest entropy
+    (uncertainty sampling).
+    """
     candidates = [int(i) for i in pool.proposable() if int(i) not in labelled]
     if not candidates:
         return []
@@ -186,8 +186,8 @@ def propose(learner: Learner, adapted: Adapted, pool: Pool, labelled: set[int], 
 
 
 def class_of_pool_class(pool: Pool, examples: list[Example], classes: list[dict[str, Any]]) -> dict[int, int]:
-    """Pool class -> the person's class id: by equal name, else the class given most of its examples (see the module
-    docstring)."""
+    """Pool class -> the person's class id: a pool class's name if a person's class has that name, else the class
+    the person gave most of its examples; a pool class the person never labelled has none."""
     by_name = {c["name"]: c["id"] for c in classes}
     votes: dict[int, Counter[int]] = {}
     for e in examples:
@@ -210,7 +210,19 @@ def score_rounds(
     classes: list[dict[str, Any]],
     seed: int = POOL_SEED,
 ) -> dict[str, Any]:
-    """Held-out accuracy of the task as taught (uncertainty) and of the random arm (see the module docstring)."""
+    """Held-out accuracy of the task as taught (uncertainty) and of the random arm.
+
+    When the round is over, both arms are scored on the held-out part:
+
+    * uncertainty: the task as the person taught it;
+    * random: the person's own drawings and uploads, plus the same number of pool examples as the person
+      has labelled, drawn at random (a fixed seeded order), each labelled with the class the person gave
+      that pool class (:func:`class_of_pool_class`; examples of a pool class the person never labelled are
+      skipped).
+
+    A held-out example counts where its pool class has a person's class (as above); accuracy is the
+    fraction of those predicted as that class. Pool and held-out examples are predicted as one batch.
+    """
     mapping = class_of_pool_class(pool, examples, classes)
     order = [c["id"] for c in classes]
     held = pool.held_out.nonzero().flatten()

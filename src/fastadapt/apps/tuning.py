@@ -1,33 +1,9 @@
 """``fastadapt tune PRESET``: hyperparameter search over a run's config keys with Optuna.
 
 A search space maps config keys to ranges, in a ``[tune]`` section of a TOML file (the keys with a
-dot) or on the command line (``--space "optim.lr={ low = 1e-4, high = 1e-2, log = true }"``)::
-
-    [tune]
-    trials = 20                  # budget: trials in all (finished ones count on resume)
-    minutes = 30                 # budget: minutes of this invocation (0: none)
-    pruner = "median"            # "median" or "halving" (successive halving), on the validation curve
-    seed = 0                     # the TPE sampler's seed
-    "optim.lr" = { low = 1e-4, high = 1e-2, log = true }
-    "algorithm.inner_steps" = { choices = [1, 3, 5] }
-    "algorithm.inner_lr" = { low = 0.05, high = 1.0 }      # float, or int when both ends are integers
-
-Every trial is one ``fastadapt.train`` of the config with the trial's values, in
-``TUNEDIR/trials/trial-NNNN`` (no test episodes: the objective is the best validation score the loop
-records, accuracy to maximise or minus the MSE). After every validation the loop's score goes to
-``trial.report`` and the pruner may stop the trial (Optuna's TPE sampler; ``MedianPruner`` or
-``SuccessiveHalvingPruner``). A trial whose loss becomes NaN or infinite (``TrainingDiverged``) is
-pruned, with the message kept as the trial's ``diverged`` attribute, and the study goes on.
-
-The trials live in ``TUNEDIR/study.db`` (Optuna's RDB storage on SQLite, ``load_if_exists``): a tuning
-that is killed resumes with every finished trial when the same command runs again; a trial that was
-running when the process died is marked failed and its values are tried again first.
-``TUNEDIR/tune.json`` records the preset, the overrides and the space; another preset, other overrides
-or another space in the same folder is refused (one line). The best trial's config is written as a
-preset file, ``TUNEDIR/best.toml`` (``fastadapt train TUNEDIR/best.toml``). ``fastadapt plot TUNEDIR``
-draws the objective over trials and the parameter importances (fANOVA) to ``TUNEDIR/study.png``.
-
-One process: under ``torchrun`` the command refuses (one trial per rank is not implemented).
+dot) or on the command line (``--space "optim.lr={ low = 1e-4, high = 1e-2, log = true }"``); see
+:class:`TuneSpec`. :func:`tune` runs (or resumes) the study in a folder, ``TUNEDIR``: one
+``fastadapt.train`` per trial.
 """
 
 from __future__ import annotations
@@ -66,7 +42,19 @@ class Param:
 
 @dataclass(frozen=True)
 class TuneSpec:
-    """The search: the space and the budget."""
+    """The search: the space and the budget.
+
+    A ``[tune]`` section holds them::
+
+        [tune]
+        trials = 20                  # budget: trials in all (finished ones count on resume)
+        minutes = 30                 # budget: minutes of this invocation (0: none)
+        pruner = "median"            # "median" or "halving" (successive halving), on the validation curve
+        seed = 0                     # the TPE sampler's seed
+        "optim.lr" = { low = 1e-4, high = 1e-2, log = true }
+        "algorithm.inner_steps" = { choices = [1, 3, 5] }
+        "algorithm.inner_lr" = { low = 0.05, high = 1.0 }      # float, or int when both ends are integers
+    """
 
     space: tuple[Param, ...]
     trials: int = 20
@@ -262,8 +250,25 @@ def tune(
     trials: int | None = None,
     minutes: float | None = None,
 ) -> TuneResult:
-    """Run (or resume) the study of ``preset`` with ``overrides`` in ``folder`` (default ``runs/tune-<name>``); see the
-    module docstring."""
+    """Run (or resume) the study of ``preset`` with ``overrides`` in ``folder`` (default ``runs/tune-<name>``).
+
+    Every trial is one ``fastadapt.train`` of the config with the trial's values, in
+    ``TUNEDIR/trials/trial-NNNN`` (no test episodes: the objective is the best validation score the loop
+    records, accuracy to maximise or minus the MSE). After every validation the loop's score goes to
+    ``trial.report`` and the pruner may stop the trial (Optuna's TPE sampler; ``MedianPruner`` or
+    ``SuccessiveHalvingPruner``). A trial whose loss becomes NaN or infinite (``TrainingDiverged``) is
+    pruned, with the message kept as the trial's ``diverged`` attribute, and the study goes on.
+
+    The trials live in ``TUNEDIR/study.db`` (Optuna's RDB storage on SQLite, ``load_if_exists``): a tuning
+    that is killed resumes with every finished trial when the same command runs again; a trial that was
+    running when the process died is marked failed and its values are tried again first.
+    ``TUNEDIR/tune.json`` records the preset, the overrides and the space; another preset, other overrides
+    or another space in the same folder is refused (one line). The best trial's config is written as a
+    preset file, ``TUNEDIR/best.toml`` (``fastadapt train TUNEDIR/best.toml``). ``fastadapt plot TUNEDIR``
+    draws the objective over trials and the parameter importances (fANOVA) to ``TUNEDIR/study.png``.
+
+    One process: under ``torchrun`` the command refuses (one trial per rank is not implemented).
+    """
     if distributed.env_world_size() > 1:
         raise FastAdaptError(
             "fastadapt tune runs in one process (one trial per rank is not implemented); run it without torchrun"

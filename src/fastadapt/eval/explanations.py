@@ -1,26 +1,9 @@
 """Explanations of one adapted prediction: why the predictor of ``algo.adapt(support)`` says what it says.
 
-``explain(algo, task)`` adapts ``algo`` to the task's support set (or takes the predictor you give),
-predicts its queries, and asks the predictor: a predictor with ``explain(x)``
-(:class:`~fastadapt.core.contract.ExplainablePredictor`) gives its own parts; the built-in ones:
-
-=====================  ===============================================================================
-predictor of           its parts (besides outputs, probabilities, the prediction)
-=====================  ===============================================================================
-ProtoNet               ``distances [Q, N]`` to every prototype and ``prototypes [N, D]``
-Matching Networks      ``attention [Q, S]``: the weights ``a(x_hat, x_i)`` over the support examples
-MAML, FOMAML, Meta-SGD ``layers``: ``||phi - theta||`` and ``||phi - theta|| / ||theta||`` per parameter
-ANIL, Reptile, ALFA,   tensor; plus an input attribution
-GrBAL
-meta-LSTM              ``gates`` per step and parameter tensor, ``layers``, an input attribution
-MANN (``core="mann"``) ``read_weights``, ``write_weights`` ``[steps, R, slots]``: the memory's weightings
-=====================  ===============================================================================
-
-Any other predictor (Baseline, the linear probe, MANN with ``core="lstm"``, yours without ``explain``)
-gets the generic explanation: an input attribution (:func:`input_attribution`) of the predicted output,
-by integrated gradients (Captum, ``pip install fastadapt[explain]``) or the plain input gradient. For the
-Neural Turing Machine :func:`ntm_weightings` returns its read and write weightings. Nothing here changes
-``algo``.
+:func:`explain` adapts ``algo`` to a task's support set (or takes the predictor you give), predicts its queries
+and asks the predictor for its own parts (:class:`~fastadapt.core.contract.ExplainablePredictor`); any other
+predictor gets the generic explanation, an input attribution (:func:`input_attribution`). For the Neural Turing
+Machine :func:`ntm_weightings` returns its read and write weightings. Nothing here changes ``algo``.
 """
 
 from __future__ import annotations
@@ -184,6 +167,26 @@ def explain(
 ) -> Explanation:
     """Explain ``algo``'s predictions for ``task.query_x`` after adapting to ``task.support_x``, ``task.support_y``.
 
+    It adapts ``algo`` to the task's support set (or takes the predictor you give), predicts its queries,
+    and asks the predictor: a predictor with ``explain(x)``
+    (:class:`~fastadapt.core.contract.ExplainablePredictor`) gives its own parts; the built-in ones:
+
+    =====================  ===============================================================================
+    predictor of           its parts (besides outputs, probabilities, the prediction)
+    =====================  ===============================================================================
+    ProtoNet               ``distances [Q, N]`` to every prototype and ``prototypes [N, D]``
+    Matching Networks      ``attention [Q, S]``: the weights ``a(x_hat, x_i)`` over the support examples
+    MAML, FOMAML, Meta-SGD ``layers``: ``||phi - theta||`` and ``||phi - theta|| / ||theta||`` per parameter
+    ANIL, Reptile, ALFA,   tensor; plus an input attribution
+    GrBAL
+    meta-LSTM              ``gates`` per step and parameter tensor, ``layers``, an input attribution
+    MANN (``core="mann"``) ``read_weights``, ``write_weights`` ``[steps, R, slots]``: the memory's weightings
+    =====================  ===============================================================================
+
+    Any other predictor (Baseline, the linear probe, MANN with ``core="lstm"``, yours without ``explain``)
+    gets the generic explanation: an input attribution (:func:`input_attribution`) of the predicted output,
+    by integrated gradients (Captum, ``pip install fastadapt[explain]``) or the plain input gradient.
+
     Args:
         algo: a (trained) algorithm; only read.
         task: anything with ``support_x [S, *x]``, ``support_y [S]``, ``query_x [Q, *x]`` (an
@@ -298,8 +301,8 @@ def input_attribution(
     steps: int = IG_STEPS,
     batch_free: bool = False,
 ) -> Attribution | None:
-    """Attribution of output ``target[q]`` of ``forward(x[q:q+1])`` to the input, query by query (see the module
-    docstring).
+    """Attribution of output ``target[q]`` of ``forward(x[q:q+1])`` to the input, query by query: the generic
+    explanation of :func:`explain` (integrated gradients need Captum: ``pip install fastadapt[explain]``).
 
     ``method``: ``integrated_gradients`` (Captum, zero baseline, with the convergence delta) or
     ``gradient`` (``d F / d x``). None when ``forward`` gives no gradient with respect to ``x``.

@@ -1,22 +1,9 @@
-"""Checkpoints you can trust.
+"""Checkpoints you can trust, and the atomic write every file of a run folder goes through.
 
-* Atomic: written to a temporary file in the same folder, flushed to disk, then renamed over the
-  old one; a crash mid-write leaves the previous checkpoint intact.
-* Complete: model and algorithm parameters, optimizer, scheduler, step, config and every RNG state,
-  so that N steps + resume + N steps equals 2N steps bit for bit.
-* Safe to open: plain tensors and Python containers only, loaded with ``torch.load(weights_only=True)``,
-  so opening a checkpoint never runs code from it.
-* A full disk or a folder we may not write to is a one-line :class:`WriteError` naming the path and
-  the fix; the previous file is left as it was.
-
-Every file of a run folder is written by :func:`atomic_write`: a temporary ``.<name>.<random>.tmp``
-beside the target (:data:`TEMP_PATTERN`), renamed over it when complete. A process killed mid-write
-leaves that temporary file behind; :func:`stale_temps` finds them so that the next writer of the
-folder (holding its lock) removes them.
-
-Test hook: the environment variable ``FASTADAPT_FAULT_SLEEP_IN_SAVE`` (seconds) makes
-:func:`save_checkpoint` sleep between writing the temporary file and renaming it, so that a fault
-test can kill the process inside a checkpoint write. It is read on every save and is meant for tests only.
+Atomic (:func:`atomic_write`: a crash mid-write leaves the previous file intact), complete
+(:func:`save_checkpoint`: N steps + resume + N steps equals 2N steps bit for bit) and safe to open
+(:func:`load_checkpoint` never runs code from the file). A full disk or a folder we may not write to is a
+one-line :class:`WriteError` naming the path and the fix; the previous file is left as it was.
 """
 
 from __future__ import annotations
@@ -89,6 +76,11 @@ def atomic_write(
     On any failure the temporary file is removed and ``path`` keeps its old content; a full disk,
     a read-only file system or missing permissions become a one-line :class:`WriteError`
     (``elsewhere`` says how to write somewhere else). ``sync``: flush to disk before the rename (checkpoints).
+
+    Every file of a run folder is written this way: a temporary ``.<name>.<random>.tmp`` beside the target
+    (:data:`TEMP_PATTERN`), renamed over it when complete. A process killed mid-write leaves that temporary
+    file behind; :func:`stale_temps` finds them so that the next writer of the folder (holding its lock)
+    removes them.
     """
     path = Path(path)
     tmp: str | None = None
@@ -197,12 +189,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (plus a format tag) to ``path`` atomically and flushed to disk (:func:`atomic_write`)."""
+    """Write ``payload`` (plus a format tag) to ``path`` atomically and flushed to disk (:func:`atomic_write`).
+
+    The training loop's payload is complete: model and algorithm parameters, optimizer, scheduler, step, config
+    and every RNG state (:func:`rng_state`), so that N steps + resume + N steps equals 2N steps bit for bit.
+
+    Test hook: the environment variable ``FASTADAPT_FAULT_SLEEP_IN_SAVE`` (seconds) makes this sleep between
+    writing the temporary file and renaming it, so that a fault test can kill the process inside a checkpoint
+    write. It is read on every save and is meant for tests only.
+    """
     return atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f), sync=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`; never executes code from the file."""
+    """Load a checkpoint written by :func:`save_checkpoint`; never executes code from the file.
+
+    A checkpoint holds plain tensors and Python containers only, loaded with ``torch.load(weights_only=True)``,
+    so opening one never runs code from it.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(

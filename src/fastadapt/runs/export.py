@@ -1,13 +1,5 @@
 """``fastadapt export RUN``: a run's trained weights as a file other tools read, with its config beside it.
 
-The export folder (default ``RUN/export``) holds
-
-* ``weights.safetensors`` (``--format safetensors``, the default): the trained algorithm's state dict
-  (``best.pt``, else ``checkpoint.pt``), the model's tensors under ``model.``; its metadata says
-  ``format = fastadapt-weights/1``, the step, the algorithm and the fastadapt version. Or
-  ``weights.pt`` (``--format torch``): the same state dict saved with ``torch.save``.
-* ``config.json``: the run's config and provenance, as in the run folder.
-
 ``fastadapt.load_run(EXPORT_DIR)`` loads a safetensors export back (the same outputs as the run:
 ``tests/test_weights.py``), without torch pickles; ``model.weights = "EXPORT_DIR/weights.safetensors"``
 starts another run from its encoder.
@@ -31,7 +23,16 @@ FORMATS = ("safetensors", "torch")
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, fmt: str = "safetensors") -> list[Path]:
     """Write the run's trained weights (``fmt``: ``safetensors`` or ``torch``) and ``config.json`` to ``out``; returns
-    the files."""
+    the files.
+
+    The export folder (default ``RUN/export``) holds
+
+    * ``weights.safetensors`` (``--format safetensors``, the default): the trained algorithm's state dict
+      (``best.pt``, else ``checkpoint.pt``), the model's tensors under ``model.``; its metadata says
+      ``format = fastadapt-weights/1``, the step, the algorithm and the fastadapt version. Or
+      ``weights.pt`` (``--format torch``): the same state dict saved with ``torch.save``.
+    * ``config.json``: the run's config and provenance, as in the run folder.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not supported; choose one of {', '.join(FORMATS)}")
     folder = RunFolder(run_dir)

@@ -1,16 +1,4 @@
-"""The run folder: the one module that knows its files.
-
-=================  ==========================================================================
-``config.json``    the run's config, plus ``provenance``: fastadapt / torch / Python versions,
-                   the git commit (when fastadapt runs from a checkout) and the task shapes
-``metrics.jsonl``  one JSON line per logged training step and per validation
-``checkpoint.pt``  the last state: weights, optimizer, scheduler, RNGs, step (atomic, resumable)
-``best.pt``        the weights with the best validation score
-``eval_<k>.json``  the training's own test of setting ``k``: per-episode scores and settings
-``results.json``   the training's summary: steps, minutes, best validation, every test's mean +- CI
-``evals/``         ``fastadapt eval`` results, one file per setting, named after it
-``.lock``          while a training writes the folder: ``{"pid", "host", "started"}`` (:mod:`.lock`)
-=================  ==========================================================================
+"""The run folder: the one module that knows its files (:class:`RunFolder`).
 
 Nothing is lost or mixed up on a crash: every file but ``metrics.jsonl`` is written atomically
 (:func:`fastadapt.runs.checkpoint.atomic_write`), ``metrics.jsonl`` is cut back on resume
@@ -58,7 +46,20 @@ EXPORTED = "weights.safetensors"  # the weights of an exported run (fastadapt/ru
 
 
 class RunFolder:
-    """Paths and records of one run folder (nothing is read or created until asked)."""
+    """Paths and records of one run folder (nothing is read or created until asked).
+
+    =================  ==========================================================================
+    ``config.json``    the run's config, plus ``provenance``: fastadapt / torch / Python versions,
+                       the git commit (when fastadapt runs from a checkout) and the task shapes
+    ``metrics.jsonl``  one JSON line per logged training step and per validation
+    ``checkpoint.pt``  the last state: weights, optimizer, scheduler, RNGs, step (atomic, resumable)
+    ``best.pt``        the weights with the best validation score
+    ``eval_<k>.json``  the training's own test of setting ``k``: per-episode scores and settings
+    ``results.json``   the training's summary: steps, minutes, best validation, every test's mean +- CI
+    ``evals/``         ``fastadapt eval`` results, one file per setting, named after it
+    ``.lock``          while a training writes the folder: ``{"pid", "host", "started"}`` (:mod:`.lock`)
+    =================  ==========================================================================
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

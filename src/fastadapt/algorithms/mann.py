@@ -1,10 +1,6 @@
-"""Memory-augmented neural network (MANN), Santoro et al. 2016, "Meta-Learning with Memory-Augmented
-Neural Networks" (ICML), as a fastadapt algorithm.
-
-An episode is a sequence in which each label is shown one step after its image, so the network must bind images to
-labels in its memory: the protocol, the paper's recipe and the contract are on :class:`MANN`, the episodes in
-:mod:`fastadapt.algorithms.mann_episodes`.
-"""
+"""Memory-augmented neural network (MANN), Santoro et al. 2016, "Meta-Learning with Memory-Augmented Neural
+Networks" (ICML): the protocol, recipe and contract are on :class:`MANN`, the episodes in
+:mod:`fastadapt.algorithms.mann_episodes`."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""Matching Networks (Vinyals et al. 2016, "Matching Networks for One Shot Learning", NeurIPS).
-
-A query is classified by cosine attention over the encoded support set, optionally with full context embeddings:
-the equations and the BatchNorm options are on :class:`MatchingNet`, the FCE pieces are
-:func:`full_context_support` and :func:`attention_lstm_queries`, the online predictor :class:`MatchingPredictor`.
-"""
+"""Matching Networks (Vinyals et al. 2016, NeurIPS): cosine attention over the encoded support set, optionally
+with full context embeddings; the equations and BatchNorm options are on :class:`MatchingNet`."""
 
 from __future__ import annotations
 

@@ -99,3 +99,15 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
         (4, "fastadapt.report"),
         (5, "fastadapt.cli"),
     ]
+
+
+def test_the_package_root_holds_only_the_entry_points_and_every_module_fits_on_a_few_screens():
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert root == ["__init__.py", "__main__.py", "cli.py"], f"a module at the package root belongs in a folder: {root}"
+    long = {str(p.relative_to(PACKAGE)): n for p in modules() if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, f"split these modules by job (450 lines at most): {long}"
+
+
+def test_every_folder_of_the_package_has_a_layer():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders <= set(LAYERS), f"give these folders a layer: {folders - set(LAYERS)}"

@@ -206,3 +206,16 @@ def assert_updates_refused(predictor, x: torch.Tensor, cases) -> None:
             predictor.update(bx, by)
         assert "\n" not in str(e.value)
         torch.testing.assert_close(predictor(x), before, rtol=0, atol=0)
+
+
+def feed_window(predictor, window: int = 5, updates: int = 4):
+    """``predictor.configure(window=window)``, then ``updates`` batches of two examples (``labelled(2, 10 + i)``);
+    returns the predictor and the last ``window`` examples it was given, ``(x, y)``."""
+    predictor = predictor.configure(window=window)
+    xs, ys = [], []
+    for i in range(updates):
+        x, y = labelled(2, 10 + i)
+        predictor.update(x, y)
+        xs.append(x)
+        ys.append(y)
+    return predictor, (torch.cat(xs)[-window:], torch.cat(ys)[-window:])

@@ -36,7 +36,7 @@ from fastadapt.eval.stream_metrics import (
 )
 from fastadapt.eval.streams import LossJump, OnlineRun, online, state_nbytes
 from fastadapt.nn import MLP, Conv4
-from helpers import assert_updates_refused, bad_updates, labelled
+from helpers import assert_updates_refused, bad_updates, feed_window, labelled
 
 WAYS, DIM = 3, 4
 
@@ -86,14 +86,7 @@ def test_an_update_on_an_empty_window_equals_adapt_and_the_module_is_never_chang
 @pytest.mark.parametrize("name", ["maml", "metasgd", "anil", "reptile-sgd", "grbal"])
 def test_the_window_policy_readapts_from_the_meta_learnt_weights_on_the_last_examples(name):
     algo = ALGORITHMS[name]()
-    predictor = algo.adapt(*labelled(6, 1)).configure(window=5)
-    xs, ys = [], []
-    for i in range(4):
-        x, y = labelled(2, 10 + i)
-        predictor.update(x, y)
-        xs.append(x)
-        ys.append(y)
-    wx, wy = torch.cat(xs)[-5:], torch.cat(ys)[-5:]
+    predictor, (wx, wy) = feed_window(algo.adapt(*labelled(6, 1)))
     assert torch.equal(predictor.window_x, wx) and predictor.window_x.shape == (5, DIM)
     query = labelled(7, 3)[0]
     torch.testing.assert_close(predictor(query), algo.adapt(wx, wy)(query), rtol=1e-12, atol=1e-12)

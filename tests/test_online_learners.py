@@ -25,7 +25,7 @@ from fastadapt.core.registry import ALGORITHMS
 from fastadapt.data.streams import ClassStream, SinusoidStream
 from fastadapt.eval.streams import online, state_nbytes
 from fastadapt.nn import MLP
-from helpers import assert_updates_refused, bad_updates, labelled
+from helpers import assert_updates_refused, bad_updates, feed_window, labelled
 
 WAYS, DIM = 3, 4
 
@@ -81,14 +81,7 @@ def test_an_update_after_reset_equals_adapt_and_the_module_is_never_changed(name
 @pytest.mark.parametrize("name", ["baseline", "baseline++", "linear_probe", "meta_lstm"])
 def test_the_window_policy_refits_on_the_last_examples(name):
     algo = ALGORITHMS_MORE[name]()
-    predictor = algo.adapt(*labelled(6, 1)).configure(window=5)
-    xs, ys = [], []
-    for i in range(4):
-        x, y = labelled(2, 10 + i)
-        predictor.update(x, y)
-        xs.append(x)
-        ys.append(y)
-    wx, wy = torch.cat(xs)[-5:], torch.cat(ys)[-5:]
+    predictor, (wx, wy) = feed_window(algo.adapt(*labelled(6, 1)))
     assert torch.equal(predictor.window_x, wx) and torch.equal(predictor.window_y, wy)
     query = labelled(7, 3)[0]
     fresh = algo.adapt(wx, wy)(query)

@@ -3,6 +3,7 @@ also under pytest-xdist), plus the mark for tests that need a Debian package."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import shutil
@@ -151,16 +152,25 @@ SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what 
 }
 
 
+# PyPI packages a domain reads data files from, without importing them: name -> the command that installs it
+PYPI_PACKAGES: dict[str, str] = {}
+
+
 def needs_package(name: str) -> pytest.MarkDecorator:
-    """Mark a test (or a module, as ``pytestmark``) that needs Debian package ``name``; conftest.py skips it when the
-    package is missing, naming the install command, or fails it when ``FASTADAPT_REQUIRE_SYSTEM_PACKAGES=1``."""
-    if name not in SYSTEM_PACKAGES:
+    """Mark a test (or a module, as ``pytestmark``) that needs Debian package ``name`` (or a PyPI package of
+    ``PYPI_PACKAGES``); conftest.py skips it when the package is missing, naming the install command, or fails it
+    when ``FASTADAPT_REQUIRE_SYSTEM_PACKAGES=1``."""
+    if name not in SYSTEM_PACKAGES and name not in PYPI_PACKAGES:
         raise KeyError(f"no presence check for the Debian package {name!r}: add one to SYSTEM_PACKAGES")
     return pytest.mark.needs_package(name)
 
 
 def missing_package(name: str) -> str | None:
-    """None when Debian package ``name`` is there, else what to run to install it."""
+    """None when package ``name`` is there, else what to run to install it."""
+    if name in PYPI_PACKAGES:
+        if importlib.util.find_spec(name.replace("-", "_")) is not None:
+            return None
+        return f"needs the PyPI package {name}: {PYPI_PACKAGES[name]} (.ci/run installs it)"
     if SYSTEM_PACKAGES[name]():
         return None
     return f"needs Debian's {name}: apt-get install {name} (.ci/run installs it)"

@@ -153,7 +153,9 @@ SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what 
 
 
 # PyPI packages a domain reads data files from, without importing them: name -> the command that installs it
-PYPI_PACKAGES: dict[str, str] = {}
+PYPI_PACKAGES: dict[str, str] = {
+    "animal-mnist": "pip install --no-deps animal-mnist",  # its tensorflow requirement is never installed
+}
 
 
 def needs_package(name: str) -> pytest.MarkDecorator:

@@ -149,6 +149,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what the tests use there?
     "dataset-fashion-mnist": lambda: all(idx_files(FASHION_MNIST_DIR, part) is not None for part in ("train", "test")),
     "chromium": lambda: Path(CHROMIUM).exists(),
+    "fonts-noto-core": lambda: any(Path("/usr/share/fonts/truetype/noto").glob("*.ttf")),
 }
 
 

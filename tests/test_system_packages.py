@@ -46,3 +46,12 @@ def test_every_package_the_tests_name_has_a_presence_check():
     assert set(helpers.SYSTEM_PACKAGES) == {"dataset-fashion-mnist", "chromium", "fonts-noto-core"}
     with pytest.raises(KeyError, match="no presence check for the Debian package 'chromium-driver'"):
         helpers.needs_package("chromium-driver")
+
+
+def test_a_missing_pypi_package_skips_naming_its_pip_command_and_an_installed_one_runs(monkeypatch):
+    monkeypatch.delenv(helpers.REQUIRE_PACKAGES_ENV, raising=False)
+    monkeypatch.setitem(helpers.PYPI_PACKAGES, "no-such-package-xyz", "pip install no-such-package-xyz")
+    monkeypatch.setitem(helpers.PYPI_PACKAGES, "pytest", "pip install pytest")  # installed: its metadata is there
+    with pytest.raises(pytest.skip.Exception, match=r"needs the PyPI package no-such-package-xyz: pip install"):
+        conftest.pytest_runtest_setup(Item("no-such-package-xyz"))
+    conftest.pytest_runtest_setup(Item("pytest"))

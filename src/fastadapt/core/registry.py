@@ -192,6 +192,11 @@ TASK_SOURCES = Registry(
             "letters of many scripts rendered from Debian's fonts-noto-core (OFL): "
             "a class a character, a font an example",
         ),
+        "kanji": (
+            "fastadapt.data.domains.kanji:kanji",
+            "KanjiVG's kanji rendered on this machine (PyPI kanjivg, CC BY-SA 3.0): "
+            "a kanji a class, seeded stroke variations its examples",
+        ),
         "animals": (
             "fastadapt.data.domains.animals:animals",
             "animal silhouettes (PyPI animal-mnist, MIT): 10 animals, part test only, 5-way tasks",

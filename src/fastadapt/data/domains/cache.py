@@ -82,6 +82,7 @@ def cached(name: str, version: str, build: Callable[[], Built], root: str | Path
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".npz", dir=folder)
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, images=images, labels=labels)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache is readable like any other file
         os.replace(tmp, file)
         meta = {"images": len(images), "count_classes": len(names), "classes": list(names), "sha256": _digest(file)}
         manifest.write_text(json.dumps(meta))

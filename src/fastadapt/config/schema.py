@@ -104,7 +104,7 @@ class DataConfig:
     test_queries: Count0 = 0  # Q at validation and test (0: same as queries)
     image_size: Side = 28  # side of the square images fed to the model (resized if different)
     episode_scope: str = "dataset"  # where a task's classes come from: "dataset" (any), "alphabet" (one Omniglot
-    # alphabet per task: Lake's within-alphabet tasks)
+    # alphabet per task: Lake's within-alphabet tasks), "domain" (one domain of the "domains" source per task)
     channels: Channels = 0  # image channels fed to the model: 0 = as the data has them, 1 = grey (RGB by ITU-R 601
     # luma), 3 = RGB (grey replicated)
     augment: tuple[str, ...] = ()  # training tasks only, seeded per task: "flip" (per image), "crop" (per image:

@@ -213,8 +213,8 @@ def _validate(cfg: Config) -> Config:
             )
     _check_names(cfg)
     _check_eval(cfg)
-    if d.episode_scope not in ("dataset", "alphabet"):
-        raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset or alphabet")
+    if d.episode_scope not in ("dataset", "alphabet", "domain"):
+        raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset, alphabet or domain")
     if d.channels not in (0, 1, 3):
         raise ConfigError(
             f"data.channels={d.channels} is not allowed; choose 0 (as the data has them), 1 (grey) or 3 (RGB)"

@@ -197,6 +197,11 @@ TASK_SOURCES = Registry(
             "KanjiVG's kanji rendered on this machine (PyPI kanjivg, CC BY-SA 3.0): "
             "a kanji a class, seeded stroke variations its examples",
         ),
+        "domains": (
+            "fastadapt.data.domains.mixed:mixed_domains",
+            "several domains' classes as one source (data.options.domains = [...]); with data.episode_scope = "
+            "domain every task comes from one domain (Meta-Dataset)",
+        ),
         "animals": (
             "fastadapt.data.domains.animals:animals",
             "animal silhouettes (PyPI animal-mnist, MIT): 10 animals, part test only, 5-way tasks",

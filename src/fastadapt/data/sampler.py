@@ -61,12 +61,15 @@ def check_episode_shape(dataset: ClassDataset, ways: int, shots: int, queries: i
 
 def class_groups(dataset: ClassDataset, scope: str) -> list[str] | None:
     """The group of every class for ``scope``: ``"dataset"`` -> None (one group), ``"alphabet"`` -> the
-    part of each class name before the first ``/`` (Omniglot's alphabet)."""
+    part of each class name before the first ``/`` (Omniglot's alphabet), ``"domain"`` -> the part before the
+    first ``:`` (the domain of a class of the ``domains`` task source)."""
     if scope == "dataset":
         return None
     if scope == "alphabet":
         return [n.split("/", 1)[0] for n in dataset.names]
-    raise DataError(f"episode scope {scope!r} is not supported; choose dataset or alphabet")
+    if scope == "domain":  # the "domains" task source names classes <domain>:<class>; other data is one domain
+        return [n.split(":", 1)[0] if ":" in n else "" for n in dataset.names]
+    raise DataError(f"episode scope {scope!r} is not supported; choose dataset, alphabet or domain")
 
 
 def fixed_episodes(source, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:

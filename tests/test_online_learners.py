@@ -314,6 +314,7 @@ EVERY = {
     "grbal": (lambda: ALGORITHMS.get("grbal")(mlp(WAYS), inner_lr=0.2).double(), True),
     "alfa": (lambda: ALGORITHMS.get("alfa")(mlp(WAYS), inner_steps=1).double(), True),
     "linear_probe": (ALGORITHMS_MORE["linear_probe"], True),
+    "protomaml": (lambda: ALGORITHMS.get("protomaml")(mlp(5), inner_lr=0.3), True),
     "maml-rl": (None, False),
 }
 

@@ -31,6 +31,7 @@ PUBLIC = {
     "MetaSGD",
     "NTMLearner",
     "ProtoNet",
+    "ProtoMAML",
     "Reptile",
     "Run",
     "RunFolder",

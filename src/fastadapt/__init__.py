@@ -29,6 +29,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "MetaLSTM",
         "MetaSGD",
         "NTMLearner",
+        "ProtoMAML",
         "ProtoNet",
         "Reptile",
     ),
@@ -101,6 +102,7 @@ if TYPE_CHECKING:  # for type checkers and editors: the names of _EXPORTS, impor
         MetaLSTM,
         MetaSGD,
         NTMLearner,
+        ProtoMAML,
         ProtoNet,
         Reptile,
     )

@@ -20,6 +20,7 @@ _EXPORTS = {
     "fastadapt.algorithms.meta_lstm": ("MetaLSTM",),
     "fastadapt.algorithms.metasgd": ("MetaSGD",),
     "fastadapt.algorithms.ntm": ("NTMLearner",),
+    "fastadapt.algorithms.protomaml": ("ProtoMAML",),
     "fastadapt.algorithms.protonet": ("ProtoNet",),
     "fastadapt.algorithms.reptile": ("Reptile",),
 }
@@ -43,6 +44,7 @@ __all__ = [
     "MetaLSTM",
     "MetaSGD",
     "NTMLearner",
+    "ProtoMAML",
     "ProtoNet",
     "Reptile",
     "algorithm_class",
@@ -59,5 +61,6 @@ if TYPE_CHECKING:
     from fastadapt.algorithms.meta_lstm import MetaLSTM
     from fastadapt.algorithms.metasgd import MetaSGD
     from fastadapt.algorithms.ntm import NTMLearner
+    from fastadapt.algorithms.protomaml import ProtoMAML
     from fastadapt.algorithms.protonet import ProtoNet
     from fastadapt.algorithms.reptile import Reptile

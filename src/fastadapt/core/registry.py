@@ -299,6 +299,10 @@ ALGORITHMS = Registry(
             "fastadapt.algorithms.alfa:ALFA",
             "ALFA: meta-learnt per-step, per-layer inner rates and weight decay (Baik et al. 2020)",
         ),
+        "protomaml": (
+            "fastadapt.algorithms.protomaml:ProtoMAML",
+            "Proto-MAML: a prototype-initialised head, then MAML's inner loop (Triantafillou et al. 2020)",
+        ),
         "linear_probe": (
             "fastadapt.algorithms.linear_probe:LinearProbe",
             "linear probe on frozen features: logistic regression per task (Tian et al. 2020, RFS)",

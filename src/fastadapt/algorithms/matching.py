@@ -254,6 +254,7 @@ class MatchingNet(nn.Module):
     """
 
     needs_head: ClassVar[bool] = False
+    variable_ways: ClassVar[bool] = True  # reads N from the support labels: variable-way episodes
 
     def __init__(
         self,

@@ -86,6 +86,7 @@ class ProtoMAML(nn.Module):
     """
 
     needs_head: ClassVar[bool] = False
+    variable_ways: ClassVar[bool] = True  # reads N from the support labels: variable-way episodes
     encodes_meta_batch: ClassVar[bool] = False  # every task is encoded on its own (per-task BatchNorm statistics)
 
     def __init__(

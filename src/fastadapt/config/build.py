@@ -20,13 +20,15 @@ from torch import nn
 
 from fastadapt.config import Config, dataset_argument, dataset_name
 from fastadapt.config import preflight as cost
+from fastadapt.config.models import build_model, check_model, head_width
 from fastadapt.core import contract
 from fastadapt.core.episodes import EnvTasks
 from fastadapt.core.errors import ConfigError, FastAdaptError
-from fastadapt.core.registry import MODELS, TASK_SOURCES, algorithm_class, describe_object, import_target
+from fastadapt.core.registry import ALGORITHMS, TASK_SOURCES, algorithm_class, describe_object, import_target
 from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, conform_images
 from fastadapt.data.augment import augmented
-from fastadapt.data.domains.mixed import domain_request
+from fastadapt.data.domains.mixed import domain_request, domain_sizes
+from fastadapt.data.variable import VariableEpisodeSampler
 from fastadapt.nn.weights import load_pretrained
 
 
@@ -94,14 +96,25 @@ def _as_task_source(
     image_size: int | None = None,
     channels: int = 0,
     scope: str = "dataset",
+    variable: bool = False,
 ) -> Any:
     """``obj`` as a task source: a ClassDataset becomes an :class:`EpisodeSampler` (conformed images;
     a class with fewer than ``shots + queries`` examples is an error naming it; ``scope`` as
-    ``data.episode_scope``; a conversion that cannot fit in memory is refused before it starts)."""
+    ``data.episode_scope``; a conversion that cannot fit in memory is refused before it starts).
+
+    ``variable``: a :class:`~fastadapt.data.variable.VariableEpisodeSampler` instead (``data.episodes =
+    "variable"``: ``ways``, ``shots`` and ``queries`` are then not used), which needs a ClassDataset."""
     if isinstance(obj, ClassDataset):
         cost.check_conversion(obj, image_size, channels, obj.name)
         data = conform_images(obj, image_size, channels)
+        if variable:
+            return VariableEpisodeSampler(data, seed, strict=True, groups=class_groups(data, scope))
         return EpisodeSampler(data, ways, shots, queries, seed=seed, strict=True, groups=class_groups(data, scope))
+    if variable:
+        raise ConfigError(
+            f"data.episodes=variable draws episodes from a dataset's classes; task source {name} gives "
+            f"{type(obj).__name__}, not a ClassDataset: use data.episodes=fixed"
+        )
     contract.check_task_source(obj, name)
     return obj
 
@@ -112,6 +125,9 @@ def task_sources(
     """The training stream, the validation and test episode sources (fixed by ``eval.seed``).
 
     ``tasks``: the user's own sources instead of ``data.dataset`` (see :func:`user_task_sources`).
+    ``data.episodes = "variable"``: validation and test draw variable-way, variable-shot episodes (one test source,
+    key ``"variable"``; data.test_ways / test_shots / test_queries and eval.test_settings are not used); training
+    keeps data.ways / shots / queries.
     ``tests_only``: build the test sources alone (``train`` is then None); ``input_shape``: the
     model's input (one example), to which another domain's images are converted (default: the
     training source's first task).
@@ -156,7 +172,16 @@ def task_sources(
             if isinstance(obj, ClassDataset):
                 made[dataset, part] = obj
         src = _as_task_source(
-            obj, d.target or dataset, ways, shots, queries, seed, d.image_size, channels, d.episode_scope
+            obj,
+            d.target or dataset,
+            ways,
+            shots,
+            queries,
+            seed,
+            d.image_size,
+            channels,
+            d.episode_scope,
+            variable=role != "train" and d.episodes == "variable",
         )
         conversion = _describe_conversion(obj, src.dataset) if isinstance(obj, ClassDataset) else "none"
         return src, conversion
@@ -180,12 +205,15 @@ def task_sources(
             input_shape = tuple(first.sample_tasks(0, 0, 1).support_x.shape[2:])
         test_channels = d.channels or (int(input_shape[0]) if len(input_shape) == 3 else 0)
     settings = e.test_settings or ((cfg.test_ways, cfg.test_shots),)
+    if d.episodes == "variable":  # one test source: its episodes draw their own ways and shots
+        settings = ((cfg.test_ways, cfg.test_shots),)
     tests, conversions = {}, {}
     for w, s in settings:
         src, conversion = source(test_dataset, "test", d.test_part, w, s, cfg.test_queries, e.seed + 1, test_channels)
-        key = (
-            f"{s}shot" if getattr(src, "ways", 1) == 1 and not isinstance(src, EpisodeSampler) else f"{w}w{s}s"
-        )  # regression: no ways
+        if isinstance(src, VariableEpisodeSampler):
+            key = "variable"
+        else:  # regression: no ways
+            key = f"{s}shot" if getattr(src, "ways", 1) == 1 and not isinstance(src, EpisodeSampler) else f"{w}w{s}s"
         tests[key], conversions[key] = src, conversion
     if train is not None:
         train = augmented(train, d.augment, cfg.run.seed)  # data.augment: training tasks only
@@ -205,6 +233,11 @@ def user_task_sources(cfg: Config, tasks: Any) -> TaskSources:
     if unknown or "train" not in tasks:
         raise ConfigError(
             f"tasks: expected keys train (required), val and test; found {', '.join(map(str, tasks)) or 'none'}"
+        )
+    if isinstance(tasks["train"], VariableEpisodeSampler):
+        raise ConfigError(
+            "tasks['train']: the training loop stacks fixed-shape tasks; variable-way episodes are for validation "
+            "and test only (give an EpisodeSampler to train on)"
         )
     train = _as_task_source(
         tasks["train"], "tasks['train']", d.ways, d.shots, d.queries, cfg.run.seed, d.image_size, d.channels
@@ -248,75 +281,17 @@ def probe_batch(sources: TaskSources, cfg: Config) -> Any:
     return batch
 
 
-def _call_with_named(
-    factory: Any, what: str, available: dict[str, Any], options: dict[str, Any], options_key: str
-) -> Any:
-    """``factory(**kwargs)``: the ``available`` values whose names it takes, plus every one of ``options``."""
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}  # type: ignore[assignment]
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    unknown = [k for k in options if k not in named and not open_ended]
-    if unknown:
-        raise ConfigError(
-            f"{options_key}.{unknown[0]}: {what} takes no argument {unknown[0]!r}; it takes "
-            f"{', '.join(named) or 'none'}"
-        )
-    kwargs = {k: v for k, v in available.items() if k in named and k not in options}
-    kwargs.update(options)
-    try:
-        return factory(**kwargs)
-    except FastAdaptError:
-        raise
-    except TypeError as e:
-        raise ConfigError(f"{what}: {e}") from None
-
-
-def build_model(cfg: Config, input_shape: tuple[int, ...], out_features: int | None) -> nn.Module:
-    """The model a config names, for inputs of ``input_shape`` (one example) and ``out_features`` outputs (None: an
-    embedding)."""
-    m = cfg.model
-    factory = import_target(m.target, "model.target") if m.target else MODELS.get(m.name)
-    what = f"model {m.target or m.name}"
-    available = {
-        "input_shape": tuple(input_shape),
-        "in_channels": int(input_shape[0]) if input_shape else 1,
-        "image_size": int(input_shape[-1]) if len(input_shape) >= 2 else cfg.data.image_size,
-        "out_features": out_features,
-        "hidden": m.hidden,
-        "layers": tuple(m.layers),
-        "batch_norm": m.batch_norm,
-    }
-    model = _call_with_named(factory, what, available, dict(m.options), "model.options")
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"{what} returned {type(model).__name__}; expected an nn.Module")
-    return model
-
-
-def head_width(cfg: Config, cls: type, batch: Any) -> int | None:
-    """Outputs per example the algorithm needs of its model: the classes of a head, the regression
-    target's width, the action size (reinforcement learning), or None (an embedding)."""
-    if isinstance(batch, EnvTasks):
-        return batch.action_size
-    if batch.query_y.is_floating_point():
-        return int(batch.query_y.shape[-1]) if batch.query_y.ndim > 2 else 1
-    if not contract.needs_head(cls):
-        return None
-    ways = batch.ways
-    bad = [w for w in (cfg.test_ways, *(w for w, _ in cfg.eval.test_settings)) if w != ways]
-    if bad:
-        raise ConfigError(
-            f"{cfg.algorithm} has a {ways}-way head; test ways must equal data.ways={ways} (got {bad[0]})"
-        )
-    return ways
-
-
 def train_classes(sources: TaskSources) -> int | None:
     """Classes the training source draws from (its dataset's), None when it does not say."""
     data = getattr(sources.train, "dataset", None)
     return int(data.num_classes) if isinstance(data, ClassDataset) else None
+
+
+def train_domains(sources: TaskSources) -> list[int] | None:
+    """The class count of each domain of a multi-domain training source, in class-id order (:func:`domain_sizes`);
+    None for other sources."""
+    data = getattr(sources.train, "dataset", None)
+    return domain_sizes(data) if isinstance(data, ClassDataset) else None
 
 
 def build_algorithm(
@@ -326,6 +301,7 @@ def build_algorithm(
     num_classes: int | None = None,
     check_memory: bool = True,
     pretrained: bool = True,
+    domain_sizes: list[int] | None = None,
 ) -> nn.Module:
     """The algorithm a config names, around ``model`` (else the config's model), checked on ``batch``
     (a training :class:`~fastadapt.core.episodes.TaskBatch`: its shapes fix the model's input and output;
@@ -339,12 +315,16 @@ def build_algorithm(
     ``load_run``).
 
     An algorithm whose constructor takes ``num_classes`` (a classifier over every training class,
-    e.g. Baseline) gets the training source's class count unless the config sets it.
+    e.g. Baseline) gets the training source's class count unless the config sets it; one that takes
+    ``domain_sizes`` (a head per domain: MultiDomain) gets ``domain_sizes`` (:func:`train_domains`) likewise.
     """
     if batch is None:
         sources = task_sources(cfg)
         batch, num_classes = probe_batch(sources, cfg), train_classes(sources)
+        domain_sizes = train_domains(sources)
     cls = algorithm_class(cfg.algorithm)
+    if cfg.data.episodes == "variable":
+        contract.check_variable_ways(cls, cfg.algorithm, ALGORITHMS.names(), ALGORITHMS.get)
     width = head_width(cfg, cls, batch)
     name = cfg.model.target or cfg.model.name
     if model is None:
@@ -360,7 +340,7 @@ def build_algorithm(
         batch, EnvTasks
     ):  # before _check_model, which runs the model on a whole support set
         cost.check_cost(cfg, batch, model)
-    _check_model(model, name, cfg.algorithm, width, batch)
+    check_model(model, name, cfg.algorithm, width, batch)
     options = dict(cfg.algorithm_options)
     if "num_classes" in inspect.signature(cls).parameters and "num_classes" not in options:
         if num_classes is None:
@@ -368,6 +348,8 @@ def build_algorithm(
                 f"algorithm {cfg.algorithm} needs num_classes (the training classes); set algorithm.num_classes"
             )
         options["num_classes"] = num_classes
+    if "domain_sizes" in inspect.signature(cls).parameters and "domain_sizes" not in options:
+        options["domain_sizes"] = domain_sizes
     try:
         algo = cls(model, **options)
     except FastAdaptError:
@@ -388,31 +370,6 @@ def build_algorithm(
         ) from None
     contract.check_algorithm(algo, cfg.algorithm)
     return algo
-
-
-def _check_model(model: nn.Module, name: str, algorithm: str, width: int | None, batch: Any) -> None:
-    """Run ``model`` once (eval mode, no graph) on one task's support set and check its output's shape."""
-    if not any(True for _ in model.parameters()) and not any(True for _ in model.buffers()) and width is not None:
-        raise ConfigError(
-            f"model {name} has no weights; {algorithm} needs a model with a {width}-output head (use conv4 or mlp)"
-        )
-    x = torch.zeros(2, *batch.observation_shape) if isinstance(batch, EnvTasks) else batch.support_x[0]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except FastAdaptError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ConfigError(
-            f"model {name} cannot take inputs of shape {list(x.shape)} from the task source ({reason}); "
-            f"check data.image_size / data.channels, or choose a model for this data (model.name / model.target)"
-        ) from None
-    finally:
-        model.train(was_training)
-    contract.check_model_output(out, name, algorithm, width, x.shape[0])
 
 
 def build_optimizer(cfg: Config, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:

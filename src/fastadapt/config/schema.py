@@ -105,6 +105,9 @@ class DataConfig:
     image_size: Side = 28  # side of the square images fed to the model (resized if different)
     episode_scope: str = "dataset"  # where a task's classes come from: "dataset" (any), "alphabet" (one Omniglot
     # alphabet per task: Lake's within-alphabet tasks), "domain" (one domain of the "domains" source per task)
+    episodes: str = "fixed"  # validation and test episodes: "fixed" (test_ways-way test_shots-shot) or "variable"
+    # (Meta-Dataset's variable-way, variable-shot, class-imbalanced episodes, fastadapt/data/variable.py: test_ways,
+    # test_shots, test_queries and eval.test_settings are then ignored; training keeps ways / shots / queries)
     channels: Channels = 0  # image channels fed to the model: 0 = as the data has them, 1 = grey (RGB by ITU-R 601
     # luma), 3 = RGB (grey replicated)
     augment: tuple[str, ...] = ()  # training tasks only, seeded per task: "flip" (per image), "crop" (per image:
@@ -154,7 +157,10 @@ class EvalConfig:
     # = test_ways/test_shots only
     level: Level = 0.95  # confidence level of the reported interval
     finetune: str = "none"  # test-time fine-tuning of embedding-based algorithms on each support set: "none", "head"
-    # (a prototype-initialised linear head on frozen features), "encoder" (that head and the encoder)
+    # (a prototype-initialised linear head on frozen features), "encoder" (that head and the encoder),
+    # "transductive" (both, plus the query predictions' entropy, weight 1: Dhillon et al. 2020), "film" (per-channel
+    # scale and shift after each norm, backbone frozen), "tsa" (1x1 residual adapters and a feature transform,
+    # backbone frozen: Li et al. 2022); fastadapt/eval/finetune.py
     finetune_steps: Count0 = 50  # fine-tuning steps per task (SGD, momentum 0.9, full support set)
     finetune_lr: Rate = 0.01  # fine-tuning learning rate
     select: str = "fixed"  # gradient-based algorithms: "fixed" (the run's inner rate and steps) or "support_cv"

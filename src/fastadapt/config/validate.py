@@ -175,8 +175,10 @@ def _check_names(cfg: Config) -> None:
 
 def _check_eval(cfg: Config) -> None:
     e = cfg.eval
-    if e.finetune not in ("none", "head", "encoder"):
-        raise ConfigError(f"eval.finetune={e.finetune!r} is not allowed; choose none, head or encoder")
+    if e.finetune not in ("none", "head", "encoder", "transductive", "film", "tsa"):
+        raise ConfigError(
+            f"eval.finetune={e.finetune!r} is not allowed; choose none, head, encoder, transductive, film or tsa"
+        )
     if e.select not in ("fixed", "support_cv"):
         raise ConfigError(f"eval.select={e.select!r} is not allowed; choose fixed or support_cv")
     if not e.select_lr_scales or not all(math.isfinite(s) and s > 0 for s in e.select_lr_scales):
@@ -215,6 +217,8 @@ def _validate(cfg: Config) -> Config:
     _check_eval(cfg)
     if d.episode_scope not in ("dataset", "alphabet", "domain"):
         raise ConfigError(f"data.episode_scope={d.episode_scope!r} is not allowed; choose dataset, alphabet or domain")
+    if d.episodes not in ("fixed", "variable"):
+        raise ConfigError(f"data.episodes={d.episodes!r} is not allowed; choose fixed or variable")
     if d.channels not in (0, 1, 3):
         raise ConfigError(
             f"data.channels={d.channels} is not allowed; choose 0 (as the data has them), 1 (grey) or 3 (RGB)"

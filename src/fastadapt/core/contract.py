@@ -150,6 +150,22 @@ def needs_head(cls: type) -> bool:
     return value
 
 
+def check_variable_ways(cls: type, name: str, registered: list[str], get: Any) -> None:
+    """One-line error unless ``cls`` declares ``variable_ways = True``: it predicts an episode of any N, read from
+    the support labels (``data.episodes = "variable"``), rather than through a fixed N-output head. ``registered``
+    and ``get``: the algorithm registry's names and lookup (the error names the algorithms that can)."""
+    value = getattr(cls, "variable_ways", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"algorithm {cls.__qualname__}: variable_ways must be True or False, found {value!r}")
+    if not value:
+        able = [n for n in registered if getattr(get(n), "variable_ways", False) is True]
+        raise ConfigError(
+            f"variable-way episodes need an algorithm that reads N from the support set; {name} has a fixed "
+            f"N-output head or input (it does not declare variable_ways = True): use data.episodes=fixed, or one "
+            f"of {', '.join(able) or 'none registered'}"
+        )
+
+
 def encodes_meta_batch(algo: nn.Module) -> bool:
     """Whether ``algo.meta_loss`` encodes the whole meta-batch at once (False when it does not say)."""
     return bool(getattr(algo, "encodes_meta_batch", False))

@@ -206,6 +206,11 @@ TASK_SOURCES = Registry(
             "fastadapt.data.domains.animals:animals",
             "animal silhouettes (PyPI animal-mnist, MIT): 10 animals, part test only, 5-way tasks",
         ),
+        "emoji": (
+            "fastadapt.data.domains.emoji:emoji",
+            "emoji in colour (Noto Color Emoji, EmojiOne 2, Twemoji from apt and pip; OFL, CC BY-SA, CC BY): "
+            "an emoji a class, a design an example",
+        ),
         "sinusoid-stream": (
             "fastadapt.data.streams:sinusoid_stream",
             "drifting, switching sinusoid streams; episodes are windows (support: points before a step, query: after)",
@@ -290,6 +295,11 @@ ALGORITHMS = Registry(
         "baseline": (
             "fastadapt.algorithms.baseline:Baseline",
             "Baseline / Baseline++: a classifier on all training classes, a new head per task (Chen et al. 2019)",
+        ),
+        "multidomain": (
+            "fastadapt.algorithms.multidomain:MultiDomain",
+            "one backbone pretrained on several domains, a classification head per domain (Li et al. 2021's "
+            "multi-domain baseline); a new head per task",
         ),
         "grbal": (
             "fastadapt.algorithms.grbal:GrBAL",

@@ -74,7 +74,11 @@ def class_groups(dataset: ClassDataset, scope: str) -> list[str] | None:
 
 def fixed_episodes(source, num_episodes: int, batch_size: int = 100) -> Iterator[TaskBatch]:
     """Tasks ``0 .. num_episodes-1`` of the evaluation step of ``source`` (any task source), in batches of
-    ``batch_size``: the same episodes for the same seed, whatever the batch size."""
+    ``batch_size``: the same episodes for the same seed, whatever the batch size. A source whose tasks differ in
+    shape (``one_task_per_batch = True``: :class:`~fastadapt.data.variable.VariableEpisodeSampler`) gives batches
+    of one task."""
+    if getattr(source, "one_task_per_batch", False):
+        batch_size = 1
     for start in range(0, num_episodes, batch_size):
         yield source.sample_tasks(EVAL_STEP, start, min(batch_size, num_episodes - start))
 

@@ -115,7 +115,7 @@ def load_run(
     ``model``: the run's ``nn.Module``, needed again when the run was trained with a model given in
     Python (``fastadapt.train(cfg, model=...)``); its weights are replaced by the run's.
     """
-    from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes
+    from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes, train_domains
 
     folder = RunFolder(path)
     cfg = folder.read_config(overrides)
@@ -128,12 +128,14 @@ def load_run(
         )
     shapes, sources = prov.get("task_shapes"), None
     if shapes:
-        batch, classes = _batch_from_shapes(shapes), prov.get("train_classes")
+        batch, classes, domains = _batch_from_shapes(shapes), prov.get("train_classes"), prov.get("train_domains")
     else:  # runs written before provenance: look at the data (kept for Run.tasks)
         sources = task_sources(cfg)
-        batch, classes = probe_batch(sources, cfg), train_classes(sources)
+        batch, classes, domains = probe_batch(sources, cfg), train_classes(sources), train_domains(sources)
     # the weights the training fitted replace the pretrained ones: no memory check, no model.weights
-    algo = build_algorithm(cfg, batch, model=model, num_classes=classes, check_memory=False, pretrained=False)
+    algo = build_algorithm(
+        cfg, batch, model=model, num_classes=classes, check_memory=False, pretrained=False, domain_sizes=domains
+    )
     weights = folder.weights_file()
     payload = exported_payload(weights) if weights.name == EXPORTED else load_checkpoint(weights, "cpu")
     load_weights(algo, payload, weights)

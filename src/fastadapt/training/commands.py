@@ -35,12 +35,12 @@ def dry_run(cfg: Config) -> str:
     and say so in one line."""
     from torch import nn
 
-    from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes
+    from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes, train_domains
     from fastadapt.config.preflight import estimate_cost
 
     sources = task_sources(cfg)
     probe = probe_batch(sources, cfg)
-    algo = build_algorithm(cfg, probe, num_classes=train_classes(sources))
+    algo = build_algorithm(cfg, probe, num_classes=train_classes(sources), domain_sizes=train_domains(sources))
     model = getattr(algo, "model", None)
     found = estimate_cost(cfg, probe, model) if isinstance(model, nn.Module) else None
     estimate = f"; {found.summary()}" if found is not None else ""

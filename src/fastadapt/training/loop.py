@@ -17,7 +17,14 @@ from torch import nn
 
 from fastadapt.algorithms import compiled
 from fastadapt.config import Config, load_config
-from fastadapt.config.build import build_algorithm, build_optimizer, probe_batch, task_sources, train_classes
+from fastadapt.config.build import (
+    build_algorithm,
+    build_optimizer,
+    probe_batch,
+    task_sources,
+    train_classes,
+    train_domains,
+)
 from fastadapt.core import contract
 from fastadapt.core.errors import FastAdaptError
 from fastadapt.core.registry import describe_object
@@ -113,8 +120,9 @@ class Trainer:
         self.task_weight = distributed.task_weight(self.task_count, cfg.data.meta_batch)
         self.sources = task_sources(cfg, self.tasks)
         probe = probe_batch(self.sources, cfg)
-        classes = train_classes(self.sources)
-        self.algo = build_algorithm(cfg, probe, model=self.model, num_classes=classes).to(self.device)
+        classes, domains = train_classes(self.sources), train_domains(self.sources)
+        self.algo = build_algorithm(cfg, probe, model=self.model, num_classes=classes, domain_sizes=domains)
+        self.algo = self.algo.to(self.device)
         self.sync_bn = contract.encodes_meta_batch(self.algo)
         check_task_chunk(self.algo, cfg.optim.task_chunk, self.task_count)
         self.compile_session = compiled.CompileSession() if cfg.run.compile else None
@@ -137,6 +145,8 @@ class Trainer:
             self.folder.clear_metrics()
         if main:
             given: dict[str, Any] = {"train_classes": classes}
+            if domains is not None:
+                given["train_domains"] = domains
             if self.model is not None:
                 given["model_given"] = describe_object(type(self.model))
             if self.tasks is not None:

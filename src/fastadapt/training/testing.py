@@ -10,6 +10,7 @@ import torch
 from fastadapt.config import Config
 from fastadapt.config.build import TaskSources
 from fastadapt.core.errors import FastAdaptError
+from fastadapt.data.variable import VariableEpisodeSampler
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.eval.finetune import FineTuned
 from fastadapt.eval.select import SupportSelected
@@ -20,9 +21,16 @@ from fastadapt.runtime.devices import check_device
 
 
 def _eval_settings(
-    cfg: Config, algo: torch.nn.Module, ways: int, shots: int, queries: int, conversion: str = "none"
+    cfg: Config,
+    algo: torch.nn.Module,
+    ways: int,
+    shots: int,
+    queries: int,
+    conversion: str = "none",
+    episodes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What changes the number, to be written beside it."""
+    """What changes the number, to be written beside it; ``episodes``: the rules of variable-way episodes (whose
+    ``ways``, ``shots`` and ``queries`` are then written as 0: they vary per episode)."""
     e = cfg.eval
     settings = {
         "algorithm": cfg.algorithm,
@@ -41,6 +49,8 @@ def _eval_settings(
         settings["test_dataset"] = cfg.data.test_dataset
     if cfg.data.episode_scope != "dataset":
         settings["episode_scope"] = cfg.data.episode_scope
+    if episodes is not None:
+        settings["episodes"] = {"kind": "variable", **episodes}
     if cfg.run.precision != "fp32":
         settings["precision"] = cfg.run.precision
     if conversion != "none":
@@ -80,7 +90,13 @@ def run_tests(
     model = evaluated(cfg, algo)
     for key, sampler in sources.tests.items():
         settings = _eval_settings(
-            cfg, algo, getattr(sampler, "ways", 1), sampler.shots, sampler.queries, sources.conversions.get(key, "none")
+            cfg,
+            algo,
+            getattr(sampler, "ways", 1),
+            sampler.shots,
+            sampler.queries,
+            sources.conversions.get(key, "none"),
+            sampler.describe() if isinstance(sampler, VariableEpisodeSampler) else None,
         )
         results[key] = evaluate(
             model,

@@ -21,6 +21,25 @@ def domain_of(class_name: str) -> str:
     return class_name.split(SEPARATOR, 1)[0]
 
 
+def domain_sizes(data: ClassDataset) -> list[int] | None:
+    """The class count of each domain of ``data`` in class-id order, when its classes are named
+    ``<domain>:<class>`` with each domain one block of class ids (as :func:`mixed_domains` gives them); else None."""
+    if not all(SEPARATOR in n for n in data.names):
+        return None
+    sizes: list[int] = []
+    seen: list[str] = []
+    for name in data.names:
+        domain = domain_of(name)
+        if seen and seen[-1] == domain:
+            sizes[-1] += 1
+        elif domain in seen:  # a domain in two blocks: no per-domain layout
+            return None
+        else:
+            seen.append(domain)
+            sizes.append(1)
+    return sizes
+
+
 def domain_request(request: Any, name: str) -> Any:
     """The request one domain of a ``domains`` source gets: its own table of ``data.options`` (``{}`` when it has
     none) less two keys read here, ``split`` (its ``data.split``) and ``parts`` (its own part name for each part asked

@@ -22,8 +22,12 @@ def regime(cell: Cell, study: Study) -> str:
 def evaluate(cell: Cell, evaluation: Evaluation, study: Study) -> dict:
     opts = study.options
     overrides = [*evaluation.overrides, *opts["common_eval"], f"eval.test_episodes={evaluation.episodes}"]
-    ways, shots = (o.split("=")[1] for o in overrides if o.startswith(("data.test_ways", "data.test_shots")))
-    path = RunFolder(cell.run).eval_file(f"{ways}w{shots}s", overrides)
+    if "data.episodes=variable" in overrides:  # the one setting of variable-way, variable-shot episodes
+        key = "variable"
+    else:
+        ways, shots = (o.split("=")[1] for o in overrides if o.startswith(("data.test_ways", "data.test_shots")))
+        key = f"{ways}w{shots}s"
+    path = RunFolder(cell.run).eval_file(key, overrides)
     if not path.is_file() and fastadapt_command(["eval", str(cell.run), *overrides]) != 0:
         raise StudyError(f"{cell.label}: fastadapt eval {cell.run} failed (its error is above)")
     d = json.loads(path.read_text())

@@ -238,8 +238,11 @@ def table_cells(results: Mapping[str, Any]) -> list[str]:
         scores = []
         for n in names:
             e = c["evals"].get(n)
-            scale = 100 if e and e["metric"] == "acc" else 1
-            scores.append("-" if e is None else f"{scale * e['mean']:.4g} ± {scale * e['ci']:.2g}")
+            if e is None or "mean" not in e:  # not evaluated, or skipped by the study's evaluate
+                scores.append("-")
+                continue
+            scale = 100 if e["metric"] == "acc" else 1
+            scores.append(f"{scale * e['mean']:.4g} ± {scale * e['ci']:.2g}")
         lines.append(f"| {label} | " + " | ".join(scores) + f" | {c['steps']} | {c['train_minutes']:.1f} |")
     return lines
 

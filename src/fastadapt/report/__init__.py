@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from fastadapt.report.domains import domains_tables
 from fastadapt.report.model_based import mann_ablation_table
 from fastadapt.report.runs import markdown_report, plot_learnt_learning, plot_run, read_metrics, save_episode_grid
 from fastadapt.report.streams import change_tables
@@ -16,6 +17,7 @@ STUDY_TABLES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {  # a study
     "rl": rl_table,
     "hyper": hyper_tables,
     "cross-domain": cross_domain_tables,
+    "domains": domains_tables,
     "mann-ablation": mann_ablation_table,
     "matching-ablation": matching_ablation_table,
     "change": change_tables,

@@ -11,6 +11,8 @@ training domains (``choose_schedule`` over ``options.adapt_grid``; never on a te
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from fastadapt.apps.study import Cell, Evaluation, Study, StudyError
@@ -74,8 +76,12 @@ def evaluate(cell: Cell, evaluation: Evaluation, study: Study) -> dict:
         ways, shots = (o.split("=")[1] for o in overrides if o.startswith(("data.test_ways", "data.test_shots")))
         key = f"{ways}w{shots}s"
     path: Path = RunFolder(cell.run).eval_file(key, overrides)
-    if not path.is_file() and fastadapt_command(["eval", str(cell.run), *overrides]) != 0:
-        raise StudyError(f"{cell.label}: fastadapt eval {cell.run} failed (its error is above)")
+    seconds = None
+    if not path.is_file():
+        start = time.perf_counter()
+        if fastadapt_command(["eval", str(cell.run), *overrides]) != 0:
+            raise StudyError(f"{cell.label}: fastadapt eval {cell.run} failed (its error is above)")
+        seconds = time.perf_counter() - start
     d = json.loads(path.read_text())
     out = {
         "metric": d["metric"],
@@ -87,4 +93,7 @@ def evaluate(cell: Cell, evaluation: Evaluation, study: Study) -> dict:
     }
     if chosen is not None:
         out["schedule"] = {"steps": chosen["steps"], "lr": chosen["lr"]}
+    if seconds is not None:  # wall time of the whole command (loading included) per episode, one thread
+        out["seconds_per_episode"] = seconds / d["episodes"]
+        out["load_average"] = os.getloadavg()[0]
     return out

@@ -37,7 +37,8 @@ def results(tmp_path):
         for column, mean in cols.items():
             scores = list(np.clip(mean + 0.05 * rng.standard_normal(40), 0, 1))
             evals[column] = record(tmp_path, label, column, scores)
-        cells[label] = {"run": str(tmp_path / label.replace(", ", "-").replace(" ", "_")), "evals": evals}
+        run = str(tmp_path / label.replace(", ", "-").replace(" ", "_"))
+        cells[label] = {"run": run, "evals": evals, "train_minutes": 20.0 + 5 * ("no" in label)}
     evals = {c: {"episodes": 40} for c in ("fmnist-5w1s", "kanji-5w1s", "omniglot-5w1s")}
     options = {"trained_on": TRAINED, "baseline_row": "ProtoNets, Omniglot only"}
     return {"cells": cells, "evals": evals, "options": options}
@@ -60,6 +61,7 @@ def test_rows_take_each_held_out_column_from_the_cell_that_left_it_out(results):
     assert cells[4] == f"{100 * mean:.2f}"
     assert cells[5] == "1.00"  # better than the baseline in both common columns
     assert cells[7] == f"{100 * e['ProtoNets, all']['evals']['omniglot-5w1s']['mean']:.2f} ± 1.00"  # in-domain cost
+    assert cells[8] == "20.0-25.0" and cells[9] == "-"  # the cells' training minutes; no timed evaluation
     base_cells = [c.strip() for c in base.split("|")[1:-1]]
     assert base_cells[2] == "-" and base_cells[5] == "2.00" and base_cells[6] == "-"
 

@@ -10,8 +10,8 @@ adaptation mode, or none) under a training regime:
 Columns: each held-out domain's accuracy (mean +- 95 % CI over the fixed episodes every row shares), the mean over
 the domains both regimes hold out, the average rank over those columns (1 = best), the paired difference of that
 mean against the baseline row (``options.baseline_row``: ProtoNets, Omniglot only) with its 95 % CI from the
-per-episode scores, and the in-domain cost: Omniglot's accuracy for the cell trained on Omniglot (the regime
-``all`` for leave-one-out rows).
+per-episode scores, the in-domain cost: Omniglot's accuracy for the cell trained on Omniglot (the regime
+``all`` for leave-one-out rows), the training minutes of the row's cells and the median seconds per evaluated task.
 """
 
 from __future__ import annotations
@@ -86,15 +86,34 @@ def domains_table(results: Mapping[str, Any], setting: str, level: float = 0.95)
     head = [TITLES[d] for d in domains]
     lines = [
         "| method, training | " + " | ".join(head) + f" | mean of {', '.join(TITLES[d] for d in common) or '-'} "
-        f"| average rank | paired diff. of the mean vs {opts.get('baseline_row', '-')} | Omniglot in-domain |",
-        "|---" * (len(head) + 5) + "|",
+        f"| average rank | paired diff. of the mean vs {opts.get('baseline_row', '-')} | Omniglot in-domain "
+        "| train min (cells) | s per task |",
+        "|---" * (len(head) + 7) + "|",
     ]
     for (name, got, cost), rank in zip(rows, ranks):
         cells = [_fmt(got[d][1]) if d in got else "-" for d in domains]
         mean = np.mean([got[d][1]["mean"] for d in common]) if common else math.nan
         diff = _paired_mean_diff(got, base, common, level) if base is not None else "-"
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * mean:.2f} | {rank:.2f} | {diff} | {cost} |")
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {100 * mean:.2f} | {rank:.2f} | {diff} | {cost} | "
+            f"{_train_minutes(got)} | {_task_seconds(got)} |"
+        )
     return lines
+
+
+def _train_minutes(got: dict) -> str:
+    """The training minutes of the cells a row reads (one figure, or the range)."""
+    minutes = sorted({round(c["train_minutes"], 1) for c, _ in got.values() if "train_minutes" in c})
+    if not minutes:
+        return "-"
+    return f"{minutes[0]:.1f}" if len(minutes) == 1 else f"{minutes[0]:.1f}-{minutes[-1]:.1f}"
+
+
+def _task_seconds(got: dict) -> str:
+    """The median wall time per evaluated task of a row's columns (the whole ``fastadapt eval`` command, loading
+    included, over its episodes), where the study timed it."""
+    seconds = [e["seconds_per_episode"] for _, e in got.values() if "seconds_per_episode" in e]
+    return f"{float(np.median(seconds)):.2f}" if seconds else "-"
 
 
 def _fmt(e: Mapping[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """The ``fastadapt`` command: :func:`build_parser` names the subcommands, :func:`main` runs one.
 
-Exit status: 0 done; 2 a usage, config, data or file error (one line on stderr); 130 interrupted (Ctrl-C; a
-training saves its checkpoint first). Anything else is a bug, with its traceback.
+Exit status: 0 done; 2 a usage, config, data or file error (one line on stderr); 130 interrupted (Ctrl-C, SIGINT)
+and 143 terminated (SIGTERM): a training saves its checkpoint first, an evaluation writes nothing. Anything else is
+a bug, with its traceback.
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import sys
 import typing
 from pathlib import Path
 
+from fastadapt.core.cancel import signal_name
 from fastadapt.core.errors import ConfigError, FastAdaptError
 
 MEMORY_FIX = (
@@ -181,8 +184,9 @@ A config has the sections [data], [model], [algorithm], [optim], [eval] and [run
 section.key=value (data.ways=20 algorithm.inner_lr=0.1 run.device=cpu). To see every key of a preset, its
 value and what it means, as a TOML file to save and edit: fastadapt config PRESET > my.toml
 
-exit status: 0 done, 2 usage/config/data/file error, 130 interrupted (Ctrl-C saves the checkpoint first;
-the same command resumes)
+exit status: 0 done, 2 usage/config/data/file error, 130 interrupted (Ctrl-C) or 143 terminated (SIGTERM):
+the checkpoint of the last completed step is saved first (a partial validation or test is dropped); the same
+command resumes
 """
 
 
@@ -216,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="fastadapt",
         description="Meta-learning on PyTorch: train, evaluate and compare few-shot learners.",
-        epilog="exit status: 0 done, 2 usage/config/data/file error, 130 interrupted",
+        epilog="exit status: 0 done, 2 usage/config/data/file error, 130 interrupted (Ctrl-C), 143 terminated",
     )
     p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
@@ -378,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
 
     Every failure a user or the machine can cause prints one line, ``fastadapt: error: <cause>; <fix>``,
     and exits with status 2: a bad config or input (:class:`~fastadapt.core.errors.FastAdaptError`), a file
-    system error (no space, read-only, permission), running out of memory. An interrupt exits with 130.
+    system error (no space, read-only, permission), running out of memory. An interrupt exits with 128 + the
+    signal: 130 for Ctrl-C (SIGINT), 143 for SIGTERM (:class:`~fastadapt.core.cancel.Interrupted` says which).
     ``FASTADAPT_DEBUG=1`` raises instead, with the traceback; any other exception is a bug and keeps its
     traceback. The command (not the library) applies the process settings of
     :mod:`fastadapt.runtime.allocator` when ``run.keep_freed_memory`` is true.
@@ -387,11 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return int(args.fn(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if debug:
             raise
-        print("fastadapt: interrupted", file=sys.stderr)
-        return 130
+        signum = getattr(e, "signum", signal.SIGINT)  # fastadapt.core.cancel.Interrupted says which; Ctrl-C: SIGINT
+        print(f"fastadapt: interrupted ({signal_name(signum)})", file=sys.stderr)
+        return 128 + signum
     except FastAdaptError as e:
         if debug:
             raise

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms.base import per_task_scores
+from fastadapt.core import cancel
 from fastadapt.core.episodes import EnvTasks
 from fastadapt.eval.stats import mean_ci
 from fastadapt.runtime import distributed as dist_
@@ -55,6 +56,15 @@ def batchnorm_setting(model: nn.Module) -> str:
     return "running statistics (eval mode)"
 
 
+def _check_every_rank() -> None:
+    """:func:`fastadapt.core.cancel.check` on every rank of the process group at once: raised on all, with the signal
+    a rank saw, when a stop was asked of any."""
+    asked = cancel.requested()
+    if dist_.any_rank(asked is not None):
+        seen = [s for s in dist_.gather_scores([asked]) if s is not None]
+        raise cancel.Cancelled(asked if asked is not None else seen[0])
+
+
 def evaluate(
     algo: nn.Module,
     episodes,
@@ -73,6 +83,11 @@ def evaluate(
     order, so the result equals one process's. Whole batches are split, never the episodes of one
     batch, because an encoder's BatchNorm may normalise over the batch. ``precision``: ``"bf16"``
     runs ``predict`` under bf16 autocast (:mod:`fastadapt.runtime.precision`).
+
+    A stop asked for (SIGINT / SIGTERM while a command or a training runs: :mod:`fastadapt.core.cancel`) is checked
+    before each batch: the partial evaluation is abandoned with :class:`~fastadapt.core.cancel.Cancelled`, and no
+    result comes back to be written. Under a process group the ranks agree once a round of ``W`` batches (an
+    all-reduce), so all of them stop at the same batch when any was asked to, and none waits in a collective.
     """
     shard = distributed and dist_.is_distributed()
     me, world = dist_.rank(), dist_.world_size()
@@ -88,6 +103,10 @@ def evaluate(
         bar = tqdm(desc=desc, unit="ep", leave=False)
     try:
         for i, batch in enumerate(episodes):
+            if not shard:
+                cancel.check()
+            elif i % world == 0:  # once a round of batches, on every rank
+                _check_every_rank()
             if shard and i % world != me:
                 continue
             batch = batch.to(device)

@@ -6,12 +6,16 @@ when ``run.keep_freed_memory`` is true, and says so.
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 from fastadapt.config import Config
+from fastadapt.core.cancel import Cancelled, signal_name
 from fastadapt.core.errors import ConfigError
 from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
+from fastadapt.training.environment import StopFlag
 
 
 def _apply_process_settings(cfg: Config) -> str:
@@ -49,7 +53,8 @@ def dry_run(cfg: Config) -> str:
 
 
 def train_command(config: str, overrides: list[str], restart: bool = False, check_only: bool = False) -> int:
-    """``fastadapt train``: the exit status (0 done, 130 interrupted with the checkpoint saved)."""
+    """``fastadapt train``: the exit status (0 done; 128 + the signal when interrupted with the checkpoint saved:
+    130 for SIGINT, 143 for SIGTERM)."""
     from fastadapt.config import load_config  # looked up at each call (a test interrupts it)
 
     cfg = load_config(config, overrides)
@@ -71,12 +76,14 @@ def train_command(config: str, overrides: list[str], restart: bool = False, chec
         )
     result = train(cfg, resume=not restart)
     if result.interrupted:
+        signum = result.signal or signal.SIGINT  # None: another rank's signal stopped this one after a step
         if main:
+            why = f" ({signal_name(result.signal)})" if result.signal else ""
             print(
-                f"interrupted at step {result.steps}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; "
+                f"interrupted at step {result.steps}{why}; checkpoint saved in {cfg.out_dir}/checkpoint.pt; "
                 f"run the same command to resume"
             )
-        return 130
+        return 128 + signum
     if main:
         for key, res in result.tests.items():
             print(f"test {key}: {res.summary()}")
@@ -85,14 +92,25 @@ def train_command(config: str, overrides: list[str], restart: bool = False, chec
 
 
 def eval_command(run_dir: str, overrides: list[str]) -> int:
-    """``fastadapt eval``: test the run, write ``RUN/evals/<setting>.json`` and print each result."""
+    """``fastadapt eval``: test the run, write ``RUN/evals/<setting>.json`` and print each result.
+
+    SIGINT / SIGTERM stop it between two evaluation batches (:class:`~fastadapt.training.environment.StopFlag`):
+    nothing is written, and the exit status is 128 + the signal (130, 143).
+    """
     from fastadapt.runs import RunFolder
     from fastadapt.training.testing import evaluate_run
 
     cfg = RunFolder(run_dir).read_config(overrides)
     check_device(cfg.run.device)
     _apply_process_settings(cfg)
-    results = evaluate_run(run_dir, overrides, progress=cfg.run.progress)
+    try:
+        with StopFlag():
+            results = evaluate_run(run_dir, overrides, progress=cfg.run.progress)
+    except Cancelled as stop:
+        if distributed.is_main():
+            name = signal_name(stop.signum)
+            print(f"fastadapt: interrupted ({name}); no evaluation record written; rerun to evaluate", file=sys.stderr)
+        return 128 + stop.signum
     if distributed.is_main():
         for key, (res, file) in results.items():
             print(f"test {key}: {res.summary()} -> {file}")

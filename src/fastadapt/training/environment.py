@@ -1,22 +1,30 @@
-"""What a training holds in the process for its duration and restores after: SIGINT / SIGTERM turned into
-a flag (save and exit), ``run.threads`` and ``run.deterministic``."""
+"""What a training (or a command) holds in the process for its duration and restores after: SIGINT / SIGTERM
+turned into a flag (save and exit), ``run.threads`` and ``run.deterministic``."""
 
 from __future__ import annotations
 
 import os
 import signal
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
 
+from fastadapt.core import cancel
+
 
 class StopFlag:
-    """Turns SIGINT / SIGTERM into a flag the trainer checks after each step; a second signal stops at once."""
+    """Turns SIGINT / SIGTERM into a flag, for the duration, and makes it the stop asked of
+    :func:`fastadapt.core.cancel.check`: the trainer reads :attr:`signal` after each step, an evaluation checks
+    between its batches (and abandons the partial one with :class:`~fastadapt.core.cancel.Cancelled`). A second
+    signal stops at once, wherever the work is: :class:`~fastadapt.core.cancel.Interrupted` (a
+    :class:`KeyboardInterrupt`). The handlers in place before are restored on exit; outside the main thread signals
+    are left alone."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
         self._old: dict[int, Any] = {}
+        self._held = ExitStack()
 
     def __enter__(self) -> StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -24,16 +32,19 @@ class StopFlag:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 pass
+        self._held.enter_context(cancel.cancellable(lambda: self.signal))
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.signal is not None:  # a second signal: stop now
-            raise KeyboardInterrupt
+            raise cancel.Interrupted(signum, f"a second {cancel.signal_name(signum)}: stopped at once")
         self.signal = signum
 
     def __exit__(self, *exc) -> None:
+        self._held.close()
         for sig, old in self._old.items():
             signal.signal(sig, old)
+        self._old = {}
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from fastadapt.config.build import (
     train_domains,
 )
 from fastadapt.core import contract
+from fastadapt.core.cancel import Cancelled
 from fastadapt.core.errors import FastAdaptError
 from fastadapt.core.registry import describe_object
 from fastadapt.eval import EvalResult, evaluate
@@ -55,6 +56,7 @@ class TrainResult:
     interrupted: bool = False
     train_seconds: float = 0.0
     stopped_by: str | None = None  # the callback hook that stopped the run early (Callback's stopping rule)
+    signal: int | None = None  # the signal that interrupted the run (SIGINT 2, SIGTERM 15), when one did
 
 
 _SHOWN = ("loss", "acc", "mse", "return", "tasks_per_s")  # the progress bar's columns
@@ -136,6 +138,7 @@ class Trainer:
             self.global_step, self.best_val = int(state["step"]), state["best_val"]
             self.train_seconds = float(state["train_seconds"])
             self.saved_at = self.global_step
+            self._validated_at = state.get("validated_at", self.global_step)  # None: a signal abandoned it
             if main:
                 self.folder.truncate_metrics(self.global_step)  # rows logged after the checkpoint come again
                 if changes:
@@ -287,6 +290,7 @@ class Trainer:
                 "best_val": self.best_val,
                 "train_seconds": self.train_seconds,
                 "world_size": self.world,
+                "validated_at": self._validated_at,
             }
             save_checkpoint(self.folder.checkpoint_file, state)
         self.saved_at = self.global_step
@@ -322,7 +326,13 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Step until ``optim.steps``, the ``optim.max_minutes`` budget, a signal or a callback's stop; then
-        checkpoint, and test unless a signal stopped it."""
+        checkpoint, and test unless a signal stopped it.
+
+        A signal stops a validation or a test between two evaluation batches (:mod:`fastadapt.core.cancel`): a
+        partial validation is abandoned (no row, no ``best.pt``), the checkpoint of the last completed step is
+        written and the resumed run validates that step first; a partial test writes nothing, and the same command
+        tests again.
+        """
         cfg = self.cfg
         if cfg.run.progress and self.main:
             from tqdm import tqdm
@@ -331,8 +341,11 @@ class Trainer:
             self._bar = tqdm(total=cfg.optim.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
         self._t_start = time.perf_counter() - self.train_seconds
         interrupted = False
+        stopped: Cancelled | None = None  # what abandoned a validation or a test
         with StopFlag() as signals:
             try:
+                if self._validation_abandoned():
+                    self.validate()  # the validation a signal abandoned before the checkpoint we resumed from
                 # a resumed run whose budget is spent goes straight to testing
                 while self.global_step < cfg.optim.steps and not self._budget_spent():
                     self._after_step(self.step())
@@ -344,22 +357,35 @@ class Trainer:
                         if not interrupted and self.validating and self._validated_at != self.global_step:
                             self.validate()  # stopped early: validate the last weights too
                         break
+            except Cancelled as stop:  # raised between two validation batches only: the step itself is complete
+                interrupted, stopped = True, stop
             finally:
                 if self._bar is not None:
                     self._bar.close()
                 self.loggers.close()
             self.checkpoint()
-        result = TrainResult(
-            self.folder.path,
-            self.global_step,
-            self.best_val,
-            interrupted=interrupted,
-            train_seconds=self.train_seconds,
-            stopped_by=self.stopped_by,
-        )
-        if not interrupted and (self.global_step >= cfg.optim.steps or cfg.optim.max_minutes or self.stopped_by):
-            result.tests = self.test()
+            result = TrainResult(
+                self.folder.path,
+                self.global_step,
+                self.best_val,
+                interrupted=interrupted,
+                train_seconds=self.train_seconds,
+                stopped_by=self.stopped_by,
+            )
+            if not interrupted and (self.global_step >= cfg.optim.steps or cfg.optim.max_minutes or self.stopped_by):
+                try:
+                    result.tests = self.test()
+                except Cancelled as stop:  # between two test batches: no test record is written
+                    result.interrupted, stopped = True, stop
+            if result.interrupted:  # under torchrun a Cancelled may carry another rank's signal
+                result.signal = stopped.signum if stopped is not None else signals.signal
         return result
+
+    def _validation_abandoned(self) -> bool:
+        """A validation was due at the step resumed from and a signal abandoned it."""
+        step, cfg = self.global_step, self.cfg
+        due = self.validating and step > 0 and (step % cfg.eval.val_every == 0 or step == cfg.optim.steps)
+        return due and self._validated_at != step
 
 
 def train(

@@ -247,6 +247,9 @@ def tiny_run(name, folder, out):
             f"data.dataset=folder:{folder}",
             "data.options={}",
             "data.episode_scope=dataset",
+            "data.train_part=train",
+            "data.val_part=val",
+            "data.test_part=test",
             "data.ways=5",
             "data.shots=1",
             "data.queries=2",
@@ -305,6 +308,9 @@ def test_fastadapt_explain_works_for_every_registered_algorithm(name, image_fold
         "baseline": "attribution",
         "linear_probe": "attribution",
         "ntm": "attribution",
+        "multidomain": "attribution",
+        "relation": "relations",
+        "siamese": "verification",
     }.get(name, "adaptation")
     assert record["kind"] == expected_kind and len(record["queries"]) >= 1
     for q in record["queries"]:

@@ -315,6 +315,14 @@ EVERY = {
     "alfa": (lambda: ALGORITHMS.get("alfa")(mlp(WAYS), inner_steps=1).double(), True),
     "linear_probe": (ALGORITHMS_MORE["linear_probe"], True),
     "protomaml": (lambda: ALGORITHMS.get("protomaml")(mlp(5), inner_lr=0.3), True),
+    "multidomain": (
+        lambda: ALGORITHMS.get("multidomain")(
+            mlp(5), num_classes=10, domain_sizes=[4, 6], embedding_dim=5, finetune_steps=6
+        ),
+        True,
+    ),
+    "relation": (lambda: ALGORITHMS.get("relation")(mlp(5), hidden=4, fc=3).double(), True),
+    "siamese": (lambda: ALGORITHMS.get("siamese")(mlp(5)).double(), True),
     "maml-rl": (None, False),
 }
 

@@ -78,7 +78,7 @@ _THREADS_WHY = "0: torch's default; more threads than a machine's cores only slo
 Threads = Annotated[int, Range(0, 1024, why=_THREADS_WHY)]
 Timeout = Annotated[float, Range(0, 86400, lo_open=True, why="seconds; a collective that waits a day is hung")]
 LAYER_WIDTH = Range(1, 2**20, why="units of one mlp layer")  # each entry of model.layers
-AUGMENTATIONS = ("flip", "rotate90", "crop", "shift", "jitter")  # data.augment (fastadapt/data/augment.py)
+AUGMENTATIONS = ("flip", "rotate90", "crop", "shift", "jitter", "affine")  # data.augment (fastadapt/data/augment.py)
 LOGGERS = ("jsonl", "csv", "tensorboard", "wandb")  # run.loggers (fastadapt/training/loggers.py)
 
 
@@ -112,7 +112,8 @@ class DataConfig:
     # luma), 3 = RGB (grey replicated)
     augment: tuple[str, ...] = ()  # training tasks only, seeded per task: "flip" (per image), "crop" (per image:
     # zero-pad 1/8 of the side, random crop), "shift" (per image, up to 1/8 of the side), "jitter" (per image:
-    # brightness, contrast, saturation, +-40%), "rotate90" (per class: a new class, as Omniglot's rotations)
+    # brightness, contrast, saturation, +-40%), "rotate90" (per class: a new class, as Omniglot's rotations), "affine"
+    # (per image: Koch et al. 2015's rotation, shear, scale and translation, zero-filled)
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,8 @@ class EvalConfig:
     # backbone frozen: Li et al. 2022); fastadapt/eval/finetune.py
     finetune_steps: Count0 = 50  # fine-tuning steps per task (SGD, momentum 0.9, full support set)
     finetune_lr: Rate = 0.01  # fine-tuning learning rate
+    tta: Count0 = 0  # test-time augmentation: query logits averaged over the undistorted task and N copies of it with
+    # every image affinely distorted as data.augment's "affine" (support and query; 0: off); fastadapt/eval/tta.py
     select: str = "fixed"  # gradient-based algorithms: "fixed" (the run's inner rate and steps) or "support_cv"
     # (chosen per task from a grid by validation on its support set alone; fastadapt/eval/select.py)
     select_lr_scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # support_cv: multipliers of the run's inner rates to try

@@ -176,7 +176,20 @@ def import_modules(modules: tuple[str, ...] | list[str]) -> None:
 TASK_SOURCES = Registry(
     "task source",
     {
-        "omniglot": ("fastadapt.data.sources:omniglot", "Omniglot, bundled 28x28 (data.split = vinyals | lake)"),
+        "omniglot": (
+            "fastadapt.data.omniglot_full:omniglot",
+            "Omniglot, bundled 28x28 (data.split = vinyals | lake; data.options.drawers = random | paired)",
+        ),
+        "omniglot-full": (
+            "fastadapt.data.omniglot_full:omniglot_full",
+            "Omniglot from the 105x105 originals at data.options.size (28..105, default 105), cached; "
+            "the bundled source's splits, parts and names",
+        ),
+        "lake-runs": (
+            "fastadapt.data.lake:lake_runs",
+            "lake-runs:<all_runs.zip>: Lake's 20 official 20-way 1-shot runs, verified, as 20 test episodes "
+            "(part test only)",
+        ),
         "sinusoid": ("fastadapt.data.sources:sinusoid", "sinusoid regression tasks of the MAML paper (generated)"),
         "folder": ("fastadapt.data.sources:folder", "folder:<path>: <path>/<part>/<class>/<image> (your own images)"),
         "idx": (
@@ -321,6 +334,15 @@ ALGORITHMS = Registry(
             "fastadapt.algorithms.maml_rl:MAMLRL",
             "MAML for policies, clipped outer surrogate (ProMP), first-order and Reptile options "
             "(Finn et al. 2017; Rothfuss et al. 2019)",
+        ),
+        "relation": (
+            "fastadapt.algorithms.relation:RelationNet",
+            "Relation Networks: a learnt module scores (class, query) feature-map pairs (Sung et al. 2018)",
+        ),
+        "siamese": (
+            "fastadapt.algorithms.siamese:Siamese",
+            "siamese verification net: weighted L1 of two embeddings, p(same); one-shot by the most similar support "
+            "image (Koch et al. 2015)",
         ),
     },
 )

@@ -14,8 +14,15 @@ from fastadapt.core.errors import ConfigError
 from fastadapt.data.convert import LUMA  # ITU-R 601-2 greyscale of RGB, as torchvision and PIL
 from fastadapt.data.sampler import _mix
 
-OPERATIONS = ("rotate90", "flip", "crop", "shift", "jitter")  # the order they are applied in
+OPERATIONS = ("rotate90", "flip", "crop", "shift", "affine", "jitter")  # the order they are applied in
 JITTER = 0.4  # colour jitter strength: each factor is uniform in [1 - JITTER, 1 + JITTER]
+# "affine": Koch, Zemel & Salakhutdinov 2015 (sec. 4.2), their ranges for 105x105 Omniglot; each of the seven
+# components is drawn (uniform in its range) with probability AFFINE_KEEP, else left at the identity's value
+AFFINE_ROTATION = 10.0  # theta in [-10, 10] degrees
+AFFINE_SHEAR = 0.3  # rho_x, rho_y in [-0.3, 0.3]
+AFFINE_SCALE = (0.8, 1.2)  # s_x, s_y
+AFFINE_TRANSLATION = 2.0 / 105.0  # t_x, t_y in [-2, 2] pixels of 105: as a fraction of the side, for any size
+AFFINE_KEEP = 0.5  # the probability that a component is drawn
 _SALT = 0xA6  # keeps the augmentation's draws apart from the sampler's own for the same (seed, step, index)
 
 
@@ -64,6 +71,46 @@ def crop(x: Tensor, g: torch.Generator, padding: int | None = None) -> Tensor:
     offsets = torch.randint(0, 2 * padding + 1, (2, m), generator=g)
     padded = F.pad(x, (padding, padding, padding, padding), mode="constant", value=0.0)
     return _windows(padded, offsets[0], offsets[1], h, w)
+
+
+def affine_matrices(m: int, g: torch.Generator, side_ratio: float = 1.0) -> Tensor:
+    """``[M, 2, 3]`` random affine maps ``p -> A p + t`` in normalised coordinates (``[-1, 1]`` across the image):
+    ``A = R(theta) Sh(rho_x, rho_y) S(s_x, s_y)``, ``t = 2 (t_x, t_y)`` (a fraction of the side spans 2 units),
+    each of the seven components drawn with probability :data:`AFFINE_KEEP` from Koch et al.'s ranges
+    (:data:`AFFINE_ROTATION`, :data:`AFFINE_SHEAR`, :data:`AFFINE_SCALE`, :data:`AFFINE_TRANSLATION`), else the
+    identity's (0, 0, 0, 1, 1, 0, 0). ``side_ratio``: width / height (the shear and rotation act in pixels)."""
+    u = torch.rand(m, 7, generator=g, dtype=torch.float64)
+    keep = torch.rand(m, 7, generator=g, dtype=torch.float64) < AFFINE_KEEP
+    lo, hi = AFFINE_SCALE
+    theta = torch.where(keep[:, 0], (2 * u[:, 0] - 1) * AFFINE_ROTATION, 0.0).deg2rad()
+    rho = torch.where(keep[:, 1:3], (2 * u[:, 1:3] - 1) * AFFINE_SHEAR, 0.0)
+    scale = torch.where(keep[:, 3:5], lo + (hi - lo) * u[:, 3:5], 1.0)
+    shift_ = torch.where(keep[:, 5:7], (2 * u[:, 5:7] - 1) * AFFINE_TRANSLATION * 2, 0.0)
+    cos, sin = theta.cos(), theta.sin()
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [M, 2, 2]
+    one = torch.ones_like(cos)
+    shear = torch.stack([torch.stack([one, rho[:, 0]], -1), torch.stack([rho[:, 1], one], -1)], -2)
+    a = rot @ shear @ torch.diag_embed(scale)
+    pixels = torch.tensor([side_ratio, 1.0], dtype=torch.float64)  # normalised x spans W pixels, y spans H
+    a = a * (1 / pixels).view(1, 2, 1) * pixels.view(1, 1, 2)  # the same map in pixels, written in normalised units
+    return torch.cat([a, shift_.unsqueeze(-1)], -1)
+
+
+def warp(x: Tensor, maps: Tensor) -> Tensor:
+    """``x [M, C, H, W]`` with image ``m`` moved by the affine map ``maps[m] [2, 3]`` (``p -> A p + t``, normalised
+    coordinates): output pixel ``p`` reads the input at ``A^-1 (p - t)``, bilinearly; what comes from outside the
+    image is 0 (the background of Omniglot's bundled images: white strokes, value 1, on black, value 0)."""
+    a, t = maps[:, :, :2], maps[:, :, 2:]
+    inv = torch.linalg.inv(a)
+    theta = torch.cat([inv, -inv @ t], -1).to(x.dtype)  # affine_grid maps output coordinates to input ones
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def affine(x: Tensor, g: torch.Generator) -> Tensor:
+    """``x [M, C, H, W]``, each image distorted by its own random affine map (:func:`affine_matrices`, Koch et al.
+    2015's rotation, shear, scale and translation), bilinear, zero outside the image (:func:`warp`)."""
+    return warp(x, affine_matrices(x.shape[0], g, x.shape[-1] / x.shape[-2]))
 
 
 def greyscale(x: Tensor) -> Tensor:
@@ -115,6 +162,8 @@ def augment_task(
             x = crop(x, g)
         elif op == "shift":
             x = shift(x, g)
+        elif op == "affine":
+            x = affine(x, g)
         else:
             x = jitter(x, g, clamp=bool(x.min() >= 0 and x.max() <= 1))
     return x[: len(support_x)], x[len(support_x) :]
@@ -139,6 +188,10 @@ class AugmentedTasks:
                    (torchvision's ``RandomCrop(size, padding=p)``)
     ``shift``      per image: moved by up to ``max(1, side // 8)`` pixels in each direction (edges
                    replicated)
+    ``affine``     per image: Koch et al. 2015's affine distortion for one-shot Omniglot (:func:`affine`):
+                   rotation up to 10 degrees, shear up to 0.3, scale 0.8 to 1.2 per axis, translation up
+                   to 2/105 of the side, each component present with probability 1/2; bilinear, the
+                   uncovered border 0 (Omniglot's background)
     ``jitter``     per image: colour jitter, brightness, then contrast, then saturation, each factor
                    uniform in ``[0.6, 1.4]`` (torchvision's ``ColorJitter(0.4, 0.4, 0.4)`` in a fixed
                    order). On grey images (one channel) saturation is a no-op: a grey image is its own
@@ -189,9 +242,16 @@ def augmented(source: Any, ops: tuple[str, ...] | list[str], seed: int) -> Any:
 
 
 __all__ = [
+    "AFFINE_KEEP",
+    "AFFINE_ROTATION",
+    "AFFINE_SCALE",
+    "AFFINE_SHEAR",
+    "AFFINE_TRANSLATION",
     "JITTER",
     "OPERATIONS",
     "AugmentedTasks",
+    "affine",
+    "affine_matrices",
     "augment_task",
     "augmented",
     "crop",
@@ -200,4 +260,5 @@ __all__ = [
     "jitter",
     "rotate90_per_class",
     "shift",
+    "warp",
 ]

@@ -21,6 +21,7 @@ from fastadapt.data.classes import ClassDataset
 
 _MASK64 = (1 << 64) - 1
 EVAL_STEP = -1  # the step index reserved for fixed evaluation episodes
+DRAWERS = ("random", "paired")  # EpisodeSampler(drawers=...): how a task picks the examples of its classes
 
 
 def _mix(*values: int) -> int:
@@ -107,6 +108,12 @@ class EpisodeSampler:
     naming the class). ``groups`` (one label per class, e.g. :func:`class_groups` for Omniglot's
     alphabets): every task draws its ``ways`` classes from one group, chosen uniformly among the groups
     with at least ``ways`` classes.
+
+    ``drawers``: ``"random"`` (default) draws each class's examples independently; ``"paired"`` draws
+    ``shots + queries`` distinct example indices once per task and takes the same indices from every class
+    (support: the first ``shots``, queries: the rest). In Omniglot example ``j`` of every character is drawer
+    ``j + 1`` (file ``<id>_<j+1>.png``), so a paired 1-shot 1-query task has all its support drawings by one
+    drawer and all its queries by another: the trials of Lake et al. (2015).
     """
 
     def __init__(
@@ -118,8 +125,12 @@ class EpisodeSampler:
         seed: int = 0,
         strict: bool = False,
         groups: list[str] | None = None,
+        drawers: str = "random",
     ) -> None:
         check_episode_shape(dataset, ways, shots, queries, strict)
+        if drawers not in DRAWERS:
+            raise DataError(f"drawers={drawers!r} is not supported; choose one of {', '.join(DRAWERS)}")
+        self.drawers = drawers
         self.dataset, self.ways, self.shots, self.queries, self.seed = dataset, ways, shots, queries, int(seed)
         need = shots + queries
         self._eligible = torch.nonzero(dataset.counts >= need).flatten()
@@ -128,6 +139,7 @@ class EpisodeSampler:
         self._eligible_list: list[int] = self._eligible.tolist()
         self._counts_list: list[int] = self._counts.tolist()
         self._starts_list: list[int] = self._starts.tolist()
+        self._common = min(self._counts_list)  # example indices every eligible class holds (paired drawers)
         self._groups: list[list[int]] | None = None  # positions in the eligible list, per usable group
         if groups is not None:
             if len(groups) != dataset.num_classes:
@@ -159,6 +171,11 @@ class EpisodeSampler:
             pick = rng.sample(self._groups[rng.randrange(len(self._groups))], self.ways)
         need = self.shots + self.queries
         rows: list[int] = []
+        if self.drawers == "paired":  # the same example indices (Omniglot: the same drawers) in every class
+            same = rng.sample(range(self._common), need)
+            for p in pick:
+                rows.extend([self._starts_list[p] + j for j in same])
+            return rows, [self._eligible_list[p] for p in pick]
         key = rng.random
         for p in pick:
             start = self._starts_list[p]

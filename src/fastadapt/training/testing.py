@@ -14,6 +14,7 @@ from fastadapt.data.variable import VariableEpisodeSampler
 from fastadapt.eval.evaluate import EvalResult, batchnorm_setting, evaluate
 from fastadapt.eval.finetune import FineTuned
 from fastadapt.eval.select import SupportSelected
+from fastadapt.eval.tta import ViewAveraged
 from fastadapt.runs import RunFolder, load_run
 from fastadapt.runs.checkpoint import atomic_write_many
 from fastadapt.runtime import distributed
@@ -64,17 +65,21 @@ def _eval_settings(
         }
     if e.select != "fixed":
         settings["select"] = SupportSelected(algo, e.select_lr_scales, e.select_steps).settings()
+    if e.tta:
+        settings["tta"] = ViewAveraged(algo, e.tta, e.seed).settings()
     return settings
 
 
 def evaluated(cfg: Config, algo: torch.nn.Module) -> torch.nn.Module:
     """``algo``, wrapped for test-time fine-tuning when ``eval.finetune`` asks for it, or for support-set selection
-    when ``eval.select`` does."""
+    when ``eval.select`` does; then, with ``eval.tta``, for test-time augmentation (of the fine-tuned one)."""
     if cfg.eval.select == "support_cv":
-        return SupportSelected(algo, cfg.eval.select_lr_scales, cfg.eval.select_steps)
-    if cfg.eval.finetune == "none":
-        return algo
-    return FineTuned(algo, cfg.eval.finetune, cfg.eval.finetune_steps, cfg.eval.finetune_lr)
+        model = SupportSelected(algo, cfg.eval.select_lr_scales, cfg.eval.select_steps)
+    elif cfg.eval.finetune == "none":
+        model = algo
+    else:
+        model = FineTuned(algo, cfg.eval.finetune, cfg.eval.finetune_steps, cfg.eval.finetune_lr)
+    return ViewAveraged(model, cfg.eval.tta, cfg.eval.seed) if cfg.eval.tta else model
 
 
 def run_tests(

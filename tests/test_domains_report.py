@@ -85,3 +85,21 @@ def test_the_paired_difference_is_the_mean_of_per_column_episode_differences(res
 def test_a_protocol_without_columns_gives_no_table(results):
     assert domains_table(results, "var") == []
     assert domains_tables(results)[0] == "**5-way 1-shot**"
+
+
+def test_the_adaptation_study_merges_into_the_same_rows(results, tmp_path):
+    from fastadapt.report.domains import merge_results
+
+    label = "ProtoNets, Omniglot"
+    adapted = {
+        "cells": {label: {"run": results["cells"][label]["run"], "evals": {}}},
+        "evals": {"fmnist-5w1s+tsa": {"episodes": 40}},
+        "options": results["options"],
+    }
+    adapted["cells"][label]["evals"]["fmnist-5w1s+tsa"] = record(tmp_path, label, "fmnist-5w1s+tsa", [0.7] * 40)
+    merged = merge_results(results, adapted)
+    assert set(merged["cells"][label]["evals"]) == {"fmnist-5w1s", "kanji-5w1s", "omniglot-5w1s", "fmnist-5w1s+tsa"}
+    assert "fmnist-5w1s+tsa" not in results["cells"][label]["evals"]  # the inputs are left alone
+    rows = [line.split("|")[1].strip() for line in domains_table(merged, "5w1s")[2:]]
+    assert rows == ["ProtoNets, Omniglot only", "ProtoNets, leave one out", "ProtoNets + tsa, Omniglot only"]
+    assert domains_table(adapted, "5w1s")[2].split("|")[2].strip() == "70.00 ± 1.00"  # alone: its own domains

@@ -60,7 +60,8 @@ def domains_table(results: Mapping[str, Any], setting: str, level: float = 0.95)
     opts = results["options"]
     methods = list(dict.fromkeys(label.rsplit(", ", 1)[0] for label in results["cells"]))
     modes = [""] + list(dict.fromkeys(n.split("+", 1)[1] for n in results["evals"] if "+" in n))
-    domains = [d for d in TITLES if f"{d}-{setting}" in results["evals"]]
+    evals = results["evals"]
+    domains = [d for d in TITLES if any(n == f"{d}-{setting}" or n.startswith(f"{d}-{setting}+") for n in evals)]
     rows: list[tuple[str, dict[str, tuple[Mapping, dict]], str]] = []
     for method in methods:
         for mode in modes:
@@ -159,6 +160,19 @@ def _z(level: float) -> float:
     from statistics import NormalDist
 
     return NormalDist().inv_cdf(0.5 + level / 2)
+
+
+def merge_results(*studies: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``results.json`` of several studies over the same cells (studies/domains.toml and its adaptation columns,
+    studies/domains_adapt.toml): every cell's evaluations side by side; the first study's options and cell records."""
+    first = studies[0]
+    cells = {label: {**c, "evals": dict(c["evals"])} for label, c in first["cells"].items()}
+    evals = dict(first["evals"])
+    for other in studies[1:]:
+        evals.update(other["evals"])
+        for label, c in other["cells"].items():
+            cells.setdefault(label, {**c, "evals": {}})["evals"].update(c["evals"])
+    return {**first, "cells": cells, "evals": evals}
 
 
 def domains_tables(results: Mapping[str, Any]) -> list[str]:

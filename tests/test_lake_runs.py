@@ -206,3 +206,11 @@ def test_the_official_runs_pair_the_same_characters_when_present():
         assert len({s[0] for s in support}) == 20 and len({s[0].split("/")[0] for s in support}) == 1
         assert len({s[1] for s in support}) == 1 and len({q[1] for q in query}) == 1
         assert support[0][1] != query[0][1]
+
+
+def test_a_run_trained_on_omniglot_passes_its_options_and_the_runs_ignore_only_those(runs):
+    archive, digest, _, _ = runs
+    trained = {"size": 84, "train_rotations": True, "drawers": "paired", "root": "x", "sha256": digest}
+    assert lake_runs(_request(archive, None, options=trained)).sample_tasks(-1, 0, 1).support_x.shape[1] == 20
+    message = one_line_error(lake_runs, _request(archive, None, options={"sizes": 84, "sha256": digest}))
+    assert "data.options.sizes is not an option of lake-runs" in message

@@ -150,7 +150,7 @@ def _toml_string(text: str) -> str:
     return '"' + "".join(chars) + '"'
 
 
-def _toml_value(v: Any) -> str | None:
+def toml_value(v: Any) -> str | None:
     """``v`` as a TOML value; None when TOML cannot write it (``None``, an object)."""
     if isinstance(v, bool):
         return "true" if v else "false"
@@ -161,10 +161,10 @@ def _toml_value(v: Any) -> str | None:
     if isinstance(v, str):
         return _toml_string(v)
     if isinstance(v, (list, tuple)):
-        items = [_toml_value(x) for x in v]
+        items = [toml_value(x) for x in v]
         return None if None in items else "[" + ", ".join(items) + "]"  # type: ignore[arg-type]
     if isinstance(v, dict):
-        pairs = [(k if _BARE_KEY.fullmatch(str(k)) else _toml_string(str(k)), _toml_value(x)) for k, x in v.items()]
+        pairs = [(k if _BARE_KEY.fullmatch(str(k)) else _toml_string(str(k)), toml_value(x)) for k, x in v.items()]
         if any(x is None for _, x in pairs):
             return None
         return "{ " + ", ".join(f"{k} = {x}" for k, x in pairs) + " }" if pairs else "{}"
@@ -172,7 +172,7 @@ def _toml_value(v: Any) -> str | None:
 
 
 def _toml_line(key: str, value: Any, comment: str) -> str:
-    text = _toml_value(value)
+    text = toml_value(value)
     if text is None:  # kept visible, as a comment: TOML has no None
         return f"# {key} = {value!r}  (not expressible in TOML)" + (f"  # {comment}" if comment else "")
     return f"{key} = {text}" + (f"  # {comment}" if comment else "")
@@ -201,6 +201,6 @@ def to_toml(cfg: Config, title: str = "") -> str:
     if rest:
         lines.append(f"# other options of {cfg.algorithm}, at their defaults (uncomment to change):")
     for p in rest:
-        text = None if p.default is inspect.Parameter.empty else _toml_value(p.default)
+        text = None if p.default is inspect.Parameter.empty else toml_value(p.default)
         lines.append(f"# {p.name} = {text}" if text is not None else f"# {p.name}: default {p.default!r}")
     return "\n".join(lines).lstrip("\n") + "\n"

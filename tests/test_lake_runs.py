@@ -165,7 +165,7 @@ def test_the_engine_builds_the_runs_as_a_test_source(runs):
             "data.test_shots=1",
             "data.test_queries=1",
             "eval.test_episodes=20",
-            f'data.options={{sha256="{digest}"}}',
+            f'data.test_options={{sha256="{digest}"}}',
         ],
     )
     assert "lake-runs" in TASK_SOURCES
@@ -208,9 +208,23 @@ def test_the_official_runs_pair_the_same_characters_when_present():
         assert support[0][1] != query[0][1]
 
 
-def test_a_run_trained_on_omniglot_passes_its_options_and_the_runs_ignore_only_those(runs):
+def test_a_run_trained_on_omniglot_tests_on_the_runs_with_test_options_only(runs, tmp_path):
     archive, digest, _, _ = runs
-    trained = {"size": 84, "train_rotations": True, "drawers": "paired", "root": "x", "sha256": digest}
-    assert lake_runs(_request(archive, None, options=trained)).sample_tasks(-1, 0, 1).support_x.shape[1] == 20
-    message = one_line_error(lake_runs, _request(archive, None, options={"sizes": 84, "sha256": digest}))
-    assert "data.options.sizes is not an option of lake-runs" in message
+    overrides = [
+        "data.split=lake",
+        "data.train_part=background_train",
+        "data.val_part=",
+        "data.test_part=test",
+        "data.options={ train_rotations = true }",  # the training source's: never passed to the runs
+        f"data.test_dataset=lake-runs:{archive}",
+        f'data.test_options={{ sha256 = "{digest}" }}',
+        "data.test_ways=20",
+        "data.test_shots=1",
+        "data.test_queries=1",
+    ]
+    tests = task_sources(load_config("protonet-quick", overrides)).tests
+    assert next(iter(tests.values())).sample_tasks(-1, 0, 1).support_x.shape[1] == 20
+    bad = [*overrides[:-4], "data.test_options={ sizes = 84 }", *overrides[-3:]]
+    assert "data.options.sizes is not an option of lake-runs" in one_line_error(
+        task_sources, load_config("protonet-quick", bad)
+    )

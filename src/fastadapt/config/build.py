@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -159,8 +159,12 @@ def task_sources(
                 dict(d.options),
                 role,
             )
-            if dataset != d.dataset and dataset_name(d.dataset) == "domains":  # a held-out domain: its own options
-                request = domain_request(request, dataset_name(dataset))
+            if dataset != d.dataset:  # another source at test: data.test_options, never the training source's options
+                if dataset_name(d.dataset) == "domains":  # a held-out domain: its own table of data.options too
+                    request = domain_request(request, dataset_name(dataset))
+                    request = replace(request, options={**request.options, **d.test_options})
+                else:
+                    request = replace(request, options=dict(d.test_options))
             try:
                 obj = build(request)
             except FastAdaptError:

@@ -95,6 +95,9 @@ class DataConfig:
     test_dataset: str = ""  # test on another task source (registered name[:argument], e.g. fashion-mnist or
     # folder:<path>); "" = data.dataset. Its images are converted to the training input (data.image_size, the
     # training channels)
+    test_options: dict[str, Any] = field(default_factory=dict)  # keyword arguments for data.test_dataset when it is
+    # another source (data.options belong to the training source; a "domains" run's held-out domain also reads its
+    # own table data.options.<domain>)
     ways: Count = 5  # N classes per training task
     shots: Count = 1  # K support examples per class
     queries: Count = 15  # Q query examples per class

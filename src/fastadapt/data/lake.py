@@ -209,19 +209,13 @@ class LakeRuns:
         return batch
 
 
-# the options of the Omniglot sources a run trained on (omniglot, omniglot-full): a test on the runs ignores them
-TRAINING_OPTIONS = ("rotations", "train_rotations", "drawers", "train_drawers", "size", "root", "download")
-
-
 def lake_runs(request: Any) -> LakeRuns:
     """``lake-runs:<path>``: the official runs (zip or extracted folder) as 20 test episodes, converted to
     ``data.image_size`` and ``data.channels`` by the one rule; ``data.options.sha256``: another expected digest
-    (a re-packed copy; the Omniglot sources' own options, which a run trained on them passes on, are ignored). Part
-    ``test`` only: the runs test models that were selected on the background alphabets."""
+    (a re-packed copy; as a run's test source: ``data.test_options.sha256``). Part ``test`` only: the runs test
+    models that were selected on the background alphabets."""
     options = dict(request.options)
     sha256 = options.pop("sha256", None)
-    for key in TRAINING_OPTIONS:  # the run's own Omniglot options reach its test source too: not this source's
-        options.pop(key, None)
     if options:
         raise DataError(f"data.options.{next(iter(options))} is not an option of lake-runs; it takes sha256")
     if request.part != "test" or request.role != "test":

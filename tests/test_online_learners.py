@@ -306,6 +306,7 @@ EVERY = {
     "metasgd": (lambda: ALGORITHMS.get("metasgd")(mlp(WAYS), init_lr=0.2).double(), True),
     "anil": (lambda: ALGORITHMS.get("anil")(mlp(WAYS), inner_lr=0.3, head="net.2"), True),
     "reptile": (lambda: ALGORITHMS.get("reptile")(mlp(WAYS), inner_lr=0.1, inner_steps=1, inner_optimizer="sgd"), True),
+    "imaml": (lambda: ALGORITHMS.get("imaml")(mlp(WAYS), inner_lr=0.3, inner_steps=2), True),
     "matching": (lambda: ALGORITHMS.get("matching")(mlp(5), fce=False), True),
     "meta_lstm": (ALGORITHMS_MORE["meta_lstm"], True),
     "mann": (ALGORITHMS_MORE["mann"], True),

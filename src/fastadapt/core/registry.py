@@ -295,6 +295,10 @@ ALGORITHMS = Registry(
         ),
         "anil": ("fastadapt.algorithms.anil:ANIL", "ANIL: adapt the head only (Raghu et al. 2020)"),
         "reptile": ("fastadapt.algorithms.reptile:Reptile", "Reptile (Nichol et al. 2018)"),
+        "imaml": (
+            "fastadapt.algorithms.imaml:IMAML",
+            "iMAML: proximal inner loop, implicit meta-gradient by conjugate gradients (Rajeswaran et al. 2019)",
+        ),
         "matching": (
             "fastadapt.algorithms.matching:MatchingNet",
             "Matching Networks with full context embeddings (Vinyals et al. 2016)",

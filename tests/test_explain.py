@@ -308,7 +308,7 @@ def test_fastadapt_explain_works_for_every_registered_algorithm(name, image_fold
         "baseline": "attribution",
         "linear_probe": "attribution",
         "ntm": "attribution",
-        "multidomain": "attribution",
+        "multidomain": "prototypes",
         "relation": "relations",
         "siamese": "verification",
     }.get(name, "adaptation")

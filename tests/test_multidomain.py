@@ -135,3 +135,22 @@ def test_the_engine_gives_the_domain_sizes_and_a_loaded_run_keeps_them(two_domai
     assert result.steps == 3
     run = load_run(tmp_path / "run")
     assert run.algorithm.domain_sizes == (6, 8) and run.algorithm.classifier.weight.shape[0] == 14
+
+
+def test_a_test_task_is_classified_by_nearest_centroid_or_by_baselines_head():
+    from fastadapt.algorithms.protonet import ProtoNet
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    batch = batch_of([[0, 1, 2]], shots=2, queries=3, d_in=6, gen=gen)
+    ncc = MultiDomain(Flat(6, 4), num_classes=5, domain_sizes=[2, 3]).double()
+    expected = ProtoNet(ncc.model, "cosine").predict(batch)
+    assert torch.equal(ncc.predict(batch), expected)
+    task = batch.task(0)
+    assert torch.equal(ncc.adapt(task.support_x, task.support_y)(task.query_x), expected[0])
+    head = MultiDomain(Flat(6, 4), num_classes=5, classifier="head", finetune_steps=3).double()
+    from fastadapt.algorithms.baseline import Baseline
+
+    assert torch.equal(head.predict(batch), Baseline.predict(head, batch))
+    with pytest.raises(ConfigError, match="classifier='knn' is not supported"):
+        MultiDomain(Flat(6, 4), num_classes=5, classifier="knn")

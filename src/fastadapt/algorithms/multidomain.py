@@ -14,8 +14,11 @@ Computed as one ``[B, C]`` product with the logits of other domains' classes set
 exactly; tests/test_multidomain.py checks it against separate heads in float64). Tasks with
 ``data.episode_scope = "domain"`` give per-domain batches: every task's images come from one domain.
 
-Evaluation is Baseline's: the heads are dropped and each test task fits a new head on the frozen support features
-(or, with ``eval.finetune``, the fine-tuning and adapter modes of ``fastadapt.eval.finetune``).
+Evaluation drops the heads. ``classifier = "ncc"`` (the default, as the multi-domain learners of SUR and URL are
+evaluated): a nearest-centroid classifier on the frozen features, ProtoNets' prediction with ``distance`` (cosine by
+default; Euclidean as ProtoNets); ``classifier = "head"``: Baseline's new linear head fitted per task (100 passes of
+SGD over the support set: slow on Meta-Dataset's variable episodes, whose support sets reach 500 images). With
+``eval.finetune`` the fine-tuning and adapter modes of ``fastadapt.eval.finetune`` apply instead.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from torch import Tensor
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.algorithms.baseline import Baseline, labelled_examples
 from fastadapt.algorithms.heads import Head, default_scale, head_logits
+from fastadapt.algorithms.protonet import DISTANCES, ProtoNet
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError
+
+CLASSIFIERS = ("ncc", "head")  # how a test task is classified (MultiDomain's classifier option)
 
 
 def domain_of_class(domain_sizes: Sequence[int]) -> Tensor:
@@ -53,8 +59,12 @@ class MultiDomain(Baseline):
         num_classes: C, the training classes of all domains (the engine passes the training source's count).
         domain_sizes: the classes of each domain, in class-id order (the engine passes them for a ``domains``
             training source; they must add up to ``num_classes``); None or one entry: one domain, i.e. Baseline.
-        head, scale, embedding_dim, finetune_*, seed: as :class:`~fastadapt.algorithms.baseline.Baseline`; a cosine
-            head's default scale is chosen per domain's class count.
+        classifier: how a test task is classified: ``"ncc"`` (nearest centroid on the features) or ``"head"``
+            (Baseline's per-task head).
+        distance: the nearest-centroid distance, ``"cosine"`` or ``"euclidean"``.
+        head, scale, embedding_dim, finetune_*, seed: as :class:`~fastadapt.algorithms.baseline.Baseline` (the
+            pretraining head; ``finetune_*`` for ``classifier = "head"``); a cosine head's default scale is chosen per
+            domain's class count.
     """
 
     needs_head: ClassVar[bool] = False
@@ -66,11 +76,18 @@ class MultiDomain(Baseline):
         model,
         num_classes: int,
         domain_sizes: Sequence[int] | None = None,
+        classifier: str = "ncc",
+        distance: str = "cosine",
         head: str = "linear",
         scale: float | None = None,
         **baseline_options,
     ) -> None:
         super().__init__(model, num_classes, head=head, scale=scale, **baseline_options)
+        if classifier not in CLASSIFIERS:
+            raise ConfigError(f"classifier={classifier!r} is not supported; choose one of {', '.join(CLASSIFIERS)}")
+        if distance not in DISTANCES:
+            raise ConfigError(f"distance={distance!r} is not supported; choose one of {', '.join(DISTANCES)}")
+        self.classifier_kind, self.distance = classifier, distance
         sizes = [num_classes] if domain_sizes is None or len(domain_sizes) == 0 else list(domain_sizes)
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes) or sum(sizes) != num_classes:
             raise ConfigError(
@@ -97,6 +114,22 @@ class MultiDomain(Baseline):
         masked = per_domain_logits(logits, y, self.domains)
         loss = F.cross_entropy(masked, y)
         return MetaOutput(loss, batch_metrics(masked, y, loss))
+
+    def _nearest_centroid(self) -> ProtoNet:
+        return ProtoNet(self.model, self.distance)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor):
+        """One task: nearest centroid on the frozen features (``classifier = "ncc"``: a prototype predictor whose
+        ``update`` keeps running class means) or Baseline's per-task head (``"head"``); the module is not changed."""
+        if self.classifier_kind == "head":
+            return super().adapt(support_x, support_y)
+        return self._nearest_centroid().adapt(support_x, support_y)
+
+    def predict(self, batch: TaskBatch) -> Tensor:
+        """``[T, N*Q, N]`` logits, task by task (see :meth:`adapt`)."""
+        if self.classifier_kind == "head":
+            return super().predict(batch)
+        return self._nearest_centroid().predict(batch)
 
 
 __all__ = ["MultiDomain", "domain_of_class", "per_domain_logits"]

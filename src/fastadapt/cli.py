@@ -26,7 +26,7 @@ MEMORY_FIX = (
 def _cmd_train(args: argparse.Namespace) -> int:
     from fastadapt.training.commands import train_command
 
-    return train_command(args.config, args.overrides, restart=args.restart, check_only=args.dry_run)
+    return train_command(args.config, args.overrides, restart=args.restart, check_only=args.dry_run, force=args.force)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="check the config, build the data, model and algorithm, estimate the memory; train nothing, write nothing",
+    )
+    t.add_argument(
+        "--force",
+        action="store_true",
+        help="train a plan estimated far beyond its training (validation and test over 10x the training and 5 min, "
+        "or over a week in all), which is otherwise refused",
     )
     t.set_defaults(fn=_cmd_train)
     c = sub.add_parser(

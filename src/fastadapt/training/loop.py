@@ -92,9 +92,10 @@ class Trainer:
         model: nn.Module | None = None,
         tasks: Any = None,
         callbacks: Sequence[Any] = (),
+        plan: Callable[[Trainer], Any] | None = None,
     ) -> None:
         self.cfg, self.folder, self.device = cfg, folder, device
-        self.model, self.tasks = model, tasks
+        self.model, self.tasks, self.plan = model, tasks, plan
         self.callbacks = check_callbacks(callbacks)
         self.main = distributed.is_main()
         self.global_step, self.best_val, self.train_seconds = 0, None, 0.0
@@ -130,6 +131,7 @@ class Trainer:
         self.compile_session = compiled.CompileSession() if cfg.run.compile else None
         distributed.broadcast_parameters(self.algo)
         self.optimizer, self.scheduler = build_optimizer(cfg, self.algo.parameters())
+        _ = self.plan(self) if self.plan is not None else None  # the run's plan, before anything is written
         state = load_resume_state(cfg, self.folder.checkpoint_file) if resume else None
         if state is not None:
             load_weights(self.algo, state, self.folder.checkpoint_file)
@@ -397,6 +399,7 @@ def train(
     resume: bool = True,
     step_hook: Callable[[int], None] | None = None,
     callbacks: Sequence[Callback | Any] = (),
+    plan: Callable[[Trainer], Any] | None = None,
 ) -> TrainResult:
     """Train in ``config.out_dir``; resume from its ``checkpoint.pt`` when there is one.
 
@@ -410,6 +413,7 @@ def train(
         step_hook: called with the step number after every step (its return value is ignored).
         callbacks: :class:`~fastadapt.training.callbacks.Callback` objects, called after the algorithm's own
             (``algo.training_callbacks()``); a hook returning True stops the run early (see ``Callback``).
+        plan: called with the built Trainer before anything is written; it may refuse (``plan_check`` of commands).
 
     Returns the steps trained, the best validation score and every test setting's result; writes
     checkpoints, metrics, results (:mod:`fastadapt.runs.folder`), holding the folder's lock (rank 0 only
@@ -432,7 +436,7 @@ def train(
         held.enter_context(distributed.process_group(device, cfg.run.dist_timeout_s, hint))
         held.enter_context(threads(cfg.run.threads))
         held.enter_context(deterministic(cfg.run.deterministic))
-        trainer = Trainer(cfg, folder, device, model=model, tasks=tasks, callbacks=callbacks)
+        trainer = Trainer(cfg, folder, device, model=model, tasks=tasks, callbacks=callbacks, plan=plan)
         error = None
         if distributed.is_main():  # rank 0 holds the lock; the other ranks wait for it to have it
             try:

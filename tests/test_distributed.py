@@ -170,7 +170,10 @@ def worker(root: Path, kill_port: int) -> None:
                 (root / "died").write_text(repr(time.time()))
                 os.kill(os.getpid(), signal.SIGKILL)
 
-        train(load_config("protonet-quick", overrides), step_hook=die)
+        from fastadapt.training.commands import plan_check
+
+        # the same run as rank 0's `fastadapt train` (its plan check takes part in the ranks' collectives), dying
+        train(load_config("protonet-quick", overrides), step_hook=die, plan=plan_check())
         return
     from fastadapt.cli import main
 

@@ -43,7 +43,13 @@ def test_under_the_ci_variable_a_missing_package_fails(chromium_missing, monkeyp
 
 
 def test_every_package_the_tests_name_has_a_presence_check():
-    assert set(helpers.SYSTEM_PACKAGES) == {"dataset-fashion-mnist", "chromium", "fonts-noto-core"}
+    assert set(helpers.SYSTEM_PACKAGES) == {
+        "dataset-fashion-mnist",
+        "chromium",
+        "fonts-noto-core",
+        "fonts-noto-color-emoji",
+        "ruby-gemojione",
+    }
     with pytest.raises(KeyError, match="no presence check for the Debian package 'chromium-driver'"):
         helpers.needs_package("chromium-driver")
 

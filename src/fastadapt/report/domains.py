@@ -29,9 +29,10 @@ TITLES = {"fmnist": "Fashion-MNIST", "animals": "animals", "omniglot": "Omniglot
 PROTOCOLS = {"5-way 1-shot": "5w1s", "5-way 5-shot": "5w5s", "variable-way, variable-shot (Meta-Dataset)": "var"}
 
 
-def _scores(cell: Mapping[str, Any], e: Mapping[str, Any]) -> np.ndarray | None:
-    """The per-episode scores of an evaluation's record (``RUN/evals/<record>``), None when it is not on disk."""
-    path = Path(cell["run"]) / "evals" / e["record"]
+def _scores(cell: Mapping[str, Any], e: Mapping[str, Any], root: Path) -> np.ndarray | None:
+    """The per-episode scores of an evaluation's record (``RUN/evals/<record>``, a relative ``RUN`` under ``root``),
+    None when it is not on disk."""
+    path = root / cell["run"] / "evals" / e["record"]
     if not path.is_file():
         return None
     return np.asarray(json.loads(path.read_text())["scores"], dtype=np.float64)
@@ -55,8 +56,8 @@ def _entry(results: Mapping[str, Any], label: str, column: str) -> tuple[Mapping
     return (cell, e) if e and "mean" in e else None
 
 
-def domains_table(results: Mapping[str, Any], setting: str, level: float = 0.95) -> list[str]:
-    """One protocol's table (``setting``: 5w1s, 5w5s or var)."""
+def domains_table(results: Mapping[str, Any], setting: str, level: float = 0.95, root: Path | str = ".") -> list[str]:
+    """One protocol's table (``setting``: 5w1s, 5w5s or var); ``root``: where the cells' relative run folders are."""
     opts = results["options"]
     methods = list(dict.fromkeys(label.rsplit(", ", 1)[0] for label in results["cells"]))
     modes = [""] + list(dict.fromkeys(n.split("+", 1)[1] for n in results["evals"] if "+" in n))
@@ -94,7 +95,7 @@ def domains_table(results: Mapping[str, Any], setting: str, level: float = 0.95)
     for (name, got, cost), rank in zip(rows, ranks):
         cells = [_fmt(got[d][1]) if d in got else "-" for d in domains]
         mean = np.mean([got[d][1]["mean"] for d in common]) if common else math.nan
-        diff = _paired_mean_diff(got, base, common, level) if base is not None else "-"
+        diff = _paired_mean_diff(got, base, common, level, Path(root)) if base is not None else "-"
         lines.append(
             f"| {name} | " + " | ".join(cells) + f" | {100 * mean:.2f} | {rank:.2f} | {diff} | {cost} | "
             f"{_train_minutes(got)} | {_task_seconds(got)} |"
@@ -138,14 +139,14 @@ def _average_ranks(rows: list, common: list[str]) -> list[float]:
     return list(ranks.mean(axis=1))
 
 
-def _paired_mean_diff(got: dict, base: dict, common: list[str], level: float) -> str:
+def _paired_mean_diff(got: dict, base: dict, common: list[str], level: float, root: Path) -> str:
     """The difference of the mean over ``common`` against the baseline row, paired per episode in every column
     (the same fixed episodes); its interval from the per-column paired variances (columns independent), normal."""
     if not common or got is base:
         return "-"
     means, variances = [], []
     for d in common:
-        a, b = _scores(*got[d]), _scores(*base[d])
+        a, b = _scores(*got[d], root), _scores(*base[d], root)
         if a is None or b is None or len(a) != len(b):
             return "-"
         d_ep = a - b
@@ -175,11 +176,11 @@ def merge_results(*studies: Mapping[str, Any]) -> dict[str, Any]:
     return {**first, "cells": cells, "evals": evals}
 
 
-def domains_tables(results: Mapping[str, Any]) -> list[str]:
+def domains_tables(results: Mapping[str, Any], root: Path | str = ".") -> list[str]:
     """Every protocol's table, each under its title."""
     lines: list[str] = []
     for title, setting in PROTOCOLS.items():
-        table = domains_table(results, setting)
+        table = domains_table(results, setting, root=root)
         if table:
             lines += [f"**{title}**", "", *table, ""]
     return lines

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fastadapt.report import model_based, streams, tables
+from fastadapt.report import domains, model_based, streams, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -39,6 +39,13 @@ def hyper() -> list[str]:
     return tables.hyper_table([row for d in ("omniglot", "sinusoid") for row in read("hyper", d, "hyper.json")["rows"]])
 
 
+def domains_table() -> list[str]:
+    studies = [read("domains", "results.json")]
+    if (RESULTS / "domains_adapt" / "results.json").is_file():
+        studies.append(read("domains_adapt", "results.json"))
+    return domains.domains_tables(domains.merge_results(*studies), root=ROOT)
+
+
 def mann_session1() -> list[str]:
     return model_based.mann_table(
         [row for d in ("mann", "mann_50min") for row in model_based.mann_rows(read(d, "results.json"))]
@@ -49,6 +56,7 @@ def mann_session1() -> list[str]:
 TABLES: dict[str, Callable[[], list[str]]] = {
     "cross-domain": lambda: tables.cross_domain_table(read("cross_domain", "results.json")),  # cross_domain.toml
     "lake": lambda: tables.lake_table(read("cross_domain", "results.json")),  # cross_domain.toml
+    "domains": domains_table,  # domains.toml (+ domains_adapt.toml when it has run)
     "sinusoid": lambda: tables.sinusoid_table(read("sinusoid", "results.json")),  # sinusoid.toml
     "omniglot": lambda: tables.omniglot_table(sorted(map(str, (RESULTS / "runs").iterdir()))),  # fastadapt train/eval
     "ntm-copy": lambda: model_based.ntm_copy_table([read(d, "results.json") for d in ("ntm_copy", "ntm_copy_50min")]),

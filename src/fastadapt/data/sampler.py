@@ -92,7 +92,25 @@ def next_tasks(source, num_tasks: int) -> TaskBatch:
     return batch
 
 
-class EpisodeSampler:
+class SeededSteps:
+    """What a seeded task stream keeps as state: its ``seed`` and its ``step`` (``state_dict`` /
+    ``load_state_dict``, for checkpoints); a sampler with another seed refuses the state."""
+
+    seed: int
+    step: int
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state["seed"]) != self.seed:
+            raise DataError(
+                f"sampler state has seed {state['seed']}, this sampler has {self.seed}; build it with the same seed"
+            )
+        self.step = int(state["step"])
+
+
+class EpisodeSampler(SeededSteps):
     """Draws :class:`TaskBatch` es of ``ways``-way ``shots``-shot ``queries``-query tasks.
 
     Args:
@@ -223,16 +241,6 @@ class EpisodeSampler:
         support_y = labels.repeat_interleave(k).repeat(t, 1)
         query_y = labels.repeat_interleave(q).repeat(t, 1)
         return TaskBatch(support_x, support_y, query_x, query_y, classes)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise DataError(
-                f"sampler state has seed {state['seed']}, this sampler has {self.seed}; build it with the same seed"
-            )
-        self.step = int(state["step"])
 
 
 class EpisodeDataset(IterableDataset):

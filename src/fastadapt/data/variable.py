@@ -13,7 +13,7 @@ import torch
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
-from fastadapt.data.sampler import _mix, fixed_episodes, next_tasks
+from fastadapt.data.sampler import SeededSteps, _mix, fixed_episodes, next_tasks
 
 MIN_EXAMPLES = 2  # a class needs one query and one support example
 
@@ -65,7 +65,7 @@ def episode_shape(
     return EpisodeShape(tuple(picks), q, support, shots)
 
 
-class VariableEpisodeSampler:
+class VariableEpisodeSampler(SeededSteps):
     """Draws variable-way, variable-shot, class-imbalanced episodes (Meta-Dataset's; :func:`episode_shape` gives
     the rules and the paper) as :class:`TaskBatch` es of one task.
 
@@ -219,16 +219,6 @@ class VariableEpisodeSampler:
     def fixed(self, num_episodes: int, batch_size: int = 1) -> Iterator[TaskBatch]:
         """``num_episodes`` fixed evaluation episodes, one a batch (``batch_size`` is ignored), the same for a seed."""
         return fixed_episodes(self, num_episodes, batch_size)
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if int(state["seed"]) != self.seed:
-            raise DataError(
-                f"sampler state has seed {state['seed']}, this sampler has {self.seed}; build it with the same seed"
-            )
-        self.step = int(state["step"])
 
 
 __all__ = ["EpisodeShape", "VariableEpisodeSampler", "episode_shape"]

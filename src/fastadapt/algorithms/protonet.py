@@ -138,10 +138,10 @@ class PrototypePredictor:
 
 
 def accumulate(sums: Tensor, counts: Tensor, z: Tensor, y: Tensor, decay: float = 1.0) -> tuple[Tensor, Tensor]:
-    """New float64 ``sums [L, D]`` and ``counts [L]`` after adding embeddings ``z [B, D]`` with labels ``y [B]``
+    """New float64 ``sums [L, *F]`` and ``counts [L]`` after adding features ``z [B, *F]`` with labels ``y [B]``
     (``L`` grows to ``max(y) + 1`` for new labels; what was there is first multiplied by ``decay``)."""
     labels = max(sums.shape[0], int(y.max()) + 1 if y.numel() else 0)
-    new_sums = torch.zeros(labels, z.shape[1], dtype=torch.float64, device=z.device)
+    new_sums = torch.zeros(labels, *z.shape[1:], dtype=torch.float64, device=z.device)
     new_counts = torch.zeros(labels, dtype=torch.float64, device=z.device)
     new_sums[: sums.shape[0]] = sums * decay
     new_counts[: counts.shape[0]] = counts * decay

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.algorithms.predictors import check_update
+from fastadapt.algorithms.protonet import accumulate
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
 
@@ -161,12 +162,8 @@ class RelationPredictor:
         check_update(x, y, torch.empty(0, *self.input_shape), torch.empty(0, dtype=torch.long))
         with torch.no_grad():
             z = self.algo.maps(x)
-        labels = max(len(self.counts), int(y.max()) + 1)
-        sums = torch.zeros(labels, *z.shape[1:], dtype=z.dtype, device=z.device)
-        counts = torch.zeros(labels, dtype=self.counts.dtype, device=z.device)
-        sums[: len(self.sums)], counts[: len(self.counts)] = self.sums, self.counts
-        self.sums = sums.index_add(0, y.to(z.device), z)
-        self.counts = counts.index_add(0, y.to(z.device), torch.ones(len(y), dtype=counts.dtype, device=z.device))
+        sums, counts = accumulate(self.sums, self.counts, z, y)  # ProtoNets' running sums, over feature maps
+        self.sums, self.counts = sums.to(z.dtype), counts.to(self.counts.dtype)
 
 
 class RelationNet(nn.Module):

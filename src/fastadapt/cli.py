@@ -15,7 +15,7 @@ import sys
 import typing
 from pathlib import Path
 
-from fastadapt.core.cancel import signal_name
+from fastadapt.core.cancel import signal_name, terminate_raises
 from fastadapt.core.errors import ConfigError, FastAdaptError
 
 MEMORY_FIX = (
@@ -112,7 +112,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_tune(args: argparse.Namespace) -> int:
     from fastadapt.apps.tuning import tune
 
-    res = tune(args.config, args.overrides, args.dir, args.space, args.trials, args.minutes)
+    res = tune(
+        args.config, args.overrides, args.dir, args.space, args.trials, args.minutes, args.storage, args.heartbeat
+    )
     score = (
         "none finished"
         if res.best_value is None
@@ -146,6 +148,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from fastadapt.apps.serve import serve_command
 
     return serve_command(args.run_dir, args.host, args.port, args.dir, args.pool, args.invert, args.allow_remote)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from fastadapt.analysis.runner import analyze
+
+    record, paths = analyze(
+        args.source, args.overrides, args.step_sizes, args.tasks, args.k, args.dtype, args.seed, args.out
+    )
+    s, h = record["summary"], record["hessian"]
+    slopes = ", ".join(f"{n} {v:.2f}" for n, v in s["taylor_slopes"].items())
+    print(
+        f"Taylor residual slopes over a in [{s['fit_range'][0]:.3g}, {s['fit_range'][1]:.3g}]: {slopes}; "
+        f"first-order error slope {s['fo_slope']:.2f}, under its bound at every a: {s['fo_bound_holds']}; "
+        f"Hessian top eigenvalue {h['top_eigenvalue']:.4g}"
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                        why a run predicts what (PNG + JSON)
         fastadapt serve RUN_DIR [--port P]             a local web app: teach the run new classes with a person
                                                        in the loop
+        fastadapt analyze RUN_DIR|PRESET [key=value ...] [--step-sizes A ...] [--tasks N] [--k K]
+                                                       the meta-gradient's terms, Taylor predictions, curvature
+                                                       and first-order error over step sizes (JSON + PNG)
         fastadapt --version                            fastadapt, torch and Python versions
         python -m fastadapt ...                        the same command
     """
@@ -286,6 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument(
         "--dir", help="the tune folder (default runs/tune-<run.name>): study.db, tune.json, trials/, best.toml"
     )
+    tu.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a database that several workers share: postgresql://USER:PASSWORD@HOST:PORT/DB or sqlite:///FILE "
+        "(default: TUNEDIR/study.db); the study is named after TUNEDIR (docs/CLUSTER.md)",
+    )
+    tu.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="a worker's beat; a trial without one for 3 beats is failed and retried by another worker (default 30)",
+    )
     tu.set_defaults(fn=_cmd_tune)
     r = sub.add_parser("report", help="Markdown table comparing runs")
     r.add_argument("run_dirs", nargs="+")
@@ -343,6 +379,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-remote", action="store_true", help="allow a --host other than 127.0.0.1/localhost (no authentication!)"
     )
     sv.set_defaults(fn=_cmd_serve)
+    an = sub.add_parser(
+        "analyze",
+        help="measure the theory on a run or a config's initial model: the meta-gradient's terms and their Taylor "
+        "predictions, the Hessian's top eigenvalue, the first-order error and its bound (RUN/analysis/)",
+    )
+    an.add_argument("source", help="a run folder, a preset name or a .toml file (then: the model at initialization)")
+    an.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.shots=5")
+    an.add_argument(
+        "--step-sizes",
+        type=float,
+        nargs="+",
+        help="inner step sizes a to sweep (default: 1e-4 to 1e-2 divided by the Hessian's top |eigenvalue|)",
+    )
+    an.add_argument("--tasks", type=int, default=8, help="training tasks to average over (>= 2; default 8)")
+    an.add_argument(
+        "--k", type=int, default=2, help="mini-batches per task, MAML's k - 1 inner steps (>= 2; default 2)"
+    )
+    an.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    an.add_argument("--seed", type=int, default=0, help="which training tasks and mini-batches (default 0)")
+    an.add_argument("--out", help="the folder for analysis.json and analysis.png (default RUN_DIR/analysis)")
+    an.set_defaults(fn=_cmd_analyze)
     return p
 
 
@@ -397,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = os.environ.get("FASTADAPT_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)
-        return int(args.fn(args) or 0)
+        with terminate_raises():  # SIGTERM stops any phase as Ctrl-C does (exit 143); a training saves first
+            return int(args.fn(args) or 0)
     except KeyboardInterrupt as e:
         if debug:
             raise

@@ -50,6 +50,31 @@ def cancellable(asked: Callable[[], int | None]) -> Iterator[None]:
         _asked.reset(token)
 
 
+@contextmanager
+def terminate_raises() -> Iterator[None]:
+    """For the duration, SIGTERM raises :class:`Interrupted` where the work is, as SIGINT raises
+    :class:`KeyboardInterrupt`, so that ``finally`` blocks run (temporary files removed) and the command exits 143
+    instead of dying unannounced. Only where SIGTERM still has its default action, in the main thread; restored
+    after. The ``fastadapt`` command enters it (a library never does): the phases that keep state
+    (:class:`~fastadapt.training.environment.StopFlag`) turn the signal into a flag instead, for their duration."""
+    try:
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            yield
+            return
+        old = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _raise(signum: int, frame: object) -> None:
+    raise Interrupted(signum)
+
+
 def requested() -> int | None:
     """The signal that asked to stop, or None (also when nothing is :func:`cancellable`)."""
     asked = _asked.get()

@@ -14,6 +14,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,16 +80,26 @@ def cached(name: str, version: str, build: Callable[[], Built], root: str | Path
     _check(images, labels, names, name)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".npz", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, images=images, labels=labels)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache is readable like any other file
-        os.replace(tmp, file)
+        _write(folder, file, lambda f: np.savez_compressed(f, images=images, labels=labels))
         meta = {"images": len(images), "count_classes": len(names), "classes": list(names), "sha256": _digest(file)}
-        manifest.write_text(json.dumps(meta))
+        _write(folder, manifest, lambda f: f.write(json.dumps(meta).encode()))
     except OSError as e:
         raise DataError(f"{name}: cannot write its cache in {folder} ({e.strerror or e}); set {CACHE_ENV}") from None
     return images, labels, list(names)
+
+
+def _write(folder: Path, target: Path, write: Callable[[Any], object]) -> None:
+    """``write(f)`` into a temporary file of ``folder``, renamed to ``target`` when complete; the temporary file is
+    removed whatever stops the write (an error, a signal), so an interrupted rendering leaves nothing behind."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache is readable like any other file
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def split_classes(names: Sequence[str], part: str, fractions: tuple[float, float, float] = FRACTIONS) -> list[int]:

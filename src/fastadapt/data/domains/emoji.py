@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from fastadapt.core import cancel
 from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
 from fastadapt.data.domains.cache import cached, split_classes
@@ -271,6 +272,7 @@ def build_emoji(
     counts: list[int] = []
     names: list[str] = []
     for m, k in tqdm(chosen, desc=f"emoji: rendering at {size}px", unit="emoji", leave=False, delay=1.0):
+        cancel.check()  # a stop asked for (a command's signal): abandon the rendering, nothing is cached
         drawn: list[np.ndarray] = []
         for name in DESIGNS:
             try:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fastadapt.core import cancel
 from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
 from fastadapt.data.domains.cache import cached, split_classes
@@ -167,6 +168,7 @@ def build_glyphs(
     renders: dict[int, list[np.ndarray]] = {cp: [] for cp in chars}
     with _progress(len(fonts), f"rendering glyphs at {size}px") as bar:
         for name, data in fonts.items():
+            cancel.check()  # a stop asked for (a command's signal): abandon the rendering, nothing is cached
             mine = sorted(covers[name] & wanted)
             if mine:
                 font = ImageFont.truetype(io.BytesIO(data), 4 * size, layout_engine=ImageFont.Layout.BASIC)

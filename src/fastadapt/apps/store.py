@@ -221,6 +221,16 @@ class Store:
             rev = int(con.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
         return [Example(int(i), int(c), s, p) for i, c, s, p, _ in rows], [bytes(r[4]) for r in rows], rev
 
+    def task_snapshot(self) -> tuple[list[Example], list[bytes], int, list[dict[str, Any]]]:
+        """:meth:`labelled_set` and the classes (``id``, ``name``, in creation order) read in one transaction, so every
+        example's class is among them even while other requests create and delete classes."""
+        with self.read() as con:
+            rows = con.execute("SELECT id, class_id, source, pool_index, png FROM examples ORDER BY id").fetchall()
+            rev = int(con.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+            classes = con.execute("SELECT id, name FROM classes ORDER BY id").fetchall()
+        examples = [Example(int(i), int(c), s, p) for i, c, s, p, _ in rows]
+        return examples, [bytes(r[4]) for r in rows], rev, [{"id": int(i), "name": n} for i, n in classes]
+
     # --- rounds --------------------------------------------------------------------------------------
 
     def open_round(self, proposed: list[int]) -> dict[str, Any]:

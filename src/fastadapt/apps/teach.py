@@ -8,6 +8,7 @@ labelling.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -69,6 +70,7 @@ def load_pool(spec: str, shape: tuple[int, ...], ways: int = 5, invert: str = "a
         folder = Path(spec)
         if not folder.is_dir():
             raise DataError(f"--pool {spec}: not 'omniglot' and not a folder of class folders")
+        check_contained(folder, "--pool")
         data = ClassDataset.from_folder(folder, size=(shape[1], shape[2]), channels=shape[0])
         source = f"folder {folder}"
     data = conform_images(data, shape[-1], shape[0])
@@ -86,6 +88,20 @@ def load_pool(spec: str, shape: tuple[int, ...], ways: int = 5, invert: str = "a
         held[start + order] = True
         start += c
     return Pool(x, y, tuple(data.names), held, source)
+
+
+def check_contained(folder: Path, what: str) -> None:
+    """Refuse (one-line :class:`DataError`) a folder with a symbolic link that points outside it (a file or a folder
+    the person did not mean to share); links inside it are fine. The folder itself may be a link."""
+    root = folder.resolve()
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(top) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise DataError(
+                    f"{what} {folder}: {path.relative_to(root)} is a link to {path.resolve()}, outside the folder; "
+                    "copy the file in or remove the link"
+                )
 
 
 def entropy(p: Tensor) -> Tensor:
@@ -264,6 +280,7 @@ __all__ = [
     "Adapted",
     "Learner",
     "Pool",
+    "check_contained",
     "class_of_pool_class",
     "entropy",
     "load_pool",

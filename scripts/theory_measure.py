@@ -179,7 +179,9 @@ def main() -> None:
             started = time.perf_counter()
             run = trained_sinusoid(Path(tmp) / "maml-sinusoid-300")
             summary["sinusoid-training-seconds"] = round(time.perf_counter() - started, 1)
-            jobs.append(("sinusoid-relu-trained", load_subject(str(run)), 8, 2))
+            trained = load_subject(str(run))
+            trained.origin["run"] = run.name  # a temporary folder: the record names the run, not this machine's path
+            jobs.append(("sinusoid-relu-trained", trained, 8, 2))
         if wanted("omniglot-conv-init") or wanted("omniglot-smooth-init"):
             conv = load_subject("maml-omniglot-5w1s", OMNIGLOT)
             if wanted("omniglot-conv-init"):

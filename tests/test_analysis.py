@@ -35,6 +35,7 @@ from fastadapt.analysis import (
 from fastadapt.analysis.terms import _maml_gradient
 from fastadapt.cli import main
 from fastadapt.core.episodes import TaskBatch
+from fastadapt.core.errors import ConfigError
 
 F64 = torch.float64
 
@@ -292,7 +293,11 @@ def test_analyze_bad_input_is_one_line_and_exit_2(args, words, capsys):
     assert err.count("\n") == 1 and err.startswith("fastadapt: error:") and words in err, err
 
 
-def test_analyze_refuses_an_algorithm_without_a_head(capsys):
-    assert main(["analyze", "protonet-quick", "model.hidden=8", "--tasks", "2"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "ends in a head" in err, err
+def test_the_inner_loop_analysis_refuses_an_algorithm_without_a_head():
+    """ProtoNets gets the episode analysis (tests/test_analysis_theory.py); the inner-loop sweep says why not."""
+    from fastadapt.analysis import analyze_subject, load_subject
+
+    subject = load_subject("protonet-quick", ["model.hidden=4", "data.ways=3", "data.queries=2"])
+    assert not subject.has_head and subject.algorithm is not None
+    with pytest.raises(ConfigError, match="does not end in a head"):
+        analyze_subject(subject, [1e-3], tasks=2)

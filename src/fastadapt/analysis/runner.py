@@ -1,6 +1,7 @@
 """``fastadapt analyze``: for a trained run (or a config's initial model) and its training tasks, every quantity of
 :mod:`fastadapt.analysis` over a sweep of the inner step size, written to ``analysis/analysis.json`` and
-``analysis/analysis.png`` in the run folder."""
+``analysis/analysis.png`` in the run folder; for an algorithm without a head (ProtoNets, Matching Networks, ...),
+what applies to its episode loss (:mod:`fastadapt.analysis.episodes`)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from torch import nn
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import task_loss
 from fastadapt.analysis import terms as T
+from fastadapt.analysis.episodes import analyze_episodes
 from fastadapt.analysis.hessian import flat, top_eigenvalue
-from fastadapt.analysis.plots import plot_analysis
+from fastadapt.analysis.plots import plot_analysis, plot_episodes
 from fastadapt.analysis.transfer import adapted_spread, task_gradient_alignment, within_task_alignment
 from fastadapt.config import Config, load_config
 from fastadapt.core.episodes import TaskBatch
@@ -41,14 +43,22 @@ class Subject:
     tasks: Any  # a TaskSource (sample_tasks)
     origin: dict[str, Any]  # "trained" (a run folder, its weights and step) or "init" (a config and its seed)
     out: Path  # the analysis folder
+    algorithm: nn.Module | None = None  # a copy of the whole algorithm (its meta-loss: the episode analysis)
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the model ends in a head or a regression output, so that the task loss is the model's loss and
+        the inner-loop theory applies (MAML, FOMAML, Reptile, iMAML, ...); else only the episode analysis does."""
+        return self.algorithm is None or bool(getattr(type(self.algorithm), "needs_head", False))
 
 
 def load_subject(source: str | Path, overrides: Sequence[str] = ()) -> Subject:
     """A run folder (a folder with config.json: its trained model, its training tasks, ``RUN/analysis``) or a preset
     or TOML file (the model as initialised with ``run.seed``, ``<run folder>/analysis``), with ``overrides``.
 
-    Refused in one line (:class:`ConfigError`): an algorithm whose model does not end in a head or a regression
-    output (the task loss is not a function of the model's outputs alone: ProtoNets, Matching Networks, ...).
+    An algorithm whose model does not end in a head or a regression output (ProtoNets, Matching Networks, ...:
+    the task loss is not a function of the model's outputs alone) gets the episode analysis
+    (:attr:`Subject.has_head` is False); one without a model module is refused in one line (:class:`ConfigError`).
     """
     from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes, train_domains
 
@@ -76,12 +86,9 @@ def load_subject(source: str | Path, overrides: Sequence[str] = ()) -> Subject:
             )
         origin, out = {"kind": "init", "config": str(source), "seed": cfg.run.seed}, cfg.out_dir / "analysis"
     model = getattr(algo, "model", None)
-    if not getattr(type(algo), "needs_head", False) or not isinstance(model, nn.Module):
-        raise ConfigError(
-            f"analyze needs an algorithm whose model ends in a head or a regression output (maml, fomaml, reptile, "
-            f"imaml, ...); {cfg.algorithm}'s model does not, so its task loss is not the model's loss"
-        )
-    return Subject(cfg, copy.deepcopy(model), train, origin, out)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"analyze needs an algorithm with a model module; {cfg.algorithm} has none")
+    return Subject(cfg, copy.deepcopy(model), train, origin, out, copy.deepcopy(algo))
 
 
 def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -136,6 +143,11 @@ def analyze_subject(
     adapted weights. The summary holds the log-log slopes over the whole sweep (the fit's range is recorded).
     """
     check_options(step_sizes, tasks, k, dtype)
+    if not subject.has_head:
+        raise ConfigError(
+            f"{subject.config.algorithm}'s model does not end in a head, so the inner-loop theory does not apply; "
+            "use analyze (the episode analysis)"
+        )
     started = time.perf_counter()
     model = (
         copy.deepcopy(subject.model).to(DTYPES[dtype]).train()
@@ -259,11 +271,56 @@ def analyze(
     ``analysis.png`` to ``out`` (default: the run folder's ``analysis/``) and returns the record and the paths."""
     check_options(step_sizes, tasks, k, dtype)
     subject = load_subject(source, overrides)
-    record = analyze_subject(subject, step_sizes, tasks, k, dtype, seed, iterations)
+    if subject.has_head:
+        record = analyze_subject(subject, step_sizes, tasks, k, dtype, seed, iterations)
+    else:
+        record = episode_record(subject, tasks, dtype, seed, iterations)
     folder = Path(out) if out is not None else subject.out
     folder.mkdir(parents=True, exist_ok=True)
     js = folder / "analysis.json"
     write_json(js, record, elsewhere="choose another folder with --out")
     title = f"{record['algorithm']} / {record['model']} on {record['dataset']} ({record['origin']['kind']})"
-    png = plot_analysis(record, folder / "analysis.png", title)
+    if subject.has_head:
+        png = plot_analysis(record, folder / "analysis.png", title)
+    else:
+        png = plot_episodes(record, folder / "analysis.png", title)
     return record, [js, png]
+
+
+def episode_record(subject: Subject, tasks: int, dtype: str, seed: int, iterations: int) -> dict[str, Any]:
+    """:func:`~fastadapt.analysis.episodes.analyze_episodes` on ``tasks`` training tasks (``sample_tasks(seed, 0,
+    tasks)``), with the subject's origin and names. ``summary`` holds the keys of the inner-loop record that the
+    command prints, empty or nan (they do not apply), and ``line``: :func:`describe`'s sentence."""
+    batch = subject.tasks.sample_tasks(seed, 0, tasks)
+    if not isinstance(batch, TaskBatch):
+        raise ConfigError("analyze needs tasks given by examples; this source gives environments")
+    record = analyze_episodes(subject.algorithm, batch, DTYPES[dtype], iterations)
+    record["settings"] |= {"dtype": dtype, "seed": seed}
+    record |= {
+        "origin": subject.origin,
+        "algorithm": subject.config.algorithm,
+        "model": subject.config.model.target or subject.config.model.name,
+        "dataset": subject.config.data.target or subject.config.data.dataset,
+    }
+    nan = float("nan")
+    record["summary"] = {"taylor_slopes": {}, "fo_slope": nan, "fo_bound_holds": None, "fit_range": [nan, nan]}
+    record["summary"]["line"] = describe(record)
+    return record
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One sentence of an analysis record's main numbers (either kind), for the command's output."""
+    h = record["hessian"]
+    if record.get("kind") == "episodes":
+        return (
+            f"{record['algorithm']}: episode-loss Hessian top eigenvalue {h['top_eigenvalue']:.4g}; mean cosine "
+            f"between task gradients {record['alignment']['task_gradient_cosine']:.3f}; not applicable (no inner "
+            f"gradient step): {', '.join(record['not_applicable'])}"
+        )
+    s = record["summary"]
+    slopes = ", ".join(f"{n} {v:.2f}" for n, v in s["taylor_slopes"].items())
+    return (
+        f"Taylor residual slopes over a in [{s['fit_range'][0]:.3g}, {s['fit_range'][1]:.3g}]: {slopes}; "
+        f"first-order error slope {s['fo_slope']:.2f}, under its bound at every a: {s['fo_bound_holds']}; "
+        f"Hessian top eigenvalue {h['top_eigenvalue']:.4g}"
+    )

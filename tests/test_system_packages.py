@@ -49,6 +49,7 @@ def test_every_package_the_tests_name_has_a_presence_check():
         "fonts-noto-core",
         "fonts-noto-color-emoji",
         "ruby-gemojione",
+        "postgresql",
     }
     with pytest.raises(KeyError, match="no presence check for the Debian package 'chromium-driver'"):
         helpers.needs_package("chromium-driver")

@@ -150,24 +150,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve_command(args.run_dir, args.host, args.port, args.dir, args.pool, args.invert, args.allow_remote)
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    from fastadapt.analysis.runner import analyze
-
-    record, paths = analyze(
-        args.source, args.overrides, args.step_sizes, args.tasks, args.k, args.dtype, args.seed, args.out
-    )
-    s, h = record["summary"], record["hessian"]
-    slopes = ", ".join(f"{n} {v:.2f}" for n, v in s["taylor_slopes"].items())
-    print(
-        f"Taylor residual slopes over a in [{s['fit_range'][0]:.3g}, {s['fit_range'][1]:.3g}]: {slopes}; "
-        f"first-order error slope {s['fo_slope']:.2f}, under its bound at every a: {s['fo_bound_holds']}; "
-        f"Hessian top eigenvalue {h['top_eigenvalue']:.4g}"
-    )
-    for path in paths:
-        print(f"wrote {path}")
-    return 0
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line (a :class:`ConfigError`: exit 2) instead of the usage text."""
 
@@ -309,19 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument(
         "--dir", help="the tune folder (default runs/tune-<run.name>): study.db, tune.json, trials/, best.toml"
     )
-    tu.add_argument(
-        "--storage",
-        metavar="URL",
-        help="a database that several workers share: postgresql://USER:PASSWORD@HOST:PORT/DB or sqlite:///FILE "
-        "(default: TUNEDIR/study.db); the study is named after TUNEDIR (docs/CLUSTER.md)",
-    )
-    tu.add_argument(
-        "--heartbeat",
-        type=int,
-        default=30,
-        metavar="SECONDS",
-        help="a worker's beat; a trial without one for 3 beats is failed and retried by another worker (default 30)",
-    )
+    from fastadapt.apps.storage import add_arguments  # --storage URL (default TUNEDIR/study.db), --heartbeat
+
+    add_arguments(tu, "trials")
     tu.set_defaults(fn=_cmd_tune)
     r = sub.add_parser("report", help="Markdown table comparing runs")
     r.add_argument("run_dirs", nargs="+")
@@ -376,30 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sv.add_argument("--invert", **INVERT, help="uploads: make them bright ink on dark")
     sv.add_argument(
-        "--allow-remote", action="store_true", help="allow a --host other than 127.0.0.1/localhost (no authentication!)"
+        "--allow-remote",
+        action="store_true",
+        help="allow a --host other than 127.0.0.1/localhost; other machines need the token printed at start",
     )
     sv.set_defaults(fn=_cmd_serve)
-    an = sub.add_parser(
-        "analyze",
-        help="measure the theory on a run or a config's initial model: the meta-gradient's terms and their Taylor "
-        "predictions, the Hessian's top eigenvalue, the first-order error and its bound (RUN/analysis/)",
-    )
-    an.add_argument("source", help="a run folder, a preset name or a .toml file (then: the model at initialization)")
-    an.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.shots=5")
-    an.add_argument(
-        "--step-sizes",
-        type=float,
-        nargs="+",
-        help="inner step sizes a to sweep (default: 1e-4 to 1e-2 divided by the Hessian's top |eigenvalue|)",
-    )
-    an.add_argument("--tasks", type=int, default=8, help="training tasks to average over (>= 2; default 8)")
-    an.add_argument(
-        "--k", type=int, default=2, help="mini-batches per task, MAML's k - 1 inner steps (>= 2; default 2)"
-    )
-    an.add_argument("--dtype", default="float64", choices=["float64", "float32"])
-    an.add_argument("--seed", type=int, default=0, help="which training tasks and mini-batches (default 0)")
-    an.add_argument("--out", help="the folder for analysis.json and analysis.png (default RUN_DIR/analysis)")
-    an.set_defaults(fn=_cmd_analyze)
+    from fastadapt.apps.analyze import add_analyze_parser  # fastadapt analyze RUN|PRESET (no torch at import)
+
+    add_analyze_parser(sub)
     return p
 
 

@@ -293,12 +293,39 @@ def _state_file(study: Study) -> Path:
     return study.out / ("results.json" if study.record == "cells" else "cells.json")
 
 
+def _run_cell(
+    study: Study, cell: Cell, old: Mapping[str, Any], evaluate: Callable | None, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Train ``cell`` (unless done) and evaluate it in every setting it lacks; its record."""
+    from fastadapt.runs import RunFolder
+
+    rec = _train_cell(cell, old, say)
+    rec["evals"] = dict(old.get("evals", {})) if old.get("steps") == rec["steps"] else {}
+    folder = RunFolder(cell.run)  # a run that diverged before its first checkpoint has nothing to score
+    scorable = not rec.get("diverged") or folder.best_file.is_file() or folder.checkpoint_file.is_file()
+    for ev in study.evals if evaluate is not None and scorable else ():
+        if ev.name not in rec["evals"]:
+            rec["evals"][ev.name] = e = evaluate(cell, ev, study)
+            say(f"{cell.label}: {ev.name}: " + (f"{e['mean']:.4g} ± {e['ci']:.2g}" if "mean" in e else "done"))
+    return rec
+
+
+def _publish(study: Study, cells: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Write the state file, ``results.json`` and the report from ``cells``; the results and the table's lines."""
+    _write_json(_state_file(study), {"study": study.name, "description": study.description, "cells": cells})
+    results = study.resolve(study.record, {"cells": record_cells})(study, cells)
+    _write_json(study.out / "results.json", results)
+    return results, write_report(study, results)
+
+
 def run_study(
     path: str | Path | Study,
     *,
     only: list[str] | None = None,
     report_only: bool = False,
     progress: Callable[[str], None] = print,
+    storage: str | None = None,
+    heartbeat: int = 30,
 ) -> dict[str, Any]:
     """Run the study file at ``path`` (resumable) and return its ``results.json``.
 
@@ -306,10 +333,16 @@ def run_study(
         only: labels of the cells to run (default: all).
         report_only: train and evaluate nothing; rewrite the table and the plot from ``results.json``.
         progress: called with a line per step ("[2/6] MAML: evaluated 5shot: ...").
+        storage: a database URL (``postgresql://...``, ``sqlite:///...``) that several workers share: each runs
+            the cells no other worker holds, a dead worker's cell is resumed by another, and each merges
+            ``results.json`` from the database (:mod:`fastadapt.apps.study_claims`).
+        heartbeat: seconds between a worker's beats with ``storage`` (a claim without one for 3 beats is stale).
     """
-    from fastadapt.runs import RunFolder
-
     study = path if isinstance(path, Study) else load_study(path)
+    if storage and not report_only:  # a bad or unreachable URL is one line before anything is written
+        from fastadapt.apps.storage import connect, normalize
+
+        connect(normalize(storage)).dispose()
     study.out.mkdir(parents=True, exist_ok=True)
     if report_only:
         file = study.out / "results.json"
@@ -324,19 +357,17 @@ def run_study(
         cells = json.loads(state.read_text()).get("cells", {}) if state.is_file() else {}
         evaluate = study.resolve(study.evaluate, {"test": evaluate_test, "none": None})
         chosen = [c for c in study.cells if not only or c.label in only]
+        if storage:
+            from fastadapt.apps.study_claims import work
+
+            run = lambda cell, say: _run_cell(study, cell, cells.get(cell.label, {}), evaluate, say)  # noqa: E731
+            results, lines = work(study, chosen, storage, heartbeat, run, lambda c: _publish(study, c), progress)
+            for line in lines:
+                progress(line)
+            return results
         for i, cell in enumerate(chosen, 1):
-            old = cells.get(cell.label, {})
-            rec = _train_cell(cell, old, lambda s, i=i: progress(f"[{i}/{len(chosen)}] {s}"))
-            rec["evals"] = old.get("evals", {}) if old.get("steps") == rec["steps"] else {}
-            folder = RunFolder(cell.run)  # a run that diverged before its first checkpoint has nothing to score
-            scorable = not rec.get("diverged") or folder.best_file.is_file() or folder.checkpoint_file.is_file()
-            for ev in study.evals if evaluate is not None and scorable else ():
-                if ev.name not in rec["evals"]:
-                    rec["evals"][ev.name] = evaluate(cell, ev, study)
-                    e = rec["evals"][ev.name]
-                    summary = f"{e['mean']:.4g} ± {e['ci']:.2g}" if "mean" in e else "done"
-                    progress(f"[{i}/{len(chosen)}] {cell.label}: {ev.name}: {summary}")
-            cells[cell.label] = rec
+            cells[cell.label] = _run_cell(study, cell, cells.get(cell.label, {}), evaluate,
+                                          lambda s, i=i: progress(f"[{i}/{len(chosen)}] {s}"))  # fmt: skip
             _write_json(state, {"study": study.name, "description": study.description, "cells": cells})
         results = study.resolve(study.record, {"cells": record_cells})(study, cells)
         _write_json(study.out / "results.json", results)
@@ -371,15 +402,20 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def add_study_parser(sub: Any) -> None:
     """The ``fastadapt study FILE`` subcommand."""
+    from fastadapt.apps.storage import add_arguments
+
     p = sub.add_parser("study", help="run a study file: a grid of presets x overrides x evaluations (resumable)")
     p.add_argument("file", help="the study's TOML file (studies/*.toml)")
     p.add_argument("--only", nargs="+", metavar="LABEL", help="run only these cells (by label)")
     p.add_argument("--report", action="store_true", help="only rewrite results.md and the plot from results.json")
+    add_arguments(p, "cells")
     p.set_defaults(fn=_command)
 
 
 def _command(args: argparse.Namespace) -> int:
-    run_study(args.file, only=args.only, report_only=args.report, progress=lambda s: print(s, flush=True))
+    say = lambda s: print(s, flush=True)  # noqa: E731
+    run_study(args.file, only=args.only, report_only=args.report, progress=say, storage=args.storage,
+              heartbeat=args.heartbeat)  # fmt: skip
     return 0
 
 

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastadapt.config import Config, apply_overrides, config_from_dict, parse_override, read_toml, to_toml
+from fastadapt.core.cancel import Interrupted
 from fastadapt.core.errors import ConfigError, FastAdaptError
 from fastadapt.runtime import distributed
 
 SETTINGS = ("trials", "minutes", "pruner", "seed")
-PRUNERS = ("median", "halving")
+PRUNERS = ("median", "halving", "none")
 STUDY = "fastadapt"
 RECORD = "tune.json"
 
@@ -49,7 +53,7 @@ class TuneSpec:
         [tune]
         trials = 20                  # budget: trials in all (finished ones count on resume)
         minutes = 30                 # budget: minutes of this invocation (0: none)
-        pruner = "median"            # "median" or "halving" (successive halving), on the validation curve
+        pruner = "median"            # "median", "halving" (successive halving) on the validation curve, or "none"
         seed = 0                     # the TPE sampler's seed
         "optim.lr" = { low = 1e-4, high = 1e-2, log = true }
         "algorithm.inner_steps" = { choices = [1, 3, 5] }
@@ -213,21 +217,9 @@ def _check_folder(folder: Path, record: dict[str, Any]) -> None:
             f"{folder} has a study.db but no {RECORD}; it was not made by fastadapt tune: choose another --dir"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one temporary file per worker: several may start at once
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
-
-
-def _sample(trial: Any, spec: TuneSpec) -> dict[str, Any]:
-    out = {}
-    for p in spec.space:
-        if p.choices:
-            out[p.key] = trial.suggest_categorical(p.key, list(p.choices))
-        elif isinstance(p.low, int):
-            out[p.key] = trial.suggest_int(p.key, p.low, p.high, log=p.log)
-        else:
-            out[p.key] = trial.suggest_float(p.key, p.low, p.high, log=p.log)
-    return out
 
 
 @dataclass
@@ -249,6 +241,8 @@ def tune(
     space: list[str] | tuple[str, ...] = (),
     trials: int | None = None,
     minutes: float | None = None,
+    storage: str | None = None,
+    heartbeat: int = 30,
 ) -> TuneResult:
     """Run (or resume) the study of ``preset`` with ``overrides`` in ``folder`` (default ``runs/tune-<name>``).
 
@@ -259,15 +253,18 @@ def tune(
     ``SuccessiveHalvingPruner``). A trial whose loss becomes NaN or infinite (``TrainingDiverged``) is
     pruned, with the message kept as the trial's ``diverged`` attribute, and the study goes on.
 
-    The trials live in ``TUNEDIR/study.db`` (Optuna's RDB storage on SQLite, ``load_if_exists``): a tuning
-    that is killed resumes with every finished trial when the same command runs again; a trial that was
-    running when the process died is marked failed and its values are tried again first.
+    The trials live in ``TUNEDIR/study.db`` (Optuna's RDB storage on SQLite, ``load_if_exists``), or in the
+    database at ``storage`` (``postgresql://...`` or ``sqlite:///...``; the study is named after the folder): any
+    number of workers (this command started again, on this machine or others, with the same ``storage``) share the
+    study's trials (:mod:`fastadapt.apps.tune_workers`). A tuning that is killed resumes with every finished trial
+    when the same command runs again; a trial whose worker died (no heartbeat for 3 x ``heartbeat`` seconds, or its
+    process gone on this host) is marked failed and its values are tried again first.
     ``TUNEDIR/tune.json`` records the preset, the overrides and the space; another preset, other overrides
     or another space in the same folder is refused (one line). The best trial's config is written as a
     preset file, ``TUNEDIR/best.toml`` (``fastadapt train TUNEDIR/best.toml``). ``fastadapt plot TUNEDIR``
     draws the objective over trials and the parameter importances (fANOVA) to ``TUNEDIR/study.png``.
 
-    One process: under ``torchrun`` the command refuses (one trial per rank is not implemented).
+    Under ``torchrun`` the command refuses (one trial per rank is not implemented): start workers instead.
     """
     if distributed.env_world_size() > 1:
         raise FastAdaptError(
@@ -284,35 +281,28 @@ def tune(
     _check_space(raw, overrides, spec)
     folder = Path(folder) if folder else Path("runs") / f"tune-{base.run.name}"
     record = _record(preset, raw, overrides, spec)
-    _check_folder(folder, record)
     optuna = _optuna()
+    from fastadapt.apps import storage as shared
+
+    if isinstance(heartbeat, bool) or not isinstance(heartbeat, int) or heartbeat < 1:
+        raise ConfigError(f"--heartbeat {heartbeat!r} is invalid; give whole seconds >= 1")
+    if storage:  # a bad or unreachable URL is refused before anything is written
+        url, name = shared.normalize(storage), folder.name
+        shared.connect(url).dispose()
+    _check_folder(folder, record)
+    from fastadapt.apps.tune_workers import close, distributions, open_study, run_trials
     from fastadapt.runs.folder import RunFolder
     from fastadapt.training.loop import TrainingDiverged, train
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(folder / 'study.db').resolve()}")
-    pruner = (
-        optuna.pruners.MedianPruner(n_startup_trials=2)
-        if spec.pruner == "median"
-        else optuna.pruners.SuccessiveHalvingPruner()
-    )
-    study = optuna.create_study(
-        study_name=STUDY,
-        storage=storage,
-        load_if_exists=True,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
-        pruner=pruner,
-    )
-    TrialState = optuna.trial.TrialState
-    for t in study.get_trials(
-        deepcopy=False, states=(TrialState.RUNNING,)
-    ):  # killed mid-trial: failed, and its values first again
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        if set(t.params) == {p.key for p in spec.space}:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+    if not storage:
+        url, name = f"sqlite:///{(folder / 'study.db').resolve()}", STUDY
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=2), "none": optuna.pruners.NopPruner,
+               "halving": optuna.pruners.SuccessiveHalvingPruner}  # fmt: skip
+    mark = json.loads(json.dumps(record))
+    study, engine = open_study(url, name, mark, spec.seed, pruners[spec.pruner](), heartbeat)
 
     def objective(trial: Any) -> float:
-        params = _sample(trial, spec)
+        params = dict(trial.params)  # drawn when the trial was taken (tune_workers.run_trials)
         out = folder / "trials" / f"trial-{trial.number:04d}"
         cfg = _trial_config(
             raw,
@@ -339,17 +329,20 @@ def tune(
         except TrainingDiverged as e:
             trial.set_user_attr("diverged", str(e))
             raise optuna.TrialPruned(f"diverged: {e}") from None
+        if result.interrupted:  # a signal: the trial is failed and queued again (tune_workers), the command stops
+            raise Interrupted(result.signal or signal.SIGINT, f"trial {trial.number} interrupted")
         if result.best_val is None or not math.isfinite(result.best_val):
             trial.set_user_attr("diverged", f"no finite validation score ({result.best_val})")
             raise optuna.TrialPruned("no finite validation score")
         trial.set_user_attr("minutes", result.train_seconds / 60)
         return float(result.best_val)
 
-    done = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    left = spec.trials - len(done)
-    if left > 0:
-        study.optimize(objective, n_trials=left, timeout=60 * spec.minutes if spec.minutes else None, catch=())
-    return summarise(folder, raw, overrides, study)
+    deadline = time.monotonic() + 60 * spec.minutes if spec.minutes else None
+    try:
+        run_trials(study, engine, name, objective, distributions(spec.space), spec.trials, heartbeat, deadline)
+        return summarise(folder, raw, overrides, study)
+    finally:
+        close(study, engine)
 
 
 def summarise(folder: Path, raw: dict[str, Any], overrides: list[str] | tuple[str, ...], study: Any) -> TuneResult:
@@ -373,7 +366,7 @@ def summarise(folder: Path, raw: dict[str, Any], overrides: list[str] | tuple[st
             f"Train it: fastadapt train {folder / 'best.toml'}"
         )
         best_file = folder / "best.toml"
-        tmp = best_file.with_suffix(".tmp")
+        tmp = best_file.with_suffix(f".{os.getpid()}.tmp")  # workers that end together each write their own
         tmp.write_text(to_toml(cfg, title))
         tmp.replace(best_file)
     return TuneResult(

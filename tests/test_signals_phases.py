@@ -129,3 +129,43 @@ def test_a_stop_asked_inside_a_flagged_phase_abandons_a_rendering_loop():
     data = f'<svg><g id="kvg:04e00"><path d="{strokes}"/></g></svg>'.encode()
     with cancel.cancellable(lambda: signal.SIGTERM), pytest.raises(Cancelled):
         kanji.render_all([("一", data)] * 3, size=16, examples=2)
+
+
+GRID = """
+description = "one cell, long enough to be signalled while it trains"
+out = "{out}"
+runs = "{out}/runs"
+overrides = ["optim.steps={steps}", "data.meta_batch=2", "model.layers=[8]", "eval.val_every=0", "eval.test_episodes=0",
+  "run.checkpoint_every=50", "run.log_every=10", "run.progress=false", "run.threads=1"]
+episodes = 3
+
+[rows]
+MAML = {{ preset = "maml-sinusoid", run = "cell" }}
+
+[evals]
+"1 step" = {{ test = "5shot", overrides = ["algorithm.inner_steps_eval=1"] }}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_a_study_grid_within_5_s_with_the_cell_checkpointed_and_the_same_command_finishes(sig, tmp_path):
+    out = tmp_path / "out"
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID.format(out=out, steps=100000))
+    proc = _start(["study", str(grid)], tmp_path / "logs")
+    rows = out / "runs" / "cell" / "metrics.jsonl"
+    t0 = time.monotonic()
+    while not (rows.exists() and rows.read_text().count("\n") >= 3):  # the cell is training
+        assert proc.poll() is None, (tmp_path / "logs" / "stderr").read_text()[-2000:]
+        assert time.monotonic() - t0 < PHASE_START_S, "the cell never started training"
+        time.sleep(0.05)
+    took = _signal_and_time(proc, sig)
+    err = (tmp_path / "logs" / "stderr").read_text()
+    assert proc.returncode == EXIT[sig], err[-2000:]  # the grid stops too: no next cell, no evaluation
+    assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the study"
+    assert (out / "runs" / "cell" / "checkpoint.pt").is_file() and not (out / "results.json").exists()
+    grid.write_text(GRID.format(out=out, steps=30))  # the same study, shortened: it resumes the cell and ends
+    proc = _start(["study", str(grid)], tmp_path / "logs2")
+    assert proc.wait(timeout=PHASE_START_S) == 0, (tmp_path / "logs2" / "stderr").read_text()[-2000:]
+    assert '"1 step"' in (out / "results.json").read_text()

@@ -13,12 +13,14 @@ import importlib
 import importlib.util
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastadapt.core.cancel import Interrupted
 from fastadapt.core.errors import ConfigError
 
 try:
@@ -283,8 +285,8 @@ def _train_cell(cell: Cell, old: Mapping[str, Any], progress: Callable[[str], No
             steps = max((int(r.get("step", 0)) for r in logged), default=0)
             minutes = max((float(r.get("time", 0.0)) for r in logged), default=0.0) / 60
             return {**rec, "steps": steps, "train_minutes": minutes, "diverged": str(e), "evals": {}}
-        if res.interrupted:
-            raise KeyboardInterrupt
+        if res.interrupted:  # the checkpoint is saved: stop the grid too, exiting 128 + the signal (130 or 143)
+            raise Interrupted(res.signal or signal.SIGINT)
     done = folder.read_results()
     return {**rec, "steps": done["steps"], "train_minutes": done["train_seconds"] / 60, "evals": {}}
 

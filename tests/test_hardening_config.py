@@ -350,7 +350,7 @@ def test_every_shipped_preset_is_accepted_with_10_gib(preset, monkeypatch):
 
 
 def test_the_estimate_counts_images_and_activations_by_its_formula():
-    cfg = load_config("maml-omniglot-5w1s", ["model.hidden=4", "eval.batch=10"])
+    cfg = load_config("maml-omniglot-5w1s", ["model.hidden=4", "eval.batch=10", "optim.task_chunk=4"])
     batch = synthetic_batch(cfg)
     model = build_model(cfg, (1, 28, 28), 5)
     e = cost.estimate_cost(cfg, batch, model)
@@ -359,12 +359,12 @@ def test_the_estimate_counts_images_and_activations_by_its_formula():
     assert e.activation_bytes == 4 * per_example
     assert e.images_per_step == 32 * 5 * (1 + 5)
     k = 1  # inner steps: the support set goes through the model k + 1 times, the query set once
-    assert cfg.optim.task_chunk == 4  # the preset back-propagates 4 tasks at a time: only their graphs are alive
-    assert e.step_bytes == 2 * e.activation_bytes * 4 * 5 * (1 * (k + 1) + 5)
+    assert cfg.optim.task_chunk == 4  # 4 tasks back-propagated at a time: only their graphs are alive
+    assert e.step_bytes == e.activation_bytes * 4 * 5 * (5 + 1 * (1 + 2 * k))  # second order: 2a a support pass
     whole = cost.estimate_cost(
         load_config("maml-omniglot-5w1s", ["model.hidden=4", "eval.batch=10", "optim.task_chunk=0"]), batch, model
     )
-    assert whole.step_bytes == 2 * e.activation_bytes * 32 * 5 * (1 * (k + 1) + 5)
+    assert whole.step_bytes == e.activation_bytes * 32 * 5 * (5 + 1 * (1 + 2 * k))
     assert e.forward_bytes == 4 * (2 * 4 * 28 * 28)  # the first block's BatchNorm (or ReLU): its input and output
     assert e.eval_images_per_batch == 10 * 5 * (1 + 15)
     # inner_steps_eval = 3: the support set adapted with gradients (2a), the queries without a graph (f)

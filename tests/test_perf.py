@@ -188,7 +188,7 @@ def test_training_with_task_chunks_follows_the_one_pass_run(tmp_path):
 def test_task_chunk_and_precision_are_checked_config_keys():
     with pytest.raises(ConfigError, match="optim.task_chunk=-1 is invalid"):
         load_config("protonet-quick", ["optim.task_chunk=-1"])
-    with pytest.raises(ConfigError, match="run.precision='fp16' is not allowed; choose one of fp32, bf16"):
+    with pytest.raises(ConfigError, match="run.precision=.fp16. is not allowed; choose one of fp32, bf16, auto"):
         load_config("protonet-quick", ["run.precision='fp16'"])
     with pytest.raises(ConfigError, match="precision='half' is unknown"):
         check_precision("half")
@@ -350,6 +350,7 @@ def omniglot_batch(tasks: int = 4) -> TaskBatch:
     return fastadapt.EpisodeSampler(fastadapt.load_omniglot("vinyals", "train"), 5, 1, 5, seed=0).sample(tasks)
 
 
+@pytest.mark.filterwarnings("ignore::fastadapt.runtime.precision.EmulatedBF16Warning")  # a CPU without native bf16
 @pytest.mark.parametrize(("cls", "bound", "cosine"), [(MAML, 0.25, 0.97), (FOMAML, 0.25, 0.97)])
 def test_bf16_meta_gradient_error_against_fp32_is_bounded(cls, bound, cosine):
     """MAML on 4 fixed Omniglot 5-way 1-shot tasks, Conv4 with 64 filters, 1 step at 0.4, first weights of seed 0:
@@ -369,6 +370,7 @@ def test_bf16_meta_gradient_error_against_fp32_is_bounded(cls, bound, cosine):
     assert float(torch.nn.functional.cosine_similarity(g16, g32, 0)) > cosine
 
 
+@pytest.mark.filterwarnings("ignore::fastadapt.runtime.precision.EmulatedBF16Warning")  # a CPU without native bf16
 def test_bf16_training_runs_and_records_its_precision(tmp_path):
     cfg = load_config(
         "protonet-quick",

@@ -163,6 +163,7 @@ class IMAML(nn.Module):
     """
 
     needs_head: ClassVar[bool] = True
+    inner_graph: ClassVar[bool] = False  # its inner steps keep no graph for the outer backward (the memory estimate)
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from fastadapt.algorithms import compiled, shared_first
+from fastadapt.algorithms import checkpointed, compiled, shared_first
 from fastadapt.algorithms.base import MetaOutput, batch_metrics, task_loss
 from fastadapt.algorithms.norms import (  # noqa: F401  (re-exported: inner.SplitAffineNorms, inner.split_*)
     SplitAffineNorms,
@@ -196,6 +196,7 @@ def inner_loop(
     eps: float = 1e-8,
     keep: Collection[int] = (),
     per_step: bool = False,
+    checkpoint: bool = False,
 ) -> dict[int, Params]:
     """``{k: phi_k}`` for ``k`` in ``keep`` and the final ``K = len(rates)``, after gradient steps on ``loss_of`` for
     one task.
@@ -219,10 +220,15 @@ def inner_loop(
     a detached copy and detached, so the support passes build no graph to the meta-parameters
     (learnt rates still get a gradient through ``alpha * g``). ``optimizer="adam"`` runs Adam with
     a fresh state per task (:func:`adam_steps` starts from a given state). Only the kept steps are held (a long
-    evaluation loop over many tasks stores one set of fast weights). Works under ``vmap``.
+    evaluation loop over many tasks stores one set of fast weights). Works under ``vmap``. ``checkpoint``
+    (``algorithm.checkpoint_inner``; one task, not under ``vmap``): each second-order step recomputed in the
+    backward pass (:mod:`fastadapt.algorithms.checkpointed`: the same numbers, one step's graph alive); a first-order
+    step keeps no graph of its support pass, so it is left as it is (50 Conv4-64 steps: 257 MB against 5 steps' 230).
     """
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"inner optimizer={optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    if checkpoint and not first_order and checkpointed.differentiable(params):  # first order keeps no step's graph
+        return checkpointed.inner_loop(loss_of, params, rates, first_order, optimizer, betas, eps, keep, per_step)
     grad_fn = torch.func.grad(loss_of)
     phi = params
     kept = {0: params} if 0 in keep else {}
@@ -282,17 +288,18 @@ def adapt_and_evaluate(
     first_order: bool,
     loss_steps: Sequence[int],
     loss: Callable[[Tensor, Tensor], Tensor],
+    checkpoint: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One task of MAML / Meta-SGD / ANIL: adapt on the support set, score on the query set.
+    """One task of MAML / Meta-SGD / ANIL: adapt on the support set, score on the query set (``checkpoint``: the
+    inner steps recomputed in the backward pass, :func:`inner_loop`).
 
     ``forward(phi, x)`` is the model under fast weights ``phi``. Returns the query losses
     ``L_query(phi_k)`` for ``k`` in ``loss_steps`` (``[len(loss_steps)]``; MAML++'s multi-step loss
     uses several, MAML only ``K``) and the query outputs at ``phi_K`` (``[N*Q, N]`` or ``[Q, *y]``).
     """
     final = len(rates)
-    trajectory = inner_loop(
-        lambda p: loss(forward(p, support_x), support_y), params, rates, first_order, keep=loss_steps
-    )
+    support_loss = lambda p: loss(forward(p, support_x), support_y)  # noqa: E731
+    trajectory = inner_loop(support_loss, params, rates, first_order, keep=loss_steps, checkpoint=checkpoint)
     outputs = forward(trajectory[final], query_x)
     losses = [loss(outputs if k == final else forward(trajectory[k], query_x), query_y) for k in loss_steps]
     return torch.stack(losses), outputs
@@ -307,19 +314,18 @@ def evaluate_tasks(
     loss_steps: Sequence[int],
     execution: str = DEFAULT_EXECUTION,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    checkpoint: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """:func:`adapt_and_evaluate` for every task of ``batch``: query losses ``[T, len(loss_steps)]``
-    and final query outputs ``[T, N*Q, N]`` (``[T, Q, *y]``). Autograd is on inside, even under ``no_grad``."""
-
+    and final query outputs ``[T, N*Q, N]`` (``[T, Q, *y]``). Autograd is on inside, even under ``no_grad``.
+    ``checkpoint`` (recomputed inner steps) maps the tasks with the ``"loop"`` path, uncompiled."""
+    execution = "loop" if checkpoint else execution
     # run.compile: the per-task function compiled (fastadapt.algorithms.compiled), on the loop path only
-    run = (
-        compiled.maybe_compiled(adapt_and_evaluate)
-        if resolve_execution(execution, batch.support_x) == "loop"
-        else adapt_and_evaluate
-    )
+    looped = resolve_execution(execution, batch.support_x) == "loop" and not checkpoint
+    run = compiled.maybe_compiled(adapt_and_evaluate) if looped else adapt_and_evaluate
 
     def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, ...]:
-        return run(forward, params, sx, sy, qx, qy, rates, first_order, loss_steps, task_loss)
+        return run(forward, params, sx, sy, qx, qy, rates, first_order, loss_steps, task_loss, checkpoint)
 
     if execution == "shared_first" and rates and 0 not in loss_steps:
         with torch.enable_grad():
@@ -351,10 +357,14 @@ def final_loss(
     first_order: bool,
     execution: str = DEFAULT_EXECUTION,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    checkpoint: bool = False,
 ) -> MetaOutput:
     """The meta-loss of MAML's kind: the mean query loss over tasks after the ``len(rates)`` steps of
-    :func:`evaluate_tasks`, with the metrics of the final outputs."""
-    losses, outputs = evaluate_tasks(forward, params, batch, rates, first_order, [len(rates)], execution, chunk_size)
+    :func:`evaluate_tasks` (``checkpoint``: recomputed in the backward pass), with the metrics of the final outputs."""
+    steps = [len(rates)]
+    losses, outputs = evaluate_tasks(
+        forward, params, batch, rates, first_order, steps, execution, chunk_size, checkpoint
+    )
     loss = losses[:, 0].mean()
     return MetaOutput(loss, batch_metrics(outputs, batch.query_y, loss))
 

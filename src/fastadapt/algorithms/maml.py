@@ -84,6 +84,9 @@ class MAML(nn.Module):
         execution: ``"vmap"``, ``"chunks"``, ``"loop"`` or ``"shared_first"`` (the first inner step of all tasks
             as one computation) over tasks (same numbers; see :mod:`fastadapt.algorithms.inner`).
         chunk_size: tasks per ``vmap`` call with ``execution="chunks"``.
+        checkpoint_inner: recompute the inner steps in the backward pass instead of keeping their graphs (one step's
+            graph alive, the same meta-gradient; about one more forward and support backward per step; tasks then
+            run one at a time): :mod:`fastadapt.algorithms.checkpointed`.
 
     :attr:`meta_step` (a buffer, saved with the state) counts the meta-updates: the ``meta_loss``
     calls made in training mode with grad enabled, except those that continue an update an earlier
@@ -106,9 +109,11 @@ class MAML(nn.Module):
         msl_anneal_steps: int = 5000,
         execution: str = inner.DEFAULT_EXECUTION,
         chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+        checkpoint_inner: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        self.checkpoint_inner = bool(checkpoint_inner)
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
         self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval)
         self.first_order = bool(first_order)
@@ -191,6 +196,7 @@ class MAML(nn.Module):
             loss_steps,
             self.execution,
             self.chunk_size,
+            self.checkpoint_inner,
         )
         loss = (losses * weights.to(losses.dtype)).sum(1).mean()
         return MetaOutput(
@@ -227,6 +233,8 @@ class MAML(nn.Module):
 class FOMAML(MAML):
     """First-order MAML (Finn et al. 2017, sec. 5.2): :class:`MAML` with ``first_order=True``; takes MAML's other
     options."""
+
+    inner_graph: ClassVar[bool] = False  # its inner steps keep no graph for the outer backward (the memory estimate)
 
     def __init__(self, model: nn.Module, **options: Any) -> None:
         if "first_order" in options:

@@ -39,6 +39,9 @@ class MetaSGD(nn.Module):
         inner_steps_eval: inner steps in ``adapt`` / ``predict`` (default: ``inner_steps``).
         first_order: drop second derivatives through the inner gradient (alpha still learns).
         execution, chunk_size: how tasks are mapped (see :mod:`fastadapt.algorithms.inner`).
+        checkpoint_inner: recompute the inner steps in the backward pass instead of keeping their graphs (one step's
+            graph alive, the same meta-gradient; about one more forward and support backward per step; tasks then
+            run one at a time): :mod:`fastadapt.algorithms.checkpointed`.
     """
 
     needs_head: ClassVar[bool] = True
@@ -52,9 +55,11 @@ class MetaSGD(nn.Module):
         first_order: bool = False,
         execution: str = inner.DEFAULT_EXECUTION,
         chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+        checkpoint_inner: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        self.checkpoint_inner = bool(checkpoint_inner)
         init = inner.check_positive("init_lr", init_lr)
         self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval)
         self.first_order = bool(first_order)
@@ -76,7 +81,8 @@ class MetaSGD(nn.Module):
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         """Mean query loss over tasks after ``inner_steps`` steps with the learnt rates."""
         params, rates = inner.trainable_params(self.model), self.rates(self.inner_steps)
-        return inner.final_loss(self._forward, params, batch, rates, self.first_order, self.execution, self.chunk_size)
+        how = (self.execution, self.chunk_size, self.checkpoint_inner)
+        return inner.final_loss(self._forward, params, batch, rates, self.first_order, *how)
 
     def adapt(
         self, support_x: Tensor, support_y: Tensor, steps: int | None = None, lr_scale: float = 1.0

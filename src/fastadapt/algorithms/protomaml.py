@@ -83,6 +83,9 @@ class ProtoMAML(nn.Module):
         first_order: drop the second derivatives of the inner loop (not the prototype path).
         execution: ``"auto"``, ``"vmap"``, ``"chunks"``, ``"loop"`` or ``"shared_first"`` over tasks (same numbers).
         chunk_size: tasks per ``vmap`` call with ``execution="chunks"``.
+        checkpoint_inner: recompute the inner steps in the backward pass instead of keeping their graphs (one step's
+            graph alive, the same meta-gradient; about one more forward and support backward per step; tasks then
+            run one at a time): :mod:`fastadapt.algorithms.checkpointed`.
     """
 
     needs_head: ClassVar[bool] = False
@@ -98,9 +101,11 @@ class ProtoMAML(nn.Module):
         first_order: bool = False,
         execution: str = inner.DEFAULT_EXECUTION,
         chunk_size: int = inner.DEFAULT_CHUNK_SIZE,
+        checkpoint_inner: bool = False,
     ) -> None:
         super().__init__()
         self.model = model
+        self.checkpoint_inner = bool(checkpoint_inner)
         self.inner_lr = inner.check_positive("inner_lr", inner_lr)
         self.inner_steps, self.inner_steps_eval = inner.step_counts(inner_steps, inner_steps_eval)
         self.first_order = bool(first_order)
@@ -149,7 +154,8 @@ class ProtoMAML(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """One task: the prototype head, ``len(rates)`` inner steps on the support set, the query loss and logits."""
         phi = self.initialised(params, sx, sy, ways)
-        phi = inner.inner_loop(lambda p: task_loss(self._forward(p, sx), sy), phi, rates, first_order)[len(rates)]
+        support_loss = lambda p: task_loss(self._forward(p, sx), sy)  # noqa: E731
+        phi = inner.inner_loop(support_loss, phi, rates, first_order, checkpoint=self.checkpoint_inner)[len(rates)]
         out = self._forward(phi, qx)
         return task_loss(out, qy), out
 
@@ -162,7 +168,8 @@ class ProtoMAML(nn.Module):
 
         tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         with torch.enable_grad():
-            losses, outputs = inner.map_tasks(task, tensors, self.execution, self.chunk_size)
+            execution = "loop" if self.checkpoint_inner else self.execution  # a checkpoint cannot run under vmap
+            losses, outputs = inner.map_tasks(task, tensors, execution, self.chunk_size)
         return losses, outputs
 
     # --- the contract ----------------------------------------------------------------------

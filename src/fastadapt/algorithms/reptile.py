@@ -82,6 +82,7 @@ class Reptile(nn.Module):
     """
 
     needs_head: ClassVar[bool] = True
+    inner_graph: ClassVar[bool] = False  # its inner steps keep no graph for the outer backward (the memory estimate)
 
     def __init__(
         self,

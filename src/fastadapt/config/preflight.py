@@ -1,8 +1,9 @@
 """An up-front estimate of what a run costs, and a refusal of what cannot fit, before anything big is allocated.
 
 The estimate is rough but stated (the formulas are on :func:`estimate_cost`, :func:`check_cost` and
-:func:`check_conversion`); it is meant to refuse the impossible (``data.meta_batch=200000``), not to
-predict a peak to the megabyte.
+:func:`check_conversion`); it refuses the impossible (``data.meta_batch=200000``) and plans
+``optim.task_chunk = "auto"`` (:func:`resolve_task_chunk`) against ``run.memory_budget``
+(:func:`memory_budget`); ``tests/test_memory_plan.py`` checks it against the measured peak.
 """
 
 from __future__ import annotations
@@ -15,9 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastadapt.algorithms import inner
 from fastadapt.config import Config, algorithm_signature
+from fastadapt.core import contract
+from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, FastAdaptError
+from fastadapt.core.registry import algorithm_class
 from fastadapt.runtime.devices import resolve_device
+
+BUDGET_SHARE = 0.5  # run.memory_budget = 0: this share of the memory available to the process (the rest: the data,
+# Python and torch themselves, the allocator's slack, other processes' growth)
 
 LOWER_STEP = (
     "optim.task_chunk (tasks back-propagated at once), data.meta_batch, data.ways, data.shots / data.queries "
@@ -62,9 +70,35 @@ class CostEstimate:
         )
 
 
+CGROUP_FILES = (  # (limit, usage): cgroup v2, then v1, as a container sees its own cgroup
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max": no limit
+
+
+def cgroup_free() -> int | None:
+    """Bytes the process's cgroup may still take (its memory limit less its usage); None without a limit (or on a
+    machine without cgroups). A v1 "no limit" is a huge number: anything above 2**60 counts as none."""
+    for limit_file, usage_file in CGROUP_FILES:
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and limit < 2**60:
+            return max(limit - (usage or 0), 0)
+    return None
+
+
 def available_memory(device: str = "cpu") -> int | None:
-    """Bytes free for a run on ``device`` ("auto" resolved): a CUDA device's free memory, else ``MemAvailable`` (None
-    when unknown)."""
+    """Bytes free for a run on ``device`` ("auto" resolved): a CUDA device's free memory; else the smaller of
+    ``MemAvailable`` (``/proc/meminfo``) and what the process's cgroup may still take (:func:`cgroup_free`); None when
+    neither is known."""
     device = resolve_device(device)
     if device.startswith("cuda") and torch.cuda.is_available():
         try:
@@ -72,14 +106,83 @@ def available_memory(device: str = "cpu") -> int | None:
             return int(free)
         except (RuntimeError, ValueError, AssertionError):
             return None
+    found = [] if (limit := cgroup_free()) is None else [limit]
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
-        return None
-    return None
+        pass
+    return min(found) if found else None
+
+
+def memory_budget(cfg: Config) -> int | None:
+    """Bytes a training step may hold (``run.memory_budget``, in MB); when it is 0, :data:`BUDGET_SHARE` of
+    :func:`available_memory` on ``run.device`` (None when that is unknown: nothing is planned)."""
+    if cfg.run.memory_budget:
+        return int(cfg.run.memory_budget * 1e6)
+    have = available_memory(cfg.run.device)
+    return None if have is None else int(BUDGET_SHARE * have)
+
+
+def plan_task_chunk(per_task: int, tasks: int, fixed: int, budget: int | None) -> int:
+    """The chunk ``optim.task_chunk = "auto"`` takes: 0 (the whole meta-batch of ``tasks`` at once) when
+    ``fixed + tasks * per_task`` bytes fit in ``budget`` (or the budget is unknown); else the chunks are as few as
+    fit, ``n = ceil(tasks / k_max)`` with ``k_max = max(1, (budget - fixed) // per_task)``, and as even as can be,
+    ``k = ceil(tasks / n)`` (never more than ``k_max``, so the peak falls to what fits)."""
+    if budget is None or fixed + tasks * per_task <= budget:
+        return 0
+    k_max = max(1, (budget - fixed) // max(per_task, 1))
+    n = math.ceil(tasks / k_max)
+    return math.ceil(tasks / n)
+
+
+def chunkable(algorithm: Any, model: nn.Module, batch: Any) -> bool:
+    """Whether chunks of a meta-batch give ``algorithm`` (a class or an instance) the gradient of one pass: a
+    :class:`~fastadapt.core.episodes.TaskBatch` (environments' tasks are not split), and an algorithm that sees
+    a task at a time or a model without BatchNorm (as :func:`fastadapt.training.accumulate.check_task_chunk`)."""
+    if not isinstance(batch, TaskBatch):
+        return False
+    has_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return not (contract.encodes_meta_batch(algorithm) and has_norm)
+
+
+def resolve_task_chunk(
+    cfg: Config, batch: Any, model: nn.Module, algorithm: Any = None, tasks: int | None = None
+) -> int:
+    """``optim.task_chunk`` as a number: itself when it is one; for ``"auto"``, :func:`plan_task_chunk` of the
+    estimate's bytes per task (:func:`estimate_cost` with a chunk of 1) over ``tasks`` (default
+    ``data.meta_batch``; one process's share under ``torchrun``) against :func:`memory_budget`, except that an
+    algorithm computing its tasks one at a time (:func:`tasks_one_at_a_time`) takes chunks of 1 even when the whole
+    batch fits (no slower, the least memory); 0 when the algorithm cannot be chunked (:func:`chunkable`;
+    ``algorithm`` default: the config's class) or the model cannot be measured. The one place ``"auto"`` is decided:
+    the trainer records the number in ``config.json``'s provenance (``resolved``)."""
+    chunk = cfg.optim.task_chunk
+    if chunk != "auto":
+        return int(chunk)
+    try:
+        algorithm = algorithm if algorithm is not None else algorithm_class(cfg.algorithm)
+    except FastAdaptError:
+        return 0
+    if not chunkable(algorithm, model, batch):
+        return 0
+    one = _estimate(cfg, batch, model, 1)
+    if one is None:
+        return 0
+    tasks = cfg.data.meta_batch if tasks is None else tasks
+    chunk = plan_task_chunk(one.step_bytes, tasks, one.parameter_bytes, memory_budget(cfg))
+    return 1 if chunk == 0 and tasks > 1 and tasks_one_at_a_time(algorithm, batch) else chunk
+
+
+def tasks_one_at_a_time(algorithm: Any, batch: TaskBatch) -> bool:
+    """Whether ``algorithm`` (an instance) maps its tasks with a Python loop (its ``execution`` resolves to
+    ``"loop"``: images on the CPU by default, :func:`fastadapt.algorithms.inner.resolve_execution`). Such an
+    algorithm computes one task at a time anyway, so a chunk of one task costs no speed and holds one task's graph:
+    MAML 5-way 1-shot, meta-batch 32, 416 MB against 1141 MB at 2.15 s against 2.65 s a step (benchmarks/README.md,
+    ``perf_paths.py memory``); ``"auto"`` takes it."""
+    execution = getattr(algorithm, "execution", None)
+    if isinstance(algorithm, type) or execution not in inner.EXECUTIONS:
+        return False
+    return inner.resolve_execution(execution, batch.support_x) == "loop"
 
 
 def _tensor_bytes(out: Any) -> int:
@@ -143,10 +246,13 @@ def _measure(model: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
-def _inner_steps(cfg: Config) -> tuple[int, int]:
-    """``(k, k_eval)``: the algorithm's inner steps in training and at evaluation (0 when it has none)."""
+def _inner_steps(cfg: Config, algorithm: Any = None) -> tuple[int, int, int]:
+    """``(k, k_eval, k_graph)``: the algorithm's inner steps in training and at evaluation (0 when it has none), and
+    those whose graph the outer backward pass differentiates (``k`` for second order; 0 with ``first_order``, or for
+    an algorithm whose ``inner_graph`` is False: first-order MAML, Reptile, iMAML)."""
     try:
         params = algorithm_signature(cfg.algorithm)
+        algorithm = algorithm if algorithm is not None else algorithm_class(cfg.algorithm)
     except (FastAdaptError, TypeError, ValueError):
         params = {}
     opts = cfg.algorithm_options
@@ -161,27 +267,39 @@ def _inner_steps(cfg: Config) -> tuple[int, int]:
     k = int(k) if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
     k_eval = option("inner_steps_eval")
     k_eval = int(k_eval) if isinstance(k_eval, int) and not isinstance(k_eval, bool) and k_eval >= 0 else k
-    return k, k_eval
+    second = not option("first_order") and getattr(algorithm, "inner_graph", True)
+    if algorithm is not None and not isinstance(algorithm, type):  # an instance: what it is set to
+        second = second and not getattr(algorithm, "first_order", False)
+    k_graph = k if second else 0
+    return k, k_eval, min(k_graph, 1) if option("checkpoint_inner") else k_graph  # recomputed: one step's graph
 
 
-def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | None:
-    """The estimate for ``cfg``, its first training task ``batch`` and its ``model``; None when the model cannot run
-    on two of the task's examples (the model check then says why).
+def estimate_cost(cfg: Config, batch: Any, model: nn.Module, algorithm: Any = None) -> CostEstimate | None:
+    """The estimate for ``cfg``, its first training task ``batch`` and its ``model`` (``algorithm``: the algorithm, a
+    class or an instance; default the config's class); None when the model cannot run on two of the task's examples
+    (the model check then says why).
 
     Activations, per example (:func:`activation_bytes`, on two examples of the first training task)::
 
         a = input bytes + sum over leaf modules of output bytes          (what autograd keeps for backward)
         f = max over leaf modules of (input bytes + output bytes)       (what a forward without a graph holds)
 
-    A training step (``k`` = ``algorithm.inner_steps`` of a gradient-based algorithm, else 0; the support set
-    goes through the model ``k + 1`` times, the query set once; the factor 2 is the backward pass's
-    gradients)::
+    A training step (``k`` = ``algorithm.inner_steps`` of a gradient-based algorithm, else 0; ``k_graph`` = ``k``
+    for a second-order inner loop, whose every support pass keeps its forward and its backward's graph, ``2a``; 0 for
+    first order, Reptile and iMAML, 1 with ``checkpoint_inner``; the query set and one support pass keep ``a``, and
+    the backward pass frees each activation as its gradient is made)::
 
         images per step = meta_batch * ways * (shots + queries)
-        step bytes      = 2 * a * alive * ways * (shots * (k + 1) + queries)
+        step bytes      = a * alive * ways * (queries + shots * (1 + 2 * k_graph)) [+ f * ways * (shots + queries)]
 
-    where ``alive`` is the number of tasks whose graph is alive at once: ``optim.task_chunk`` when it is
-    between 1 and ``meta_batch`` (the loop back-propagates chunk by chunk), else ``meta_batch``.
+    The bracket counts an algorithm (an instance) whose tasks run in a loop (:func:`tasks_one_at_a_time`): its
+    backward pass holds one task's gradient buffers beside the graphs (measured: MAML, first-order MAML, Meta-SGD,
+    ProtoMAML and ALFA on Conv4-64 20-way 1-shot peak at 1.4-1.55x the bracket-less estimate; a batched encoder's
+    backward reuses the activations it frees, ProtoNets' peak is the estimate's 0.98x).
+
+    where ``alive`` is the number of tasks whose graph is alive at once: ``optim.task_chunk`` (``"auto"`` resolved by
+    :func:`resolve_task_chunk`) when it is between 1 and ``meta_batch`` (the loop back-propagates chunk by chunk),
+    else ``meta_batch``.
 
     An evaluation batch (``k_eval`` = ``algorithm.inner_steps_eval``, else ``k``; adapting with gradients,
     ``k_eval > 0`` or ``eval.finetune``, keeps the support set's graph for one step at a time, ``s = 2a``,
@@ -189,7 +307,19 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
 
         eval images per batch = eval.batch * test_ways * (test_shots + test_queries)
         eval bytes            = eval.batch * test_ways * (test_shots * s + test_queries * f)
+
+    An algorithm whose ``predict`` encodes one task at a time (``predicts_task_by_task``: ProtoNets, Relation
+    Networks, siamese networks; or, given as an instance, one whose tasks run in a loop: the gradient-based ones on
+    images on the CPU) holds the batch's images and one episode's activations::
+
+        eval bytes            = eval.batch * test_ways * (test_shots + test_queries) * input bytes
+                                + test_ways * (test_shots * s + test_queries * f)
     """
+    return _estimate(cfg, batch, model, resolve_task_chunk(cfg, batch, model, algorithm), algorithm)
+
+
+def _estimate(cfg: Config, batch: Any, model: nn.Module, chunk: int, algorithm: Any = None) -> CostEstimate | None:
+    """:func:`estimate_cost` with ``optim.task_chunk`` resolved to ``chunk``."""
     measured = _measure(model, batch.support_x[0])
     if measured is None:
         return None
@@ -197,19 +327,25 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
     d, e = cfg.data, cfg.eval
     regression = batch.query_y.is_floating_point()
     ways = 1 if regression else d.ways
-    k, k_eval = _inner_steps(cfg)
+    k, k_eval, k_graph = _inner_steps(cfg, algorithm)
     settings = e.test_settings or ((cfg.test_ways, cfg.test_shots),)
     eval_shapes = [(1 if regression else w, s, cfg.test_queries) for w, s in settings]
     per_episode = max(w * (s + q) for w, s, q in eval_shapes)
     support = (
         2 * a if k_eval > 0 or e.finetune != "none" else a_peak
     )  # adapted with gradients, or a forward without a graph
-    eval_bytes = max(w * (s * support + q * a_peak) for w, s, q in eval_shapes)
+    episode_bytes = max(w * (s * support + q * a_peak) for w, s, q in eval_shapes)
+    if _task_by_task(cfg, algorithm, batch):
+        example = batch.support_x[0, 0]
+        eval_bytes = e.batch * per_episode * example.numel() * example.element_size() + episode_bytes
+    else:
+        eval_bytes = e.batch * episode_bytes
     episodes = (e.val_episodes if e.val_every and d.val_part else 0) + e.test_episodes * len(settings)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     forwards = d.meta_batch * ways * (d.shots * (k + 1) + d.queries)
-    chunk = cfg.optim.task_chunk
     alive = chunk if 0 < chunk < d.meta_batch else d.meta_batch  # tasks whose graph is alive at once
+    looped = isinstance(batch, TaskBatch) and tasks_one_at_a_time(algorithm, batch)
+    transient = a_peak * ways * (d.shots + d.queries) if looped else 0  # one task's backward buffers
     return CostEstimate(
         images_per_step=d.meta_batch * ways * (d.shots + d.queries),
         forwards_per_step=forwards,
@@ -217,9 +353,23 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module) -> CostEstimate | N
         eval_images=episodes * per_episode,
         activation_bytes=a,
         forward_bytes=a_peak,
-        step_bytes=2 * a * alive * ways * (d.shots * (k + 1) + d.queries),
-        eval_bytes=e.batch * eval_bytes,
+        step_bytes=a * alive * ways * (d.queries + d.shots * (1 + 2 * k_graph)) + transient,
+        eval_bytes=eval_bytes,
         parameter_bytes=4 * params,
+    )
+
+
+def _task_by_task(cfg: Config, algorithm: Any, batch: Any) -> bool:
+    """Whether the algorithm's ``predict`` encodes one task at a time (its ``predicts_task_by_task``, or an instance
+    whose tasks run in a loop, :func:`tasks_one_at_a_time`), without test-time fine-tuning or selection."""
+    if cfg.eval.finetune != "none" or cfg.eval.select != "fixed":
+        return False
+    try:
+        algorithm = algorithm if algorithm is not None else algorithm_class(cfg.algorithm)
+    except FastAdaptError:
+        return False
+    return bool(getattr(algorithm, "predicts_task_by_task", False)) or (
+        isinstance(batch, TaskBatch) and tasks_one_at_a_time(algorithm, batch)
     )
 
 

@@ -30,15 +30,26 @@ class Range:
     lo_open: bool = False
     hi_open: bool = False
     why: str = ""  # the reason for a bound that is not obvious
+    words: tuple[str, ...] = ()  # words the key takes besides numbers (optim.task_chunk: "auto")
 
-    def contains(self, v: float) -> bool:
-        """Whether ``v`` is in range; False for NaN and infinities (every comparison with NaN is False)."""
+    def contains(self, v: float | str) -> bool:
+        """Whether ``v`` is in range (or one of :attr:`words`); False for NaN and infinities (every comparison with
+        NaN is False)."""
+        if isinstance(v, str):
+            return v in self.words
         if not math.isfinite(v):
             return False
         return (self.lo < v if self.lo_open else self.lo <= v) and (v < self.hi if self.hi_open else v <= self.hi)
 
-    def describe(self, v: float) -> str:
+    def describe(self, v: float | str) -> str:
         """The bound ``v`` breaks, in words: ``>= 1``, ``< 1``, ``a finite number in (0, 10]``."""
+        if isinstance(v, str):
+            words = " or ".join(repr(w) for w in self.words)
+            return (
+                f"a number >= {_num(self.lo)}"
+                + (f" or {words}" if words else "")
+                + (f" ({self.why})" if self.why else "")
+            )
         low = f"> {self.lo:g}" if self.lo_open else f">= {_num(self.lo)}"
         high = f"< {self.hi:g}" if self.hi_open else f"<= {_num(self.hi)}"
         if not math.isfinite(v):
@@ -72,7 +83,10 @@ Period = Annotated[int, Range(1, INT_MAX, why="steps between two decays of the s
 Gamma = Annotated[float, Range(0, 1, lo_open=True, why="the step schedule's decay factor")]
 Clip = Annotated[float, Range(0, why="0: no clipping")]
 Minutes = Annotated[float, Range(0, why="0: no limit")]
-Chunk = Annotated[int, Range(0, INT_MAX, why="0: the whole meta-batch at once")]
+Chunk = Annotated[
+    int | str, Range(0, INT_MAX, why='0: the whole meta-batch at once; "auto": from run.memory_budget', words=("auto",))
+]
+MegaBytes = Annotated[float, Range(0, 1e12, why="megabytes; 0: a share of the memory available")]
 Level = Annotated[float, Range(0, 1, lo_open=True, hi_open=True, why="a confidence level, e.g. 0.95")]
 _THREADS_WHY = "0: torch's default; more threads than a machine's cores only slows it down"
 Threads = Annotated[int, Range(0, 1024, why=_THREADS_WHY)]
@@ -146,8 +160,10 @@ class OptimConfig:
     clip_grad: Clip = 0.0  # max global gradient norm (0: no clipping)
     steps: Count = 1000  # outer steps in total
     max_minutes: Minutes = 0.0  # stop (checkpointed) after this many minutes of training (0: no limit)
-    task_chunk: Chunk = 0  # tasks per meta_loss call and backward pass, gradients accumulated over the step (0: the
-    # whole meta-batch at once); less memory, the same gradient
+    task_chunk: Chunk = "auto"  # tasks per meta_loss call and backward pass, gradients accumulated over the step (0:
+    # the whole meta-batch at once; "auto": the whole batch when the preflight estimate fits run.memory_budget, else
+    # the largest chunk that fits; chunks of 1 where tasks run one at a time anyway: preflight.resolve_task_chunk,
+    # recorded in config.json's provenance); less memory, the same gradient
 
 
 @dataclass(frozen=True)
@@ -194,8 +210,13 @@ class RunConfig:
     # sources, models, algorithms)
     loggers: tuple[str, ...] = ("jsonl",)  # where training metrics go, live: "jsonl" (metrics.jsonl, always written),
     # "csv" (metrics.csv), "tensorboard" (extra [tensorboard]), "wandb" (offline, extra [wandb])
-    precision: str = "fp32"  # "fp32", or "bf16": autocast around meta_loss and evaluation (parameters, gradients and
-    # optimizer state stay float32)
+    precision: str = "fp32"  # "fp32", "bf16" or "auto": autocast around meta_loss and evaluation (parameters,
+    # gradients and optimizer state stay float32). "auto" is bf16 where the device computes it natively (CPU flags
+    # avx512_bf16 / amx_bf16, CUDA compute capability >= 8.0), else fp32 (fastadapt/runtime/hardware.py); bf16 on a
+    # CPU without them is emulated, 6-9x slower, and warns
+    memory_budget: MegaBytes = 0.0  # megabytes a training step may hold, for optim.task_chunk = "auto" (0: half the
+    # memory available to the process: the cgroup limit less its usage when one is set, else MemAvailable; a CUDA
+    # device's free memory)
     compile: bool = False  # torch.compile the per-task function of MAML/FOMAML/Meta-SGD on the loop path
     # (fastadapt/algorithms/compiled.py; cold start logged as a "compile" row)
     keep_freed_memory: bool = True  # the fastadapt command only: glibc keeps freed memory for reuse (ProtoNets 1.47x

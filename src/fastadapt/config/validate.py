@@ -151,7 +151,7 @@ def _check_names(cfg: Config) -> None:
     check_device_name(r.device)
     _check_choice("optim.optimizer", o.optimizer, ("adam", "sgd", "adamw", "rmsprop"))
     _check_choice("optim.schedule", o.schedule, ("constant", "step", "cosine", "linear"))
-    _check_choice("run.precision", r.precision, ("fp32", "bf16"))
+    _check_choice("run.precision", r.precision, ("fp32", "bf16", "auto"))
     if cfg.model.target:
         if not is_target(cfg.model.target):
             raise ConfigError(f"model.target={cfg.model.target!r} is not an import path; write package.module:Class")

@@ -42,17 +42,31 @@ def task_chunks(tasks: int, task_chunk: int) -> list[slice]:
     return [slice(s, min(s + task_chunk, tasks)) for s in range(0, tasks, task_chunk)]
 
 
+def library_chunk(algo: nn.Module, batch: TaskBatch) -> int:
+    """``task_chunk = "auto"`` for a call without a config (:func:`meta_gradient` from Python): chunks of 1 where the
+    algorithm runs its tasks in a loop anyway and may be chunked (the leanest, no slower:
+    :func:`fastadapt.config.preflight.tasks_one_at_a_time`), else the whole batch. The trainer plans with the memory
+    budget instead (:func:`fastadapt.config.preflight.resolve_task_chunk`)."""
+    from fastadapt.config.preflight import chunkable, tasks_one_at_a_time
+
+    model = getattr(algo, "model", None)
+    if not isinstance(model, nn.Module) or not isinstance(batch, TaskBatch) or len(batch) < 2:
+        return 0
+    return 1 if chunkable(algo, model, batch) and tasks_one_at_a_time(algo, batch) else 0
+
+
 def meta_gradient(
     algo: nn.Module,
     batch: TaskBatch,
-    task_chunk: int = 0,
+    task_chunk: int | str = "auto",
     scale: float | None = None,
     around: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> tuple[float, dict[str, float]]:
     """Back-propagate the mean meta-loss of ``batch``'s tasks into ``.grad`` (added to what is there), chunk by chunk.
 
     Args:
-        task_chunk: tasks per ``meta_loss`` call and backward pass (0: all at once, the loop's one-pass path).
+        task_chunk: tasks per ``meta_loss`` call and backward pass (0: all at once, the loop's one-pass path;
+            ``"auto"``: :func:`library_chunk`).
         scale: a factor on every backward pass (the loop's distributed task weight ``T_r / T``); None: 1.
         around: the context of each ``meta_loss`` call (precision, synchronised BatchNorm); the
             backward passes run outside it.
@@ -74,6 +88,7 @@ def meta_gradient(
     mini-batches are drawn task by task in the same order, so chunking changes no number but the
     logged ``surrogate`` (a weighted mean of the chunks' surrogates; its gradient is unchanged).
     """
+    task_chunk = library_chunk(algo, batch) if task_chunk == "auto" else int(task_chunk)
     parts = task_chunks(len(batch), task_chunk)
     if len(parts) > 1 and not isinstance(batch, TaskBatch):
         raise ConfigError(

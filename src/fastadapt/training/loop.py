@@ -39,6 +39,7 @@ from fastadapt.training.accumulate import check_task_chunk, meta_gradient
 from fastadapt.training.callbacks import Callback, algorithm_callbacks, check_callbacks, run_hooks
 from fastadapt.training.environment import StopFlag, deterministic, threads
 from fastadapt.training.loggers import Loggers
+from fastadapt.training.resolve import resolve_auto
 from fastadapt.training.resume import apply_optim_changes, load_resume_state
 from fastadapt.training.testing import run_tests
 
@@ -126,6 +127,8 @@ class Trainer:
         classes, domains = train_classes(self.sources), train_domains(self.sources)
         self.algo = build_algorithm(cfg, probe, model=self.model, num_classes=classes, domain_sizes=domains)
         self.algo = self.algo.to(self.device)
+        asked, (cfg, resolved) = cfg, resolve_auto(cfg, probe, self.algo, self.task_count, self.device)
+        self.cfg = cfg  # "auto" decided; config.json keeps what was asked, its provenance what was decided
         self.sync_bn = contract.encodes_meta_batch(self.algo)
         check_task_chunk(self.algo, cfg.optim.task_chunk, self.task_count)
         self.compile_session = compiled.CompileSession() if cfg.run.compile else None
@@ -149,14 +152,11 @@ class Trainer:
         elif main:
             self.folder.clear_metrics()
         if main:
-            given: dict[str, Any] = {"train_classes": classes}
-            if domains is not None:
-                given["train_domains"] = domains
-            if self.model is not None:
-                given["model_given"] = describe_object(type(self.model))
-            if self.tasks is not None:
-                given["tasks_given"] = describe_object(type(self.tasks))
-            self.folder.write_config(cfg, provenance(probe, **given))
+            given: dict[str, Any] = {"train_classes": classes, **resolved}
+            given |= {} if domains is None else {"train_domains": domains}
+            named = {"model_given": self.model, "tasks_given": self.tasks}  # the user's objects, by import path
+            given |= {k: describe_object(type(v)) for k, v in named.items() if v is not None}
+            self.folder.write_config(asked, provenance(probe, **given))
         own = check_callbacks(algorithm_callbacks(self.algo), f"{type(self.algo).__name__}.training_callbacks()")
         self.callbacks = [*own, *self.callbacks]  # the algorithm's first: they may change what the user's see
         self.validating = self.sources.val is not None and bool(cfg.eval.val_every)

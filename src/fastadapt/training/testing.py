@@ -19,6 +19,7 @@ from fastadapt.runs import RunFolder, load_run
 from fastadapt.runs.checkpoint import atomic_write_many
 from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
+from fastadapt.runtime.precision import resolve_precision
 
 
 def _eval_settings(
@@ -52,8 +53,9 @@ def _eval_settings(
         settings["episode_scope"] = cfg.data.episode_scope
     if episodes is not None:
         settings["episodes"] = {"kind": "variable", **episodes}
-    if cfg.run.precision != "fp32":
-        settings["precision"] = cfg.run.precision
+    precision = resolve_precision(cfg.run.precision, next(algo.parameters(), torch.empty(0)).device)
+    if precision != "fp32":  # "auto" as decided on this machine
+        settings["precision"] = precision
     if conversion != "none":
         settings["conversion"] = conversion
     if e.finetune != "none":

@@ -8,9 +8,12 @@ import importlib.metadata
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +23,8 @@ from torch import nn
 
 import fastadapt
 from fastadapt import TaskBatch
-from fastadapt.config import load_config
+from fastadapt.config import load_config, preset_names
+from fastadapt.core.registry import ALGORITHMS
 from fastadapt.data.idx import FASHION_MNIST_DIR, idx_files
 from fastadapt.nn import MLP, Conv4
 
@@ -186,19 +190,54 @@ DOMAIN_PACKAGES = {  # domain -> the packages it reads
 }
 
 
+# Algorithms built from runs trained beforehand, which no preset ships and git does not hold: a test that builds
+# every preset skips theirs, naming why and the test that covers them instead.
+NEEDS_RUNS = {
+    "url": "url distils teacher runs (algorithm.teachers: run folders) that no preset ships; tests/test_url.py trains "
+    "tiny teachers and checks a training step, adapt, predict, load_run and the refusals",
+}
+
+
 def with_package_marks(presets: list[str]) -> list:
     """``presets`` as ``pytest.param`` s, a preset that trains on the ``domains`` source marked with
     :func:`needs_package` for each package its domains read, one on a ``cheetah-*`` source with MuJoCo's (skipped
-    without them here, run in CI)."""
+    without them here, run in CI); a preset of an algorithm of ``NEEDS_RUNS`` is skipped, saying why."""
     params = []
     for name in presets:
         cfg = load_config(name) if name is not None else None
         domains = cfg.data.options.get("domains", ()) if cfg is not None and cfg.data.dataset == "domains" else ()
         marks = [needs_package(p) for d in domains for p in DOMAIN_PACKAGES.get(d, ())]
+        if cfg is not None and cfg.algorithm in NEEDS_RUNS:
+            marks.append(pytest.mark.skip(reason=NEEDS_RUNS[cfg.algorithm]))
         if cfg is not None and cfg.data.dataset.startswith("cheetah-"):  # Gymnasium's MuJoCo half-cheetah
             marks.append(needs_package("mujoco"))
+        missing = None if cfg is None else missing_originals(cfg)
+        if missing:
+            marks.append(pytest.mark.skip(reason=missing))
         params.append(pytest.param(name, marks=marks))
     return params
+
+
+def missing_originals(cfg) -> str | None:
+    """Why a config on Omniglot's 105x105 originals (``omniglot-full``) cannot build here, or None: its
+    ``data.options.root`` (the development machines' ``../shared/data/omniglot``) is not there and it may not
+    download them."""
+    options = cfg.data.options
+    if cfg.data.dataset != "omniglot-full" or options.get("download") or "root" not in options:
+        return None
+    if Path(options["root"]).is_dir():
+        return None
+    return f"needs Omniglot's originals at data.options.root = {options['root']} (not beside this checkout)"
+
+
+def _preset_of() -> dict[str, str | None]:
+    configs = {p: load_config(p) for p in preset_names()}
+    anywhere = sorted(configs, key=lambda p: configs[p].data.dataset == "omniglot-full")  # the originals: last
+    return {name: next((p for p in anywhere if configs[p].algorithm == name), None) for name in ALGORITHMS.names()}
+
+
+# one shipped preset per registered algorithm, the first by name that builds without Omniglot's originals if any
+PRESET_OF = _preset_of()
 
 
 def missing_package(name: str) -> str | None:
@@ -313,3 +352,101 @@ def feed_window(predictor, window: int = 5, updates: int = 4):
         xs.append(x)
         ys.append(y)
     return predictor, (torch.cat(xs)[-window:], torch.cat(ys)[-window:])
+
+
+# --- a tiny tuning study ----------------------------------------------------------------------------------------
+
+TINY_TUNE = """
+[data]
+dataset = "sinusoid"
+ways = 1
+shots = 5
+queries = 5
+meta_batch = 4
+test_queries = 5
+
+[model]
+name = "mlp"
+layers = [16]
+
+[algorithm]
+name = "maml"
+inner_lr = 0.01
+execution = "vmap"
+
+[optim]
+lr = 1e-3
+steps = {steps}
+
+[eval]
+val_every = {val_every}
+val_episodes = 4
+batch = 4
+test_episodes = 4
+
+[run]
+name = "tiny"
+checkpoint_every = 1000
+log_every = {log_every}
+{run_extra}
+[tune]
+trials = {trials}
+seed = 3
+{tune_extra}"optim.lr" = {{ low = 1e-4, high = 1e-2, log = true }}
+"algorithm.inner_steps" = {{ choices = [1, 2] }}
+"""
+
+
+def tiny_tune_toml(
+    steps: int, val_every: int, trials: int, log_every: int = 1000, run_extra: str = "", tune_extra: str = ""
+) -> str:
+    """A tuning config of MAML on sinusoids that trains in a fraction of a second a trial: ``steps`` steps,
+    ``trials`` trials over the outer lr and the inner steps; ``run_extra`` / ``tune_extra``: more lines of [run] /
+    [tune] (each ending in a newline)."""
+    return TINY_TUNE.format(
+        steps=steps, val_every=val_every, trials=trials, log_every=log_every, run_extra=run_extra, tune_extra=tune_extra
+    )
+
+
+# --- signals to a fastadapt command in a subprocess ------------------------------------------------------------
+
+STOP_WITHIN_S = 5.0  # the promise, measured from the signal to the exit of the process
+PHASE_START_S = 300  # how long a loaded machine may take to reach the phase to interrupt (generous, bounded)
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def start_command(args: list[str], logs: Path, **env: str) -> subprocess.Popen:
+    """``fastadapt ARGS`` in a subprocess (one thread), its stdout and stderr in files under ``logs`` (no pipe to
+    fill up); ``env``: more environment variables."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:  # the child holds its own copies
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
+        environ.update(OMP_NUM_THREADS="1", **env)
+        return subprocess.Popen([sys.executable, "-m", "fastadapt.cli", *args], stdout=out, stderr=err, env=environ)
+
+
+def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, logs: Path, what: str) -> None:
+    """Poll ``ready()`` until true; fail if ``proc`` exits first or :data:`PHASE_START_S` pass."""
+    t0 = time.monotonic()
+    while not ready():
+        if proc.poll() is not None:
+            err = (logs / "stderr").read_text()[-2000:]
+            raise AssertionError(f"exited with {proc.returncode} before {what}: {err}")
+        if time.monotonic() - t0 > PHASE_START_S:
+            proc.kill()
+            proc.wait()
+            raise AssertionError(f"no {what} within {PHASE_START_S} s")
+        time.sleep(0.05)
+
+
+def signal_and_time(proc: subprocess.Popen, sig: int) -> float:
+    """Send ``sig``; the seconds until the process exits (killed, and the test failed, past a minute)."""
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"still running 60 s after {signal.Signals(sig).name}") from None
+    return time.monotonic() - t0

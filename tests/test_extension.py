@@ -21,7 +21,7 @@ from fastadapt.config import config_from_dict, load_config, preset_names
 from fastadapt.config.build import build_algorithm, probe_batch, task_sources, train_classes, train_domains
 from fastadapt.core.errors import ConfigError
 from fastadapt.core.registry import ALGORITHMS, MODELS, TASK_SOURCES
-from helpers import with_package_marks
+from helpers import PRESET_OF, with_package_marks
 
 # A plug-in as a user writes it, in a module of their own: a task source (Gaussian blobs, 12 classes),
 # a model (a small MLP over any input shape) and an algorithm (nearest class mean with a learnt temperature).
@@ -331,11 +331,6 @@ def test_registering_a_built_in_name_or_a_taken_name_is_refused():
         fastadapt.register_task_source("once", first)  # the same object again: accepted (a module imported twice)
     finally:
         TASK_SOURCES.unregister("once")
-
-
-PRESET_OF = {
-    name: next((p for p in preset_names() if load_config(p).algorithm == name), None) for name in ALGORITHMS.names()
-}
 
 
 @pytest.mark.parametrize(

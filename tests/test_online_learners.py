@@ -322,7 +322,14 @@ EVERY = {
         ),
         True,
     ),
+    "url": (  # a trained URL as load_run rebuilds it (pretrained=False): no teacher needed to adapt
+        lambda: ALGORITHMS.get("url")(
+            mlp(5), 10, [4, 6], ["a", "b"], {"a": "runs/a", "b": "runs/b"}, embedding_dim=5, pretrained=False
+        ),
+        True,
+    ),
     "relation": (lambda: ALGORITHMS.get("relation")(mlp(5), hidden=4, fc=3).double(), True),
+    "attentive": (lambda: ALGORITHMS.get("attentive")(mlp(5), dim=4, hidden=3).double(), True),
     "siamese": (lambda: ALGORITHMS.get("siamese")(mlp(5)).double(), True),
     "maml-rl": (None, False),
 }

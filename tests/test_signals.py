@@ -16,8 +16,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,11 +28,8 @@ from fastadapt.core.cancel import Cancelled, Interrupted
 from fastadapt.eval import evaluate
 from fastadapt.runs.checkpoint import load_checkpoint
 from fastadapt.training.environment import StopFlag
-from helpers import images
+from helpers import EXIT, STOP_WITHIN_S, images, signal_and_time, start_command, wait_until
 
-STOP_WITHIN_S = 5.0  # the promise, measured from the signal to the exit of the process
-PHASE_START_S = 300  # how long a loaded machine may take to reach the phase to interrupt (generous, bounded)
-EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 SMALL = [
     "data.ways=5",
     "data.shots=1",
@@ -50,43 +45,8 @@ VAL_EPISODES = 8000  # a validation lasts seconds (tens on a loaded machine); a 
 TRAIN = ["optim.steps=7", "eval.val_every=5", f"eval.val_episodes={VAL_EPISODES}", "eval.test_episodes=6"]
 
 
-def _start(args: list[str], logs: Path, **env: str) -> subprocess.Popen:
-    """``fastadapt ARGS`` in a subprocess, its stdout and stderr in files under ``logs`` (no pipe to fill up)."""
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:  # the child holds its own copies
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
-        environ.update(OMP_NUM_THREADS="1", **env)
-        return subprocess.Popen([sys.executable, "-m", "fastadapt.cli", *args], stdout=out, stderr=err, env=environ)
-
-
-def _wait_until(ready, proc: subprocess.Popen, logs: Path, what: str) -> None:
-    t0 = time.monotonic()
-    while not ready():
-        if proc.poll() is not None:
-            err = (logs / "stderr").read_text()[-2000:]
-            raise AssertionError(f"exited with {proc.returncode} before {what}: {err}")
-        if time.monotonic() - t0 > PHASE_START_S:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"no {what} within {PHASE_START_S} s")
-        time.sleep(0.05)
-
-
-def _signal_and_time(proc: subprocess.Popen, sig: int) -> float:
-    """Send ``sig``; the seconds until the process exits (killed, and the test failed, past a minute)."""
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"still running 60 s after {signal.Signals(sig).name}") from None
-    return time.monotonic() - t0
-
-
 def _finish(args: list[str], logs: Path) -> str:
-    proc = _start(args, logs)
+    proc = start_command(args, logs)
     try:
         proc.wait(timeout=600)
     finally:
@@ -191,11 +151,11 @@ def test_the_command_exits_with_128_plus_the_signal(raised, status, monkeypatch,
 def test_a_signal_in_a_validation_stops_within_5_s_and_the_same_command_resumes_exactly(sig, straight, tmp_path):
     run = tmp_path / "run"
     args = ["train", "protonet-quick", *SMALL, *TRAIN, "run.progress=false", f"run.out={run}"]
-    proc = _start(args, tmp_path / "logs")
+    proc = start_command(args, tmp_path / "logs")
     # the row of step 5 is written just before its validation starts; that validation lasts seconds at least
-    _wait_until(lambda: any(r["step"] == 5 for r in _rows(run)), proc, tmp_path / "logs", "step 5")
+    wait_until(lambda: any(r["step"] == 5 for r in _rows(run)), proc, tmp_path / "logs", "step 5")
     time.sleep(0.3)
-    took = _signal_and_time(proc, sig)
+    took = signal_and_time(proc, sig)
     out, err = (tmp_path / "logs" / "stdout").read_text(), (tmp_path / "logs" / "stderr").read_text()
     assert proc.returncode == EXIT[sig], err[-2000:]
     assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the validation"
@@ -233,7 +193,7 @@ def test_a_signal_to_one_rank_in_a_validation_stops_both_ranks_within_5_s(tmp_pa
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     ranks = [
-        _start(
+        start_command(
             args,
             tmp_path / f"rank{r}",
             WORLD_SIZE="2",
@@ -245,7 +205,7 @@ def test_a_signal_to_one_rank_in_a_validation_stops_both_ranks_within_5_s(tmp_pa
         for r in (0, 1)
     ]
     try:
-        _wait_until(lambda: any(r["step"] == 5 for r in _rows(run)), ranks[1], tmp_path / "rank1", "step 5")
+        wait_until(lambda: any(r["step"] == 5 for r in _rows(run)), ranks[1], tmp_path / "rank1", "step 5")
         time.sleep(0.3)
         t0 = time.monotonic()
         ranks[1].send_signal(signal.SIGTERM)
@@ -271,11 +231,11 @@ def test_a_signal_to_one_rank_in_a_validation_stops_both_ranks_within_5_s(tmp_pa
 def test_a_signal_in_the_test_after_training_stops_within_5_s_and_writes_no_record(sig, tmp_path):
     run = tmp_path / "run"
     args = ["train", "protonet-quick", *SMALL, "optim.steps=2", "eval.val_every=0", "eval.test_episodes=20000"]
-    proc = _start([*args, "run.progress=true", f"run.out={run}"], tmp_path / "logs")
+    proc = start_command([*args, "run.progress=true", f"run.out={run}"], tmp_path / "logs")
     stderr = tmp_path / "logs" / "stderr"
-    _wait_until(lambda: "test 2w1s" in stderr.read_text(), proc, tmp_path / "logs", "the test's progress bar")
+    wait_until(lambda: "test 2w1s" in stderr.read_text(), proc, tmp_path / "logs", "the test's progress bar")
     time.sleep(0.3)
-    took = _signal_and_time(proc, sig)
+    took = signal_and_time(proc, sig)
     assert proc.returncode == EXIT[sig], stderr.read_text()[-2000:]
     assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the test"
     assert f"interrupted at step 2 ({signal.Signals(sig).name})" in (tmp_path / "logs" / "stdout").read_text()
@@ -288,11 +248,11 @@ def test_a_signal_in_the_test_after_training_stops_within_5_s_and_writes_no_reco
 def test_a_signal_stops_fastadapt_eval_within_5_s_and_it_writes_no_record(sig, straight, tmp_path):
     before = sorted(p.relative_to(straight) for p in straight.rglob("*"))
     args = ["eval", str(straight), "eval.test_episodes=20000", "run.progress=true", "run.threads=1"]
-    proc = _start(args, tmp_path / "logs")
+    proc = start_command(args, tmp_path / "logs")
     stderr = tmp_path / "logs" / "stderr"
-    _wait_until(lambda: "test 2w1s" in stderr.read_text(), proc, tmp_path / "logs", "the evaluation's progress bar")
+    wait_until(lambda: "test 2w1s" in stderr.read_text(), proc, tmp_path / "logs", "the evaluation's progress bar")
     time.sleep(0.3)
-    took = _signal_and_time(proc, sig)
+    took = signal_and_time(proc, sig)
     err = stderr.read_text()
     assert proc.returncode == EXIT[sig], err[-2000:]
     assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the evaluation"

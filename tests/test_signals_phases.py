@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,42 +17,7 @@ import pytest
 from fastadapt.core import cancel
 from fastadapt.core.cancel import Cancelled, Interrupted
 from fastadapt.data.domains import cache as domain_cache
-from helpers import needs_package
-
-STOP_WITHIN_S = 5.0
-PHASE_START_S = 300
-EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-
-
-def _start(args: list[str], logs: Path, **env: str) -> subprocess.Popen:
-    logs.mkdir(parents=True, exist_ok=True)
-    with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:
-        environ = dict(os.environ, OMP_NUM_THREADS="1", **env)
-        return subprocess.Popen([sys.executable, "-m", "fastadapt.cli", *args], stdout=out, stderr=err, env=environ)
-
-
-def _wait_for(text: str, proc: subprocess.Popen, logs: Path) -> None:
-    t0 = time.monotonic()
-    while text not in (logs / "stderr").read_text():
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode} before {text!r}: {(logs / 'stderr').read_text()}")
-        if time.monotonic() - t0 > PHASE_START_S:
-            proc.kill()
-            proc.wait()
-            raise AssertionError(f"no {text!r} within {PHASE_START_S} s")
-        time.sleep(0.05)
-
-
-def _signal_and_time(proc: subprocess.Popen, sig: int) -> float:
-    t0 = time.monotonic()
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"still running 60 s after {signal.Signals(sig).name}") from None
-    return time.monotonic() - t0
+from helpers import EXIT, PHASE_START_S, STOP_WITHIN_S, needs_package, signal_and_time, start_command, wait_until
 
 
 def test_terminate_raises_turns_sigterm_into_an_interrupt_and_restores_the_default():
@@ -110,9 +72,10 @@ def test_an_interrupted_cache_write_leaves_no_file_and_the_next_build_writes_it(
 def test_a_signal_during_a_rendering_stops_the_command_within_5_s_and_caches_nothing(sig, tmp_path):
     cache = tmp_path / "cache"
     args = ["sample", "protonet-quick", "data.dataset=glyphs", "data.ways=2", "data.shots=1", "--out", ""]
-    proc = _start(args, tmp_path / "logs", FASTADAPT_CACHE=str(cache))
-    _wait_for("rendering glyphs", proc, tmp_path / "logs")  # the bar shows after a second of rendering
-    took = _signal_and_time(proc, sig)
+    proc = start_command(args, tmp_path / "logs", FASTADAPT_CACHE=str(cache))
+    stderr = tmp_path / "logs" / "stderr"  # the bar shows after a second of rendering
+    wait_until(lambda: "rendering glyphs" in stderr.read_text(), proc, tmp_path / "logs", "the rendering's bar")
+    took = signal_and_time(proc, sig)
     err = (tmp_path / "logs" / "stderr").read_text()
     assert proc.returncode == EXIT[sig], err[-2000:]
     assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the rendering"
@@ -153,19 +116,19 @@ def test_a_signal_stops_a_study_grid_within_5_s_with_the_cell_checkpointed_and_t
     out = tmp_path / "out"
     grid = tmp_path / "grid.toml"
     grid.write_text(GRID.format(out=out, steps=100000))
-    proc = _start(["study", str(grid)], tmp_path / "logs")
+    proc = start_command(["study", str(grid)], tmp_path / "logs")
     rows = out / "runs" / "cell" / "metrics.jsonl"
     t0 = time.monotonic()
     while not (rows.exists() and rows.read_text().count("\n") >= 3):  # the cell is training
         assert proc.poll() is None, (tmp_path / "logs" / "stderr").read_text()[-2000:]
         assert time.monotonic() - t0 < PHASE_START_S, "the cell never started training"
         time.sleep(0.05)
-    took = _signal_and_time(proc, sig)
+    took = signal_and_time(proc, sig)
     err = (tmp_path / "logs" / "stderr").read_text()
     assert proc.returncode == EXIT[sig], err[-2000:]  # the grid stops too: no next cell, no evaluation
     assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the study"
     assert (out / "runs" / "cell" / "checkpoint.pt").is_file() and not (out / "results.json").exists()
     grid.write_text(GRID.format(out=out, steps=30))  # the same study, shortened: it resumes the cell and ends
-    proc = _start(["study", str(grid)], tmp_path / "logs2")
+    proc = start_command(["study", str(grid)], tmp_path / "logs2")
     assert proc.wait(timeout=PHASE_START_S) == 0, (tmp_path / "logs2" / "stderr").read_text()[-2000:]
     assert '"1 step"' in (out / "results.json").read_text()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import needs_package, throwaway_postgres
+from helpers import needs_package, throwaway_postgres, tiny_tune_toml
 
 optuna = pytest.importorskip("optuna")
 
@@ -26,48 +26,6 @@ from fastadapt.apps import storage as shared  # noqa: E402
 from fastadapt.apps.study import load_study, run_study  # noqa: E402
 from fastadapt.apps.tuning import tune  # noqa: E402
 from fastadapt.cli import main  # noqa: E402
-
-TUNE = """
-[data]
-dataset = "sinusoid"
-ways = 1
-shots = 5
-queries = 5
-meta_batch = 4
-test_queries = 5
-
-[model]
-name = "mlp"
-layers = [16]
-
-[algorithm]
-name = "maml"
-inner_lr = 0.01
-execution = "vmap"
-
-[optim]
-lr = 1e-3
-steps = {steps}
-
-[eval]
-val_every = {steps}
-val_episodes = 4
-batch = 4
-test_episodes = 4
-
-[run]
-name = "tiny"
-checkpoint_every = 1000
-log_every = 5
-threads = 1
-
-[tune]
-trials = 6
-seed = 3
-pruner = "none"
-"optim.lr" = {{ low = 1e-4, high = 1e-2, log = true }}
-"algorithm.inner_steps" = {{ choices = [1, 2] }}
-"""
 
 STUDY = """
 description = "a tiny grid on many workers"
@@ -100,7 +58,9 @@ def postgres():
 
 def tune_file(folder: Path, steps: int = 8) -> Path:
     path = folder / "tiny.toml"
-    path.write_text(TUNE.format(steps=steps))
+    path.write_text(
+        tiny_tune_toml(steps, steps, 6, log_every=5, run_extra="threads = 1\n", tune_extra='pruner = "none"\n')
+    )
     return path
 
 

@@ -18,51 +18,12 @@ optuna = pytest.importorskip("optuna")
 
 from fastadapt import ConfigError, FastAdaptError  # noqa: E402
 from fastadapt.apps.tuning import parse_param, parse_spec, tune  # noqa: E402
-
-TINY = """
-[data]
-dataset = "sinusoid"
-ways = 1
-shots = 5
-queries = 5
-meta_batch = 4
-test_queries = 5
-
-[model]
-name = "mlp"
-layers = [16]
-
-[algorithm]
-name = "maml"
-inner_lr = 0.01
-execution = "vmap"
-
-[optim]
-lr = 1e-3
-steps = {steps}
-
-[eval]
-val_every = {val_every}
-val_episodes = 4
-batch = 4
-test_episodes = 4
-
-[run]
-name = "tiny"
-checkpoint_every = 1000
-log_every = 1000
-
-[tune]
-trials = {trials}
-seed = 3
-"optim.lr" = {{ low = 1e-4, high = 1e-2, log = true }}
-"algorithm.inner_steps" = {{ choices = [1, 2] }}
-"""
+from helpers import tiny_tune_toml  # noqa: E402
 
 
 def tiny(tmp_path: Path, steps: int = 4, val_every: int = 2, trials: int = 2, name: str = "tiny.toml") -> Path:
     path = tmp_path / name
-    path.write_text(TINY.format(steps=steps, val_every=val_every, trials=trials))
+    path.write_text(tiny_tune_toml(steps, val_every, trials))
     return path
 
 

@@ -27,7 +27,7 @@ from fastadapt.core.errors import ConfigError, FastAdaptError
 from fastadapt.core.registry import ALGORITHMS, TASK_SOURCES, algorithm_class, describe_object, import_target
 from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, conform_images
 from fastadapt.data.augment import augmented
-from fastadapt.data.domains.mixed import domain_request, domain_sizes
+from fastadapt.data.domains.mixed import DEFAULT_DOMAINS, domain_request, domain_sizes
 from fastadapt.data.variable import VariableEpisodeSampler
 from fastadapt.nn.weights import load_pretrained
 
@@ -298,6 +298,15 @@ def train_domains(sources: TaskSources) -> list[int] | None:
     return domain_sizes(data) if isinstance(data, ClassDataset) else None
 
 
+def config_domains(cfg: Config) -> list[str] | None:
+    """The names of the domains of a ``domains`` training source, in class-id order (``data.options.domains``, else
+    the source's default list: :func:`~fastadapt.data.domains.mixed.mixed_domains` puts them side by side in that
+    order); None for other sources."""
+    if cfg.data.target or dataset_name(cfg.data.dataset) != "domains":
+        return None
+    return [str(n) for n in cfg.data.options.get("domains", DEFAULT_DOMAINS)]
+
+
 def build_algorithm(
     cfg: Config,
     batch: Any = None,
@@ -320,7 +329,9 @@ def build_algorithm(
 
     An algorithm whose constructor takes ``num_classes`` (a classifier over every training class,
     e.g. Baseline) gets the training source's class count unless the config sets it; one that takes
-    ``domain_sizes`` (a head per domain: MultiDomain) gets ``domain_sizes`` (:func:`train_domains`) likewise.
+    ``domain_sizes`` (a head per domain: MultiDomain) gets ``domain_sizes`` (:func:`train_domains`) likewise, one that
+    takes ``domain_names`` the domains' names (:func:`config_domains`), and one that takes ``pretrained`` (weights of
+    its own to load from elsewhere, e.g. URL's teachers) gets ``pretrained``.
     """
     if batch is None:
         sources = task_sources(cfg)
@@ -352,8 +363,9 @@ def build_algorithm(
                 f"algorithm {cfg.algorithm} needs num_classes (the training classes); set algorithm.num_classes"
             )
         options["num_classes"] = num_classes
-    if "domain_sizes" in inspect.signature(cls).parameters and "domain_sizes" not in options:
-        options["domain_sizes"] = domain_sizes
+    takes = inspect.signature(cls).parameters
+    given = {"domain_sizes": domain_sizes, "domain_names": config_domains(cfg), "pretrained": pretrained}
+    options.update({k: v for k, v in given.items() if k in takes and k not in options})
     try:
         algo = cls(model, **options)
     except FastAdaptError:

@@ -331,6 +331,11 @@ ALGORITHMS = Registry(
             "one backbone pretrained on several domains, a classification head per domain (Li et al. 2021's "
             "multi-domain baseline); a new head per task",
         ),
+        "url": (
+            "fastadapt.algorithms.url:URL",
+            "URL: one backbone distilled from single-domain teachers, an adapter and a head per domain (Li et al. "
+            "2021); nearest centroid per task",
+        ),
         "grbal": (
             "fastadapt.algorithms.grbal:GrBAL",
             "GrBAL: meta-learnt adaptation on a recent window of a stream (Nagabandi et al. 2019)",
@@ -360,6 +365,11 @@ ALGORITHMS = Registry(
             "fastadapt.algorithms.siamese:Siamese",
             "siamese verification net: weighted L1 of two embeddings, p(same); one-shot by the most similar support "
             "image (Koch et al. 2015)",
+        ),
+        "attentive": (
+            "fastadapt.algorithms.attentive:Attentive",
+            "attentive comparator: the query's feature map attends to each support image's, a small head scores the "
+            "pair (cross-attention; Shyam et al. 2017, Polis & Ilin 2021)",
         ),
     },
 )

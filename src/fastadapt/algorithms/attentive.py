@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from fastadapt.algorithms import inner
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
 from fastadapt.algorithms.predictors import check_update, window_size
-from fastadapt.algorithms.relation import feature_maps, map_channels
+from fastadapt.algorithms.relation import check_map_options, encode_episode, feature_maps, map_channels
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
 
@@ -200,11 +200,7 @@ class Attentive(nn.Module):
         for key, flag in (("coordinates", coordinates), ("two_way", two_way)):
             if not isinstance(flag, bool):
                 raise ConfigError(f"{key}={flag!r} must be true or false")
-        if pooled_blocks is not None and (isinstance(pooled_blocks, bool) or int(pooled_blocks) < 0):
-            raise ConfigError(f"pooled_blocks={pooled_blocks!r} must be an integer >= 0 (or None: every block)")
-        for key, v in (("dim", dim), ("hidden", hidden), ("channels", 1 if channels is None else channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{key}={v!r} must be an integer >= 1")
+        check_map_options(pooled_blocks, dim=dim, hidden=hidden, channels=channels)
         if channels is None:
             try:
                 channels = map_channels(model)
@@ -228,9 +224,7 @@ class Attentive(nn.Module):
         return map_tokens(maps, self.coordinates)
 
     def _logits(self, batch: TaskBatch) -> Tensor:
-        t, s, q = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
-        z = self.tokens(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        zs, zq = z[: t * s].view(t, s, *z.shape[1:]), z[t * s :].view(t, q, *z.shape[1:])
+        zs, zq = encode_episode(self.tokens, batch)
         return class_means(self.comparator(zq, zs, self.two_way), batch.support_y, batch.ways)  # [T, Q, N]
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:

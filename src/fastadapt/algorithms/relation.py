@@ -57,6 +57,24 @@ def map_channels(model: nn.Module) -> int:
     )
 
 
+def check_map_options(pooled_blocks: int | None, **sizes: int | None) -> None:
+    """The options every comparator on feature maps shares: ``pooled_blocks`` an integer >= 0 or None, each of
+    ``sizes`` an integer >= 1 (None: read from the model); one line naming the key otherwise."""
+    if pooled_blocks is not None and (isinstance(pooled_blocks, bool) or int(pooled_blocks) < 0):
+        raise ConfigError(f"pooled_blocks={pooled_blocks!r} must be an integer >= 0 (or None: every block)")
+    for key, v in sizes.items():
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ConfigError(f"{key}={v!r} must be an integer >= 1")
+
+
+def encode_episode(encode, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+    """``encode`` applied to every support and query image of ``batch`` in one call (BatchNorm sees them together);
+    ``(support [T, S, ...], query [T, Q, ...])``."""
+    t, s, q = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
+    z = encode(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
+    return z[: t * s].view(t, s, *z.shape[1:]), z[t * s :].view(t, q, *z.shape[1:])
+
+
 def class_sums(maps: Tensor, labels: Tensor, ways: int) -> Tensor:
     """The paper's class feature, the sum of its support examples' maps: ``maps [T, S, *m]``, ``labels [T, S]`` in
     ``0..ways-1`` -> ``[T, ways, *m]`` (one shot: the example's own maps)."""
@@ -215,11 +233,7 @@ class RelationNet(nn.Module):
         super().__init__()
         if loss not in LOSSES:
             raise ConfigError(f"loss={loss!r}; choose one of {', '.join(LOSSES)}")
-        if pooled_blocks is not None and (isinstance(pooled_blocks, bool) or int(pooled_blocks) < 0):
-            raise ConfigError(f"pooled_blocks={pooled_blocks!r} must be an integer >= 0 (or None: every block)")
-        for key, v in (("hidden", hidden), ("fc", fc), ("channels", 1 if channels is None else channels)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{key}={v!r} must be an integer >= 1")
+        check_map_options(pooled_blocks, hidden=hidden, fc=fc, channels=channels)
         self.model, self.pooled_blocks, self.loss = model, pooled_blocks, loss
         self.relation = RelationModule(channels or map_channels(model), hidden, fc, batch_norm)
 
@@ -228,11 +242,9 @@ class RelationNet(nn.Module):
         return feature_maps(self.model, x, self.pooled_blocks)
 
     def _logits(self, batch: TaskBatch) -> Tensor:
-        t, s, q = batch.num_tasks, batch.support_x.shape[1], batch.query_x.shape[1]
-        z = self.maps(torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)]))
-        zs, zq = z[: t * s].view(t, s, *z.shape[1:]), z[t * s :].view(t, q, *z.shape[1:])
+        zs, zq = encode_episode(self.maps, batch)
         pairs = pair_maps(class_sums(zs, batch.support_y, batch.ways), zq)  # [T, Q, N, 2C, H, W]
-        return self.relation(pairs.flatten(0, 2)).view(t, q, batch.ways)
+        return self.relation(pairs.flatten(0, 2)).view(*zq.shape[:2], batch.ways)
 
     def meta_loss(self, batch: TaskBatch) -> MetaOutput:
         logits = self._logits(batch)
@@ -254,4 +266,14 @@ class RelationNet(nn.Module):
         return RelationPredictor(self, sums, counts, tuple(support_x.shape[1:]))
 
 
-__all__ = ["LOSSES", "RelationModule", "RelationNet", "RelationPredictor", "class_sums", "feature_maps", "pair_maps"]
+__all__ = [
+    "LOSSES",
+    "RelationModule",
+    "RelationNet",
+    "RelationPredictor",
+    "check_map_options",
+    "class_sums",
+    "encode_episode",
+    "feature_maps",
+    "pair_maps",
+]

@@ -100,8 +100,9 @@ class MultiDomain(Baseline):
         """The cosine scale: the default for the largest domain's head (each head sees one domain's classes)."""
         return default_scale(max(self.domain_sizes)) if self.scale is None else self.scale
 
-    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
-        """Cross-entropy of every image of the meta-batch over the classes of its own domain."""
+    def domain_logits(self, batch: TaskBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(x, y, z, masked)``: every image of the meta-batch, its class id, its features and its logits over the
+        classes of its own domain (the others masked out)."""
         x, y = labelled_examples(batch)
         if int(y.max()) >= self.num_classes:
             raise ConfigError(
@@ -111,7 +112,11 @@ class MultiDomain(Baseline):
         z = self.model(x).flatten(1)
         c = self.classifier
         logits = head_logits(z, Head(c.weight, c.bias, self.head_kind, self.pretrain_scale()))
-        masked = per_domain_logits(logits, y, self.domains)
+        return x, y, z, per_domain_logits(logits, y, self.domains)
+
+    def meta_loss(self, batch: TaskBatch) -> MetaOutput:
+        """Cross-entropy of every image of the meta-batch over the classes of its own domain."""
+        _, y, _, masked = self.domain_logits(batch)
         loss = F.cross_entropy(masked, y)
         return MetaOutput(loss, batch_metrics(masked, y, loss))
 

@@ -49,9 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.algorithms.base import MetaOutput, batch_metrics
-from fastadapt.algorithms.baseline import labelled_examples
 from fastadapt.algorithms.heads import Head, head_logits
-from fastadapt.algorithms.multidomain import MultiDomain, per_domain_logits
+from fastadapt.algorithms.multidomain import MultiDomain
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, FastAdaptError
 from fastadapt.core.registry import import_target
@@ -215,16 +214,7 @@ class URL(MultiDomain):
                 "url: built without its teachers (pretrained=False, as load_run builds a trained run): it evaluates "
                 "but does not train; train through fastadapt.train, which loads algorithm.teachers"
             )
-        x, y = labelled_examples(batch)
-        if int(y.max()) >= self.num_classes:
-            raise ConfigError(
-                f"the batch holds class id {int(y.max())} but num_classes={self.num_classes}; set "
-                "algorithm.num_classes to the training classes"
-            )
-        z = self.model(x).flatten(1)
-        c = self.classifier
-        logits = head_logits(z, Head(c.weight, c.bias, self.head_kind, self.pretrain_scale()))
-        masked = per_domain_logits(logits, y, self.domains)
+        x, y, z, masked = self.domain_logits(batch)
         ce = F.cross_entropy(masked, y)
         domain = self.domains[y]
         feature, divergence = [], []
@@ -232,7 +222,7 @@ class URL(MultiDomain):
             rows = (domain == d).nonzero().squeeze(1)
             t_features, t_logits = teacher_outputs(self._teachers[d], x[rows])
             feature.append(feature_distances(z[rows] @ self.adapters[d].T, t_features))
-            s_logits = logits[rows, self.starts[d] : self.starts[d + 1]]
+            s_logits = masked[rows, self.starts[d] : self.starts[d + 1]]  # its own domain: not masked
             divergence.append(logit_divergences(s_logits, t_logits, self.temperature))
         f, kl = torch.cat(feature).mean(), torch.cat(divergence).mean()
         loss = ce + self.beta_f * f + self.beta_l * kl

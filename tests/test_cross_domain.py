@@ -18,6 +18,7 @@ from fastadapt.data import ClassDataset, EpisodeSampler, class_groups, load_omni
 from fastadapt.data.omniglot import SPLITS
 from fastadapt.eval.finetune import FineTuned, finetune_logits, prototype_head
 from fastadapt.nn import Conv4
+from helpers import one_line_error
 
 
 def test_lake_background_train_and_val_split_the_background_alphabets():
@@ -195,3 +196,37 @@ def test_bad_data_is_a_one_line_error_with_exit_2_and_writes_nothing(tmp_path, c
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err and "Traceback" not in err, err
         assert not out.exists()
+
+
+def test_a_link_outside_an_image_folder_is_refused_unless_asked_for_and_links_inside_are_fine(tmp_path, capsys):
+    """An image folder that pulls in a file from elsewhere through a symbolic link is one line naming the link (the
+    library call and ``fastadapt train``), ``outside_links`` follows it; a link within the folder always loads."""
+    from PIL import Image
+
+    root, elsewhere = tmp_path / "ds" / "train", tmp_path / "elsewhere"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), ord(c), dtype=np.uint8)).save(root / c / "1.png")
+    elsewhere.mkdir()
+    Image.fromarray(np.full((8, 8), 7, dtype=np.uint8)).save(elsewhere / "secret.png")
+    (root / "a" / "2.png").symlink_to(root / "b" / "1.png")  # inside: fine
+    assert ClassDataset.from_folder(root).data.shape[0] == 3
+    (root / "b" / "2.png").symlink_to(elsewhere / "secret.png")
+    msg = one_line_error(ClassDataset.from_folder, root)
+    assert "b/2.png is a link to" in msg and "outside the folder" in msg and "outside_links" in msg
+    data = ClassDataset.from_folder(root, outside_links=True)
+    assert data.data.shape[0] == 4 and int(data.data[-1].max()) == 7
+    (root / "b" / "2.png").unlink()
+    (root / "c").symlink_to(elsewhere, target_is_directory=True)  # a whole class folder from elsewhere
+    assert "c is a link to" in one_line_error(ClassDataset.from_folder, root)
+    out = tmp_path / "run"
+    args = [f"run.out={out}"]
+    assert cli_main(["train", "protonet-quick", f"data.dataset=folder:{root.parent}", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "outside the folder" in err, err
+    assert not out.exists()
+    for bad, words in (("{ outside_links = 1 }", "is not true or false"), ("{ follow = true }", "not an option")):
+        cmd = ["train", "protonet-quick", f"data.dataset=folder:{root.parent}", f"data.options={bad}", *args]
+        assert cli_main(cmd) == 2
+        assert words in capsys.readouterr().err
+    assert not out.exists()

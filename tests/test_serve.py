@@ -31,7 +31,7 @@ from fastadapt.apps.loadtest import load_test, multipart  # noqa: E402
 from fastadapt.apps.serve import STATIC, create_app, free_port  # noqa: E402
 from fastadapt.apps.teach import entropy, load_pool  # noqa: E402
 from fastadapt.core.errors import DataError  # noqa: E402
-from helpers import smoke_run  # noqa: E402
+from helpers import EXIT, STOP_WITHIN_S, signal_and_time, smoke_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -348,6 +348,48 @@ def test_a_killed_server_loses_nothing_it_acknowledged_and_answers_a_bounded_loa
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         proc.stdout.close()
+    proc, after = start_server(run_dir, tmp_path / "app", port)
+    try:
+        assert after["classes"] == before["classes"] and after["revision"] == before["revision"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_server_within_5_s_with_128_plus_it_during_a_prediction_and_keeps_the_state(
+    sig, run_dir, pool, tmp_path
+):
+    """SIGTERM (what systemd, Slurm and Kubernetes send) or Ctrl-C while clients wait on predictions: the server stops
+    within 5 s (a request still running after 3 s is cut), exits 143 / 130, and a restart has every class it
+    acknowledged."""
+    port = free_port()
+    proc, _ = start_server(run_dir, tmp_path / "app", port)
+    try:
+        for name in ("a", "b"):
+            cid = http_json("POST", port, "/api/classes", {"name": name})["id"]
+            body, ctype = multipart("file", "x.png", png_of(pool, int(pool.proposable()[cid])))
+            http_json("POST", port, f"/api/classes/{cid}/examples", body, ctype)
+        before = http_json("GET", port, "/api/state")
+        load = threading.Thread(
+            target=load_test,
+            args=(f"http://127.0.0.1:{port}/", png_of(pool, 3)),
+            kwargs={"seconds": 4, "clients": 4, "path": "/api/predict?attribution=none&fresh=true"},
+            daemon=True,
+        )
+        load.start()
+        time.sleep(1.0)
+        took = signal_and_time(proc, sig)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        output = proc.stdout.read()
+        proc.stdout.close()
+    assert proc.returncode == EXIT[sig], output[-2000:]
+    assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the server"
+    assert "Traceback" not in output, output[-2000:]
     proc, after = start_server(run_dir, tmp_path / "app", port)
     try:
         assert after["classes"] == before["classes"] and after["revision"] == before["revision"]

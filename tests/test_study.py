@@ -106,6 +106,10 @@ def test_a_cell_whose_training_stopped_resumes_from_its_checkpoint(tmp_path, mon
             ('"algorithm.inner_steps_eval=0"', '"algorithm.nope=1"'),
             "row 'MAML, lr 0.01, seed 0': unknown key algorithm.nope",
         ),
+        (
+            ('MAML = "maml-sinusoid"', 'MAML = { preset = "maml-sinusoid", run = "../elsewhere" }'),
+            "row 'MAML' has run = '../elsewhere'; a run is a folder name",
+        ),
     ],
 )
 def test_a_bad_study_file_is_one_line_and_exit_2(tmp_path, capsys, change, message):

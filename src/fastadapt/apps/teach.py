@@ -8,7 +8,6 @@ labelling.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from torch import Tensor
 from fastadapt.apps.inputs import oriented
 from fastadapt.apps.store import Conflict, Example, NotFound
 from fastadapt.core.errors import DataError
+from fastadapt.data.convert import check_contained
 
 HELD_OUT = 0.4  # fraction of each pool class kept for scoring
 POOL_SEED = 0
@@ -88,20 +88,6 @@ def load_pool(spec: str, shape: tuple[int, ...], ways: int = 5, invert: str = "a
         held[start + order] = True
         start += c
     return Pool(x, y, tuple(data.names), held, source)
-
-
-def check_contained(folder: Path, what: str) -> None:
-    """Refuse (one-line :class:`DataError`) a folder with a symbolic link that points outside it (a file or a folder
-    the person did not mean to share); links inside it are fine. The folder itself may be a link."""
-    root = folder.resolve()
-    for top, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(top) / name
-            if path.is_symlink() and not path.resolve().is_relative_to(root):
-                raise DataError(
-                    f"{what} {folder}: {path.relative_to(root)} is a link to {path.resolve()}, outside the folder; "
-                    "copy the file in or remove the link"
-                )
 
 
 def entropy(p: Tensor) -> Tensor:

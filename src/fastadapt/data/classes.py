@@ -113,7 +113,11 @@ class ClassDataset:
 
     @staticmethod
     def from_folder(
-        root: str | Path, size: tuple[int, int] | None = None, channels: int | None = None, name: str | None = None
+        root: str | Path,
+        size: tuple[int, int] | None = None,
+        channels: int | None = None,
+        name: str | None = None,
+        outside_links: bool = False,
     ) -> ClassDataset:
         """Load ``root/<class>/<image>`` (one subfolder per class) into memory as uint8 ``[M, C, H, W]``.
 
@@ -124,14 +128,18 @@ class ClassDataset:
                 one rule for mixed modes: every image is converted with Pillow's ``convert`` to that
                 mode (colour to grey by ITU-R 601-2 luma, grey to RGB by copying the channel, a
                 palette by its colours, transparency dropped).
+            outside_links: follow symbolic links that point outside ``root`` (default: refused, so that a folder
+                of someone else's making cannot pull in files from elsewhere on the machine; links inside it are
+                always fine).
 
         Raises:
             DataError: one line naming the folder or file: a missing folder, fewer than 2 classes, an
                 empty class, a file that does not decode, an image over Pillow's decompression-bomb
-                limit (``PIL.Image.MAX_IMAGE_PIXELS``), sizes that differ without ``size``.
+                limit (``PIL.Image.MAX_IMAGE_PIXELS``), sizes that differ without ``size``, a link that points
+                outside ``root`` without ``outside_links``.
         """
         root = Path(root)
-        stack, counts, names = folder_arrays(root, size, channels)
+        stack, counts, names = folder_arrays(root, size, channels, outside_links)
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(counts).cumsum(0)])
         return ClassDataset(torch.from_numpy(np.ascontiguousarray(stack)), offsets, names, name or root.name)
 

@@ -3,6 +3,7 @@ images, and the items of any map-style dataset (torchvision, Hugging Face, a lis
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,21 @@ from fastadapt.core.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 LUMA = (0.299, 0.587, 0.114)  # ITU-R 601-2, as Pillow's convert("L")
+
+
+def check_contained(folder: Path, what: str, fix: str = "copy the file in or remove the link") -> None:
+    """Refuse (one-line :class:`DataError`) a folder with a symbolic link that points outside it (a file or a folder
+    the person did not mean to share, or a path that escapes the tree the command was given); links inside it are
+    fine. The folder itself may be a link. ``fix`` ends the message."""
+    root = folder.resolve()
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(top) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise DataError(
+                    f"{what} {folder}: {path.relative_to(root)} is a link to {path.resolve()}, outside the folder; "
+                    f"{fix}"
+                )
 
 
 def image_mode(path: Path) -> str:
@@ -54,12 +70,19 @@ def pil_to_array(im: Any, mode: str, size: tuple[int, int] | None) -> np.ndarray
 
 
 def folder_arrays(
-    root: Path, size: tuple[int, int] | None, channels: int | None
+    root: Path, size: tuple[int, int] | None, channels: int | None, outside_links: bool = False
 ) -> tuple[np.ndarray, list[int], tuple[str, ...]]:
     """The images of ``root/<class>/<image>`` as uint8 ``[M, C, H, W]``, the images per class and the class
     names (see :meth:`ClassDataset.from_folder`)."""
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist; pass a folder with one subfolder per class")
+    if not outside_links:
+        check_contained(
+            root,
+            "image folder",
+            "copy the file in, remove the link, or pass outside_links=True (data.options = { outside_links = true }) "
+            "if it is meant",
+        )
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if not class_dirs:
         raise DataError(f"image folder {root} has no class subfolders; put each class's images in its own subfolder")

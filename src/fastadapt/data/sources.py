@@ -44,7 +44,8 @@ def sinusoid(request: Any) -> SinusoidTasks:
 
 
 def folder(request: Any) -> ClassDataset:
-    """``folder:<path>``: ``<path>/<part>/<class>/<image>`` (``<path>/<class>/<image>`` when the part is empty)."""
+    """``folder:<path>``: ``<path>/<part>/<class>/<image>`` (``<path>/<class>/<image>`` when the part is empty).
+    A symbolic link in it that points outside it is refused unless ``data.options = { outside_links = true }``."""
     if not request.argument:
         raise DataError(
             "data.dataset='folder:' names no folder; write folder:<path>, a folder with train/, "
@@ -57,10 +58,18 @@ def folder(request: Any) -> ClassDataset:
             f"image folder {root} has no {request.part}/ subfolder; give it {request.part}/<class>/<image> "
             f"(or set data.{'train' if request.part == 'train' else 'test'}_part to a subfolder it has)"
         )
+    options = dict(request.options)
+    outside_links = options.pop("outside_links", False)
+    if options or not isinstance(outside_links, bool):
+        bad = (
+            f"data.options.{next(iter(options))} is not an option of folder"
+            if options
+            else (f"data.options.outside_links={outside_links!r} is not true or false")
+        )
+        raise DataError(f"{bad}; folder: takes outside_links = true (follow links that point outside the folder)")
     size = (request.image_size, request.image_size)
-    return ClassDataset.from_folder(
-        path, size=size
-    )  # channels as the images have them; the engine converts (data.channels) and says so
+    # channels as the images have them; the engine converts (data.channels) and says so
+    return ClassDataset.from_folder(path, size=size, outside_links=outside_links)
 
 
 def idx(request: Any) -> ClassDataset:

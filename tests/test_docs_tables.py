@@ -122,3 +122,17 @@ def test_recall_table_reads_the_runs_own_test_and_its_eval_records_in_bits(tmp_p
     assert six == f"| 6 | {18 * own['mean']:.2f} ± {18 * own['ci']:.2f} |"  # 3 vectors of 6 bits per answer
     assert nine == f"| 9 (unseen) | {18 * record['mean']:.2f} ± {18 * record['ci']:.2f} |"
     assert updates == "| updates x sequences | 2 x 2 |" and minutes.startswith("| training minutes | ")
+
+
+def test_lake_ablation_table_gives_errors_leaves_out_rows_not_run_and_empties_columns_that_do_not_apply():
+    from fastadapt.report.tables import lake_ablation_table
+
+    acc = {"metric": "acc", "mean": 0.9625, "ci": 0.0125, "episodes": 20}
+    cells = {
+        "run": {"steps": 900, "train_minutes": 60.2, "evals": {"official": acc, "official-two-way": {"skipped": "no"}}},
+        "not run": {"steps": 0, "train_minutes": 0, "evals": {}},
+    }
+    header, _, row, people, bpl = lake_ablation_table({"cells": cells})
+    assert header.count("|") == row.count("|") == people.count("|") == 7
+    assert row == "| run | 3.75 ± 1.25 % |  |  |  | 900 steps, 60 min |"
+    assert "people" in people and "4.5 %" in people and "3.3 %" in bpl

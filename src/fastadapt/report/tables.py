@@ -299,6 +299,39 @@ def lake_table(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+LAKE_COLUMNS = {  # studies/lake.toml's evaluations, in the table's order
+    "official": "Lake's 20 official runs",
+    "official-two-way": "official runs, two-way",
+    "random-drawer": "1000 random-drawer trials",
+    "paired-drawer": "1000 drawer-paired trials",
+}
+
+
+def lake_ablation_table(results: Mapping[str, Any]) -> list[str]:
+    """Lake's challenge ablation (``studies/lake.toml``): each row's error (100 - accuracy, with the 95 % CI; the
+    official runs' CI over the 20 runs) in every column, with the steps and minutes it trained; rows not yet run
+    are left out, columns that do not apply are empty."""
+    lines = [
+        "| row | " + " | ".join(f"error: {t}" for t in LAKE_COLUMNS.values()) + " | training |",
+        "|---" * (len(LAKE_COLUMNS) + 2) + "|",
+    ]
+    for label, cell in results["cells"].items():
+        evals = cell.get("evals", {})
+        if not any("mean" in e for e in evals.values()):
+            continue
+        cols = []
+        for name in LAKE_COLUMNS:
+            e = evals.get(name, {})
+            cols.append(f"{100 * (1 - e['mean']):.2f} ± {100 * e['ci']:.2f} %" if "mean" in e else "")
+        training = f"{cell['steps']} steps, {cell['train_minutes']:.0f} min"
+        lines.append(f"| {label} | " + " | ".join(cols) + f" | {training} |")
+    lines += [
+        "| people (Lake et al. 2015) | 4.5 % | | | | |",
+        "| Bayesian Program Learning (Lake et al. 2015) | 3.3 % | | | | |",
+    ]
+    return lines
+
+
 def cross_domain_tables(results: Mapping[str, Any]) -> list[str]:
     """Both tables of the cross-domain study."""
     return [*cross_domain_table(results), "", *lake_table(results)]

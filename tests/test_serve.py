@@ -325,16 +325,32 @@ def http_json(method, port, path, body=None, content_type="application/json"):
         con.close()
 
 
+def two_classes(port, pool):
+    """Two classes of one example each through the running server's API; its state after."""
+    for name in ("a", "b"):
+        cid = http_json("POST", port, "/api/classes", {"name": name})["id"]
+        body, ctype = multipart("file", "x.png", png_of(pool, int(pool.proposable()[cid])))
+        http_json("POST", port, f"/api/classes/{cid}/examples", body, ctype)
+    return http_json("GET", port, "/api/state")
+
+
+def assert_restart_keeps(run_dir, folder, port, before):
+    """A server started again on ``folder`` has ``before``'s classes and revision."""
+    proc, after = start_server(run_dir, folder, port)
+    try:
+        assert after["classes"] == before["classes"] and after["revision"] == before["revision"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
 def test_a_killed_server_loses_nothing_it_acknowledged_and_answers_a_bounded_load(run_dir, pool, tmp_path):
     port = free_port()
     proc, state = start_server(run_dir, tmp_path / "app", port)
     try:
         assert state["classes"] == []
-        for name in ("a", "b"):
-            cid = http_json("POST", port, "/api/classes", {"name": name})["id"]
-            body, ctype = multipart("file", "x.png", png_of(pool, int(pool.proposable()[cid])))
-            http_json("POST", port, f"/api/classes/{cid}/examples", body, ctype)
-        before = http_json("GET", port, "/api/state")
+        before = two_classes(port, pool)
         result = load_test(
             f"http://127.0.0.1:{port}/",
             png_of(pool, 3),
@@ -348,13 +364,7 @@ def test_a_killed_server_loses_nothing_it_acknowledged_and_answers_a_bounded_loa
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         proc.stdout.close()
-    proc, after = start_server(run_dir, tmp_path / "app", port)
-    try:
-        assert after["classes"] == before["classes"] and after["revision"] == before["revision"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc.stdout.close()
+    assert_restart_keeps(run_dir, tmp_path / "app", port, before)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -367,11 +377,7 @@ def test_a_signal_stops_the_server_within_5_s_with_128_plus_it_during_a_predicti
     port = free_port()
     proc, _ = start_server(run_dir, tmp_path / "app", port)
     try:
-        for name in ("a", "b"):
-            cid = http_json("POST", port, "/api/classes", {"name": name})["id"]
-            body, ctype = multipart("file", "x.png", png_of(pool, int(pool.proposable()[cid])))
-            http_json("POST", port, f"/api/classes/{cid}/examples", body, ctype)
-        before = http_json("GET", port, "/api/state")
+        before = two_classes(port, pool)
         load = threading.Thread(
             target=load_test,
             args=(f"http://127.0.0.1:{port}/", png_of(pool, 3)),
@@ -390,13 +396,7 @@ def test_a_signal_stops_the_server_within_5_s_with_128_plus_it_during_a_predicti
     assert proc.returncode == EXIT[sig], output[-2000:]
     assert took <= STOP_WITHIN_S, f"{signal.Signals(sig).name} took {took:.2f} s to stop the server"
     assert "Traceback" not in output, output[-2000:]
-    proc, after = start_server(run_dir, tmp_path / "app", port)
-    try:
-        assert after["classes"] == before["classes"] and after["revision"] == before["revision"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        proc.stdout.close()
+    assert_restart_keeps(run_dir, tmp_path / "app", port, before)
 
 
 def test_serve_refuses_a_remote_bind_without_allow_remote(run_dir, capsys):

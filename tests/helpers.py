@@ -415,14 +415,65 @@ PHASE_START_S = 300  # how long a loaded machine may take to reach the phase to 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
+FASTADAPT = ["-m", "fastadapt.cli"]  # the Python arguments that run the fastadapt command
+
+
 def start_command(args: list[str], logs: Path, **env: str) -> subprocess.Popen:
     """``fastadapt ARGS`` in a subprocess (one thread), its stdout and stderr in files under ``logs`` (no pipe to
     fill up); ``env``: more environment variables."""
+    return start_python([*FASTADAPT, *args], logs, **env)
+
+
+def start_python(argv: list[str], logs: Path, **env: str) -> subprocess.Popen:
+    """``python ARGV`` as :func:`start_command` runs ``fastadapt``: one thread, output in ``logs/stdout`` and
+    ``logs/stderr``, ``env`` added to the environment (torchrun's own variables removed)."""
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout", "w") as out, open(logs / "stderr", "w") as err:  # the child holds its own copies
         environ = {k: v for k, v in os.environ.items() if not k.startswith("TORCHELASTIC")}
         environ.update(OMP_NUM_THREADS="1", **env)
-        return subprocess.Popen([sys.executable, "-m", "fastadapt.cli", *args], stdout=out, stderr=err, env=environ)
+        return subprocess.Popen([sys.executable, *argv], stdout=out, stderr=err, env=environ)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago (a process group's ``MASTER_PORT``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ranks(argv: list[str], logs: Path, world: int = 2, **env: str) -> list[subprocess.Popen]:
+    """``python ARGV`` (``[*FASTADAPT, "train", ...]`` for the command) as the ``world`` ranks of one gloo group on
+    127.0.0.1, each with the environment ``torchrun`` gives it; rank ``r``'s output in ``logs/rank{r}``
+    (:func:`start_python`); ``env``: more environment variables, for every rank."""
+    port = str(free_port())
+    return [
+        start_python(
+            argv,
+            logs / f"rank{r}",
+            WORLD_SIZE=str(world),
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            **env,
+        )
+        for r in range(world)
+    ]
+
+
+def wait_all(procs: list[subprocess.Popen], timeout_s: float = PHASE_START_S) -> list[int]:
+    """The exit status of every process, waited for together; past ``timeout_s`` all are killed and the test fails."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        return [p.wait(timeout=max(0.1, deadline - time.monotonic())) for p in procs]
+    except subprocess.TimeoutExpired:
+        late = [p.pid for p in procs if p.poll() is None]
+        raise AssertionError(f"still running {timeout_s:g} s later: pids {late}") from None
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
 
 
 def wait_until(ready: Callable[[], bool], proc: subprocess.Popen, logs: Path, what: str) -> None:

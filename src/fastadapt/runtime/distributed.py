@@ -143,6 +143,7 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, hi
         )
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    _bind_defaults_before_joining()
     try:
         dist.init_process_group(
             _backend_for(device),
@@ -165,8 +166,22 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S, hi
         _cleanup()
 
 
+def _bind_defaults_before_joining() -> None:
+    """Import the modules that take the default group as a default argument, before there is one.
+
+    ``torch.distributed.nn.functional`` declares ``def all_reduce(..., group=group.WORLD)`` and others, bound when it
+    is first imported; ``torch._dynamo`` imports it, and building an algorithm imports ``torch._dynamo``. Imported
+    inside the group, those defaults would hold the group past ``destroy_process_group()``: its gloo worker threads
+    would live until the interpreter's finalization, and one dropping the last collective's tensors there needs the
+    GIL, which ends the thread and aborts the process ("terminate called without an active exception", exit -6).
+    Imported before, they hold None, and :func:`_cleanup` frees the group and joins its threads.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def _cleanup() -> None:
-    """Leave the process group (safe to call when there is none or it is broken)."""
+    """Leave the process group (safe to call when there is none or it is broken); the group is freed and its
+    worker threads joined here, not at the interpreter's exit (:func:`_bind_defaults_before_joining`)."""
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()

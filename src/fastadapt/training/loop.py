@@ -5,6 +5,7 @@ The run folder's files are named and written by :mod:`fastadapt.runs.folder`."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -30,7 +31,15 @@ from fastadapt.core.cancel import Cancelled
 from fastadapt.core.errors import FastAdaptError
 from fastadapt.core.registry import describe_object
 from fastadapt.eval import EvalResult, evaluate
-from fastadapt.runs.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
+from fastadapt.runs.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from fastadapt.runs.folder import RunFolder, provenance
 from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
@@ -61,6 +70,7 @@ class TrainResult:
 
 
 _SHOWN = ("loss", "acc", "mse", "return", "tasks_per_s")  # the progress bar's columns
+KEPT_BEST = ".best.pt.kept"  # the best.pt the last checkpoint names, kept while a newer best.pt is not checkpointed
 
 
 class Trainer:
@@ -104,6 +114,8 @@ class Trainer:
         self.batch: Any = None
         self.stopped_by: str | None = None
         self._validated_at: int | None = None
+        self._best_step: int | None = None  # the step of the best validation so far
+        self._saved_best_step: int | None = None  # ... as the last checkpoint on disk records it
         self._window: list[dict[str, float]] = []
         self._t_start = 0.0
         self._bar: Any = None
@@ -144,13 +156,17 @@ class Trainer:
             self.train_seconds = float(state["train_seconds"])
             self.saved_at = self.global_step
             self._validated_at = state.get("validated_at", self.global_step)  # None: a signal abandoned it
+            self._best_step = self._saved_best_step = state.get("best_step")
             if main:
                 self.folder.truncate_metrics(self.global_step)  # rows logged after the checkpoint come again
+                if "best_step" in state:  # checkpoints written before it was recorded: best.pt as found
+                    self._restore_best()
                 if changes:
                     event = {"step": self.global_step, "split": "event", "event": "config changed"}
                     self.folder.append_metrics(event | {"changes": changes})
         elif main:
             self.folder.clear_metrics()
+            self._restore_best()  # a best.pt of a run killed before its first checkpoint, or of the one restarted
         if main:
             given: dict[str, Any] = {"train_classes": classes, **resolved}
             given |= {} if domains is None else {"train_domains": domains}
@@ -271,7 +287,9 @@ class Trainer:
         if self.main:
             self._record({"step": step, "split": "val", "time": self.train_seconds, res.metric: res.mean, "ci": res.ci})
         if self.best_val is None or score > self.best_val:
-            self.best_val = score
+            if self.main and self._best_step is not None and self._best_step == self._saved_best_step:
+                self._keep_saved_best()
+            self.best_val, self._best_step = score, step
             if self.main:
                 best = {"algorithm": self.algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean}
                 save_checkpoint(self.folder.best_file, best)
@@ -293,9 +311,38 @@ class Trainer:
                 "train_seconds": self.train_seconds,
                 "world_size": self.world,
                 "validated_at": self._validated_at,
+                "best_step": self._best_step,
             }
             save_checkpoint(self.folder.checkpoint_file, state)
-        self.saved_at = self.global_step
+            (self.folder.path / KEPT_BEST).unlink(missing_ok=True)  # best.pt is now the one the checkpoint names
+        self.saved_at, self._saved_best_step = self.global_step, self._best_step
+
+    def _keep_saved_best(self) -> None:
+        """Keep the ``best.pt`` the last checkpoint names beside it (a hard link, else an atomic copy) before a newer
+        best replaces it, so that a run killed before its next checkpoint resumes with it (:meth:`_restore_best`)."""
+        best, kept = self.folder.best_file, self.folder.path / KEPT_BEST
+        if not best.is_file():
+            return
+        kept.unlink(missing_ok=True)
+        try:
+            os.link(best, kept)
+        except OSError:  # a file system without hard links
+            atomic_write(kept, lambda f: f.write(best.read_bytes()))
+
+    def _restore_best(self) -> None:
+        """Make ``best.pt`` the best model of the step resumed from: the one its checkpoint names, none when starting
+        afresh (rank 0, holding the lock).
+
+        A run killed after a validation wrote a new ``best.pt`` but before its next checkpoint leaves a ``best.pt`` of
+        the steps the resumed run trains again, maybe with another ``[optim]``; the checkpoint's own best was kept
+        beside it (:meth:`_keep_saved_best`) and is put back.
+        """
+        best, kept = self.folder.best_file, self.folder.path / KEPT_BEST
+        if self._best_step is None:
+            best.unlink(missing_ok=True)
+        elif _step_of(best) != self._best_step and _step_of(kept) == self._best_step:
+            os.replace(kept, best)
+        kept.unlink(missing_ok=True)
 
     def test(self) -> dict[str, EvalResult]:
         """Evaluate the best checkpoint (else the current model) on every test setting; write the records.
@@ -343,7 +390,7 @@ class Trainer:
             self._bar = tqdm(total=cfg.optim.steps, initial=start, desc=desc, unit="step", dynamic_ncols=True)
         self._t_start = time.perf_counter() - self.train_seconds
         interrupted = False
-        stopped: Cancelled | None = None  # what abandoned a validation or a test
+        stopped: Cancelled | None = None  # what abandoned a validation or a test, or the signal that stopped a step
         with StopFlag() as signals:
             try:
                 if self._validation_abandoned():
@@ -354,6 +401,9 @@ class Trainer:
                     spent = self._budget_spent() or self.stopped_by is not None
                     if distributed.any_rank(signals.signal is not None or spent):
                         interrupted = distributed.any_rank(signals.signal is not None)
+                        if interrupted:  # every rank exits with 128 + the signal one of them saw
+                            seen = [s for s in distributed.gather_scores([signals.signal]) if s is not None]
+                            stopped = Cancelled(signals.signal if signals.signal is not None else seen[0])
                         if distributed.any_rank(self.stopped_by is not None) and self.stopped_by is None:
                             self.stopped_by = "a callback on another rank"
                         if not interrupted and self.validating and self._validated_at != self.global_step:
@@ -388,6 +438,16 @@ class Trainer:
         step, cfg = self.global_step, self.cfg
         due = self.validating and step > 0 and (step % cfg.eval.val_every == 0 or step == cfg.optim.steps)
         return due and self._validated_at != step
+
+
+def _step_of(file: Path) -> int | None:
+    """The step of the model in ``file`` (``best.pt``), or None when there is none or it cannot be read."""
+    if not file.is_file():
+        return None
+    try:
+        return int(load_checkpoint(file, "cpu")["step"])
+    except (CheckpointError, KeyError):
+        return None
 
 
 def train(

@@ -108,7 +108,7 @@ def test_a_cell_whose_training_stopped_resumes_from_its_checkpoint(tmp_path, mon
         ),
         (
             ('MAML = "maml-sinusoid"', 'MAML = { preset = "maml-sinusoid", run = "../elsewhere" }'),
-            "row 'MAML' has run = '../elsewhere'; a run is a folder name",
+            "row 'MAML' has run = '../elsewhere'; a run is a folder inside",
         ),
     ],
 )

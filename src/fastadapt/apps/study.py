@@ -162,10 +162,10 @@ def load_study(path: str | Path) -> Study:
         if not isinstance(row, dict) or not isinstance(row.get("preset"), str) or set(row) - ROW_KEYS:
             raise StudyError(f"{file}: row {label!r} must be a preset name or a table of {', '.join(sorted(ROW_KEYS))}")
         base = str(row.get("run") or _slug(label))
-        if Path(base).name != base or base in (".", ".."):
+        if Path(base).is_absolute() or ".." in Path(base).parts or not Path(base).parts:
             raise StudyError(
-                f"{file}: row {label!r} has run = {base!r}; a run is a folder name inside {runs}, not a path "
-                "(no '/' or '..'): set the folder with runs = ... at the top"
+                f"{file}: row {label!r} has run = {base!r}; a run is a folder inside {runs} (no absolute path, no "
+                "'..'): set the folder with runs = ... at the top"
             )
         for vname, vover in (variants or {"": ()}).items():
             for seed in seeds or [None]:

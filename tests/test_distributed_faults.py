@@ -21,11 +21,13 @@ import torch
 from fastadapt.cli import main as cli_main
 from fastadapt.config import load_config
 from fastadapt.eval import EvalResult
+from fastadapt.runs import best as best_files
+from fastadapt.runs.best import KEPT_BEST
 from fastadapt.runs.checkpoint import FAULT_SLEEP_ENV, load_checkpoint
 from fastadapt.runtime.distributed import DEFAULT_TIMEOUT_S
 from fastadapt.training import loop
 from fastadapt.training.callbacks import Callback
-from fastadapt.training.loop import KEPT_BEST, train
+from fastadapt.training.loop import train
 from helpers import FASTADAPT, TINY, start_ranks, wait_all, wait_until
 from test_distributed import TINY as DIST_TINY
 from test_distributed import float64_episodes
@@ -230,7 +232,7 @@ def test_a_crash_after_a_new_best_then_a_resume_with_another_lr_keeps_the_best_o
         def no_links(*args):
             raise OSError("hard links are not supported here")
 
-        monkeypatch.setattr(loop.os, "link", no_links)
+        monkeypatch.setattr(best_files.os, "link", no_links)
     at_2: dict[str, torch.Tensor] = {}
 
     class Died(Exception):

@@ -18,7 +18,8 @@ from fastadapt.cli import main as cli_main
 from fastadapt.config import config_from_dict, load_config, preset_names, read_toml
 from fastadapt.core.errors import ConfigError
 from fastadapt.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from fastadapt.training.loop import TrainingDiverged, train
+from fastadapt.training.loop import train
+from fastadapt.training.resume import TrainingDiverged
 from helpers import TINY, tiny
 
 

@@ -34,7 +34,8 @@ from fastadapt.config import load_config
 from fastadapt.core.errors import FastAdaptError
 from fastadapt.runs.checkpoint import FAULT_SLEEP_ENV, load_checkpoint
 from fastadapt.runs.folder import RunFolder, RunFolderLocked
-from fastadapt.training.loop import TrainingDiverged, train
+from fastadapt.training.loop import train
+from fastadapt.training.resume import TrainingDiverged
 from fastadapt.training.testing import evaluate_run
 
 SMALLER = ["model.hidden=4", "eval.val_episodes=3", "eval.test_episodes=3"]

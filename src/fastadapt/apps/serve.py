@@ -24,6 +24,7 @@ from fastadapt.apps import export as exporting
 from fastadapt.apps.access import COOKIE, DENIED, allowed, new_token
 from fastadapt.apps.api_models import binary, errors
 from fastadapt.apps.inputs import MAX_BYTES, decode_image, encode_png
+from fastadapt.apps.server import stoppable_server
 from fastadapt.apps.store import Conflict, InvalidName, NotFound, Store
 from fastadapt.apps.teach import Learner, Pool, load_pool, propose, score_rounds
 from fastadapt.core.cancel import Interrupted
@@ -434,27 +435,13 @@ def serve_command(
             flush=True,
         )
     sys.stdout.flush()
-    server = _server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3))
+    server = stoppable_server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    )
     server.run()
     if server.stopped_by is not None:  # the exit status a signal gives every command: 128 + it
         raise Interrupted(server.stopped_by)
     return 0
-
-
-def _server(config: Any) -> Any:
-    """uvicorn's server for ``config``, noting in ``stopped_by`` the signal that stopped it (SIGINT / SIGTERM:
-    uvicorn stops taking requests, lets running ones finish for up to ``config.timeout_graceful_shutdown`` s, closes),
-    so that ``fastadapt serve`` exits 130 / 143 like every command. uvicorn is imported here, as the app extra."""
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        stopped_by: int | None = None
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            self.stopped_by = self.stopped_by or sig
-            super().handle_exit(sig, frame)
-
-    return Server(config)
 
 
 __all__ = ["MAX_BODY", "App", "create_app", "free_port", "serve_command"]

@@ -274,7 +274,7 @@ def _train_cell(cell: Cell, old: Mapping[str, Any], progress: Callable[[str], No
     """Train ``cell`` unless its run finished (or diverged before); its steps and training minutes."""
     from fastadapt.runs import RunFolder
     from fastadapt.training import train
-    from fastadapt.training.loop import TrainingDiverged
+    from fastadapt.training.resume import TrainingDiverged
 
     folder = RunFolder(cell.run)
     rec = {"preset": cell.preset, "overrides": list(cell.overrides), "run": str(cell.run)}

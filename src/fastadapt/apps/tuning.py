@@ -292,7 +292,8 @@ def tune(
     _check_folder(folder, record)
     from fastadapt.apps.tune_workers import close, distributions, open_study, run_trials
     from fastadapt.runs.folder import RunFolder
-    from fastadapt.training.loop import TrainingDiverged, train
+    from fastadapt.training.loop import train
+    from fastadapt.training.resume import TrainingDiverged
 
     if not storage:
         url, name = f"sqlite:///{(folder / 'study.db').resolve()}", STUDY

@@ -2,6 +2,7 @@
 with checkpoints, loggers and run-level tests."""
 
 from fastadapt.training.callbacks import Callback
-from fastadapt.training.loop import Trainer, TrainingDiverged, TrainResult, train
+from fastadapt.training.loop import Trainer, TrainResult, train
+from fastadapt.training.resume import TrainingDiverged
 
 __all__ = ["Callback", "TrainResult", "Trainer", "TrainingDiverged", "train"]

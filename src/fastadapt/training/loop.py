@@ -5,7 +5,6 @@ The run folder's files are named and written by :mod:`fastadapt.runs.folder`."""
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -31,15 +30,8 @@ from fastadapt.core.cancel import Cancelled
 from fastadapt.core.errors import FastAdaptError
 from fastadapt.core.registry import describe_object
 from fastadapt.eval import EvalResult, evaluate
-from fastadapt.runs.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    load_checkpoint,
-    load_weights,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from fastadapt.runs.best import drop_kept_best, keep_checkpointed_best, restore_best
+from fastadapt.runs.checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from fastadapt.runs.folder import RunFolder, provenance
 from fastadapt.runtime import distributed
 from fastadapt.runtime.devices import check_device
@@ -49,12 +41,8 @@ from fastadapt.training.callbacks import Callback, algorithm_callbacks, check_ca
 from fastadapt.training.environment import StopFlag, deterministic, threads
 from fastadapt.training.loggers import Loggers
 from fastadapt.training.resolve import resolve_auto
-from fastadapt.training.resume import apply_optim_changes, load_resume_state
+from fastadapt.training.resume import apply_optim_changes, diverged, load_resume_state
 from fastadapt.training.testing import run_tests
-
-
-class TrainingDiverged(FastAdaptError):
-    """The loss became NaN or infinite; the message says which checkpoint of the run, if any, is kept."""
 
 
 @dataclass
@@ -70,7 +58,6 @@ class TrainResult:
 
 
 _SHOWN = ("loss", "acc", "mse", "return", "tasks_per_s")  # the progress bar's columns
-KEPT_BEST = ".best.pt.kept"  # the best.pt the last checkpoint names, kept while a newer best.pt is not checkpointed
 
 
 class Trainer:
@@ -160,13 +147,13 @@ class Trainer:
             if main:
                 self.folder.truncate_metrics(self.global_step)  # rows logged after the checkpoint come again
                 if "best_step" in state:  # checkpoints written before it was recorded: best.pt as found
-                    self._restore_best()
+                    restore_best(self.folder.best_file, self._best_step)
                 if changes:
                     event = {"step": self.global_step, "split": "event", "event": "config changed"}
                     self.folder.append_metrics(event | {"changes": changes})
         elif main:
             self.folder.clear_metrics()
-            self._restore_best()  # a best.pt of a run killed before its first checkpoint, or of the one restarted
+            restore_best(self.folder.best_file, None)  # of a run killed before its first checkpoint, or restarted
         if main:
             given: dict[str, Any] = {"train_classes": classes, **resolved}
             given |= {} if domains is None else {"train_domains": domains}
@@ -185,7 +172,7 @@ class Trainer:
         """One outer step: the meta-gradient of the step's tasks, clipped, then the optimizer and scheduler.
 
         Returns the step's metrics (averaged over ranks) with ``tasks_per_s``; a non-finite loss raises
-        :class:`TrainingDiverged` before the optimizer steps.
+        :class:`~fastadapt.training.resume.TrainingDiverged` before the optimizer steps.
         """
         cfg, algo = self.cfg, self.algo
         t0 = time.perf_counter()
@@ -198,7 +185,7 @@ class Trainer:
         metrics = distributed.reduce_metrics({**local_metrics, "_objective": local}, self.task_weight)
         objective = metrics.pop("_objective")
         if not math.isfinite(objective):
-            raise self._diverged(objective)
+            raise diverged(objective, self.global_step, self.saved_at, self.folder.checkpoint_file, self.cfg)
         distributed.all_reduce_gradients(algo.parameters())
         if cfg.optim.clip_grad:
             torch.nn.utils.clip_grad_norm_(algo.parameters(), cfg.optim.clip_grad)
@@ -220,21 +207,6 @@ class Trainer:
         if self.compile_session is not None:
             stack.enter_context(compiled.compiling(self.compile_session))
         return stack
-
-    def _diverged(self, objective: float) -> TrainingDiverged:
-        if self.saved_at is not None:
-            kept = (
-                f"the last good checkpoint, step {self.saved_at}, is kept in {self.folder.checkpoint_file}: rerun "
-                f"with the fix to resume from it"
-            )
-        else:
-            kept = (
-                f"no checkpoint of this run was saved yet (the first comes at step {self.cfg.run.checkpoint_every}); "
-                f"check the data and the model too"
-            )
-        return TrainingDiverged(
-            f"loss is {objective} at step {self.global_step}; lower optim.lr or set optim.clip_grad ({kept})"
-        )
 
     def _after_step(self, metrics: dict[str, float]) -> None:
         """Log the step (every ``run.log_every``), validate (every ``eval.val_every``), run the step
@@ -288,7 +260,7 @@ class Trainer:
             self._record({"step": step, "split": "val", "time": self.train_seconds, res.metric: res.mean, "ci": res.ci})
         if self.best_val is None or score > self.best_val:
             if self.main and self._best_step is not None and self._best_step == self._saved_best_step:
-                self._keep_saved_best()
+                keep_checkpointed_best(self.folder.best_file)
             self.best_val, self._best_step = score, step
             if self.main:
                 best = {"algorithm": self.algo.state_dict(), "step": step, "config": cfg.to_dict(), "val": res.mean}
@@ -314,35 +286,8 @@ class Trainer:
                 "best_step": self._best_step,
             }
             save_checkpoint(self.folder.checkpoint_file, state)
-            (self.folder.path / KEPT_BEST).unlink(missing_ok=True)  # best.pt is now the one the checkpoint names
+            drop_kept_best(self.folder.best_file)
         self.saved_at, self._saved_best_step = self.global_step, self._best_step
-
-    def _keep_saved_best(self) -> None:
-        """Keep the ``best.pt`` the last checkpoint names beside it (a hard link, else an atomic copy) before a newer
-        best replaces it, so that a run killed before its next checkpoint resumes with it (:meth:`_restore_best`)."""
-        best, kept = self.folder.best_file, self.folder.path / KEPT_BEST
-        if not best.is_file():
-            return
-        kept.unlink(missing_ok=True)
-        try:
-            os.link(best, kept)
-        except OSError:  # a file system without hard links
-            atomic_write(kept, lambda f: f.write(best.read_bytes()))
-
-    def _restore_best(self) -> None:
-        """Make ``best.pt`` the best model of the step resumed from: the one its checkpoint names, none when starting
-        afresh (rank 0, holding the lock).
-
-        A run killed after a validation wrote a new ``best.pt`` but before its next checkpoint leaves a ``best.pt`` of
-        the steps the resumed run trains again, maybe with another ``[optim]``; the checkpoint's own best was kept
-        beside it (:meth:`_keep_saved_best`) and is put back.
-        """
-        best, kept = self.folder.best_file, self.folder.path / KEPT_BEST
-        if self._best_step is None:
-            best.unlink(missing_ok=True)
-        elif _step_of(best) != self._best_step and _step_of(kept) == self._best_step:
-            os.replace(kept, best)
-        kept.unlink(missing_ok=True)
 
     def test(self) -> dict[str, EvalResult]:
         """Evaluate the best checkpoint (else the current model) on every test setting; write the records.
@@ -438,16 +383,6 @@ class Trainer:
         step, cfg = self.global_step, self.cfg
         due = self.validating and step > 0 and (step % cfg.eval.val_every == 0 or step == cfg.optim.steps)
         return due and self._validated_at != step
-
-
-def _step_of(file: Path) -> int | None:
-    """The step of the model in ``file`` (``best.pt``), or None when there is none or it cannot be read."""
-    if not file.is_file():
-        return None
-    try:
-        return int(load_checkpoint(file, "cpu")["step"])
-    except (CheckpointError, KeyError):
-        return None
 
 
 def train(

@@ -1,5 +1,5 @@
-"""Resuming a training from its run folder's checkpoint: which checkpoint is accepted, and how a changed
-``[optim]`` is applied to the loaded optimizer and scheduler."""
+"""Resuming a training from its run folder's checkpoint: which checkpoint is accepted, how a changed ``[optim]`` is
+applied to the loaded optimizer and scheduler, and what a diverged training says about the checkpoint to resume."""
 
 from __future__ import annotations
 
@@ -15,6 +15,25 @@ from fastadapt.runs.checkpoint import load_checkpoint
 from fastadapt.runtime import distributed
 
 REFUSED_ON_RESUME = ("optimizer",)  # [optim] keys a resumed run cannot change (see apply_optim_changes)
+
+
+class TrainingDiverged(FastAdaptError):
+    """The loss became NaN or infinite; the message says which checkpoint of the run, if any, is kept."""
+
+
+def diverged(objective: float, step: int, saved_at: int | None, checkpoint: Path, cfg: Config) -> TrainingDiverged:
+    """The error for a loss of ``objective`` (NaN or infinite) at ``step``: the fix, and the checkpoint to resume from
+    (the last one, saved at ``saved_at``), or that there is none yet."""
+    if saved_at is not None:
+        kept = (
+            f"the last good checkpoint, step {saved_at}, is kept in {checkpoint}: rerun with the fix to resume from it"
+        )
+    else:
+        kept = (
+            f"no checkpoint of this run was saved yet (the first comes at step {cfg.run.checkpoint_every}); "
+            f"check the data and the model too"
+        )
+    return TrainingDiverged(f"loss is {objective} at step {step}; lower optim.lr or set optim.clip_grad ({kept})")
 
 
 def load_resume_state(cfg: Config, ckpt_path: Path) -> dict[str, Any] | None:

@@ -29,6 +29,8 @@ SAPPHIRE = "model name\t: Intel(R) Xeon(R) Platinum 8481C\nflags\t\t: avx2 avx51
 def cpu(monkeypatch):
     """Fake ``/proc/cpuinfo`` with the text given to the returned function; the once-only warning starts over."""
     monkeypatch.setattr(precision, "_warned", set())
+    for name in hardware.ISA_ENV:  # a cap set in the environment would change what the fake flags mean
+        monkeypatch.delenv(name, raising=False)
 
     def use(text: str) -> None:
         monkeypatch.setattr(hardware, "read_cpuinfo", lambda: text)
@@ -90,3 +92,30 @@ def test_auto_is_a_config_value_and_unknown_values_are_refused():
     assert load_config("protonet-quick", ["run.precision='auto'"]).run.precision == "auto"
     with pytest.raises(ConfigError, match="run.precision='half' is not allowed; choose one of fp32, bf16, auto"):
         load_config("protonet-quick", ["run.precision='half'"])
+
+
+@pytest.mark.parametrize(
+    ("cap", "expected"),
+    [
+        ("AVX2", "fp32"),
+        ("avx512_core", "fp32"),
+        ("AVX512_CORE_VNNI", "fp32"),
+        ("AVX512_CORE_BF16", "bf16"),
+        ("ALL", "bf16"),
+    ],
+)
+def test_a_onednn_isa_cap_below_bf16_makes_auto_fp32_and_bf16_warn_naming_the_cap(cpu, monkeypatch, cap, expected):
+    cpu(ZEN4)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert hardware.cpu_info()["onednn_max_isa"] == cap.upper()
+    assert resolve_precision("auto", "cpu") == expected
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        resolve_precision("bf16", "cpu")
+    emulated = [w for w in seen if issubclass(w.category, EmulatedBF16Warning)]
+    assert len(emulated) == (expected == "fp32")
+    if emulated:
+        assert f"oneDNN capped at {cap.upper()}" in str(emulated[0].message)
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", cap)  # oneDNN's older name of the same setting
+    assert resolve_precision("auto", "cpu") == expected

@@ -40,8 +40,14 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "bf16" and torch.device(device).type == "cpu" and "cpu" not in _warned and not native_bf16("cpu"):
         _warned.add("cpu")
+        info = cpu_info()
+        why = (
+            f"oneDNN capped at {info['onednn_max_isa']}"
+            if info.get("onednn_max_isa")
+            else "no " + " / ".join(BF16_FLAGS)
+        )
         warnings.warn(
-            f"run.precision='bf16' on a CPU without native bf16 ({cpu_info()['model']}: no {' / '.join(BF16_FLAGS)}) "
+            f"run.precision='bf16' on a CPU without native bf16 ({info['model']}: {why}) "
             f"is emulated and about {EMULATED_BF16_SLOWDOWN} slower than fp32 (measured on an AMD EPYC Zen 3); use "
             f"run.precision='auto' or 'fp32'",
             EmulatedBF16Warning,

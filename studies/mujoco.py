@@ -1,5 +1,5 @@
-"""The MuJoCo model-based meta-RL study (Nagabandi et al. 2019, GrBAL): its record (model-predictive control on
-held-out half-cheetahs whose joint fails mid-episode, with the meta-learnt model adapting online against a model
+"""The MuJoCo model-based meta-RL study (Nagabandi et al. 2019, GrBAL and ReBAL): its record (model-predictive control
+on held-out half-cheetahs whose joint fails mid-episode, with the meta-learnt models adapting online against a model
 trained on all tasks, fixed or fine-tuned online), its table and figure; and the Pendulum specialists measurement
 (``python studies/mujoco.py pendulum``)."""
 
@@ -18,32 +18,46 @@ from fastadapt.config.build import task_sources
 from fastadapt.data.sampler import EVAL_STEP, _mix
 from fastadapt.eval.stats import mean_ci
 from fastadapt.report.figure import pyplot, save_figure
-from fastadapt.rl.cheetah import family_from_options
 from fastadapt.rl.envs import EnvTaskSource, pendulum_family
 from fastadapt.rl.model_based import OnlineDynamics, control_episode, recovery_steps, return_after
-from fastadapt.rl.mpc import pendulum_reward, pendulum_state, pendulum_step
+from fastadapt.rl.mpc import pendulum_reward, pendulum_state, pendulum_step, reward_for
+from fastadapt.rl.transitions import transition_family
 from fastadapt.runs import load_run
 
 METHODS = {  # label -> (cell, mode of OnlineDynamics)
     "GrBAL (adapts online)": ("GrBAL", "meta"),
+    "ReBAL (recurrent, adapts online)": ("ReBAL", "meta"),
     "pretrained, fixed": ("pretrained", "fixed"),
     "pretrained, fine-tuned online": ("pretrained", "finetune"),
 }
+CELLS = tuple(dict.fromkeys(cell for cell, _ in METHODS.values()))  # the study's rows: the models METHODS act with
+# the baselines the meta-learnt models are judged by: the model trained on all tasks, fixed or fine-tuned online
+BASELINES = [label for label, (cell, _) in METHODS.items() if cell == "pretrained"]
 BUDGET_MS = 20.0  # the real-time budget of one control step (a 20 ms control period)
+
+
+def above_baselines(methods: dict, label: str) -> bool:
+    """Whether method ``label``'s return after the change is above every baseline's (:data:`BASELINES`) with
+    non-overlapping 95 % CIs: the lower end of its interval above the upper end of each of theirs."""
+    r = methods[label]["return_after_change"]
+    return all(
+        r["mean"] - r["ci"] > methods[b]["return_after_change"]["mean"] + methods[b]["return_after_change"]["ci"]
+        for b in BASELINES
+    )
 
 
 def record(study: Study, cells: dict) -> dict:
     """Every method of :data:`METHODS` on the same held-out tasks and episode seeds: return after the change (mean +-
     95 % CI over tasks), the mean reward at each step, recovery, wall time of a control step, simulator steps."""
     opts = study.options
-    if any(cells.get(c) is None for c in ("GrBAL", "pretrained")):
+    if any(cells.get(c) is None for c in CELLS):
         return {"smoke": bool(opts.get("smoke", False)), "methods": {}}
-    runs = {name: load_run(cells[name]["run"]) for name in ("GrBAL", "pretrained")}
+    runs = {name: load_run(cells[name]["run"]) for name in CELLS}
     cfg = runs["GrBAL"].config
     source = next(iter(task_sources(cfg, tests_only=True).tests.values()))
     options = {k: v for k, v in cfg.data.options.items() if k not in ("family", "trajectories", "action_std")}
     options["horizon"] = opts["horizon"]
-    family = family_from_options(cfg.data.options.get("family", "crippled"), options, "cheetah-transitions")
+    family = transition_family(cfg.data.options.get("family", "crippled"), options, "cheetah-transitions")
     tasks = EnvTaskSource(family, 1, 1, _mix(cfg.eval.seed, 99)).sample_tasks(EVAL_STEP, 0, opts["tasks"])
     methods = {}
     for label, (cell, mode) in METHODS.items():
@@ -53,7 +67,7 @@ def record(study: Study, cells: dict) -> dict:
             dyn = OnlineDynamics(runs[cell].algorithm, source.normalizer, mode, opts["window"])
             rec = control_episode(
                 family, params, seed, dyn.predict, dyn.observe, plan_horizon=opts["plan_horizon"],
-                candidates=opts["candidates"], iterations=opts["iterations"],
+                candidates=opts["candidates"], iterations=opts["iterations"], reward_fn=reward_for(family),
             )  # fmt: skip
             rewards.append(rec.rewards.tolist())
             steps_ms += (1000 * rec.step_seconds).tolist()
@@ -71,13 +85,11 @@ def record(study: Study, cells: dict) -> dict:
             "step_cpu_ms": {"median": float(cpu.median()), "p95": float(cpu.quantile(0.95))},
             "eval_seconds": time.perf_counter() - t0,
         }
-    grbal, others = methods["GrBAL (adapts online)"], [m for k, m in methods.items() if not k.startswith("GrBAL")]
-    low = grbal["return_after_change"]["mean"] - grbal["return_after_change"]["ci"]
-    above = all(low > m["return_after_change"]["mean"] + m["return_after_change"]["ci"] for m in others)
     train_part = cfg.data.options.get("trajectories", 64) * family.horizon
     return {
         "smoke": bool(opts.get("smoke", False)),
         "description": study.description,
+        "family": family.name,
         "tasks": opts["tasks"],
         "task_params": tasks.params.tolist(),
         "param_names": list(family.param_names),
@@ -87,8 +99,11 @@ def record(study: Study, cells: dict) -> dict:
         "methods": methods,
         "training": {name: {k: cells[name][k] for k in ("preset", "steps", "train_minutes")} for name in runs},
         "simulator_steps": {"training_data_per_model": train_part, "per_evaluation_episode": family.horizon},
-        "grbal_above_both": above,
-        "within_budget": grbal["step_cpu_ms"]["p95"] <= BUDGET_MS,  # CPU time of one core: the machine is shared
+        "grbal_above_both": above_baselines(methods, "GrBAL (adapts online)"),  # both pretrained baselines
+        "rebal_above_both": above_baselines(methods, "ReBAL (recurrent, adapts online)"),
+        "within_budget": all(  # CPU time of one core (the machine is shared), for each meta-learnt model
+            methods[label]["step_cpu_ms"]["p95"] <= BUDGET_MS for label in METHODS if label not in BASELINES
+        ),
     }
 
 
@@ -112,8 +127,9 @@ def table(results: dict) -> list[str]:
             "",
             f"{size}: {results['tasks']} held-out tasks, {results['horizon']}-step episodes, change at step "
             f"{results['switch_step']}; GrBAL above both baselines with non-overlapping 95 % CIs: "
-            f"{results['grbal_above_both']}; control step within {BUDGET_MS:.0f} ms of one core's CPU time (p95): "
-            f"{results['within_budget']}",
+            f"{results['grbal_above_both']}"
+            + (f"; ReBAL above both: {results['rebal_above_both']}" if "rebal_above_both" in results else "")
+            + f"; control step within {BUDGET_MS:.0f} ms of one core's CPU time (p95): {results['within_budget']}",
         ]
     return lines
 
@@ -130,10 +146,15 @@ def plot(results: dict, study: Study) -> list[Path]:
         smooth = r.unfold(0, 10, 1).mean(-1) if r.numel() >= 10 else r
         ax.plot(torch.arange(smooth.numel()) + 9 - switch, smooth, label=label)
     ax.axvline(0, color="k", lw=0.8)
-    ax.set(xlabel="steps after the joint failed", ylabel="reward (10-step mean)")
-    ax.set_title(("smoke-sized: " if results["smoke"] else "") + f"{results['tasks']} held-out half-cheetahs")
+    ant = results.get("family") == "ant-crippled"
+    ax.set(xlabel=f"steps after the {'leg' if ant else 'joint'} failed", ylabel="reward (10-step mean)")
+    ax.set_title(
+        ("smoke-sized: " if results["smoke"] else "")
+        + f"{results['tasks']} held-out {'ants' if ant else 'half-cheetahs'}"
+    )
     ax.legend(fontsize=7)
-    return [save_figure(fig, study.out / "cheetah_reward_after_change.png", dpi=120)]
+    name = "ant_reward_after_change.png" if ant else "cheetah_reward_after_change.png"
+    return [save_figure(fig, study.out / name, dpi=120)]
 
 
 def pendulum_specialists(tasks: int, plan_horizon: int, candidates: int, iterations: int, seed: int = 1) -> dict:

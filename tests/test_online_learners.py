@@ -313,6 +313,7 @@ EVERY = {
     "ntm": (_sequence_algo, False),
     "baseline": (ALGORITHMS_MORE["baseline"], True),
     "grbal": (lambda: ALGORITHMS.get("grbal")(mlp(WAYS), inner_lr=0.2).double(), True),
+    "rebal": (lambda: ALGORITHMS.get("rebal")(mlp(WAYS), hidden_size=4).double(), True),
     "alfa": (lambda: ALGORITHMS.get("alfa")(mlp(WAYS), inner_steps=1).double(), True),
     "linear_probe": (ALGORITHMS_MORE["linear_probe"], True),
     "protomaml": (lambda: ALGORITHMS.get("protomaml")(mlp(5), inner_lr=0.3), True),

@@ -252,10 +252,14 @@ TASK_SOURCES = Registry(
             "fastadapt.rl.cheetah:cheetah_body",
             "HalfCheetah-v5 with masses and friction scaled per task (MuJoCo, fastadapt[mujoco])",
         ),
+        "ant-crippled": (
+            "fastadapt.rl.ant:ant_crippled",
+            "Ant-v5 with one leg disabled or weakened mid-episode, per task (MuJoCo, fastadapt[mujoco])",
+        ),
         "cheetah-transitions": (
             "fastadapt.rl.transitions:cheetah_transitions",
-            "windows of half-cheetah transitions (state, action -> state change) for dynamics models such as "
-            "GrBAL (data.options.family = crippled | body; MuJoCo, fastadapt[mujoco])",
+            "windows of half-cheetah or ant transitions (state, action -> state change) for dynamics models such as "
+            "GrBAL (data.options.family = crippled | body | ant-crippled; MuJoCo, fastadapt[mujoco])",
         ),
         "copy": (
             "fastadapt.data.sequences:copy_source",
@@ -339,6 +343,11 @@ ALGORITHMS = Registry(
         "grbal": (
             "fastadapt.algorithms.grbal:GrBAL",
             "GrBAL: meta-learnt adaptation on a recent window of a stream (Nagabandi et al. 2019)",
+        ),
+        "rebal": (
+            "fastadapt.algorithms.rebal:ReBAL",
+            "ReBAL: a GRU reads a recent window of a stream into a state that conditions the model (Nagabandi et al. "
+            "2019)",
         ),
         "alfa": (
             "fastadapt.algorithms.alfa:ALFA",

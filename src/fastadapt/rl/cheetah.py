@@ -1,7 +1,8 @@
 """Half-cheetah dynamics families on MuJoCo (Nagabandi et al. 2019's disabled joint; changed mass and friction), as
 task families of :func:`fastadapt.rl.task_family` and registered task sources (``cheetah-crippled``,
-``cheetah-body``). MuJoCo is the extra ``pip install fastadapt[mujoco]``, imported on first use; its absence is a
-one-line error."""
+``cheetah-body``), and what the MuJoCo families share (:func:`require_mujoco`, :func:`crippled_family`,
+:func:`crippled_options`; the ant: :mod:`fastadapt.rl.ant`). MuJoCo is the extra ``pip install fastadapt[mujoco]``,
+imported on first use; its absence is a one-line error."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def require_mujoco() -> None:
     try:
         import mujoco  # noqa: F401
     except ModuleNotFoundError:
-        raise ConfigError(f"the half-cheetah families need MuJoCo, which is not installed; {INSTALL}") from None
+        raise ConfigError(
+            f"the MuJoCo families (half-cheetah, ant) need MuJoCo, which is not installed; {INSTALL}"
+        ) from None
 
 
 def _make(horizon: int) -> Any:
@@ -43,13 +46,15 @@ def crippled_sampler(
     joints: Sequence[int] = CHEETAH_JOINTS,
     gain: tuple[float, float] = CHEETAH_GAIN,
     switch_step: int = 0,
+    part: str = "joint",
 ) -> Callable[[np.random.Generator], dict[str, float]]:
-    """One joint of ``joints`` (uniform), its remaining gain uniform in ``gain``, changed at step ``switch_step``."""
+    """One part of ``joints`` (uniform; the attribute ``part``: a joint, a leg), its remaining gain uniform in
+    ``gain``, changed at step ``switch_step``."""
     choices = [int(j) for j in joints]
 
     def sample(rng: np.random.Generator) -> dict[str, float]:
         return {
-            "joint": float(choices[int(rng.integers(len(choices)))]),
+            part: float(choices[int(rng.integers(len(choices)))]),
             "gain": float(rng.uniform(*gain)),
             "switch_step": float(switch_step),
         }
@@ -79,22 +84,40 @@ def _check_range(label: str, lo: float, hi: float, low_bound: float = 0.0, close
         )
 
 
+def crippled_family(
+    make: Callable[[int], Any],
+    parts: int,
+    part: str,
+    chosen: Sequence[int],
+    gain: tuple[float, float],
+    switch: float,
+    horizon: int,
+    name: str,
+) -> EnvFamily:
+    """A family in which one part per task (uniform of ``chosen``, indices in ``0..parts - 1``; the attribute
+    ``part`` of :class:`~fastadapt.rl.cheetah_body.ChangedBody`) keeps a fraction of its gear (uniform in ``gain``;
+    ``(0, 0)``: disabled) from step ``round(switch * horizon)`` on (``switch = 0``: from the start). ``make(horizon)``
+    makes the environment; bad values are one-line errors naming ``data.options.<part>s``, ``gain``, ``switch``."""
+    require_mujoco()
+    if not chosen or any(not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < parts for j in chosen):
+        raise ConfigError(f"data.options.{part}s={list(chosen)!r} is invalid; give {part} indices in 0..{parts - 1}")
+    _check_range("gain", float(gain[0]), float(gain[1]), closed=True)
+    if not (isinstance(switch, (int, float)) and 0.0 <= switch < 1.0):
+        raise ConfigError(f"data.options.switch={switch!r} is invalid; give the fraction of the episode in [0, 1)")
+    sampler = crippled_sampler(tuple(chosen), (float(gain[0]), float(gain[1])), int(round(switch * horizon)), part)
+    return task_family(partial(make, horizon), sampler, horizon=horizon, name=name)
+
+
 def cheetah_crippled_family(
     joints: Sequence[int] = CHEETAH_JOINTS,
     gain: tuple[float, float] = CHEETAH_GAIN,
     switch: float = CHEETAH_SWITCH,
     horizon: int = CHEETAH_HORIZON,
 ) -> EnvFamily:
-    """HalfCheetah-v5 in which one joint per task (of ``joints``) keeps a fraction of its gain (uniform in ``gain``;
-    ``(0, 0)``: disabled) from step ``round(switch * horizon)`` on (``switch = 0``: from the start)."""
-    require_mujoco()
-    if not joints or any(not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < 6 for j in joints):
-        raise ConfigError(f"data.options.joints={list(joints)!r} is invalid; give actuator indices in 0..5")
-    _check_range("gain", float(gain[0]), float(gain[1]), closed=True)
-    if not (isinstance(switch, (int, float)) and 0.0 <= switch < 1.0):
-        raise ConfigError(f"data.options.switch={switch!r} is invalid; give the fraction of the episode in [0, 1)")
-    sampler = crippled_sampler(tuple(joints), (float(gain[0]), float(gain[1])), int(round(switch * horizon)))
-    return task_family(partial(_make, horizon), sampler, horizon=horizon, name="cheetah-crippled")
+    """HalfCheetah-v5 in which one joint per task (of ``joints``, actuator indices 0..5) keeps a fraction of its gain
+    (uniform in ``gain``; ``(0, 0)``: disabled) from step ``round(switch * horizon)`` on (``switch = 0``: from the
+    start)."""
+    return crippled_family(_make, 6, "joint", joints, gain, switch, horizon, "cheetah-crippled")
 
 
 def cheetah_body_family(
@@ -130,18 +153,41 @@ CRIPPLED_OPTIONS = {
 BODY_OPTIONS = {"mass": list(CHEETAH_MASS), "friction": list(CHEETAH_FRICTION), "horizon": CHEETAH_HORIZON}
 
 
+def crippled_options(
+    options: dict[str, Any], allowed: dict[str, Any], key: str, source: str
+) -> tuple[tuple[int, ...], tuple[float, float], float, int]:
+    """The parts (``data.options.<key>``), gain range, switch and horizon of a crippled family's ``options``, over
+    the defaults ``allowed`` (unknown keys and values of the wrong type: one-line errors)."""
+    opts = _options(_Options(options), allowed, source)
+    chosen = opts[key]
+    if not isinstance(chosen, (list, tuple)):
+        raise ConfigError(f"data.options.{key}={chosen!r} is invalid; give a list of indices")
+    return tuple(chosen), _pair(opts, "gain"), opts["switch"], _horizon(opts["horizon"])
+
+
+def _cheetah_crippled(options: dict[str, Any], source: str) -> EnvFamily:
+    return cheetah_crippled_family(*crippled_options(options, CRIPPLED_OPTIONS, "joints", source))
+
+
+def _cheetah_body(options: dict[str, Any], source: str) -> EnvFamily:
+    opts = _options(_Options(options), BODY_OPTIONS, source)
+    return cheetah_body_family(_pair(opts, "mass"), _pair(opts, "friction"), _horizon(opts["horizon"]))
+
+
+CHEETAH_FAMILIES: dict[str, Callable[[dict[str, Any], str], EnvFamily]] = {
+    "crippled": _cheetah_crippled,  # cheetah-crippled
+    "body": _cheetah_body,  # cheetah-body
+}
+
+
 def family_from_options(kind: str, options: dict[str, Any], source: str) -> EnvFamily:
-    """The ``crippled`` or ``body`` family from ``data.options`` (unknown keys and bad values: one-line errors)."""
-    if kind == "crippled":
-        opts = _options(_Options(options), CRIPPLED_OPTIONS, source)
-        joints = opts["joints"]
-        if not isinstance(joints, (list, tuple)):
-            raise ConfigError(f"data.options.joints={joints!r} is invalid; give a list of actuator indices in 0..5")
-        return cheetah_crippled_family(tuple(joints), _pair(opts, "gain"), opts["switch"], _horizon(opts["horizon"]))
-    if kind == "body":
-        opts = _options(_Options(options), BODY_OPTIONS, source)
-        return cheetah_body_family(_pair(opts, "mass"), _pair(opts, "friction"), _horizon(opts["horizon"]))
-    raise ConfigError(f"data.options.family={kind!r} is invalid; give 'crippled' or 'body'")
+    """The half-cheetah's ``crippled`` or ``body`` family from ``data.options`` (unknown keys and bad values:
+    one-line errors). The transitions' families, the ant's too: :func:`~fastadapt.rl.transitions.transition_family`.
+    """
+    build = CHEETAH_FAMILIES.get(kind) if isinstance(kind, str) else None
+    if build is None:
+        raise ConfigError(f"data.options.family={kind!r} is invalid; give 'crippled' or 'body'")
+    return build(options, source)
 
 
 class _Options:
@@ -155,12 +201,12 @@ def cheetah_crippled(request: Any) -> EnvTaskSource:
     """Registered as ``data.dataset = "cheetah-crippled"``: HalfCheetah-v5 with one joint disabled (or weakened)
     half-way through the episode (``data.options``: ``joints = [0..5]``, ``gain = [0, 0]``, ``switch = 0.5``,
     ``horizon = 200``)."""
-    family = family_from_options("crippled", dict(request.options), "cheetah-crippled")
+    family = _cheetah_crippled(dict(request.options), "cheetah-crippled")
     return EnvTaskSource(family, request.shots, request.queries, request.seed)
 
 
 def cheetah_body(request: Any) -> EnvTaskSource:
     """Registered as ``data.dataset = "cheetah-body"``: HalfCheetah-v5 with masses and friction scaled per task
     (``data.options``: ``mass = [0.5, 1.5]``, ``friction = [0.25, 1.5]``, ``horizon = 200``)."""
-    family = family_from_options("body", dict(request.options), "cheetah-body")
+    family = _cheetah_body(dict(request.options), "cheetah-body")
     return EnvTaskSource(family, request.shots, request.queries, request.seed)

@@ -1,23 +1,25 @@
-"""The body of Gymnasium's HalfCheetah-v5 changed per task (:class:`CheetahBody`): one joint's actuator gain, switched
-at a step of the episode, and the masses and friction. Imports Gymnasium's MuJoCo environments: reached only through
-:mod:`fastadapt.rl.cheetah`, which checks that they are installed first."""
+"""The body of a Gymnasium MuJoCo locomotion environment changed per task (:class:`ChangedBody`): one part's actuator
+gains (a half-cheetah's joint, an ant's leg), switched at a step of the episode, and the masses and friction. Imports
+Gymnasium's MuJoCo environments: reached only through :mod:`fastadapt.rl.cheetah` and :mod:`fastadapt.rl.ant`, which
+check that they are installed first."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium
 import numpy as np
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
-# the task's attributes on env.unwrapped and their defaults (the unchanged cheetah)
+# the task's attributes on env.unwrapped and their defaults (the unchanged body), besides the part (below)
 BODY_DEFAULTS = {
-    "joint": -1.0,  # index of the actuator whose gain changes (0..5: bthigh bshin bfoot fthigh fshin ffoot); -1: none
-    "gain": 1.0,  # the fraction of its gear the joint keeps after the switch (0: disabled)
+    "gain": 1.0,  # the fraction of its gear the part's actuators keep after the switch (0: disabled)
     "switch_step": 0.0,  # the step of the episode at which the gain changes (0: from the first step)
     "mass_scale": 1.0,  # every body's mass and inertia times this
     "friction_scale": 1.0,  # every geom's sliding friction times this
 }
+NO_PART = -1.0  # the part attribute's default: no part changes
 
 
 def set_body(model: Any, defaults: dict[str, np.ndarray], mass_scale: float, friction_scale: float) -> None:
@@ -27,22 +29,27 @@ def set_body(model: Any, defaults: dict[str, np.ndarray], mass_scale: float, fri
     model.geom_friction[:, 0] = defaults["friction"] * friction_scale
 
 
-class CheetahBody(gymnasium.Wrapper):
-    """HalfCheetah-v5 (observation [17], action [6] in [-1, 1], reward forward velocity - 0.1 |a|^2) whose body a
-    task changes. The task's attributes (:data:`BODY_DEFAULTS`) are set on ``env.unwrapped`` (what
-    :meth:`fastadapt.rl.EnvFamily.make` does) before ``reset``; ``reset`` applies the masses and frictions and
-    restores every gear, and the step numbered ``switch_step`` (counted from the reset) first sets the gear of
-    actuator ``joint`` to ``gain`` times its default: the joint weakens or fails in the middle of the episode.
-    Edits ``model.actuator_gear``, ``model.body_mass`` / ``body_inertia`` and ``model.geom_friction`` of the
-    environment's own MuJoCo model; never renders.
+class ChangedBody(gymnasium.Wrapper):
+    """A MuJoCo environment whose body a task changes. ``parts[i]`` lists the actuator indices of part ``i``
+    (HalfCheetah: each joint alone; Ant: a leg's hip and ankle); ``part`` names the task's attribute that picks one
+    (``"joint"``, ``"leg"``; -1: none). The task's attributes (``part`` and :data:`BODY_DEFAULTS`) are set on
+    ``env.unwrapped`` (what :meth:`fastadapt.rl.EnvFamily.make` does) before ``reset``; ``reset`` applies the masses
+    and frictions and restores every gear, and the step numbered ``switch_step`` (counted from the reset) first sets
+    the gears of the chosen part's actuators to ``gain`` times their defaults: the part weakens or fails in the
+    middle of the episode. Edits ``model.actuator_gear``, ``model.body_mass`` / ``body_inertia`` and
+    ``model.geom_friction`` of the environment's own MuJoCo model; never renders.
     """
 
-    def __init__(self, env: Any | None = None) -> None:
-        super().__init__(env if env is not None else HalfCheetahEnv())
+    def __init__(self, env: Any, parts: Sequence[Sequence[int]] | None = None, part: str = "joint") -> None:
+        super().__init__(env)
         base = self.env.unwrapped
+        model = base.model
+        each = tuple((i,) for i in range(model.nu))
+        self.parts = each if parts is None else tuple(tuple(int(i) for i in p) for p in parts)
+        self.part = part
+        setattr(base, part, NO_PART)
         for name, value in BODY_DEFAULTS.items():
             setattr(base, name, value)
-        model = base.model
         self.defaults = {
             "gear": model.actuator_gear[:, 0].copy(),
             "mass": model.body_mass.copy(),
@@ -51,18 +58,18 @@ class CheetahBody(gymnasium.Wrapper):
         }
         self.steps_taken = 0
 
-    def _joint(self) -> int:
-        joint = int(round(self.env.unwrapped.joint))
-        if joint >= len(self.defaults["gear"]):
-            raise ValueError(
-                f"joint={joint} is out of range; HalfCheetah has actuators 0..{len(self.defaults['gear']) - 1}"
-            )
-        return joint
+    def actuators(self) -> tuple[int, ...]:
+        """The actuator indices of the task's part (none for -1); a ``ValueError`` for a part out of range."""
+        index = int(round(getattr(self.env.unwrapped, self.part)))
+        if index >= len(self.parts):
+            name = type(self.env.unwrapped).__name__
+            raise ValueError(f"{self.part}={index} is out of range; {name} has {self.part}s 0..{len(self.parts) - 1}")
+        return self.parts[index] if index >= 0 else ()
 
     def _switch(self) -> None:
-        base, joint = self.env.unwrapped, self._joint()
-        if joint >= 0:
-            base.model.actuator_gear[joint, 0] = self.defaults["gear"][joint] * float(base.gain)
+        base = self.env.unwrapped
+        for i in self.actuators():
+            base.model.actuator_gear[i, 0] = self.defaults["gear"][i] * float(base.gain)
 
     def reset(self, **kwargs: Any) -> tuple[Any, dict]:
         base = self.env.unwrapped
@@ -78,6 +85,11 @@ class CheetahBody(gymnasium.Wrapper):
         return self.env.step(action)
 
 
+def make_body(env: Any, horizon: int, parts: Sequence[Sequence[int]] | None = None, part: str = "joint") -> Any:
+    """``env`` as a :class:`ChangedBody` (``parts``, ``part``: as there) under a ``horizon``-step time limit."""
+    return gymnasium.wrappers.TimeLimit(ChangedBody(env, parts, part), max_episode_steps=horizon)
+
+
 def make_cheetah_body(horizon: int) -> Any:
-    """A fresh :class:`CheetahBody` under a ``horizon``-step time limit."""
-    return gymnasium.wrappers.TimeLimit(CheetahBody(), max_episode_steps=horizon)
+    """A fresh HalfCheetah-v5 as a :class:`ChangedBody` (a part: one joint) under a ``horizon``-step time limit."""
+    return make_body(HalfCheetahEnv(), horizon)

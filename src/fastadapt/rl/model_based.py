@@ -27,7 +27,8 @@ class OnlineDynamics:
     :class:`~fastadapt.rl.transitions.TransitionWindows`) that adapts on the transitions it sees while acting:
 
     * ``"meta"``: at every step, ``algorithm.adapt`` on the last ``window`` transitions, from the meta-learnt
-      weights (GrBAL's test-time rule: its predictor's ``"window"`` policy);
+      weights (GrBAL's test-time rule: its predictor's ``"window"`` policy; for ReBAL, the GRU reading them from
+      ``h = 0``);
     * ``"finetune"``: at every step, ``steps`` gradient steps from the current weights on the last ``window``
       transitions (online fine-tuning of a model trained on all tasks: the predictor's ``"continue"`` policy);
     * ``"fixed"``: the trained weights, never changed.

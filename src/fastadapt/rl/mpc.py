@@ -18,6 +18,12 @@ RewardFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 CHEETAH_VELOCITY = 8  # HalfCheetah-v5's observation: qpos[1:] (8 values), then qvel; qvel[0] is the forward velocity
 CHEETAH_CTRL_COST = 0.1  # HalfCheetah-v5's ctrl_cost_weight
+# Ant-v5's observation without contact forces (fastadapt.rl.ant): qpos[2:] (torso height, orientation quaternion, 8
+# joint angles: 13 values), then qvel (14 values): the torso's height is at 0, its forward velocity qvel[0] at 13
+ANT_HEIGHT, ANT_VELOCITY = 0, 13
+ANT_CTRL_COST = 0.5  # Ant-v5's ctrl_cost_weight
+ANT_HEALTHY_REWARD = 1.0  # Ant-v5's healthy_reward, paid while healthy
+ANT_HEALTHY_Z = (0.2, 1.0)  # Ant-v5's healthy_z_range: the torso's height while healthy
 PENDULUM = {"g": 10.0, "dt": 0.05, "max_speed": 8.0, "max_torque": 2.0}  # Pendulum-v1's constants
 
 
@@ -99,6 +105,51 @@ def cheetah_reward(states: Tensor, actions: Tensor, next_states: Tensor) -> Tens
     ``0.1 |a|^2`` (the environment uses the mean velocity over the step's 5 frames; this is the velocity at its
     end)."""
     return next_states[..., CHEETAH_VELOCITY] - CHEETAH_CTRL_COST * (actions * actions).sum(-1)
+
+
+def ant_reward(states: Tensor, actions: Tensor, next_states: Tensor) -> Tensor:
+    """Ant-v5's reward as a function of its observations (without contact forces: :mod:`fastadapt.rl.ant`)::
+
+        r = v_x(s') + 1[healthy(s')] - 0.5 |a|^2,     healthy: s' finite and 0.2 <= z(s') <= 1
+
+    ``v_x`` the torso's forward velocity after the step (the environment uses its displacement over the step's 5
+    frames divided by the step's 0.05 s; this is the velocity at the step's end), ``z`` the torso's height. Ant-v5's
+    contact cost (``5e-4 |clipped contact forces|^2``) is left out: the observation carries no contact forces.
+
+    Args:
+        states, next_states: ``[..., 27]`` observations; actions: ``[..., 8]``.
+
+    Returns:
+        ``[...]`` rewards.
+    """
+    z = next_states[..., ANT_HEIGHT]
+    healthy = torch.isfinite(next_states).all(-1) & (z >= ANT_HEALTHY_Z[0]) & (z <= ANT_HEALTHY_Z[1])
+    return (
+        next_states[..., ANT_VELOCITY]
+        + ANT_HEALTHY_REWARD * healthy.to(next_states.dtype)
+        - ANT_CTRL_COST * (actions * actions).sum(-1)
+    )
+
+
+# the planner's reward of each MuJoCo family, by the family's name (EnvFamily.name): see reward_for
+FAMILY_REWARDS: dict[str, RewardFn] = {
+    "cheetah-crippled": cheetah_reward,
+    "cheetah-body": cheetah_reward,
+    "ant-crippled": ant_reward,
+}
+
+
+def reward_for(family: object) -> RewardFn:
+    """The planner's reward (``reward_fn`` of :func:`plan` and :func:`fastadapt.rl.model_based.control_episode`) of a
+    task family, an :class:`~fastadapt.rl.EnvFamily` or its name (:data:`FAMILY_REWARDS`); a one-line error for a
+    family without one."""
+    name = family if isinstance(family, str) else getattr(family, "name", family)
+    reward = FAMILY_REWARDS.get(name) if isinstance(name, str) else None
+    if reward is None:
+        raise ConfigError(
+            f"no planner reward for the task family {name!r}; the families with one: {', '.join(FAMILY_REWARDS)}"
+        )
+    return reward
 
 
 def angle_normalize(x: Tensor) -> Tensor:

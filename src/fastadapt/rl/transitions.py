@@ -1,12 +1,13 @@
 """Transitions of a task family as regression tasks for dynamics models (GrBAL's meta-training data, Nagabandi et al.
 2019): :func:`collect` samples trajectories, :class:`Normalizer` maps ``(state, action) -> state change`` to and from
 the model's scale, :class:`TransitionWindows` serves windows of consecutive transitions (registered as
-``cheetah-transitions``)."""
+``cheetah-transitions``, for the half-cheetah and ant families)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -15,6 +16,8 @@ from torch import Tensor
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
 from fastadapt.data.sampler import _mix, fixed_episodes
+from fastadapt.rl.ant import ant_family_from_options
+from fastadapt.rl.cheetah import family_from_options
 from fastadapt.rl.envs import EnvFamily, EnvTaskSource
 from fastadapt.rl.rollout import rollout
 
@@ -139,14 +142,30 @@ class TransitionWindows:
 
 
 TRANSITION_OPTIONS = {"family": "crippled", "trajectories": 64, "action_std": 1.0}
+# data.options.family -> (the family's own options, source) -> the family; the planner's reward for it:
+# fastadapt.rl.mpc.reward_for(family)
+FAMILIES: dict[str, Callable[[dict[str, Any], str], EnvFamily]] = {
+    "crippled": partial(family_from_options, "crippled"),  # cheetah-crippled
+    "body": partial(family_from_options, "body"),  # cheetah-body
+    "ant-crippled": ant_family_from_options,  # ant-crippled
+}
+
+
+def transition_family(kind: str, options: dict[str, Any], source: str) -> EnvFamily:
+    """The family ``kind`` of :data:`FAMILIES` (``data.options.family``) from its own ``options`` (unknown keys and
+    bad values: one-line errors)."""
+    build = FAMILIES.get(kind) if isinstance(kind, str) else None
+    if build is None:
+        raise ConfigError(f"data.options.family={kind!r} is invalid; give one of {', '.join(map(repr, FAMILIES))}")
+    return build(options, source)
 
 
 def cheetah_transitions(request: Any) -> TransitionWindows:
-    """Registered as ``data.dataset = "cheetah-transitions"``: windows of random-action transitions of a half-cheetah
-    family (``data.options``: ``family = "crippled" | "body"``, ``trajectories = 64`` per part, ``action_std = 1.0``,
-    and the family's own options, e.g. ``joints``, ``gain``, ``switch``, ``horizon``)."""
-    from fastadapt.rl.cheetah import family_from_options
-
+    """Registered as ``data.dataset = "cheetah-transitions"``: windows of random-action transitions of a MuJoCo
+    family (``data.options``: ``family = "crippled" | "body" | "ant-crippled"``: the half-cheetah's or the ant's,
+    :data:`FAMILIES`; ``trajectories = 64`` per part, ``action_std = 1.0``, and the family's own
+    options, e.g. ``joints`` (``legs``), ``gain``, ``switch``, ``horizon``). The planner's reward for the family:
+    :func:`fastadapt.rl.mpc.reward_for`."""
     options = dict(request.options)
     own = {k: options.pop(k, v) for k, v in TRANSITION_OPTIONS.items()}
     trajectories, action_std = own["trajectories"], own["action_std"]
@@ -154,7 +173,7 @@ def cheetah_transitions(request: Any) -> TransitionWindows:
         raise ConfigError(f"data.options.trajectories={trajectories!r} is invalid; give an integer >= 1")
     if not isinstance(action_std, (int, float)) or isinstance(action_std, bool) or not action_std > 0:
         raise ConfigError(f"data.options.action_std={action_std!r} is invalid; give a standard deviation > 0")
-    family = family_from_options(str(own["family"]), options, "cheetah-transitions")
+    family = transition_family(str(own["family"]), options, "cheetah-transitions")
     normalizer = Normalizer.fit(collect(family, STATS_TRAJECTORIES, STATS_SEED, float(action_std)))
     seed = _mix(request.seed, PART_CODES.get(request.role, 3))
     data = collect(family, trajectories, seed, float(action_std))

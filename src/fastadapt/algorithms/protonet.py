@@ -178,6 +178,7 @@ class ProtoNet(nn.Module):
     variable_ways: ClassVar[bool] = True  # reads N from the support labels: variable-way episodes
     encodes_meta_batch: ClassVar[bool] = True  # meta_loss encodes every image of the meta-batch at once
     predicts_task_by_task: ClassVar[bool] = True  # predict encodes one task at a time (the memory estimate, preflight)
+    prefers_channels_last: ClassVar[bool] = True  # forward + one backward through the encoder: NHWC is faster on CPU
 
     def __init__(self, model: nn.Module, distance: str = "euclidean", scale: float = 10.0) -> None:
         super().__init__()

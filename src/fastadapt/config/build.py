@@ -30,6 +30,8 @@ from fastadapt.data.augment import augmented
 from fastadapt.data.domains.mixed import DEFAULT_DOMAINS, domain_request, domain_sizes
 from fastadapt.data.variable import VariableEpisodeSampler
 from fastadapt.nn.weights import load_pretrained
+from fastadapt.runtime.devices import resolve_device
+from fastadapt.runtime.layout import apply_memory_format, resolve_memory_format
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,9 @@ def build_algorithm(
     ``domain_sizes`` (a head per domain: MultiDomain) gets ``domain_sizes`` (:func:`train_domains`) likewise, one that
     takes ``domain_names`` the domains' names (:func:`config_domains`), and one that takes ``pretrained`` (weights of
     its own to load from elsewhere, e.g. URL's teachers) gets ``pretrained``.
+
+    The model's convolution weights take ``run.memory_format``'s layout
+    (:func:`fastadapt.runtime.layout.resolve_memory_format`: NHWC on a CPU under ProtoNets and Matching Networks).
     """
     if batch is None:
         sources = task_sources(cfg)
@@ -385,6 +390,9 @@ def build_algorithm(
             f"check the [algorithm] options"
         ) from None
     contract.check_algorithm(algo, cfg.algorithm)
+    if isinstance(getattr(algo, "model", None), nn.Module):  # run.memory_format: how, never what, it computes
+        fmt = resolve_memory_format(cfg.run.memory_format, algo, algo.model, resolve_device(cfg.run.device))
+        apply_memory_format(algo.model, fmt)
     return algo
 
 

@@ -14,6 +14,7 @@ from fastadapt.config import Config
 from fastadapt.config.preflight import estimate_cost, memory_budget, resolve_task_chunk
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.runtime.hardware import hardware_record
+from fastadapt.runtime.layout import model_memory_format
 from fastadapt.runtime.precision import resolve_precision
 
 
@@ -23,7 +24,8 @@ def resolve_auto(
     """``cfg`` with ``optim.task_chunk`` a number (:func:`fastadapt.config.preflight.resolve_task_chunk`: ``tasks``,
     this process's share of the meta-batch, against ``run.memory_budget``) and ``run.precision`` ``"fp32"`` or
     ``"bf16"`` (:func:`fastadapt.runtime.precision.resolve_precision` on ``device``), and, for the run's provenance,
-    ``{"resolved": {"optim.task_chunk": [asked, taken], "run.precision": [asked, taken], "memory_budget_bytes": ...,
+    ``{"resolved": {"optim.task_chunk": [asked, taken], "run.precision": [asked, taken], "run.memory_format": [asked,
+    taken] (as :func:`fastadapt.config.build.build_algorithm` laid the model out), "memory_budget_bytes": ...,
     "estimated_peak_bytes": ...}, "hardware": ...}`` (None where unknown; the machine by
     :func:`fastadapt.runtime.hardware.hardware_record`).
 
@@ -41,6 +43,7 @@ def resolve_auto(
     decided = {
         "optim.task_chunk": [cfg.optim.task_chunk, chunk],
         "run.precision": [cfg.run.precision, precision],
+        "run.memory_format": [cfg.run.memory_format, model_memory_format(model) if model is not None else "contiguous"],
         "memory_budget_bytes": memory_budget(cfg),
         "estimated_peak_bytes": None if found is None else found.peak_bytes,
     }

@@ -397,9 +397,14 @@ class Contender:
     accumulate: int = 0  # fastadapt: backward per chunk of this many tasks (proposal B); 0: one backward
     execution: str | None = None  # fastadapt: execution path (None: the library's default)
     precision: str = "fp32"  # fastadapt: "bf16" runs meta_loss under bf16 autocast (run.precision)
+    channels_last: bool = False  # fastadapt: NHWC convolution weights (run.memory_format = "channels_last")
 
     def build(self, workload: Workload, model: nn.Module) -> GradStep:
         if self.library == "fastadapt":
+            if self.channels_last:  # as build_algorithm lays a model out (fastadapt.runtime.layout)
+                from fastadapt.runtime.layout import apply_memory_format
+
+                apply_memory_format(model, "channels_last")
             return fastadapt_step(workload, model, self.accumulate, self.execution, self.precision)
         return {"learn2learn": learn2learn_step, "higher": higher_step, "torchopt": torchopt_step, "plain": plain_step}[
             self.library
@@ -407,7 +412,7 @@ class Contender:
 
 
 def parse_contender(spec: str) -> Contender:
-    """``library[+mallopt][+accumN][+exec=PATH][+bf16]``, e.g. ``fastadapt+mallopt+accum8``."""
+    """``library[+mallopt][+accumN][+exec=PATH][+bf16][+nhwc]``, e.g. ``fastadapt+mallopt+accum8``."""
     library, *opts = spec.split("+")
     if library not in LIBRARIES:
         raise ValueError(f"unknown contender {library!r}; choose from {', '.join(LIBRARIES)}")
@@ -421,6 +426,8 @@ def parse_contender(spec: str) -> Contender:
             c = replace(c, execution=opt[5:])
         elif opt == "bf16" and library == "fastadapt":
             c = replace(c, precision="bf16")
+        elif opt == "nhwc" and library == "fastadapt":
+            c = replace(c, channels_last=True)
         else:
             raise ValueError(f"unknown option {opt!r} in contender {spec!r}")
     return c

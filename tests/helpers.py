@@ -501,3 +501,25 @@ def signal_and_time(proc: subprocess.Popen, sig: int) -> float:
         proc.wait()
         raise AssertionError(f"still running 60 s after {signal.Signals(sig).name}") from None
     return time.monotonic() - t0
+
+
+def stream_run_config(out: Path, algorithm: dict):
+    """A 3-step training of ``algorithm`` (the ``[algorithm]`` table) on sinusoid streams (5 recent points, 3 next),
+    a 16-unit MLP, tested on 6 windows of 5 points, writing to ``out``: GrBAL's and ReBAL's loop tests."""
+    return fastadapt.config_from_dict(
+        {
+            "data": {
+                "target": "fastadapt.data.streams:sinusoid_stream",
+                "ways": 1,
+                "shots": 5,
+                "queries": 3,
+                "meta_batch": 4,
+                "options": {"length": 60, "phase_length": 20},
+            },
+            "model": {"name": "mlp", "layers": [16]},
+            "algorithm": algorithm,
+            "optim": {"steps": 3},
+            "eval": {"val_every": 0, "test_episodes": 6, "test_settings": [[1, 5]]},
+            "run": {"out": str(out), "progress": False, "threads": 1},
+        }
+    )

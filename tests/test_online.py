@@ -36,7 +36,7 @@ from fastadapt.eval.stream_metrics import (
 )
 from fastadapt.eval.streams import LossJump, OnlineRun, online, state_nbytes
 from fastadapt.nn import MLP, Conv4
-from helpers import assert_updates_refused, bad_updates, feed_window, labelled
+from helpers import assert_updates_refused, bad_updates, feed_window, labelled, stream_run_config
 
 WAYS, DIM = 3, 4
 
@@ -410,23 +410,7 @@ def test_grbal_predictor_keeps_the_trained_window():
 
 
 def test_grbal_trains_on_a_stream_source_through_the_common_loop_and_runs_online(tmp_path):
-    cfg = fastadapt.config_from_dict(
-        {
-            "data": {
-                "target": "fastadapt.data.streams:sinusoid_stream",
-                "ways": 1,
-                "shots": 5,
-                "queries": 3,
-                "meta_batch": 4,
-                "options": {"length": 60, "phase_length": 20},
-            },
-            "model": {"name": "mlp", "layers": [16]},
-            "algorithm": {"target": "fastadapt.algorithms.grbal:GrBAL", "inner_lr": 0.02},
-            "optim": {"steps": 3},
-            "eval": {"val_every": 0, "test_episodes": 6, "test_settings": [[1, 5]]},
-            "run": {"out": str(tmp_path / "grbal"), "progress": False, "threads": 1},
-        }
-    )
+    cfg = stream_run_config(tmp_path / "grbal", {"target": "fastadapt.algorithms.grbal:GrBAL", "inner_lr": 0.02})
     result = fastadapt.train(cfg)
     assert result.steps == 3 and math.isfinite(result.tests["5shot"].mean)
     run = fastadapt.load_run(tmp_path / "grbal")

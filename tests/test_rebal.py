@@ -21,7 +21,7 @@ from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.registry import ALGORITHMS
 from fastadapt.data.streams import SinusoidStream, StreamTasks
 from fastadapt.eval.streams import online
-from helpers import needs_package
+from helpers import needs_package, stream_run_config
 
 mujoco = needs_package("mujoco")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -244,23 +244,7 @@ def test_a_config_with_an_option_rebal_does_not_take_is_refused_in_one_line():
 
 
 def test_rebal_trains_on_a_stream_source_through_the_common_loop_and_runs_online(tmp_path):
-    cfg = fastadapt.config_from_dict(
-        {
-            "data": {
-                "target": "fastadapt.data.streams:sinusoid_stream",
-                "ways": 1,
-                "shots": 5,
-                "queries": 3,
-                "meta_batch": 4,
-                "options": {"length": 60, "phase_length": 20},
-            },
-            "model": {"name": "mlp", "layers": [16]},
-            "algorithm": {"name": "rebal", "hidden_size": 8},
-            "optim": {"steps": 3},
-            "eval": {"val_every": 0, "test_episodes": 6, "test_settings": [[1, 5]]},
-            "run": {"out": str(tmp_path / "rebal"), "progress": False, "threads": 1},
-        }
-    )
+    cfg = stream_run_config(tmp_path / "rebal", {"name": "rebal", "hidden_size": 8})
     result = fastadapt.train(cfg)
     assert result.steps == 3 and math.isfinite(result.tests["5shot"].mean)
     run = fastadapt.load_run(tmp_path / "rebal")

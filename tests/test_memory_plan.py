@@ -141,6 +141,38 @@ def test_protonet_evaluation_estimate_counts_one_episode_at_a_time():
     assert e.eval_bytes < 20 * one_episode / 2  # the old formula held every episode's activations
 
 
+def test_an_algorithm_that_frees_each_task_holds_one_task_whatever_the_chunk():
+    """iMAML (and Reptile) free a task's graph before the next: the step holds one task's query and support passes
+    and one task's backward buffers, the same for a chunk of 1, of 2 and the whole batch; Reptile runs no query pass,
+    and its support passes are ``inner_batch`` examples."""
+    batch = images(0, tasks=5, side=28, dtype=torch.float32)
+    model = conv4(side=28, hidden=8).float()
+    cfg = load_config("imaml-omniglot-5w1s", ["model.hidden=8", "data.meta_batch=5", "data.queries=3"])
+    steps = {preflight._estimate(cfg, batch, model, chunk).step_bytes for chunk in (0, 1, 2)}
+    e = preflight._estimate(cfg, batch, model, 0)
+    assert steps == {(e.activation_bytes + e.forward_bytes) * 5 * (3 + 1)}
+    reptile = load_config("reptile-omniglot-5w1s", ["model.hidden=8", "data.meta_batch=5", "data.shots=1"])
+    r = preflight._estimate(reptile, batch, model, 0)
+    assert r.step_bytes == (r.activation_bytes + r.forward_bytes) * 25  # inner_batch = 25, no query pass
+
+
+def test_a_single_forward_loss_is_measured_with_its_comparator():
+    """Relation Networks' step is their own forward on one task (the encoder's maps and the relation module's pairs,
+    which the model's forward does not make) times the tasks, more than the model's activations of the images."""
+    from fastadapt.algorithms.relation import RelationNet
+
+    batch = images(0, tasks=3, side=28, dtype=torch.float32)
+    algo = RelationNet(conv4(out=None, side=28, hidden=8).float())
+    shape = ["data.ways=3", "data.shots=2", "data.queries=2"]  # the batch's
+    cfg = load_config("relation-omniglot-5w1s", ["model.hidden=8", "data.meta_batch=3", *shape])
+    e = preflight._estimate(cfg, batch, algo.model, 0, algo)
+    one = preflight.forward_held_bytes(algo, batch)
+    pairs = 3 * 2 * 3 * (2 * 8) * 7 * 7 * 4  # [N*Q, N, 2C, 7, 7] float32: blocks 3 and 4 are not pooled
+    assert e.step_bytes == 3 * one
+    assert one > e.activation_bytes * 3 * (2 + 2) + pairs
+    assert preflight._estimate(cfg, batch, algo.model, 0).step_bytes < e.step_bytes  # the class alone: the model's
+
+
 # --- the estimate against the measured peak ------------------------------------------------------------------------
 
 CHILD = textwrap.dedent(
@@ -207,41 +239,41 @@ PRESETS = {  # every registered algorithm on images, on a small setting of a pre
     "reptile": ("reptile-omniglot-5w1s", ["data.ways=20"]),
     "imaml": ("imaml-omniglot-5w1s", LOOPED),
     "protonet": ("protonet-omniglot-5w5s", []),
-    "matching": ("matching-omniglot-5w5s", []),
+    "matching": ("matching-omniglot-5w5s", ["data.ways=20"]),  # 800 images a step, as LOOPED: about 700 MB
     "relation": ("relation-omniglot-5w1s", []),
-    "siamese": ("siamese-omniglot-20w1s", []),
+    "siamese": ("siamese-omniglot-20w1s", ["data.queries=9"]),  # 800 images a step (at 160, the 20-40 MB of a
+    # first step's one-off allocations moved the ratio from 0.54 to 0.82 between runs)
     "baseline": ("baseline-omniglot", []),
     "linear_probe": ("linear-probe-omniglot", []),
     "meta_lstm": ("meta-lstm-omniglot-5w1s", []),
     "mann": ("mann-omniglot", []),
 }
 OFF = {  # estimate / measured peak beyond +-25 % (measured 2026-12-07; strict: a fix must remove its entry)
-    "reptile": "3.06: Reptile's step keeps no graph of its task (its outer step is a surrogate in weight space), only "
-    "one inner mini-batch's at a time; the formula counts the task's images",
-    "imaml": "3.99: the estimate keeps all 4 tasks' graphs alive and adapts every evaluation episode at once; iMAML "
-    "back-propagates a task at a time (its implicit gradient) and evaluates episode by episode",
-    "matching": "2.01: an evaluation batch estimated at 401 MB (every episode's forward at once), measured 43 MB",
-    "relation": "0.63: the relation module's pairs (N x N*Q per task) are not activations of the encoder the estimate "
-    "measures",
-    "siamese": "0.61: the verification head's pairs are not activations of the encoder the estimate measures",
-    "meta_lstm": "0.31: the LSTM meta-learner's per-step states and its learner's unrolled steps are not in the "
-    "formula",
-    "mann": "the estimate (the controller's activations, 2 MB) is below the weights: the external memory and the "
-    "sequence of episodes are not in the formula (measured 609 MB)",
+    "mann": "the estimate (the controller's activations, 2 MB) is below the weights: measured 608 MB in a step and "
+    "the same in an evaluation batch without a graph, while what meta_loss's forward leaves alive is 20 MB: a "
+    "transient of the sequence core, not a graph, that none of the declared facts models",
 }
+
+
+REPEATS = 2  # processes per phase; the highest peak is kept
 
 
 def measure(preset: str, extra: list[str]) -> dict[str, float]:
     """The estimate (less the weights, held before) and the measured peak growth of a training step and of an
     evaluation batch, each in a fresh process (one process's allocator would carry the step's freed memory into the
-    evaluation); ``measured`` is the larger."""
-    found = {}
+    evaluation); ``measured`` is the larger. Each phase runs in ``REPEATS`` processes and keeps the highest peak: the
+    allocator's reuse of freed pages only ever lowers a process's peak (Reptile's evaluation peak ranged over 0.77-1.30
+    of the estimate from run to run in one process each)."""
+    found: dict[str, dict] = {}
     for phase in ("step", "eval"):
-        cmd = [sys.executable, "-c", CHILD, preset, *SMALL, *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PHASE": phase}
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-        assert out.returncode == 0, out.stderr[-2000:]
-        found[phase] = json.loads(out.stdout.strip().splitlines()[-1])
+        for _ in range(REPEATS):
+            cmd = [sys.executable, "-c", CHILD, preset, *SMALL, *extra]
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PHASE": phase}
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+            assert out.returncode == 0, out.stderr[-2000:]
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            if phase not in found or run["measured"] > found[phase]["measured"]:
+                found[phase] = run
     return found["step"] | {
         "measured_step": found["step"]["measured"],
         "measured_eval": found["eval"]["measured"],
@@ -262,6 +294,7 @@ def test_the_estimate_is_within_a_quarter_of_the_measured_peak(name):
     preset, extra = PRESETS[name]
     found = measure(preset, extra)
     ratio = found["estimate"] / found["measured"]
+    print(f"\n{name}: estimate / measured {ratio:.2f}", json.dumps(found))  # shown with pytest -s
     assert 0.75 <= ratio <= 1.25, found | {"ratio": ratio}
 
 

@@ -164,6 +164,8 @@ class IMAML(nn.Module):
 
     needs_head: ClassVar[bool] = True
     inner_graph: ClassVar[bool] = False  # its inner steps keep no graph for the outer backward (the memory estimate)
+    keeps_task_graphs: ClassVar[bool] = False  # a task's graph is freed before the next: one task held (the estimate)
+    predicts_task_by_task: ClassVar[bool] = True  # predict adapts one task at a time (the memory estimate, preflight)
 
     def __init__(
         self,

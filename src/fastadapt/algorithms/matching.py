@@ -255,6 +255,8 @@ class MatchingNet(nn.Module):
     needs_head: ClassVar[bool] = False
     variable_ways: ClassVar[bool] = True  # reads N from the support labels: variable-way episodes
     prefers_channels_last: ClassVar[bool] = True  # forward + one backward through the encoder: NHWC is faster on CPU
+    predicts_task_by_task: ClassVar[str] = "auto"  # predict encodes task by task where "auto" loops (preflight)
+    single_forward_loss: ClassVar[bool] = True  # meta_loss is one forward pass: preflight measures it on a probe task
 
     def __init__(
         self,
@@ -362,8 +364,7 @@ class MatchingNet(nn.Module):
         return MatchingState(g, F.one_hot(support_y.long(), ways).to(g.dtype))
 
     def attention(self, state: MatchingState, queries: Tensor) -> Tensor:
-        """``a(x_hat, x_i)``: query embeddings ``[T, Q, D]`` (``f'``) -> attention weights ``[T, Q, S]``, rows summing
-        to 1."""
+        """``a(x_hat, x_i)``: query embeddings ``[T, Q, D]`` (``f'``) -> weights ``[T, Q, S]``, rows summing to 1."""
         g = state.embeddings
         if self.normalize:
             queries = F.normalize(queries, dim=-1, eps=1e-12)
@@ -392,8 +393,7 @@ class MatchingNet(nn.Module):
         return MetaOutput(loss, batch_metrics(logp, batch.query_y, loss))
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> MatchingPredictor:
-        """One task: ``support_x [N*K, *x_shape]``, ``support_y [N*K]`` -> predictor ``query_x -> [NQ, N]``
-        log-probabilities.
+        """One task: ``support_x [N*K, *x]``, ``support_y [N*K]`` -> predictor ``query_x -> [NQ, N]`` log-probabilities.
 
         The state is the encoded support set; the module is not changed. Differentiable (the state
         keeps its graph); wrap in ``torch.no_grad()`` to evaluate.

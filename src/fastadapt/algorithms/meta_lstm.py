@@ -203,6 +203,8 @@ class MetaLSTM(nn.Module):
     """
 
     needs_head = True
+    inner_graph = False  # the learner's support passes run at detached weights: no graph of them (memory estimate)
+    unrolls_coordinatewise = True  # state_from / step: preflight measures one step's state per coordinate
 
     def __init__(
         self,

@@ -219,6 +219,7 @@ class RelationNet(nn.Module):
     variable_ways: ClassVar[bool] = True  # reads N from the support labels: variable-way episodes
     encodes_meta_batch: ClassVar[bool] = True  # meta_loss encodes every image of the meta-batch at once
     predicts_task_by_task: ClassVar[bool] = True  # predict encodes one task at a time (the memory estimate, preflight)
+    single_forward_loss: ClassVar[bool] = True  # meta_loss is one forward pass: preflight measures it on a probe task
 
     def __init__(
         self,

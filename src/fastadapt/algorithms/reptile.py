@@ -83,6 +83,8 @@ class Reptile(nn.Module):
 
     needs_head: ClassVar[bool] = True
     inner_graph: ClassVar[bool] = False  # its inner steps keep no graph for the outer backward (the memory estimate)
+    keeps_task_graphs: ClassVar[bool] = False  # a task's graph is freed before the next: one task held (the estimate)
+    step_encodes_queries: ClassVar[bool] = False  # training runs only support passes (of inner_batch examples)
 
     def __init__(
         self,

@@ -3,7 +3,9 @@
 The estimate is rough but stated (the formulas are on :func:`estimate_cost`, :func:`check_cost` and
 :func:`check_conversion`); it refuses the impossible (``data.meta_batch=200000``) and plans
 ``optim.task_chunk = "auto"`` (:func:`resolve_task_chunk`) against ``run.memory_budget``
-(:func:`memory_budget`); ``tests/test_memory_plan.py`` checks it against the measured peak.
+(:func:`memory_budget`); what each algorithm holds (the facts it declares, its own forward where that is all it holds,
+and why not a measured ``meta_loss`` + backward) is :mod:`fastadapt.config.memory_model`'s;
+``tests/test_memory_plan.py`` checks the estimate against the measured peak of every image algorithm's preset.
 """
 
 from __future__ import annotations
@@ -17,11 +19,21 @@ import torch
 from torch import nn
 
 from fastadapt.algorithms import inner
-from fastadapt.config import Config, algorithm_signature
+from fastadapt.config import Config
+from fastadapt.config.memory_model import (
+    forward_held_bytes,
+    inner_batch,
+    inner_steps,
+    keeps_task_graphs,
+    measure,
+    predicts_task_by_task,
+    resolve_class,
+    step_encodes_queries,
+    unroll_bytes,
+)
 from fastadapt.core import contract
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, FastAdaptError
-from fastadapt.core.registry import algorithm_class
 from fastadapt.runtime.devices import resolve_device
 
 BUDGET_SHARE = 0.5  # run.memory_budget = 0: this share of the memory available to the process (the rest: the data,
@@ -150,7 +162,8 @@ def resolve_task_chunk(
     cfg: Config, batch: Any, model: nn.Module, algorithm: Any = None, tasks: int | None = None
 ) -> int:
     """``optim.task_chunk`` as a number: itself when it is one; for ``"auto"``, :func:`plan_task_chunk` of the
-    estimate's bytes per task (:func:`estimate_cost` with a chunk of 1) over ``tasks`` (default
+    estimate's bytes per task (:func:`estimate_cost` with a chunk of 1; fixed bytes for an algorithm that frees each
+    task's graph before the next, ``keeps_task_graphs`` False) over ``tasks`` (default
     ``data.meta_batch``; one process's share under ``torchrun``) against :func:`memory_budget`, except that an
     algorithm computing its tasks one at a time (:func:`tasks_one_at_a_time`) takes chunks of 1 even when the whole
     batch fits (no slower, the least memory); 0 when the algorithm cannot be chunked (:func:`chunkable`;
@@ -159,17 +172,20 @@ def resolve_task_chunk(
     chunk = cfg.optim.task_chunk
     if chunk != "auto":
         return int(chunk)
-    try:
-        algorithm = algorithm if algorithm is not None else algorithm_class(cfg.algorithm)
-    except FastAdaptError:
+    algorithm = resolve_class(cfg, algorithm)
+    if algorithm is None or not chunkable(algorithm, model, batch):
         return 0
-    if not chunkable(algorithm, model, batch):
-        return 0
-    one = _estimate(cfg, batch, model, 1)
+    one = _estimate(cfg, batch, model, 1)  # the class's facts: an instance's one-task buffers are not per task
     if one is None:
         return 0
     tasks = cfg.data.meta_batch if tasks is None else tasks
-    chunk = plan_task_chunk(one.step_bytes, tasks, one.parameter_bytes, memory_budget(cfg))
+    # tasks whose graphs are freed one by one (keeps_task_graphs False) hold one task's bytes whatever the chunk
+    per_task, fixed = (
+        (one.step_bytes, one.parameter_bytes)
+        if keeps_task_graphs(algorithm)
+        else (0, one.parameter_bytes + one.step_bytes)
+    )
+    chunk = plan_task_chunk(per_task, tasks, fixed, memory_budget(cfg))
     return 1 if chunk == 0 and tasks > 1 and tasks_one_at_a_time(algorithm, batch) else chunk
 
 
@@ -185,101 +201,13 @@ def tasks_one_at_a_time(algorithm: Any, batch: TaskBatch) -> bool:
     return inner.resolve_execution(execution, batch.support_x) == "loop"
 
 
-def _tensor_bytes(out: Any) -> int:
-    if isinstance(out, torch.Tensor):
-        return out.numel() * out.element_size()
-    if isinstance(out, (list, tuple)):
-        return sum(_tensor_bytes(o) for o in out)
-    if isinstance(out, dict):
-        return sum(_tensor_bytes(o) for o in out.values())
-    return 0
-
-
-def activation_bytes(model: nn.Module, x: torch.Tensor, meta: bool = True) -> tuple[int, int]:
-    """Per example of ``x`` (a few examples), in bytes: ``x`` and every leaf module's output on it (what a
-    graph keeps), and the largest input + output of one leaf module (what a forward without a graph
-    holds at once). Eval mode, no graph.
-
-    ``meta``: run on meta tensors (shapes only: no memory, no arithmetic; the model's weights are
-    left alone); else a real forward pass.
-    """
-    total, peak = 0, 0
-
-    def hook(module: nn.Module, inputs: Any, output: Any) -> None:
-        nonlocal total, peak
-        out = _tensor_bytes(output)
-        total += out
-        peak = max(peak, out + _tensor_bytes(inputs))
-
-    leaves = [m for m in model.modules() if next(m.children(), None) is None]
-    handles = [m.register_forward_hook(hook) for m in leaves]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if meta:
-                params = {k: torch.empty_like(v, device="meta") for k, v in model.named_parameters()}
-                buffers = {k: torch.empty_like(v, device="meta") for k, v in model.named_buffers()}
-                torch.func.functional_call(model, (params, buffers), (x.to("meta"),))
-            else:
-                model(x)
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    n = max(len(x), 1)
-    return math.ceil((total + _tensor_bytes(x)) / n), math.ceil(max(peak, _tensor_bytes(x)) / n)
-
-
-def _measure(model: nn.Module, x: torch.Tensor) -> tuple[int, int] | None:
-    """:func:`activation_bytes` on two examples, on meta tensors, else for real; None when the model cannot take
-    them."""
-    for meta in (True, False):
-        try:
-            return activation_bytes(model, x[:2], meta)
-        except FastAdaptError:
-            raise
-        except (
-            Exception
-        ):  # the model does what meta tensors cannot (.item(), data-dependent shapes), or cannot take x at all
-            continue
-    return None
-
-
-def _inner_steps(cfg: Config, algorithm: Any = None) -> tuple[int, int, int]:
-    """``(k, k_eval, k_graph)``: the algorithm's inner steps in training and at evaluation (0 when it has none), and
-    those whose graph the outer backward pass differentiates (``k`` for second order; 0 with ``first_order``, or for
-    an algorithm whose ``inner_graph`` is False: first-order MAML, Reptile, iMAML)."""
-    try:
-        params = algorithm_signature(cfg.algorithm)
-        algorithm = algorithm if algorithm is not None else algorithm_class(cfg.algorithm)
-    except (FastAdaptError, TypeError, ValueError):
-        params = {}
-    opts = cfg.algorithm_options
-
-    def option(name: str) -> Any:
-        if name in opts:
-            return opts[name]
-        p = params.get(name)
-        return None if p is None or p.default is p.empty else p.default
-
-    k = option("inner_steps")
-    k = int(k) if isinstance(k, int) and not isinstance(k, bool) and k > 0 else 0
-    k_eval = option("inner_steps_eval")
-    k_eval = int(k_eval) if isinstance(k_eval, int) and not isinstance(k_eval, bool) and k_eval >= 0 else k
-    second = not option("first_order") and getattr(algorithm, "inner_graph", True)
-    if algorithm is not None and not isinstance(algorithm, type):  # an instance: what it is set to
-        second = second and not getattr(algorithm, "first_order", False)
-    k_graph = k if second else 0
-    return k, k_eval, min(k_graph, 1) if option("checkpoint_inner") else k_graph  # recomputed: one step's graph
-
-
 def estimate_cost(cfg: Config, batch: Any, model: nn.Module, algorithm: Any = None) -> CostEstimate | None:
     """The estimate for ``cfg``, its first training task ``batch`` and its ``model`` (``algorithm``: the algorithm, a
     class or an instance; default the config's class); None when the model cannot run on two of the task's examples
     (the model check then says why).
 
-    Activations, per example (:func:`activation_bytes`, on two examples of the first training task)::
+    Activations, per example (:func:`~fastadapt.config.memory_model.activation_bytes`, on two examples of the first
+    training task)::
 
         a = input bytes + sum over leaf modules of output bytes          (what autograd keeps for backward)
         f = max over leaf modules of (input bytes + output bytes)       (what a forward without a graph holds)
@@ -287,19 +215,28 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module, algorithm: Any = No
     A training step (``k`` = ``algorithm.inner_steps`` of a gradient-based algorithm, else 0; ``k_graph`` = ``k``
     for a second-order inner loop, whose every support pass keeps its forward and its backward's graph, ``2a``; 0 for
     first order, Reptile and iMAML, 1 with ``checkpoint_inner``; the query set and one support pass keep ``a``, and
-    the backward pass frees each activation as its gradient is made)::
+    the backward pass frees each activation as its gradient is made; the facts are the algorithm's class attributes,
+    :mod:`fastadapt.config.memory_model`)::
 
         images per step = meta_batch * ways * (shots + queries)
-        step bytes      = a * alive * ways * (queries + shots * (1 + 2 * k_graph)) [+ f * ways * (shots + queries)]
+        per task        = a * (Q + S * (1 + 2 * k_graph))         Q = ways * queries (0: step_encodes_queries False)
+                                                                 S = ways * shots, or the option inner_batch
+                        = h                                      single_forward_loss: measured (below)
+        step bytes      = alive * per task [+ f * (Q + S)]
 
-    The bracket counts an algorithm (an instance) whose tasks run in a loop (:func:`tasks_one_at_a_time`): its
-    backward pass holds one task's gradient buffers beside the graphs (measured: MAML, first-order MAML, Meta-SGD,
-    ProtoMAML and ALFA on Conv4-64 20-way 1-shot peak at 1.4-1.55x the bracket-less estimate; a batched encoder's
-    backward reuses the activations it frees, ProtoNets' peak is the estimate's 0.98x).
+    The bracket counts an algorithm whose step holds one task at a time, an instance whose tasks run in a loop
+    (:func:`tasks_one_at_a_time`) or one that frees each task's graph before the next (``keeps_task_graphs`` False:
+    Reptile, iMAML): its backward passes hold one task's gradient buffers beside the graphs (measured: MAML,
+    first-order MAML, Meta-SGD, ProtoMAML and ALFA on Conv4-64 20-way 1-shot peak at 1.4-1.55x the bracket-less
+    estimate; a batched encoder's backward reuses the activations it frees, ProtoNets' peak is the estimate's 0.98x).
 
-    where ``alive`` is the number of tasks whose graph is alive at once: ``optim.task_chunk`` (``"auto"`` resolved by
-    :func:`resolve_task_chunk`) when it is between 1 and ``meta_batch`` (the loop back-propagates chunk by chunk),
-    else ``meta_batch``.
+    where ``alive`` is the number of tasks whose graph is alive at once: 1 when the algorithm does not keep its tasks'
+    graphs; else ``optim.task_chunk`` (``"auto"`` resolved by :func:`resolve_task_chunk`) when it is between 1 and
+    ``meta_batch`` (the loop back-propagates chunk by chunk), else ``meta_batch``. ``h``, for an algorithm (an
+    instance) whose ``meta_loss`` is one forward pass (``single_forward_loss``: Matching, Relation and siamese
+    networks), is that forward on the batch's first task without a graph, every distinct tensor its leaf modules take
+    or give (:func:`~fastadapt.config.memory_model.forward_held_bytes`: the comparators' pairs and the feature maps
+    they compare, which the model's own forward does not make).
 
     An evaluation batch (``k_eval`` = ``algorithm.inner_steps_eval``, else ``k``; adapting with gradients,
     ``k_eval > 0`` or ``eval.finetune``, keeps the support set's graph for one step at a time, ``s = 2a``,
@@ -309,8 +246,9 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module, algorithm: Any = No
         eval bytes            = eval.batch * test_ways * (test_shots * s + test_queries * f)
 
     An algorithm whose ``predict`` encodes one task at a time (``predicts_task_by_task``: ProtoNets, Relation
-    Networks, siamese networks; or, given as an instance, one whose tasks run in a loop: the gradient-based ones on
-    images on the CPU) holds the batch's images and one episode's activations::
+    Networks, siamese networks, iMAML, Matching Networks on images on the CPU; or, given as an instance, one whose
+    tasks run in a loop: the gradient-based ones on images on the CPU) holds the batch's images and one episode's
+    activations::
 
         eval bytes            = eval.batch * test_ways * (test_shots + test_queries) * input bytes
                                 + test_ways * (test_shots * s + test_queries * f)
@@ -320,21 +258,19 @@ def estimate_cost(cfg: Config, batch: Any, model: nn.Module, algorithm: Any = No
 
 def _estimate(cfg: Config, batch: Any, model: nn.Module, chunk: int, algorithm: Any = None) -> CostEstimate | None:
     """:func:`estimate_cost` with ``optim.task_chunk`` resolved to ``chunk``."""
-    measured = _measure(model, batch.support_x[0])
+    measured = measure(model, batch.support_x[0])
     if measured is None:
         return None
     a, a_peak = measured
     d, e = cfg.data, cfg.eval
     regression = batch.query_y.is_floating_point()
     ways = 1 if regression else d.ways
-    k, k_eval, k_graph = _inner_steps(cfg, algorithm)
+    k, k_eval, k_graph = inner_steps(cfg, algorithm)
     settings = e.test_settings or ((cfg.test_ways, cfg.test_shots),)
     eval_shapes = [(1 if regression else w, s, cfg.test_queries) for w, s in settings]
     per_episode = max(w * (s + q) for w, s, q in eval_shapes)
-    support = (
-        2 * a if k_eval > 0 or e.finetune != "none" else a_peak
-    )  # adapted with gradients, or a forward without a graph
-    episode_bytes = max(w * (s * support + q * a_peak) for w, s, q in eval_shapes)
+    adapted = 2 * a if k_eval > 0 or e.finetune != "none" else a_peak  # with gradients, or without a graph
+    episode_bytes = max(w * (s * adapted + q * a_peak) for w, s, q in eval_shapes)
     if _task_by_task(cfg, algorithm, batch):
         example = batch.support_x[0, 0]
         eval_bytes = e.batch * per_episode * example.numel() * example.element_size() + episode_bytes
@@ -343,9 +279,16 @@ def _estimate(cfg: Config, batch: Any, model: nn.Module, chunk: int, algorithm: 
     episodes = (e.val_episodes if e.val_every and d.val_part else 0) + e.test_episodes * len(settings)
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     forwards = d.meta_batch * ways * (d.shots * (k + 1) + d.queries)
-    alive = chunk if 0 < chunk < d.meta_batch else d.meta_batch  # tasks whose graph is alive at once
+    algorithm = resolve_class(cfg, algorithm)
+    kept = keeps_task_graphs(algorithm)
+    alive = 1 if not kept else chunk if 0 < chunk < d.meta_batch else d.meta_batch  # tasks whose graph is alive
+    queries = ways * d.queries if step_encodes_queries(algorithm) else 0
+    support = inner_batch(cfg, algorithm) or ways * d.shots  # examples of one support pass
+    held = forward_held_bytes(algorithm, batch)
+    per_task = held if held is not None else a * (queries + support * (1 + 2 * k_graph))
+    unrolled = unroll_bytes(algorithm, alive, graph=True) or 0  # a coordinate-wise optimiser's states
     looped = isinstance(batch, TaskBatch) and tasks_one_at_a_time(algorithm, batch)
-    transient = a_peak * ways * (d.shots + d.queries) if looped else 0  # one task's backward buffers
+    transient = a_peak * (queries + support) if looped or not kept else 0  # one task's backward buffers
     return CostEstimate(
         images_per_step=d.meta_batch * ways * (d.shots + d.queries),
         forwards_per_step=forwards,
@@ -353,22 +296,22 @@ def _estimate(cfg: Config, batch: Any, model: nn.Module, chunk: int, algorithm: 
         eval_images=episodes * per_episode,
         activation_bytes=a,
         forward_bytes=a_peak,
-        step_bytes=a * alive * ways * (d.queries + d.shots * (1 + 2 * k_graph)) + transient,
-        eval_bytes=eval_bytes,
+        step_bytes=alive * per_task + transient + unrolled,
+        eval_bytes=eval_bytes + (unroll_bytes(algorithm, e.batch, graph=False) or 0),
         parameter_bytes=4 * params,
     )
 
 
 def _task_by_task(cfg: Config, algorithm: Any, batch: Any) -> bool:
-    """Whether the algorithm's ``predict`` encodes one task at a time (its ``predicts_task_by_task``, or an instance
-    whose tasks run in a loop, :func:`tasks_one_at_a_time`), without test-time fine-tuning or selection."""
+    """Whether the algorithm's ``predict`` encodes one task at a time (its ``predicts_task_by_task``,
+    :func:`~fastadapt.config.memory_model.predicts_task_by_task`, or an instance whose tasks run in a loop,
+    :func:`tasks_one_at_a_time`), without test-time fine-tuning or selection."""
     if cfg.eval.finetune != "none" or cfg.eval.select != "fixed":
         return False
-    try:
-        algorithm = algorithm if algorithm is not None else algorithm_class(cfg.algorithm)
-    except FastAdaptError:
+    algorithm = resolve_class(cfg, algorithm)
+    if algorithm is None:
         return False
-    return bool(getattr(algorithm, "predicts_task_by_task", False)) or (
+    return predicts_task_by_task(algorithm, batch) or (
         isinstance(batch, TaskBatch) and tasks_one_at_a_time(algorithm, batch)
     )
 

@@ -56,7 +56,7 @@ def mann_session1() -> list[str]:
 TABLES: dict[str, Callable[[], list[str]]] = {
     "cross-domain": lambda: tables.cross_domain_table(read("cross_domain", "results.json")),  # cross_domain.toml
     "lake": lambda: tables.lake_table(read("cross_domain", "results.json")),  # cross_domain.toml
-    "lake-ablation": lambda: tables.lake_ablation_table(read("lake", "results.json")),  # lake.toml
+    "lake-ablation": lambda: tables.lake_ablation_table(read("lake", "results.json"), root=ROOT),  # lake.toml
     "domains": domains_table,  # domains.toml (+ domains_adapt.toml when it has run)
     "sinusoid": lambda: tables.sinusoid_table(read("sinusoid", "results.json")),  # sinusoid.toml
     "omniglot": lambda: tables.omniglot_table(sorted(map(str, (RESULTS / "runs").iterdir()))),  # fastadapt train/eval

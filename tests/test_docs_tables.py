@@ -3,11 +3,14 @@ library's report functions; the table functions' own rules."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from fastadapt.eval.stats import mean_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "docs_tables.py"
@@ -133,6 +136,23 @@ def test_lake_ablation_table_gives_errors_leaves_out_rows_not_run_and_empties_co
         "not run": {"steps": 0, "train_minutes": 0, "evals": {}},
     }
     header, _, row, people, bpl = lake_ablation_table({"cells": cells})
-    assert header.count("|") == row.count("|") == people.count("|") == 7
-    assert row == "| run | 3.75 ± 1.25 % |  |  |  | 900 steps, 60 min |"
+    assert header.count("|") == row.count("|") == people.count("|") == 8
+    assert row == "| run | 3.75 ± 1.25 % |  |  |  | 900 steps, 60 min | - / - |"
     assert "people" in people and "4.5 %" in people and "3.3 %" in bpl
+
+
+def test_lake_ablation_table_pairs_each_row_with_the_first_on_the_same_episodes(tmp_path):
+    from fastadapt.report.tables import lake_ablation_table
+
+    first, second = [1, 1, 0, 1], [1, 0, 0, 0]  # per-episode accuracy on the same four official runs
+    cells = {}
+    for name, scores in (("first", first), ("second", second)):
+        (tmp_path / name / "evals").mkdir(parents=True)
+        (tmp_path / name / "evals" / "off.json").write_text(json.dumps({"scores": scores}))
+        mean = sum(scores) / 4
+        ev = {"metric": "acc", "mean": mean, "ci": 0.1, "episodes": 4, "record": "off.json"}
+        cells[name] = {"run": name, "steps": 1, "train_minutes": 1, "evals": {"official": ev}}
+    rows = lake_ablation_table({"cells": cells}, root=tmp_path)
+    assert rows[2].endswith("| - / - |")  # the first row is the reference
+    m, h = mean_ci([a - b for a, b in zip(first, second)])  # its accuracy minus the second's: the second's extra error
+    assert rows[3].endswith(f"| {100 * m:+.2f} ± {100 * h:.2f} / - |") and m == 0.5

@@ -307,14 +307,19 @@ LAKE_COLUMNS = {  # studies/lake.toml's evaluations, in the table's order
 }
 
 
-def lake_ablation_table(results: Mapping[str, Any]) -> list[str]:
+def lake_ablation_table(results: Mapping[str, Any], root: Path | None = None) -> list[str]:
     """Lake's challenge ablation (``studies/lake.toml``): each row's error (100 - accuracy, with the 95 % CI; the
     official runs' CI over the 20 runs) in every column, with the steps and minutes it trained; rows not yet run
-    are left out, columns that do not apply are empty."""
+    are left out, columns that do not apply are empty. With ``root`` (the folder the cells' run paths are relative
+    to), the last column is each row's error minus the first row's, paired episode by episode on the same official
+    runs and the same 1000 random-drawer trials (each eval's per-episode scores, ``evals/<record>``), with its 95 %
+    CI."""
     lines = [
-        "| row | " + " | ".join(f"error: {t}" for t in LAKE_COLUMNS.values()) + " | training |",
-        "|---" * (len(LAKE_COLUMNS) + 2) + "|",
+        "| row | " + " | ".join(f"error: {t}" for t in LAKE_COLUMNS.values()) + " | training | paired difference in "
+        "error vs the first row: official / random-drawer |",
+        "|---" * (len(LAKE_COLUMNS) + 3) + "|",
     ]
+    first: dict[str, np.ndarray] = {}
     for label, cell in results["cells"].items():
         evals = cell.get("evals", {})
         if not any("mean" in e for e in evals.values()):
@@ -324,12 +329,29 @@ def lake_ablation_table(results: Mapping[str, Any]) -> list[str]:
             e = evals.get(name, {})
             cols.append(f"{100 * (1 - e['mean']):.2f} ± {100 * e['ci']:.2f} %" if "mean" in e else "")
         training = f"{cell['steps']} steps, {cell['train_minutes']:.0f} min"
-        lines.append(f"| {label} | " + " | ".join(cols) + f" | {training} |")
+        diffs = []
+        for name in ("official", "random-drawer"):
+            scores = _eval_scores(root, cell, evals.get(name, {}))
+            ref = first.setdefault(name, scores) if scores is not None else None
+            if scores is None or ref is None or ref is scores or len(ref) != len(scores):
+                diffs.append("-")
+                continue
+            m, h = mean_ci(ref - scores)  # error difference = accuracy difference of the first row minus this one
+            diffs.append(f"{round(100 * m, 2) + 0.0:+.2f} ± {100 * h:.2f}")  # + 0.0: no "-0.00"
+        lines.append(f"| {label} | " + " | ".join(cols) + f" | {training} | {' / '.join(diffs)} |")
     lines += [
-        "| people (Lake et al. 2015) | 4.5 % | | | | |",
-        "| Bayesian Program Learning (Lake et al. 2015) | 3.3 % | | | | |",
+        "| people (Lake et al. 2015) | 4.5 % | | | | | |",
+        "| Bayesian Program Learning (Lake et al. 2015) | 3.3 % | | | | | |",
     ]
     return lines
+
+
+def _eval_scores(root: Path | None, cell: Mapping[str, Any], ev: Mapping[str, Any]) -> np.ndarray | None:
+    """The per-episode scores of one of a cell's evaluations (``<root>/<run>/evals/<record>``), None if absent."""
+    if root is None or "record" not in ev or "run" not in cell:
+        return None
+    path = Path(root) / cell["run"] / "evals" / ev["record"]
+    return np.array(json.loads(path.read_text())["scores"]) if path.is_file() else None
 
 
 def cross_domain_tables(results: Mapping[str, Any]) -> list[str]:

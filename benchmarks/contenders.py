@@ -136,10 +136,17 @@ def keep_freed_memory() -> bool:
 
 
 def fastadapt_step(
-    workload: Workload, model: nn.Module, accumulate: int = 0, execution: str | None = None, precision: str = "fp32"
+    workload: Workload,
+    model: nn.Module,
+    accumulate: int = 0,
+    execution: str | None = None,
+    precision: str = "fp32",
+    planned: bool = False,
 ) -> GradStep:
     """fastadapt's step: ``meta_loss(batch).loss.backward()``; with ``accumulate=N``, one backward per chunk of N tasks;
-    with ``precision="bf16"``, ``meta_loss`` under bf16 autocast as ``run.precision = "bf16"`` runs it."""
+    with ``precision="bf16"``, ``meta_loss`` under bf16 autocast as ``run.precision = "bf16"`` runs it; with
+    ``planned``, the library's step function ``fastadapt.training.accumulate.meta_gradient(algo, batch)`` (its default
+    ``task_chunk="auto"``: a task at a time where the tasks run in a loop), what the trainer calls."""
     from fastadapt.algorithms.maml import FOMAML, MAML
     from fastadapt.algorithms.protonet import ProtoNet
     from fastadapt.algorithms.reptile import Reptile
@@ -160,6 +167,11 @@ def fastadapt_step(
 
     def step(batch: TaskBatch) -> None:
         algo.zero_grad(set_to_none=True)
+        if planned:
+            from fastadapt.training.accumulate import meta_gradient
+
+            meta_gradient(algo, batch, around=lambda: autocast(precision))
+            return
         t = batch.num_tasks
         if not accumulate or accumulate >= t:
             with autocast(precision):
@@ -398,6 +410,7 @@ class Contender:
     execution: str | None = None  # fastadapt: execution path (None: the library's default)
     precision: str = "fp32"  # fastadapt: "bf16" runs meta_loss under bf16 autocast (run.precision)
     channels_last: bool = False  # fastadapt: NHWC convolution weights (run.memory_format = "channels_last")
+    planned: bool = False  # fastadapt: the library's step function meta_gradient (task_chunk "auto")
 
     def build(self, workload: Workload, model: nn.Module) -> GradStep:
         if self.library == "fastadapt":
@@ -405,14 +418,14 @@ class Contender:
                 from fastadapt.runtime.layout import apply_memory_format
 
                 apply_memory_format(model, "channels_last")
-            return fastadapt_step(workload, model, self.accumulate, self.execution, self.precision)
+            return fastadapt_step(workload, model, self.accumulate, self.execution, self.precision, self.planned)
         return {"learn2learn": learn2learn_step, "higher": higher_step, "torchopt": torchopt_step, "plain": plain_step}[
             self.library
         ](workload, model)
 
 
 def parse_contender(spec: str) -> Contender:
-    """``library[+mallopt][+accumN][+exec=PATH][+bf16][+nhwc]``, e.g. ``fastadapt+mallopt+accum8``."""
+    """``library[+mallopt][+accumN][+exec=PATH][+bf16][+nhwc][+step]``, e.g. ``fastadapt+mallopt+accum8``."""
     library, *opts = spec.split("+")
     if library not in LIBRARIES:
         raise ValueError(f"unknown contender {library!r}; choose from {', '.join(LIBRARIES)}")
@@ -428,6 +441,8 @@ def parse_contender(spec: str) -> Contender:
             c = replace(c, precision="bf16")
         elif opt == "nhwc" and library == "fastadapt":
             c = replace(c, channels_last=True)
+        elif opt == "step" and library == "fastadapt":
+            c = replace(c, planned=True)
         else:
             raise ValueError(f"unknown option {opt!r} in contender {spec!r}")
     return c

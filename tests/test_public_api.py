@@ -59,6 +59,7 @@ PUBLIC = {
     "register_model",
     "register_task_source",
     "train",
+    "meta_gradient",
     "tune",
     "export_run",
     "load_pretrained",

@@ -67,7 +67,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "fastadapt.nn": ("load_pretrained", "load_safetensors", "save_safetensors"),
     "fastadapt.runs": ("Run", "RunFolder", "export_run", "load_run"),
     "fastadapt.runtime": ("keep_freed_memory",),
-    "fastadapt.training": ("Callback", "TrainResult", "Trainer", "train"),
+    "fastadapt.training": ("Callback", "TrainResult", "Trainer", "meta_gradient", "train"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -140,4 +140,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the names of _EXPORTS, impor
     from fastadapt.nn import load_pretrained, load_safetensors, save_safetensors
     from fastadapt.runs import Run, RunFolder, export_run, load_run
     from fastadapt.runtime import keep_freed_memory
-    from fastadapt.training import Callback, Trainer, TrainResult, train
+    from fastadapt.training import Callback, Trainer, TrainResult, meta_gradient, train

@@ -82,3 +82,10 @@ def test_the_trainer_records_the_layout_it_took_and_resumes_in_it(tmp_path):
     resumed = load_config("protonet-quick", [*TINY, f"run.out={tmp_path}", "run.device=cpu", "optim.steps=6"])
     assert train(resumed).steps == 6  # resumes from the NHWC checkpoint
     assert saved  # the checkpoint was there to resume from
+
+
+def test_the_config_check_accepts_exactly_the_layouts_the_runtime_knows():
+    from fastadapt.runtime.layout import MEMORY_FORMATS
+
+    for choice in MEMORY_FORMATS:
+        assert load_config("protonet-quick", [f"run.memory_format={choice}"]).run.memory_format == choice

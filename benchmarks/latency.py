@@ -17,8 +17,7 @@ each timed on its own (p50/p95/p99 in ms). By default glibc keeps freed memory f
 its activations back page by page, which costs ProtoNets about 2 ms of its 5).
 
 Modes, where they apply: ``eager`` (the model as ``build_algorithm`` lays it out, as the app and ``fastadapt adapt``
-load it: ``run.memory_format = "auto"``, NHWC weights for ProtoNets and Matching Networks on the CPU); ``nchw`` (the
-weights NCHW, the layout before that default); ``inference`` (``torch.inference_mode`` around the call for the
+load it: ``run.memory_format``, NCHW by default); ``nchw`` (the weights NCHW whatever the config chose); ``inference`` (``torch.inference_mode`` around the call for the
 learners whose adaptation takes no gradient, around the prediction only for the others);
 ``channels_last`` (the model's weights and the call's inputs in NHWC, oneDNN's preferred layout; the
 inputs' conversion is timed); ``torchscript`` (ProtoNet: its encoder traced once, outside the timing); ``compile`` (ProtoNet:
@@ -114,7 +113,7 @@ def variant(algo: torch.nn.Module, name: str, mode: str, example: torch.Tensor) 
     """The algorithm for a mode (None where the mode does not apply)."""
     if mode in ("eager", "inference"):
         return algo
-    if mode == "nchw":  # the weights NCHW whatever run.memory_format chose (the layout before issue 32)
+    if mode == "nchw":  # the weights NCHW whatever run.memory_format chose
         return copy.deepcopy(algo).to(memory_format=torch.contiguous_format)
     if mode == "channels_last":  # NHWC weights and inputs: oneDNN's preferred layout for these small convolutions
         return copy.deepcopy(algo).to(memory_format=torch.channels_last)

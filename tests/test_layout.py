@@ -63,23 +63,23 @@ def test_float64_meta_gradients_are_equal_in_both_layouts(algorithm):
 
 
 def test_build_algorithm_lays_the_model_out_as_run_memory_format_says():
-    protonet = build_algorithm(load_config("protonet-omniglot-5w1s", ["model.hidden=8", "run.device=cpu"]))
+    auto = ["model.hidden=8", "run.device=cpu", "run.memory_format=auto"]
+    protonet = build_algorithm(load_config("protonet-omniglot-5w1s", auto))
     assert model_memory_format(protonet.model) == "channels_last"
-    kept = build_algorithm(
-        load_config("protonet-omniglot-5w1s", ["model.hidden=8", "run.device=cpu", "run.memory_format=contiguous"])
-    )
-    assert model_memory_format(kept.model) == "contiguous"
-    maml = build_algorithm(load_config("maml-omniglot-5w1s", ["model.hidden=8", "run.device=cpu"]))
+    kept = build_algorithm(load_config("protonet-omniglot-5w1s", ["model.hidden=8", "run.device=cpu"]))
+    assert model_memory_format(kept.model) == "contiguous"  # the default
+    maml = build_algorithm(load_config("maml-omniglot-5w1s", auto))
     assert model_memory_format(maml.model) == "contiguous"
 
 
 def test_the_trainer_records_the_layout_it_took_and_resumes_in_it(tmp_path):
-    cfg = load_config("protonet-quick", [*TINY, f"run.out={tmp_path}", "run.device=cpu", "optim.steps=4"])
+    auto = ["run.device=cpu", "run.memory_format=auto"]
+    cfg = load_config("protonet-quick", [*TINY, f"run.out={tmp_path}", *auto, "optim.steps=4"])
     train(cfg)
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["provenance"]["resolved"]["run.memory_format"] == ["auto", "channels_last"]
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    resumed = load_config("protonet-quick", [*TINY, f"run.out={tmp_path}", "run.device=cpu", "optim.steps=6"])
+    resumed = load_config("protonet-quick", [*TINY, f"run.out={tmp_path}", *auto, "optim.steps=6"])
     assert train(resumed).steps == 6  # resumes from the NHWC checkpoint
     assert saved  # the checkpoint was there to resume from
 

@@ -336,7 +336,8 @@ def build_algorithm(
     its own to load from elsewhere, e.g. URL's teachers) gets ``pretrained``.
 
     The model's convolution weights take ``run.memory_format``'s layout
-    (:func:`fastadapt.runtime.layout.resolve_memory_format`: NHWC on a CPU under ProtoNets and Matching Networks).
+    (:func:`fastadapt.runtime.layout.resolve_memory_format`; default NCHW; ``"auto"``: NHWC on a CPU under ProtoNets
+    and Matching Networks).
     """
     if batch is None:
         sources = task_sources(cfg)

@@ -393,7 +393,8 @@ def build_algorithm(
     contract.check_algorithm(algo, cfg.algorithm)
     if isinstance(getattr(algo, "model", None), nn.Module):  # run.memory_format: how, never what, it computes
         fmt = resolve_memory_format(cfg.run.memory_format, algo, algo.model, resolve_device(cfg.run.device))
-        apply_memory_format(algo.model, fmt)
+        if fmt == "channels_last":  # NCHW is torch's own: a model given in another layout is left as it came
+            apply_memory_format(algo.model, fmt)
     return algo
 
 

@@ -217,10 +217,10 @@ class RunConfig:
     memory_budget: MegaBytes = 0.0  # megabytes a training step may hold, for optim.task_chunk = "auto" (0: half the
     # memory available to the process: the cgroup limit less its usage when one is set, else MemAvailable; a CUDA
     # device's free memory)
-    memory_format: str = "contiguous"  # layout of the convolution weights: "contiguous" (NCHW), "channels_last" (NHWC)
-    # or "auto": NHWC on a CPU under an algorithm that declares prefers_channels_last (ProtoNets, Matching Networks),
-    # NCHW elsewhere (fastadapt/runtime/layout.py). Not the default: NHWC is 1.5x faster for ProtoNets on the CPU,
-    # but oneDNN's NHWC BatchNorm is less exact in float32 (docs/PERFORMANCE.md: a 0.9 % gradient error)
+    memory_format: str = "contiguous"  # convolution weights' layout: "contiguous" (NCHW, as built), "channels_last"
+    # (NHWC) or "auto": NHWC on a CPU under an algorithm that declares prefers_channels_last (ProtoNets, Matching
+    # Networks), NCHW elsewhere (fastadapt/runtime/layout.py). Not the default: NHWC is 1.5x faster for ProtoNets on
+    # the CPU, but oneDNN's NHWC BatchNorm is less exact in float32 (docs/PERFORMANCE.md: a 0.9 % gradient error)
     compile: bool = False  # torch.compile the per-task function of MAML/FOMAML/Meta-SGD on the loop path
     # (fastadapt/algorithms/compiled.py; cold start logged as a "compile" row)
     keep_freed_memory: bool = True  # the fastadapt command only: glibc keeps freed memory for reuse (ProtoNets 1.47x

@@ -2,10 +2,12 @@
 default), ``"channels_last"`` (NHWC, oneDNN's preferred layout on the CPU) or ``"auto"``
 (:func:`resolve_memory_format`).
 
-The layout changes how the convolutions are computed, never what: the same values in another order in memory
-(float64 gradients equal to 1e-12, ``tests/test_layout.py``). Converting the weights is enough: a convolution whose
-weight is NHWC runs NHWC and gives NHWC outputs whatever the input's layout (``benchmarks/op_profile.py``: the
-batch converted as well gained nothing more).
+The layout changes how the network is computed, not what in exact arithmetic: the same values in another order in
+memory (float64 gradients equal to 1e-12, ``tests/test_layout.py``). In float32 it is not as exact: oneDNN's NHWC
+BatchNorm is about 100x less exact, and ProtoNets' meta-gradient differs 0.9 % from float64 in NHWC against
+0.0014 % in NCHW (docs/PERFORMANCE.md), which is why NCHW stays the default. Converting the weights is enough: a
+convolution whose weight is NHWC runs NHWC and gives NHWC outputs whatever the input's layout
+(``benchmarks/op_profile.py``: the batch converted as well gained nothing more).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def prefers_channels_last(algorithm: Any) -> bool:
     """The algorithm's (class or instance) declared ``prefers_channels_last`` (default False): its training step and
     its ``adapt`` / ``predict`` only run the network forward and back-propagate once through it, the computations
     NHWC speeds up on the CPU (docs/PERFORMANCE.md). A learner that differentiates through inner gradient steps
-    (MAML's second order) keeps NCHW: the double backward copies between layouts (workload (a) 6 % slower, measured)."""
+    (MAML's second order) keeps NCHW: the double backward copies between layouts (workload (a) 8 % slower, measured)."""
     return bool(getattr(algorithm, "prefers_channels_last", False))
 
 

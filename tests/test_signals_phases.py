@@ -71,7 +71,9 @@ def test_an_interrupted_cache_write_leaves_no_file_and_the_next_build_writes_it(
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_during_a_rendering_stops_the_command_within_5_s_and_caches_nothing(sig, tmp_path):
     cache = tmp_path / "cache"
-    args = ["sample", "protonet-quick", "data.dataset=glyphs", "data.ways=2", "data.shots=1", "--out", ""]
+    # at 84 px the rendering takes several seconds: at 28 px it could end (about 3 s) before the signal arrived
+    args = ["sample", "protonet-quick", "data.dataset=glyphs", "data.image_size=84", "data.ways=2", "data.shots=1"]
+    args += ["--out", ""]
     proc = start_command(args, tmp_path / "logs", FASTADAPT_CACHE=str(cache))
     stderr = tmp_path / "logs" / "stderr"  # the bar shows after a second of rendering
     wait_until(lambda: "rendering glyphs" in stderr.read_text(), proc, tmp_path / "logs", "the rendering's bar")

@@ -78,10 +78,8 @@ def test_the_trainer_records_the_layout_it_took_and_resumes_in_it(tmp_path):
     train(cfg)
     written = json.loads((tmp_path / "config.json").read_text())
     assert written["provenance"]["resolved"]["run.memory_format"] == ["auto", "channels_last"]
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     resumed = load_config("protonet-quick", [*TINY, f"run.out={tmp_path}", *auto, "optim.steps=6"])
     assert train(resumed).steps == 6  # resumes from the NHWC checkpoint
-    assert saved  # the checkpoint was there to resume from
 
 
 def test_the_config_check_accepts_exactly_the_layouts_the_runtime_knows():

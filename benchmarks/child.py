@@ -118,7 +118,7 @@ def main() -> None:
         return
 
     torch.manual_seed(0)
-    model = make_model(w)
+    model = make_model(w, contender.library)
     if w.real_data:
         from fastadapt.data import EpisodeSampler, load_omniglot
 

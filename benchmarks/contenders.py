@@ -1,8 +1,9 @@
 """Workloads and contenders of the comparison benchmark (``benchmarks/compare.py``).
 
 A *workload* fixes the episode shape, the algorithm and its hyperparameters; a *contender* is one
-library's canonical training step for it. Every contender gets the same ``Conv4`` (same initial
-weights, loaded from the same file) and the same batch, computes the meta-gradient into the
+library's canonical training step for it. Every contender gets the same ``Conv4`` weights (same initial
+values; fastadapt its own ``Conv4``, the others the papers' block as their users write it: :func:`make_model`)
+and the same batch, computes the meta-gradient into the
 model's ``.grad`` fields (``grad_step``), and the same outer optimiser (Adam 1e-3) applies it.
 
 Contenders and their canonical loops (one task at a time, as each library's examples do):
@@ -88,11 +89,20 @@ def supports(library: str, workload: Workload) -> str | None:
     return None
 
 
-def make_model(workload: Workload) -> nn.Module:
-    """Conv4, 64 filters, BatchNorm without running statistics; a ``ways``-way head unless ProtoNets."""
-    return Conv4(
+def make_model(workload: Workload, library: str = "fastadapt") -> nn.Module:
+    """Conv4, 64 filters, BatchNorm without running statistics; a ``ways``-way head unless ProtoNets.
+
+    fastadapt gets its own ``Conv4`` (each block conv -> BatchNorm -> max-pool -> ReLU with
+    ``fastadapt.nn.pool.MaxPool2d``: the papers' values and gradients, faster on the CPU); every other library the
+    papers' block as users write it and learn2learn's ``OmniglotCNN`` has it (conv -> BatchNorm -> ``nn.ReLU`` ->
+    ``nn.MaxPool2d``), built from the same modules: the same parameters, names and initial weights."""
+    model = Conv4(
         in_channels=1, out_features=None if workload.algo == "protonet" else workload.ways, hidden=64, image_size=28
     )
+    if library != "fastadapt":
+        for i, block in enumerate(model.features):
+            model.features[i] = nn.Sequential(block[0], block[1], nn.ReLU(), nn.MaxPool2d(2))
+    return model
 
 
 def synthetic_batch(workload: Workload, seed: int = 0) -> TaskBatch:

@@ -50,7 +50,7 @@ def one(workload: str, spec: str, meta_batch: int, iters: int, grad_out: str, de
     if reason:
         return {"workload": workload, "contender": spec, "skipped": reason}
     torch.manual_seed(0)
-    model = make_model(w).to(device)
+    model = make_model(w, contender.library).to(device)
     batch = synthetic_batch(w).to(device)
     step = contender.build(w, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -57,6 +57,7 @@ TABLES: dict[str, Callable[[], list[str]]] = {
     "cross-domain": lambda: tables.cross_domain_table(read("cross_domain", "results.json")),  # cross_domain.toml
     "lake": lambda: tables.lake_table(read("cross_domain", "results.json")),  # cross_domain.toml
     "lake-ablation": lambda: tables.lake_ablation_table(read("lake", "results.json"), root=ROOT),  # lake.toml
+    "comparators": lambda: tables.comparators_table(read("comparators", "results.json")),  # comparators.toml
     "domains": domains_table,  # domains.toml (+ domains_adapt.toml when it has run)
     "sinusoid": lambda: tables.sinusoid_table(read("sinusoid", "results.json")),  # sinusoid.toml
     "omniglot": lambda: tables.omniglot_table(sorted(map(str, (RESULTS / "runs").iterdir()))),  # fastadapt train/eval

@@ -354,8 +354,8 @@ def test_the_estimate_counts_images_and_activations_by_its_formula():
     batch = synthetic_batch(cfg)
     model = build_model(cfg, (1, 28, 28), 5)
     e = cost.estimate_cost(cfg, batch, model)
-    # conv4, hidden 4, 28x28: 4 blocks of conv, BN, ReLU (same size) and a pool; the head; the input
-    per_example = 3 * 4 * (28 * 28 + 14 * 14 + 7 * 7 + 3 * 3) + 4 * (14 * 14 + 7 * 7 + 3 * 3 + 1) + 5 + 28 * 28
+    # conv4, hidden 4, 28x28: 4 blocks of conv and BN (same size), a pool and a ReLU (pooled size); the head; the input
+    per_example = 2 * 4 * (28 * 28 + 14 * 14 + 7 * 7 + 3 * 3) + 2 * 4 * (14 * 14 + 7 * 7 + 3 * 3 + 1) + 5 + 28 * 28
     assert e.activation_bytes == 4 * per_example
     assert e.images_per_step == 32 * 5 * (1 + 5)
     k = 1  # inner steps: the support set goes through the model k + 1 times, the query set once

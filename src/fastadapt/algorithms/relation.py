@@ -19,6 +19,7 @@ from fastadapt.algorithms.predictors import check_update
 from fastadapt.algorithms.protonet import accumulate
 from fastadapt.core.episodes import TaskBatch
 from fastadapt.core.errors import ConfigError, DataError
+from fastadapt.nn.pool import max_pool2d
 
 LOSSES = ("mse", "ce")  # the paper's mean squared error to the one-hot target; softmax cross-entropy over classes
 
@@ -121,7 +122,7 @@ class RelationModule(nn.Module):
         for conv, norm in zip(self.convs, self.norms):
             h = F.relu(norm(conv(h)))
             if min(h.shape[-2:]) >= 2:
-                h = F.max_pool2d(h, 2)
+                h = max_pool2d(h, 2)
         return self.out(F.relu(self.fc(h.mean((-2, -1))))).squeeze(-1)
 
 

@@ -6,25 +6,31 @@ import torch
 from torch import nn
 
 from fastadapt.core.errors import ConfigError
+from fastadapt.nn.pool import MaxPool2d
 
 
 def conv_block(
     in_channels: int, out_channels: int, batch_norm: bool = True, track_running_stats: bool = False, pool: bool = True
 ) -> nn.Sequential:
-    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool."""
+    """3x3 conv (padding 1) -> BatchNorm -> ReLU -> 2x2 max-pool.
+
+    The pool runs before the ReLU: max and ReLU commute (``relu(max(x)) == max(relu(x))``), and so do their gradients
+    (where the window's maximum is positive both route the gradient to its first occurrence; where it is not, both
+    give zero), so the block computes the same values and first- and second-order gradients, the ReLU on a quarter of
+    the elements. The pool is :class:`fastadapt.nn.pool.MaxPool2d`: torch's, faster on NCHW CPU tensors."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1)]
     if batch_norm:
         layers.append(nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats))
-    layers.append(nn.ReLU())
     if pool:
-        layers.append(nn.MaxPool2d(2))
+        layers.append(MaxPool2d(2))
+    layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 
 class Conv4(nn.Module):
     """The 4-block convolutional network of Vinyals et al. / MAML / ProtoNets.
 
-    4 x [3x3 conv with ``hidden`` filters, BatchNorm, ReLU, 2x2 max-pool], flattened, then a linear
+    4 x [3x3 conv with ``hidden`` filters, BatchNorm, ReLU, 2x2 max-pool] (:func:`conv_block`), flattened, then a linear
     head to ``out_features`` classes (``out_features=None``: no head, the network is an embedding,
     as ProtoNets uses it). On 28x28 Omniglot the embedding has ``hidden`` features (1x1 spatial).
 

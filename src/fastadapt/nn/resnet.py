@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastadapt.core.errors import ConfigError
+from fastadapt.nn.pool import max_pool2d
 
 CHANNELS = (64, 160, 320, 640)  # MetaOptNet's ResNet-12
 
@@ -71,7 +72,7 @@ class ResidualBlock(nn.Module):
         out = F.leaky_relu(self.bn1(self.conv1(x)), 0.1)
         out = F.leaky_relu(self.bn2(self.conv2(out)), 0.1)
         out = self.bn3(self.conv3(out))
-        out = F.max_pool2d(F.leaky_relu(out + self.shortcut(x), 0.1), 2)
+        out = max_pool2d(F.leaky_relu(out + self.shortcut(x), 0.1), 2)
         return drop_block(out, self.drop_prob, self.block_size, self.training)
 
 

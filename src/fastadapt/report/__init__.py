@@ -10,7 +10,14 @@ from fastadapt.report.domains import domains_tables
 from fastadapt.report.model_based import mann_ablation_table
 from fastadapt.report.runs import markdown_report, plot_learnt_learning, plot_run, read_metrics, save_episode_grid
 from fastadapt.report.streams import change_tables
-from fastadapt.report.tables import cross_domain_tables, hyper_tables, matching_ablation_table, rl_table, sinusoid_table
+from fastadapt.report.tables import (
+    comparators_table,
+    cross_domain_tables,
+    hyper_tables,
+    matching_ablation_table,
+    rl_table,
+    sinusoid_table,
+)
 
 STUDY_TABLES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {  # a study file's `table = NAME`
     "sinusoid": sinusoid_table,
@@ -21,6 +28,7 @@ STUDY_TABLES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {  # a study
     "mann-ablation": mann_ablation_table,
     "matching-ablation": matching_ablation_table,
     "change": change_tables,
+    "comparators": comparators_table,
 }
 
 __all__ = [

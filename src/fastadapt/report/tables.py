@@ -357,3 +357,36 @@ def _eval_scores(root: Path | None, cell: Mapping[str, Any], ev: Mapping[str, An
 def cross_domain_tables(results: Mapping[str, Any]) -> list[str]:
     """Both tables of the cross-domain study."""
     return [*cross_domain_table(results), "", *lake_table(results)]
+
+
+def comparators_table(results: Mapping[str, Any]) -> list[str]:
+    """The learnt comparators in the ordinary Omniglot settings (``studies/comparators.toml``): each row's accuracy
+    with its 95 % CI in every column (the same fixed episodes for every row), the steps and minutes it trained, and
+    its accuracy minus the ProtoNets row trained with the same shots (the row labelled ``ProtoNets, trained ...``
+    with this row's suffix), paired episode by episode from the per-episode ``scores``; rows not yet run are left
+    out."""
+    columns = list(results["evals"])
+    cells = {label: cell for label, cell in results["cells"].items() if "mean" in cell.get("evals", {}).get(
+        columns[0], {})}
+    lines = [
+        "| row | " + " | ".join(columns) + " | training | minus ProtoNets trained alike (points, paired): "
+        + " / ".join(columns) + " |",
+        "|---" * (len(columns) + 3) + "|",
+    ]
+    for label, cell in cells.items():
+        evals = cell["evals"]
+        cols = [f"{100 * evals[c]['mean']:.2f} ± {100 * evals[c]['ci']:.2f}" if "mean" in evals.get(c, {}) else ""
+                for c in columns]
+        suffix = label.split(",", 1)[-1]
+        ref = next((cells[r] for r in cells if r.startswith("ProtoNets") and r.split(",", 1)[-1] == suffix), None)
+        diffs = []
+        for c in columns:
+            mine, theirs = evals.get(c, {}).get("scores"), (ref or {}).get("evals", {}).get(c, {}).get("scores")
+            if ref is None or ref is cell or mine is None or theirs is None or len(mine) != len(theirs):
+                diffs.append("-")
+                continue
+            m, h = mean_ci(np.asarray(mine) - np.asarray(theirs))
+            diffs.append(f"{round(100 * m, 2) + 0.0:+.2f} ± {100 * h:.2f}")
+        training = f"{cell['steps']:,} steps, {cell['train_minutes']:.0f} min"
+        lines.append(f"| {label} | " + " | ".join(cols) + f" | {training} | {' / '.join(diffs)} |")
+    return lines

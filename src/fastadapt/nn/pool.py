@@ -1,8 +1,8 @@
 """Max-pooling with torch's values and gradients, faster on the CPU for NCHW inputs.
 
 PyTorch's CPU kernel for ``max_pool2d`` on an NCHW (contiguous) tensor is scalar, and its channels-last kernel is
-vectorised over channels: on a Conv4 block's output (64 channels) the NCHW forward costs 3-4x the channels-last one
-even with the two layout conversions (benchmarks/pool.py). :func:`max_pool2d` pools a channels-last copy of the input
+vectorised over channels, so that on a Conv4 block's output (64 channels) pooling a channels-last copy and converting
+the result back is faster than pooling in place (benchmarks/pool.py measures it; docs/PERFORMANCE.md has the figures). :func:`max_pool2d` pools a channels-last copy of the input
 with torch's kernel and returns the values in NCHW, so that nothing else in the model changes layout (convolutions
 and BatchNorm stay in NCHW, where their float32 results are the reference's; see fastadapt.runtime.layout for what a
 whole-model channels-last layout changes). It saves only the indices for the backward pass (``F.max_pool2d`` saves

@@ -80,12 +80,22 @@ def main(argv: list[str] | None = None) -> int:
                 times[name].append(time.process_time() - start)
         med = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         rows.append({"where": where, "shape": list(shape), "ms": med, "speedup": med["torch"] / med["fastadapt"]})
-        print(f"{where} {shape}: " + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
-              + f"; fastadapt {rows[-1]['speedup']:.2f}x", flush=True)
+        print(
+            f"{where} {shape}: "
+            + ", ".join(f"{k} {v:.2f} ms" for k, v in med.items())
+            + f"; fastadapt {rows[-1]['speedup']:.2f}x",
+            flush=True,
+        )
     caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
     load = os.getloadavg()
-    meta = {"torch": torch.__version__, "machine": platform.machine(), "cpu_capability":
-            torch.backends.cpu.get_cpu_capability(), "caps": caps, "load_average_end": load, "calls": args.calls}
+    meta = {
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "caps": caps,
+        "load_average_end": load,
+        "calls": args.calls,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
@@ -102,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for r in rows:
             m = r["ms"]
-            lines.append(f"| {r['where']} | {'x'.join(map(str, r['shape']))} | {m['torch']:.2f} | {m['pool']:.2f} | "
-                         f"{m['fastadapt']:.2f} | {r['speedup']:.2f}x |")
+            lines.append(
+                f"| {r['where']} | {'x'.join(map(str, r['shape']))} | {m['torch']:.2f} | {m['pool']:.2f} | "
+                f"{m['fastadapt']:.2f} | {r['speedup']:.2f}x |"
+            )
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text("\n".join(lines) + "\n")
     return 0

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import conv4
 from torch import nn
 from torch.func import vmap
 
 from fastadapt.nn.backbones import Conv4
 from fastadapt.nn.pool import MaxPool2d, max_pool2d
+from helpers import conv4
 
 
 def ties(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
@@ -32,8 +32,9 @@ def test_values_and_gradients_are_torchs_with_ties(shape: tuple[int, ...], kerne
     assert torch.equal(g_out, g_ref)
     assert g_out.is_contiguous()
     probe = torch.randn_like(g_ref)  # second order: d<probe, dL/dx>/d grad_out, as MAML's meta-gradient takes it
-    assert torch.equal(torch.autograd.grad((g_out * probe).sum(), grad_out)[0],
-                       torch.autograd.grad((g_ref * probe).sum(), grad_out)[0])
+    assert torch.equal(
+        torch.autograd.grad((g_out * probe).sum(), grad_out)[0], torch.autograd.grad((g_ref * probe).sum(), grad_out)[0]
+    )
 
 
 def test_nan_and_infinities_pick_torchs_element() -> None:

@@ -2,11 +2,11 @@
 
 PyTorch's CPU kernel for ``max_pool2d`` on an NCHW (contiguous) tensor is scalar, and its channels-last kernel is
 vectorised over channels, so that on a Conv4 block's output (64 channels) pooling a channels-last copy and converting
-the result back is faster than pooling in place (benchmarks/pool.py measures it; docs/PERFORMANCE.md has the figures). :func:`max_pool2d` pools a channels-last copy of the input
-with torch's kernel and returns the values in NCHW, so that nothing else in the model changes layout (convolutions
-and BatchNorm stay in NCHW, where their float32 results are the reference's; see fastadapt.runtime.layout for what a
-whole-model channels-last layout changes). It saves only the indices for the backward pass (``F.max_pool2d`` saves
-the input as well), which scatters the output gradient to them.
+the result back is faster than pooling in place (``benchmarks/pool.py`` measures it; docs/PERFORMANCE.md has the
+figures). :func:`max_pool2d` does that and returns the values in NCHW, so that nothing else in the model changes
+layout (convolutions and BatchNorm stay in NCHW, where their float32 results are the reference's; see
+fastadapt.runtime.layout for what a whole-model channels-last layout changes). It saves only the indices for the
+backward pass (``F.max_pool2d`` saves the input as well), which scatters the output gradient to them.
 
 Exactness: both kernels scan a window row by row and keep the first maximum (a NaN wins), so the values and indices
 are torch's own (tested with ties and NaNs); with non-overlapping windows (stride = kernel, no padding or dilation:

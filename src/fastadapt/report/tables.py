@@ -366,17 +366,23 @@ def comparators_table(results: Mapping[str, Any]) -> list[str]:
     with this row's suffix), paired episode by episode from the per-episode ``scores``; rows not yet run are left
     out."""
     columns = list(results["evals"])
-    cells = {label: cell for label, cell in results["cells"].items() if "mean" in cell.get("evals", {}).get(
-        columns[0], {})}
+    cells = {
+        label: cell for label, cell in results["cells"].items() if "mean" in cell.get("evals", {}).get(columns[0], {})
+    }
     lines = [
-        "| row | " + " | ".join(columns) + " | training | minus ProtoNets trained alike (points, paired): "
-        + " / ".join(columns) + " |",
+        "| row | "
+        + " | ".join(columns)
+        + " | training | minus ProtoNets trained alike (points, paired): "
+        + " / ".join(columns)
+        + " |",
         "|---" * (len(columns) + 3) + "|",
     ]
     for label, cell in cells.items():
         evals = cell["evals"]
-        cols = [f"{100 * evals[c]['mean']:.2f} ± {100 * evals[c]['ci']:.2f}" if "mean" in evals.get(c, {}) else ""
-                for c in columns]
+        cols = [
+            f"{100 * evals[c]['mean']:.2f} ± {100 * evals[c]['ci']:.2f}" if "mean" in evals.get(c, {}) else ""
+            for c in columns
+        ]
         suffix = label.split(",", 1)[-1]
         ref = next((cells[r] for r in cells if r.startswith("ProtoNets") and r.split(",", 1)[-1] == suffix), None)
         diffs = []

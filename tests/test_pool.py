@@ -9,9 +9,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
+from fastadapt.nn import pool
 from fastadapt.nn.backbones import Conv4
 from fastadapt.nn.pool import MaxPool2d, max_pool2d
 from helpers import conv4
+
+
+@pytest.fixture(autouse=True)
+def every_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' small tensors take the channels-last path too (in use it starts at ``pool.SMALLEST`` elements)."""
+    monkeypatch.setattr(pool, "SMALLEST", 1)
+
+
+def test_the_path_taken_depends_on_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool, "SMALLEST", 1000)
+    small, large = torch.randn(1, 4, 8, 8, requires_grad=True), torch.randn(1, 4, 16, 16, requires_grad=True)
+    assert type(max_pool2d(small, 2).grad_fn).__name__.startswith("MaxPool2DWithIndicesBackward")
+    assert type(max_pool2d(large, 2).grad_fn).__name__ == "_IndexedMaxPoolBackward"
 
 
 def ties(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:

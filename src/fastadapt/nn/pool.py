@@ -12,8 +12,9 @@ Exactness: both kernels scan a window row by row and keep the first maximum (a N
 are torch's own (tested with ties and NaNs); with non-overlapping windows (stride = kernel, no padding or dilation:
 the only case taken) every input element receives the gradient of at most one output, so the scatter gives
 max-pooling's gradient bit for bit, and its own gradient (a gather by the same indices) the second-order one.
-Anything else (overlapping windows, padding, channels-last or non-CPU inputs, tensors inside ``torch.func``
-transforms, ``torch.compile`` or ``torch.jit.trace``) goes to ``F.max_pool2d`` unchanged.
+Anything else (overlapping windows, padding, channels-last or non-CPU inputs, tensors of fewer than
+:data:`SMALLEST` elements, tensors inside ``torch.func`` transforms, ``torch.compile`` or ``torch.jit.trace``) goes to
+``F.max_pool2d`` unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["MaxPool2d", "max_pool2d"]
+
+# Below this many elements torch's NCHW kernel is as fast (the tensor sits in the cache) and the conversions and the
+# autograd.Function's Python cost more than they save (benchmarks/pool.py's small shapes; about 20 us a call).
+SMALLEST = 32768
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -42,7 +47,7 @@ def _fast_applies(x: Tensor, kernel: tuple[int, int]) -> bool:
         and x.is_contiguous()  # NCHW; a channels-last input already gets the fast kernel
         and x.shape[2] >= kernel[0]
         and x.shape[3] >= kernel[1]
-        and x.numel() > 0
+        and x.numel() >= SMALLEST
     )
 
 

@@ -69,7 +69,7 @@ class _IndexedMaxPool(torch.autograd.Function):
         (index,) = ctx.saved_tensors
         n, c, h, w = grad.shape
         flat = grad.contiguous().view(n, c, h * w)
-        grad_x = flat.new_zeros(n, c, ctx.size[2] * ctx.size[3]).scatter(2, index, flat)
+        grad_x = flat.new_zeros(n, c, ctx.size[2] * ctx.size[3]).scatter_(2, index, flat)  # in place: one buffer
         return grad_x.view(ctx.size), None
 
 

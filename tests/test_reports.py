@@ -133,3 +133,30 @@ def test_eval_command_writes_a_file_per_setting_and_leaves_the_training_records_
         and second["settings"]["shots"] == 2
         and first["weights"] in ("best.pt", "checkpoint.pt")
     )
+
+
+def test_comparators_table_pairs_each_row_with_protonets_trained_alike() -> None:
+    from fastadapt.report.tables import comparators_table
+
+    def cell(scores: list[float], steps: int) -> dict:
+        return {
+            "steps": steps,
+            "train_minutes": 20.0,
+            "evals": {"5w1s": {"mean": sum(scores) / len(scores), "ci": 0.01, "scores": scores}},
+        }
+
+    results = {
+        "evals": {"5w1s": {}},
+        "cells": {
+            "ProtoNets, trained 1-shot": cell([1.0, 0.9, 0.8, 1.0], 100),
+            "ProtoNets, trained 5-shot": cell([0.5, 0.5, 0.5, 0.5], 100),
+            "siamese, trained 1-shot": cell([0.9, 0.8, 0.7, 0.9], 300),
+            "attentive, trained 1-shot": {"evals": {}},  # not run yet: left out
+        },
+    }
+    lines = comparators_table(results)
+    assert len(lines) == 2 + 3
+    siamese = next(line for line in lines if line.startswith("| siamese"))
+    assert "| 82.50 ± 1.00 |" in siamese and "300 steps, 20 min" in siamese
+    assert siamese.endswith("| -10.00 ± 0.00 |")  # paired with the 1-shot ProtoNets row: every episode 0.1 lower
+    assert next(line for line in lines if line.startswith("| ProtoNets, trained 5-shot")).endswith("| - |")

@@ -17,8 +17,9 @@ each timed on its own (p50/p95/p99 in ms). By default glibc keeps freed memory f
 its activations back page by page, which costs ProtoNets about 2 ms of its 5).
 
 Modes, where they apply: ``eager`` (the model as ``build_algorithm`` lays it out, as the app and ``fastadapt adapt``
-load it: ``run.memory_format``, NCHW by default); ``nchw`` (the weights NCHW whatever the config chose); ``inference`` (``torch.inference_mode`` around the call for the
-learners whose adaptation takes no gradient, around the prediction only for the others);
+load it: ``run.memory_format``, NCHW by default); ``nchw`` (the weights NCHW whatever the config chose);
+``inference`` (``torch.inference_mode`` around the call for the learners whose adaptation takes no gradient, around
+the prediction only for the others);
 ``channels_last`` (the model's weights and the call's inputs in NHWC, oneDNN's preferred layout; the
 inputs' conversion is timed); ``torchscript`` (ProtoNet: its encoder traced once, outside the timing); ``compile`` (ProtoNet:
 ``torch.compile`` of its encoder, compiled during warm-up; slow to compile, so not in the defaults).

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from fastadapt.nn.pool import max_pool2d
 from fastadapt.runtime.allocator import keep_freed_memory
+from fastadapt.runtime.hardware import cpu_info
 
 SHAPES = {  # where the shape occurs
     "latency, 6 images, block 1": (6, 64, 28, 28),
@@ -88,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     caps = {k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ}
     load = os.getloadavg()
+    cpu = cpu_info()
     meta = {
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "cpu": cpu["model"],
+        "flags": cpu["flags"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "caps": caps,
         "load_average_end": load,
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = "python benchmarks/pool.py " + " ".join(argv if argv is not None else sys.argv[1:])
         lines = [
             f"`{' '.join(f'{k}={v}' for k, v in caps.items())}{' ' if caps else ''}{cmd.strip()}` (torch "
-            f"{torch.__version__}, {platform.machine()}, kernels {meta['cpu_capability']}, 1 thread, load average at "
+            f"{torch.__version__}, {cpu['model']} ({', '.join(cpu['flags'])}), kernels {meta['cpu_capability']}, "
+            "1 thread, load average at "
             f"the end {' '.join(f'{v:.2f}' for v in load)}); median CPU ms of forward + backward, output and input "
             "gradient equal to torch's block",
             "",

@@ -83,7 +83,11 @@ def test_the_trainer_records_the_layout_it_took_and_resumes_in_it(tmp_path):
 
 
 def test_the_config_check_accepts_exactly_the_layouts_the_runtime_knows():
+    from fastadapt.config import validate
     from fastadapt.runtime.layout import MEMORY_FORMATS
 
+    assert set(validate.MEMORY_FORMATS) == set(MEMORY_FORMATS)
     for choice in MEMORY_FORMATS:
         assert load_config("protonet-quick", [f"run.memory_format={choice}"]).run.memory_format == choice
+    with pytest.raises(ConfigError, match="run.memory_format"):
+        load_config("protonet-quick", ["run.memory_format=nhwc"])

@@ -28,6 +28,10 @@ from fastadapt.core.errors import ConfigError
 from fastadapt.core.registry import ALGORITHMS, MODELS, TASK_SOURCES, algorithm_class, import_modules, is_target
 from fastadapt.runtime.devices import check_device_name
 
+# fastadapt.runtime.layout.MEMORY_FORMATS, written out: importing the runtime here would import torch with the
+# config (tests/test_layout.py checks that the two are the same)
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
@@ -152,7 +156,7 @@ def _check_names(cfg: Config) -> None:
     _check_choice("optim.optimizer", o.optimizer, ("adam", "sgd", "adamw", "rmsprop"))
     _check_choice("optim.schedule", o.schedule, ("constant", "step", "cosine", "linear"))
     _check_choice("run.precision", r.precision, ("fp32", "bf16", "auto"))
-    _check_choice("run.memory_format", r.memory_format, ("auto", "contiguous", "channels_last"))  # runtime/layout.py
+    _check_choice("run.memory_format", r.memory_format, MEMORY_FORMATS)
     if cfg.model.target:
         if not is_target(cfg.model.target):
             raise ConfigError(f"model.target={cfg.model.target!r} is not an import path; write package.module:Class")
